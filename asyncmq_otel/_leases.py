@@ -1,0 +1,108 @@
+"""Lease renewal off the handler's code path, and the event-loop watchdog.
+
+A dedicated thread renews every lease the process holds, one call per queue, through the
+backend's synchronous channel. A handler that blocks the event loop therefore keeps its
+lease, until the loop has not ticked for ``loop_block_limit`` seconds: then renewal stops
+and the job is reclaimed and fenced like a zombie's.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from .backends.base import Backend, RenewStatus
+
+__all__ = ["LeaseKeeper"]
+
+_log = logging.getLogger("asyncmq_otel.leases")
+
+Leases = dict[str, dict[str, str]]  # queue -> {job_id: token}
+
+
+class LeaseKeeper:
+    """Owns the renewer thread of one worker.
+
+    Args:
+        backend: where the leases live.
+        snapshot: returns the leases to renew now (called in the thread; must be thread-safe).
+        on_status: called in the thread with ``(queue, job_id, status)`` for ``LOST``/``CANCEL`` answers.
+        lease: the lease length to renew to.
+        interval: seconds between renewals.
+        loop_block_limit: stop renewing once the loop's last tick is older than this.
+
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        snapshot: Callable[[], Leases],
+        on_status: Callable[[str, str, RenewStatus], None],
+        *,
+        lease: float,
+        interval: float,
+        loop_block_limit: float,
+    ) -> None:
+        self._backend = backend
+        self._snapshot = snapshot
+        self._on_status = on_status
+        self._lease = lease
+        self._interval = interval
+        self._loop_block_limit = loop_block_limit
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.loop_tick = time.monotonic()
+        self._blocked_reported = False
+
+    def tick(self) -> None:
+        """Record that the event loop is alive (called from a loop task every second)."""
+        self.loop_tick = time.monotonic()
+        self._blocked_reported = False
+
+    def start(self) -> None:
+        """Start the renewer thread."""
+        self._thread = threading.Thread(target=self._run, name="asyncmq-lease-renewer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it (it finishes its current renewal first)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(self._interval, 1.0) + 5.0)
+
+    def _run(self) -> None:
+        renewer = self._backend.lease_renewer()
+        try:
+            while not self._stop.wait(self._interval):
+                self.renew_now(renewer.renew)
+        finally:
+            renewer.close()
+
+    def renew_now(self, renew: Callable[[str, dict[str, str], float], dict[str, RenewStatus]]) -> None:
+        """One renewal round (the thread's body; tests call it directly)."""
+        blocked_for = time.monotonic() - self.loop_tick
+        if blocked_for > self._loop_block_limit:
+            if not self._blocked_reported:
+                self._blocked_reported = True
+                _log.error(
+                    "worker.event_loop_blocked: the event loop has not run for %.1fs (limit %.1fs); "
+                    "leases are no longer renewed, so these jobs will be redelivered",
+                    blocked_for,
+                    self._loop_block_limit,
+                )
+            return
+        for queue, leases in self._snapshot().items():
+            if not leases:
+                continue
+            try:
+                statuses = renew(queue, leases, self._lease)
+            except Exception:  # noqa: BLE001 - a failed round is retried next interval; the outage grace covers it
+                _log.warning(
+                    "worker.renew_failed: could not renew %d leases on %s", len(leases), queue, exc_info=True
+                )
+                continue
+            for job_id, status in statuses.items():
+                if status is not RenewStatus.OK:
+                    self._on_status(queue, job_id, status)

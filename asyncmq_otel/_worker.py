@@ -1,0 +1,405 @@
+"""``Worker``: start-up, the background duties (renewal, heartbeat, reaper, event dispatch) and shutdown.
+
+Shutdown follows the reliability contract: a stop request ends claiming at once; in-flight
+jobs get ``shutdown_timeout`` seconds to finish; the rest are cancelled and requeued at their
+original place; then a shielded tail deregisters, emits ``worker:stopped``, drains queued
+events and runs the ``worker_on_shutdown`` hooks, even when the worker was cancelled from outside.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+
+from ._leases import LeaseKeeper
+from ._lifecycle import emit_job_event
+from ._processing import WorkerContext, process_job
+from .backends._default import default_backend
+from .backends.base import Backend, RenewStatus, WorkerInfo
+from .events import LifecycleEvent, bus
+from .hooks import Hook, run_hooks, run_hooks_safely
+from .jobs import Job, check_queue_name
+from .limiters import RateLimiter
+from .settings import get_settings
+from .tasks import autodiscover_tasks
+
+if TYPE_CHECKING:
+    from .queues import Queue
+
+__all__ = ["Worker"]
+
+_log = logging.getLogger("asyncmq_otel.worker")
+
+_TAIL_BUDGET = 10.0
+_TICK_INTERVAL = 1.0
+
+
+class Worker:
+    """Runs jobs of one or more queues until stopped.
+
+    Args:
+        queue: a queue name or :class:`Queue`, or a list of them (one process can serve several).
+        backend: where the jobs live; the queue's backend, else ``settings.backend``.
+        concurrency: jobs run at once (default ``settings.worker_concurrency``).
+        rate_limit: job starts allowed per ``rate_interval`` (default ``settings.rate_limit``).
+        rate_interval: seconds of the rate window (default ``settings.rate_interval``).
+        burst: return once the queues are empty and nothing is running or due.
+        group: the consumer group reported in telemetry (default ``settings.worker_group``).
+        shutdown_timeout: seconds in-flight jobs get after a stop (default ``settings.shutdown_timeout``).
+
+    """
+
+    def __init__(
+        self,
+        queue: str | Queue | Sequence[str | Queue],
+        *,
+        backend: Backend | None = None,
+        concurrency: int | None = None,
+        rate_limit: int | None = None,
+        rate_interval: float | None = None,
+        burst: bool = False,
+        group: str | None = None,
+        shutdown_timeout: float | None = None,
+    ) -> None:
+        items = [queue] if isinstance(queue, str) or not isinstance(queue, Sequence) else list(queue)
+        if not items:
+            raise ValueError("a worker needs at least one queue")
+        self.queues: list[str] = []
+        for item in items:
+            if isinstance(item, str):
+                self.queues.append(check_queue_name(item))
+            else:
+                self.queues.append(item.name)
+                backend = backend or item._backend  # noqa: SLF001 - the queue's explicit backend, if any
+        self._backend = backend
+        self.concurrency = concurrency
+        self.rate_limit = rate_limit
+        self.rate_interval = rate_interval
+        self.burst = burst
+        self.group = group
+        self.shutdown_timeout = shutdown_timeout
+        self.worker_id = str(uuid.uuid4())
+        self.state = "idle"
+        self.exit_reason = "shutdown"
+        self.requeue_failures = 0
+        self._stop_requested = False
+        self._stop_now = False
+        self._claim_scope: anyio.CancelScope | None = None
+        self._drain_scope: anyio.CancelScope | None = None
+        self._loop_thread: int | None = None
+        self._loop_token: Any = None
+        self._context: WorkerContext | None = None
+        self._started = threading.Event()
+        self._finished = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"Worker({self.queues}, id={self.worker_id[:8]}, state={self.state})"
+
+    @property
+    def backend(self) -> Backend:
+        """The backend this worker claims from."""
+        if self._backend is None:
+            self._backend = default_backend()
+        return self._backend
+
+    @property
+    def context(self) -> WorkerContext | None:
+        """The running worker's context (jobs in flight); ``None`` before ``run``."""
+        return self._context
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Block (from another thread) until the worker has started claiming."""
+        return self._started.wait(timeout)
+
+    # -- entry points --------------------------------------------------------------------------------
+    def start(self, *, anyio_backend: str = "asyncio", handle_signals: bool = True) -> None:
+        """Run the worker in this thread until it is stopped (for scripts and containers).
+
+        In the main thread, the first SIGTERM/SIGINT drains gracefully and a second stops at once.
+        """
+        install = handle_signals and threading.current_thread() is threading.main_thread()
+        anyio.run(self._run_with_signals if install else self.run, backend=anyio_backend)
+
+    async def _run_with_signals(self) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def watch_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _signum in signals:
+                        self.stop()
+
+            group.start_soon(watch_signals)
+            try:
+                await self.run()
+            finally:
+                group.cancel_scope.cancel()
+
+    def stop(self, *, now: bool = False) -> None:
+        """Ask for a graceful stop from any thread or task; a second call (or ``now``) skips the drain."""
+        token = self._loop_token
+        if token is None or threading.get_ident() == self._loop_thread:
+            self._request_stop(now=now)
+            return
+        try:
+            anyio.from_thread.run_sync(lambda: self._request_stop(now=now), token=token)
+        except RuntimeError:  # the loop has already finished
+            self._stop_requested = True
+
+    def _request_stop(self, *, now: bool) -> None:
+        second = self._stop_requested
+        self._stop_requested = True
+        if self._claim_scope is not None:
+            self._claim_scope.cancel()
+        if now or second:
+            self._stop_now = True
+            if self._drain_scope is not None:
+                self._drain_scope.cancel()
+
+    # -- the run -------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until :meth:`stop` (or, in burst mode, until the queues are empty)."""
+        config = get_settings()
+        backend = self.backend
+        self._loop_thread = threading.get_ident()
+        self._loop_token = anyio.lowlevel.current_token()
+        concurrency = self.concurrency or config.worker_concurrency
+        rate_limit = self.rate_limit if self.rate_limit is not None else config.rate_limit
+        rate_interval = self.rate_interval or config.rate_interval
+        ctx = WorkerContext(
+            worker_id=self.worker_id, group=self.group or config.worker_group, config=config, burst=self.burst
+        )
+        ctx.idle = anyio.Event()
+        self._context = ctx
+        queue_label = ",".join(self.queues)
+
+        autodiscover_tasks()
+        self.state = "starting"
+        await run_hooks(
+            config.worker_on_startup, backend=backend, worker_id=self.worker_id, queue=queue_label
+        )
+
+        info = WorkerInfo(
+            worker_id=self.worker_id,
+            queues=list(self.queues),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            concurrency=concurrency,
+            group=ctx.group,
+            started_at=time.time(),
+        )
+        keeper = LeaseKeeper(
+            backend,
+            ctx.leases,
+            self._on_renew_status,
+            lease=config.lease,
+            interval=config.renew_interval,
+            loop_block_limit=config.loop_block_limit,
+        )
+        limiter = anyio.CapacityLimiter(concurrency)
+        rate_limiter = RateLimiter(rate_limit, rate_interval) if rate_limit else None
+        try:
+            await backend.register_worker(info, 3 * config.heartbeat_interval)
+            backend.add_cancel_listener(self._on_cancel_hint)
+            if backend.on_data_loss is None:
+                backend.on_data_loss = _emit_data_loss
+            for queue in self.queues:
+                bus.emit(self._worker_event("worker:started", queue, concurrency=concurrency, active=0))
+            keeper.start()
+            async with anyio.create_task_group() as services:
+                services.start_soon(self._tick, keeper)
+                services.start_soon(self._heartbeat, backend, info, ctx, concurrency)
+                services.start_soon(self._reaper, backend, ctx)
+                services.start_soon(bus.run_dispatcher)
+                await self._serve(ctx, limiter, rate_limiter, backend)
+                services.cancel_scope.cancel()
+        except BaseException:
+            self.exit_reason = "error"
+            raise
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_TAIL_BUDGET):
+                await self._shutdown_tail(backend, keeper, info, config.worker_on_shutdown, queue_label)
+
+    async def _serve(
+        self,
+        ctx: WorkerContext,
+        limiter: anyio.CapacityLimiter,
+        rate_limiter: RateLimiter | None,
+        backend: Backend,
+    ) -> None:
+        """Claim until stopped (or the burst is done), then drain the jobs in flight."""
+        async with anyio.create_task_group() as handlers:
+            ctx.handlers = handlers
+            with anyio.CancelScope() as claim_scope:
+                self._claim_scope = claim_scope
+                if self._stop_requested:
+                    claim_scope.cancel()
+                self.state = "running"
+                self._started.set()
+                async with anyio.create_task_group() as claimers:
+                    for queue in self.queues:
+                        claimers.start_soon(
+                            functools.partial(process_job, queue, limiter, rate_limiter, backend, context=ctx)
+                        )
+            self.state = "draining"
+            await self._drain(ctx)
+
+    async def _drain(self, ctx: WorkerContext) -> None:
+        timeout = self.shutdown_timeout if self.shutdown_timeout is not None else ctx.config.shutdown_timeout
+        if ctx.held and not self.burst:
+            with anyio.move_on_after(0 if self._stop_now else timeout) as scope:
+                self._drain_scope = scope
+                while ctx.held:
+                    ctx.idle = anyio.Event()
+                    if ctx.held:
+                        await ctx.idle.wait()
+            for attempt in list(ctx.held.values()):
+                attempt.cancel("shutdown")
+
+    async def _shutdown_tail(
+        self,
+        backend: Backend,
+        keeper: LeaseKeeper,
+        info: WorkerInfo,
+        hooks: Hook | Sequence[Hook] | None,
+        queue_label: str,
+    ) -> None:
+        self.state = "stopping"
+        await anyio.to_thread.run_sync(keeper.stop)
+        backend.remove_cancel_listener(self._on_cancel_hint)
+        try:
+            await backend.deregister_worker(info.worker_id)
+        except Exception:  # noqa: BLE001 - the registration expires by itself; shutdown goes on
+            _log.warning("worker.deregister_failed: %s", info.worker_id, exc_info=True)
+        for queue in self.queues:
+            bus.emit(self._worker_event("worker:stopped", queue, reason=self.exit_reason))
+        await bus.drain(1.0)
+        await run_hooks_safely(hooks, backend=backend, worker_id=self.worker_id, queue=queue_label)
+        self.state = "stopped"
+        self._finished.set()
+
+    # -- background duties ---------------------------------------------------------------------------
+    async def _tick(self, keeper: LeaseKeeper) -> None:
+        while True:
+            keeper.tick()
+            await anyio.sleep(_TICK_INTERVAL)
+
+    async def _heartbeat(
+        self, backend: Backend, info: WorkerInfo, ctx: WorkerContext, concurrency: int
+    ) -> None:
+        interval = ctx.config.heartbeat_interval
+        while True:
+            await anyio.sleep(interval)
+            info.active = ctx.running()
+            info.state = self.state
+            try:
+                await backend.heartbeat(info, 3 * interval)
+            except Exception:  # noqa: BLE001 - a missed heartbeat is retried next interval
+                _log.warning("worker.heartbeat_failed: %s", self.worker_id, exc_info=True)
+                continue
+            for queue in self.queues:
+                bus.emit(
+                    self._worker_event("worker:heartbeat", queue, concurrency=concurrency, active=info.active)
+                )
+
+    async def _reaper(self, backend: Backend, ctx: WorkerContext) -> None:
+        config = ctx.config
+        while True:
+            for queue in self.queues:
+                try:
+                    await self._reap_queue(backend, queue, ctx)
+                except Exception:  # noqa: BLE001 - reaping is retried next interval
+                    _log.warning("worker.reap_failed: %s", queue, exc_info=True)
+            await anyio.sleep(config.reaper_interval)
+
+    async def _reap_queue(self, backend: Backend, queue: str, ctx: WorkerContext) -> None:
+        config = ctx.config
+        more = True
+        while more:
+            reply = await backend.reap(queue, self.worker_id, config.max_stalls, 3 * config.reaper_interval)
+            more = reply.is_reaper and reply.more
+            for raw in reply.stalled:
+                self._emit_reaped("job:stalled", raw, ctx, reason="lease_lost")
+            for raw in reply.dead:
+                self._emit_reaped("job:failed", raw, ctx, reason="worker_lost", error_type="worker_lost")
+
+    def _emit_reaped(self, name: str, raw: dict[str, Any], ctx: WorkerContext, **fields: Any) -> None:  # noqa: ANN401
+        try:
+            job = Job.from_dict(raw)
+        except ValueError:
+            _log.warning("worker.reaped_malformed: job %s", raw.get("id"))
+            return
+        extra: dict[str, Any] = {"worker_id": ctx.worker_id, "group": ctx.group}
+        if name == "job:failed":
+            extra["finished_at"] = time.time()
+        emit_job_event(name, job, **extra, **fields)
+
+    # -- signals from the backend --------------------------------------------------------------------
+    def _on_cancel_hint(self, queue: str, job_id: str) -> None:
+        ctx = self._context
+        if ctx is None:
+            return
+        attempt = ctx.held.get((queue, job_id))
+        if attempt is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            attempt.cancel("cancel")
+        else:
+            _call_in_loop(self._loop_token, lambda: attempt.cancel("cancel"))
+
+    def _on_renew_status(self, queue: str, job_id: str, status: RenewStatus) -> None:
+        """Called in the renewer thread: stop a handler whose lease was lost or that was cancelled."""
+        ctx = self._context
+        if ctx is None:
+            return
+        attempt = ctx.held.get((queue, job_id))
+        if attempt is None:
+            return
+        reason = "lost" if status is RenewStatus.LOST else "cancel"
+        _call_in_loop(self._loop_token, lambda: attempt.cancel(reason))
+
+    def _worker_event(self, name: str, queue: str, **fields: Any) -> LifecycleEvent:  # noqa: ANN401
+        group = self._context.group if self._context else "default"
+        return LifecycleEvent(name, time.time(), queue=queue, worker_id=self.worker_id, group=group, **fields)
+
+
+def _call_in_loop(token: Any, func: Any) -> None:  # noqa: ANN401 - anyio's loop token and a callback
+    """Run ``func`` in the worker's event loop without blocking the caller's thread.
+
+    A helper thread waits for the loop, so the renewer thread keeps renewing other leases even
+    while the loop is busy.
+    """
+
+    def deliver() -> None:
+        try:
+            anyio.from_thread.run_sync(func, token=token)
+        except RuntimeError:
+            _log.debug("worker.loop_gone: callback dropped after the worker stopped")
+
+    threading.Thread(target=deliver, name="asyncmq-loop-call", daemon=True).start()
+
+
+def _emit_data_loss(queue: str, old_epoch: str | None, new_epoch: str) -> None:
+    _log.error(
+        "backend.data_loss: the data of queue %s was lost (epoch %s -> %s): jobs stored before are gone",
+        queue,
+        old_epoch,
+        new_epoch,
+    )
+    bus.emit(
+        LifecycleEvent(
+            "backend:data_loss", time.time(), queue=queue, old_epoch=old_epoch, new_epoch=new_epoch
+        )
+    )

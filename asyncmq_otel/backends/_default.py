@@ -1,0 +1,47 @@
+"""The process-wide default backend, chosen by ``settings.backend``."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Any, cast
+
+from ..settings import settings
+from .base import Backend
+
+__all__ = ["default_backend", "reset_default_backend"]
+
+_lock = threading.Lock()
+_by_url: dict[str, Backend] = {}
+
+
+def default_backend() -> Backend:
+    """``settings.backend`` as a backend: an instance as is, a URL built once per URL and reused."""
+    configured: Any = settings.backend
+    if not isinstance(configured, str):
+        return cast("Backend", configured)
+    with _lock:
+        backend = _by_url.get(configured)
+        if backend is None:
+            if configured == "memory://":
+                from .memory import InMemoryBackend  # noqa: PLC0415 - adapters load lazily
+
+                backend = InMemoryBackend(
+                    max_payload_bytes=settings.max_payload_bytes,
+                    max_result_bytes=settings.max_result_bytes,
+                    keep_completed=settings.keep_completed,
+                    keep_completed_age=settings.keep_completed_age,
+                    keep_failed=settings.keep_failed,
+                    keep_failed_age=settings.keep_failed_age,
+                )
+            else:
+                backends = importlib.import_module("asyncmq_otel.backends")
+                backend = cast("Backend", backends.from_url(configured))
+            _by_url[configured] = backend
+        return backend
+
+
+def reset_default_backend() -> None:
+    """Forget the backends built from URLs (tests use it to start from an empty queue)."""
+    with _lock:
+        _by_url.clear()

@@ -1,0 +1,131 @@
+"""One hierarchy of typed errors: every failure a user can meet has its own class."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AsyncMQError",
+    "BackendAuthError",
+    "BackendError",
+    "BackendOutOfMemory",
+    "BackendTLSError",
+    "BackendUnavailable",
+    "ConfigError",
+    "DuplicateJob",
+    "InvalidName",
+    "JobArgumentError",
+    "JobCancelled",
+    "JobTimeout",
+    "MalformedJob",
+    "PayloadTooLarge",
+    "ResultSerializationError",
+    "ResultTooLarge",
+    "SandboxCrashed",
+    "SandboxError",
+    "SandboxTimeout",
+    "UnknownTask",
+]
+
+
+class AsyncMQError(Exception):
+    """Base class of every error raised by asyncmq_otel."""
+
+
+class ConfigError(AsyncMQError, ValueError):
+    """A setting has an invalid value or an invalid combination with another setting."""
+
+
+class InvalidName(AsyncMQError, ValueError):
+    """A queue name or job id does not match its allowed character set."""
+
+
+class JobArgumentError(AsyncMQError, TypeError):
+    """A job argument cannot be stored as JSON; the message names its path (e.g. ``args[1]``)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+class PayloadTooLarge(AsyncMQError, ValueError):
+    """The encoded job is larger than ``settings.max_payload_bytes``; nothing was stored."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"job payload is {size} bytes, over the {limit}-byte limit (settings.max_payload_bytes); "
+            "store large data elsewhere and pass a reference"
+        )
+        self.size = size
+        self.limit = limit
+
+
+class DuplicateJob(AsyncMQError):
+    """A job with this id already exists (raised only with ``on_duplicate="raise"``)."""
+
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(f"job {job_id!r} already exists in state {state!r}")
+        self.job_id = job_id
+        self.state = state
+
+
+class UnknownTask(AsyncMQError, LookupError):
+    """No task is registered under this id in this process."""
+
+
+class MalformedJob(AsyncMQError, ValueError):
+    """A stored job cannot be decoded: it is not a JSON object of the expected shape."""
+
+
+class JobTimeout(AsyncMQError, TimeoutError):
+    """The attempt ran longer than its task's ``timeout``."""
+
+
+class JobCancelled(AsyncMQError):
+    """The job was cancelled while it was running."""
+
+
+class ResultSerializationError(AsyncMQError, TypeError):
+    """The handler ran (its side effects may have happened) but its result is not JSON-serialisable."""
+
+
+class ResultTooLarge(AsyncMQError, ValueError):
+    """The handler ran (its side effects may have happened) but its result exceeds ``max_result_bytes``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the handler ran, but its result is over the {limit}-byte limit "
+            f"(settings.max_result_bytes; got at least {size} bytes): return a reference instead"
+        )
+        self.size = size
+        self.limit = limit
+
+
+class SandboxError(AsyncMQError):
+    """Base class of sandbox failures."""
+
+
+class SandboxTimeout(SandboxError, JobTimeout):
+    """The sandboxed handler ran past its timeout and its process was terminated."""
+
+
+class SandboxCrashed(SandboxError):
+    """The sandbox child died before it answered (exit code or signal in the message)."""
+
+
+class BackendError(AsyncMQError):
+    """A backend operation failed."""
+
+
+class BackendUnavailable(BackendError, ConnectionError):
+    """The backend cannot be reached; enqueue is idempotent by job id, so retrying is safe."""
+
+
+class BackendAuthError(BackendUnavailable):
+    """The backend rejected the credentials; check the user and password in the URL."""
+
+
+class BackendTLSError(BackendUnavailable):
+    """The TLS handshake with the backend failed; check the CA and certificates."""
+
+
+class BackendOutOfMemory(BackendError):
+    """The backend refused the write because it is out of memory; nothing was stored."""

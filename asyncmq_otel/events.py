@@ -1,0 +1,489 @@
+"""The event bus: every lifecycle transition is emitted here once, and adapters subscribe.
+
+Two kinds of listeners (telemetry contract §1.3):
+
+* **inline** listeners (the telemetry adapters, or ``inline=True``) run synchronously in the
+  emitting task, in registration order, before ``emit`` returns. They must not block.
+* **queued** listeners (the default for user code, sync or async) are called by a dispatcher
+  task that reads a bounded FIFO; a full FIFO drops the event for queued listeners only.
+
+A listener that raises is logged once per (listener, event name) and counted; it never
+changes a job's outcome. Writes to the backend can also be observed (``operation``), which is
+how the trace adapter puts the ``send`` span's context into the stored job.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Protocol
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+
+from .jobs import Job
+
+__all__ = [
+    "EVENT_NAMES",
+    "EventBus",
+    "EventEmitter",
+    "LifecycleEvent",
+    "Listener",
+    "Operation",
+    "OperationObserver",
+    "bus",
+    "event_emitter",
+]
+
+_log = logging.getLogger("asyncmq_otel.events")
+
+EVENT_NAMES = (
+    "job:enqueued",
+    "job:delayed",
+    "job:started",
+    "job:progress",
+    "job:completed",
+    "job:retried",
+    "job:failed",
+    "job:expired",
+    "job:cancelled",
+    "job:interrupted",
+    "job:throttled",
+    "job:stalled",
+    "job:duplicated",
+    "queue:paused",
+    "queue:resumed",
+    "worker:started",
+    "worker:heartbeat",
+    "worker:stopped",
+    "backend:data_loss",
+)
+_FAMILIES = ("job:*", "queue:*", "worker:*", "backend:*")
+
+Signal = Literal["event", "span", "metric", "log"]
+DropReason = Literal["queue_full", "adapter_error", "cardinality"]
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleEvent:
+    """One lifecycle transition. Fields that do not apply are ``None``.
+
+    It also reads like AsyncMQ's event dict (``event["job_id"]``, ``event.get("id")``), so
+    listeners written for AsyncMQ keep working.
+    """
+
+    name: str
+    ts: float
+    queue: str | None = None
+    job_id: str | None = None
+    task: str | None = None
+    attempt: int | None = None
+    max_attempts: int | None = None
+    priority: int | None = None
+    enqueued_at: float | None = None
+    eligible_at: float | None = None
+    worker_id: str | None = None
+    group: str | None = None
+    started_at: float | None = None
+    wait_s: float | None = None
+    finished_at: float | None = None
+    duration_s: float | None = None
+    ratelimit_wait_s: float | None = None
+    delay_s: float | None = None
+    backoff_s: float | None = None
+    progress: float | None = None
+    progress_data: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    reason: str | None = None
+    concurrency: int | None = None
+    active: int | None = None
+    trace_context: Mapping[str, str] | None = None
+    exception: BaseException | None = None
+    result: Any = None
+    old_epoch: str | None = None
+    new_epoch: str | None = None
+    started_monotonic: float | None = None
+
+    @property
+    def id(self) -> str | None:
+        """AsyncMQ's name for the job id."""
+        return self.job_id
+
+    def __getitem__(self, key: str) -> Any:  # noqa: ANN401 - mapping-style access to any field
+        if key == "id":
+            return self.job_id
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:  # noqa: ANN401 - mapping-style access
+        """Mapping-style ``get``."""
+        try:
+            value = self[key]
+        except KeyError:
+            return default
+        return default if value is None else value
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields that are set, without ``exception`` (which never leaves the process)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "exception" and getattr(self, f.name) is not None
+        }
+
+
+_EVENT_FIELDS = frozenset(f.name for f in fields(LifecycleEvent))
+
+Listener = Callable[[LifecycleEvent], Any]
+
+
+@dataclass(slots=True)
+class _Subscription:
+    pattern: str
+    listener: Listener
+    inline: bool
+    signal: Signal
+    once: bool
+    is_async: bool = False
+
+
+@dataclass(slots=True)
+class Operation:
+    """A backend write being observed.
+
+    ``name`` is ``send``, ``schedule``, ``ack``, ``retry``, ``dead_letter``, ``expire``, ``cancel``,
+    ``requeue``, ``pause`` or ``resume``.
+
+    Observers may set ``job.trace_context`` on the jobs of a ``send``/``schedule`` before the
+    write happens; ``scratch`` keeps per-observer state between start and finish.
+    """
+
+    name: str
+    queue: str
+    jobs: list[Job] = field(default_factory=list)
+    bulk: bool = False
+    started_at: float = 0.0
+    started_monotonic: float = 0.0
+    duration_s: float | None = None
+    error: BaseException | None = None
+    outcome: str | None = None  # the backend's answer to a fenced write: OK, STALE, GONE, TOO_LARGE
+    scratch: dict[int, Any] = field(default_factory=dict)
+
+
+class OperationObserver(Protocol):
+    """Sees backend writes start and finish (telemetry uses it for producer spans and write timings)."""
+
+    def operation_started(self, operation: Operation) -> None:
+        """Called before the write, in the writing task."""
+        ...
+
+    def operation_finished(self, operation: Operation) -> None:
+        """Called after the write, in reverse order; ``operation.error`` is set when it raised."""
+        ...
+
+
+class EventBus:
+    """Listeners by pattern, inline delivery, a bounded queue for the rest, and write observers."""
+
+    def __init__(self, queue_size: int = 10_000) -> None:
+        self._subscriptions: list[_Subscription] = []
+        self._routes: dict[str, tuple[tuple[_Subscription, ...], tuple[_Subscription, ...]]] = {}
+        self._lock = threading.Lock()
+        self._pending: collections.deque[LifecycleEvent] = collections.deque()
+        self.queue_size = queue_size
+        self._waiters: list[_Waiter] = []
+        self._observers: list[OperationObserver] = []
+        self._drop_observers: list[Callable[[str, str, int], None]] = []
+        self._failed_once: set[tuple[int, str]] = set()
+        self._last_full_warning = 0.0
+        self.dropped: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    # -- subscription --------------------------------------------------------------------------------
+    def on(
+        self, pattern: str, listener: Listener, *, inline: bool = False, signal: Signal = "event"
+    ) -> Listener:
+        """Subscribe ``listener`` to an event name, a family wildcard (``job:*``) or ``*``."""
+        self._subscribe(pattern, listener, inline=inline, signal=signal, once=False)
+        return listener
+
+    def once(self, pattern: str, listener: Listener, *, inline: bool = False) -> Listener:
+        """Subscribe ``listener`` for the next matching event only."""
+        self._subscribe(pattern, listener, inline=inline, signal="event", once=True)
+        return listener
+
+    def off(self, pattern: str, listener: Listener) -> None:
+        """Remove a subscription made with :meth:`on` or :meth:`once` (a no-op when absent)."""
+        with self._lock:
+            self._subscriptions = [
+                s for s in self._subscriptions if not (s.pattern == pattern and s.listener == listener)
+            ]
+            self._routes.clear()
+
+    def listeners(self, pattern: str | None = None) -> list[Listener]:
+        """The subscribed listeners, optionally only those of one pattern."""
+        return [s.listener for s in self._subscriptions if pattern is None or s.pattern == pattern]
+
+    def _subscribe(
+        self, pattern: str, listener: Listener, *, inline: bool, signal: Signal, once: bool
+    ) -> None:
+        if pattern != "*" and pattern not in _FAMILIES and pattern not in EVENT_NAMES:
+            raise ValueError(
+                f"unknown event pattern {pattern!r}; use one of {', '.join(EVENT_NAMES)}, a family "
+                "wildcard (job:*, queue:*, worker:*, backend:*) or '*'"
+            )
+        is_async = inspect.iscoroutinefunction(listener) or inspect.iscoroutinefunction(
+            getattr(listener, "__call__", None)  # noqa: B004 - callable objects with async __call__
+        )
+        if inline and is_async:
+            raise TypeError("inline listeners run synchronously in the emitting task; pass a sync function")
+        with self._lock:
+            self._subscriptions.append(_Subscription(pattern, listener, inline, signal, once, is_async))
+            self._routes.clear()
+
+    def _route(self, name: str) -> tuple[tuple[_Subscription, ...], tuple[_Subscription, ...]]:
+        route = self._routes.get(name)
+        if route is None:
+            family = name.split(":", 1)[0] + ":*"
+            seen: set[int] = set()
+            inline: list[_Subscription] = []
+            queued: list[_Subscription] = []
+            for sub in self._subscriptions:
+                if sub.pattern in {name, family, "*"} and id(sub.listener) not in seen:
+                    seen.add(id(sub.listener))
+                    (inline if sub.inline else queued).append(sub)
+            route = (tuple(inline), tuple(queued))
+            self._routes[name] = route
+        return route
+
+    # -- emission ------------------------------------------------------------------------------------
+    def emit(self, event: LifecycleEvent) -> None:
+        """Deliver ``event`` to inline listeners now and queue it for the others. Never awaits."""
+        inline, queued = self._route(event.name)
+        for sub in inline:
+            if sub.once:
+                self._drop_once(sub)
+            try:
+                sub.listener(event)
+            except Exception as exc:  # noqa: BLE001 - isolation boundary: a listener never breaks a job
+                self._listener_failed(sub, event, exc)
+        if queued:
+            self._enqueue(event)
+
+    def _enqueue(self, event: LifecycleEvent) -> None:
+        with self._lock:
+            full = len(self._pending) >= self.queue_size
+            if not full:
+                self._pending.append(event)
+        if full:
+            self.record_drop("event", "queue_full")
+            now = time.monotonic()
+            if now - self._last_full_warning >= 60.0:  # noqa: PLR2004 - at most one warning a minute
+                self._last_full_warning = now
+                _log.warning(
+                    "telemetry.queue_full: event queue is full (%d); events dropped for queued listeners",
+                    self.queue_size,
+                )
+            return
+        self._wake()
+
+    def record_drop(self, signal: str, reason: str, count: int = 1) -> None:
+        """Count telemetry that was dropped and tell the drop observers (the metrics adapter)."""
+        self.dropped[signal, reason] += count
+        for observer in list(self._drop_observers):
+            with contextlib.suppress(Exception):
+                observer(signal, reason, count)
+
+    def add_drop_observer(self, observer: Callable[[str, str, int], None]) -> None:
+        """Call ``observer(signal, reason, count)`` whenever telemetry is dropped."""
+        self._drop_observers.append(observer)
+
+    def remove_drop_observer(self, observer: Callable[[str, str, int], None]) -> None:
+        """Undo :meth:`add_drop_observer`."""
+        with contextlib.suppress(ValueError):
+            self._drop_observers.remove(observer)
+
+    def _listener_failed(self, sub: _Subscription, event: LifecycleEvent, exc: Exception) -> None:
+        key = (id(sub.listener), event.name)
+        if key not in self._failed_once:
+            self._failed_once.add(key)
+            _log.error(
+                "telemetry.adapter_error: listener %r failed on %s (logged once per listener and event)",
+                sub.listener,
+                event.name,
+                exc_info=exc,
+            )
+        self.record_drop(sub.signal, "adapter_error")
+
+    def _drop_once(self, sub: _Subscription) -> None:
+        with self._lock:
+            if sub in self._subscriptions:
+                self._subscriptions.remove(sub)
+            self._routes.clear()
+
+    # -- queued delivery -----------------------------------------------------------------------------
+    def _wake(self) -> None:
+        me = threading.get_ident()
+        for waiter in list(self._waiters):
+            if waiter.thread == me:
+                waiter.event.set()
+            else:
+                with contextlib.suppress(Exception):
+                    anyio.from_thread.run_sync(waiter.event.set, token=waiter.token)
+
+    def pending(self) -> int:
+        """Events waiting for queued listeners."""
+        return len(self._pending)
+
+    async def run_dispatcher(self) -> None:
+        """Deliver queued events until cancelled. Workers run one; so can a producer-only process.
+
+        Several dispatchers may run at once; only the first delivers, so each listener sees
+        events in emission order.
+        """
+        waiter = _Waiter(anyio.Event(), threading.get_ident(), anyio.lowlevel.current_token())
+        self._waiters.append(waiter)
+        try:
+            while True:
+                waiter.event = anyio.Event()
+                if self._waiters and self._waiters[0] is waiter:
+                    batch = self._take()
+                    if batch:
+                        await self._deliver(batch)
+                        continue
+                await waiter.event.wait()
+        finally:
+            self._waiters.remove(waiter)
+            for other in self._waiters:
+                if other.thread == waiter.thread:
+                    other.event.set()
+
+    async def drain(self, timeout: float = 1.0) -> None:
+        """Deliver what is pending now, for up to ``timeout`` seconds (used in the shutdown tail)."""
+        with anyio.move_on_after(timeout):
+            while batch := self._take():
+                await self._deliver(batch)
+
+    def _take(self) -> list[LifecycleEvent]:
+        with self._lock:
+            batch = list(self._pending)
+            self._pending.clear()
+        return batch
+
+    async def _deliver(self, batch: list[LifecycleEvent]) -> None:
+        for event in batch:
+            for sub in self._route(event.name)[1]:
+                if sub.once:
+                    self._drop_once(sub)
+                try:
+                    if sub.is_async:
+                        await sub.listener(event)
+                    else:
+                        await anyio.to_thread.run_sync(sub.listener, event)
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except Exception as exc:  # noqa: BLE001 - isolation boundary: a listener never breaks a job
+                    self._listener_failed(sub, event, exc)
+
+    # -- write observers -----------------------------------------------------------------------------
+    def add_observer(self, observer: OperationObserver) -> None:
+        """Observe backend writes (see :class:`Operation`)."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: OperationObserver) -> None:
+        """Undo :meth:`add_observer`."""
+        with contextlib.suppress(ValueError):
+            self._observers.remove(observer)
+
+    @property
+    def observed(self) -> bool:
+        """Whether any observer is installed (lets hot paths skip building an :class:`Operation`)."""
+        return bool(self._observers)
+
+    @contextlib.contextmanager
+    def operation(self, operation: Operation) -> Iterator[Operation]:
+        """Run a backend write under the observers: started in order, finished in reverse."""
+        observers = list(self._observers)
+        operation.started_at = time.time()
+        operation.started_monotonic = time.perf_counter()
+        for observer in observers:
+            try:
+                observer.operation_started(operation)
+            except Exception as exc:  # noqa: BLE001 - isolation boundary: telemetry never breaks a write
+                self._observer_failed(observer, operation, exc)
+        try:
+            yield operation
+        except BaseException as exc:
+            operation.error = exc
+            raise
+        finally:
+            operation.duration_s = time.perf_counter() - operation.started_monotonic
+            for observer in reversed(observers):
+                try:
+                    observer.operation_finished(operation)
+                except Exception as exc:  # noqa: BLE001 - isolation boundary, as above
+                    self._observer_failed(observer, operation, exc)
+
+    def _observer_failed(self, observer: OperationObserver, operation: Operation, exc: Exception) -> None:
+        key = (id(observer), operation.name)
+        if key not in self._failed_once:
+            self._failed_once.add(key)
+            _log.error(
+                "telemetry.adapter_error: observer %r failed on %s", observer, operation.name, exc_info=exc
+            )
+        self.record_drop(str(getattr(observer, "signal", "span")), "adapter_error")
+
+
+@dataclass(slots=True)
+class _Waiter:
+    event: anyio.Event
+    thread: int
+    token: Any
+
+
+class EventEmitter:
+    """AsyncMQ's ``event_emitter``: ``on``, ``off``, ``once`` and a coroutine ``emit(name, data)``."""
+
+    def __init__(self, event_bus: EventBus) -> None:
+        self.bus = event_bus
+
+    def on(self, event: str, listener: Listener, *, inline: bool = False) -> Listener:
+        """Subscribe to an event, a family wildcard (``job:*``) or ``*``; sync or async listeners."""
+        return self.bus.on(event, listener, inline=inline)
+
+    def once(self, event: str, listener: Listener, *, inline: bool = False) -> Listener:
+        """Subscribe for the next matching event only."""
+        return self.bus.once(event, listener, inline=inline)
+
+    def off(self, event: str, listener: Listener) -> None:
+        """Unsubscribe."""
+        self.bus.off(event, listener)
+
+    async def emit(self, event: str, data: Mapping[str, Any] | LifecycleEvent | None = None) -> None:
+        """Emit an event from a name and an AsyncMQ-style dict; returns once inline listeners ran."""
+        if isinstance(data, LifecycleEvent):
+            payload = data
+        else:
+            values = dict(data or {})
+            if "id" in values and "job_id" not in values:
+                values["job_id"] = values.pop("id")
+            known = {k: v for k, v in values.items() if k in _EVENT_FIELDS and k not in {"name", "ts"}}
+            payload = LifecycleEvent(name=event, ts=time.time(), **known)
+        self.bus.emit(payload)
+        await anyio.lowlevel.checkpoint()
+
+
+AsyncListener = Callable[[LifecycleEvent], Awaitable[Any]]
+
+bus = EventBus()
+event_emitter = EventEmitter(bus)

@@ -1,0 +1,409 @@
+"""The job model: states, DLQ reasons, retry backoff, the stored envelope and the JSON checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal, cast
+
+from .errors import InvalidName, JobArgumentError, MalformedJob, PayloadTooLarge
+
+__all__ = [
+    "DLQ_REASONS",
+    "ENVELOPE_VERSION",
+    "TERMINAL_STATES",
+    "Backoff",
+    "BackoffSpec",
+    "DLQReason",
+    "Job",
+    "JobState",
+    "check_job_id",
+    "check_json",
+    "check_queue_name",
+    "dumps",
+    "encode_payload",
+    "error_type_name",
+    "new_job_id",
+    "priority_class",
+]
+
+ENVELOPE_VERSION = 1
+MAX_SAFE_INT = 2**53 - 1
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_JOB_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+class JobState(str, Enum):
+    """Where a job is in its life. The last four are terminal."""
+
+    WAITING = "waiting"
+    DELAYED = "delayed"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.EXPIRED, JobState.CANCELLED})
+
+DLQReason = Literal["failed", "expired", "unknown_task", "malformed_payload", "worker_lost", "interrupted"]
+DLQ_REASONS: frozenset[str] = frozenset(
+    {"failed", "expired", "unknown_task", "malformed_payload", "worker_lost", "interrupted"}
+)
+
+
+def new_job_id() -> str:
+    """Return a fresh job id (uuid4 hex), the form producers use unless the caller supplies one."""
+    return uuid.uuid4().hex
+
+
+def check_queue_name(name: object) -> str:
+    """Return ``name`` if it is a valid queue name, else raise :class:`InvalidName`."""
+    if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
+        raise InvalidName(f"queue name {name!r} must match [A-Za-z0-9._-]{{1,64}}")
+    return name
+
+
+def check_job_id(job_id: object) -> str:
+    """Return ``job_id`` if it is a valid job id, else raise :class:`InvalidName`."""
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        raise InvalidName(f"job id {job_id!r} must match [A-Za-z0-9._-]{{1,128}}")
+    return job_id
+
+
+def priority_class(priority: int) -> str:
+    """Bucket a priority into a bounded label value: lower runs first."""
+    if priority < 5:  # noqa: PLR2004 - 5 is the documented default priority
+        return "high"
+    return "normal" if priority == 5 else "low"  # noqa: PLR2004 - as above
+
+
+def error_type_name(exc: BaseException | type[BaseException]) -> str:
+    """Return the qualified type name of an exception with ``builtins.`` dropped."""
+    cls = exc if isinstance(exc, type) else type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def check_json(value: object, path: str = "value") -> Any:  # noqa: ANN401 - returns the JSON form of any value
+    """Walk ``value`` and return its JSON form (tuples become lists).
+
+    Raises:
+        JobArgumentError: naming the path of the first value JSON cannot carry faithfully.
+
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        if -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+            return value
+        raise JobArgumentError(path, f"integer {value} is outside ±(2**53-1); pass it as a string")
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        raise JobArgumentError(path, f"float {value!r} is not JSON; pass None or a string")
+    if isinstance(value, (list, tuple)):
+        return [check_json(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise JobArgumentError(
+                    f"{path}[{key!r}]", f"dict key of type {type(key).__name__} is not JSON; use str keys"
+                )
+            out[key] = check_json(item, f"{path}[{json.dumps(key)}]")
+        return out
+    hint = "pass an ISO string" if type(value).__name__ in {"datetime", "date", "time"} else "pass JSON data"
+    raise JobArgumentError(path, f"{type(value).__name__} is not JSON; {hint}")
+
+
+def dumps(value: object) -> str:
+    """Encode JSON compactly; callers have already checked the value with :func:`check_json`."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode_payload(payload: Mapping[str, Any], limit: int) -> str:
+    """Encode a job envelope and refuse it when it is over ``limit`` bytes."""
+    text = dumps(payload)
+    size = len(text.encode("utf-8"))
+    if size > limit:
+        raise PayloadTooLarge(size, limit)
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Retry backoff: ``fixed`` waits ``delay`` each time; ``exponential`` doubles it per retry.
+
+    ``max_delay`` caps the delay; ``jitter`` draws it uniformly from [delay/2, delay] so that
+    many jobs failing together do not retry together.
+    """
+
+    kind: Literal["fixed", "exponential"] = "exponential"
+    delay: float = 1.0
+    max_delay: float | None = None
+    jitter: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in {"fixed", "exponential"}:
+            raise ValueError(f"backoff kind must be 'fixed' or 'exponential', not {self.kind!r}")
+        if not (self.delay >= 0 and math.isfinite(self.delay)):
+            raise ValueError(f"backoff delay must be a finite number >= 0, not {self.delay!r}")
+        if self.max_delay is not None and self.max_delay < 0:
+            raise ValueError(f"backoff max_delay must be >= 0, not {self.max_delay!r}")
+
+    @classmethod
+    def parse(cls, spec: BackoffSpec) -> Backoff | None:
+        """Accept ``None``, seconds (fixed), ``"exponential"``/``"fixed"``, a mapping or a Backoff."""
+        if spec is None or isinstance(spec, Backoff):
+            return spec
+        if isinstance(spec, bool):
+            raise TypeError("backoff must be seconds, 'fixed', 'exponential', a mapping or a Backoff")
+        if isinstance(spec, (int, float)):
+            return cls("fixed", float(spec))
+        if isinstance(spec, str):
+            if spec not in {"fixed", "exponential"}:
+                raise ValueError(f"backoff must be 'fixed' or 'exponential', not {spec!r}")
+            return cls(cast("Literal['fixed', 'exponential']", spec))
+        if isinstance(spec, Mapping):
+            known = {"type", "kind", "delay", "max", "max_delay", "jitter"}
+            unknown = set(spec) - known
+            if unknown:
+                raise ValueError(f"unknown backoff keys {sorted(unknown)}; use type, delay, max, jitter")
+            kind = spec.get("type", spec.get("kind", "exponential"))
+            max_delay = spec.get("max", spec.get("max_delay"))
+            return cls(
+                kind,
+                float(spec.get("delay", 1.0)),
+                None if max_delay is None else float(max_delay),
+                bool(spec.get("jitter", False)),
+            )
+        raise TypeError(f"backoff of type {type(spec).__name__} is not supported")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form stored with the job."""
+        return {"type": self.kind, "delay": self.delay, "max": self.max_delay, "jitter": self.jitter}
+
+    def delay_for(self, retry_number: int) -> float:
+        """Seconds to wait before retry number ``retry_number`` (1-based)."""
+        delay = self.delay if self.kind == "fixed" else self.delay * 2.0 ** max(retry_number - 1, 0)
+        if self.max_delay is not None:
+            delay = min(delay, self.max_delay)
+        if self.jitter and delay > 0:
+            delay = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not cryptography
+        return delay
+
+
+BackoffSpec = Backoff | float | int | str | Mapping[str, Any] | None
+
+
+@dataclass(slots=True)
+class Job:
+    """A job as stored by a backend: the producer's envelope plus the backend's bookkeeping.
+
+    ``attempts`` counts handler runs as recorded by the backend's claim; ``retries`` counts
+    retries already scheduled; ``stalls`` and ``interrupts`` count redeliveries.
+    """
+
+    id: str
+    task: str
+    queue: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    max_retries: int = 0
+    ttl: float | None = None
+    backoff: dict[str, Any] | None = None
+    priority: int = 5
+    timeout: float | None = None
+    trace_context: dict[str, str] | None = None
+    enqueued_at: float = 0.0
+    eligible_at: float = 0.0
+    delay_until: float | None = None
+    expires_at: float | None = None
+    state: JobState = JobState.WAITING
+    attempts: int = 0
+    retries: int = 0
+    stalls: int = 0
+    interrupts: int = 0
+    token: str | None = None
+    owner: str | None = None
+    cancel_requested: bool = False
+    result: Any = None
+    error: dict[str, Any] | None = None
+    dlq_reason: str | None = None
+    finished_at: float | None = None
+    progress: float | None = None
+
+    @property
+    def max_attempts(self) -> int:
+        """``max_retries + 1``."""
+        return self.max_retries + 1
+
+    def next_retry_delay(self) -> float:
+        """Seconds before the next retry, from the job's backoff and the retries already used."""
+        backoff = Backoff.parse(self.backoff)
+        if backoff is None:
+            return 0.0
+        return backoff.delay_for(self.retries + 1)
+
+    def envelope(self) -> dict[str, Any]:
+        """The producer-owned part of the job, as stored at enqueue."""
+        out: dict[str, Any] = {
+            "v": ENVELOPE_VERSION,
+            "id": self.id,
+            "task": self.task,
+            "queue": self.queue,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "max_retries": self.max_retries,
+            "priority": self.priority,
+        }
+        if self.ttl is not None:
+            out["ttl"] = self.ttl
+        if self.backoff is not None:
+            out["backoff"] = self.backoff
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
+        if self.trace_context:
+            out["trace_context"] = self.trace_context
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready (``state`` as its string value)."""
+        return {
+            "v": ENVELOPE_VERSION,
+            "id": self.id,
+            "task": self.task,
+            "queue": self.queue,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "max_retries": self.max_retries,
+            "ttl": self.ttl,
+            "backoff": self.backoff,
+            "priority": self.priority,
+            "timeout": self.timeout,
+            "trace_context": self.trace_context,
+            "enqueued_at": self.enqueued_at,
+            "eligible_at": self.eligible_at,
+            "delay_until": self.delay_until,
+            "expires_at": self.expires_at,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "stalls": self.stalls,
+            "interrupts": self.interrupts,
+            "token": self.token,
+            "owner": self.owner,
+            "cancel_requested": self.cancel_requested,
+            "result": self.result,
+            "error": self.error,
+            "dlq_reason": self.dlq_reason,
+            "finished_at": self.finished_at,
+            "progress": self.progress,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: object) -> Job:
+        """Decode a stored job, validating every field.
+
+        Raises:
+            MalformedJob: when ``raw`` is not an object of the expected shape and version.
+
+        """
+        if isinstance(raw, (bytes, str)):
+            try:
+                raw = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise MalformedJob(f"stored job is not JSON: {_preview(raw)}") from exc
+        if not isinstance(raw, Mapping):
+            raise MalformedJob(f"stored job is not a JSON object but {type(raw).__name__}")
+        if raw.get("v", ENVELOPE_VERSION) != ENVELOPE_VERSION:
+            raise MalformedJob(f"unknown envelope version {raw.get('v')!r}")
+        try:
+            job = cls(
+                id=_typed(raw, "id", str),
+                task=_typed(raw, "task", str),
+                queue=_typed(raw, "queue", str),
+                args=_typed(raw, "args", list, []),
+                kwargs=_typed(raw, "kwargs", dict, {}),
+                max_retries=_typed(raw, "max_retries", int, 0),
+                ttl=_number_or_none(raw, "ttl"),
+                backoff=_typed(raw, "backoff", dict, None),
+                priority=_typed(raw, "priority", int, 5),
+                timeout=_number_or_none(raw, "timeout"),
+                trace_context=_string_map_or_none(raw, "trace_context"),
+                enqueued_at=_number_or_none(raw, "enqueued_at") or 0.0,
+                eligible_at=_number_or_none(raw, "eligible_at") or 0.0,
+                delay_until=_number_or_none(raw, "delay_until"),
+                expires_at=_number_or_none(raw, "expires_at"),
+                state=JobState(raw.get("state", "waiting")),
+                attempts=_typed(raw, "attempts", int, 0),
+                retries=_typed(raw, "retries", int, 0),
+                stalls=_typed(raw, "stalls", int, 0),
+                interrupts=_typed(raw, "interrupts", int, 0),
+                token=_typed(raw, "token", str, None),
+                owner=_typed(raw, "owner", str, None),
+                cancel_requested=bool(raw.get("cancel_requested", False)),
+                result=raw.get("result"),
+                error=_typed(raw, "error", dict, None),
+                dlq_reason=_typed(raw, "dlq_reason", str, None),
+                finished_at=_number_or_none(raw, "finished_at"),
+                progress=_number_or_none(raw, "progress"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise MalformedJob(f"stored job has a bad field: {exc}") from exc
+        if not all(isinstance(key, str) for key in job.kwargs):
+            raise MalformedJob("stored job kwargs have non-string keys")
+        return job
+
+
+def _preview(raw: object) -> str:
+    """At most 256 bytes of a bad payload, escaped, for logs and error messages."""
+    data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "replace")
+    return repr(data[:256])
+
+
+_MISSING: Any = object()
+
+
+def _typed(raw: Mapping[str, Any], key: str, kind: type, default: Any = _MISSING) -> Any:  # noqa: ANN401
+    value = raw.get(key, _MISSING)
+    if value is _MISSING or (value is None and default is not _MISSING):
+        if default is _MISSING:
+            raise ValueError(f"missing field {key!r}")
+        return default
+    if kind is int and isinstance(value, bool):
+        raise TypeError(f"field {key!r} must be int, not bool")
+    if not isinstance(value, kind):
+        raise TypeError(f"field {key!r} must be {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _number_or_none(raw: Mapping[str, Any], key: str) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"field {key!r} must be a number, not {type(value).__name__}")
+    return float(value)
+
+
+def _string_map_or_none(raw: Mapping[str, Any], key: str) -> dict[str, str] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise TypeError(f"field {key!r} must be an object of strings")
+    return dict(value)

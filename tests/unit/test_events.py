@@ -1,0 +1,170 @@
+import threading
+import time
+
+import anyio
+import pytest
+
+from asyncmq_otel.events import EventBus, EventEmitter, LifecycleEvent
+from tests.support.poll import eventually
+
+pytestmark = pytest.mark.anyio
+
+
+def ev(name: str, **fields) -> LifecycleEvent:
+    return LifecycleEvent(name, time.time(), queue="q", **fields)
+
+
+async def test_patterns_exact_family_and_star_deliver_once_per_listener():
+    bus = EventBus()
+    seen: list[str] = []
+
+    def listener(event):
+        seen.append(event.name)
+
+    bus.on("job:failed", listener, inline=True)
+    bus.on("job:*", listener, inline=True)
+    bus.on("*", listener, inline=True)
+    bus.emit(ev("job:failed"))
+    bus.emit(ev("queue:paused"))
+    assert seen == ["job:failed", "queue:paused"]
+
+
+async def test_unknown_pattern_is_refused():
+    with pytest.raises(ValueError, match="unknown event pattern"):
+        EventBus().on("job:finished", print)
+
+
+async def test_once_and_off():
+    bus = EventBus()
+    seen: list[str] = []
+    bus.once("job:started", lambda e: seen.append("once"), inline=True)
+
+    def always(event):
+        seen.append("always")
+
+    bus.on("job:started", always, inline=True)
+    bus.emit(ev("job:started"))
+    bus.emit(ev("job:started"))
+    bus.off("job:started", always)
+    bus.emit(ev("job:started"))
+    assert seen == ["once", "always", "always"]
+
+
+async def test_raising_inline_listener_is_isolated_logged_once_and_counted(caplog):
+    bus = EventBus()
+    drops: list[tuple[str, str, int]] = []
+    bus.add_drop_observer(lambda s, r, n: drops.append((s, r, n)))
+    after: list[str] = []
+
+    def broken(event):
+        raise RuntimeError("adapter bug")
+
+    bus.on("*", broken, inline=True, signal="span")
+    bus.on("*", lambda e: after.append(e.name), inline=True)
+    for _ in range(3):
+        bus.emit(ev("job:completed"))
+    assert after == ["job:completed"] * 3
+    assert drops == [("span", "adapter_error", 1)] * 3
+    assert bus.dropped["span", "adapter_error"] == 3
+    assert (
+        sum(
+            "adapter bug" in (r.exc_text or "") or "telemetry.adapter_error" in r.getMessage()
+            for r in caplog.records
+        )
+        == 1
+    )
+
+
+async def test_queued_listeners_sync_and_async_in_order_via_dispatcher():
+    bus = EventBus()
+    got: list[tuple[str, str]] = []
+    threads: set[int] = set()
+
+    def sync_listener(event):
+        threads.add(threading.get_ident())
+        got.append(("sync", event.job_id))
+
+    async def async_listener(event):
+        got.append(("async", event.job_id))
+
+    bus.on("job:*", sync_listener)
+    bus.on("job:*", async_listener)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(bus.run_dispatcher)
+        for i in range(5):
+            bus.emit(ev("job:enqueued", job_id=str(i)))
+        await eventually(lambda: len(got) == 10)
+        tg.cancel_scope.cancel()
+    assert [j for kind, j in got if kind == "sync"] == [str(i) for i in range(5)]
+    assert [j for kind, j in got if kind == "async"] == [str(i) for i in range(5)]
+    assert threading.get_ident() not in threads  # sync listeners run in a worker thread
+
+
+async def test_slow_queued_listener_never_blocks_emit_and_overflow_is_counted():
+    bus = EventBus(queue_size=3)
+    release = anyio.Event()
+    got: list[str] = []
+
+    async def slow(event):
+        await release.wait()
+        got.append(event.job_id)
+
+    inline: list[str] = []
+    bus.on("job:*", slow)
+    bus.on("job:*", lambda e: inline.append(e.job_id), inline=True)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(bus.run_dispatcher)
+        bus.emit(ev("job:enqueued", job_id="0"))
+        await eventually(lambda: bus.pending() == 0)  # the dispatcher holds event 0 in the slow listener
+        for i in range(1, 6):
+            bus.emit(ev("job:enqueued", job_id=str(i)))
+        assert inline == [str(i) for i in range(6)]  # inline delivery is never held up
+        assert bus.dropped["event", "queue_full"] == 2
+        release.set()
+        await eventually(lambda: len(got) == 4)
+        tg.cancel_scope.cancel()
+    assert got == ["0", "1", "2", "3"]
+
+
+async def test_raising_queued_listener_does_not_stop_dispatch():
+    bus = EventBus()
+    got: list[str] = []
+
+    async def broken(event):
+        raise ValueError("user bug")
+
+    bus.on("job:*", broken)
+    bus.on("job:*", lambda e: got.append(e.job_id))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(bus.run_dispatcher)
+        bus.emit(ev("job:failed", job_id="a"))
+        bus.emit(ev("job:failed", job_id="b"))
+        await eventually(lambda: got == ["a", "b"])
+        tg.cancel_scope.cancel()
+    assert bus.dropped["event", "adapter_error"] == 2
+
+
+async def test_emitter_compat_emit_with_asyncmq_dict_and_mapping_access():
+    bus = EventBus()
+    emitter = EventEmitter(bus)
+    seen: list[LifecycleEvent] = []
+    emitter.on("job:progress", seen.append, inline=True)
+    await emitter.emit("job:progress", {"id": "j1", "progress": 50.0, "queue": "q"})
+    event = seen[0]
+    assert event.job_id == "j1"
+    assert event["id"] == "j1"
+    assert event.get("progress") == 50.0
+    assert event.get("missing", "x") == "x"
+    assert "exception" not in event.as_dict()
+    with pytest.raises(KeyError):
+        event["nope"]
+
+
+async def test_drain_delivers_pending_without_a_dispatcher():
+    bus = EventBus()
+    got: list[str] = []
+    bus.on("worker:stopped", lambda e: got.append(e.name))
+    bus.emit(ev("worker:stopped"))
+    assert got == []
+    await bus.drain(2.0)
+    assert got == ["worker:stopped"]

@@ -1,0 +1,106 @@
+import datetime
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from asyncmq_otel.errors import InvalidName, JobArgumentError, MalformedJob
+from asyncmq_otel.jobs import Backoff, Job, check_job_id, check_json, check_queue_name, dumps, error_type_name
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        ([1, datetime.datetime.now(datetime.UTC)], "args[1]"),
+        ({"when": {1, 2}}, 'kwargs["when"]'),
+        ([object()], "args[0]"),
+        ([math.nan], "args[0]"),
+        ([2**70], "args[0]"),
+        ({"a": {1: "x"}}, 'kwargs["a"][1]'),
+    ],
+)
+def test_non_json_values_name_their_path(value, path):
+    root = "args" if isinstance(value, list) else "kwargs"
+    with pytest.raises(JobArgumentError) as info:
+        check_json(value, root)
+    assert info.value.path == path
+    assert isinstance(info.value, TypeError)
+
+
+def test_datetime_error_says_what_to_do():
+    with pytest.raises(JobArgumentError, match="pass an ISO string"):
+        check_json({"when": datetime.datetime.now(datetime.UTC)}, "kwargs")
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(json_values)
+def test_accepted_values_round_trip(value):
+    import json
+
+    assert json.loads(dumps(check_json(value))) == value
+
+
+def test_tuples_become_lists():
+    assert check_json((1, (2, 3))) == [1, [2, 3]]
+
+
+def test_names_are_checked():
+    assert check_queue_name("orders.v2-eu_1") == "orders.v2-eu_1"
+    for bad in ["", "a b", "q{x}", "x" * 65]:
+        with pytest.raises(InvalidName):
+            check_queue_name(bad)
+    with pytest.raises(InvalidName):
+        check_job_id("id:with:colons")
+
+
+def test_fixed_and_exponential_backoff_with_cap():
+    assert Backoff.parse(2).delay_for(3) == 2.0
+    exp = Backoff.parse({"type": "exponential", "delay": 0.5, "max": 3})
+    assert [exp.delay_for(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    jittered = Backoff("exponential", 4.0, jitter=True)
+    for n in range(1, 4):
+        assert 4.0 * 2 ** (n - 1) / 2 <= jittered.delay_for(n) <= 4.0 * 2 ** (n - 1)
+    with pytest.raises(ValueError, match="unknown backoff keys"):
+        Backoff.parse({"delay": 1, "factor": 3})
+
+
+def test_next_retry_delay_uses_retries_already_spent():
+    job = Job(id="a", task="t", queue="q", max_retries=5, backoff=Backoff("exponential", 1.0).to_dict())
+    assert job.next_retry_delay() == 1.0
+    job.retries = 3
+    assert job.next_retry_delay() == 8.0
+    assert Job(id="b", task="t", queue="q").next_retry_delay() == 0.0
+
+
+def test_job_round_trip_and_malformed_payloads():
+    job = Job(id="a", task="t", queue="q", args=[1], kwargs={"x": 2}, max_retries=2, priority=3)
+    assert Job.from_dict(job.to_dict()) == job
+    assert Job.from_dict(dumps(job.to_dict())).kwargs == {"x": 2}
+    for bad in [
+        b"\x80\x04garbage",
+        "[1, 2]",
+        '{"id": "a"}',
+        '{"id": "a", "task": 3, "queue": "q"}',
+        '{"v": 9, "id": "a", "task": "t", "queue": "q"}',
+    ]:
+        with pytest.raises(MalformedJob):
+            Job.from_dict(bad)
+
+
+def test_error_type_names():
+    class Custom(Exception):
+        pass
+
+    assert error_type_name(ValueError("x")) == "ValueError"
+    assert error_type_name(Custom()).endswith("test_jobs.test_error_type_names.<locals>.Custom")
