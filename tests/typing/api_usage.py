@@ -1,0 +1,36 @@
+"""The public API used the way users do; ``mypy --strict`` checks this file in CI."""
+
+from __future__ import annotations
+
+import anyio
+
+from asyncmq_otel import LifecycleEvent, Queue, Worker, event_emitter, settings, task
+
+
+@task("typed", retries=2, backoff="exponential", timeout=5.0)
+async def resize(path: str, width: int) -> dict[str, int]:
+    return {"width": width}
+
+
+@task("typed")
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+def on_failed(event: LifecycleEvent) -> None:
+    print(event.job_id, event.error_type, event.attempt)
+
+
+async def main() -> None:
+    job_id: str = await resize.using(priority=1, delay=2.0).enqueue("a.png", 640)
+    same: str = await resize.enqueue("b.png", width=320, priority=3)
+    direct: int = total([1, 2, 3])
+    event_emitter.on("job:failed", on_failed)
+    queue = Queue("typed")
+    state: str | None = await queue.get_job_state(job_id)
+    counts: dict[str, int] = await queue.counts()
+    worker = Worker(queue, concurrency=settings.worker_concurrency)
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        worker.stop()
+    print(same, direct, state, counts)
