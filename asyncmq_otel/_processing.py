@@ -101,7 +101,7 @@ class WorkerContext:
 
     def running(self) -> int:
         """Handlers running right now (claimed jobs still in their pickup checks not included)."""
-        return sum(1 for attempt in self.held.values() if attempt.scope is not None)
+        return sum(1 for attempt in list(self.held.values()) if attempt.started_monotonic is not None)
 
     def leases(self) -> dict[str, dict[str, str]]:
         """Every lease this worker holds, by queue (the renewer thread reads a copy)."""
@@ -238,20 +238,52 @@ async def _run_with_limits(
     slot is acquired here.
     """
     borrower = reserved if reserved is not None else object()
-    if reserved is None:
-        await limiter.acquire_on_behalf_of(borrower)
+    backend = backend or default_backend()
+    ctx = context or WorkerContext()
+    holding = reserved is not None
     try:
+        if not holding:
+            await limiter.acquire_on_behalf_of(borrower)
+            holding = True
         waited = 0.0
+        attempt = attempt or ctx.held.get((queue_name, str(raw_job.get("id"))))
         if rate_limiter is not None:
             throttle_started = time.time()
-            waited = await rate_limiter.acquire()
+            try:
+                with anyio.CancelScope() as wait_scope:
+                    if attempt is not None:  # a stop request cancels the wait through the attempt
+                        attempt.scope = wait_scope
+                        if attempt.reason is not None:
+                            wait_scope.cancel()
+                    waited = await rate_limiter.acquire()
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_REQUEUE_BUDGET):
+                    await _give_back(backend, queue_name, raw_job, ctx)
+                raise
+            finally:
+                if attempt is not None:
+                    attempt.scope = None
+            if wait_scope.cancelled_caught:
+                await _give_back(backend, queue_name, raw_job, ctx)
+                return
             if waited > _THROTTLE_EVENT_THRESHOLD and "payload_error" not in raw_job:
-                _emit_throttled(raw_job, context, throttle_started, waited)
-        await handle_job(
-            queue_name, raw_job, backend, context=context, ratelimit_wait_s=waited, attempt=attempt
-        )
+                _emit_throttled(raw_job, ctx, throttle_started, waited)
+        await handle_job(queue_name, raw_job, backend, context=ctx, ratelimit_wait_s=waited, attempt=attempt)
     finally:
-        limiter.release_on_behalf_of(borrower)
+        if holding:
+            limiter.release_on_behalf_of(borrower)
+
+
+async def _give_back(backend: Backend, queue: str, raw_job: RawJob, ctx: WorkerContext) -> None:
+    """Return a claimed job that never started (the worker is stopping) to its place, attempt included.
+
+    Doing it now, rather than leaving it to the reaper, costs the job no stall.
+    """
+    job_id = str(raw_job.get("id"))
+    try:
+        await backend.defer(queue, job_id, str(raw_job.get("token") or ""))
+    finally:
+        ctx.release(queue, job_id)
 
 
 def _emit_throttled(raw_job: RawJob, ctx: WorkerContext | None, started: float, waited: float) -> None:
@@ -345,6 +377,9 @@ class _JobRun:
         self.job = job
         if job.cancel_requested or self.attempt.reason == "cancel":
             await self._settle_cancelled("queued")
+            return
+        if self.attempt.reason == "shutdown":  # stopped before it started: not an interruption
+            await self._retrying(lambda: self.backend.defer(self.queue, job.id, self.token))
             return
         now = float(self.raw.get("claimed_at") or time.time())
         if job.expires_at is not None and now > job.expires_at:
@@ -620,7 +655,10 @@ class _JobRun:
         delay = 0.05
         while True:
             try:
-                return await call()
+                # One call is shielded (bounded by the backend's own timeouts) so a stop request
+                # cannot lose a finished job's outcome mid-write; the waits between retries are not.
+                with anyio.CancelScope(shield=True):
+                    return await call()
             except BackendUnavailable:
                 # The handler's work is done; keep trying until the backend answers. If our lease
                 # is reaped meanwhile the write comes back STALE and the job was redelivered.

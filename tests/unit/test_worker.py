@@ -583,3 +583,24 @@ def test_start_blocks_and_stop_works_from_another_thread(backend, unique_name):
     thread.join(5)
     assert not thread.is_alive()
     assert worker.state == "stopped"
+
+
+async def test_stop_gives_back_jobs_still_waiting_for_a_rate_token(backend, unique_name, events):
+    q = Queue(unique_name, backend=backend)
+    first = await q.add("t.block", ["r1"])
+    throttled = [await q.add("t.record", [str(i)]) for i in range(2)]
+    worker = Worker(unique_name, backend=backend, concurrency=3, rate_limit=1, rate_interval=30, shutdown_timeout=0.2)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await eventually(lambda: attempts.get("r1") == 1)
+
+        async def all_claimed() -> bool:
+            return (await q.counts())["active"] == 3
+
+        await eventually(all_claimed)
+        worker.stop()
+    for job_id in throttled:
+        stored = await q.get_job(job_id)
+        assert (stored["state"], stored["attempts"], stored["stalls"]) == ("waiting", 0, 0)
+    assert (await q.get_job(first))["interrupts"] == 1
+    assert log == []
