@@ -37,14 +37,13 @@ def _modules() -> list[Path]:
 
 
 def test_core_modules_never_import_adapter_libraries():
-    offenders = []
-    for path in _modules():
-        relative = path.relative_to(PACKAGE).as_posix()
-        if relative.startswith(ADAPTER_PREFIXES):
-            continue
-        for name in _imports(path):
-            if name.split(".")[0] in ADAPTER_LIBRARIES:
-                offenders.append(f"{relative} imports {name}")
+    offenders = [
+        f"{path.relative_to(PACKAGE).as_posix()} imports {name}"
+        for path in _modules()
+        if not path.relative_to(PACKAGE).as_posix().startswith(ADAPTER_PREFIXES)
+        for name in _imports(path)
+        if name.split(".")[0] in ADAPTER_LIBRARIES
+    ]
     assert offenders == []
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import configparser
 import os
 import subprocess
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 
