@@ -1,0 +1,788 @@
+"""``RedisBackend``: the distributed backend. Every transition is one Lua script on one slot.
+
+Keys are ``<prefix>:{<queue>}:<name>`` (see ``_keys.py``), so a queue's scripts run unchanged on
+Redis Cluster. Each script checks the queue's epoch, validates, and only then writes; transitions
+of a claimed job are fenced on its claim token. Time comes from Redis ``TIME`` inside the
+scripts. Replies are decoded to the same raw job dicts as ``InMemoryBackend`` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+from ...errors import BackendError, PayloadTooLarge
+from ...jobs import DLQ_REASONS, TERMINAL_STATES, JobState, check_job_id
+from ...settings import get_settings
+from ..base import (
+    CancelStatus,
+    ClaimReply,
+    DataLossCallback,
+    EnqueueItem,
+    EnqueueReply,
+    QueueStats,
+    RawJob,
+    ReapReply,
+    RenewStatus,
+    SettleReply,
+    SettleStatus,
+    WorkerInfo,
+)
+from . import _scripts
+from ._connection import AsyncClient, Connections, ConnectionSettings, mask_url, probe_server
+from ._decode import JOB_FIELDS, decode_job, decode_jobs, decode_values, unpack
+from ._events import CancelHints, EventSubscription, hint
+from ._keys import Keys, QueueKeys
+from ._renewer import RedisLeaseRenewer
+
+__all__ = ["DEFAULT_URL", "RedisBackend"]
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+_PROMOTE_LIMIT = 100
+_REAP_LIMIT = 100
+_BULK_CHUNK = 500  # jobs per enqueue script call: long enough to amortise, short enough not to stall Redis
+_DELETE_PAGE = 500
+_MAX_QUEUES = 10_000  # list_queues reads queue names, never jobs; bounded all the same
+_PRIORITY_BOUND = 500  # |priority| past this would lose FIFO precision in the ready score (2^44 per step)
+_STATES = tuple(state.value for state in JobState)
+
+_log = logging.getLogger("asyncmq_otel.backends.redis")
+
+
+_Prepared = tuple[
+    str, str, int, str
+]  # job id, payload, delay in ms, '<delay_ms>,<priority>,<ttl_ms>,<nonce>'
+
+
+def _ms(seconds: float) -> int:
+    """Seconds as whole milliseconds, rounded up so nothing is ever due early."""
+    return max(math.ceil(seconds * 1000), 0)
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+class RedisBackend:
+    """Jobs in Redis (or a Redis Cluster), shared by every worker and producer that uses the prefix.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db``, or ``rediss://`` for TLS (verified).
+        prefix: the key prefix; separate tenants by prefix and ACL user (§11). Default from settings.
+        cluster: use redis-py's cluster client.
+        max_payload_bytes: largest envelope accepted (checked here and again in the script).
+        max_result_bytes: largest encoded result accepted at completion.
+        keep_completed: completed and cancelled jobs kept, by count ...
+        keep_completed_age: ... and by age in seconds.
+        keep_failed: dead-lettered jobs kept, by count ...
+        keep_failed_age: ... and by age in seconds.
+        block_timeout: the longest single ``BLPOP`` of :meth:`wait_for_work`.
+        socket_timeout: seconds before a command is abandoned and retried.
+        connect_timeout: seconds to connect.
+        retry_timeout: seconds of retrying transient failures before :class:`BackendUnavailable`.
+        ssl_ca_certs: CA bundle for ``rediss://``.
+        ssl_certfile: client certificate (mTLS).
+        ssl_keyfile: client key (mTLS).
+        max_connections: bound of the connection pool.
+        client_name: ``CLIENT SETNAME`` of every connection.
+
+    Defaults not given come from :func:`asyncmq_otel.settings.get_settings`.
+
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        prefix: str | None = None,
+        cluster: bool = False,
+        max_payload_bytes: int | None = None,
+        max_result_bytes: int | None = None,
+        keep_completed: int | None = None,
+        keep_completed_age: float | None = None,
+        keep_failed: int | None = None,
+        keep_failed_age: float | None = None,
+        block_timeout: float | None = None,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        retry_timeout: float = 20.0,
+        ssl_ca_certs: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        max_connections: int | None = None,
+        client_name: str | None = None,
+    ) -> None:
+        settings = get_settings()
+        self.url = url
+        self.keys = Keys(prefix if prefix is not None else settings.redis_prefix)
+        self.prefix = self.keys.prefix
+        self.cluster = cluster
+        self.max_payload_bytes = (
+            max_payload_bytes if max_payload_bytes is not None else settings.max_payload_bytes
+        )
+        self.max_result_bytes = (
+            max_result_bytes if max_result_bytes is not None else settings.max_result_bytes
+        )
+        self.keep_completed = keep_completed if keep_completed is not None else settings.keep_completed
+        self.keep_completed_age = (
+            keep_completed_age if keep_completed_age is not None else settings.keep_completed_age
+        )
+        self.keep_failed = keep_failed if keep_failed is not None else settings.keep_failed
+        self.keep_failed_age = keep_failed_age if keep_failed_age is not None else settings.keep_failed_age
+        self.block_timeout = block_timeout if block_timeout is not None else settings.block_timeout
+        self.connections = Connections(
+            ConnectionSettings(
+                url,
+                cluster=cluster,
+                socket_timeout=socket_timeout,
+                connect_timeout=connect_timeout,
+                block_timeout=self.block_timeout,
+                retry_timeout=retry_timeout,
+                ssl_ca_certs=ssl_ca_certs,
+                ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile,
+                max_connections=max_connections,
+                client_name=client_name,
+            )
+        )
+        self.on_data_loss: DataLossCallback | None = None
+        self.origin = uuid.uuid4().hex
+        self._epochs: dict[str, str] = {}
+        self._epoch_lock = threading.Lock()
+        self._hints = CancelHints(self.connections.settings, self.keys.events, self.origin)
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({mask_url(self.url)!r}, prefix={self.prefix!r}, cluster={self.cluster})"
+
+    # -- epochs (§6) --------------------------------------------------------------------------------
+    @staticmethod
+    def new_epoch() -> str:
+        """A random 128-bit epoch."""
+        return uuid.uuid4().hex
+
+    def cached_epoch(self, queue: str) -> str | None:
+        """The epoch this process last saw for ``queue``."""
+        return self._epochs.get(queue)
+
+    def adopt_epoch(self, queue: str, old: str | None, new: str) -> None:
+        """Record ``new`` as the queue's epoch; report a data loss when it replaced ``old``.
+
+        The event loop and the renewer thread may find the same loss; only the first reports it.
+        ``on_data_loss`` may therefore run in the renewer thread.
+        """
+        with self._epoch_lock:
+            current = self._epochs.get(queue)
+            if current not in {old, None}:
+                return  # another caller adopted the new epoch already
+            self._epochs[queue] = new
+        if old is not None and old != new:
+            _log.error("backend.data_loss: queue %s lost its data (epoch %s -> %s)", queue, old, new)
+            callback = self.on_data_loss
+            if callback is not None:
+                callback(queue, old, new)
+
+    async def _ensure_queue(self, keys: QueueKeys) -> str:
+        new_epoch = self.new_epoch()
+
+        async def op(client: AsyncClient) -> Any:  # noqa: ANN401 - a RESP reply
+            reply = await _scripts.call(
+                client, "ensure_queue", [keys.meta], [new_epoch, _scripts.LAYOUT_VERSION]
+            )
+            await client.zadd(self.keys.queues, {keys.name: time.time()}, nx=True)
+            return reply
+
+        return _scripts.text((await self.connections.run(op))[1])
+
+    async def _epoch(self, keys: QueueKeys) -> str:
+        self._hints.ensure_reader()
+        epoch = self._epochs.get(keys.name)
+        if epoch is None:
+            epoch = await self._ensure_queue(keys)
+            self.adopt_epoch(keys.name, None, epoch)
+        return epoch
+
+    async def _transition(
+        self, keys: QueueKeys, name: str, script_keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:  # noqa: ANN401 - a RESP reply
+        """Call a script with the queue's epoch; on ``EPOCH``, report the loss, adopt the new one, retry."""
+        epoch = await self._epoch(keys)
+        for _ in range(2):
+            call_args = [epoch, *args]
+
+            async def op(client: AsyncClient, call_args: list[Any] = call_args) -> Any:  # noqa: ANN401 - RESP
+                return await _scripts.call(client, name, script_keys, call_args)
+
+            reply = await self.connections.run(op)
+            if reply[0] != b"EPOCH":
+                return reply
+            fresh = await self._ensure_queue(keys)
+            self.adopt_epoch(keys.name, epoch, fresh)
+            epoch = fresh
+        raise BackendError(f"the epoch of queue {keys.name!r} keeps changing; is something flushing Redis?")
+
+    # -- time and lifecycle -------------------------------------------------------------------------
+    async def now(self) -> float:
+        """Redis ``TIME`` in unix seconds."""
+        seconds, micros = await self.connections.run(lambda client: client.time())
+        return float(seconds) + float(micros) / 1_000_000
+
+    async def close(self) -> None:
+        """Close every connection; the backend reconnects on its next call."""
+        await self._hints.aclose()
+        await self.connections.aclose()
+
+    async def probe(self) -> dict[str, Any]:
+        """Read ``INFO`` for the startup banner and its warnings (version, eviction policy, persistence).
+
+        Raises:
+            BackendAuthError: wrong credentials (never retried).
+            BackendTLSError: the TLS handshake failed.
+            BackendUnavailable: Redis did not answer within ``retry_timeout``.
+
+        """
+        return await probe_server(self.connections)
+
+    # -- producer -----------------------------------------------------------------------------------
+    def _item_args(self, item: EnqueueItem, call_nonce: str, index: int) -> _Prepared:
+        """``(id, payload, delay_ms, '<delay_ms>,<priority>,<ttl_ms>,<nonce>')`` after the local checks."""
+        check_job_id(item.job_id)
+        size = len(item.payload.encode("utf-8"))
+        if size > self.max_payload_bytes:
+            raise PayloadTooLarge(size, self.max_payload_bytes)
+        priority, ttl_ms = 5, ""
+        try:
+            envelope = json.loads(item.payload)
+        except ValueError:
+            envelope = None  # stored as is; the worker dead-letters it as malformed_payload
+        if isinstance(envelope, dict):
+            found = envelope.get("priority", 5)
+            if isinstance(found, int) and not isinstance(found, bool):
+                priority = max(-_PRIORITY_BOUND, min(_PRIORITY_BOUND, found))
+            ttl = envelope.get("ttl")
+            if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and math.isfinite(ttl):
+                ttl_ms = str(round(ttl * 1000))
+        delay_ms = _ms(item.delay)
+        # without a caller's nonce, one per item of this call: a re-send of the call replays,
+        # another call (or the same id twice in one batch) is a duplicate
+        nonce = item.nonce or f"{call_nonce}.{index}"
+        return item.job_id, item.payload, delay_ms, f"{delay_ms},{priority},{ttl_ms},{nonce}"
+
+    async def enqueue(self, queue: str, item: EnqueueItem) -> EnqueueReply:
+        """Store one job (idempotent by id and nonce)."""
+        return (await self.enqueue_bulk(queue, [item]))[0]
+
+    async def enqueue_bulk(self, queue: str, items: Sequence[EnqueueItem]) -> list[EnqueueReply]:
+        """Store several jobs in one round trip (script calls of up to 500 jobs, pipelined)."""
+        keys = self.keys.queue(queue)
+        call_nonce = uuid.uuid4().hex
+        prepared = [self._item_args(item, call_nonce, index) for index, item in enumerate(items)]
+        if not prepared:
+            return []
+        chunks = [prepared[start : start + _BULK_CHUNK] for start in range(0, len(prepared), _BULK_CHUNK)]
+        calls = []
+        for chunk in chunks:
+            script_keys = [keys.meta, keys.ready, keys.delayed, keys.signal]
+            args: list[Any] = [self.max_payload_bytes]
+            for job_id, payload, _delay, spec in chunk:
+                script_keys.append(keys.job(job_id))
+                args += (payload, spec)
+            calls.append((script_keys, args))
+        epoch = await self._epoch(keys)
+        for _ in range(2):
+            batch = [("enqueue", script_keys, [epoch, *args]) for script_keys, args in calls]
+
+            async def op(client: AsyncClient, batch: list[Any] = batch) -> list[Any]:
+                return await _scripts.call_many(client, batch)
+
+            replies = await self.connections.run(op)
+            if not any(reply[0] == b"EPOCH" for reply in replies):
+                break
+            fresh = await self._ensure_queue(keys)
+            self.adopt_epoch(queue, epoch, fresh)
+            epoch = fresh  # chunks already stored replay by nonce on the second pass
+        else:
+            raise BackendError(f"the epoch of queue {queue!r} keeps changing; is something flushing Redis?")
+        return self._enqueue_replies(chunks, replies)
+
+    def _enqueue_replies(
+        self, chunks: Sequence[Sequence[_Prepared]], replies: Sequence[Any]
+    ) -> list[EnqueueReply]:
+        """One reply per job: jobs the script did not list were stored now (state and times follow)."""
+        out: list[EnqueueReply] = []
+        for chunk, reply in zip(chunks, replies, strict=True):
+            if reply[0] == b"TOO_LARGE":  # only when max_payload_bytes differs between producers
+                raise PayloadTooLarge(int(reply[2]), self.max_payload_bytes)
+            now = int(reply[1])
+            held = {int(other[0]): other for other in reply[2]}
+            for index, (job_id, _payload, delay_ms, _spec) in enumerate(chunk, start=1):
+                other = held.get(index)
+                if other is None:  # stored now
+                    state = "delayed" if delay_ms > 0 else "waiting"
+                    out.append(
+                        EnqueueReply(
+                            job_id,
+                            state,
+                            duplicate=False,
+                            enqueued_at=now / 1000.0,
+                            eligible_at=(now + delay_ms) / 1000.0,
+                        )
+                    )
+                else:
+                    _index, code, state_bytes, enqueued_at, eligible_at = other
+                    out.append(
+                        EnqueueReply(
+                            job_id,
+                            _scripts.text(state_bytes),
+                            code == b"DUPLICATE",
+                            int(enqueued_at) / 1000.0,
+                            int(eligible_at) / 1000.0,
+                        )
+                    )
+        return out
+
+    # -- worker -------------------------------------------------------------------------------------
+    async def claim(self, queue: str, worker_id: str, count: int, lease: float) -> ClaimReply:
+        """Promote due delayed jobs, then move up to ``count`` ready jobs to ``active`` under a lease."""
+        keys = self.keys.queue(queue)
+        nonce = uuid.uuid4().hex
+        reply = await self._transition(
+            keys,
+            "claim",
+            [keys.meta, keys.ready, keys.delayed, keys.leases, keys.signal, keys.claim(nonce)],
+            [worker_id, max(count, 0), max(_ms(lease), 1), nonce, _PROMOTE_LIMIT],
+        )
+        code, now = reply[0], int(reply[1]) / 1000.0
+        if code == b"PAUSED":
+            return ClaimReply([], paused=True, now=now)
+        if code == b"EMPTY":
+            wait = int(reply[2])
+            return ClaimReply([], next_due_in=None if wait < 0 else wait / 1000.0, now=now)
+        if not int(reply[3]):  # a replayed claim: the values are as stored after it
+            return ClaimReply(decode_jobs(queue, reply[2]), now=now)
+        jobs = []
+        for index, entry in enumerate(reply[2]):
+            values = unpack(entry[1])
+            # the values were read before the claim wrote; apply what it wrote, as the script did
+            overlay = {
+                "state": "active",
+                "token": f"{nonce}.{index}",
+                "owner": worker_id,
+                "attempts": int(values[2] or 0) + 1,
+                "cancel_requested": False,
+            }
+            jobs.append(decode_values(queue, _scripts.text(entry[0]), values, overlay))
+        return ClaimReply(jobs, now=now)
+
+    async def wait_for_work(self, queue: str, timeout: float) -> bool:
+        """``BLPOP`` a wake token on the blocking connection, in slices of at most ``block_timeout``."""
+        keys = self.keys.queue(queue)
+        self._hints.ensure_reader()
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                popped = await self.connections.run(lambda client: client.lpop(keys.signal))
+                return popped is not None
+            block = max(min(remaining, self.block_timeout), 0.01)
+
+            async def pop(client: AsyncClient, block: float = block) -> Any:  # noqa: ANN401 - RESP
+                return await client.blpop([keys.signal], timeout=block)
+
+            got = await self.connections.run(pop, blocking=True)
+            if got:
+                return True
+            if deadline - time.monotonic() <= 0.005:  # noqa: PLR2004 - BLPOP rounds to its clock tick
+                return False
+
+    def _settled(self, queue: str, reply: Any) -> SettleReply:  # noqa: ANN401 - a RESP reply
+        code = reply[0]
+        if code == b"OK":
+            return SettleReply(SettleStatus.OK, decode_job(queue, reply[1]) if len(reply) > 1 else None)
+        if code == b"STALE":
+            return SettleReply(
+                SettleStatus.STALE, owner=_scripts.text(reply[2]) or None, state=_scripts.text(reply[1])
+            )
+        if code == b"GONE":
+            return SettleReply(SettleStatus.GONE)
+        if code == b"TOO_LARGE":
+            return SettleReply(SettleStatus.TOO_LARGE)
+        raise BackendError(f"unexpected reply {reply!r} from Redis")
+
+    async def complete(self, queue: str, job_id: str, token: str, result: str) -> SettleReply:
+        """``active`` → ``completed`` with the JSON-encoded ``result``."""
+        keys = self.keys.queue(queue)
+        reply = await self._transition(
+            keys,
+            "complete",
+            [keys.meta, keys.job(job_id), keys.leases, keys.completed],
+            [token, job_id, result, self.max_result_bytes, self.keep_completed, _ms(self.keep_completed_age)],
+        )
+        return self._settled(queue, reply)
+
+    async def retry(
+        self,
+        queue: str,
+        job_id: str,
+        token: str,
+        backoff: float,
+        error: Mapping[str, Any],
+        prev_attempt: str | None = None,
+    ) -> SettleReply:
+        """``active`` → ``delayed`` until Redis time + ``backoff`` (``waiting`` at the back when 0)."""
+        keys = self.keys.queue(queue)
+        reply = await self._transition(
+            keys,
+            "retry",
+            [keys.meta, keys.job(job_id), keys.leases, keys.ready, keys.delayed, keys.signal],
+            [token, job_id, _ms(backoff) if backoff > 0 else 0, _dumps(dict(error)), prev_attempt or ""],
+        )
+        return self._settled(queue, reply)
+
+    async def fail(
+        self, queue: str, job_id: str, token: str, reason: str, error: Mapping[str, Any] | None = None
+    ) -> SettleReply:
+        """``active`` → DLQ with ``reason`` (state ``expired`` for reason ``expired``, else ``failed``)."""
+        if reason not in DLQ_REASONS:
+            raise ValueError(f"unknown DLQ reason {reason!r}; one of {sorted(DLQ_REASONS)}")
+        keys = self.keys.queue(queue)
+        reply = await self._transition(
+            keys,
+            "fail",
+            [keys.meta, keys.job(job_id), keys.leases, keys.dlq, keys.failed, keys.expired],
+            [
+                token,
+                job_id,
+                reason,
+                "" if error is None else _dumps(dict(error)),
+                self.keep_failed,
+                _ms(self.keep_failed_age),
+            ],
+        )
+        return self._settled(queue, reply)
+
+    async def defer(self, queue: str, job_id: str, token: str) -> SettleReply:
+        """``active`` → ``delayed`` until its ``delay_until``, the claim's attempt given back."""
+        keys = self.keys.queue(queue)
+        reply = await self._transition(
+            keys,
+            "defer",
+            [keys.meta, keys.job(job_id), keys.leases, keys.ready, keys.delayed, keys.signal],
+            [token, job_id],
+        )
+        return self._settled(queue, reply)
+
+    async def settle_cancelled(self, queue: str, job_id: str, token: str) -> SettleReply:
+        """``active`` → ``cancelled``."""
+        keys = self.keys.queue(queue)
+        reply = await self._transition(
+            keys,
+            "settle_cancelled",
+            [keys.meta, keys.job(job_id), keys.leases, keys.cancelled],
+            [token, job_id, self.keep_completed, _ms(self.keep_completed_age)],
+        )
+        return self._settled(queue, reply)
+
+    async def requeue(self, queue: str, job_id: str, token: str, max_interrupts: int) -> SettleReply:
+        """``active`` → ``waiting`` at its original place, ``interrupts`` + 1; past the limit → DLQ."""
+        keys = self.keys.queue(queue)
+        reply = await self._transition(
+            keys,
+            "requeue",
+            [
+                keys.meta,
+                keys.job(job_id),
+                keys.leases,
+                keys.ready,
+                keys.signal,
+                keys.dlq,
+                keys.failed,
+                keys.expired,
+            ],
+            [token, job_id, max_interrupts, self.keep_failed, _ms(self.keep_failed_age)],
+        )
+        return self._settled(queue, reply)
+
+    async def report_progress(self, queue: str, job_id: str, token: str, progress: float) -> SettleReply:
+        """Store the running job's progress (fenced like a settle)."""
+        keys = self.keys.queue(queue)
+        reply = await self._transition(
+            keys, "progress", [keys.meta, keys.job(job_id)], [token, repr(float(progress))]
+        )
+        return self._settled(queue, reply)
+
+    async def renew(self, queue: str, leases: Mapping[str, str], lease: float) -> dict[str, RenewStatus]:
+        """Extend every lease whose token still matches, even past its deadline."""
+        if not leases:
+            return {}
+        keys = self.keys.queue(queue)
+        ids = list(leases)
+        args: list[Any] = [max(_ms(lease), 1)]
+        for job_id in ids:
+            args += [job_id, leases[job_id]]
+        reply = await self._transition(keys, "renew", [keys.meta, keys.leases], args)
+        return {
+            job_id: RenewStatus(_scripts.text(status)) for job_id, status in zip(ids, reply[1], strict=True)
+        }
+
+    def lease_renewer(self) -> RedisLeaseRenewer:
+        """A synchronous renewal channel with its own connection, for the renewer thread."""
+        return RedisLeaseRenewer(self)
+
+    async def reap(self, queue: str, worker_id: str, max_stalls: int, hold: float) -> ReapReply:
+        """Take or keep the reaper role for ``hold`` seconds, then recover up to 100 expired leases."""
+        keys = self.keys.queue(queue)
+        reply = await self._transition(
+            keys,
+            "reap",
+            [
+                keys.meta,
+                keys.leases,
+                keys.ready,
+                keys.signal,
+                keys.reaper,
+                keys.dlq,
+                keys.failed,
+                keys.expired,
+            ],
+            [
+                worker_id,
+                max(_ms(hold), 1),
+                max_stalls,
+                _REAP_LIMIT,
+                self.keep_failed,
+                _ms(self.keep_failed_age),
+            ],
+        )
+        if reply[0] == b"NOT_REAPER":
+            return ReapReply(is_reaper=False)
+        return ReapReply(
+            is_reaper=True,
+            stalled=decode_jobs(queue, reply[2]),
+            dead=decode_jobs(queue, reply[3]),
+            more=bool(reply[1]),
+        )
+
+    # -- queue control ------------------------------------------------------------------------------
+    async def pause(self, queue: str) -> None:
+        """Stop claims on the queue (jobs can still be enqueued)."""
+        keys = self.keys.queue(queue)
+        await self._transition(keys, "control", [keys.meta, keys.ready, keys.signal], ["pause"])
+
+    async def resume(self, queue: str) -> None:
+        """Allow claims again and wake idle workers, one token per ready job."""
+        keys = self.keys.queue(queue)
+        await self._transition(keys, "control", [keys.meta, keys.ready, keys.signal], ["resume"])
+
+    async def is_queue_paused(self, queue: str) -> bool:
+        """Whether the queue is paused."""
+        keys = self.keys.queue(queue)
+        await self._epoch(keys)
+        return bool(await self.connections.run(lambda client: client.hget(keys.meta, "paused")) == b"1")
+
+    async def cancel(self, queue: str, job_id: str) -> CancelStatus:
+        """Cancel a queued job, or flag a running one and tell its owner at once (cancel hint)."""
+        keys = self.keys.queue(queue)
+        reply = await self._transition(
+            keys,
+            "cancel",
+            [keys.meta, keys.job(job_id), keys.ready, keys.delayed, keys.cancelled],
+            [job_id, self.keep_completed, _ms(self.keep_completed_age)],
+        )
+        code = reply[0]
+        if code == b"RUNNING":
+            self._hints.notify(queue, job_id)
+            await self.publish_event(hint(queue, job_id, self.origin))
+            return CancelStatus.RUNNING
+        if code == b"OK":
+            return CancelStatus.CANCELLED
+        if code == b"FINISHED":
+            return CancelStatus.FINISHED
+        return CancelStatus.GONE
+
+    # -- inspection and admin -------------------------------------------------------------------------
+    async def get_job(self, queue: str, job_id: str) -> RawJob | None:
+        """The stored job with its state, or ``None``."""
+        keys = self.keys.queue(queue)
+        await self._epoch(keys)
+        values = await self.connections.run(lambda client: client.hmget(keys.job(job_id), JOB_FIELDS))
+        return decode_values(queue, job_id, values) if any(v is not None for v in values) else None
+
+    async def counts(self, queue: str) -> dict[str, int]:
+        """Jobs per state: one ``ZCARD`` per state index, in one pipeline."""
+        keys = self.keys.queue(queue)
+        await self._epoch(keys)
+
+        async def op(client: AsyncClient) -> list[int]:
+            pipe = client.pipeline(transaction=False)
+            for state in _STATES:
+                pipe.zcard(keys.state_index(state))
+            found: list[int] = await pipe.execute()
+            return found
+
+        return dict(zip(_STATES, await self.connections.run(op), strict=True))
+
+    async def _page(
+        self, queue: str, index: str, offset: int, limit: int, *, newest_first: bool
+    ) -> list[RawJob]:
+        keys = self.keys.queue(queue)
+        await self._epoch(keys)
+        if limit <= 0 or offset < 0:
+            return []
+        end = offset + limit - 1
+
+        async def op(client: AsyncClient) -> list[RawJob]:
+            if newest_first:
+                ids = await client.zrevrange(index, offset, end)
+            else:
+                ids = await client.zrange(index, offset, end)
+            if not ids:
+                return []
+            pipe = client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(keys.job(_scripts.text(job_id)), JOB_FIELDS)
+            found = await pipe.execute()
+            return [
+                decode_values(queue, _scripts.text(job_id), values)
+                for job_id, values in zip(ids, found, strict=True)
+                if any(v is not None for v in values)
+            ]
+
+        return await self.connections.run(op)
+
+    async def list_jobs(self, queue: str, state: str, offset: int = 0, limit: int = 100) -> list[RawJob]:
+        """A page of jobs in ``state``: ready order, due order, lease order, or newest first when finished."""
+        wanted = JobState(state)
+        index = self.keys.queue(queue).state_index(wanted.value)
+        return await self._page(queue, index, offset, limit, newest_first=wanted in TERMINAL_STATES)
+
+    async def list_dlq(self, queue: str, offset: int = 0, limit: int = 100) -> list[RawJob]:
+        """A page of dead-lettered jobs, newest first, with ``dlq_reason``."""
+        return await self._page(queue, self.keys.queue(queue).dlq, offset, limit, newest_first=True)
+
+    async def retry_dead(self, queue: str, job_id: str) -> bool:
+        """Move a dead-lettered job back to ``waiting`` (at the back) with fresh counters."""
+        keys = self.keys.queue(queue)
+        reply = await self._transition(
+            keys,
+            "retry_dead",
+            [keys.meta, keys.job(job_id), keys.ready, keys.signal, keys.dlq, keys.failed, keys.expired],
+            [job_id],
+        )
+        return bool(reply[0] == b"OK")
+
+    async def _delete_finished(self, keys: QueueKeys, indexes: Sequence[str], older_than_ms: str) -> int:
+        deleted = 0
+        while True:
+            reply = await self._transition(
+                keys, "delete_finished", [keys.meta, *indexes], [older_than_ms, _DELETE_PAGE]
+            )
+            deleted += int(reply[1])
+            if not int(reply[2]):
+                return deleted
+
+    async def purge_dlq(self, queue: str) -> int:
+        """Delete every dead-lettered job, 500 per script call; return how many."""
+        keys = self.keys.queue(queue)
+        return await self._delete_finished(keys, [keys.dlq, keys.failed, keys.expired], "")
+
+    async def clean(self, queue: str, state: str, older_than: float) -> int:
+        """Delete jobs in a finished ``state`` that finished at least ``older_than`` seconds ago."""
+        wanted = JobState(state)
+        if wanted not in TERMINAL_STATES:
+            raise ValueError(
+                f"clean takes a finished state (completed, failed, expired, cancelled), not {state!r}"
+            )
+        keys = self.keys.queue(queue)
+        indexes = [keys.state_index(wanted.value)]
+        if wanted in {JobState.FAILED, JobState.EXPIRED}:
+            indexes.append(keys.dlq)
+        return await self._delete_finished(keys, indexes, str(max(round(older_than * 1000), 0)))
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """Depths, the age of the job at the head of the ready order, and the paused flag (one script)."""
+        keys = self.keys.queue(queue)
+        await self._epoch(keys)
+        reply = await self.connections.run(
+            lambda client: _scripts.call(
+                client, "stats", [keys.meta, keys.ready, keys.delayed, keys.leases, keys.dlq], []
+            )
+        )
+        _, now, ready, delayed, active, dead, paused, eligible = reply
+        age = 0.0 if int(eligible) < 0 else max((int(now) - int(eligible)) / 1000.0, 0.0)
+        return QueueStats(int(ready), int(delayed), int(active), int(dead), age, bool(int(paused)))
+
+    async def list_queues(self) -> list[str]:
+        """Every queue registered under the prefix (a sorted set of names: the §11 ACL has no ``@set``)."""
+        members = await self.connections.run(
+            lambda client: client.zrange(self.keys.queues, 0, _MAX_QUEUES - 1)
+        )
+        return sorted(_scripts.text(member) for member in members)
+
+    # -- workers --------------------------------------------------------------------------------------
+    async def _workers(self, args: Sequence[Any]) -> Any:  # noqa: ANN401 - a RESP reply
+        return await self.connections.run(
+            lambda client: _scripts.call(client, "workers", [self.keys.workers, self.keys.workers_info], args)
+        )
+
+    async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        """Record a live worker; it disappears ``ttl`` seconds after its last heartbeat."""
+        await self.heartbeat(info, ttl)
+
+    async def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
+        """Refresh a worker's registration; ``info.heartbeat_at`` becomes Redis time."""
+        reply = await self._workers(["beat", info.worker_id, max(_ms(ttl), 1), _dumps(info.to_dict())])
+        info.heartbeat_at = int(reply[1]) / 1000.0
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        """Remove a worker's registration."""
+        await self._workers(["drop", worker_id])
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The workers whose registration has not expired."""
+        reply = await self._workers(["list"])
+        out: list[WorkerInfo] = []
+        for item in reply[2]:
+            beat, _, data = _scripts.text(item).partition("|")
+            try:
+                info = WorkerInfo.from_dict(json.loads(data))
+            except (ValueError, KeyError, TypeError):
+                continue  # a registration written by something else: not a worker we can show
+            info.heartbeat_at = int(beat) / 1000.0
+            out.append(info)
+        return out
+
+    # -- events -----------------------------------------------------------------------------------------
+    def add_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(queue, job_id)`` as soon as a running job's cancellation is requested.
+
+        Requests made through this backend call it at once; those of other processes arrive as
+        cancel hints on the events channel, read by a task in the event loop of the backend's
+        next call (or of this call, when one is running).
+        """
+        self._hints.listeners.append(listener)
+        self._hints.ensure_reader()
+
+    def remove_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Undo :meth:`add_cancel_listener`."""
+        if listener in self._hints.listeners:
+            self._hints.listeners.remove(listener)
+
+    async def publish_event(self, event: Mapping[str, Any]) -> int:
+        """Publish one event (a JSON object) on ``<prefix>:events``; return how many subscribers got it."""
+        data = _dumps(dict(event))
+        receivers = await self.connections.run(lambda client: client.publish(self.keys.events, data))
+        return int(receivers)
+
+    async def subscribe_events(self, names: Collection[str] | None = None) -> EventSubscription:
+        """Subscribe to ``<prefix>:events``; the subscription is live when this returns.
+
+        Use it as ``async with await backend.subscribe_events() as events: async for event in events``.
+        ``names`` keeps only events whose ``name`` is in it.
+        """
+        return await EventSubscription(self.connections.settings, self.keys.events, names).open()

@@ -1,0 +1,214 @@
+"""Cross-process events on the ``<prefix>:events`` Pub/Sub channel (JSON objects).
+
+Workers publish lifecycle events there so another process (the exporter, a dashboard, a test)
+can follow them, and :meth:`RedisBackend.cancel` publishes a cancel hint so the owner of a
+running job stops it at once instead of at its next lease renewal. Pub/Sub is best effort: a
+hint lost while a subscriber reconnects is covered by ``renew`` answering ``CANCEL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Collection, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import redis.asyncio
+from redis.exceptions import RedisError
+
+from ._connection import ConnectionSettings, is_transient, raise_translated
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; annotations are never evaluated
+
+__all__ = ["CANCEL_HINT", "CancelHints", "EventSubscription"]
+
+CANCEL_HINT = "control:cancel"
+"""The ``name`` of the cancel hint on the events channel (not a lifecycle event)."""
+
+_log = logging.getLogger("asyncmq_otel.backends.redis")
+
+
+class EventSubscription:
+    """An async iterator over the JSON events of one channel; use it as an async context manager.
+
+    The subscription is confirmed by Redis before :meth:`RedisBackend.subscribe_events`
+    returns, so nothing published afterwards is missed. After a connection loss it subscribes
+    again by itself (events published in between are lost, as Pub/Sub does).
+    """
+
+    def __init__(
+        self, settings: ConnectionSettings, channel: str, names: Collection[str] | None = None
+    ) -> None:
+        self._settings = settings
+        self._channel = channel
+        self._names = frozenset(names) if names is not None else None
+        self._client: redis.asyncio.Redis | None = None
+        self._pubsub: Any = None
+        self._closed = False
+
+    async def _subscribe(self) -> None:
+        self._client = self._settings.pubsub_client()
+        self._pubsub = self._client.pubsub()
+        await self._pubsub.subscribe(self._channel)
+        # Redis confirms with a first message: wait for it, so the subscription is live on return
+        with anyio.fail_after(self._settings.connect_timeout + self._settings.socket_timeout):
+            while True:
+                message = await self._pubsub.get_message(timeout=1.0)
+                if message and message.get("type") == "subscribe":
+                    return
+
+    async def open(self) -> EventSubscription:
+        """Subscribe, retrying transient failures like every other call."""
+        attempt = 0
+        while True:
+            try:
+                await self._subscribe()
+            except (RedisError, OSError) as exc:
+                await self._drop()
+                attempt += 1
+                if not is_transient(exc) or attempt > 5:  # noqa: PLR2004 - a handful of quick tries
+                    raise_translated(exc, self._settings.url)
+                await anyio.sleep(self._settings.backoff(attempt))
+            else:
+                return self
+
+    async def _drop(self) -> None:
+        pubsub, client = self._pubsub, self._client
+        self._pubsub = self._client = None
+        with contextlib.suppress(RedisError, OSError):
+            if pubsub is not None:
+                await pubsub.aclose()
+            if client is not None:
+                await client.aclose()
+
+    def __aiter__(self) -> EventSubscription:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        attempt = 0
+        while not self._closed:
+            try:
+                if self._pubsub is None:
+                    await self._subscribe()
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            except (RedisError, OSError) as exc:
+                await self._drop()
+                attempt += 1
+                if not is_transient(exc):
+                    raise_translated(exc, self._settings.url)
+                await anyio.sleep(self._settings.backoff(attempt))
+                continue
+            attempt = 0
+            if not message or message.get("type") != "message":
+                continue
+            event = _decode(message.get("data"))
+            if event is None or (self._names is not None and event.get("name") not in self._names):
+                continue
+            return event
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Unsubscribe and close the connection."""
+        self._closed = True
+        await self._drop()
+
+    async def __aenter__(self) -> Self:
+        if self._pubsub is None:
+            await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+def _decode(data: object) -> dict[str, Any] | None:
+    if not isinstance(data, (bytes, str)):
+        return None
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+class CancelHints:
+    """Delivers cancel hints from other processes to the registered listeners.
+
+    A reader task subscribes in the event loop that first needs it (listeners then run in that
+    loop, as the in-memory backend runs them), and is started again if the loop changes.
+    """
+
+    def __init__(self, settings: ConnectionSettings, channel: str, origin: str) -> None:
+        self._settings = settings
+        self._channel = channel
+        self.origin = origin
+        self.listeners: list[Callable[[str, str], None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def ensure_reader(self) -> None:
+        """Start the reader in the running loop if listeners exist and none runs there."""
+        if not self.listeners:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop yet: the backend's next async call starts it
+        if self._task is not None and self._loop is loop and not self._task.done():
+            return
+        self._loop = loop
+        self._task = loop.create_task(self._read(), name="asyncmq-otel-cancel-hints")
+
+    def notify(self, queue: str, job_id: str) -> None:
+        """Call every listener; one that raises is logged and never stops the others."""
+        for listener in list(self.listeners):
+            try:
+                listener(queue, job_id)
+            except Exception:  # noqa: BLE001 - isolation boundary: a listener never breaks the reader
+                _log.exception(
+                    "backend.cancel_listener_failed: listener %r failed for job %s", listener, job_id
+                )
+
+    async def _read(self) -> None:
+        attempt = 0
+        while True:
+            subscription = EventSubscription(self._settings, self._channel, names=(CANCEL_HINT,))
+            try:
+                await subscription.open()
+                attempt = 0
+                async for event in subscription:
+                    if event.get("origin") == self.origin:
+                        continue  # this process told its listeners when it cancelled
+                    queue, job_id = event.get("queue"), event.get("job_id")
+                    if isinstance(queue, str) and isinstance(job_id, str):
+                        self.notify(queue, job_id)
+            except Exception:  # noqa: BLE001 - isolation boundary: renew's CANCEL still covers a dead reader
+                attempt += 1
+                _log.warning(
+                    "backend.cancel_hints_failed: reading cancel hints failed; retrying", exc_info=True
+                )
+                await anyio.sleep(self._settings.backoff(min(attempt, 8)) + 0.1)
+            finally:
+                await subscription.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the reader (when it runs in the current loop)."""
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        if self._loop is asyncio.get_running_loop():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def hint(queue: str, job_id: str, origin: str) -> Mapping[str, Any]:
+    """The cancel hint published when a running job's cancellation is requested."""
+    return {"name": CANCEL_HINT, "queue": queue, "job_id": job_id, "origin": origin}

@@ -1,0 +1,113 @@
+"""The Lua transitions: read once from ``lua/``, loaded once per server, called by SHA.
+
+Each script is sent as its shebang line (``#!lua`` unless the file declares flags), the shared
+prelude ``_fence.lua`` and its body. The shebang matters: Redis 7 refuses a flagged script as a
+whole at ``maxmemory`` instead of failing it halfway, and ``renew`` opts into ``allow-oom``.
+A ``NOSCRIPT`` reply (after a restart or ``SCRIPT FLUSH``) reloads every script and calls again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio.cluster
+from redis.exceptions import NoScriptError
+
+from ._connection import AsyncClient, SyncClient
+
+__all__ = ["LAYOUT_VERSION", "SCRIPTS", "Script", "call", "call_many", "call_sync", "load", "text"]
+
+LAYOUT_VERSION = "1"
+_LUA = Path(__file__).with_name("lua")
+_PRELUDE = "_fence.lua"
+
+Arg = str | int | float | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One transition: the name of its file, the text sent to Redis and its SHA1."""
+
+    name: str
+    source: str
+    sha: str
+
+
+def _read_scripts() -> dict[str, Script]:
+    prelude = (_LUA / _PRELUDE).read_text(encoding="utf-8")
+    scripts: dict[str, Script] = {}
+    for path in sorted(_LUA.glob("*.lua")):
+        if path.name == _PRELUDE:
+            continue
+        body = path.read_text(encoding="utf-8")
+        shebang, body = body.split("\n", 1) if body.startswith("#!") else ("#!lua", body)
+        source = f"{shebang}\n{prelude}\n{body}"
+        sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
+        scripts[path.stem] = Script(path.stem, source, sha)
+    return scripts
+
+
+SCRIPTS: dict[str, Script] = _read_scripts()
+
+
+async def load(client: AsyncClient) -> None:
+    """Load every script (on a cluster, redis-py sends ``SCRIPT LOAD`` to every primary)."""
+    for script in SCRIPTS.values():
+        await client.script_load(script.source)
+
+
+async def call(client: AsyncClient, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:  # noqa: ANN401 - a RESP reply
+    """``EVALSHA`` one script, loading the scripts first when the server does not know it."""
+    script = SCRIPTS[name]
+    try:
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        await load(client)
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+
+
+async def call_many(
+    client: AsyncClient, calls: Sequence[tuple[str, Sequence[str], Sequence[Arg]]]
+) -> list[Any]:
+    """Several script calls in one pipeline round trip (one call after another on a cluster).
+
+    redis-py's cluster pipeline refuses ``EVALSHA``; there, each call is awaited in turn.
+    """
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        return [await call(client, name, keys, args) for name, keys, args in calls]
+    replies: list[Any] = []
+    for _ in range(2):
+        pipe = client.pipeline(transaction=False)
+        for name, keys, args in calls:
+            pipe.evalsha(SCRIPTS[name].sha, len(keys), *keys, *args)
+        replies = await pipe.execute(raise_on_error=False)
+        if not any(isinstance(reply, NoScriptError) for reply in replies):
+            break
+        # every call replays safely (nonces, settled tokens): load and send the batch again
+        await load(client)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def call_sync(client: SyncClient, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:  # noqa: ANN401 - a RESP reply
+    """Synchronous :func:`call` for the renewer thread."""
+    script = SCRIPTS[name]
+    try:
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        for each in SCRIPTS.values():
+            client.script_load(each.source)
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+
+
+def text(value: object) -> str:
+    """A reply element as text (bytes are UTF-8, undecodable bytes replaced)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)

@@ -1,0 +1,137 @@
+-- _fence.lua: the prelude prepended to every script at load time (after its shebang line).
+-- It only defines helpers; nothing here reads or writes a key until a script calls it.
+--
+-- Conventions shared by every script:
+--   * times are integer milliseconds from Redis TIME (P4), never from a client clock;
+--   * an absent optional field is the empty string, and counters missing from a hash read as 0;
+--   * the ready score is priority * 2^44 + seq, so a job keeps its place when it comes back;
+--   * keys a script cannot know in advance (job hashes of popped ids) are built from the
+--     `<prefix>:{<queue>}:` base of a declared key, so they land in the same cluster slot.
+
+local PRIORITY_WEIGHT = 17592186044416 -- 2^44: priorities in [-500, 500] keep scores below 2^53
+local SIGNAL_CAP = 1024
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The `<prefix>:{<queue>}:` part of a declared key: queue names cannot hold '}', so the last
+-- '}:' closes the hash tag.
+local function base_of(key)
+  return string.match(key, '^(.*}:)')
+end
+
+-- nil when `epoch` is the queue's current epoch, else the EPOCH reply (§6: data loss).
+local function epoch_reply(meta, epoch)
+  local current = redis.call('HGET', meta, 'epoch')
+  if current ~= epoch then
+    return {'EPOCH', current or false}
+  end
+  return nil
+end
+
+-- The lease fence (§2): nil when `token` holds the active job; else the reply to return:
+-- REPLAY (this settle was applied already), GONE, or STALE with the state and current owner.
+local function fence(job, token)
+  local st = redis.call('HMGET', job, 'state', 'token', 'settled_token', 'owner')
+  if not st[1] then
+    return {'GONE'}
+  end
+  if token ~= '' and st[3] == token then
+    return {'REPLAY'}
+  end
+  if st[1] ~= 'active' or st[2] ~= token then
+    return {'STALE', st[1], st[4] or ''}
+  end
+  return nil
+end
+
+local function ready_score(priority, seq)
+  return (tonumber(priority) or 5) * PRIORITY_WEIGHT + tonumber(seq)
+end
+
+-- Push `n` wake tokens for idle workers blocked in BLPOP; the list never grows past SIGNAL_CAP.
+local function wake(signal, n)
+  if n <= 0 then
+    return
+  end
+  if n > SIGNAL_CAP then
+    n = SIGNAL_CAP
+  end
+  local tokens = {}
+  for i = 1, n do
+    tokens[i] = '1'
+  end
+  redis.call('LPUSH', signal, unpack(tokens))
+  redis.call('LTRIM', signal, 0, SIGNAL_CAP - 1)
+end
+
+-- The next FIFO sequence number of the queue.
+local function next_seq(meta)
+  return redis.call('HINCRBY', meta, 'seq', 1)
+end
+
+-- Retention (§10): delete at most `budget` of the oldest entries of `index` beyond `keep`
+-- entries or finished before `cutoff`, with their job hashes and their entries in `others`.
+local function trim(index, keep, cutoff, base, budget, others)
+  local excess = redis.call('ZCARD', index) - keep
+  local aged = redis.call('ZCOUNT', index, '-inf', string.format('(%d', cutoff))
+  local n = math.min(math.max(excess, aged), budget)
+  if n <= 0 then
+    return 0
+  end
+  local ids = redis.call('ZRANGE', index, 0, n - 1)
+  for _, id in ipairs(ids) do
+    redis.call('DEL', base .. 'job:' .. id)
+  end
+  redis.call('ZREMRANGEBYRANK', index, 0, n - 1)
+  if others then
+    for _, other in ipairs(others) do
+      redis.call('ZREM', other, unpack(ids))
+    end
+  end
+  return n
+end
+
+-- A finished job goes into its state index (`completed`, `cancelled`, `failed` or `expired`), and
+-- a dead-lettered one into `dlq` too; then retention runs on `dlq` or on the state index.
+-- `fields` are more field/value pairs written by the same HSET.
+local function finish(job, id, state, now, base, fields, index, keep, age_ms, dlq, failed, expired)
+  local hset = {'HSET', job, 'state', state, 'finished_at', now}
+  for _, value in ipairs(fields) do
+    hset[#hset + 1] = value
+  end
+  redis.call(unpack(hset))
+  redis.call('ZADD', index, now, id)
+  if dlq then
+    redis.call('ZADD', dlq, now, id)
+    trim(dlq, keep, now - age_ms, base, 10, {failed, expired})
+  else
+    trim(index, keep, now - age_ms, base, 10, nil)
+  end
+end
+
+-- A job as replies carry it: its id, then the values of JOB_FIELDS packed into one string, each
+-- as '<length>:<bytes>' or '-' when absent. One reply element instead of an HGETALL's forty:
+-- redis-py parses replies element by element, and table.concat costs Redis next to nothing.
+local JOB_FIELDS = {'payload', 'state', 'attempts', 'retries', 'stalls', 'interrupts', 'token', 'owner',
+  'cancel_requested', 'result', 'error', 'dlq_reason', 'enqueued_at', 'eligible_at', 'delay_until',
+  'expires_at', 'finished_at', 'progress', 'prev_attempt'}
+
+local function pack(values)
+  local parts = {}
+  for i = 1, #JOB_FIELDS do
+    local value = values[i]
+    if value then
+      parts[i] = string.format('%d:', #value) .. value
+    else
+      parts[i] = '-'
+    end
+  end
+  return table.concat(parts)
+end
+
+local function flat_job(job, id)
+  return {id, pack(redis.call('HMGET', job, unpack(JOB_FIELDS)))}
+end

@@ -1,0 +1,87 @@
+-- claim.lua: due delayed → waiting (at most promote_limit), then waiting → active (at most count).
+-- KEYS: meta, ready, delayed, leases, signal, claim:<nonce>
+-- ARGV: epoch, worker_id, count, lease_ms, nonce, promote_limit
+-- Replies: {'EPOCH', current epoch or false}
+--          {'PAUSED', now}: the queue is paused, nothing was claimed
+--          {'EMPTY', now, ms until the next delayed job is due, or -1 when there is none}
+--          {'OK', now, {{id, packed JOB_FIELDS values} per claimed job}, fresh}: job i holds token
+--            '<nonce>.<i-1>'. With fresh = 1 the values are those read before the claim (the client
+--            applies what the claim wrote: state, token, owner, attempts + 1); with 0 (a replay) after.
+-- Replay: redis-py re-sends the call after a lost reply with the same nonce; the claim key
+-- (PX = lease) then answers with the same jobs, so no lease is orphaned (§13 row 15).
+local meta, ready, delayed, leases, signal, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local worker, count, lease, nonce = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local bad = epoch_reply(meta, ARGV[1])
+if bad then
+  return bad
+end
+local base = base_of(meta)
+local now = now_ms()
+
+local previous = redis.call('GET', claim_key)
+if previous then
+  local jobs = {}
+  local i = 0
+  for id in string.gmatch(previous, '[^,]+') do
+    local job = base .. 'job:' .. id
+    local st = redis.call('HMGET', job, 'state', 'token')
+    if st[1] == 'active' and st[2] == nonce .. '.' .. i then
+      jobs[#jobs + 1] = flat_job(job, id)
+    end
+    i = i + 1
+  end
+  return {'OK', now, jobs, 0}
+end
+
+-- promote due delayed jobs to the back of their priority (never before their due TIME)
+local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
+if #due > 0 then
+  local promoted = 0
+  for _, id in ipairs(due) do
+    local job = base .. 'job:' .. id
+    local st = redis.call('HMGET', job, 'state', 'priority')
+    if st[1] == 'delayed' then
+      local seq = next_seq(meta)
+      redis.call('HSET', job, 'state', 'waiting', 'seq', seq)
+      redis.call('ZADD', ready, ready_score(st[2], seq), id)
+      promoted = promoted + 1
+    end
+  end
+  redis.call('ZREM', delayed, unpack(due))
+  wake(signal, promoted)
+end
+
+if redis.call('HGET', meta, 'paused') == '1' then
+  return {'PAUSED', now}
+end
+
+local popped = {}
+if count > 0 then
+  popped = redis.call('ZPOPMIN', ready, count)
+end
+local jobs, ids = {}, {}
+local deadline = now + lease
+for k = 1, #popped, 2 do
+  local id = popped[k]
+  local job = base .. 'job:' .. id
+  local values = redis.call('HMGET', job, unpack(JOB_FIELDS))
+  if values[2] == 'waiting' then -- JOB_FIELDS[2] is state
+    local token = nonce .. '.' .. #ids
+    redis.call('HSET', job, 'state', 'active', 'token', token, 'owner', worker, 'settled_token', '',
+      'cancel_requested', '', 'attempts', (tonumber(values[3]) or 0) + 1)
+    redis.call('ZADD', leases, deadline, id)
+    ids[#ids + 1] = id
+    jobs[#jobs + 1] = {id, pack(values)}
+  end
+end
+
+if #jobs == 0 then
+  local head = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  local wait = -1
+  if head[2] then
+    wait = math.max(tonumber(head[2]) - now, 0)
+  end
+  return {'EMPTY', now, wait}
+end
+redis.call('SET', claim_key, table.concat(ids, ','), 'PX', lease)
+return {'OK', now, jobs, 1}

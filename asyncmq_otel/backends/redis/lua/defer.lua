@@ -1,0 +1,31 @@
+-- defer.lua: active → delayed until its delay_until (a job claimed before it), attempt given back;
+-- when delay_until has passed it goes back to waiting at its original place.
+-- KEYS: meta, job, leases, ready, delayed, signal
+-- ARGV: epoch, token, job_id
+-- Replies: {'EPOCH', current epoch or false}, {'GONE'}, {'STALE', state, owner},
+--          {'OK', {id, packed JOB_FIELDS values} of the job} (also on a replay)
+local meta, job, leases, ready, delayed, signal = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local token, id = ARGV[2], ARGV[3]
+local bad = epoch_reply(meta, ARGV[1]) or fence(job, token)
+if bad then
+  if bad[1] == 'REPLAY' then
+    return {'OK', flat_job(job, id)}
+  end
+  return bad
+end
+-- nothing above wrote; everything below writes
+local now = now_ms()
+redis.call('ZREM', leases, id)
+redis.call('HINCRBY', job, 'attempts', -1)
+redis.call('HSET', job, 'settled_token', token, 'token', '', 'owner', '')
+local st = redis.call('HMGET', job, 'delay_until', 'priority', 'seq')
+local until_ms = tonumber(st[1])
+if until_ms and until_ms > now then
+  redis.call('HSET', job, 'state', 'delayed', 'eligible_at', until_ms)
+  redis.call('ZADD', delayed, until_ms, id)
+else
+  redis.call('HSET', job, 'state', 'waiting')
+  redis.call('ZADD', ready, ready_score(st[2], st[3]), id)
+end
+wake(signal, 1)
+return {'OK', flat_job(job, id)}

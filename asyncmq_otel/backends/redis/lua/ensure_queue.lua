@@ -1,0 +1,10 @@
+-- ensure_queue.lua: create the queue's meta hash with a random epoch, or read the existing one.
+-- KEYS: meta
+-- ARGV: new_epoch (random 128-bit hex), layout_version
+-- Replies: {'OK', epoch} (the existing epoch when meta already had one)
+local meta = KEYS[1]
+if redis.call('HSETNX', meta, 'epoch', ARGV[1]) == 1 then
+  redis.call('HSET', meta, 'created_at', now_ms(), 'layout', ARGV[2])
+  return {'OK', ARGV[1]}
+end
+return {'OK', redis.call('HGET', meta, 'epoch')}

@@ -1,0 +1,47 @@
+-- reap.lua: recover expired leases, for the holder of the reaper role only.
+-- An expired lease's job goes back to waiting at its original place (stalls + 1) while
+-- stalls <= max_stalls, else to failed with DLQ reason 'worker_lost' (P1).
+-- KEYS: meta, leases, ready, signal, reaper, dlq, failed, expired
+-- ARGV: epoch, worker_id, hold_ms, max_stalls, limit, keep_failed, keep_failed_age_ms
+-- Replies: {'EPOCH', current epoch or false}, {'NOT_REAPER'},
+--          {'OK', more (0 or 1), {{id, packed JOB_FIELDS values} per stalled job}, {{id, packed JOB_FIELDS values} per dead job}}
+local meta, leases, ready, signal, reaper = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local worker, hold, max_stalls, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local bad = epoch_reply(meta, ARGV[1])
+if bad then
+  return bad
+end
+local holder = redis.call('GET', reaper)
+if holder and holder ~= worker then
+  return {'NOT_REAPER'}
+end
+redis.call('SET', reaper, worker, 'PX', hold)
+local now = now_ms()
+local base = base_of(meta)
+local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, limit + 1)
+local more = 0
+if #expired > limit then
+  more = 1
+  expired[#expired] = nil
+end
+local stalled, dead = {}, {}
+for _, id in ipairs(expired) do
+  redis.call('ZREM', leases, id)
+  local job = base .. 'job:' .. id
+  local st = redis.call('HMGET', job, 'state', 'priority', 'seq')
+  if st[1] == 'active' then
+    local stalls = redis.call('HINCRBY', job, 'stalls', 1)
+    redis.call('HSET', job, 'token', '', 'owner', '')
+    if stalls > max_stalls then
+      finish(job, id, 'failed', now, base, {'dlq_reason', 'worker_lost'}, KEYS[7], tonumber(ARGV[6]),
+        tonumber(ARGV[7]), KEYS[6], KEYS[7], KEYS[8])
+      dead[#dead + 1] = flat_job(job, id)
+    else
+      redis.call('HSET', job, 'state', 'waiting', 'eligible_at', now)
+      redis.call('ZADD', ready, ready_score(st[2], st[3]), id)
+      stalled[#stalled + 1] = flat_job(job, id)
+    end
+  end
+end
+wake(signal, #stalled)
+return {'OK', more, stalled, dead}

@@ -1,0 +1,77 @@
+"""Cross-process events on ``<prefix>:events``: publish, subscribe, cancel hints, tenant isolation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from asyncmq_otel.backends.base import CancelStatus, EnqueueItem
+from asyncmq_otel.backends.redis import RedisBackend
+from asyncmq_otel.backends.redis._events import CANCEL_HINT
+from tests.support.poll import eventually
+from tests.support.redis_server import delete_prefix, unique_prefix
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+
+async def test_published_events_reach_a_subscriber(make_backend: Callable[..., RedisBackend]) -> None:
+    producer, consumer = make_backend(), make_backend()
+    async with await consumer.subscribe_events(names={"job:completed"}) as events:
+        assert await producer.publish_event({"name": "job:started", "job_id": "a"}) == 1
+        assert await producer.publish_event({"name": "job:completed", "job_id": "a", "duration_s": 0.5}) == 1
+        with anyio.fail_after(5):
+            event = await events.__anext__()
+    assert event == {"name": "job:completed", "job_id": "a", "duration_s": 0.5}
+
+
+async def test_another_prefix_hears_nothing(
+    make_backend: Callable[..., RedisBackend], redis_url: str
+) -> None:
+    other_prefix = unique_prefix()
+    mine, theirs = make_backend(), make_backend(prefix=other_prefix)
+    try:
+        async with await theirs.subscribe_events() as foreign, await mine.subscribe_events() as own:
+            await mine.publish_event({"name": "job:enqueued", "job_id": "secret"})
+            await theirs.publish_event({"name": "job:enqueued", "job_id": "theirs"})
+            with anyio.fail_after(5):
+                assert (await own.__anext__())["job_id"] == "secret"
+                assert (await foreign.__anext__())["job_id"] == "theirs"  # not "secret": it came first
+    finally:
+        delete_prefix(redis_url, other_prefix)
+
+
+async def test_cancel_hint_reaches_the_owner_in_another_process(
+    make_backend: Callable[..., RedisBackend],
+) -> None:
+    worker_side, admin_side = make_backend(), make_backend()
+    heard: list[tuple[str, str]] = []
+    worker_side.add_cancel_listener(lambda queue, job_id: heard.append((queue, job_id)))
+    await worker_side.enqueue(
+        "q", EnqueueItem("a", json.dumps({"v": 1, "id": "a", "task": "t", "queue": "q"}))
+    )
+    await worker_side.claim("q", "w", 1, 30.0)  # also makes sure the hint reader is subscribed
+
+    async def reader_subscribed() -> bool:
+        return await admin_side.publish_event({"name": "ping"}) >= 1
+
+    await eventually(reader_subscribed, timeout=5, what="the worker's cancel reader is subscribed")
+    assert await admin_side.cancel("q", "a") is CancelStatus.RUNNING
+    await eventually(lambda: heard == [("q", "a")], timeout=5, what="the owner hears the cancel hint")
+
+
+async def test_own_cancel_is_heard_once(backend: RedisBackend) -> None:
+    heard: list[str] = []
+    backend.add_cancel_listener(lambda _queue, job_id: heard.append(job_id))
+    async with await backend.subscribe_events(names={CANCEL_HINT}) as hints:
+        await backend.enqueue(
+            "q", EnqueueItem("a", json.dumps({"v": 1, "id": "a", "task": "t", "queue": "q"}))
+        )
+        await backend.claim("q", "w", 1, 30.0)
+        assert await backend.cancel("q", "a") is CancelStatus.RUNNING
+        with anyio.fail_after(5):
+            hint = await hints.__anext__()
+    assert (hint["queue"], hint["job_id"]) == ("q", "a")
+    assert heard == ["a"]  # called at once, and the reader skips this process's own hint
