@@ -1,0 +1,215 @@
+"""The queue sampler: queue-level gauges (#17–#19) come from one place (§3.5).
+
+A :class:`QueueSampler` runs as a task in the event loop. Each interval it makes sure it holds the
+sampler lock, then reads ``queue_stats()`` for every queue and stores the values in a
+:class:`QueueGauges` cache. Collection (the scrape thread, or the OTel periodic reader) reads only
+that cache, so no backend I/O ever happens while ``/metrics`` is served. Values older than three
+intervals, or held by a sampler that lost the lock, are not exported: stale beats wrong.
+
+Election is optional. A backend that offers :class:`SamplerLock` (the Redis backend: ``SET NX PX``
+on ``<prefix>:telemetry:sampler``, renewed by compare-and-extend) decides which process samples; a
+backend without it is single-process by nature, so its sampler always holds the role.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import anyio
+
+if TYPE_CHECKING:
+    from ..backends.base import QueueStats
+
+__all__ = ["QueueGauges", "QueueSampler", "SamplerLock", "StatsSource"]
+
+_log = logging.getLogger("asyncmq_otel.telemetry")
+_STALE_INTERVALS = 3.0
+
+
+@runtime_checkable
+class SamplerLock(Protocol):
+    """Optional backend capability: the lock that elects one queue sampler among processes.
+
+    ``acquire_sampler_lock(owner, ttl)`` takes the lock when it is free (``SET NX PX``) or extends it
+    when ``owner`` already holds it (compare-and-extend), and returns whether ``owner`` holds it now.
+    ``release_sampler_lock(owner)`` frees it only when ``owner`` holds it.
+    """
+
+    async def acquire_sampler_lock(self, owner: str, ttl: float) -> bool:
+        """Take or extend the sampler lock for ``ttl`` seconds; True when ``owner`` holds it."""
+        ...
+
+    async def release_sampler_lock(self, owner: str) -> None:
+        """Give the lock up if ``owner`` holds it."""
+        ...
+
+
+class StatsSource(Protocol):
+    """What the sampler needs from a backend (a subset of the ``Backend`` port)."""
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """Depths, oldest ready age and paused flag of one queue."""
+        ...
+
+    async def list_queues(self) -> list[str]:
+        """Every queue the backend has seen."""
+        ...
+
+
+class QueueGauges:
+    """The sampler's cache, read by collection without any I/O.
+
+    Args:
+        interval: the sampling interval; values older than three of them are not exported.
+        clock: monotonic clock (injectable for tests).
+
+    """
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._values: dict[str, tuple[float, QueueStats]] = {}
+
+    def update(self, queue: str, stats: QueueStats) -> None:
+        """Store a fresh sample of ``queue``."""
+        with self._lock:
+            self._values[queue] = (self._clock(), stats)
+
+    def clear(self) -> None:
+        """Forget every sample (the lock was lost or sampling stopped)."""
+        with self._lock:
+            self._values.clear()
+
+    def fresh(self) -> list[tuple[str, QueueStats]]:
+        """The samples younger than three intervals, by queue."""
+        limit = self._clock() - _STALE_INTERVALS * self.interval
+        with self._lock:
+            return [(queue, stats) for queue, (at, stats) in self._values.items() if at >= limit]
+
+    def depth(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        """Observations of ``asyncmq.queue.depth`` (#17): ``(queue, state)``."""
+        for queue, s in self.fresh():
+            yield (queue, "ready"), float(s.ready)
+            yield (queue, "scheduled"), float(s.scheduled)
+            yield (queue, "active"), float(s.active)
+            yield (queue, "dead"), float(s.dead)
+
+    def oldest_age(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        """Observations of ``asyncmq.queue.oldest_age`` (#18)."""
+        for queue, s in self.fresh():
+            yield (queue,), max(float(s.oldest_ready_age), 0.0)
+
+    def paused(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        """Observations of ``asyncmq.queue.paused`` (#19)."""
+        for queue, s in self.fresh():
+            yield (queue,), 1.0 if s.paused else 0.0
+
+
+class QueueSampler:
+    """Samples queue stats into :class:`QueueGauges` while it holds the sampler role.
+
+    Args:
+        backend: where the stats come from; its optional :class:`SamplerLock` decides the holder.
+        gauges: the cache to fill.
+        interval: seconds between samples (the lock's TTL is three of them).
+        owner: this sampler's identity in the lock (a fresh UUID by default).
+        queues: the queues to sample; every queue the backend lists when ``None``.
+        on_result: told ``True`` after a successful round trip and ``False`` after a failed one
+            (the metrics adapter maps it to ``asyncmq_backend_up``).
+
+    """
+
+    def __init__(
+        self,
+        backend: StatsSource,
+        gauges: QueueGauges,
+        *,
+        interval: float = 10.0,
+        owner: str | None = None,
+        queues: Sequence[str] | None = None,
+        on_result: Callable[[bool], None] | None = None,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError(f"queue_sample_interval_s must be > 0, not {interval}")
+        self.backend = backend
+        self.gauges = gauges
+        self.interval = interval
+        self.owner = owner or uuid.uuid4().hex
+        self.queues = None if queues is None else list(queues)
+        self.holder = False
+        self._on_result = on_result
+        self._failed_once = False
+
+    @property
+    def elected(self) -> bool:
+        """Whether the backend elects a holder (it offers :class:`SamplerLock`)."""
+        return callable(getattr(self.backend, "acquire_sampler_lock", None))
+
+    async def _elect(self) -> bool:
+        acquire = getattr(self.backend, "acquire_sampler_lock", None)
+        if not callable(acquire):
+            return True
+        result = acquire(self.owner, _STALE_INTERVALS * self.interval)
+        if inspect.isawaitable(result):
+            result = await result
+        return bool(result)
+
+    async def sample_once(self) -> bool:
+        """One round: elect, then sample every queue. Returns whether this sampler holds the role."""
+        try:
+            self.holder = await self._elect()
+            if not self.holder:
+                self.gauges.clear()
+                return False
+            queues = self.queues if self.queues is not None else await self.backend.list_queues()
+            for queue in queues:
+                self.gauges.update(queue, await self.backend.queue_stats(queue))
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolation boundary: the sampler never stops a worker
+            self.gauges.clear()
+            self.holder = False
+            if not self._failed_once:
+                self._failed_once = True
+                _log.warning("telemetry.sampler_error: queue sampling failed (%s); retrying", exc)
+            self._report(ok=False)
+            return False
+        self._report(ok=True)
+        return True
+
+    def _report(self, *, ok: bool) -> None:
+        if self._on_result is not None:
+            self._on_result(ok)
+
+    async def run(self) -> None:
+        """Sample every ``interval`` seconds until cancelled; the lock is released on the way out."""
+        try:
+            while True:
+                await self.sample_once()
+                await anyio.sleep(self.interval)
+        finally:
+            self.gauges.clear()
+            if self.holder:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                    await self._release()
+
+    async def _release(self) -> None:
+        release: Callable[[str], Awaitable[None] | None] | None = getattr(
+            self.backend, "release_sampler_lock", None
+        )
+        self.holder = False
+        if release is None:
+            return
+        try:
+            result = release(self.owner)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:  # noqa: BLE001 - best effort: the lock expires by itself
+            _log.debug("sampler lock release failed: %s", exc)

@@ -1,0 +1,591 @@
+"""Metrics: the one definition table of the telemetry contract (§3.4) and its two sinks.
+
+Each :class:`MetricDef` row yields a ``prometheus_client`` collector (the scrape sink, on its own
+``CollectorRegistry``) and, when OTLP metrics are on, an OpenTelemetry instrument (the OTLP sink).
+The Prometheus name of every row is the standard OTel→Prometheus translation of its OTel name, and
+the label keys are its attribute keys with ``.`` replaced by ``_``; both are checked when the row is
+defined, so the two sinks cannot drift. ``dashboards/generate.py`` imports the names from here.
+
+The hot path records through :class:`CounterSeries`, :class:`HistogramSeries` and
+:class:`GaugeSeries`: one label set bound in both sinks once, then reused. Binding past
+``metric_cardinality_limit`` label sets yields the overflow series of that metric, whose every label
+but ``messaging_system`` is ``_OTHER``, and each record on it is counted as dropped telemetry.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final
+
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge as PromGauge
+from prometheus_client import Histogram as PromHistogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+
+__all__ = [
+    "B_ATT",
+    "B_E2E",
+    "B_OP",
+    "B_PROC",
+    "B_WAIT",
+    "METRICS",
+    "METRICS_BY_NAME",
+    "METRICS_BY_NUMBER",
+    "OTHER",
+    "CounterSeries",
+    "GaugeSeries",
+    "HistogramSeries",
+    "InstrumentKind",
+    "MetricDef",
+    "MetricSinks",
+    "ObserveFn",
+    "label_key",
+    "translate_name",
+]
+
+OTHER: Final = "_OTHER"
+"""The label value of the overflow series and of values past a top-N limit."""
+
+# -- buckets (§3.2) --------------------------------------------------------------------------------
+B_OP: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+B_PROC: Final = (*B_OP, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+B_WAIT: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+B_E2E: Final = (*B_WAIT, 7200.0, 21600.0, 86400.0)
+B_ATT: Final = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 13.0, 21.0)
+
+# -- label keys (§3.3), in attribute form ------------------------------------------------------------
+SYSTEM: Final = "messaging.system"
+QUEUE: Final = "messaging.destination.name"
+TASK: Final = "asyncmq.task.name"
+GROUP: Final = "messaging.consumer.group.name"
+OPERATION: Final = "messaging.operation.name"
+ERROR_TYPE: Final = "error.type"
+OUTCOME: Final = "outcome"
+REASON: Final = "reason"
+STATE: Final = "state"
+PRIORITY_CLASS: Final = "priority_class"
+SIGNAL: Final = "signal"
+_LABEL_KEYS: Final = frozenset(
+    {QUEUE, TASK, GROUP, OPERATION, ERROR_TYPE, OUTCOME, REASON, STATE, PRIORITY_CLASS, SIGNAL}
+)
+
+SENT_OPERATIONS: Final = ("send", "schedule")
+WRITE_OPERATIONS: Final = (
+    "send", "schedule", "ack", "retry", "dead_letter", "expire", "cancel", "requeue", "pause", "resume",
+)  # fmt: skip
+STALE_OPERATIONS: Final = ("ack", "retry", "dead_letter", "cancel", "requeue")
+OUTCOMES: Final = ("completed", "retried", "interrupted", "failed", "expired", "cancelled")
+TERMINAL_OUTCOMES: Final = ("completed", "failed", "expired", "cancelled")
+DLQ_REASONS: Final = ("failed", "expired", "unknown_task", "malformed_payload", "worker_lost", "interrupted")
+STATES: Final = ("ready", "scheduled", "active", "dead")
+PRIORITY_CLASSES: Final = ("high", "normal", "low")
+SIGNALS: Final = ("event", "span", "metric", "log")
+DROP_REASONS: Final = ("queue_full", "adapter_error", "cardinality")
+
+
+class InstrumentKind(str, Enum):
+    """The OTel instrument of a row; the Prometheus type follows from it."""
+
+    COUNTER = "Counter"
+    HISTOGRAM = "Histogram"
+    GAUGE = "Gauge"
+    UP_DOWN_COUNTER = "UpDownCounter"
+    OBSERVABLE_GAUGE = "ObservableGauge"
+
+
+def label_key(attribute: str) -> str:
+    """The Prometheus label key of an attribute key (``.`` → ``_``)."""
+    return attribute.replace(".", "_")
+
+
+def translate_name(name: str, kind: InstrumentKind, unit: str) -> str:
+    """The standard OTel→Prometheus name translation used by this project (§3.1).
+
+    ``.`` becomes ``_``; unit ``s`` adds ``_seconds``; ``{…}`` units add nothing; counters get ``_total``.
+    """
+    out = name.replace(".", "_")
+    if unit == "s":
+        out += "_seconds"
+    elif not (unit.startswith("{") and unit.endswith("}")):
+        raise ValueError(f"unit {unit!r} is not allowed: use 's' or an annotation such as '{{job}}'")
+    if kind is InstrumentKind.COUNTER:
+        out += "_total"
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDef:
+    """One row of the definition table (§3.4).
+
+    Attributes:
+        number: the row number the contract refers to (#1 … #24).
+        name: the OTel instrument name.
+        kind: the OTel instrument.
+        unit: ``s`` or an annotation such as ``{job}``.
+        prometheus_name: the exposed name; must equal the translation of ``name``.
+        labels: attribute keys of the row, in order (``messaging.system`` is added unless
+            ``system_label`` is off).
+        description: the help text of both sinks.
+        buckets: histogram boundaries.
+        values: the closed value set of the labels that have one.
+        exemplars: whether the scrape sink attaches the attempt's trace id as an exemplar.
+        system_label: whether the constant ``messaging_system="asyncmq"`` label is present.
+
+    """
+
+    number: int
+    name: str
+    kind: InstrumentKind
+    unit: str
+    prometheus_name: str
+    labels: tuple[str, ...]
+    description: str
+    buckets: tuple[float, ...] | None = None
+    values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    exemplars: bool = False
+    system_label: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [key for key in self.labels if key not in _LABEL_KEYS]
+        if unknown:
+            raise ValueError(
+                f"metric {self.name}: label keys {unknown} are not allowed (§3.3/§3.6); bounded keys only: "
+                f"{sorted(_LABEL_KEYS)}"
+            )
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"metric {self.name}: duplicate label keys {self.labels}")
+        for key in self.values:
+            if key not in self.labels:
+                raise ValueError(
+                    f"metric {self.name}: a value set is given for {key!r}, which is not a label"
+                )
+        translated = translate_name(self.name, self.kind, self.unit)
+        if translated != self.prometheus_name:
+            raise ValueError(
+                f"metric {self.name}: Prometheus name {self.prometheus_name!r} differs from its translation "
+                f"{translated!r}"
+            )
+        if (self.kind is InstrumentKind.HISTOGRAM) != (self.buckets is not None):
+            raise ValueError(f"metric {self.name}: buckets are given for histograms and only for them")
+
+    @property
+    def attribute_keys(self) -> tuple[str, ...]:
+        """Attribute keys of the OTel sink, ``messaging.system`` first when present."""
+        return ((SYSTEM,) if self.system_label else ()) + self.labels
+
+    @property
+    def label_keys(self) -> tuple[str, ...]:
+        """Label keys of the scrape sink, ``messaging_system`` first when present."""
+        return tuple(label_key(key) for key in self.attribute_keys)
+
+    @property
+    def prometheus_type(self) -> str:
+        """``counter``, ``histogram`` or ``gauge``."""
+        if self.kind is InstrumentKind.COUNTER:
+            return "counter"
+        return "histogram" if self.kind is InstrumentKind.HISTOGRAM else "gauge"
+
+
+def _row(
+    number: int,
+    name: str,
+    kind: InstrumentKind,
+    unit: str,
+    prometheus_name: str,
+    labels: tuple[str, ...],
+    description: str,
+    buckets: tuple[float, ...] | None = None,
+    values: Mapping[str, tuple[str, ...]] | None = None,
+    *,
+    exemplars: bool = False,
+    system_label: bool = True,
+) -> MetricDef:
+    return MetricDef(
+        number, name, kind, unit, prometheus_name, labels, description, buckets, dict(values or {}),
+        exemplars, system_label,
+    )  # fmt: skip
+
+
+_C, _H, _G = InstrumentKind.COUNTER, InstrumentKind.HISTOGRAM, InstrumentKind.GAUGE
+_UDC, _OG = InstrumentKind.UP_DOWN_COUNTER, InstrumentKind.OBSERVABLE_GAUGE
+_Q, _T, _GR = QUEUE, TASK, GROUP
+
+METRICS: Final = (
+    _row(1, "messaging.client.sent.messages", _C, "{message}", "messaging_client_sent_messages_total",
+         (_Q, _T, OPERATION, ERROR_TYPE), "Jobs sent by producers (one per job; failed stores included).",
+         values={OPERATION: SENT_OPERATIONS}),
+    _row(2, "messaging.client.consumed.messages", _C, "{message}", "messaging_client_consumed_messages_total",
+         (_Q, _T, _GR), "Jobs delivered to a worker: at job start, or at a pickup settle."),
+    _row(3, "messaging.process.duration", _H, "s", "messaging_process_duration_seconds",
+         (_Q, _T, _GR, ERROR_TYPE), "Duration of each attempt that ran (the process span).", B_PROC,
+         exemplars=True),
+    _row(4, "messaging.client.operation.duration", _H, "s", "messaging_client_operation_duration_seconds",
+         (_Q, OPERATION, ERROR_TYPE), "Backend round trip of each lifecycle write.", B_OP,
+         {OPERATION: WRITE_OPERATIONS}),
+    _row(5, "asyncmq.job.wait.duration", _H, "s", "asyncmq_job_wait_duration_seconds",
+         (_Q, _T, _GR, PRIORITY_CLASS), "Time from eligible to started per attempt (no delays, no backoff).",
+         B_WAIT, {PRIORITY_CLASS: PRIORITY_CLASSES}, exemplars=True),
+    _row(6, "asyncmq.job.e2e.duration", _H, "s", "asyncmq_job_e2e_duration_seconds",
+         (_Q, _T, OUTCOME), "Time from first enqueue to the terminal outcome, retries and delays included.",
+         B_E2E, {OUTCOME: TERMINAL_OUTCOMES}, exemplars=True),
+    _row(7, "asyncmq.job.outcomes", _C, "{job}", "asyncmq_job_outcomes_total",
+         (_Q, _T, _GR, OUTCOME, ERROR_TYPE, REASON), "Outcome of every attempt or settle.", None,
+         {OUTCOME: OUTCOMES, REASON: ("", *DLQ_REASONS)}),
+    _row(8, "asyncmq.job.attempts", _H, "{attempt}", "asyncmq_job_attempts",
+         (_Q, _T, OUTCOME), "Handler runs started per finished job.", B_ATT, {OUTCOME: TERMINAL_OUTCOMES}),
+    _row(9, "asyncmq.job.stalled", _C, "{job}", "asyncmq_job_stalled_total",
+         (_Q, _T), "Jobs whose lease expired and were redelivered."),
+    _row(10, "asyncmq.job.running.max_age", _OG, "s", "asyncmq_job_running_max_age_seconds",
+         (_Q, _GR), "Age of this worker's oldest in-flight attempt (0 when idle)."),
+    _row(11, "asyncmq.ratelimit.throttled", _C, "{job}", "asyncmq_ratelimit_throttled_total",
+         (_Q, _GR), "Jobs held by the rate limiter for more than 1 ms."),
+    _row(12, "asyncmq.ratelimit.wait", _H, "s", "asyncmq_ratelimit_wait_seconds",
+         (_Q, _GR), "Time jobs spent waiting for the rate limiter.", B_WAIT),
+    _row(13, "asyncmq.worker.up", _G, "{worker}", "asyncmq_worker_up",
+         (_Q, _GR), "1 while the worker serves the queue, 0 once it stopped."),
+    _row(14, "asyncmq.worker.heartbeat.timestamp", _G, "s", "asyncmq_worker_heartbeat_timestamp_seconds",
+         (_Q, _GR), "Unix time of the worker's last successful heartbeat write."),
+    _row(15, "asyncmq.worker.jobs.active", _UDC, "{job}", "asyncmq_worker_jobs_active",
+         (_Q, _GR), "Attempts running in this worker."),
+    _row(16, "asyncmq.worker.concurrency", _G, "{job}", "asyncmq_worker_concurrency",
+         (_Q, _GR), "Concurrency limit that applies to the queue."),
+    _row(17, "asyncmq.queue.depth", _OG, "{job}", "asyncmq_queue_depth",
+         (_Q, STATE), "Jobs in each state, from the queue sampler.", None, {STATE: STATES}),
+    _row(18, "asyncmq.queue.oldest_age", _OG, "s", "asyncmq_queue_oldest_age_seconds",
+         (_Q,), "Age of the oldest ready job since it became eligible (0 when none)."),
+    _row(19, "asyncmq.queue.paused", _OG, "{queue}", "asyncmq_queue_paused",
+         (_Q,), "1 when the queue is paused, else 0."),
+    _row(20, "asyncmq.telemetry.dropped", _C, "{item}", "asyncmq_telemetry_dropped_total",
+         (SIGNAL, REASON), "Telemetry dropped by signal and reason.", None,
+         {SIGNAL: SIGNALS, REASON: DROP_REASONS}, system_label=False),
+    _row(21, "asyncmq.backend.up", _G, "{backend}", "asyncmq_backend_up",
+         (), "1 while the backend answers, 0 during an outage."),
+    _row(22, "asyncmq.backend.data_loss", _C, "{event}", "asyncmq_backend_data_loss_total",
+         (_Q,), "Times the queue's dataset was found lost."),
+    _row(23, "asyncmq.backend.data_loss.detected", _G, "{event}", "asyncmq_backend_data_loss_detected",
+         (_Q,), "1 once a data loss was detected in this process, else 0."),
+    _row(24, "asyncmq.stale_writes.rejected", _C, "{write}", "asyncmq_stale_writes_rejected_total",
+         (_Q, OPERATION), "Settles rejected because the lease was lost (STALE) or the job was gone.", None,
+         {OPERATION: STALE_OPERATIONS}),
+)  # fmt: skip
+"""The definition table: both sinks are built from these rows and nothing else."""
+
+METRICS_BY_NUMBER: Final = {row.number: row for row in METRICS}
+METRICS_BY_NAME: Final = {row.name: row for row in METRICS}
+
+ObserveFn = Callable[[], Iterable[tuple[tuple[str, ...], float]]]
+"""Callback of an observable row: ``(label values without messaging_system, value)`` pairs."""
+
+
+# -- series: one label set, bound in both sinks -------------------------------------------------------
+class _Series:
+    __slots__ = ("_attrs", "_otel", "_overflow", "_prom")
+
+    def __init__(
+        self,
+        prom: Any,  # noqa: ANN401 - a prometheus_client child of any of three classes
+        otel: Any,  # noqa: ANN401 - an OTel instrument of any of four classes
+        attrs: Mapping[str, str],
+        overflow: Callable[[], None] | None,
+    ) -> None:
+        self._prom = prom
+        self._otel = otel
+        self._attrs = attrs
+        self._overflow = overflow
+
+
+class CounterSeries(_Series):
+    """A bound counter: ``inc()``."""
+
+    __slots__ = ()
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` in both sinks."""
+        if self._overflow is not None:
+            self._overflow()
+        if self._prom is not None:
+            self._prom.inc(amount)
+        if self._otel is not None:
+            self._otel.add(amount, self._attrs)
+
+
+class HistogramSeries(_Series):
+    """A bound histogram: ``observe()``, with an optional trace id exemplar."""
+
+    __slots__ = ()
+
+    def observe(self, value: float, trace_id: str | None = None) -> None:
+        """Record ``value``; ``trace_id`` becomes the scrape sink's exemplar where the row has exemplars."""
+        if self._overflow is not None:
+            self._overflow()
+        if self._prom is not None:
+            if trace_id is None:
+                self._prom.observe(value)
+            else:
+                self._prom.observe(value, {"trace_id": trace_id})
+        if self._otel is not None:
+            self._otel.record(value, self._attrs)
+
+
+class GaugeSeries(_Series):
+    """A bound gauge (``set``) or up-down counter (``add``)."""
+
+    __slots__ = ()
+
+    def set(self, value: float) -> None:
+        """Set the gauge in both sinks."""
+        if self._overflow is not None:
+            self._overflow()
+        if self._prom is not None:
+            self._prom.set(value)
+        if self._otel is not None:
+            self._otel.set(value, self._attrs)
+
+    def add(self, amount: float) -> None:
+        """Add ``amount`` (negative to subtract): the up-down counter's operation."""
+        if self._overflow is not None:
+            self._overflow()
+        if self._prom is not None:
+            self._prom.inc(amount)
+        if self._otel is not None:
+            self._otel.add(amount, self._attrs)
+
+
+class _FilteredCollector(Collector):
+    """Yields the table's collectors without their ``_created`` samples (§3.1)."""
+
+    def __init__(self, sinks: MetricSinks) -> None:
+        self._sinks = sinks
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self._sinks.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
+
+
+class _Bindings:
+    """The bound series of one row, capped at the cardinality limit."""
+
+    __slots__ = ("_lock", "_overflow", "_overflow_warned", "limit", "row", "series")
+
+    def __init__(self, row: MetricDef, limit: int) -> None:
+        self.row = row
+        self.limit = limit
+        self.series: dict[tuple[str, ...], _Series] = {}
+        self._overflow: _Series | None = None
+        self._overflow_warned = False
+        self._lock = threading.Lock()
+
+
+def _limit(row: MetricDef, limit: int) -> int:
+    """Rows whose every label has a closed value set (#20, #21) are bounded already: no cap applies."""
+    if all(key in row.values for key in row.labels):
+        size = 1
+        for key in row.labels:
+            size *= len(row.values[key])
+        return max(limit, size)
+    return limit
+
+
+class MetricSinks:
+    """The definition table realised in the scrape sink and, optionally, the OTLP sink.
+
+    Args:
+        registry: the ``CollectorRegistry`` of the scrape sink, or ``None`` for no scrape sink.
+        meter_provider: the provider of the OTLP sink, or ``None`` for no OTLP sink.
+        cardinality_limit: label sets per metric before records go to the overflow series.
+        histogram_buckets: bucket overrides by OTel name.
+        on_overflow: called once per record that lands in an overflow series, with the row.
+        version: instrumentation scope version of the OTel meter.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None,
+        meter_provider: MeterProvider | None = None,
+        cardinality_limit: int = 2000,
+        histogram_buckets: Mapping[str, Sequence[float]] | None = None,
+        on_overflow: Callable[[MetricDef], None] | None = None,
+        version: str | None = None,
+    ) -> None:
+        overrides = dict(histogram_buckets or {})
+        unknown = [name for name in overrides if name not in METRICS_BY_NAME]
+        if unknown:
+            raise ValueError(f"histogram_buckets names unknown metrics {unknown}; use the OTel names of §3.4")
+        self.buckets = {
+            row.number: tuple(float(b) for b in overrides.get(row.name, row.buckets or ()))
+            for row in METRICS
+            if row.kind is InstrumentKind.HISTOGRAM
+        }
+        self._on_overflow = on_overflow
+        self._observers: dict[int, ObserveFn] = {}
+        self._bindings = {row.number: _Bindings(row, _limit(row, cardinality_limit)) for row in METRICS}
+        self.registry = registry
+        self._prom: dict[int, Any] = {}
+        self._collector: _FilteredCollector | None = None
+        if registry is not None:
+            self._prom = {row.number: self._make_prom(row) for row in METRICS if row.kind is not _OG}
+            self._collector = _FilteredCollector(self)
+            registry.register(self._collector)
+        self._otel: dict[int, Any] = {}
+        if meter_provider is not None:
+            meter = meter_provider.get_meter("asyncmq_otel", version)
+            self._otel = {row.number: self._make_otel(meter, row) for row in METRICS}
+
+    # -- construction -------------------------------------------------------------------------------
+    def _make_prom(self, row: MetricDef) -> Any:  # noqa: ANN401 - one of three prometheus_client classes
+        unit = "seconds" if row.unit == "s" else ""
+        if row.kind is InstrumentKind.COUNTER:
+            return PromCounter(row.prometheus_name, row.description, row.label_keys, registry=None)
+        if row.kind is InstrumentKind.HISTOGRAM:
+            return PromHistogram(
+                row.prometheus_name, row.description, row.label_keys, registry=None, unit=unit,
+                buckets=self.buckets[row.number],
+            )  # fmt: skip
+        return PromGauge(row.prometheus_name, row.description, row.label_keys, registry=None, unit=unit)
+
+    def _make_otel(self, meter: Meter, row: MetricDef) -> Any:  # noqa: ANN401 - one of five OTel instruments
+        if row.kind is InstrumentKind.COUNTER:
+            return meter.create_counter(row.name, row.unit, row.description)
+        if row.kind is InstrumentKind.HISTOGRAM:
+            return meter.create_histogram(
+                row.name,
+                row.unit,
+                row.description,
+                explicit_bucket_boundaries_advisory=self.buckets[row.number],
+            )
+        if row.kind is InstrumentKind.UP_DOWN_COUNTER:
+            return meter.create_up_down_counter(row.name, row.unit, row.description)
+        if row.kind is InstrumentKind.GAUGE:
+            return meter.create_gauge(row.name, row.unit, row.description)
+        return meter.create_observable_gauge(row.name, [self._otel_callback(row)], row.unit, row.description)
+
+    def _otel_callback(self, row: MetricDef) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        from opentelemetry.metrics import Observation  # noqa: PLC0415 - only with the OTLP sink
+
+        def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(value, attributes) for attributes, value in self._observe(row, otel=True)]
+
+        return callback
+
+    # -- binding --------------------------------------------------------------------------------------
+    @property
+    def otlp(self) -> bool:
+        """Whether the OTLP sink is on."""
+        return bool(self._otel)
+
+    def _bind(self, number: int, values: tuple[str, ...], cls: type[_Series]) -> Any:  # noqa: ANN401
+        bindings = self._bindings[number]
+        series = bindings.series.get(values)
+        if series is not None:
+            return series
+        with bindings._lock:  # noqa: SLF001 - the bindings record is private to this class
+            series = bindings.series.get(values)
+            if series is not None:
+                return series
+            row = bindings.row
+            if len(values) != len(row.labels):
+                raise ValueError(f"metric {row.name} takes labels {row.labels}, got values {values}")
+            if len(bindings.series) >= bindings.limit:
+                overflow = bindings._overflow  # noqa: SLF001 - as above
+                if overflow is None:
+                    overflow = self._make_series(row, (OTHER,) * len(values), cls, overflow=True)
+                    bindings._overflow = overflow  # noqa: SLF001 - as above
+                return overflow
+            series = self._make_series(row, values, cls, overflow=False)
+            bindings.series[values] = series
+            return series
+
+    def _make_series(
+        self, row: MetricDef, values: tuple[str, ...], cls: type[_Series], *, overflow: bool
+    ) -> _Series:
+        full = (("asyncmq",) if row.system_label else ()) + values
+        prom = self._prom.get(row.number)
+        prom_child = None if prom is None else (prom.labels(*full) if full else prom)
+        attrs = {
+            key: value
+            for key, value in zip(row.attribute_keys, full, strict=True)
+            if not (key == ERROR_TYPE and value == "")
+        }
+        callback = None
+        if overflow and self._on_overflow is not None:
+            on_overflow = self._on_overflow
+
+            def callback() -> None:
+                on_overflow(row)
+
+        return cls(prom_child, self._otel.get(row.number), attrs, callback)
+
+    def counter(self, number: int, *values: str) -> CounterSeries:
+        """The bound series of counter row ``number`` for ``values`` (its labels, in row order)."""
+        return self._bind(number, values, CounterSeries)  # type: ignore[no-any-return]
+
+    def histogram(self, number: int, *values: str) -> HistogramSeries:
+        """The bound series of histogram row ``number``."""
+        return self._bind(number, values, HistogramSeries)  # type: ignore[no-any-return]
+
+    def gauge(self, number: int, *values: str) -> GaugeSeries:
+        """The bound series of gauge or up-down counter row ``number``."""
+        return self._bind(number, values, GaugeSeries)  # type: ignore[no-any-return]
+
+    def bound(self, number: int) -> int:
+        """Label sets bound so far for row ``number`` (the overflow series excluded)."""
+        return len(self._bindings[number].series)
+
+    # -- observable rows ------------------------------------------------------------------------------
+    def set_observer(self, number: int, observe: ObserveFn | None) -> None:
+        """Install the callback of observable row ``number`` (``None`` removes it)."""
+        if METRICS_BY_NUMBER[number].kind is not _OG:
+            raise ValueError(f"metric #{number} is not observable")
+        if observe is None:
+            self._observers.pop(number, None)
+        else:
+            self._observers[number] = observe
+
+    def _observe(self, row: MetricDef, *, otel: bool) -> Iterator[tuple[dict[str, str], float]]:
+        observe = self._observers.get(row.number)
+        if observe is None:
+            return
+        seen: dict[tuple[str, ...], float] = {}
+        limit = self._bindings[row.number].limit
+        for values, value in observe():
+            key = values if (values in seen or len(seen) < limit) else (OTHER,) * len(values)
+            seen[key] = max(seen.get(key, value), value)
+        keys = row.attribute_keys if otel else row.label_keys
+        prefix = ("asyncmq",) if row.system_label else ()
+        for values, value in seen.items():
+            yield dict(zip(keys, prefix + values, strict=True)), value
+
+    # -- scrape sink ------------------------------------------------------------------------------------
+    def collect(self) -> Iterator[Metric]:
+        """The scrape sink's metric families, observable rows included (``_created`` still present)."""
+        for row in METRICS:
+            prom = self._prom.get(row.number)
+            if prom is not None:
+                yield from prom.collect()
+            elif row.kind is _OG and self.registry is not None:
+                family = GaugeMetricFamily(
+                    row.prometheus_name, row.description, labels=row.label_keys,
+                    unit="seconds" if row.unit == "s" else "",
+                )  # fmt: skip
+                for labels, value in self._observe(row, otel=False):
+                    family.add_metric([labels[key] for key in row.label_keys], value)
+                yield family
+
+    def close(self) -> None:
+        """Unregister the scrape sink's collector (OTel instruments die with their provider)."""
+        if self.registry is not None and self._collector is not None:
+            self.registry.unregister(self._collector)
+            self._collector = None

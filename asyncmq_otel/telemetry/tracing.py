@@ -1,0 +1,624 @@
+"""The trace adapter: lifecycle events and backend writes → the spans of the telemetry contract (§2).
+
+* Producer writes (``send``/``schedule`` operations) open ``send {queue}`` (PRODUCER; or a bulk
+  CLIENT span with one ``create {queue}`` PRODUCER child per job) before the store write, and the
+  creation context is injected into each job's ``trace_context`` with the global propagator.
+* ``job:started`` opens ``process {queue}`` (CONSUMER) with an explicit parent (the extracted
+  creation context, or none), links it to the creation context and the previous attempt, and
+  makes it current in the emitting task, so spans of the user's handler nest under it. The
+  attempt's outcome event closes it in the same task.
+* A job settled without a run (expired, cancelled while queued, unknown task, malformed payload,
+  worker lost) gets a short ``settle {queue}`` (CLIENT) span.
+* ``pause``/``resume`` operations are INTERNAL spans covering the flag write.
+
+The adapter registers two listeners: :meth:`TracingAdapter.before` runs ahead of the metrics and
+log adapters (so they see the attempt's span as current, for exemplars and log correlation) and
+:meth:`TracingAdapter.after` runs behind them and ends the span.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from ..jobs import error_type_name
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span, SpanContext, Tracer
+    from opentelemetry.trace.span import TraceState
+    from opentelemetry.util.types import Attributes, AttributeValue
+
+    from ..events import LifecycleEvent, Operation
+
+__all__ = [
+    "AFTER_EVENTS",
+    "BEFORE_EVENTS",
+    "PROPAGATION_MODES",
+    "SPAN_NAME_STYLES",
+    "LinkAwareSampler",
+    "TracingAdapter",
+    "traceparent",
+]
+
+Propagation = Literal["child", "link", "none"]
+PROPAGATION_MODES: Final = ("child", "link", "none")
+SPAN_NAME_STYLES: Final = ("{op} {queue}", "{op} {queue} {task}")
+
+BEFORE_EVENTS: Final = (
+    "job:started", "job:progress", "job:throttled", "job:expired", "job:cancelled", "job:failed",
+    "worker:started",
+)  # fmt: skip
+"""Events :meth:`TracingAdapter.before` handles (subscribed ahead of the metrics and log adapters)."""
+AFTER_EVENTS: Final = (
+    "job:completed", "job:retried", "job:failed", "job:cancelled", "job:interrupted", "job:expired",
+    "worker:stopped",
+)  # fmt: skip
+"""Events :meth:`TracingAdapter.after` handles (subscribed behind them)."""
+
+SYSTEM: Final = "asyncmq"
+_SETTLE_OPS: Final = frozenset({"expire", "cancel", "dead_letter"})
+_WORKER_OPS: Final = frozenset({"ack", "retry", "dead_letter", "expire", "cancel", "requeue"})
+_PICKUP_FAILURES: Final = frozenset({"unknown_task", "malformed_payload", "worker_lost"})
+_STALE: Final = frozenset({"STALE", "GONE"})
+_DESCRIPTION_LIMIT: Final = 256
+THROTTLE_THRESHOLD_S: Final = 0.001
+"""A job held by the rate limiter for longer than this was throttled (§1.2)."""
+_OPEN_LIMIT: Final = 100_000  # attempts whose outcome never comes (lease lost) are forgotten past this
+_SUPPRESS: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # noqa: SLF001 - the API's documented key
+_TRACEPARENT: Final = TraceContextTextMapPropagator()
+
+
+def _ns(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1e9)
+
+
+def traceparent(ctx: SpanContext) -> str:
+    """The W3C ``traceparent`` of a span context (version 00: only the sampled flag is kept)."""
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{'01' if ctx.trace_flags.sampled else '00'}"
+
+
+def _throttle_wait(event: LifecycleEvent) -> float | None:
+    """The rate-limit wait when the job was throttled (held over 1 ms, §1.2), else ``None``."""
+    wait = event.ratelimit_wait_s
+    return wait if wait is not None and wait > THROTTLE_THRESHOLD_S else None
+
+
+def _server(source: object) -> dict[str, AttributeValue]:
+    """``server.address`` / ``server.port`` of the backend, when the event or write carries them (§2.4)."""
+    address = getattr(source, "server_address", None)
+    if not address:
+        return {}
+    port = getattr(source, "server_port", None)
+    return (
+        {"server.address": str(address)}
+        if port is None
+        else {"server.address": str(address), "server.port": int(port)}
+    )
+
+
+def _attrs(**values: AttributeValue | None) -> dict[str, AttributeValue]:
+    return {key.replace("__", "."): value for key, value in values.items() if value is not None}
+
+
+class LinkAwareSampler(Sampler):
+    """Samples a root span that carries a sampled link, and asks ``root`` otherwise (§2.3).
+
+    In ``link`` mode the job trace then follows the producer's decision instead of being sampled
+    independently, so links rarely point at dropped traces.
+    """
+
+    def __init__(self, root: Sampler) -> None:
+        self._root = root
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        """Sample when any link is sampled; otherwise delegate to the root sampler."""
+        for link in links or ():
+            if link.context.is_valid and link.context.trace_flags.sampled:
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
+        return self._root.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        """``LinkAware{<root>}``."""
+        return f"LinkAware{{{self._root.get_description()}}}"
+
+
+@dataclass(slots=True)
+class _Attached:
+    """A context this adapter attached in the current task, detached only from that same context."""
+
+    token: object
+    ctx: Context
+
+    @classmethod
+    def attach(cls, ctx: Context) -> _Attached:
+        return cls(otel_context.attach(ctx), ctx)
+
+    def detach(self) -> None:
+        if otel_context.get_current() is self.ctx:
+            otel_context.detach(self.token)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class _Open:
+    """A span this adapter opened and made current, until its outcome closes it."""
+
+    span: Span
+    attached: _Attached | None
+    progress: int = 0
+
+
+@dataclass(slots=True)
+class _Producer:
+    span: Span
+    children: list[Span]
+    attached: _Attached
+
+
+class TracingAdapter:
+    """Bus listeners and a write observer that turn the lifecycle into spans.
+
+    Args:
+        tracer: where spans are created.
+        propagation: ``child`` (default), ``link`` or ``none`` (§2.3).
+        span_name_style: ``"{op} {queue}"`` or ``"{op} {queue} {task}"`` (§2.2).
+        bulk_create_spans: one ``create`` span per job of a bulk enqueue.
+        progress_events_per_span: progress reports bridged to span events per attempt.
+
+    """
+
+    signal = "span"
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        *,
+        propagation: Propagation = "child",
+        span_name_style: str = "{op} {queue}",
+        bulk_create_spans: bool = True,
+        progress_events_per_span: int = 10,
+    ) -> None:
+        if propagation not in PROPAGATION_MODES:
+            raise ValueError(f"propagation must be one of {PROPAGATION_MODES}, not {propagation!r}")
+        if span_name_style not in SPAN_NAME_STYLES:
+            raise ValueError(f"span_name_style must be one of {SPAN_NAME_STYLES}, not {span_name_style!r}")
+        self._tracer = tracer
+        self.propagation: Propagation = propagation
+        self._per_task = span_name_style == SPAN_NAME_STYLES[1]
+        self._bulk_create = bulk_create_spans
+        self._progress_cap = progress_events_per_span
+        self._open: dict[tuple[str | None, str | None, int | None], _Open] = {}
+        self._throttle_starts: dict[tuple[str | None, str | None], float] = {}
+        self._settle_starts: dict[tuple[str, str], int] = {}
+        self._workers: dict[str, tuple[_Attached, int]] = {}
+
+    # -- naming ----------------------------------------------------------------------------------------
+    def _name(self, op: str, queue: str | None, task: str | None = None) -> str:
+        if self._per_task and task:
+            return f"{op} {queue} {task}"
+        return f"{op} {queue}"
+
+    # -- bus listeners ---------------------------------------------------------------------------------
+    def before(self, event: LifecycleEvent) -> None:
+        """Runs ahead of the other adapters: opens spans and makes them current."""
+        name = event.name
+        if name == "job:started":
+            self._open_process(event)
+        elif name == "job:progress":
+            self._progress(event)
+        elif name == "job:throttled":
+            if len(self._throttle_starts) > _OPEN_LIMIT:
+                self._throttle_starts.clear()
+            start = (
+                event.started_at
+                if event.started_at is not None
+                else event.ts - (event.ratelimit_wait_s or 0.0)
+            )
+            self._throttle_starts[event.queue, event.job_id] = start
+        elif self._settle_op(event) is not None:
+            self._open_settle(event)
+        elif name == "worker:started":
+            self._worker_started(event)
+
+    def after(self, event: LifecycleEvent) -> None:
+        """Runs behind the other adapters: closes the span the event ends and detaches it."""
+        name = event.name
+        if name in {
+            "job:completed",
+            "job:retried",
+            "job:failed",
+            "job:cancelled",
+            "job:interrupted",
+            "job:expired",
+        }:
+            self._close(event)
+        elif name == "worker:stopped":
+            self._worker_stopped(event)
+
+    @staticmethod
+    def _settle_op(event: LifecycleEvent) -> str | None:
+        name = event.name
+        if name == "job:expired":
+            return "expire"
+        if name == "job:cancelled" and event.reason != "running":
+            return "cancel"
+        if name == "job:failed" and event.reason in _PICKUP_FAILURES:
+            return "dead_letter"
+        return None
+
+    # -- the worker loop never has an active span ----------------------------------------------------------
+    def _worker_started(self, event: LifecycleEvent) -> None:
+        """Detach the worker loop from any ambient span and suppress instrumentation of its bookkeeping.
+
+        Handler tasks get their own context at ``job:started``, so user code is not suppressed.
+        """
+        worker = event.worker_id
+        if worker is None:
+            return
+        held = self._workers.get(worker)
+        if held is not None:
+            self._workers[worker] = (held[0], held[1] + 1)
+            return
+        attached = _Attached.attach(
+            otel_context.set_value(_SUPPRESS, value=True, context=otel_context.Context())
+        )
+        self._workers[worker] = (attached, 1)
+
+    def _worker_stopped(self, event: LifecycleEvent) -> None:
+        worker = event.worker_id
+        held = self._workers.get(worker) if worker is not None else None
+        if held is None or worker is None:
+            return
+        if held[1] > 1:
+            self._workers[worker] = (held[0], held[1] - 1)
+            return
+        del self._workers[worker]
+        held[0].detach()
+
+    # -- consumer spans -----------------------------------------------------------------------------------
+    def _parent(self, event: LifecycleEvent) -> tuple[Context, list[Link]]:
+        carrier = event.trace_context
+        if self.propagation == "none" or not carrier:
+            return otel_context.Context(), []
+        extracted = propagate.extract(carrier, context=otel_context.Context())
+        links: list[Link] = []
+        creation = trace.get_current_span(extracted).get_span_context()
+        if creation.is_valid:
+            links.append(Link(creation, {"asyncmq.link.type": "creation"}))
+        previous = carrier.get("prev_attempt")
+        if previous:
+            prev_ctx = trace.get_current_span(
+                _TRACEPARENT.extract({"traceparent": previous}, context=otel_context.Context())
+            ).get_span_context()
+            if prev_ctx.is_valid:
+                links.append(Link(prev_ctx, {"asyncmq.link.type": "previous_attempt"}))
+        if self.propagation == "link":
+            extracted = trace.set_span_in_context(trace.INVALID_SPAN, extracted)
+        return extracted, links
+
+    def _job_attributes(self, event: LifecycleEvent, op_type: str, op_name: str) -> dict[str, AttributeValue]:
+        """The S attributes of a process or settle span, in one mapping (the hot path: no helper calls)."""
+        values: dict[str, AttributeValue | None] = {
+            "messaging.system": SYSTEM,
+            "messaging.operation.type": op_type,
+            "messaging.operation.name": op_name,
+            "messaging.destination.name": event.queue,
+            "messaging.message.id": event.job_id,
+            "messaging.consumer.group.name": event.group if event.worker_id else None,
+            "messaging.client.id": event.worker_id,
+            "asyncmq.task.name": event.task,
+            "asyncmq.job.attempt": event.attempt,
+            "asyncmq.job.max_attempts": event.max_attempts,
+            "asyncmq.job.priority": event.priority,
+            "asyncmq.job.enqueued_at": event.enqueued_at,
+            "asyncmq.job.eligible_at": event.eligible_at,
+            "asyncmq.ratelimit.wait_s": _throttle_wait(event),
+        }
+        out: dict[str, AttributeValue] = {key: value for key, value in values.items() if value is not None}
+        out.update(_server(event))
+        return out
+
+    def _queue_events(self, span: Span, event: LifecycleEvent) -> None:
+        if event.enqueued_at:
+            span.add_event("asyncmq.job.enqueued", timestamp=_ns(event.enqueued_at))
+        if event.eligible_at:
+            span.add_event(
+                "asyncmq.job.eligible",
+                _attrs(asyncmq__job__attempt=event.attempt),
+                timestamp=_ns(event.eligible_at),
+            )
+        throttle_start = self._throttle_starts.pop((event.queue, event.job_id), None)
+        wait = _throttle_wait(event)
+        if wait:
+            start = throttle_start if throttle_start is not None else event.ts - wait
+            span.add_event("asyncmq.job.throttled", {"asyncmq.ratelimit.wait_s": wait}, timestamp=_ns(start))
+
+    def _remember(self, key: tuple[str | None, str | None, int | None], opened: _Open) -> None:
+        if len(self._open) >= _OPEN_LIMIT:
+            del self._open[next(iter(self._open))]
+        self._open[key] = opened
+
+    def _open_process(self, event: LifecycleEvent) -> None:
+        parent, links = self._parent(event)
+        attributes = self._job_attributes(event, "process", "process")
+        if event.wait_s is not None:
+            attributes["asyncmq.job.wait_s"] = event.wait_s
+        span = self._tracer.start_span(
+            self._name("process", event.queue, event.task),
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=links,
+        )
+        self._queue_events(span, event)
+        attached = _Attached.attach(trace.set_span_in_context(span, parent))
+        self._remember((event.queue, event.job_id, event.attempt), _Open(span, attached))
+
+    def _open_settle(self, event: LifecycleEvent) -> None:
+        op_name = self._settle_op(event) or "dead_letter"
+        parent, links = self._parent(event)
+        attributes = self._job_attributes(event, "settle", op_name)
+        if op_name == "dead_letter":
+            attributes["error.type"] = event.error_type or event.reason or "failed"
+        start = self._settle_starts.pop((event.queue or "", event.job_id or ""), None)
+        span = self._tracer.start_span(
+            self._name("settle", event.queue, event.task),
+            context=parent,
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            links=links,
+            start_time=start,
+        )
+        self._queue_events(span, event)
+        attached = _Attached.attach(trace.set_span_in_context(span, parent))
+        self._remember((event.queue, event.job_id, event.attempt), _Open(span, attached))
+
+    def _progress(self, event: LifecycleEvent) -> None:
+        opened = self._open.get((event.queue, event.job_id, event.attempt))
+        if opened is None or opened.progress >= self._progress_cap:
+            return
+        opened.progress += 1
+        opened.span.add_event(
+            "asyncmq.job.progress", _attrs(asyncmq__job__progress=event.progress), timestamp=_ns(event.ts)
+        )
+
+    def _close(self, event: LifecycleEvent) -> None:
+        opened = self._open.pop((event.queue, event.job_id, event.attempt), None)
+        if opened is None:
+            return
+        span = opened.span
+        at = _ns(event.finished_at if event.finished_at is not None else event.ts)
+        name = event.name
+        outcome = name.split(":", 1)[1]
+        if name == "job:retried":
+            error_type = self._exception(span, event, at)
+            span.add_event(
+                "asyncmq.job.retry_scheduled",
+                _attrs(
+                    asyncmq__job__backoff_s=event.backoff_s,
+                    asyncmq__job__eligible_at=event.eligible_at,
+                    error__type=error_type,
+                ),
+                timestamp=at,
+            )
+            self._error(span, error_type, event.error_message)
+        elif name == "job:failed":
+            reason = event.reason or "failed"
+            error_type = event.error_type or reason
+            if event.exception is not None or (reason == "failed" and event.error_message is not None):
+                error_type = self._exception(span, event, at)
+            span.add_event("asyncmq.job.dead_lettered", {"asyncmq.dlq.reason": reason}, timestamp=at)
+            self._error(span, error_type, event.error_message or reason)
+        elif name == "job:expired":
+            span.add_event("asyncmq.job.dead_lettered", {"asyncmq.dlq.reason": "expired"}, timestamp=at)
+        elif name == "job:cancelled":
+            stage = event.reason or "queued"
+            span.add_event("asyncmq.job.cancelled", {"asyncmq.cancel.stage": stage}, timestamp=at)
+        span.set_attribute("asyncmq.job.outcome", outcome)
+        span.end()
+        self._detach(opened)
+
+    @staticmethod
+    def _exception(span: Span, event: LifecycleEvent, at: int | None) -> str:
+        """Add the one ``exception`` event of a raising attempt; return its error type."""
+        exc = event.exception
+        error_type = event.error_type or (type(exc).__qualname__ if exc is not None else "Exception")
+        stack = getattr(exc, "traceback", None)
+        if not isinstance(stack, str):
+            stack = (
+                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                if exc is not None
+                else None
+            )
+        message = (
+            event.error_message if event.error_message is not None else (str(exc) if exc is not None else "")
+        )
+        span.add_event(
+            "exception",
+            _attrs(exception__type=error_type, exception__message=message, exception__stacktrace=stack),
+            timestamp=at,
+        )
+        return error_type
+
+    @staticmethod
+    def _error(span: Span, error_type: str, message: str | None) -> None:
+        span.set_attribute("error.type", error_type)
+        span.set_status(Status(StatusCode.ERROR, (message or error_type)[:_DESCRIPTION_LIMIT]))
+
+    @staticmethod
+    def _detach(opened: _Open) -> None:
+        attached = opened.attached
+        opened.attached = None
+        if attached is not None:
+            attached.detach()
+
+    # -- write observer ---------------------------------------------------------------------------------
+    def operation_started(self, operation: Operation) -> None:
+        """Open producer and pause/resume spans, write ``prev_attempt``, suppress worker bookkeeping."""
+        name = operation.name
+        if name in {"send", "schedule"}:
+            if operation.bulk:
+                self._start_bulk(operation)
+            elif operation.jobs:
+                self._start_send(operation)
+        elif name in {"pause", "resume"}:
+            span = self._tracer.start_span(
+                self._name(name, operation.queue),
+                kind=SpanKind.INTERNAL,
+                attributes=_attrs(
+                    messaging__system=SYSTEM,
+                    messaging__operation__name=name,
+                    messaging__destination__name=operation.queue,
+                )
+                | _server(operation),
+            )
+            operation.scratch[id(self)] = _Producer(
+                span, [], _Attached.attach(trace.set_span_in_context(span))
+            )
+        elif name in _WORKER_OPS:
+            self._start_worker_write(operation)
+
+    def _start_worker_write(self, operation: Operation) -> None:
+        name = operation.name
+        for job in operation.jobs:
+            opened = self._open.get((operation.queue, job.id, job.attempts))
+            if opened is None:
+                if name in _SETTLE_OPS:
+                    if len(self._settle_starts) > _OPEN_LIMIT:
+                        self._settle_starts.clear()
+                    self._settle_starts[operation.queue, job.id] = int(operation.started_at * 1e9)
+            elif name == "retry" and self.propagation != "none":
+                job.trace_context = {
+                    **(job.trace_context or {}),
+                    "prev_attempt": traceparent(opened.span.get_span_context()),
+                }
+        operation.scratch[id(self)] = _Attached.attach(otel_context.set_value(_SUPPRESS, value=True))
+
+    def _inject(self, span: Span) -> dict[str, str] | None:
+        if self.propagation == "none":
+            return None
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        return {key: value for key, value in carrier.items() if value} or None
+
+    def _start_send(self, operation: Operation) -> None:
+        job = operation.jobs[0]
+        schedule = operation.name == "schedule"
+        eligible = job.delay_until if job.delay_until is not None else (job.eligible_at or None)
+        span = self._tracer.start_span(
+            self._name("send", operation.queue, job.task),
+            kind=SpanKind.PRODUCER,
+            attributes=_attrs(
+                messaging__system=SYSTEM,
+                messaging__operation__type="send",
+                messaging__operation__name=operation.name,
+                messaging__destination__name=operation.queue,
+                messaging__message__id=job.id,
+                asyncmq__task__name=job.task,
+                asyncmq__job__max_attempts=job.max_attempts,
+                asyncmq__job__priority=job.priority,
+                asyncmq__job__eligible_at=eligible if schedule else None,
+            )
+            | _server(operation),
+        )
+        job.trace_context = self._inject(span)
+        operation.scratch[id(self)] = _Producer(span, [], _Attached.attach(trace.set_span_in_context(span)))
+
+    def _start_bulk(self, operation: Operation) -> None:
+        jobs = operation.jobs
+        tasks = {job.task for job in jobs}
+        span = self._tracer.start_span(
+            self._name("send", operation.queue),
+            kind=SpanKind.CLIENT if self._bulk_create else SpanKind.PRODUCER,
+            attributes=_attrs(
+                messaging__system=SYSTEM,
+                messaging__operation__type="send",
+                messaging__operation__name="send",
+                messaging__destination__name=operation.queue,
+                messaging__batch__message_count=len(jobs),
+                asyncmq__task__name=next(iter(tasks)) if len(tasks) == 1 else None,
+            )
+            | _server(operation),
+        )
+        children: list[Span] = []
+        if self._bulk_create:
+            parent = trace.set_span_in_context(span)
+            for job in jobs:
+                child = self._tracer.start_span(
+                    self._name("create", operation.queue, job.task),
+                    context=parent,
+                    kind=SpanKind.PRODUCER,
+                    attributes=_attrs(
+                        messaging__system=SYSTEM,
+                        messaging__operation__type="create",
+                        messaging__operation__name="create",
+                        messaging__destination__name=operation.queue,
+                        messaging__message__id=job.id,
+                        asyncmq__task__name=job.task,
+                        asyncmq__job__max_attempts=job.max_attempts,
+                        asyncmq__job__priority=job.priority,
+                        asyncmq__job__eligible_at=job.delay_until,
+                    ),
+                )
+                job.trace_context = self._inject(child)
+                children.append(child)
+        else:
+            shared = self._inject(span)
+            for job in jobs:
+                job.trace_context = None if shared is None else dict(shared)
+        operation.scratch[id(self)] = _Producer(
+            span, children, _Attached.attach(trace.set_span_in_context(span))
+        )
+
+    def operation_finished(self, operation: Operation) -> None:
+        """End the operation's span (ERROR with ``error.type`` when the write raised)."""
+        state = operation.scratch.pop(id(self), None)
+        if isinstance(state, _Producer):
+            self._finish_producer(state, operation.error)
+            return
+        if isinstance(state, _Attached):
+            state.detach()
+        if operation.outcome in _STALE:
+            for (
+                job
+            ) in operation.jobs:  # the write was fenced off, no outcome event follows: end the span here
+                opened = self._open.pop((operation.queue, job.id, job.attempts), None)
+                if opened is not None:
+                    opened.span.end()
+                    self._detach(opened)
+
+    def _finish_producer(self, state: _Producer, error: BaseException | None) -> None:
+        state.attached.detach()
+        for span in (*state.children, state.span):
+            if error is not None:
+                self._error(span, error_type_name(error), str(error))
+            span.end()
+
+    def shutdown(self) -> None:
+        """End every span still open (``uninstrument()``); their outcome is unknown."""
+        for opened in reversed(list(self._open.values())):
+            opened.span.end()
+            self._detach(opened)  # effective only in the task that attached it (e.g. the caller's)
+        self._open.clear()
+        for attached, _count in self._workers.values():
+            attached.detach()
+        self._throttle_starts.clear()
+        self._settle_starts.clear()
+        self._workers.clear()
