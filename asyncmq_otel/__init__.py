@@ -65,9 +65,14 @@ from .workers import process_job as process_job
 
 if TYPE_CHECKING:
     from .backends.redis import RedisBackend as RedisBackend
+    from .telemetry import AsyncMQInstrumentor as AsyncMQInstrumentor
+    from .telemetry import instrument as instrument
+    from .telemetry import metrics_url as metrics_url
+    from .telemetry import uninstrument as uninstrument
 
 __all__ = [
     "AsyncMQError",
+    "AsyncMQInstrumentor",
     "Backend",
     "BackendUnavailable",
     "Backoff",
@@ -95,18 +100,27 @@ __all__ = [
     "bus",
     "event_emitter",
     "handle_job",
+    "instrument",
+    "metrics_url",
     "process_job",
     "run_hooks",
     "run_hooks_safely",
     "settings",
     "task",
+    "uninstrument",
 ]
+
+_TELEMETRY = frozenset({"instrument", "uninstrument", "metrics_url", "AsyncMQInstrumentor"})
 
 
 def __getattr__(name: str) -> Any:  # noqa: ANN401 - lazy attributes of the facade
-    # The Redis adapter (and redis-py) load only when someone asks for them.
+    # Adapters (redis-py, OpenTelemetry, prometheus_client) load only when someone asks for them.
     if name == "RedisBackend":
         from .backends.redis import RedisBackend  # noqa: PLC0415
 
         return RedisBackend
+    if name in _TELEMETRY:  # OpenTelemetry and prometheus_client load on first use
+        from . import telemetry  # noqa: PLC0415
+
+        return getattr(telemetry, name)
     raise AttributeError(f"module 'asyncmq_otel' has no attribute {name!r}")

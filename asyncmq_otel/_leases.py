@@ -8,6 +8,7 @@ and the job is reclaimed and fenced like a zombie's.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -63,7 +64,12 @@ class LeaseKeeper:
 
     def start(self) -> None:
         """Start the renewer thread."""
-        self._thread = threading.Thread(target=self._run, name="asyncmq-lease-renewer", daemon=True)
+        # The thread runs in a copy of the starting task's context, so telemetry's suppression of
+        # the worker's own backend calls covers renewals too.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._run,), name="asyncmq-lease-renewer", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

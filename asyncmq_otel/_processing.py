@@ -86,6 +86,7 @@ class WorkerContext:
     config: Settings = field(default_factory=get_settings)
     held: dict[tuple[str, str], _Attempt] = field(default_factory=dict)
     burst: bool = False
+    server: dict[str, Any] = field(default_factory=dict)  # server.address / server.port for telemetry
     idle: anyio.Event | None = None
     handlers: anyio.abc.TaskGroup | None = None
 
@@ -248,30 +249,48 @@ async def _run_with_limits(
         waited = 0.0
         attempt = attempt or ctx.held.get((queue_name, str(raw_job.get("id"))))
         if rate_limiter is not None:
-            throttle_started = time.time()
-            try:
-                with anyio.CancelScope() as wait_scope:
-                    if attempt is not None:  # a stop request cancels the wait through the attempt
-                        attempt.scope = wait_scope
-                        if attempt.reason is not None:
-                            wait_scope.cancel()
-                    waited = await rate_limiter.acquire()
-            except anyio.get_cancelled_exc_class():
-                with anyio.CancelScope(shield=True), anyio.move_on_after(_REQUEUE_BUDGET):
-                    await _give_back(backend, queue_name, raw_job, ctx)
-                raise
-            finally:
-                if attempt is not None:
-                    attempt.scope = None
-            if wait_scope.cancelled_caught:
-                await _give_back(backend, queue_name, raw_job, ctx)
+            throttled = await _wait_for_rate_token(queue_name, raw_job, rate_limiter, backend, ctx, attempt)
+            if throttled is None:
                 return
-            if waited > _THROTTLE_EVENT_THRESHOLD and "payload_error" not in raw_job:
-                _emit_throttled(raw_job, ctx, throttle_started, waited)
+            waited = throttled
         await handle_job(queue_name, raw_job, backend, context=ctx, ratelimit_wait_s=waited, attempt=attempt)
     finally:
         if holding:
             limiter.release_on_behalf_of(borrower)
+
+
+async def _wait_for_rate_token(
+    queue: str,
+    raw_job: RawJob,
+    rate_limiter: RateLimiter,
+    backend: Backend,
+    ctx: WorkerContext,
+    attempt: _Attempt | None,
+) -> float | None:
+    """Wait for a rate token; return the wait (0.0 unless over 1 ms), or None if the job was given back."""
+    throttle_started = time.time()
+    try:
+        with anyio.CancelScope() as wait_scope:
+            if attempt is not None:  # a stop request cancels the wait through the attempt
+                attempt.scope = wait_scope
+                if attempt.reason is not None:
+                    wait_scope.cancel()
+            waited = await rate_limiter.acquire()
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_REQUEUE_BUDGET):
+            await _give_back(backend, queue, raw_job, ctx)
+        raise
+    finally:
+        if attempt is not None:
+            attempt.scope = None
+    if wait_scope.cancelled_caught:
+        await _give_back(backend, queue, raw_job, ctx)
+        return None
+    if waited <= _THROTTLE_EVENT_THRESHOLD:
+        return 0.0  # not throttled: §1.1 reports 0.0 unless the job was held over 1 ms
+    if "payload_error" not in raw_job:
+        _emit_throttled(raw_job, ctx, throttle_started, waited)
+    return waited
 
 
 async def _give_back(backend: Backend, queue: str, raw_job: RawJob, ctx: WorkerContext) -> None:
@@ -286,19 +305,21 @@ async def _give_back(backend: Backend, queue: str, raw_job: RawJob, ctx: WorkerC
         ctx.release(queue, job_id)
 
 
+def server_fields(backend: object) -> dict[str, Any]:
+    """``server_address``/``server_port`` of a networked backend (none for the in-memory one)."""
+    address = getattr(backend, "server_address", None)
+    if not address:
+        return {}
+    return {"server_address": str(address), "server_port": getattr(backend, "server_port", None)}
+
+
 def _emit_throttled(raw_job: RawJob, ctx: WorkerContext | None, started: float, waited: float) -> None:
     try:
         job = Job.from_dict(raw_job)
     except MalformedJob:
         return
-    emit_job_event(
-        "job:throttled",
-        job,
-        ratelimit_wait_s=waited,
-        started_at=started,
-        worker_id=ctx.worker_id if ctx else None,
-        group=ctx.group if ctx else None,
-    )
+    extra = {} if ctx is None else {"worker_id": ctx.worker_id, "group": ctx.group, **ctx.server}
+    emit_job_event("job:throttled", job, ratelimit_wait_s=waited, started_at=started, **extra)
 
 
 # -- one job's lifecycle -----------------------------------------------------------------------------
@@ -352,7 +373,7 @@ class _JobRun:
         self.wait_s: float | None = None
 
     def _fields(self, **extra: Any) -> dict[str, Any]:  # noqa: ANN401 - event fields
-        fields: dict[str, Any] = {"worker_id": self.ctx.worker_id, "group": self.ctx.group}
+        fields: dict[str, Any] = {"worker_id": self.ctx.worker_id, "group": self.ctx.group, **self.ctx.server}
         if self.started_at is not None:
             fields.update(started_at=self.started_at, wait_s=self.wait_s, started_monotonic=self.started_mono)
         else:
@@ -583,7 +604,7 @@ class _JobRun:
             return
         backoff = job.next_retry_delay()
         error = _error_record(exc)
-        operation = Operation("retry", self.queue, [job])
+        operation = Operation("retry", self.queue, [job], **self.ctx.server)
 
         async def write() -> SettleReply:
             prev = (job.trace_context or {}).get("prev_attempt")
@@ -641,7 +662,7 @@ class _JobRun:
     ) -> SettleReply:
         """One outcome write, observed by telemetry, retried through backend outages."""
         if bus.observed:
-            operation = operation or Operation(op, self.queue, [self._job()])
+            operation = operation or Operation(op, self.queue, [self._job()], **self.ctx.server)
             with bus.operation(operation):
                 reply = await self._retrying(call)
                 operation.outcome = reply.status.value

@@ -26,10 +26,10 @@ import anyio.to_thread
 
 from ._leases import LeaseKeeper
 from ._lifecycle import emit_job_event
-from ._processing import WorkerContext, process_job
+from ._processing import WorkerContext, process_job, server_fields
 from .backends._default import default_backend
 from .backends.base import Backend, RenewStatus, WorkerInfo
-from .events import LifecycleEvent, bus
+from .events import LifecycleEvent, Service, bus
 from .hooks import Hook, run_hooks, run_hooks_safely
 from .jobs import Job, check_queue_name
 from .limiters import RateLimiter
@@ -182,6 +182,7 @@ class Worker:
             worker_id=self.worker_id, group=self.group or config.worker_group, config=config, burst=self.burst
         )
         ctx.idle = anyio.Event()
+        ctx.server = server_fields(backend)
         self._context = ctx
         queue_label = ",".join(self.queues)
 
@@ -215,14 +216,18 @@ class Worker:
             backend.add_cancel_listener(self._on_cancel_hint)
             if backend.on_data_loss is None:
                 backend.on_data_loss = _emit_data_loss
-            for queue in self.queues:
-                bus.emit(self._worker_event("worker:started", queue, concurrency=concurrency, active=0))
-            keeper.start()
             async with anyio.create_task_group() as services:
+                # Started before worker:started, so user listeners run in the caller's context
+                # (telemetry suppresses instrumentation of the worker's own bookkeeping from there on).
+                services.start_soon(bus.run_dispatcher)
+                for queue in self.queues:
+                    bus.emit(self._worker_event("worker:started", queue, concurrency=concurrency, active=0))
+                keeper.start()
                 services.start_soon(self._tick, keeper)
                 services.start_soon(self._heartbeat, backend, info, ctx, concurrency)
                 services.start_soon(self._reaper, backend, ctx)
-                services.start_soon(bus.run_dispatcher)
+                for service in bus.services():
+                    services.start_soon(_isolated_service, service, backend, list(self.queues))
                 await self._serve(ctx, limiter, rate_limiter, backend)
                 services.cancel_scope.cancel()
         except BaseException:
@@ -341,7 +346,7 @@ class Worker:
         except ValueError:
             _log.warning("worker.reaped_malformed: job %s", raw.get("id"))
             return
-        extra: dict[str, Any] = {"worker_id": ctx.worker_id, "group": ctx.group}
+        extra: dict[str, Any] = {"worker_id": ctx.worker_id, "group": ctx.group, **ctx.server}
         if name == "job:failed":
             extra["finished_at"] = time.time()
         emit_job_event(name, job, **extra, **fields)
@@ -371,8 +376,24 @@ class Worker:
         _call_in_loop(self._loop_token, lambda: attempt.cancel(reason))
 
     def _worker_event(self, name: str, queue: str, **fields: Any) -> LifecycleEvent:  # noqa: ANN401
-        group = self._context.group if self._context else "default"
-        return LifecycleEvent(name, time.time(), queue=queue, worker_id=self.worker_id, group=group, **fields)
+        ctx = self._context
+        return LifecycleEvent(
+            name,
+            time.time(),
+            queue=queue,
+            worker_id=self.worker_id,
+            group=ctx.group if ctx else "default",
+            **(ctx.server if ctx else {}),
+            **fields,
+        )
+
+
+async def _isolated_service(service: Service, backend: Backend, queues: list[str]) -> None:
+    """Run a bus service; its failure is logged and never stops the worker."""
+    try:
+        await service(backend, queues)
+    except Exception:  # noqa: BLE001 - isolation boundary: a telemetry service never breaks the worker
+        _log.exception("worker.service_failed: %r stopped", service)
 
 
 def _call_in_loop(token: Any, func: Any) -> None:  # noqa: ANN401 - anyio's loop token and a callback

@@ -39,6 +39,7 @@ __all__ = [
     "Listener",
     "Operation",
     "OperationObserver",
+    "Service",
     "bus",
     "event_emitter",
 ]
@@ -112,6 +113,8 @@ class LifecycleEvent:
     old_epoch: str | None = None
     new_epoch: str | None = None
     started_monotonic: float | None = None
+    server_address: str | None = None
+    server_port: int | None = None
 
     @property
     def id(self) -> str | None:
@@ -146,6 +149,8 @@ class LifecycleEvent:
 _EVENT_FIELDS = frozenset(f.name for f in fields(LifecycleEvent))
 
 Listener = Callable[[LifecycleEvent], Any]
+Service = Callable[[Any, "list[str]"], Awaitable[None]]
+"""A background task run beside each worker: ``await service(backend, queues)``."""
 
 
 @dataclass(slots=True)
@@ -178,6 +183,8 @@ class Operation:
     duration_s: float | None = None
     error: BaseException | None = None
     outcome: str | None = None  # the backend's answer to a fenced write: OK, STALE, GONE, TOO_LARGE
+    server_address: str | None = None
+    server_port: int | None = None
     scratch: dict[int, Any] = field(default_factory=dict)
 
 
@@ -205,6 +212,7 @@ class EventBus:
         self._waiters: list[_Waiter] = []
         self._observers: list[OperationObserver] = []
         self._drop_observers: list[Callable[[str, str, int], None]] = []
+        self._services: list[Service] = []
         self._failed_once: set[tuple[int, str]] = set()
         self._last_full_warning = 0.0
         self.dropped: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -395,6 +403,23 @@ class EventBus:
                 except Exception as exc:  # noqa: BLE001 - isolation boundary: a listener never breaks a job
                     self._listener_failed(sub, event, exc)
 
+    # -- services ----------------------------------------------------------------------------------
+    def add_service(self, service: Service) -> None:
+        """Run ``await service(backend, queues)`` beside every worker started from now on.
+
+        Telemetry uses it for the elected queue sampler; it is cancelled when the worker stops.
+        """
+        self._services.append(service)
+
+    def remove_service(self, service: Service) -> None:
+        """Undo :meth:`add_service` (running copies stop with their worker)."""
+        with contextlib.suppress(ValueError):
+            self._services.remove(service)
+
+    def services(self) -> list[Service]:
+        """The registered services."""
+        return list(self._services)
+
     # -- write observers -----------------------------------------------------------------------------
     def add_observer(self, observer: OperationObserver) -> None:
         """Observe backend writes (see :class:`Operation`)."""
@@ -482,8 +507,6 @@ class EventEmitter:
         self.bus.emit(payload)
         await anyio.lowlevel.checkpoint()
 
-
-AsyncListener = Callable[[LifecycleEvent], Awaitable[Any]]
 
 bus = EventBus()
 event_emitter = EventEmitter(bus)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._lifecycle import emit_job_event
+from ._processing import server_fields
 from .backends._default import default_backend
 from .backends.base import Backend, CancelStatus, EnqueueItem, EnqueueReply, QueueStats
 from .errors import DuplicateJob
@@ -47,6 +48,14 @@ _BULK_KEYS = frozenset(
         "timeout",
     }
 )
+
+
+def _provisional_times(job: Job, delay_s: float) -> None:
+    """Producer-side estimates for the observers of the store write; the backend's clock replaces them."""
+    now = time.time()
+    job.enqueued_at = now
+    job.eligible_at = now + delay_s
+    job.delay_until = now + delay_s if delay_s > 0 else None
 
 
 def _is_str(value: object) -> bool:
@@ -163,7 +172,10 @@ class Queue:
         backend = self.backend
         limit = settings.max_payload_bytes
         if bus.observed:
-            operation = Operation("schedule" if delay_s > 0 else "send", self.name, [job])
+            _provisional_times(job, delay_s)
+            operation = Operation(
+                "schedule" if delay_s > 0 else "send", self.name, [job], **server_fields(backend)
+            )
             with bus.operation(operation):
                 item = EnqueueItem(job.id, encode_payload(job.envelope(), limit), delay_s, uuid.uuid4().hex)
                 reply = await backend.enqueue(self.name, item)
@@ -178,28 +190,7 @@ class Queue:
 
         Each mapping takes the keyword arguments of :meth:`add` plus ``task_id`` (or ``task``).
         """
-        built: list[tuple[Job, float]] = []
-        for index, spec in enumerate(jobs):
-            unknown = set(spec) - _BULK_KEYS
-            if unknown:
-                raise TypeError(f"jobs[{index}] has unknown keys {sorted(unknown)}")
-            task_id = spec.get("task_id", spec.get("task"))
-            if task_id is None:
-                raise TypeError(f"jobs[{index}] needs a task_id")
-            built.append(
-                self._build(
-                    task_id,
-                    spec.get("args"),
-                    spec.get("kwargs"),
-                    retries=spec.get("retries", 0),
-                    ttl=spec.get("ttl"),
-                    backoff=spec.get("backoff"),
-                    priority=spec.get("priority", 5),
-                    delay=spec.get("delay"),
-                    job_id=spec.get("job_id"),
-                    timeout=spec.get("timeout"),
-                )
-            )
+        built = [self._build_spec(index, spec) for index, spec in enumerate(jobs)]
         if not built:
             return []
         limit = settings.max_payload_bytes
@@ -211,7 +202,11 @@ class Queue:
             ]
 
         if bus.observed:
-            operation = Operation("send", self.name, [job for job, _ in built], bulk=True)
+            for job, delay_s in built:
+                _provisional_times(job, delay_s)
+            operation = Operation(
+                "send", self.name, [job for job, _ in built], bulk=True, **server_fields(self.backend)
+            )
             with bus.operation(operation):
                 replies = await self.backend.enqueue_bulk(self.name, items())
         else:
@@ -225,6 +220,26 @@ class Queue:
         if duplicates:
             raise duplicates[0]
         return [job.id for job, _ in built]
+
+    def _build_spec(self, index: int, spec: Mapping[str, Any]) -> tuple[Job, float]:
+        unknown = set(spec) - _BULK_KEYS
+        if unknown:
+            raise TypeError(f"jobs[{index}] has unknown keys {sorted(unknown)}")
+        task_id = spec.get("task_id", spec.get("task"))
+        if task_id is None:
+            raise TypeError(f"jobs[{index}] needs a task_id")
+        return self._build(
+            task_id,
+            spec.get("args"),
+            spec.get("kwargs"),
+            retries=spec.get("retries", 0),
+            ttl=spec.get("ttl"),
+            backoff=spec.get("backoff"),
+            priority=spec.get("priority", 5),
+            delay=spec.get("delay"),
+            job_id=spec.get("job_id"),
+            timeout=spec.get("timeout"),
+        )
 
     def _after_store(self, job: Job, reply: EnqueueReply, delay_s: float) -> None:
         job.enqueued_at = reply.enqueued_at
@@ -242,13 +257,13 @@ class Queue:
     # -- queue control -------------------------------------------------------------------------------
     async def pause(self) -> None:
         """Stop workers from claiming jobs of this queue (running jobs finish)."""
-        with bus.operation(Operation("pause", self.name)):
+        with bus.operation(Operation("pause", self.name, **server_fields(self.backend))):
             await self.backend.pause(self.name)
         bus.emit(LifecycleEvent("queue:paused", time.time(), queue=self.name))
 
     async def resume(self) -> None:
         """Let workers claim again; idle workers wake at once."""
-        with bus.operation(Operation("resume", self.name)):
+        with bus.operation(Operation("resume", self.name, **server_fields(self.backend))):
             await self.backend.resume(self.name)
         bus.emit(LifecycleEvent("queue:resumed", time.time(), queue=self.name))
 

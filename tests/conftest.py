@@ -35,3 +35,4 @@ def _isolated_state() -> Iterator[None]:
     events.bus._routes.clear()
     events.bus._pending.clear()
     events.bus._observers.clear()
+    events.bus._services.clear()

@@ -268,6 +268,7 @@ class InMemoryBackend:
             record.delay_until = record.eligible_at = record.due = now + item.delay
             self._set_state(queue, record, "delayed")
             heapq.heappush(queue.delayed, (record.due, record.seq, record.job_id))
+            self._wake(queue, 1)  # an idle worker re-reads the next due time instead of oversleeping
         else:
             self._make_ready(queue, record)
         return EnqueueReply(
@@ -458,6 +459,7 @@ class InMemoryBackend:
                 record.delay_until = record.eligible_at = record.due = now + backoff
                 self._set_state(state, record, "delayed")
                 heapq.heappush(state.delayed, (record.due, record.seq, record.job_id))
+                self._wake(state, 1)
             else:
                 record.eligible_at = now
                 self._make_ready(state, record)
@@ -583,6 +585,7 @@ class InMemoryBackend:
                     continue
                 record.stalls += 1
                 record.token = None
+                record.prev_attempt = None  # the lost attempt's span never ended: no previous-attempt link
                 if record.stalls > max_stalls:
                     record.dlq_reason = "worker_lost"
                     record.owner = None
@@ -677,6 +680,9 @@ class InMemoryBackend:
             record.error = record.dlq_reason = record.finished_at = record.result = None
             record.settled_token = None
             record.eligible_at = self.clock()
+            ttl = (record.envelope or {}).get("ttl")
+            if isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+                record.expires_at = record.eligible_at + float(ttl)  # a fresh start gets a fresh TTL
             self._make_ready(q, record)
             return True
 

@@ -90,6 +90,7 @@ class _Instrumentation:
         self.subscriptions: list[tuple[str, events.Listener]] = []
         self.observers: list[Any] = []
         self.drop_observers: list[Any] = []
+        self.services: list[Any] = []
         self.samplers: list[tuple[anyio.CancelScope, int, anyio.lowlevel.EventLoopToken]] = []
         self.server: MetricsServer | None = None
         self.sinks: MetricSinks | None = None
@@ -181,6 +182,10 @@ class _Instrumentation:
             self.observers.append(self.metrics)
             self.bus.add_drop_observer(self.metrics.on_drop)
             self.drop_observers.append(self.metrics.on_drop)
+        if self.gauges is not None:
+            # Every Worker started from now on runs the elected queue sampler beside it.
+            self.bus.add_service(_sampler_service)
+            self.services.append(_sampler_service)
         if self.logging is not None:
             self._on("*", self.logging, "log")
         if self.tracing is not None:
@@ -203,6 +208,9 @@ class _Instrumentation:
         for drop_observer in self.drop_observers:
             self.bus.remove_drop_observer(drop_observer)
         self.drop_observers.clear()
+        for service in self.services:
+            self.bus.remove_service(service)
+        self.services.clear()
         self.bus.queue_size = self.saved_queue_size
 
     def _flush_on_stop(self, _event: LifecycleEvent) -> None:
@@ -504,6 +512,11 @@ async def run_queue_sampler(backend: StatsSource, *, queues: Sequence[str] | Non
         finally:
             if entry in state.samplers:
                 state.samplers.remove(entry)
+
+
+async def _sampler_service(backend: Any, queues: list[str]) -> None:  # noqa: ANN401 - any backend
+    """The bus service a worker runs: the queue sampler for the queues it serves."""
+    await run_queue_sampler(backend, queues=queues)
 
 
 class _StandaloneInstrumentor:

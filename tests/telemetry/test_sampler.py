@@ -140,3 +140,16 @@ async def test_queue_sampler_off_exports_no_queue_gauges(backend, unique_name) -
 
 def _depth(captured: Captured, queue: str) -> float:
     return captured.metric_value("asyncmq_queue_depth", messaging_destination_name=queue, state="ready")
+
+
+async def test_a_library_worker_runs_the_queue_sampler_beside_it(backend, unique_name) -> None:
+    from tests.support.running import running_worker
+
+    # Values older than three intervals are withheld, so the interval leaves room for a busy machine.
+    with capture_telemetry(queue_sample_interval_s=0.5) as captured:
+        q = Queue(unique_name, backend=backend)
+        await q.pause()
+        await q.add("never.runs")
+        async with running_worker(unique_name, backend):
+            await eventually(lambda: _depth(captured, unique_name) == 1.0, what="the ready depth from the worker")
+            assert captured.metric_value("asyncmq_queue_paused", messaging_destination_name=unique_name) == 1

@@ -39,6 +39,7 @@ def test_wheel_holds_py_typed_lua_scripts_and_the_cli_entry_point(wheel):
     parser = configparser.ConfigParser()
     parser.read_string(wheel.read(entry_points).decode())
     assert parser["console_scripts"]["asyncmq-otel"] == "asyncmq_otel.cli:main"
+    assert parser["opentelemetry_instrumentor"]["asyncmq"] == "asyncmq_otel.telemetry:AsyncMQInstrumentor"
     assert not [n for n in names if n.startswith("tests/")]
 
 

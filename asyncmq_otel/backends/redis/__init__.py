@@ -32,13 +32,13 @@ from ..base import (
     RenewStatus,
     SettleReply,
     SettleStatus,
-    WorkerInfo,
 )
 from . import _scripts
 from ._connection import AsyncClient, Connections, ConnectionSettings, mask_url, probe_server
 from ._decode import JOB_FIELDS, decode_job, decode_jobs, decode_values, unpack
 from ._events import CancelHints, EventSubscription, hint
 from ._keys import Keys, QueueKeys
+from ._registry import RegistryMixin, server_of
 from ._renewer import RedisLeaseRenewer
 
 __all__ = ["DEFAULT_URL", "RedisBackend"]
@@ -69,7 +69,7 @@ def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-class RedisBackend:
+class RedisBackend(RegistryMixin):
     """Jobs in Redis (or a Redis Cluster), shared by every worker and producer that uses the prefix.
 
     Args:
@@ -152,6 +152,7 @@ class RedisBackend:
             )
         )
         self.on_data_loss: DataLossCallback | None = None
+        self.server_address, self.server_port = server_of(url)
         self.origin = uuid.uuid4().hex
         self._epochs: dict[str, str] = {}
         self._epoch_lock = threading.Lock()
@@ -723,39 +724,6 @@ class RedisBackend:
             lambda client: client.zrange(self.keys.queues, 0, _MAX_QUEUES - 1)
         )
         return sorted(_scripts.text(member) for member in members)
-
-    # -- workers --------------------------------------------------------------------------------------
-    async def _workers(self, args: Sequence[Any]) -> Any:  # noqa: ANN401 - a RESP reply
-        return await self.connections.run(
-            lambda client: _scripts.call(client, "workers", [self.keys.workers, self.keys.workers_info], args)
-        )
-
-    async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
-        """Record a live worker; it disappears ``ttl`` seconds after its last heartbeat."""
-        await self.heartbeat(info, ttl)
-
-    async def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
-        """Refresh a worker's registration; ``info.heartbeat_at`` becomes Redis time."""
-        reply = await self._workers(["beat", info.worker_id, max(_ms(ttl), 1), _dumps(info.to_dict())])
-        info.heartbeat_at = int(reply[1]) / 1000.0
-
-    async def deregister_worker(self, worker_id: str) -> None:
-        """Remove a worker's registration."""
-        await self._workers(["drop", worker_id])
-
-    async def list_workers(self) -> list[WorkerInfo]:
-        """The workers whose registration has not expired."""
-        reply = await self._workers(["list"])
-        out: list[WorkerInfo] = []
-        for item in reply[2]:
-            beat, _, data = _scripts.text(item).partition("|")
-            try:
-                info = WorkerInfo.from_dict(json.loads(data))
-            except (ValueError, KeyError, TypeError):
-                continue  # a registration written by something else: not a worker we can show
-            info.heartbeat_at = int(beat) / 1000.0
-            out.append(info)
-        return out
 
     # -- events -----------------------------------------------------------------------------------------
     def add_cancel_listener(self, listener: Callable[[str, str], None]) -> None:

@@ -70,7 +70,7 @@ class QueueKeys:
 class Keys:
     """The keys under one prefix. Global keys carry the ``{@}`` tag, which no queue name can take."""
 
-    __slots__ = ("_queues", "events", "prefix", "queues", "workers", "workers_info")
+    __slots__ = ("_queues", "events", "prefix", "queues", "sampler_lock", "workers", "workers_info")
 
     def __init__(self, prefix: str) -> None:
         if not _PREFIX.fullmatch(prefix):
@@ -80,6 +80,7 @@ class Keys:
         self.workers = f"{prefix}:{{@}}:workers"
         self.workers_info = f"{prefix}:{{@}}:workers:info"
         self.events = f"{prefix}:events"
+        self.sampler_lock = f"{prefix}:telemetry:sampler"
         self._queues: dict[str, QueueKeys] = {}
 
     def queue(self, name: str) -> QueueKeys:

@@ -32,6 +32,8 @@ for _, id in ipairs(expired) do
   if st[1] == 'active' then
     local stalls = redis.call('HINCRBY', job, 'stalls', 1)
     redis.call('HSET', job, 'token', '', 'owner', '')
+    -- the lost attempt's span never ended, so the redelivery links to no previous attempt
+    redis.call('HDEL', job, 'prev_attempt')
     if stalls > max_stalls then
       finish(job, id, 'failed', now, base, {'dlq_reason', 'worker_lost'}, KEYS[7], tonumber(ARGV[6]),
         tonumber(ARGV[7]), KEYS[6], KEYS[7], KEYS[8])

@@ -1,0 +1,9 @@
+"""structlog processors for your own logging chain (telemetry contract §4.1).
+
+Add ``structlog.contextvars.merge_contextvars`` and :class:`AddTraceContext` to your chain and the
+lines your handlers log carry the same job fields and trace ids as the worker's own.
+"""
+
+from .telemetry.logging import AddTraceContext as AddTraceContext
+
+__all__ = ["AddTraceContext"]
