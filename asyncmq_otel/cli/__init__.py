@@ -1,29 +1,38 @@
-"""The ``asyncmq-otel`` command line."""
+"""The ``asyncmq-otel`` command line (also ``python -m asyncmq_otel``).
+
+Commands: ``worker``, ``enqueue``, ``queues``, ``queue``, ``job``, ``dlq``, ``workers``,
+``exporter`` and ``demo``. Every option that has an ``ASYNCMQ_*`` variable shows it in ``--help``;
+precedence is flag > variable > settings module (``ASYNCMQ_SETTINGS_MODULE``) > default.
+Exit codes are listed in :class:`asyncmq_otel.cli._exit.ExitCode`.
+"""
 
 from __future__ import annotations
 
-import anyio
 import click
 
 from .._version import __version__
+from ._exit import ExitCode
+from .admin import dlq, enqueue, job, queue, queues, workers
+from .demo import demo_command
+from .exporter import exporter_command
+from .worker import worker_command
 
-__all__ = ["main"]
+__all__ = ["ExitCode", "main"]
+
+_EPILOG = """\b
+Exit codes: 0 ok (clean drain, --burst done, --check healthy), 1 crash (or a failed requeue,
+--check unhealthy), 2 usage or import error, 3 backend unreachable at startup.
+Start here: asyncmq-otel demo"""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    epilog=_EPILOG,
+)
 @click.version_option(__version__, prog_name="asyncmq-otel")
 def main() -> None:
     """asyncmq-otel: an observability-first async job queue."""
 
 
-@main.command()
-@click.option("--jobs", default=80, show_default=True, type=click.IntRange(min=12), help="Jobs to enqueue.")
-@click.option("--duration", default=60.0, show_default=True, type=float, help="Stop after this many seconds.")
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1))
-def demo(jobs: int, duration: float, concurrency: int) -> None:
-    """Run a worker on the embedded in-memory backend over a mixed demo workload."""
-    from .demo import run_demo  # noqa: PLC0415 - keep `--help` fast
-
-    result = anyio.run(lambda: run_demo(jobs=jobs, duration=duration, concurrency=concurrency))
-    if len(result.outcomes) < len(result.enqueued):
-        raise SystemExit(1)
+for _command in (worker_command, enqueue, queues, queue, job, dlq, workers, exporter_command, demo_command):
+    main.add_command(_command)

@@ -1,0 +1,474 @@
+"""``asyncmq-otel worker QUEUE...``: run a worker until it is signalled (or, with ``--burst``, until idle).
+
+The first SIGTERM/SIGINT drains: claiming stops at once, in-flight jobs get ``--shutdown-timeout``
+seconds, the rest go back to the queue. A second signal at least 1 s later stops at once (in-flight
+jobs are cancelled and requeued); a repeat within 1 s is ignored. ``--check`` is the health probe.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import sys
+import traceback
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import click
+
+from .._worker import Worker
+from ..errors import BackendUnavailable
+from ..events import LifecycleEvent, bus
+from ..jobs import check_queue_name
+from ..settings import get_settings
+from ..tasks import autodiscover_tasks, list_tasks
+from ._backend import BackendChoice, backend_options, close_backend, open_backend, probe_backend
+from ._banner import Banner
+from ._exit import CLIError, ExitCode, cli_error_for, translate_errors
+from ._output import Reporter, json_logs
+from ._signals import StopSignals
+from ._telemetry import TelemetryHandle, start_telemetry
+
+__all__ = ["import_apps", "parse_rate_limit", "worker_command"]
+
+DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
+_OUTCOMES = frozenset(
+    {"job:completed", "job:retried", "job:failed", "job:cancelled", "job:interrupted", "job:expired"}
+)
+
+
+def parse_rate_limit(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    """``--rate-limit``: a whole number >= 0, where ``0``, ``none`` and ``unlimited`` mean no limit."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if text in {"none", "unlimited", ""}:
+        return 0
+    try:
+        number = int(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a whole number (or 'none' for no limit)") from None
+    if number < 0:
+        raise click.BadParameter(f"{number} is negative; use 0 or 'none' for no limit")
+    return number
+
+
+def import_apps(modules: Sequence[str]) -> list[str]:
+    """Import each ``--app`` module (registering its tasks), then ``settings.tasks``.
+
+    The current directory is put on ``sys.path`` first, as ``python -m`` would.
+
+    Raises:
+        CLIError: exit 2 when a module cannot be imported, naming it and what to check.
+
+    """
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    imported: list[str] = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise CLIError(
+                f"cannot import --app {name!r}: {exc}; check the dotted module path (e.g. myproject.tasks) "
+                f"and run from the directory that holds it (now {cwd}) or put that directory on PYTHONPATH",
+                ExitCode.USAGE,
+            ) from exc
+        except Exception as exc:
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            raise CLIError(
+                f"importing --app {name!r} failed: {detail}; fix the module so it imports cleanly "
+                f"(try: python -c 'import {name}')",
+                ExitCode.USAGE,
+            ) from exc
+        imported.append(name)
+    try:
+        imported.extend(autodiscover_tasks())
+    except ImportError as exc:
+        raise CLIError(
+            f"cannot import a package of settings.tasks ({exc}); fix ASYNCMQ_TASKS or the settings module",
+            ExitCode.USAGE,
+        ) from exc
+    return imported
+
+
+class _Ledger:
+    """Inline bus listener: this worker's jobs in flight, and the outcomes it settled."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        self.in_flight: set[tuple[str | None, str | None]] = set()
+        self.outcomes: Counter[str] = Counter()
+
+    def __call__(self, event: LifecycleEvent) -> None:
+        if event.worker_id != self.worker_id:
+            return
+        key = (event.queue, event.job_id)
+        if event.name == "job:started":
+            self.in_flight.add(key)
+        elif event.name in _OUTCOMES:
+            self.in_flight.discard(key)
+            self.outcomes[event.name.split(":", 1)[1]] += 1
+
+    def summary(self) -> str:
+        if not self.outcomes:
+            return "no jobs run"
+        return ", ".join(f"{count} {name}" for name, count in sorted(self.outcomes.items()))
+
+
+@dataclass
+class _Options:
+    queues: list[str]
+    choice: BackendChoice
+    concurrency: int | None
+    rate_limit: int | None
+    rate_interval: float | None
+    metrics_addr: str
+    otlp_endpoint: str | None
+    log_format: str | None
+    shutdown_timeout: float | None
+    burst: bool
+    queue_sampler: str
+    connect_timeout: float
+    explicit_telemetry: bool
+
+
+@click.command("worker")
+@click.argument("queues", nargs=-1, required=True)
+@click.option(
+    "--app",
+    "apps",
+    multiple=True,
+    metavar="MODULE",
+    envvar="ASYNCMQ_APP",
+    show_envvar=True,
+    help="Module to import before starting, registering its tasks (repeatable).",
+)
+@backend_options
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    envvar="ASYNCMQ_WORKER_CONCURRENCY",
+    show_envvar=True,
+    help="Jobs run at once [default: settings.worker_concurrency, 10].",
+)
+@click.option(
+    "--rate-limit",
+    metavar="N",
+    callback=parse_rate_limit,
+    envvar="ASYNCMQ_RATE_LIMIT",
+    show_envvar=True,
+    help="Job starts allowed per --rate-interval; 0 or 'none' for no limit [default: settings.rate_limit].",
+)
+@click.option(
+    "--rate-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="ASYNCMQ_RATE_INTERVAL",
+    show_envvar=True,
+    help="Seconds of the rate-limit window [default: settings.rate_interval, 1.0].",
+)
+@click.option(
+    "--metrics-addr",
+    default=DEFAULT_METRICS_ADDR,
+    show_default=True,
+    metavar="HOST:PORT",
+    envvar="ASYNCMQ_METRICS_ADDR",
+    show_envvar=True,
+    help="Serve /metrics and /healthz here; port 0 picks a free port, '' serves nothing.",
+)
+@click.option(
+    "--otlp-endpoint",
+    metavar="URL",
+    envvar="ASYNCMQ_OTLP_ENDPOINT",
+    show_envvar=True,
+    help="OTLP/HTTP base URL for traces, e.g. http://jaeger:4318 [default: OTEL_EXPORTER_OTLP_ENDPOINT].",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "console", "auto"]),
+    envvar="ASYNCMQ_LOG_FORMAT",
+    show_envvar=True,
+    help="Log lines as JSON or for a terminal [default: auto, console on a TTY, else JSON].",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    envvar="ASYNCMQ_SHUTDOWN_TIMEOUT",
+    show_envvar=True,
+    help="Seconds in-flight jobs get after the first SIGTERM [default: settings.shutdown_timeout, 25].",
+)
+@click.option(
+    "--burst",
+    is_flag=True,
+    envvar="ASYNCMQ_BURST",
+    show_envvar=True,
+    help="Exit 0 once the queues are empty and nothing is running or due.",
+)
+@click.option(
+    "--queue-sampler",
+    type=click.Choice(["elected", "off"]),
+    default="elected",
+    show_default=True,
+    envvar="ASYNCMQ_QUEUE_SAMPLER",
+    show_envvar=True,
+    help="Export queue depth gauges from this worker, or leave them to `asyncmq-otel exporter`.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Health probe: exit 0 when the backend answers and this host's worker is healthy, else 1.",
+)
+@click.pass_context
+def worker_command(
+    ctx: click.Context,
+    queues: tuple[str, ...],
+    apps: tuple[str, ...],
+    backend_url: str | None,
+    prefix: str | None,
+    connect_timeout: float,
+    concurrency: int | None,
+    rate_limit: int | None,
+    rate_interval: float | None,
+    metrics_addr: str,
+    otlp_endpoint: str | None,
+    log_format: str | None,
+    shutdown_timeout: float | None,
+    burst: bool,
+    queue_sampler: str,
+    check: bool,
+) -> None:
+    """Run a worker on one or more QUEUES.
+
+    Exit codes: 0 clean drain (or --burst done, --check healthy), 1 crash (or a failed requeue,
+    --check unhealthy), 2 usage or import error, 3 backend unreachable at startup.
+    """
+    reporter = Reporter(json_lines=json_logs(log_format))
+    with translate_errors(backend_url):
+        get_settings()  # a ConfigError in the environment or the settings module exits 2 here
+        for name in queues:
+            check_queue_name(name)
+        if not check:
+            import_apps(apps)
+        choice = open_backend(backend_url, prefix)
+    if check:
+        ctx.exit(anyio.run(_check, choice, list(queues), metrics_addr, connect_timeout, backend="asyncio"))
+    source = ctx.get_parameter_source
+    explicit = any(
+        source(name) not in {None, click.core.ParameterSource.DEFAULT}
+        for name in ("metrics_addr", "otlp_endpoint")
+    )
+    options = _Options(
+        queues=list(queues),
+        choice=choice,
+        concurrency=concurrency,
+        rate_limit=rate_limit,
+        rate_interval=rate_interval,
+        metrics_addr=metrics_addr,
+        otlp_endpoint=otlp_endpoint,
+        log_format=log_format,
+        shutdown_timeout=shutdown_timeout,
+        burst=burst,
+        queue_sampler=queue_sampler,
+        connect_timeout=connect_timeout,
+        explicit_telemetry=explicit,
+    )
+    with translate_errors(backend_url):
+        code = anyio.run(_serve, options, reporter, backend="asyncio")
+    ctx.exit(int(code))
+
+
+async def _serve(options: _Options, reporter: Reporter) -> ExitCode:
+    choice = options.choice
+    try:
+        try:
+            facts = await probe_backend(choice, options.connect_timeout)
+        except BackendUnavailable as exc:
+            raise cli_error_for(exc, choice.url) from exc
+        telemetry = start_telemetry(
+            reporter,
+            metrics_addr=options.metrics_addr,
+            otlp_endpoint=options.otlp_endpoint,
+            log_format=options.log_format,
+            required=options.explicit_telemetry,
+            queue_sampler=options.queue_sampler,
+        )
+        try:
+            return await _run(options, reporter, facts.describe(choice.prefix), facts.warnings, telemetry)
+        finally:
+            if telemetry is not None:
+                await telemetry.stop()
+    finally:
+        await close_backend(choice)
+
+
+async def _run(
+    options: _Options,
+    reporter: Reporter,
+    backend_details: str,
+    warnings: list[str],
+    telemetry: TelemetryHandle | None,
+) -> ExitCode:
+    config = get_settings()
+    choice = options.choice
+    the_worker = Worker(
+        options.queues,
+        backend=choice.backend,
+        concurrency=options.concurrency,
+        rate_limit=options.rate_limit,
+        rate_interval=options.rate_interval,
+        burst=options.burst,
+        shutdown_timeout=options.shutdown_timeout,
+    )
+    shutdown_timeout = (
+        options.shutdown_timeout if options.shutdown_timeout is not None else config.shutdown_timeout
+    )
+    Banner(
+        role="worker",
+        process_id=the_worker.worker_id,
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        backend=choice.masked_url,
+        backend_details=backend_details,
+        queues=options.queues,
+        concurrency=options.concurrency or config.worker_concurrency,
+        rate_limit=options.rate_limit if options.rate_limit is not None else config.rate_limit,
+        rate_interval=options.rate_interval or config.rate_interval,
+        lease=config.lease,
+        shutdown_timeout=shutdown_timeout,
+        metrics_url=telemetry.metrics_url if telemetry else None,
+        otlp_endpoint=telemetry.otlp_endpoint if telemetry else None,
+        otlp_signals=telemetry.otlp_signals if telemetry else (),
+        tasks=list_tasks(),
+        warnings=warnings,
+    ).write(reporter)
+    ledger = _Ledger(the_worker.worker_id)
+    bus.on("job:*", ledger, inline=True)
+    signals = StopSignals(
+        the_worker.stop,
+        lambda: the_worker.stop(now=True),
+        reporter,
+        drain_note=f"no new jobs; in-flight jobs get up to {shutdown_timeout:g}s",
+    )
+    failure: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(signals.watch)  # the Worker runs telemetry's queue sampler itself
+            try:
+                await the_worker.run()
+            except Exception as exc:  # noqa: BLE001 - reported below with its exit code
+                failure = _unwrap(exc)
+            finally:
+                group.cancel_scope.cancel()
+    finally:
+        bus.off("job:*", ledger)
+    if failure is not None:
+        if isinstance(failure, BackendUnavailable) and not the_worker.wait_started(0):
+            raise cli_error_for(failure, choice.url) from failure
+        reporter.say(
+            "worker.crashed",
+            "".join(traceback.format_exception(type(failure), failure, failure.__traceback__)).rstrip(),
+            level="error",
+        )
+        raise CLIError(
+            f"worker {the_worker.worker_id[:8]} crashed: {type(failure).__name__}: {failure}; unfinished "
+            f"jobs return to the queue when their lease ({config.lease:g}s) expires: fix the cause, restart",
+            ExitCode.CRASH,
+        ) from failure
+    lost = len(ledger.in_flight) + the_worker.requeue_failures
+    if lost:
+        raise CLIError(
+            f"worker {the_worker.worker_id[:8]} stopped, but {lost} job(s) could not be returned to the "
+            f"queue; another worker's reaper recovers them after their lease ({config.lease:g}s)",
+            ExitCode.CRASH,
+        )
+    how = "drained" if signals.count else "burst done" if options.burst else "stopped"
+    if signals.count > 1:
+        how = "stopped at once"
+    reporter.say(
+        "worker.exited",
+        f"worker {the_worker.worker_id[:8]} stopped ({how}): {ledger.summary()}",
+        reason=how,
+        outcomes=dict(ledger.outcomes),
+    )
+    return ExitCode.OK
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The single error inside (nested) exception groups, or the group itself."""
+    while True:
+        inner = getattr(exc, "exceptions", None)
+        if not isinstance(inner, tuple) or len(inner) != 1:
+            return exc
+        exc = inner[0]
+
+
+def _healthz_url(addr: str) -> str:
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    if host in {"", "0.0.0.0"}:  # noqa: S104 - a bind-all address is probed on loopback
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/healthz"
+
+
+def _get_healthz(url: str) -> str | None:
+    """``None`` when ``url`` answers 200, else what went wrong."""
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as reply:  # noqa: S310 - our own http:// probe URL
+            return None if reply.status == 200 else f"{url} answered {reply.status}"  # noqa: PLR2004 - HTTP OK
+    except urllib.error.HTTPError as exc:
+        return f"{url} answered {exc.code}: {exc.read(200).decode(errors='replace').strip()}"
+    except OSError as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"no worker answers on {url} ({reason}); is the worker running with this --metrics-addr?"
+
+
+async def _check(choice: BackendChoice, queues: list[str], metrics_addr: str, timeout: float) -> int:
+    problems: list[str] = []
+    notes: list[str] = []
+    try:
+        try:
+            facts = await probe_backend(choice, timeout)
+        except BackendUnavailable as exc:
+            problems.append(cli_error_for(exc, choice.url).format_message())
+        else:
+            notes.append(f"backend answered in {facts.round_trip_ms:.0f}ms")
+            if not metrics_addr and choice.shared:
+                host = socket.gethostname()
+                live = [
+                    info
+                    for info in await choice.backend.list_workers()
+                    if info.host == host and set(queues) <= set(info.queues)
+                ]
+                if live:
+                    notes.append(f"{len(live)} live worker(s) on {host}")
+                else:
+                    problems.append(
+                        f"no live worker on {host} serves {', '.join(queues)}; it stopped heartbeating "
+                        "or never started"
+                    )
+        if metrics_addr:
+            url = _healthz_url(metrics_addr)
+            problem = await anyio.to_thread.run_sync(_get_healthz, url)
+            if problem is None:
+                notes.append(f"{url} ok")
+            else:
+                problems.append(problem)
+    finally:
+        await close_backend(choice)
+    if problems:
+        click.echo(f"unhealthy: {'; '.join(problems)}")
+        return int(ExitCode.CRASH)
+    click.echo(f"healthy: {', '.join(notes)}")
+    return int(ExitCode.OK)

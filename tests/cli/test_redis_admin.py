@@ -1,0 +1,228 @@
+"""Admin commands and the demo against the real Redis on 127.0.0.1:6379, each test under its own prefix."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from click.testing import CliRunner, Result
+
+from asyncmq_otel.backends.redis import RedisBackend
+from asyncmq_otel.cli import main
+from tests.support.poll import wait_until
+
+pytestmark = pytest.mark.redis
+
+NO_TELEMETRY = ["--metrics-addr", ""]
+
+
+def _counts(url: str, prefix: str, queue: str) -> dict[str, int]:
+    async def read() -> dict[str, int]:
+        backend = RedisBackend(url, prefix=prefix, retry_timeout=5.0)
+        try:
+            return await backend.counts(queue)
+        finally:
+            await backend.close()
+
+    return anyio.run(read)
+
+
+class _CLI:
+    def __init__(self, runner: CliRunner, url: str, prefix: str) -> None:
+        self.runner = runner
+        self.target = ["--backend", url, "--prefix", prefix]
+
+    def __call__(self, *args: str, code: int = 0) -> Result:
+        result = self.runner.invoke(main, [*args, *self.target])
+        assert result.exit_code == code, (args, result.output)
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "--json").stdout)
+
+
+@pytest.fixture
+def cli(runner: CliRunner, redis_url: str, redis_prefix: str) -> _CLI:
+    return _CLI(runner, redis_url, redis_prefix)
+
+
+def test_enqueue_queues_job_and_dlq_round_trip(cli: _CLI, unique_name: str) -> None:
+    ok_id = cli("enqueue", "clitest.echo", "--queue", unique_name, "--args", '[{"n": 1}]').stdout.strip()
+    bad_id = cli(
+        "enqueue", "clitest.fail", "-q", unique_name, "--kwargs", '{"message": "nope"}'
+    ).stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", ok_id)
+    again = cli("enqueue", "clitest.echo", "-q", unique_name, "--job-id", "fixed-1", "--args", "[2]").stdout
+    assert (
+        cli("enqueue", "clitest.echo", "-q", unique_name, "--job-id", "fixed-1", "--args", "[2]").stdout
+        == again
+    )
+
+    rows = cli.json("queues")
+    row = next(r for r in rows if r["queue"] == unique_name)
+    assert (row["waiting"], row["active"], row["paused"], row["workers"]) == (3, 0, False, 0)
+    table = cli("queues").stdout.splitlines()
+    assert table[0].split()[:4] == ["QUEUE", "WAITING", "DELAYED", "ACTIVE"]
+    assert any(line.startswith(unique_name) for line in table[1:])
+
+    shown = cli("job", "show", ok_id, "--queue", unique_name).stdout
+    assert re.search(r"state\s+waiting", shown)
+    assert re.search(r"task\s+clitest.echo", shown)
+
+    cli("queue", "pause", unique_name)
+    assert next(r for r in cli.json("queues") if r["queue"] == unique_name)["paused"] is True
+    cli("queue", "resume", unique_name)
+
+    burst = cli("worker", unique_name, "--app", "tests.cli.sample_app", "--burst", *NO_TELEMETRY)
+    assert "stopped (burst done): 2 completed, 1 failed" in burst.stderr
+    done = cli.json("job", "show", ok_id, "--queue", unique_name)
+    assert done["state"] == "completed"
+    assert done["result"] == {"n": 1}
+
+    dead = cli.json("dlq", "list", unique_name)
+    assert [entry["id"] for entry in dead] == [bad_id]
+    listing = cli("dlq", "list", unique_name).stdout
+    assert "RuntimeError: nope" in listing
+    assert "failed" in listing
+
+    retried = cli("dlq", "retry", unique_name, bad_id)
+    assert "1 job(s)" in retried.stdout
+    missing = cli("job", "retry", bad_id, "--queue", unique_name, code=1)
+    assert "it is waiting, not dead-lettered" in missing.stderr
+    cli("worker", unique_name, "--app", "tests.cli.sample_app", "--burst", *NO_TELEMETRY)
+    assert "1 job(s)" in cli("dlq", "retry", unique_name, "--all").stdout
+    cli("worker", unique_name, "--app", "tests.cli.sample_app", "--burst", *NO_TELEMETRY)
+    assert "1 dead-lettered job(s)" in cli("dlq", "purge", unique_name, "--yes").stdout
+    assert "is empty" in cli("dlq", "list", unique_name).stdout
+
+    assert "2 completed job(s) deleted" in cli("queue", "clean", unique_name, "--yes").stdout
+    assert cli("job", "show", ok_id, "--queue", unique_name, code=1).stderr.startswith("error: no job")
+
+
+def test_drain_cancels_waiting_and_delayed_jobs(cli: _CLI, unique_name: str) -> None:
+    waiting = cli("enqueue", "clitest.echo", "-q", unique_name).stdout.strip()
+    cli("enqueue", "clitest.echo", "-q", unique_name, "--delay", "300")
+    refused = cli("queue", "drain", unique_name, code=2)
+    assert "pass --yes" in refused.stderr
+    assert "2 job(s) cancelled" in cli("queue", "drain", unique_name, "--yes").stdout
+    row = next(r for r in cli.json("queues") if r["queue"] == unique_name)
+    assert (row["waiting"], row["delayed"], row["cancelled"]) == (0, 0, 2)
+    again = cli("job", "cancel", waiting, "--queue", unique_name, code=1)
+    assert "it is already cancelled" in again.stderr
+
+
+def test_job_cancel_of_a_waiting_job(cli: _CLI, unique_name: str) -> None:
+    job_id = cli("enqueue", "clitest.echo", "-q", unique_name).stdout.strip()
+    assert f"job {job_id} cancelled" in cli("job", "cancel", job_id, "-q", unique_name).stdout
+
+
+def test_bad_queue_name_exits_2(cli: _CLI) -> None:
+    result = cli("enqueue", "clitest.echo", "-q", "no spaces allowed", code=2)
+    assert "fix the argument" in result.stderr
+
+
+def test_workers_lists_nothing_without_workers(cli: _CLI) -> None:
+    assert cli("workers").stdout.startswith("no live workers")
+    assert cli.json("workers") == []
+
+
+def test_auth_failure_exits_3_without_leaking_the_password(runner: CliRunner, redis_url: str) -> None:
+    url = redis_url.replace("redis://", "redis://nobody:hunter2@")
+    result = runner.invoke(main, ["queues", "--backend", url])
+    assert result.exit_code == 3, result.output
+    assert "hunter2" not in result.output
+    assert "rejected the credentials" in result.stderr
+
+
+def _summary(text: str) -> dict[str, tuple[int, int]]:
+    rows: dict[str, tuple[int, int]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] in {
+            "completed",
+            "failed",
+            "expired",
+            "cancelled",
+            "unsettled",
+            "total",
+        }:
+            rows[parts[0]] = (int(parts[1]), int(parts[2]))
+    return rows
+
+
+def test_demo_on_redis_matches_what_the_backend_reports(cli: _CLI, redis_url: str, redis_prefix: str) -> None:
+    result = cli("demo", "--jobs", "20", *NO_TELEMETRY)
+    rows = _summary(result.stdout)
+    assert rows["total"] == (20, 20)
+    stored = _counts(redis_url, redis_prefix, "demo")
+    for outcome in ("completed", "failed", "expired", "cancelled"):
+        assert rows[outcome] == (stored[outcome], stored[outcome]), (outcome, result.stdout)
+    assert stored["waiting"] == stored["delayed"] == stored["active"] == 0
+    assert "Redis 7" in result.stdout
+    assert f"prefix {redis_prefix}" in result.stdout
+
+
+def test_demo_producer_and_worker_roles(cli: _CLI, redis_url: str, redis_prefix: str) -> None:
+    produced = cli(
+        "demo",
+        "--role",
+        "producer",
+        "--jobs",
+        "12",
+        "--duration",
+        "1",
+        "--log-format",
+        "console",
+        *NO_TELEMETRY,
+    )
+    match = re.search(r"producer done: (\d+) jobs enqueued", produced.stderr)
+    assert match is not None, produced.output
+    enqueued = int(match.group(1))
+    assert enqueued >= 12
+    served = cli("demo", "--role", "worker", "--duration", "3", "--log-format", "console", *NO_TELEMETRY)
+    assert "asyncmq-otel demo:" in served.stdout
+    stored = _counts(redis_url, redis_prefix, "demo")
+    assert sum(stored.values()) == enqueued
+    settled = sum(stored[s] for s in ("completed", "failed", "expired", "cancelled"))
+    assert _summary(served.stdout)["total"][0] <= settled + stored["active"]
+
+
+def test_check_is_healthy_while_a_worker_runs(
+    cli: _CLI, spawn: Callable[..., tuple[subprocess.Popen[bytes], Path]], unique_name: str
+) -> None:
+    proc, log = spawn(
+        "worker",
+        unique_name,
+        "--app",
+        "tests.cli.sample_app",
+        *cli.target,
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "console",
+    )
+    found: list[str] = []
+
+    def started() -> bool:
+        assert proc.poll() is None, log.read_text()
+        found.extend(re.findall(r"metrics http://(127\.0\.0\.1:\d+)/metrics", log.read_text()))
+        return bool(found)
+
+    wait_until(started, timeout=20, what="worker banner")
+    healthy = cli("worker", unique_name, "--check", "--metrics-addr", found[0])
+    assert healthy.stdout.startswith("healthy: backend answered in")
+    assert "/healthz ok" in healthy.stdout
+    by_registry = cli("worker", unique_name, "--check", "--metrics-addr", "")
+    assert "live worker(s) on" in by_registry.stdout
+    assert next(r for r in cli.json("workers"))["queues"] == [unique_name]
+    assert "running" in cli("workers").stdout
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0, log.read_text()
+    gone = cli("worker", unique_name, "--check", "--metrics-addr", found[0], code=1)
+    assert gone.stdout.startswith("unhealthy: no worker answers on")
