@@ -23,6 +23,20 @@ def unique_name() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _switchable_global_tracer_provider() -> None:
+    """OTel lets a process set its global tracer provider once. Install the capture switch first,
+    so a test that calls ``instrument()`` cannot pin the global to its own (then shut down) provider
+    and leave later tests' handler spans going nowhere.
+    """
+    from opentelemetry import trace
+
+    from asyncmq_otel import testing
+
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(testing._SWITCH)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_state() -> Iterator[None]:
     """Each test starts with default settings, no listeners and no pending events."""

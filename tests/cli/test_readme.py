@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,9 @@ def test_readme_demo_command_runs_in_a_fresh_checkout(tmp_path: Path) -> None:
         if key not in {"VIRTUAL_ENV", "PYTHONPATH", "UV_PROJECT_ENVIRONMENT"}
         and not key.startswith(("ASYNCMQ_", "OTEL_"))
     }
+    # A new user's shell: no project virtualenv on PATH (`uv run` puts ours first).
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
     proc = subprocess.run(
         ["bash", "-c", f"{command} --jobs 20"],  # bounded: 20 jobs instead of the default 80
         cwd=checkout,
