@@ -29,6 +29,7 @@ from ._lifecycle import emit_job_event
 from ._processing import WorkerContext, process_job, server_fields
 from .backends._default import default_backend
 from .backends.base import Backend, RenewStatus, WorkerInfo
+from .errors import DataLossDetected
 from .events import LifecycleEvent, Service, bus
 from .hooks import Hook, run_hooks, run_hooks_safely
 from .jobs import Job, check_queue_name
@@ -102,6 +103,7 @@ class Worker:
         self._loop_thread: int | None = None
         self._loop_token: Any = None
         self._context: WorkerContext | None = None
+        self._data_loss: DataLossDetected | None = None
         self._started = threading.Event()
         self._finished = threading.Event()
 
@@ -214,8 +216,8 @@ class Worker:
         try:
             await backend.register_worker(info, 3 * config.heartbeat_interval)
             backend.add_cancel_listener(self._on_cancel_hint)
-            if backend.on_data_loss is None:
-                backend.on_data_loss = _emit_data_loss
+            if backend.on_data_loss is None or config.on_data_loss == "halt":
+                backend.on_data_loss = self._on_data_loss
             async with anyio.create_task_group() as services:
                 # Started before worker:started, so user listeners run in the caller's context
                 # (telemetry suppresses instrumentation of the worker's own bookkeeping from there on).
@@ -236,6 +238,8 @@ class Worker:
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(_TAIL_BUDGET):
                 await self._shutdown_tail(backend, keeper, info, config.worker_on_shutdown, queue_label)
+        if self._data_loss is not None:
+            raise self._data_loss
 
     async def _serve(
         self,
@@ -374,6 +378,14 @@ class Worker:
             return
         reason = "lost" if status is RenewStatus.LOST else "cancel"
         _call_in_loop(self._loop_token, lambda: attempt.cancel(reason))
+
+    def _on_data_loss(self, queue: str, old_epoch: str | None, new_epoch: str) -> None:
+        """The backend found a queue's data lost: report it, and stop the worker under ``"halt"``."""
+        _emit_data_loss(queue, old_epoch, new_epoch)
+        if get_settings().on_data_loss == "halt" and self._data_loss is None:
+            self._data_loss = DataLossDetected(queue, old_epoch, new_epoch)
+            self.exit_reason = "error"
+            self.stop(now=True)  # safe from any thread: the renewer may be the one that noticed
 
     def _worker_event(self, name: str, queue: str, **fields: Any) -> LifecycleEvent:  # noqa: ANN401
         ctx = self._context

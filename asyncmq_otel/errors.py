@@ -10,6 +10,7 @@ __all__ = [
     "BackendTLSError",
     "BackendUnavailable",
     "ConfigError",
+    "DataLossDetected",
     "DuplicateJob",
     "InvalidName",
     "JobArgumentError",
@@ -125,6 +126,19 @@ class BackendAuthError(BackendUnavailable):
 
 class BackendTLSError(BackendUnavailable):
     """The TLS handshake with the backend failed; check the CA and certificates."""
+
+
+class DataLossDetected(BackendError):
+    """The backend lost a queue's data (its epoch changed) and ``settings.on_data_loss`` is ``"halt"``."""
+
+    def __init__(self, queue: str, old_epoch: str | None, new_epoch: str) -> None:
+        super().__init__(
+            f"the data of queue {queue!r} was lost (epoch {old_epoch} -> {new_epoch}): jobs stored before "
+            "are gone; check Redis persistence (appendonly yes) and restart the workers"
+        )
+        self.queue = queue
+        self.old_epoch = old_epoch
+        self.new_epoch = new_epoch
 
 
 class BackendOutOfMemory(BackendError):

@@ -57,6 +57,8 @@ class Settings:
         worker_group: the consumer group name reported in telemetry.
         event_queue_size: bound of the FIFO feeding queued event listeners.
         on_duplicate: ``"return"`` the existing id for a duplicate ``job_id``, or ``"raise"``.
+        on_data_loss: when Redis lost a queue's data: ``"report"`` (event, metric, ERROR log, red
+            health; keep consuming) or ``"halt"`` (also stop the worker, which raises ``DataLossDetected``).
         keep_completed: completed (and cancelled) jobs retained, by count.
         keep_completed_age: ... and by age in seconds.
         keep_failed: dead-lettered jobs retained, by count.
@@ -90,6 +92,7 @@ class Settings:
     worker_group: str = "default"
     event_queue_size: int = 10_000
     on_duplicate: str = "return"
+    on_data_loss: str = "report"
     keep_completed: int = 1000
     keep_completed_age: float = 86_400.0
     keep_failed: int = 10_000
@@ -98,12 +101,24 @@ class Settings:
 
     def validate(self) -> Settings:
         """Check the combinations the reliability contract requires; return ``self``."""
+        self._validate_worker()
+        self._validate_leases()
+        for name, allowed in (("on_duplicate", ("return", "raise")), ("on_data_loss", ("report", "halt"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
+        return self
+
+    def _validate_worker(self) -> None:
         if self.worker_concurrency < 1:
             raise ConfigError(f"worker_concurrency must be >= 1, not {self.worker_concurrency}")
         if self.rate_limit is not None and self.rate_limit < 1:
             raise ConfigError(f"rate_limit must be >= 1 or None, not {self.rate_limit}")
         if self.rate_interval <= 0:
             raise ConfigError(f"rate_interval must be > 0, not {self.rate_interval}")
+        if self.block_timeout <= 0:
+            raise ConfigError(f"block_timeout must be > 0, not {self.block_timeout}")
+
+    def _validate_leases(self) -> None:
         if self.renew_interval > self.lease / 3:
             raise ConfigError(
                 f"renew_interval ({self.renew_interval}s) must be at most lease / 3 ({self.lease / 3:g}s)"
@@ -116,11 +131,6 @@ class Settings:
             raise ConfigError(f"loop_block_limit ({self.loop_block_limit}s) must be >= lease ({self.lease}s)")
         if self.max_stalls < 0 or self.max_interrupts < 0:
             raise ConfigError("max_stalls and max_interrupts must be >= 0")
-        if self.on_duplicate not in {"return", "raise"}:
-            raise ConfigError(f"on_duplicate must be 'return' or 'raise', not {self.on_duplicate!r}")
-        if self.block_timeout <= 0:
-            raise ConfigError(f"block_timeout must be > 0, not {self.block_timeout}")
-        return self
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -5,7 +5,7 @@
 | 0 | clean drain, ``--burst`` finished, or ``--check`` healthy |
 | 1 | crash: an unexpected exception, a failed requeue at shutdown, or ``--check`` unhealthy |
 | 2 | usage or import error: a ``click.UsageError``, ``--app`` failed to import, a ``ConfigError`` |
-| 3 | backend unreachable at startup: connection, AUTH or TLS failure |
+| 3 | backend unreachable at startup (connection, AUTH, TLS), or data loss under ``on_data_loss="halt"`` |
 
 Every message says what to do next.
 """
@@ -26,6 +26,7 @@ from ..errors import (
     BackendTLSError,
     BackendUnavailable,
     ConfigError,
+    DataLossDetected,
     DuplicateJob,
     InvalidName,
     JobArgumentError,
@@ -76,7 +77,7 @@ def exit_code_for(exc: BaseException) -> ExitCode:
         return exc.code
     if isinstance(exc, (click.UsageError, *_INPUT_ERRORS)):
         return ExitCode.USAGE
-    if isinstance(exc, BackendUnavailable):
+    if isinstance(exc, (BackendUnavailable, DataLossDetected)):
         return ExitCode.BACKEND_UNREACHABLE
     return ExitCode.CRASH
 
@@ -130,8 +131,9 @@ def cli_error_for(exc: BaseException, backend_url: str | None = None) -> CLIErro
         )
     if isinstance(exc, InvalidName | JobArgumentError | PayloadTooLarge):
         return CLIError(f"{exc}; fix the argument and run again", ExitCode.USAGE)
-    if isinstance(exc, BackendUnavailable):
-        return CLIError(_unreachable_message(exc, backend_url), ExitCode.BACKEND_UNREACHABLE)
+    if isinstance(exc, BackendUnavailable | DataLossDetected):
+        message = str(exc) if isinstance(exc, DataLossDetected) else _unreachable_message(exc, backend_url)
+        return CLIError(message, ExitCode.BACKEND_UNREACHABLE)
     if isinstance(exc, DuplicateJob):
         return CLIError(f"{exc}; pick another --job-id or leave it out", ExitCode.CRASH)
     return CLIError(

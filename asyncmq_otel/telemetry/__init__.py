@@ -145,6 +145,7 @@ class _Instrumentation:
                 self.metrics.attach_queue_gauges(self.gauges)
             if config.metrics_addr:
                 self.server = MetricsServer(registry, config.metrics_addr)
+                self.server.set_health(self.metrics.health)
         if config.traces and self.providers.tracer_provider is not None:
             tracer = self.providers.tracer_provider.get_tracer("asyncmq_otel", __version__)
             self.tracing = TracingAdapter(

@@ -17,6 +17,7 @@ from opentelemetry import trace
 
 from ..errors import BackendUnavailable
 from ..jobs import error_type_name, priority_class
+from ..settings import get_settings
 from ..tasks import TASK_REGISTRY, list_tasks
 from .metrics import (
     DROP_REASONS,
@@ -134,6 +135,7 @@ class MetricsAdapter:
         self._lost_queues: set[str] = set()
         self._overflow_warned: set[str] = set()
         self._backend_up: bool | None = None
+        self._last_success = time.monotonic()  # the last successful backend round trip (watchdog)
         self._lock = threading.Lock()
         self.handlers: dict[str, Callable[[LifecycleEvent], None]] = {
             "job:started": self._started,
@@ -357,7 +359,28 @@ class MetricsAdapter:
             ages[key] = max(ages.get(key, 0.0), now - started)
         return ages.items()
 
+    def health(self) -> tuple[bool, str]:
+        """The liveness watchdog behind ``/healthz`` (reliability contract §6).
+
+        Unhealthy once a queue's data was lost (until restart), while the backend is down, or when a
+        worker runs here and its last successful round trip is older than ``2 × block_timeout + 5 s``
+        (or two heartbeats), so a stuck client never looks idle and healthy.
+        """
+        if self._lost_queues:
+            return False, f"data loss detected on {', '.join(sorted(self._lost_queues))}"
+        if self._backend_up is False:
+            return False, "backend unreachable"
+        if self._served:
+            config = get_settings()
+            limit = max(2 * config.block_timeout + 5.0, 2 * config.heartbeat_interval)
+            age = time.monotonic() - self._last_success
+            if age > limit:
+                return False, f"no successful backend round trip for {age:.1f}s (limit {limit:.1f}s)"
+        return True, "ok"
+
     def _set_backend_up(self, *, up: bool) -> None:
+        if up:
+            self._last_success = time.monotonic()
         if self._backend_up is not up:
             self._backend_up = up
             self.sinks.gauge(21).set(1 if up else 0)

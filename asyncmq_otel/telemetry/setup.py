@@ -385,7 +385,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._reply(200, content_type, body)
         elif path == "/healthz":
-            self._reply(200, "text/plain; charset=utf-8", b"ok\n")
+            healthy, reason = self.server.health() if self.server.health is not None else (True, "ok")
+            self._reply(200 if healthy else 503, "text/plain; charset=utf-8", f"{reason}\n".encode())
         else:
             self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
 
@@ -403,6 +404,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     registry: CollectorRegistry
+    health: Callable[[], tuple[bool, str]] | None = None
 
 
 class _Server6(_Server):
@@ -428,6 +430,10 @@ class MetricsServer:
             target=self._server.serve_forever, name="asyncmq-otel-metrics", daemon=True
         )
         self._thread.start()
+
+    def set_health(self, check: Callable[[], tuple[bool, str]]) -> None:
+        """Answer ``/healthz`` from ``check()``: 200 with its reason when healthy, else 503."""
+        self._server.health = check
 
     @property
     def url(self) -> str:

@@ -316,3 +316,29 @@ async def test_no_exemplars_without_a_sampled_span(unique_name) -> None:
     assert "messaging_process_duration_seconds_count" in text
     assert "trace_id" not in text
     tp.shutdown()
+
+
+def test_healthz_goes_red_on_data_loss_and_on_a_silent_backend(provider, monkeypatch) -> None:
+    from asyncmq_otel import events
+    from asyncmq_otel.events import LifecycleEvent
+    from asyncmq_otel.telemetry import _metrics_adapter
+
+    tp, _ = provider
+    clock = [1000.0]
+    monkeypatch.setattr(_metrics_adapter.time, "monotonic", lambda: clock[0])
+    telemetry.instrument(tracer_provider=tp, metrics_addr="127.0.0.1:0", logs=False)
+    try:
+        url = telemetry.metrics_url().replace("/metrics", "/healthz")
+        assert fetch(url) == (200, "text/plain; charset=utf-8", "ok\n")
+        events.bus.emit(LifecycleEvent("worker:started", clock[0], queue="hq", worker_id="w", group="default"))
+        clock[0] += 2 * 5.0 + 5.0 + 1  # past 2 × block_timeout + 5 s without a successful round trip
+        status, _, body = fetch(url)
+        assert status == 503
+        assert "no successful backend round trip" in body
+        events.bus.emit(LifecycleEvent("worker:heartbeat", clock[0], queue="hq", worker_id="w", group="default"))
+        assert fetch(url)[0] == 200
+        events.bus.emit(LifecycleEvent("backend:data_loss", clock[0], queue="hq", old_epoch="a", new_epoch="b"))
+        status, _, body = fetch(url)
+        assert (status, body) == (503, "data loss detected on hq\n")
+    finally:
+        telemetry.uninstrument()
