@@ -36,40 +36,23 @@ with warnings.catch_warnings():
     from grafana_foundation_sdk.models import dashboard as dash_model
     from grafana_foundation_sdk.models import prometheus as prometheus_model
 
+from asyncmq_otel.telemetry.metrics import METRICS as METRIC_TABLE
+
 # ---------------------------------------------------------------------------------------------------------
-# Metric names: the ONE place panels take them from. Keys are the OTel names of the contract's definition
-# table (§3.4), values the Prometheus names; a later change imports them from asyncmq_otel.telemetry.metrics.
+# Metric names: panels take them from here, and here takes them from the definition table of the telemetry
+# contract (§3.4) in asyncmq_otel.telemetry.metrics, the same rows both sinks are built from. Keys are the
+# OTel names, values the Prometheus names, so a panel cannot query a metric the library does not export.
 # ---------------------------------------------------------------------------------------------------------
-METRICS: Final[Mapping[str, str]] = {
-    "messaging.client.sent.messages": "messaging_client_sent_messages_total",
-    "messaging.client.consumed.messages": "messaging_client_consumed_messages_total",
-    "messaging.process.duration": "messaging_process_duration_seconds",
-    "messaging.client.operation.duration": "messaging_client_operation_duration_seconds",
-    "asyncmq.job.wait.duration": "asyncmq_job_wait_duration_seconds",
-    "asyncmq.job.e2e.duration": "asyncmq_job_e2e_duration_seconds",
-    "asyncmq.job.outcomes": "asyncmq_job_outcomes_total",
-    "asyncmq.job.attempts": "asyncmq_job_attempts",
-    "asyncmq.job.stalled": "asyncmq_job_stalled_total",
-    "asyncmq.job.running.max_age": "asyncmq_job_running_max_age_seconds",
-    "asyncmq.ratelimit.throttled": "asyncmq_ratelimit_throttled_total",
-    "asyncmq.ratelimit.wait": "asyncmq_ratelimit_wait_seconds",
-    "asyncmq.worker.up": "asyncmq_worker_up",
-    "asyncmq.worker.heartbeat.timestamp": "asyncmq_worker_heartbeat_timestamp_seconds",
-    "asyncmq.worker.jobs.active": "asyncmq_worker_jobs_active",
-    "asyncmq.worker.concurrency": "asyncmq_worker_concurrency",
-    "asyncmq.queue.depth": "asyncmq_queue_depth",
-    "asyncmq.queue.oldest_age": "asyncmq_queue_oldest_age_seconds",
-    "asyncmq.queue.paused": "asyncmq_queue_paused",
-    "asyncmq.telemetry.dropped": "asyncmq_telemetry_dropped_total",
-    "asyncmq.backend.up": "asyncmq_backend_up",
-    "asyncmq.backend.data_loss": "asyncmq_backend_data_loss_total",
-    "asyncmq.backend.data_loss.detected": "asyncmq_backend_data_loss_detected",
-    "asyncmq.stale_writes.rejected": "asyncmq_stale_writes_rejected_total",
+EXTERNAL_METRICS: Final[Mapping[str, str]] = {
     # Not ours: prometheus_client's process collector and Prometheus' own per-target series.
     "process.cpu.seconds": "process_cpu_seconds_total",
     "process.resident_memory": "process_resident_memory_bytes",
     "scrape.duration": "scrape_duration_seconds",
     "scrape.samples_scraped": "scrape_samples_scraped",
+}
+METRICS: Final[Mapping[str, str]] = {
+    **{row.name: row.prometheus_name for row in METRIC_TABLE},
+    **EXTERNAL_METRICS,
 }
 
 # Fixed identities shared with dashboards/provisioning and the alert rules' dashboard_url.
@@ -173,6 +156,7 @@ class PanelQuery:
     ref_id: str
     expr: str
     instant: bool
+    exemplar: bool = False  # the target asks Prometheus for exemplars (trace ids)
 
 
 def _q(
@@ -959,7 +943,7 @@ def render_dashboards() -> dict[str, str]:
 def panel_queries() -> list[PanelQuery]:
     """Every panel query of every dashboard, in dashboard order, for tests that run them."""
     return [
-        PanelQuery(spec.uid, row.title, panel.title, ref_id, query.expr, query.instant)
+        PanelQuery(spec.uid, row.title, panel.title, ref_id, query.expr, query.instant, query.exemplar)
         for spec in DASHBOARDS
         for row in spec.rows
         for panel in row.panels

@@ -20,29 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from asyncmq_otel.telemetry.metrics import METRICS as METRIC_TABLE
+
 # ---------------------------------------------------------------------------------------------------------
-# Metric names: the ONE place the rules take them from (OTel name -> Prometheus name, contract §3.4).
-# A later change imports them from asyncmq_otel.telemetry.metrics, like dashboards/generate.py.
+# Metric names: the rules take them from here, and here takes them from the definition table of the
+# telemetry contract (§3.4) in asyncmq_otel.telemetry.metrics, like dashboards/generate.py. Keys are the
+# OTel names, values the Prometheus names, so no rule can read a metric the library does not export.
 # ---------------------------------------------------------------------------------------------------------
-METRICS: Final[Mapping[str, str]] = {
-    "messaging.client.consumed.messages": "messaging_client_consumed_messages_total",
-    "asyncmq.job.wait.duration": "asyncmq_job_wait_duration_seconds",
-    "asyncmq.job.outcomes": "asyncmq_job_outcomes_total",
-    "asyncmq.job.stalled": "asyncmq_job_stalled_total",
-    "asyncmq.job.running.max_age": "asyncmq_job_running_max_age_seconds",
-    "asyncmq.worker.up": "asyncmq_worker_up",
-    "asyncmq.worker.heartbeat.timestamp": "asyncmq_worker_heartbeat_timestamp_seconds",
-    "asyncmq.worker.jobs.active": "asyncmq_worker_jobs_active",
-    "asyncmq.worker.concurrency": "asyncmq_worker_concurrency",
-    "asyncmq.queue.depth": "asyncmq_queue_depth",
-    "asyncmq.queue.oldest_age": "asyncmq_queue_oldest_age_seconds",
-    "asyncmq.queue.paused": "asyncmq_queue_paused",
-    "asyncmq.telemetry.dropped": "asyncmq_telemetry_dropped_total",
-    "asyncmq.backend.up": "asyncmq_backend_up",
-    "asyncmq.backend.data_loss.detected": "asyncmq_backend_data_loss_detected",
+EXTERNAL_METRICS: Final[Mapping[str, str]] = {
     # Not ours: Prometheus' per-target health, and the OTel SDK's span processor counter (OTLP path).
     "up": "up",
     "otel.sdk.processor.span.processed": "otel_sdk_processor_span_processed_total",
+}
+METRICS: Final[Mapping[str, str]] = {
+    **{row.name: row.prometheus_name for row in METRIC_TABLE},
+    **EXTERNAL_METRICS,
 }
 
 RULES_PATH: Final = Path(__file__).resolve().parent / "prometheus" / "rules" / "asyncmq.rules.yml"

@@ -272,6 +272,7 @@ async def run_producer(
         How many jobs were enqueued in all.
 
     """
+    _register_demo_tasks()  # metric labels name registered tasks only (telemetry contract §3.6)
     halt = stop or anyio.Event()
     total = 0
     wave = 0

@@ -325,6 +325,7 @@ class MetricsAdapter:
             self.sinks.counter(9, queue, task)
         ws = self._worker(event)
         ws.up.set(1)
+        ws.heartbeat.set(event.ts)  # registering the worker was its first heartbeat write
         if event.concurrency is not None:
             ws.concurrency.set(event.concurrency)
         self._served.add((queue, group))

@@ -25,7 +25,7 @@ def test_promtool_check_config(promtool: str) -> None:
     assert "asyncmq.rules.yml" in result.stdout
 
 
-def test_scrape_jobs_are_the_workers_and_the_exporter(rules_generator: ModuleType) -> None:
+def test_scrape_jobs_are_the_workers_the_producer_and_the_exporter(rules_generator: ModuleType) -> None:
     config = PROMETHEUS_CONFIG.read_text(encoding="utf-8")
     jobs = [
         line.split(":", 1)[1].strip()
@@ -33,7 +33,7 @@ def test_scrape_jobs_are_the_workers_and_the_exporter(rules_generator: ModuleTyp
         if line.strip().startswith("- job_name:")
     ]
     # The heartbeat alert watches up{job=<worker_job>}: the worker scrape job must carry that name.
-    assert jobs == [rules_generator.Config().worker_job, "asyncmq-exporter"]
+    assert jobs == [rules_generator.Config().worker_job, "asyncmq-producer", "asyncmq-exporter"]
 
 
 def test_collector_receives_otlp_and_sends_traces_to_jaeger_and_metrics_to_prometheus() -> None:

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from asyncmq_otel.backends.base import Backend
 from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.events import LifecycleEvent, bus
 from asyncmq_otel.settings import Settings, override_settings
+from tests.support.redis_server import redis_url  # noqa: F401 - the shared-server fixture, used by name
 
 FAST = {
     "lease": 1.0,
@@ -26,9 +28,28 @@ def fast_settings() -> Iterator[Settings]:
         yield config
 
 
-@pytest.fixture
-def backend() -> InMemoryBackend:
-    return InMemoryBackend()
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def backend(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Backend]:
+    """Worker behaviour runs on both backends: the in-memory one, and Redis on the shared server.
+
+    redis-py's async client is asyncio-only, so the Redis variant of a trio test is skipped.
+    """
+    if request.param == "memory":
+        yield InMemoryBackend()
+        return
+    if anyio_backend != "asyncio":
+        pytest.skip("redis-py's async client runs on asyncio only")
+    from asyncmq_otel.backends.redis import RedisBackend
+    from tests.support.redis_server import delete_prefix, unique_prefix
+
+    url = request.getfixturevalue("redis_url")
+    prefix = unique_prefix()
+    redis_backend = RedisBackend(url, prefix=prefix, retry_timeout=5.0)
+    try:
+        yield redis_backend
+    finally:
+        await redis_backend.close()
+        delete_prefix(url, prefix)
 
 
 @pytest.fixture

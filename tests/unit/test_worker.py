@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from asyncmq_otel import Queue, Worker, task
+from asyncmq_otel.backends.base import EnqueueItem
 from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.errors import DuplicateJob, JobArgumentError, PayloadTooLarge
 from asyncmq_otel.events import LifecycleEvent
@@ -373,8 +374,9 @@ async def test_unknown_task_is_dead_lettered_without_retries(backend, unique_nam
 
 async def test_malformed_stored_job_is_dead_lettered_without_running(backend, unique_name, events):
     q = Queue(unique_name, backend=backend)
-    backend.inject_raw_job(unique_name, "bad1", "\x80 not json")
-    backend.inject_raw_job(unique_name, "bad2", '{"id": "bad2", "task": 3, "queue": "x"}')
+    # Written straight into the backend, as a producer in another language (or an attacker) might.
+    await backend.enqueue(unique_name, EnqueueItem("bad1", "\x80 not json"))
+    await backend.enqueue(unique_name, EnqueueItem("bad2", '{"id": "bad2", "task": 3, "queue": "x"}'))
     async with running_worker(unique_name, backend):
         await wait_state(q, "bad1", "failed")
         await wait_state(q, "bad2", "failed")
@@ -535,8 +537,12 @@ async def test_lease_lost_more_than_max_stalls_goes_to_the_dlq_as_worker_lost(ba
     q = Queue(unique_name, backend=backend)
     job_id = await q.add("t.record", ["poison"])
     await backend.claim(unique_name, "ghost-1", 1, 0.0)
-    await backend.reap(unique_name, "reaper", 1, 1.0)  # first loss: back to waiting
-    await backend.claim(unique_name, "ghost-2", 1, 0.0)
+
+    async def first_loss_reaped() -> bool:  # a lease ending "now" is reapable from the next clock tick
+        return bool((await backend.reap(unique_name, "reaper", 1, 1.0)).stalled)
+
+    await eventually(first_loss_reaped)  # back to waiting, stalls = 1
+    assert [j["id"] for j in (await backend.claim(unique_name, "ghost-2", 1, 0.0)).jobs] == [job_id]
     async with running_worker(unique_name, backend):
         await wait_state(q, job_id, "failed")
     assert (await q.get_job(job_id))["dlq_reason"] == "worker_lost"
@@ -568,7 +574,8 @@ async def test_process_job_and_handle_job_work_standalone(backend, unique_name):
     assert await q.get_job_result(manual) == 2
 
 
-def test_start_blocks_and_stop_works_from_another_thread(backend, unique_name):
+def test_start_blocks_and_stop_works_from_another_thread(unique_name):
+    backend = InMemoryBackend()  # a sync test: its backend must not belong to the test runner's loop
     q = Queue(unique_name, backend=backend)
     worker = Worker(unique_name, backend=backend)
     thread = threading.Thread(target=worker.start, kwargs={"handle_signals": False})
@@ -589,7 +596,9 @@ async def test_stop_gives_back_jobs_still_waiting_for_a_rate_token(backend, uniq
     q = Queue(unique_name, backend=backend)
     first = await q.add("t.block", ["r1"])
     throttled = [await q.add("t.record", [str(i)]) for i in range(2)]
-    worker = Worker(unique_name, backend=backend, concurrency=3, rate_limit=1, rate_interval=30, shutdown_timeout=0.2)
+    worker = Worker(
+        unique_name, backend=backend, concurrency=3, rate_limit=1, rate_interval=30, shutdown_timeout=0.2
+    )
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker.run)
         await eventually(lambda: attempts.get("r1") == 1)

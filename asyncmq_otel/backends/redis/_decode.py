@@ -110,6 +110,10 @@ def decode_values(
             "token": _text(token),
             "attempts": _int(attempts),
             "state": _text(state) or "",
+            # what an operator listing the DLQ needs, as for any other job
+            "dlq_reason": _text(dlq_reason),
+            "error": _json(error),
+            "finished_at": ms_to_s(finished_at),
             "payload_error": "stored payload is not a JSON object",
             "payload_preview": (payload or b"")[:_PREVIEW_BYTES].decode("utf-8", "replace"),
         }

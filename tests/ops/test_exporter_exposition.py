@@ -1,0 +1,168 @@
+"""The standalone exporter's ``/metrics``: lint-clean exposition and the right depth per queue and state.
+
+``asyncmq-otel exporter`` runs as a real process against the shared Redis under a unique prefix, sampling
+two queues the test filled: one paused with 3 ready, 2 delayed and 1 dead-lettered job, and one running
+with a single ready job. (tests/cli/test_signals.py covers its banner and SIGTERM exit; this is about
+what it exports.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from asyncmq_otel.backends.redis import RedisBackend
+from asyncmq_otel.queues import Queue
+from asyncmq_otel.telemetry.metrics import METRICS_BY_NUMBER, STATES
+from asyncmq_otel.workers import Worker
+from tests.ops._contract import REPO_ROOT
+from tests.ops._processes import cli_env
+from tests.support.poll import eventually
+from tests.support.redis_server import (  # noqa: F401 - fixtures are registered by import
+    free_port,
+    redis_prefix,
+    redis_url,
+)
+
+pytestmark = [pytest.mark.ops, pytest.mark.redis, pytest.mark.anyio]
+
+DEPTH = METRICS_BY_NUMBER[17].prometheus_name  # asyncmq_queue_depth
+OLDEST_AGE = METRICS_BY_NUMBER[18].prometheus_name  # asyncmq_queue_oldest_age_seconds
+PAUSED = METRICS_BY_NUMBER[19].prometheus_name  # asyncmq_queue_paused
+QUEUE_GAUGES = {DEPTH, OLDEST_AGE, PAUSED}
+UNKNOWN_TASK = "nowhere.registered"  # the exporter needs no task code; the worker dead-letters it
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """redis-py's async client is asyncio-only."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def backend(
+    redis_url: str,  # noqa: F811 - the fixture imported above, requested by name
+    redis_prefix: str,  # noqa: F811 - as above
+) -> AsyncIterator[RedisBackend]:
+    made = RedisBackend(redis_url, prefix=redis_prefix, retry_timeout=5.0)
+    yield made
+    await made.close()
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - the exporter on 127.0.0.1
+        return str(reply.read().decode())
+
+
+def _queue_gauges(text: str) -> dict[tuple[str, str, str], float]:
+    """(metric, queue, state) -> value for the queue gauges; state is "" for the per-queue ones."""
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in QUEUE_GAUGES:
+                assert sample.labels.get("messaging_system") == "asyncmq", sample
+                key = (
+                    sample.name,
+                    sample.labels["messaging_destination_name"],
+                    sample.labels.get("state", ""),
+                )
+                values[key] = sample.value
+    return values
+
+
+def _rows_with_samples(text: str) -> set[int]:
+    """Numbers of the definition table's rows that have at least one sample in ``text``."""
+    names = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    rows = set()
+    for row in METRICS_BY_NUMBER.values():
+        suffixes = ("_bucket", "_count", "_sum") if row.prometheus_type == "histogram" else ("",)
+        if any(row.prometheus_name + suffix in names for suffix in suffixes):
+            rows.add(row.number)
+    return rows
+
+
+@pytest.mark.timeout(90)
+async def test_exporter_metrics_pass_promtool_and_report_depth_by_state(
+    backend: RedisBackend,
+    promtool: str,
+    redis_url: str,  # noqa: F811 - the fixture imported above, requested by name
+    redis_prefix: str,  # noqa: F811 - as above
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    filled, other = Queue(f"{unique_name}a", backend=backend), Queue(f"{unique_name}b", backend=backend)
+    # One dead-lettered job: a burst worker finds no code for the task and settles it as unknown_task.
+    await filled.add(UNKNOWN_TASK, [0])
+    await Worker(filled, backend=backend, burst=True).run()
+    for index in range(3):
+        await filled.add(UNKNOWN_TASK, [index])
+    for index in range(2):
+        await filled.add(UNKNOWN_TASK, [index], delay=3600)
+    await filled.pause()
+    await other.add(UNKNOWN_TASK, [0])
+    counts = await filled.counts()
+    assert (counts["waiting"], counts["delayed"], counts["active"]) == (3, 2, 0), counts
+    assert len(await filled.dlq()) == 1
+
+    expected = {
+        **{(DEPTH, filled.name, state): value for state, value in zip(STATES, (3, 2, 0, 1), strict=True)},
+        **{(DEPTH, other.name, state): value for state, value in zip(STATES, (1, 0, 0, 0), strict=True)},
+        (PAUSED, filled.name, ""): 1,
+        (PAUSED, other.name, ""): 0,
+    }
+    address = f"127.0.0.1:{free_port()}"
+    url = f"http://{address}/metrics"
+    log = tmp_path / "exporter.log"
+    with log.open("wb") as handle:
+        proc = await anyio.open_process(
+            [sys.executable, "-m", "asyncmq_otel", "exporter", "--backend", redis_url, "--prefix", redis_prefix,
+             "--metrics-addr", address, "--interval", "0.2", "--log-format", "json"],
+            cwd=REPO_ROOT, env=cli_env(), stdin=subprocess.DEVNULL, stdout=handle, stderr=handle,
+        )  # fmt: skip
+    scraped: list[str] = []
+
+    async def exported() -> bool:
+        assert proc.returncode is None, log.read_text(encoding="utf-8", errors="replace")
+        try:
+            text = await anyio.to_thread.run_sync(_scrape, url)
+        except OSError:
+            return False  # not listening yet
+        scraped[:] = [text]
+        gauges = _queue_gauges(text)
+        return {key: gauges.get(key) for key in expected} == expected
+
+    try:
+        await eventually(exported, timeout=20, interval=0.1, what="the filled queues' gauges exported")
+    except AssertionError:
+        got = _queue_gauges(scraped[0]) if scraped else "nothing scraped"
+        pytest.fail(f"expected {expected}\ngot {got}\nexporter log:\n{log.read_text(encoding='utf-8')}")
+    finally:
+        with anyio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.terminate()
+            with anyio.move_on_after(10):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await proc.aclose()
+    text = scraped[0]
+
+    checked = await anyio.run_process([promtool, "check", "metrics"], input=text.encode(), check=False)
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, b"", b""), checked
+
+    gauges = _queue_gauges(text)
+    # The oldest ready job of the paused queue has been runnable since the test enqueued it.
+    assert 0 < gauges[(OLDEST_AGE, filled.name, "")] < 60
+    assert 0 <= gauges[(OLDEST_AGE, other.name, "")] < 60
+    # It holds no job data and runs no worker: of the table's metrics it exports the queue gauges and
+    # its own health (backend reachable, telemetry dropped), nothing about jobs or workers.
+    assert _rows_with_samples(text) == {17, 18, 19, 20, 21}
