@@ -98,7 +98,7 @@ async def test_scrape_passes_promtool_and_has_every_contract_metric(unique_name)
         pytest.fail("promtool is missing: apt-get install -y prometheus")
     provider = TracerProvider(sampler=ALWAYS_ON)
     telemetry.instrument(
-        tracer_provider=provider, metrics_addr="127.0.0.1:0", logs=False, queue_sample_interval_s=0.05
+        tracer_provider=provider, metrics_addr="127.0.0.1:0", logs=False, queue_sample_interval_s=0.5
     )
     text = await demo_workload(unique_name)
 
