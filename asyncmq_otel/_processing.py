@@ -29,6 +29,7 @@ from ._lifecycle import emit_job_event
 from .backends._default import default_backend
 from .backends.base import Backend, RawJob, SettleReply, SettleStatus
 from .errors import (
+    BackendOutOfMemory,
     BackendUnavailable,
     JobArgumentError,
     JobTimeout,
@@ -86,6 +87,7 @@ class WorkerContext:
     config: Settings = field(default_factory=get_settings)
     held: dict[tuple[str, str], _Attempt] = field(default_factory=dict)
     burst: bool = False
+    requeue_failures: int = 0  # interrupted jobs this worker could not return within the budget
     server: dict[str, Any] = field(default_factory=dict)  # server.address / server.port for telemetry
     idle: anyio.Event | None = None
     handlers: anyio.abc.TaskGroup | None = None
@@ -643,10 +645,17 @@ class _JobRun:
     async def _requeue(self) -> None:
         job = self._job()
         max_interrupts = self.ctx.config.max_interrupts
-        reply = await self._write(
-            "requeue", lambda: self.backend.requeue(self.queue, job.id, self.token, max_interrupts)
-        )
-        if not reply.ok:
+        reply: SettleReply | None = None
+        # Bounded (reliability §7: requeues within a 3 s budget); what is not returned by then is
+        # counted, and the reaper recovers it as a stall after its lease.
+        with anyio.move_on_after(_REQUEUE_BUDGET):
+            reply = await self._write(
+                "requeue", lambda: self.backend.requeue(self.queue, job.id, self.token, max_interrupts)
+            )
+        if reply is None:
+            self.ctx.requeue_failures += 1
+            return
+        if not reply.ok:  # STALE or GONE: the job is no longer ours to return (another worker owns it)
             return
         stored = reply.job or {}
         if stored.get("state") == "failed":
@@ -680,10 +689,10 @@ class _JobRun:
                 # cannot lose a finished job's outcome mid-write; the waits between retries are not.
                 with anyio.CancelScope(shield=True):
                     return await call()
-            except BackendUnavailable:
-                # The handler's work is done; keep trying until the backend answers. If our lease
-                # is reaped meanwhile the write comes back STALE and the job was redelivered.
-                _log.warning("job.settle_retry: backend unavailable, retrying in %.2fs", delay)
+            except (BackendUnavailable, BackendOutOfMemory) as exc:
+                # The handler's work is done; keep trying until the backend answers (or has memory
+                # again). If our lease is reaped meanwhile the write comes back STALE: redelivered.
+                _log.warning("job.settle_retry: %s (%s), retrying in %.2fs", type(exc).__name__, exc, delay)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 

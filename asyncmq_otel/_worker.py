@@ -95,7 +95,6 @@ class Worker:
         self.worker_id = str(uuid.uuid4())
         self.state = "idle"
         self.exit_reason = "shutdown"
-        self.requeue_failures = 0
         self._stop_requested = False
         self._stop_now = False
         self._claim_scope: anyio.CancelScope | None = None
@@ -116,6 +115,11 @@ class Worker:
         if self._backend is None:
             self._backend = default_backend()
         return self._backend
+
+    @property
+    def requeue_failures(self) -> int:
+        """Interrupted jobs this worker could not return to the queue within the requeue budget."""
+        return 0 if self._context is None else self._context.requeue_failures
 
     @property
     def context(self) -> WorkerContext | None:

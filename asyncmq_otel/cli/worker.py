@@ -101,21 +101,16 @@ def import_apps(modules: Sequence[str]) -> list[str]:
 
 
 class _Ledger:
-    """Inline bus listener: this worker's jobs in flight, and the outcomes it settled."""
+    """Inline bus listener: the outcomes this worker settled (for the exit summary)."""
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
-        self.in_flight: set[tuple[str | None, str | None]] = set()
         self.outcomes: Counter[str] = Counter()
 
     def __call__(self, event: LifecycleEvent) -> None:
         if event.worker_id != self.worker_id:
             return
-        key = (event.queue, event.job_id)
-        if event.name == "job:started":
-            self.in_flight.add(key)
-        elif event.name in _OUTCOMES:
-            self.in_flight.discard(key)
+        if event.name in _OUTCOMES:
             self.outcomes[event.name.split(":", 1)[1]] += 1
 
     def summary(self) -> str:
@@ -382,7 +377,9 @@ async def _run(
             f"jobs return to the queue when their lease ({config.lease:g}s) expires: fix the cause, restart",
             ExitCode.CRASH,
         ) from failure
-    lost = len(ledger.in_flight) + the_worker.requeue_failures
+    # A job whose settle was fenced (STALE: another worker owns it now) is not lost; only requeues
+    # that did not land count.
+    lost = the_worker.requeue_failures
     if lost:
         raise CLIError(
             f"worker {the_worker.worker_id[:8]} stopped, but {lost} job(s) could not be returned to the "

@@ -1,22 +1,24 @@
-"""An in-memory backend whose shutdown requeue always comes back STALE, with two jobs that never finish.
+"""An in-memory backend whose shutdown requeue never gets through, with two jobs that never finish.
 
 ``ASYNCMQ_SETTINGS_MODULE=tests.cli.stale_app`` makes it the worker's backend (``backend`` below), so
-a worker stopped at once cannot return its jobs: the CLI must exit 1.
+a worker stopped at once cannot return its jobs within the requeue budget: the CLI must exit 1.
+(A STALE answer would not count: it means another worker owns the job now.)
 """
 
 from __future__ import annotations
 
 import anyio
 
-from asyncmq_otel.backends.base import SettleReply, SettleStatus
+from asyncmq_otel.backends.base import SettleReply
 from asyncmq_otel.backends.memory import InMemoryBackend
+from asyncmq_otel.errors import BackendUnavailable
 from asyncmq_otel.queues import Queue
 from asyncmq_otel.tasks import task
 
 
 class StaleRequeue(InMemoryBackend):
     async def requeue(self, queue: str, job_id: str, token: str, max_interrupts: int) -> SettleReply:
-        return SettleReply(SettleStatus.STALE, owner="another-worker")
+        raise BackendUnavailable("the backend went away during shutdown")
 
 
 backend = StaleRequeue()

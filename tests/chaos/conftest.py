@@ -1,0 +1,21 @@
+"""Fixtures of the chaos suite: asyncio only, Redis (shared or private), worker subprocesses, the ledger, the proxy."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.chaos_proxy import chaos_proxy  # noqa: F401 - fixtures are registered by import
+from tests.support.ledger import ledger  # noqa: F401 - as above
+from tests.support.redis_server import (  # noqa: F401 - as above
+    redis_prefix,
+    redis_server,
+    redis_server_factory,
+    redis_url,
+)
+from tests.support.worker_proc import worker_proc  # noqa: F401 - as above
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """redis-py's async client is asyncio-only."""
+    return "asyncio"

@@ -1,0 +1,145 @@
+"""Chaos rows 9 and 10: graceful shutdown of a real worker process (reliability.md §7, §13).
+
+9. SIGTERM with 3 short and 2 long jobs in flight: the short ones complete, the long ones are
+   requeued at once when the drain timeout ends (``interrupts`` = 1, no stall), no ``claim`` reaches
+   Redis after the signal (counted by the proxy), exit 0 within drain + 3 s.
+10. A duplicate SIGTERM 0.2 s after the first is ignored (still draining); one 1.5 s later stops
+   at once: the 60 s drain is skipped, in-flight jobs are requeued, exit 0.
+
+(tests/cli/test_signals.py checks the CLI's messages for the same signals; these add the ledger,
+the proxy's command counts and the invariant checker.)
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from asyncmq_otel.queues import Queue
+from tests.chaos.helpers import SHA, backend_for, stop_all, wait_counts
+from tests.support.chaos_proxy import ChaosProxy
+from tests.support.invariants import Enqueued, check_invariants, wait_quiescent
+from tests.support.ledger import Ledger
+from tests.support.poll import eventually
+from tests.support.worker_proc import StartWorker, WorkerProc
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.chaos]
+
+QUEUE = "shutdown"
+
+
+@pytest.fixture
+async def queue(redis_url: str, redis_prefix: str) -> AsyncIterator[Queue]:
+    backend = backend_for(redis_url, redis_prefix)
+    yield Queue(QUEUE, backend=backend)
+    await backend.close()
+
+
+async def finish_and_check(
+    queue: Queue,
+    worker_proc: StartWorker,
+    ledger: Ledger,
+    redis_url: str,
+    redis_prefix: str,
+    enqueued: Enqueued,
+) -> None:
+    """Run whatever is left with a fresh worker, then check the invariants."""
+    finisher = worker_proc(QUEUE, redis_url, redis_prefix, concurrency=8, env=ledger.env)
+    await wait_counts(queue, completed=len(enqueued.acknowledged), timeout=30, workers=[finisher])
+    wait_quiescent(redis_url, redis_prefix, QUEUE)
+    assert await stop_all([finisher]) == [0]
+    check_invariants(redis_url, redis_prefix, QUEUE, enqueued, ledger, workers_stopped=True).check()
+
+
+async def exit_code(worker: WorkerProc, timeout: float) -> int:
+    return await anyio.to_thread.run_sync(worker.wait, timeout)
+
+
+@pytest.mark.timeout(90)
+async def test_row9_sigterm_completes_short_jobs_and_requeues_long_ones_at_once(
+    queue: Queue,
+    worker_proc: StartWorker,
+    chaos_proxy: Callable[[int], ChaosProxy],
+    ledger: Ledger,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
+) -> None:
+    release = tmp_path / "release"
+    jobs = [{"task_id": "chaos.sleep", "args": [0.6], "job_id": f"short{i}"} for i in range(3)]
+    jobs += [{"task_id": "chaos.hold", "args": [str(release)], "job_id": f"long{i}"} for i in range(2)]
+    jobs += [{"task_id": "chaos.noop", "args": [i], "job_id": f"later{i}"} for i in range(3)]
+    enqueued = Enqueued(set(await queue.add_bulk(jobs)))
+    proxy = chaos_proxy(6379)
+    worker = worker_proc(QUEUE, proxy.url, redis_prefix, concurrency=5, shutdown_timeout=2, env=ledger.env)
+    await eventually(lambda: len(ledger.starts()) == 5, timeout=15, what="5 jobs in flight")
+    claims = proxy.scripts[SHA["claim"]]
+    signalled = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert await exit_code(worker, 15) == 0, worker.text()[-2000:]
+    took = time.monotonic() - signalled
+
+    assert took <= 2 + 3, f"exit {took:.1f}s after SIGTERM (drain 2 s + 3 s)"
+    assert proxy.scripts[SHA["claim"]] == claims  # not one claim after the signal
+    for index in range(3):
+        job = await queue.get_job(f"short{index}")
+        assert job is not None
+        assert job["state"] == "completed"
+    for index in range(2):
+        job = await queue.get_job(f"long{index}")
+        assert job is not None
+        assert (job["state"], job["interrupts"], job["stalls"], job["attempts"]) == ("waiting", 1, 0, 1)
+    for index in range(3):
+        job = await queue.get_job(f"later{index}")
+        assert job is not None
+        assert (job["state"], job["attempts"]) == ("waiting", 0)  # never claimed
+    requeues = [s for s in ledger.settles() if s["op"] == "requeue"]
+    assert sorted(s["id"] for s in requeues) == ["long0", "long1"]
+    assert all(s["status"] == "ok" for s in requeues)
+    summary = worker.events("worker.exited")[0]
+    assert summary["outcomes"] == {"completed": 3, "interrupted": 2}
+
+    release.touch()
+    await finish_and_check(queue, worker_proc, ledger, redis_url, redis_prefix, enqueued)
+
+
+@pytest.mark.timeout(90)
+async def test_row10_duplicate_signal_is_ignored_and_a_later_second_one_stops_at_once(
+    queue: Queue, worker_proc: StartWorker, ledger: Ledger, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    enqueued = Enqueued(
+        set(
+            await queue.add_bulk(
+                [{"task_id": "chaos.hold", "args": [str(release)], "job_id": f"h{i}"} for i in range(2)]
+            )
+        )
+    )
+    worker = worker_proc(QUEUE, redis_url, redis_prefix, concurrency=2, shutdown_timeout=60, env=ledger.env)
+    await eventually(lambda: len(ledger.starts()) == 2, timeout=15, what="2 jobs in flight")
+
+    worker.signal(signal.SIGTERM)
+    await eventually(lambda: bool(worker.events("shutdown.draining")), timeout=10, what="draining")
+    await anyio.sleep(0.2)  # the scenario: a duplicate 0.2 s later
+    worker.signal(signal.SIGTERM)
+    await eventually(lambda: bool(worker.events("signal.duplicate")), timeout=10, what="duplicate ignored")
+    assert worker.alive  # still draining its two jobs
+    await anyio.sleep(1.5)  # the scenario: another one 1.5 s later
+    stopped = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert await exit_code(worker, 15) == 0, worker.text()[-2000:]
+    assert time.monotonic() - stopped < 5  # far less than the 60 s drain
+    assert worker.events("shutdown.now")
+    for index in range(2):
+        job = await queue.get_job(f"h{index}")
+        assert job is not None
+        assert (job["state"], job["interrupts"], job["stalls"]) == ("waiting", 1, 0)
+
+    release.touch()
+    await finish_and_check(queue, worker_proc, ledger, redis_url, redis_prefix, enqueued)
