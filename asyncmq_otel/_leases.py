@@ -21,6 +21,7 @@ __all__ = ["LeaseKeeper"]
 _log = logging.getLogger("asyncmq_otel.leases")
 
 Leases = dict[str, dict[str, str]]  # queue -> {job_id: token}
+_RETRY_SOON = 0.1
 
 
 class LeaseKeeper:
@@ -81,13 +82,16 @@ class LeaseKeeper:
     def _run(self) -> None:
         renewer = self._backend.lease_renewer()
         try:
-            while not self._stop.wait(self._interval):
-                self.renew_now(renewer.renew)
+            wait = self._interval
+            while not self._stop.wait(wait):
+                # After a failed round, try again soon: renewing at once after a reconnect is what
+                # lets live workers keep their leases through an outage (reliability §4).
+                wait = self._interval if self.renew_now(renewer.renew) else min(self._interval, _RETRY_SOON)
         finally:
             renewer.close()
 
-    def renew_now(self, renew: Callable[[str, dict[str, str], float], dict[str, RenewStatus]]) -> None:
-        """One renewal round (the thread's body; tests call it directly)."""
+    def renew_now(self, renew: Callable[[str, dict[str, str], float], dict[str, RenewStatus]]) -> bool:
+        """One renewal round (the thread's body; tests call it directly). False when a call failed."""
         blocked_for = time.monotonic() - self.loop_tick
         if blocked_for > self._loop_block_limit:
             if not self._blocked_reported:
@@ -98,7 +102,8 @@ class LeaseKeeper:
                     blocked_for,
                     self._loop_block_limit,
                 )
-            return
+            return True
+        ok = True
         for queue, leases in self._snapshot().items():
             if not leases:
                 continue
@@ -108,7 +113,9 @@ class LeaseKeeper:
                 _log.warning(
                     "worker.renew_failed: could not renew %d leases on %s", len(leases), queue, exc_info=True
                 )
+                ok = False
                 continue
             for job_id, status in statuses.items():
                 if status is not RenewStatus.OK:
                     self._on_status(queue, job_id, status)
+        return ok

@@ -46,6 +46,7 @@ _log = logging.getLogger("asyncmq_otel.worker")
 
 _TAIL_BUDGET = 10.0
 _TICK_INTERVAL = 1.0
+_RECONNECT_BACKOFF_CAP = 2.0  # the Redis client's reconnect backoff cap: renewers may need that long
 
 
 class Worker:
@@ -329,12 +330,24 @@ class Worker:
 
     async def _reaper(self, backend: Backend, ctx: WorkerContext) -> None:
         config = ctx.config
+        outage = False
         while True:
+            if outage:
+                # Outage grace (reliability §4): once the backend answers again, give every worker's
+                # renewer a renew interval (plus the reconnect backoff) before taking leases away.
+                try:
+                    await backend.now()
+                except Exception:  # noqa: BLE001 - still down: try again next interval
+                    await anyio.sleep(config.reaper_interval)
+                    continue
+                await anyio.sleep(config.renew_interval + _RECONNECT_BACKOFF_CAP)
+                outage = False
             for queue in self.queues:
                 try:
                     await self._reap_queue(backend, queue, ctx)
                 except Exception:  # noqa: BLE001 - reaping is retried next interval
                     _log.warning("worker.reap_failed: %s", queue, exc_info=True)
+                    outage = True
             await anyio.sleep(config.reaper_interval)
 
     async def _reap_queue(self, backend: Backend, queue: str, ctx: WorkerContext) -> None:

@@ -91,10 +91,11 @@ async def test_row13_connection_resets_are_ridden_out_without_losing_a_lease(
 @pytest.mark.timeout(90)
 @pytest.mark.xfail(
     strict=True,
-    reason="product gap: the outage grace of reliability.md §4 is not implemented (asyncmq_otel/_worker.py "
-    "Worker._reaper reaps as soon as Redis answers again; nothing makes it wait a renew interval, nor the "
-    "renewer renew first), so after an outage longer than the lease every live worker's jobs are reaped "
-    "(stalls = 6, 12 executions, the first 6 settles STALE; once a job was even dead-lettered worker_lost)",
+    reason="product gap: the outage grace of reliability.md §4 is only partly implemented. The reaper "
+    "waits a renew interval (plus the reconnect backoff) after its own failed reap, the renewer retries "
+    "at once after a failure, and a reap is never replayed by the client; but a reap REQUEST held in "
+    "transit by the blackhole reaches Redis the moment traffic resumes, before the renewals, and reaps "
+    "every expired lease (stalls = 6, 12 executions, the first 6 settles STALE)",
 )
 async def test_row13_a_three_second_blackhole_of_every_worker_loses_no_lease(
     queue: Queue,

@@ -293,9 +293,15 @@ class Connections:
             self._blocking = self.settings.async_client(blocking=True)
         return self._blocking
 
-    async def run(self, op: Callable[[AsyncClient], Awaitable[T]], *, blocking: bool = False) -> T:
-        """Run ``op`` with a client, retrying transient failures with backoff; raise typed errors."""
-        deadline = time.monotonic() + self.settings.retry_timeout
+    async def run(
+        self, op: Callable[[AsyncClient], Awaitable[T]], *, blocking: bool = False, retry: bool = True
+    ) -> T:
+        """Run ``op`` with a client, retrying transient failures with backoff; raise typed errors.
+
+        With ``retry=False`` a transient failure raises at once (the reaper must not replay a reap
+        the moment Redis answers again: it waits for the renewers first, reliability §4).
+        """
+        deadline = time.monotonic() + (self.settings.retry_timeout if retry else 0.0)
         attempt = 0
         while True:
             client = self.blocking if blocking else self.client
