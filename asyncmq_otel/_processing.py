@@ -579,7 +579,8 @@ class _JobRun:
         job = self._job()
         limit = self.ctx.config.max_result_bytes
         try:
-            encoded = dumps(check_json(result, "result"))
+            # None (most handlers) needs no walk: dumps(check_json(None)) is "null"
+            encoded = "null" if result is None else dumps(check_json(result, "result"))
         except JobArgumentError as exc:
             await self._failed(
                 ResultSerializationError(f"the handler ran, but its result is not JSON-serialisable: {exc}")
@@ -589,8 +590,9 @@ class _JobRun:
         if size > limit:
             await self._failed(ResultTooLarge(size, limit))
             return
+        # the stored job is not used here: ask for the smaller reply
         reply = await self._write(
-            "ack", lambda: self.backend.complete(self.queue, job.id, self.token, encoded)
+            "ack", lambda: self.backend.complete(self.queue, job.id, self.token, encoded, want_job=False)
         )
         if reply.status is SettleStatus.TOO_LARGE:
             await self._failed(ResultTooLarge(size, limit))

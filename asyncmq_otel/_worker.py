@@ -47,6 +47,9 @@ _log = logging.getLogger("asyncmq_otel.worker")
 _TAIL_BUDGET = 10.0
 _TICK_INTERVAL = 1.0
 _RECONNECT_BACKOFF_CAP = 2.0  # the Redis client's reconnect backoff cap: renewers may need that long
+# a reap slower than this to reach the backend is treated as held up by an outage; above the delays
+# a loaded machine adds to a healthy call
+_LATE_REAP_FLOOR = 1.0
 
 
 class Worker:
@@ -344,22 +347,32 @@ class Worker:
                 outage = False
             for queue in self.queues:
                 try:
-                    await self._reap_queue(backend, queue, ctx)
+                    if not await self._reap_queue(backend, queue, ctx):
+                        _log.warning("worker.reap_late: %s: held up in transit; revoked nothing", queue)
+                        outage = True
                 except Exception:  # noqa: BLE001 - reaping is retried next interval
                     _log.warning("worker.reap_failed: %s", queue, exc_info=True)
                     outage = True
             await anyio.sleep(config.reaper_interval)
 
-    async def _reap_queue(self, backend: Backend, queue: str, ctx: WorkerContext) -> None:
+    async def _reap_queue(self, backend: Backend, queue: str, ctx: WorkerContext) -> bool:
+        """Reap until no expired lease is left; False when a call arrived late (revoked nothing)."""
         config = ctx.config
+        # a reap that took longer than this to reach Redis was held up by an outage (reliability §4)
+        max_delay = max(config.renew_interval, _LATE_REAP_FLOOR)
         more = True
         while more:
-            reply = await backend.reap(queue, self.worker_id, config.max_stalls, 3 * config.reaper_interval)
+            reply = await backend.reap(
+                queue, self.worker_id, config.max_stalls, 3 * config.reaper_interval, max_delay
+            )
+            if reply.late:
+                return False
             more = reply.is_reaper and reply.more
             for raw in reply.stalled:
                 self._emit_reaped("job:stalled", raw, ctx, reason="lease_lost")
             for raw in reply.dead:
                 self._emit_reaped("job:failed", raw, ctx, reason="worker_lost", error_type="worker_lost")
+        return True
 
     def _emit_reaped(self, name: str, raw: dict[str, Any], ctx: WorkerContext, **fields: Any) -> None:  # noqa: ANN401
         try:

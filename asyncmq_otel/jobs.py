@@ -320,6 +320,10 @@ class Job:
             MalformedJob: when ``raw`` is not an object of the expected shape and version.
 
         """
+        if type(raw) is dict:
+            fast = _decode_well_formed(cls, raw)
+            if fast is not None:
+                return fast
         if isinstance(raw, (bytes, str)):
             try:
                 raw = json.loads(raw)
@@ -365,6 +369,107 @@ class Job:
         if not all(isinstance(key, str) for key in job.kwargs):
             raise MalformedJob("stored job kwargs have non-string keys")
         return job
+
+
+_STATE_BY_VALUE: dict[str, JobState] = {state.value: state for state in JobState}
+
+
+def _opt_number(value: object) -> float | None:
+    """A JSON number as float, ``None`` as is; raises ``_Unusual`` for anything else."""
+    kind = type(value)
+    if kind is float:
+        return value  # type: ignore[return-value]
+    if kind is int:
+        return float(value)  # type: ignore[arg-type]
+    if value is None:
+        return None
+    raise _Unusual
+
+
+def _opt(value: object, kind: type) -> Any:  # noqa: ANN401 - the value, typed by the caller
+    """``value`` when it is exactly of ``kind`` or ``None``; raises ``_Unusual`` for anything else."""
+    if value is None or type(value) is kind:
+        return value
+    raise _Unusual
+
+
+class _Unusual(Exception):
+    """Raised by the fast decode on anything it does not handle; the full decode then decides."""
+
+
+def _exact_str(value: object) -> str:
+    if type(value) is not str:
+        raise _Unusual
+    return value
+
+
+def _str_keyed(value: object) -> dict[str, Any] | None:
+    """A dict whose keys are all exactly ``str``, or ``None``."""
+    found: dict[str, Any] | None = _opt(value, dict)
+    if found is not None:
+        for key in found:
+            if type(key) is not str:
+                raise _Unusual
+    return found
+
+
+def _decode_well_formed(cls: type[Job], raw: dict[str, Any]) -> Job | None:
+    """The decode of a well-formed stored job, as :meth:`Job.from_dict` would do it, or ``None``.
+
+    Every field must have exactly its expected type (no subclasses, no bools for numbers); on
+    anything else this returns ``None`` and the validating decode runs, raising its precise error.
+    """
+    get = raw.get
+    if get("v", ENVELOPE_VERSION) != ENVELOPE_VERSION:
+        return None
+    found = get("state", "waiting")
+    state = _STATE_BY_VALUE.get(found) if type(found) is str else None
+    if state is None:
+        return None
+    try:
+        context = _str_keyed(get("trace_context"))
+        if context is not None:
+            context = {key: _exact_str(value) for key, value in context.items()}
+        args = _opt(get("args"), list)
+        kwargs = _str_keyed(get("kwargs"))
+        max_retries = _opt(get("max_retries"), int)
+        priority = _opt(get("priority"), int)
+        attempts = _opt(get("attempts"), int)
+        retries = _opt(get("retries"), int)
+        stalls = _opt(get("stalls"), int)
+        interrupts = _opt(get("interrupts"), int)
+        return cls(
+            id=_exact_str(get("id")),
+            task=_exact_str(get("task")),
+            queue=_exact_str(get("queue")),
+            args=[] if args is None else args,
+            kwargs={} if kwargs is None else kwargs,
+            max_retries=0 if max_retries is None else max_retries,
+            ttl=_opt_number(get("ttl")),
+            backoff=_opt(get("backoff"), dict),
+            priority=5 if priority is None else priority,
+            timeout=_opt_number(get("timeout")),
+            trace_context=context,
+            enqueued_at=_opt_number(get("enqueued_at")) or 0.0,
+            eligible_at=_opt_number(get("eligible_at")) or 0.0,
+            delay_until=_opt_number(get("delay_until")),
+            expires_at=_opt_number(get("expires_at")),
+            state=state,
+            attempts=0 if attempts is None else attempts,
+            retries=0 if retries is None else retries,
+            stalls=0 if stalls is None else stalls,
+            interrupts=0 if interrupts is None else interrupts,
+            token=_opt(get("token"), str),
+            owner=_opt(get("owner"), str),
+            cancel_requested=bool(get("cancel_requested", False)),
+            result=get("result"),
+            error=_opt(get("error"), dict),
+            dlq_reason=_opt(get("dlq_reason"), str),
+            finished_at=_opt_number(get("finished_at")),
+            progress=_opt_number(get("progress")),
+        )
+    except (_Unusual, TypeError):
+        return None
 
 
 def _preview(raw: object) -> str:

@@ -119,6 +119,9 @@ class ReapReply:
     stalled: list[RawJob] = field(default_factory=list)
     dead: list[RawJob] = field(default_factory=list)
     more: bool = False
+    late: bool = False
+    """The request reached the backend later than ``max_delay`` after it was sent (it was held up by
+    an outage): nothing was revoked, and the caller should give renewals time to land first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,8 +233,13 @@ class Backend(Protocol):
         """Block until a wake token arrives (True) or ``timeout`` seconds pass (False). Never polls."""
         ...
 
-    async def complete(self, queue: str, job_id: str, token: str, result: str) -> SettleReply:
-        """``active`` → ``completed`` with the JSON-encoded ``result``."""
+    async def complete(
+        self, queue: str, job_id: str, token: str, result: str, *, want_job: bool = True
+    ) -> SettleReply:
+        """``active`` → ``completed`` with the JSON-encoded ``result``.
+
+        With ``want_job=False`` the reply's ``job`` is ``None``: a smaller reply, all a worker needs.
+        """
         ...
 
     async def retry(
@@ -276,8 +284,15 @@ class Backend(Protocol):
         """A synchronous renewal channel for the renewer thread."""
         ...
 
-    async def reap(self, queue: str, worker_id: str, max_stalls: int, hold: float) -> ReapReply:
-        """If this worker holds (or can take for ``hold`` s) the reaper role, recover expired leases."""
+    async def reap(
+        self, queue: str, worker_id: str, max_stalls: int, hold: float, max_delay: float | None = None
+    ) -> ReapReply:
+        """If this worker holds (or can take for ``hold`` s) the reaper role, recover expired leases.
+
+        With ``max_delay``, a request that reaches a remote backend more than ``max_delay`` seconds after
+        it was sent revokes nothing and answers ``late`` (reliability §4, outage grace: a reap held in
+        transit by an outage must not run before the renewals that the same outage held up).
+        """
         ...
 
     # -- queue control ----------------------------------------------------------------------------

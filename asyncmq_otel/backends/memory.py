@@ -419,8 +419,10 @@ class InMemoryBackend:
                 return True
         return False
 
-    async def complete(self, queue: str, job_id: str, token: str, result: str) -> SettleReply:
-        """``active`` → ``completed``."""
+    async def complete(
+        self, queue: str, job_id: str, token: str, result: str, *, want_job: bool = True
+    ) -> SettleReply:
+        """``active`` → ``completed``; the reply carries the job unless ``want_job`` is false."""
         with self._lock:
             state = self._queue(queue)
             record, reply = self._fence(queue, job_id, token)
@@ -431,7 +433,7 @@ class InMemoryBackend:
             record.result = result
             self._release(state, record, token)
             self._finish(state, record, "completed", state.completed)
-            return SettleReply(SettleStatus.OK, record.raw(queue))
+            return SettleReply(SettleStatus.OK, record.raw(queue) if want_job else None)
 
     async def retry(
         self,
@@ -565,8 +567,18 @@ class InMemoryBackend:
         """A synchronous renewal channel for the renewer thread."""
         return _Renewer(self)
 
-    async def reap(self, queue: str, worker_id: str, max_stalls: int, hold: float) -> ReapReply:
-        """Take or keep the reaper role, then recover up to 100 expired leases."""
+    async def reap(
+        self,
+        queue: str,
+        worker_id: str,
+        max_stalls: int,
+        hold: float,
+        max_delay: float | None = None,  # noqa: ARG002 - a port parameter with no effect here
+    ) -> ReapReply:
+        """Take or keep the reaper role, then recover up to 100 expired leases.
+
+        In-process calls are never held in transit, so ``max_delay`` never applies.
+        """
         with self._lock:
             state = self._queue(queue)
             now = self.clock()

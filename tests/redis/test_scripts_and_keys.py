@@ -15,6 +15,7 @@ from asyncmq_otel.backends.base import EnqueueItem
 from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.backends.redis import RedisBackend, _scripts
 from asyncmq_otel.errors import ConfigError, InvalidName
+from tests.support.poll import eventually
 from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -189,3 +190,32 @@ def test_job_fields_agree_between_lua_and_python() -> None:
         prelude.index("local JOB_FIELDS = {") : prelude.index("}", prelude.index("local JOB_FIELDS"))
     ]
     assert tuple(part.strip().strip("'") for part in block.split("{", 1)[1].split(",")) == JOB_FIELDS
+
+
+async def test_a_reap_held_in_transit_revokes_nothing_and_says_late(backend: RedisBackend) -> None:
+    """Outage grace (reliability §4): a reap that reaches Redis long after it was sent (an outage held
+    it) must not take leases that the renewals held up by the same outage are about to extend."""
+    queue = "held-reap"
+    await backend.enqueue(queue, EnqueueItem("a", payload("a", queue)))
+    claimed = (await backend.claim(queue, "w", 1, 0.05)).jobs
+    assert [job["id"] for job in claimed] == ["a"]
+
+    async def lease_expired() -> bool:
+        deadline = await backend.connections.run(
+            lambda client: client.zscore(backend.keys.queue(queue).leases, "a")
+        )
+        return deadline is not None and (await backend.now()) * 1000 > deadline
+
+    # a first reap measures the Redis clock; the lease (50 ms) has expired once a second one is due
+    first = await backend.reap(queue, "r", 1, 5.0, max_delay=1.0)
+    assert not first.late
+    await eventually(lease_expired, timeout=5, what="the lease expired")
+    assert backend._reap_clock is not None
+    backend._reap_clock -= 5_000  # this call "was sent" 5 s ago, as if a blackhole had held it
+    held = await backend.reap(queue, "r", 1, 5.0, max_delay=1.0)
+    assert (held.late, held.is_reaper, held.stalled, held.dead) == (True, False, [], [])
+    job = await backend.get_job(queue, "a")
+    assert job is not None and job["state"] == "active" and job["stalls"] == 0
+    # the reply re-measured the clock: the next, timely reap recovers the expired lease
+    timely = await backend.reap(queue, "r", 1, 5.0, max_delay=1.0)
+    assert not timely.late and [raw["id"] for raw in timely.stalled] == ["a"]

@@ -15,6 +15,12 @@ does is chosen by environment variables the test sets per process:
     before it is sent (a zombie frozen between its handler's return and its settle).
 ``CHAOS_HOLD``
     ``1``: ``chaos.zombie`` holds its job until cancelled; otherwise it returns at once.
+``CHAOS_CLOCK_OFFSET``
+    Seconds added to ``time.time()`` in this process: a worker whose wall clock is skewed (row 18).
+    The product has no clock-provider hook for the Redis backend (Redis ``TIME`` decides), so the
+    test app skews the only client clock the worker could read.
+``CHAOS_NO_CANCEL_HINTS``
+    ``1``: cancel hints (Pub/Sub) are dropped, so only the renewer's ``CANCEL`` answer stops a job.
 """
 
 from __future__ import annotations
@@ -49,6 +55,15 @@ _HOLD = os.environ.get("CHAOS_HOLD") == "1"
 _TOKENS: dict[tuple[str, str], str] = {}  # (queue, job id) -> token of this process's claim
 _CURRENT: contextvars.ContextVar[tuple[str, str, int | None]] = contextvars.ContextVar("chaos_current")
 _stopped_once = [False]
+_CLOCK_OFFSET = float(os.environ.get("CHAOS_CLOCK_OFFSET") or 0.0)
+
+if _CLOCK_OFFSET:
+    _real_time = time.time
+
+    def _skewed_time() -> float:
+        return _real_time() + _CLOCK_OFFSET
+
+    time.time = _skewed_time  # every `time.time()` in this process reads the skewed clock
 
 
 def _record(ev: str, **fields: Any) -> None:
@@ -85,12 +100,14 @@ def _settle_hook(
     op: str, method: Callable[..., Awaitable[SettleReply]]
 ) -> Callable[..., Awaitable[SettleReply]]:
     @functools.wraps(method)
-    async def hooked(self: RedisBackend, queue: str, job_id: str, token: str, *args: Any) -> SettleReply:
+    async def hooked(
+        self: RedisBackend, queue: str, job_id: str, token: str, *args: Any, **kwargs: Any
+    ) -> SettleReply:
         if op == "complete" and _STOP_BEFORE_COMPLETE and not _stopped_once[0]:
             _stopped_once[0] = True
             _record("sigstop", id=job_id, token=token)
             os.kill(os.getpid(), signal.SIGSTOP)  # the test sends SIGCONT once the lease is long gone
-        reply = await method(self, queue, job_id, token, *args)
+        reply = await method(self, queue, job_id, token, *args, **kwargs)
         _record("settle", op=op, id=job_id, token=token, status=reply.status.value.lower(), owner=reply.owner)
         return reply
 
@@ -98,6 +115,12 @@ def _settle_hook(
 
 
 RedisBackend.claim = _hooked_claim  # type: ignore[method-assign]
+if os.environ.get("CHAOS_NO_CANCEL_HINTS") == "1":
+
+    def _no_hints(self: RedisBackend, listener: Callable[[str, str], None]) -> None:
+        """Drop the listener: a running job learns of its cancellation from its renewal only."""
+
+    RedisBackend.add_cancel_listener = _no_hints  # type: ignore[method-assign]
 for _op in ("complete", "retry", "fail", "requeue", "defer", "settle_cancelled"):
     setattr(RedisBackend, _op, _settle_hook(_op, getattr(RedisBackend, _op)))
 
@@ -193,3 +216,26 @@ async def payload_size(blob: str) -> int:
 async def sentinel(path: str) -> None:
     """Touches ``path``: it must never run for a job that was not enqueued through the API."""
     await anyio.Path(path).touch()
+
+
+@task(QUEUE, name="chaos.block")
+@ledgered
+async def block(seconds: float, once_path: str = "") -> float:
+    """Blocks the event loop with ``time.sleep`` (row 5); with ``once_path``, only the first run blocks."""
+    if once_path:
+        marker = anyio.Path(once_path)
+        if await marker.exists():
+            return 0.0
+        await marker.touch()
+    time.sleep(seconds)  # noqa: ASYNC251 - the fault under test: a handler that blocks the loop
+    return seconds
+
+
+@task(QUEUE, name="chaos.spin", timeout=1.0)
+def spin(pid_path: str, ignore_sigterm: bool = False) -> None:
+    """Burns a core in the sandbox child until killed (row 7); first writes ``pid wall-time``."""
+    if ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(pid_path).write_text(f"{os.getpid()} {time.time()!r}")
+    while True:
+        pass

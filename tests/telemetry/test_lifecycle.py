@@ -644,9 +644,9 @@ class InstrumentedBackend(InMemoryBackend):
         self.command("wait_for_work")
         return await super().wait_for_work(queue, timeout)
 
-    async def complete(self, queue, job_id, token, result):
+    async def complete(self, queue, job_id, token, result, *, want_job=True):
         self.command("complete")
-        return await super().complete(queue, job_id, token, result)
+        return await super().complete(queue, job_id, token, result, want_job=want_job)
 
     async def retry(self, queue, job_id, token, backoff, error, prev_attempt=None):
         self.command("retry")
@@ -659,9 +659,9 @@ class InstrumentedBackend(InMemoryBackend):
     async def register_worker(self, info, ttl):
         return await InMemoryBackend.heartbeat(self, info, ttl)  # not wrapped: see the class docstring
 
-    async def reap(self, queue, worker_id, max_stalls, hold):
+    async def reap(self, queue, worker_id, max_stalls, hold, max_delay=None):
         self.command("reap")
-        return await super().reap(queue, worker_id, max_stalls, hold)
+        return await super().reap(queue, worker_id, max_stalls, hold, max_delay)
 
     async def deregister_worker(self, worker_id):
         self.command("deregister_worker")

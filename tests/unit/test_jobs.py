@@ -1,4 +1,5 @@
 import datetime
+import json
 import math
 
 import pytest
@@ -104,3 +105,46 @@ def test_error_type_names():
 
     assert error_type_name(ValueError("x")) == "ValueError"
     assert error_type_name(Custom()).endswith("test_jobs.test_error_type_names.<locals>.Custom")
+
+
+_FIELD_VALUES = {
+    "v": st.sampled_from([1, 2, "1"]),
+    "id": st.sampled_from(["j1", None, 5, True]),
+    "task": st.sampled_from(["t.x", None, 3]),
+    "queue": st.sampled_from(["q", None]),
+    "args": st.sampled_from([[1, "a"], None, "x", {}]),
+    "kwargs": st.sampled_from([{"a": 1}, None, {1: 2}, [], {"a": {"b": 1}}]),
+    "max_retries": st.sampled_from([3, None, True, 1.5, "3"]),
+    "ttl": st.sampled_from([1.5, 2, None, True, "1", math.inf]),
+    "backoff": st.sampled_from([{"kind": "fixed", "base": 1}, None, [], 1]),
+    "priority": st.sampled_from([0, 9, None, False, 2.0]),
+    "trace_context": st.sampled_from([{"traceparent": "00-x"}, None, {"a": 1}, {1: "a"}, "x"]),
+    "enqueued_at": st.sampled_from([1.0, 0, None, "now", False]),
+    "state": st.sampled_from(["waiting", "active", "completed", "nope", None, 1]),
+    "attempts": st.sampled_from([0, 2, None, True, 1.0]),
+    "token": st.sampled_from(["tok", None, 7]),
+    "cancel_requested": st.sampled_from([True, False, None, 0, "yes"]),
+    "result": st.sampled_from([None, 1, "r", [1]]),
+    "error": st.sampled_from([None, {"type": "X"}, "boom"]),
+    "progress": st.sampled_from([None, 0.5, 1, True]),
+}
+
+
+@given(st.fixed_dictionaries({}, optional=_FIELD_VALUES))
+def test_the_fast_decode_of_a_stored_job_agrees_with_the_validating_one(raw):
+    """``from_dict`` on a dict takes a fast path for well-formed jobs; it must decide exactly as the
+    validating decode (reached here through the JSON text, which skips the fast path) does."""
+    text = json.dumps(raw)
+    try:
+        expected: Job | MalformedJob = Job.from_dict(text)
+    except MalformedJob as exc:
+        expected = exc
+    try:
+        got: Job | MalformedJob = Job.from_dict(json.loads(text))
+    except MalformedJob as exc:
+        got = exc
+    if isinstance(expected, MalformedJob):
+        assert isinstance(got, MalformedJob), raw
+        assert str(got) == str(expected)
+    else:
+        assert got == expected, raw

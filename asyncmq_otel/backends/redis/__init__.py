@@ -31,11 +31,11 @@ from ..base import (
     ReapReply,
     RenewStatus,
     SettleReply,
-    SettleStatus,
 )
 from . import _scripts
+from ._batch import CompleteBatcher, PendingComplete
 from ._connection import AsyncClient, Connections, ConnectionSettings, mask_url, probe_server
-from ._decode import JOB_FIELDS, decode_job, decode_jobs, decode_values, unpack
+from ._decode import JOB_FIELDS, decode_batch_settle, decode_jobs, decode_settle, decode_values, loads
 from ._events import CancelHints, EventSubscription, hint
 from ._keys import Keys, QueueKeys
 from ._registry import RegistryMixin, server_of
@@ -56,8 +56,8 @@ _log = logging.getLogger("asyncmq_otel.backends.redis")
 
 
 _Prepared = tuple[
-    str, str, int, str
-]  # job id, payload, delay in ms, '<delay_ms>,<priority>,<ttl_ms>,<nonce>'
+    str, bytes, int, str
+]  # job id, UTF-8 payload, delay in ms, '<delay_ms>,<priority>,<ttl_ms>,<nonce>'
 
 
 def _ms(seconds: float) -> int:
@@ -157,6 +157,8 @@ class RedisBackend(RegistryMixin):
         self._epochs: dict[str, str] = {}
         self._epoch_lock = threading.Lock()
         self._hints = CancelHints(self.connections.settings, self.keys.events, self.origin)
+        self._completions = CompleteBatcher(self._complete_batch)
+        self._reap_clock: float | None = None  # see reap()
 
     def __repr__(self) -> str:
         return f"RedisBackend({mask_url(self.url)!r}, prefix={self.prefix!r}, cluster={self.cluster})"
@@ -257,28 +259,35 @@ class RedisBackend(RegistryMixin):
 
     # -- producer -----------------------------------------------------------------------------------
     def _item_args(self, item: EnqueueItem, call_nonce: str, index: int) -> _Prepared:
-        """``(id, payload, delay_ms, '<delay_ms>,<priority>,<ttl_ms>,<nonce>')`` after the local checks."""
+        """``(id, payload, delay_ms, '<delay_ms>,<priority>,<ttl_ms>,<nonce>')`` after the local checks.
+
+        The payload comes back UTF-8 encoded (it was encoded for the size check; Redis gets bytes).
+        """
         check_job_id(item.job_id)
-        size = len(item.payload.encode("utf-8"))
+        payload = item.payload.encode("utf-8")
+        size = len(payload)
         if size > self.max_payload_bytes:
             raise PayloadTooLarge(size, self.max_payload_bytes)
         priority, ttl_ms = 5, ""
         try:
-            envelope = json.loads(item.payload)
+            envelope = loads(item.payload)
         except ValueError:
             envelope = None  # stored as is; the worker dead-letters it as malformed_payload
         if isinstance(envelope, dict):
             found = envelope.get("priority", 5)
-            if isinstance(found, int) and not isinstance(found, bool):
+            if type(found) is int or (isinstance(found, int) and not isinstance(found, bool)):
                 priority = max(-_PRIORITY_BOUND, min(_PRIORITY_BOUND, found))
             ttl = envelope.get("ttl")
-            if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and math.isfinite(ttl):
+            if ttl is not None and (
+                isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and math.isfinite(ttl)
+            ):
                 ttl_ms = str(round(ttl * 1000))
-        delay_ms = _ms(item.delay)
+        delay = item.delay
+        delay_ms = _ms(delay) if delay else 0
         # without a caller's nonce, one per item of this call: a re-send of the call replays,
         # another call (or the same id twice in one batch) is a duplicate
         nonce = item.nonce or f"{call_nonce}.{index}"
-        return item.job_id, item.payload, delay_ms, f"{delay_ms},{priority},{ttl_ms},{nonce}"
+        return item.job_id, payload, delay_ms, f"{delay_ms},{priority},{ttl_ms},{nonce}"
 
     async def enqueue(self, queue: str, item: EnqueueItem) -> EnqueueReply:
         """Store one job (idempotent by id and nonce)."""
@@ -287,7 +296,8 @@ class RedisBackend(RegistryMixin):
     async def enqueue_bulk(self, queue: str, items: Sequence[EnqueueItem]) -> list[EnqueueReply]:
         """Store several jobs in one round trip (script calls of up to 500 jobs, pipelined)."""
         keys = self.keys.queue(queue)
-        call_nonce = uuid.uuid4().hex
+        # a nonce of the call only for items without their own (Queue gives every item one)
+        call_nonce = "" if all(item.nonce for item in items) else uuid.uuid4().hex
         prepared = [self._item_args(item, call_nonce, index) for index, item in enumerate(items)]
         if not prepared:
             return []
@@ -305,6 +315,8 @@ class RedisBackend(RegistryMixin):
             batch = [("enqueue", script_keys, [epoch, *args]) for script_keys, args in calls]
 
             async def op(client: AsyncClient, batch: list[Any] = batch) -> list[Any]:
+                if len(batch) == 1:  # one script call: no pipeline needed
+                    return [await _scripts.call(client, *batch[0])]
                 return await _scripts.call_many(client, batch)
 
             replies = await self.connections.run(op)
@@ -371,10 +383,11 @@ class RedisBackend(RegistryMixin):
             wait = int(reply[2])
             return ClaimReply([], next_due_in=None if wait < 0 else wait / 1000.0, now=now)
         if not int(reply[3]):  # a replayed claim: the values are as stored after it
-            return ClaimReply(decode_jobs(queue, reply[2]), now=now)
+            return ClaimReply(
+                [decode_values(queue, _scripts.text(job_id), values) for job_id, values in reply[2]], now=now
+            )
         jobs = []
-        for index, entry in enumerate(reply[2]):
-            values = unpack(entry[1])
+        for index, (job_id, values) in enumerate(reply[2]):
             # the values were read before the claim wrote; apply what it wrote, as the script did
             overlay = {
                 "state": "active",
@@ -383,7 +396,7 @@ class RedisBackend(RegistryMixin):
                 "attempts": int(values[2] or 0) + 1,
                 "cancel_requested": False,
             }
-            jobs.append(decode_values(queue, _scripts.text(entry[0]), values, overlay))
+            jobs.append(decode_values(queue, job_id.decode("utf-8", "replace"), values, overlay))
         return ClaimReply(jobs, now=now)
 
     async def wait_for_work(self, queue: str, timeout: float) -> bool:
@@ -407,30 +420,29 @@ class RedisBackend(RegistryMixin):
             if deadline - time.monotonic() <= 0.005:  # noqa: PLR2004 - BLPOP rounds to its clock tick
                 return False
 
-    def _settled(self, queue: str, reply: Any) -> SettleReply:  # noqa: ANN401 - a RESP reply
-        code = reply[0]
-        if code == b"OK":
-            return SettleReply(SettleStatus.OK, decode_job(queue, reply[1]) if len(reply) > 1 else None)
-        if code == b"STALE":
-            return SettleReply(
-                SettleStatus.STALE, owner=_scripts.text(reply[2]) or None, state=_scripts.text(reply[1])
-            )
-        if code == b"GONE":
-            return SettleReply(SettleStatus.GONE)
-        if code == b"TOO_LARGE":
-            return SettleReply(SettleStatus.TOO_LARGE)
-        raise BackendError(f"unexpected reply {reply!r} from Redis")
+    async def complete(
+        self, queue: str, job_id: str, token: str, result: str, *, want_job: bool = True
+    ) -> SettleReply:
+        """``active`` → ``completed`` with the JSON-encoded ``result`` (the job too, if ``want_job``).
 
-    async def complete(self, queue: str, job_id: str, token: str, result: str) -> SettleReply:
-        """``active`` → ``completed`` with the JSON-encoded ``result``."""
+        Concurrent completions of a queue share one script call (each job its own fenced transition).
+        """
+        return await self._completions.submit(queue, job_id, token, result, want_job=want_job)
+
+    async def _complete_batch(
+        self, queue: str, batch: list[PendingComplete]
+    ) -> list[SettleReply | Exception]:
+        """One ``complete`` script call for a batch of completions; one reply per job, in order."""
         keys = self.keys.queue(queue)
-        reply = await self._transition(
-            keys,
-            "complete",
-            [keys.meta, keys.job(job_id), keys.leases, keys.completed],
-            [token, job_id, result, self.max_result_bytes, self.keep_completed, _ms(self.keep_completed_age)],
-        )
-        return self._settled(queue, reply)
+        script_keys = [keys.meta, keys.leases, keys.completed]
+        args: list[Any] = [self.max_result_bytes, self.keep_completed, _ms(self.keep_completed_age)]
+        for entry in batch:
+            script_keys.append(keys.job(entry.job_id))
+            args += (entry.token, entry.result, "1" if entry.want_job else "")
+        reply = await self._transition(keys, "complete", script_keys, args)
+        if reply[0] != b"BATCH":
+            raise BackendError(f"unexpected reply {reply!r} from Redis")
+        return [decode_batch_settle(queue, each) for each in reply[1:]]
 
     async def retry(
         self,
@@ -449,7 +461,7 @@ class RedisBackend(RegistryMixin):
             [keys.meta, keys.job(job_id), keys.leases, keys.ready, keys.delayed, keys.signal],
             [token, job_id, _ms(backoff) if backoff > 0 else 0, _dumps(dict(error)), prev_attempt or ""],
         )
-        return self._settled(queue, reply)
+        return decode_settle(queue, reply)
 
     async def fail(
         self, queue: str, job_id: str, token: str, reason: str, error: Mapping[str, Any] | None = None
@@ -471,7 +483,7 @@ class RedisBackend(RegistryMixin):
                 _ms(self.keep_failed_age),
             ],
         )
-        return self._settled(queue, reply)
+        return decode_settle(queue, reply)
 
     async def defer(self, queue: str, job_id: str, token: str) -> SettleReply:
         """``active`` → ``delayed`` until its ``delay_until``, the claim's attempt given back."""
@@ -482,7 +494,7 @@ class RedisBackend(RegistryMixin):
             [keys.meta, keys.job(job_id), keys.leases, keys.ready, keys.delayed, keys.signal],
             [token, job_id],
         )
-        return self._settled(queue, reply)
+        return decode_settle(queue, reply)
 
     async def settle_cancelled(self, queue: str, job_id: str, token: str) -> SettleReply:
         """``active`` → ``cancelled``."""
@@ -493,7 +505,7 @@ class RedisBackend(RegistryMixin):
             [keys.meta, keys.job(job_id), keys.leases, keys.cancelled],
             [token, job_id, self.keep_completed, _ms(self.keep_completed_age)],
         )
-        return self._settled(queue, reply)
+        return decode_settle(queue, reply)
 
     async def requeue(self, queue: str, job_id: str, token: str, max_interrupts: int) -> SettleReply:
         """``active`` → ``waiting`` at its original place, ``interrupts`` + 1; past the limit → DLQ."""
@@ -513,7 +525,7 @@ class RedisBackend(RegistryMixin):
             ],
             [token, job_id, max_interrupts, self.keep_failed, _ms(self.keep_failed_age)],
         )
-        return self._settled(queue, reply)
+        return decode_settle(queue, reply)
 
     async def report_progress(self, queue: str, job_id: str, token: str, progress: float) -> SettleReply:
         """Store the running job's progress (fenced like a settle)."""
@@ -521,7 +533,7 @@ class RedisBackend(RegistryMixin):
         reply = await self._transition(
             keys, "progress", [keys.meta, keys.job(job_id)], [token, repr(float(progress))]
         )
-        return self._settled(queue, reply)
+        return decode_settle(queue, reply)
 
     async def renew(self, queue: str, leases: Mapping[str, str], lease: float) -> dict[str, RenewStatus]:
         """Extend every lease whose token still matches, even past its deadline."""
@@ -541,9 +553,19 @@ class RedisBackend(RegistryMixin):
         """A synchronous renewal channel with its own connection, for the renewer thread."""
         return RedisLeaseRenewer(self)
 
-    async def reap(self, queue: str, worker_id: str, max_stalls: int, hold: float) -> ReapReply:
-        """Take or keep the reaper role for ``hold`` seconds, then recover up to 100 expired leases."""
+    async def reap(
+        self, queue: str, worker_id: str, max_stalls: int, hold: float, max_delay: float | None = None
+    ) -> ReapReply:
+        """Take or keep the reaper role for ``hold`` seconds, then recover up to 100 expired leases.
+
+        With ``max_delay``, the call carries when it was sent, in Redis time (estimated from the last
+        reap's reply and the local monotonic clock, so worker clock skew does not matter); a call that
+        arrives later than that revokes nothing and the reply says ``late``.
+        """
         keys = self.keys.queue(queue)
+        sent_at: int | str = ""
+        if max_delay is not None and self._reap_clock is not None:
+            sent_at = round(self._reap_clock + time.monotonic() * 1000)
         reply = await self._transition(
             keys,
             "reap",
@@ -564,9 +586,15 @@ class RedisBackend(RegistryMixin):
                 _REAP_LIMIT,
                 self.keep_failed,
                 _ms(self.keep_failed_age),
+                sent_at,
+                _ms(max_delay) if max_delay is not None else "",
             ],
             retry=False,  # outage grace: a reap is never replayed across a reconnect (reliability §4)
         )
+        # Redis TIME minus the local monotonic clock, in ms (early by half a round trip: a safe side)
+        self._reap_clock = int(reply[-1]) - time.monotonic() * 1000
+        if reply[0] == b"LATE":
+            return ReapReply(is_reaper=False, late=True)
         if reply[0] == b"NOT_REAPER":
             return ReapReply(is_reaper=False)
         return ReapReply(

@@ -31,10 +31,21 @@ local function epoch_reply(meta, epoch)
   return nil
 end
 
--- The lease fence (§2): nil when `token` holds the active job; else the reply to return:
--- REPLAY (this settle was applied already), GONE, or STALE with the state and current owner.
-local function fence(job, token)
-  local st = redis.call('HMGET', job, 'state', 'token', 'settled_token', 'owner')
+-- epoch_reply that reads more fields of meta in the same HMGET: returns the EPOCH reply (or nil)
+-- and the values of `fields`, in order.
+local function epoch_and(meta, epoch, ...)
+  local values = redis.call('HMGET', meta, 'epoch', ...)
+  if values[1] ~= epoch then
+    return {'EPOCH', values[1] or false}, values
+  end
+  table.remove(values, 1)
+  return nil, values
+end
+
+-- The lease fence (§2) on the values of HMGET job state token settled_token owner: nil when `token`
+-- holds the active job; else the reply to return: REPLAY (this settle was applied already), GONE,
+-- or STALE with the state and current owner.
+local function fence_values(st, token)
   if not st[1] then
     return {'GONE'}
   end
@@ -47,24 +58,32 @@ local function fence(job, token)
   return nil
 end
 
+local function fence(job, token)
+  return fence_values(redis.call('HMGET', job, 'state', 'token', 'settled_token', 'owner'), token)
+end
+
 local function ready_score(priority, seq)
   return (tonumber(priority) or 5) * PRIORITY_WEIGHT + tonumber(seq)
 end
 
--- Push `n` wake tokens for idle workers blocked in BLPOP; the list never grows past SIGNAL_CAP.
+-- Push `n` wake tokens for idle workers blocked in BLPOP; the list never grows past SIGNAL_CAP
+-- (a full list already wakes every worker that could come, so then nothing is pushed).
 local function wake(signal, n)
   if n <= 0 then
     return
   end
-  if n > SIGNAL_CAP then
-    n = SIGNAL_CAP
+  local room = SIGNAL_CAP - redis.call('LLEN', signal)
+  if n > room then
+    n = room
+  end
+  if n <= 0 then
+    return
   end
   local tokens = {}
   for i = 1, n do
     tokens[i] = '1'
   end
   redis.call('LPUSH', signal, unpack(tokens))
-  redis.call('LTRIM', signal, 0, SIGNAL_CAP - 1)
 end
 
 -- The next FIFO sequence number of the queue.
@@ -75,16 +94,25 @@ end
 -- Retention (§10): delete at most `budget` of the oldest entries of `index` beyond `keep`
 -- entries or finished before `cutoff`, with their job hashes and their entries in `others`.
 local function trim(index, keep, cutoff, base, budget, others)
-  local excess = redis.call('ZCARD', index) - keep
-  local aged = redis.call('ZCOUNT', index, '-inf', string.format('(%d', cutoff))
-  local n = math.min(math.max(excess, aged), budget)
+  local n = redis.call('ZCARD', index) - keep
+  if n < budget then
+    local aged = redis.call('ZCOUNT', index, '-inf', string.format('(%d', cutoff))
+    if aged > n then
+      n = aged
+    end
+  end
+  if n > budget then
+    n = budget
+  end
   if n <= 0 then
     return 0
   end
   local ids = redis.call('ZRANGE', index, 0, n - 1)
-  for _, id in ipairs(ids) do
-    redis.call('DEL', base .. 'job:' .. id)
+  local jobs = {}
+  for i, id in ipairs(ids) do
+    jobs[i] = base .. 'job:' .. id
   end
+  redis.call('DEL', unpack(jobs))
   redis.call('ZREMRANGEBYRANK', index, 0, n - 1)
   if others then
     for _, other in ipairs(others) do

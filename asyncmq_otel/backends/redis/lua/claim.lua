@@ -4,14 +4,14 @@
 -- Replies: {'EPOCH', current epoch or false}
 --          {'PAUSED', now}: the queue is paused, nothing was claimed
 --          {'EMPTY', now, ms until the next delayed job is due, or -1 when there is none}
---          {'OK', now, {{id, packed JOB_FIELDS values} per claimed job}, fresh}: job i holds token
+--          {'OK', now, {{id, {JOB_FIELDS values}} per claimed job}, fresh}: job i holds token
 --            '<nonce>.<i-1>'. With fresh = 1 the values are those read before the claim (the client
 --            applies what the claim wrote: state, token, owner, attempts + 1); with 0 (a replay) after.
 -- Replay: redis-py re-sends the call after a lost reply with the same nonce; the claim key
 -- (PX = lease) then answers with the same jobs, so no lease is orphaned (§13 row 15).
 local meta, ready, delayed, leases, signal, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local worker, count, lease, nonce = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local bad = epoch_reply(meta, ARGV[1])
+local bad, flags = epoch_and(meta, ARGV[1], 'paused')
 if bad then
   return bad
 end
@@ -24,9 +24,9 @@ if previous then
   local i = 0
   for id in string.gmatch(previous, '[^,]+') do
     local job = base .. 'job:' .. id
-    local st = redis.call('HMGET', job, 'state', 'token')
-    if st[1] == 'active' and st[2] == nonce .. '.' .. i then
-      jobs[#jobs + 1] = flat_job(job, id)
+    local values = redis.call('HMGET', job, unpack(JOB_FIELDS))
+    if values[2] == 'active' and values[7] == nonce .. '.' .. i then -- JOB_FIELDS[2] is state, [7] token
+      jobs[#jobs + 1] = {id, values}
     end
     i = i + 1
   end
@@ -51,7 +51,7 @@ if #due > 0 then
   wake(signal, promoted)
 end
 
-if redis.call('HGET', meta, 'paused') == '1' then
+if flags[1] == '1' then
   return {'PAUSED', now}
 end
 
@@ -59,7 +59,7 @@ local popped = {}
 if count > 0 then
   popped = redis.call('ZPOPMIN', ready, count)
 end
-local jobs, ids = {}, {}
+local jobs, ids, leased = {}, {}, {}
 local deadline = now + lease
 for k = 1, #popped, 2 do
   local id = popped[k]
@@ -69,9 +69,10 @@ for k = 1, #popped, 2 do
     local token = nonce .. '.' .. #ids
     redis.call('HSET', job, 'state', 'active', 'token', token, 'owner', worker, 'settled_token', '',
       'cancel_requested', '', 'attempts', (tonumber(values[3]) or 0) + 1)
-    redis.call('ZADD', leases, deadline, id)
     ids[#ids + 1] = id
-    jobs[#jobs + 1] = {id, pack(values)}
+    leased[#leased + 1] = deadline
+    leased[#leased + 1] = id
+    jobs[#jobs + 1] = {id, values}
   end
 end
 
@@ -83,5 +84,6 @@ if #jobs == 0 then
   end
   return {'EMPTY', now, wait}
 end
+redis.call('ZADD', leases, unpack(leased))
 redis.call('SET', claim_key, table.concat(ids, ','), 'PX', lease)
 return {'OK', now, jobs, 1}

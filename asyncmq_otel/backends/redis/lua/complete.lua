@@ -1,23 +1,64 @@
--- complete.lua: active → completed, with the JSON result; then retention of `completed`.
--- KEYS: meta, job, leases, completed
--- ARGV: epoch, token, job_id, result, max_result_bytes, keep_completed, keep_completed_age_ms
--- Replies: {'EPOCH', current epoch or false}, {'GONE'}, {'STALE', state, owner}, {'TOO_LARGE'},
---          {'OK', {id, packed JOB_FIELDS values} of the job} (also when this settle was applied already: a replay)
-local meta, job, leases, completed = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local token, id, result = ARGV[2], ARGV[3], ARGV[4]
-local bad = epoch_reply(meta, ARGV[1]) or fence(job, token)
+-- complete.lua: active → completed with the JSON result, for one job or a batch of the worker's
+-- settles coalesced into one call (each job its own fenced transition); then retention of `completed`.
+-- KEYS: meta, leases, completed, then job:<id> for each job, in ARGV order
+-- ARGV: epoch, max_result_bytes, keep_completed, keep_completed_age_ms, then 3 per job:
+--       token, result, want ('1': the reply carries the job, '': it does not)
+-- Replies: {'EPOCH', current epoch or false}: nothing was written
+--          {'BATCH', reply per job}, a job's reply being {'GONE'}, {'STALE', state, owner},
+--            {'TOO_LARGE'}, {'ERR', message} (its key is not a job hash), or on success (also for
+--            a replay: this settle was applied already) {'OK', {id, packed JOB_FIELDS values}}
+--            when wanted, else the string 'OK'
+local meta, leases, completed = KEYS[1], KEYS[2], KEYS[3]
+local bad = epoch_reply(meta, ARGV[1])
 if bad then
-  if bad[1] == 'REPLAY' then
-    return {'OK', flat_job(job, id)}
-  end
   return bad
 end
-if #result > tonumber(ARGV[5]) then
-  return {'TOO_LARGE'}
+local limit = tonumber(ARGV[2])
+local base = base_of(meta)
+local base_len = #base + 5 -- '<base>job:'
+local now = false
+local out, done, scores = {'BATCH'}, {}, {}
+for i = 1, #KEYS - 3 do
+  local job = KEYS[3 + i]
+  local token, result, want = ARGV[2 + i * 3], ARGV[3 + i * 3], ARGV[4 + i * 3] == '1'
+  -- a key that is not a job hash fails this job alone, before anything is written for it
+  local st = redis.pcall('HMGET', job, 'state', 'token', 'settled_token', 'owner')
+  local reply
+  if st.err then
+    reply = {'ERR', st.err}
+  else
+    reply = fence_values(st, token)
+  end
+  if not reply then
+    if #result > limit then
+      reply = {'TOO_LARGE'}
+    else
+      -- this job's checks passed; its writes follow
+      if not now then
+        now = now_ms()
+      end
+      local id = string.sub(job, base_len)
+      redis.call('HSET', job, 'state', 'completed', 'finished_at', now, 'result', result,
+        'settled_token', token, 'token', '')
+      done[#done + 1] = id
+      scores[#scores + 1] = now
+      scores[#scores + 1] = id
+      reply = 'OK'
+      if want then
+        reply = {'OK', flat_job(job, id)}
+      end
+    end
+  elseif reply[1] == 'REPLAY' then
+    reply = 'OK'
+    if want then
+      reply = {'OK', flat_job(job, string.sub(job, base_len))}
+    end
+  end
+  out[#out + 1] = reply
 end
--- nothing above wrote; everything below writes
-local now = now_ms()
-redis.call('ZREM', leases, id)
-finish(job, id, 'completed', now, base_of(meta), {'result', result, 'settled_token', token, 'token', ''},
-  completed, tonumber(ARGV[6]), tonumber(ARGV[7]))
-return {'OK', flat_job(job, id)}
+if #done > 0 then
+  redis.call('ZREM', leases, unpack(done))
+  redis.call('ZADD', completed, unpack(scores))
+  trim(completed, tonumber(ARGV[3]), now - tonumber(ARGV[4]), base, 10 * #done, nil)
+end
+return out

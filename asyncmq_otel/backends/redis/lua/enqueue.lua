@@ -19,7 +19,7 @@ for i = 1, n do
     return {'TOO_LARGE', i, size}
   end
 end
-local bad = epoch_reply(meta, ARGV[1])
+local bad, counters = epoch_and(meta, ARGV[1], 'seq')
 if bad then
   return bad
 end
@@ -27,17 +27,23 @@ end
 local now = now_ms()
 local base_len = #base_of(meta) + 5 -- '<base>job:'
 local others = {}
-local wakes = 0
-local seq = tonumber(redis.call('HGET', meta, 'seq') or '0')
+local seq = tonumber(counters[1] or '0')
 local first_seq = seq
+local waiting, scheduled = {}, {} -- ZADD arguments (score, id, ...) for the ready and delayed sets
+local stored = {} -- job key -> {state, nonce, enqueued_at, eligible_at} of the jobs stored by this call
+-- a batch whose ids are all new (one EXISTS says so) skips the per-job lookups
+local lookup = n == 1 or redis.call('EXISTS', unpack(KEYS, 5)) > 0
 for i = 1, n do
   local job = KEYS[4 + i]
   local id = string.sub(job, base_len)
   local payload = ARGV[1 + i * 2]
   local delay, priority, ttl, nonce = string.match(ARGV[2 + i * 2], '^(%d+),(-?%d+),(-?%d*),(.*)$')
   delay = tonumber(delay)
-  local held = redis.call('HMGET', job, 'state', 'nonce', 'enqueued_at', 'eligible_at')
-  if held[1] then
+  local held = stored[job] -- the same id twice in one call: the first was stored by it
+  if not held and lookup then
+    held = redis.call('HMGET', job, 'state', 'nonce', 'enqueued_at', 'eligible_at')
+  end
+  if held and held[1] then
     local code = 'DUPLICATE'
     if nonce ~= '' and held[2] == nonce then
       code = 'REPLAY'
@@ -45,29 +51,38 @@ for i = 1, n do
     others[#others + 1] = {i, code, held[1], tonumber(held[3]) or 0, tonumber(held[4]) or 0}
   else
     seq = seq + 1
-    local expires = false
-    if ttl ~= '' then
-      expires = now + tonumber(ttl)
-    end
+    local fields
     if delay > 0 then
       local due = now + delay
-      redis.call('HSET', job, 'payload', payload, 'state', 'delayed', 'priority', priority, 'seq', seq,
-        'nonce', nonce, 'enqueued_at', now, 'eligible_at', due, 'delay_until', due)
-      redis.call('ZADD', delayed, due, id)
+      fields = {'payload', payload, 'state', 'delayed', 'priority', priority, 'seq', seq, 'nonce', nonce,
+        'enqueued_at', now, 'eligible_at', due, 'delay_until', due}
+      scheduled[#scheduled + 1] = due
+      scheduled[#scheduled + 1] = id
+      stored[job] = {'delayed', nonce, now, due}
     else
-      redis.call('HSET', job, 'payload', payload, 'state', 'waiting', 'priority', priority, 'seq', seq,
-        'nonce', nonce, 'enqueued_at', now, 'eligible_at', now)
-      redis.call('ZADD', ready, ready_score(priority, seq), id)
+      fields = {'payload', payload, 'state', 'waiting', 'priority', priority, 'seq', seq, 'nonce', nonce,
+        'enqueued_at', now, 'eligible_at', now}
+      waiting[#waiting + 1] = ready_score(priority, seq)
+      waiting[#waiting + 1] = id
+      stored[job] = {'waiting', nonce, now, now}
     end
-    if expires then
-      redis.call('HSET', job, 'expires_at', expires)
+    if ttl ~= '' then
+      fields[#fields + 1] = 'expires_at'
+      fields[#fields + 1] = now + tonumber(ttl)
     end
-    -- a delayed job wakes one idle worker too, so it re-reads the next due time (no late start)
-    wakes = wakes + 1
+    redis.call('HSET', job, unpack(fields))
   end
 end
 if seq ~= first_seq then
   redis.call('HSET', meta, 'seq', seq)
 end
-wake(signal, wakes)
+if #waiting > 0 then
+  redis.call('ZADD', ready, unpack(waiting))
+end
+if #scheduled > 0 then
+  redis.call('ZADD', delayed, unpack(scheduled))
+end
+-- one wake token per job stored; a delayed job wakes an idle worker too, so it re-reads the next
+-- due time (no late start)
+wake(signal, seq - first_seq)
 return {'OK', now, others}

@@ -2,21 +2,28 @@
 -- An expired lease's job goes back to waiting at its original place (stalls + 1) while
 -- stalls <= max_stalls, else to failed with DLQ reason 'worker_lost' (P1).
 -- KEYS: meta, leases, ready, signal, reaper, dlq, failed, expired
--- ARGV: epoch, worker_id, hold_ms, max_stalls, limit, keep_failed, keep_failed_age_ms
--- Replies: {'EPOCH', current epoch or false}, {'NOT_REAPER'},
---          {'OK', more (0 or 1), {{id, packed JOB_FIELDS values} per stalled job}, {{id, packed JOB_FIELDS values} per dead job}}
+-- ARGV: epoch, worker_id, hold_ms, max_stalls, limit, keep_failed, keep_failed_age_ms,
+--       sent_at_ms (the caller's estimate of TIME when it sent this call, or ''), max_delay_ms
+-- Replies: {'EPOCH', current epoch or false}, {'NOT_REAPER', now}, {'LATE', now},
+--          {'OK', more (0 or 1), {{id, packed JOB_FIELDS values} per stalled job}, {{id, packed JOB_FIELDS values} per dead job}, now}
 local meta, leases, ready, signal, reaper = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local worker, hold, max_stalls, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local bad = epoch_reply(meta, ARGV[1])
 if bad then
   return bad
 end
+local now = now_ms()
+-- Outage grace (§4): a call held in transit by an outage arrives when traffic resumes, before the
+-- renewals the same outage held up; it must not take their leases, so it revokes nothing.
+local sent_at = tonumber(ARGV[8])
+if sent_at and now - sent_at > tonumber(ARGV[9]) then
+  return {'LATE', now}
+end
 local holder = redis.call('GET', reaper)
 if holder and holder ~= worker then
-  return {'NOT_REAPER'}
+  return {'NOT_REAPER', now}
 end
 redis.call('SET', reaper, worker, 'PX', hold)
-local now = now_ms()
 local base = base_of(meta)
 local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, limit + 1)
 local more = 0
@@ -46,4 +53,4 @@ for _, id in ipairs(expired) do
   end
 end
 wake(signal, #stalled)
-return {'OK', more, stalled, dead}
+return {'OK', more, stalled, dead, now}
