@@ -24,6 +24,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
+from ._event_relay import EventRelay, relay_to
 from ._leases import LeaseKeeper
 from ._lifecycle import emit_job_event
 from ._processing import WorkerContext, process_job, server_fields
@@ -107,6 +108,7 @@ class Worker:
         self._loop_token: Any = None
         self._context: WorkerContext | None = None
         self._data_loss: DataLossDetected | None = None
+        self._relay: EventRelay | None = None
         self._started = threading.Event()
         self._finished = threading.Event()
 
@@ -230,6 +232,11 @@ class Worker:
                 # Started before worker:started, so user listeners run in the caller's context
                 # (telemetry suppresses instrumentation of the worker's own bookkeeping from there on).
                 services.start_soon(bus.run_dispatcher)
+                publisher = relay_to(backend) if config.publish_events else None
+                if publisher is not None:  # other processes follow this worker's events too
+                    self._relay = EventRelay(bus, self.worker_id, publisher)
+                    bus.on("*", self._relay.listen, inline=True)
+                    services.start_soon(self._relay.run)
                 for queue in self.queues:
                     bus.emit(self._worker_event("worker:started", queue, concurrency=concurrency, active=0))
                 keeper.start()
@@ -303,6 +310,11 @@ class Worker:
         for queue in self.queues:
             bus.emit(self._worker_event("worker:stopped", queue, reason=self.exit_reason))
         await bus.drain(1.0)
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            bus.off("*", relay.listen)
+            with anyio.move_on_after(1.0):
+                await relay.flush()
         await run_hooks_safely(hooks, backend=backend, worker_id=self.worker_id, queue=queue_label)
         self.state = "stopped"
         self._finished.set()

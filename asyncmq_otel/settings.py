@@ -57,6 +57,8 @@ class Settings:
         worker_group: the consumer group name reported in telemetry.
         event_queue_size: bound of the FIFO feeding queued event listeners.
         on_duplicate: ``"return"`` the existing id for a duplicate ``job_id``, or ``"raise"``.
+        publish_events: workers publish their lifecycle events for other processes (Redis:
+            ``<prefix>:events``); off saves the serialisation when nobody subscribes.
         on_data_loss: when Redis lost a queue's data: ``"report"`` (event, metric, ERROR log, red
             health; keep consuming) or ``"halt"`` (also stop the worker, which raises ``DataLossDetected``).
         keep_completed: completed (and cancelled) jobs retained, by count.
@@ -93,6 +95,7 @@ class Settings:
     event_queue_size: int = 10_000
     on_duplicate: str = "return"
     on_data_loss: str = "report"
+    publish_events: bool = True
     keep_completed: int = 1000
     keep_completed_age: float = 86_400.0
     keep_failed: int = 10_000

@@ -489,7 +489,18 @@ SATURATION_ROW: Final = RowSpec(
             units.BoolYesNo,
             (_q("max by (messaging_destination_name) (%(asyncmq.queue.paused)s{<Q>})", _BY_Q),),
             "1 while a queue is paused: workers claim nothing from it.",
-            width=24,
+            width=12,
+        ),
+        # An extension to the contract's panel table (issue 6): liveness per queue from the registry.
+        PanelSpec(
+            "Consumers per queue",
+            "timeseries",
+            units.Short,
+            (_q("max by (messaging_destination_name) (%(asyncmq.queue.consumers)s{<Q>})", _BY_Q),),
+            "Live workers consuming each queue (heartbeat younger than its expiry), from the worker "
+            "registry; 0 with ready jobs means nobody will run them.",
+            thresholds=((0.0, "red"), (1.0, "green")),
+            width=12,
         ),
     ),
 )

@@ -772,6 +772,13 @@ class InMemoryBackend:
             now = self.clock()
             return [info for info, deadline in self._workers.values() if deadline > now]
 
+    async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]:
+        """Live workers registered here that consume each of ``queues``."""
+        with self._lock:
+            now = self.clock()
+            live = [info for info, deadline in self._workers.values() if deadline > now]
+        return {queue: sum(queue in info.queues for info in live) for queue in queues}
+
     def add_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
         """Call ``listener(queue, job_id)`` when a running job's cancellation is requested."""
         self._cancel_listeners.append(listener)

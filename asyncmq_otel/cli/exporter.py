@@ -1,7 +1,8 @@
 """``asyncmq-otel exporter``: serve the queue gauges (depth by state, oldest age, paused) on ``/metrics``.
 
 It runs telemetry's queue sampler against the backend, so dashboards have queue depth even when
-no worker runs. SIGTERM or SIGINT stops it (exit 0).
+no worker runs, and worker liveness per queue (``asyncmq_queue_consumers``: live workers consuming
+each queue, from the worker registry). SIGTERM or SIGINT stops it (exit 0).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def exporter_command(
     queue_names: tuple[str, ...],
     log_format: str | None,
 ) -> None:
-    """Export queue gauges from the backend on /metrics until SIGTERM/SIGINT."""
+    """Export queue gauges (depth, oldest age, paused, live consumers) on /metrics until SIGTERM/SIGINT."""
     if not metrics_addr:
         raise click.BadParameter("the exporter needs an address to serve on", param_hint="--metrics-addr")
     reporter = Reporter(json_lines=json_logs(log_format))

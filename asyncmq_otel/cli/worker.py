@@ -3,12 +3,16 @@
 The first SIGTERM/SIGINT drains: claiming stops at once, in-flight jobs get ``--shutdown-timeout``
 seconds, the rest go back to the queue. A second signal at least 1 s later stops at once (in-flight
 jobs are cancelled and requeued); a repeat within 1 s is ignored. ``--check`` is the health probe.
+
+With ``--processes N`` (N > 1) this process becomes the supervisor of N such workers and serves their
+merged ``/metrics`` (:mod:`asyncmq_otel.cli._multiprocess`); each child runs this same command.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import signal
 import socket
 import sys
 import traceback
@@ -134,6 +138,7 @@ class _Options:
     queue_sampler: str
     connect_timeout: float
     explicit_telemetry: bool
+    supervised_by: int | None = None
 
 
 @click.command("worker")
@@ -217,6 +222,25 @@ class _Options:
     help="Export queue depth gauges from this worker, or leave them to `asyncmq-otel exporter`.",
 )
 @click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    envvar="ASYNCMQ_WORKER_PROCESSES",
+    show_envvar=True,
+    help="Worker processes to run; above 1 this process supervises them and serves their merged /metrics.",
+)
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    envvar="ASYNCMQ_MAX_RESTARTS",
+    show_envvar=True,
+    help="With --processes: crashed processes replaced per 60s before the whole instance stops.",
+)
+@click.option("--supervised-by", type=int, hidden=True, help="Internal: the supervisor's pid (--processes).")
+@click.option(
     "--check",
     is_flag=True,
     help="Health probe: exit 0 when the backend answers and this host's worker is healthy, else 1.",
@@ -238,6 +262,9 @@ def worker_command(
     shutdown_timeout: float | None,
     burst: bool,
     queue_sampler: str,
+    processes: int,
+    max_restarts: int,
+    supervised_by: int | None,
     check: bool,
 ) -> None:
     """Run a worker on one or more QUEUES.
@@ -255,6 +282,29 @@ def worker_command(
         choice = open_backend(backend_url, prefix)
     if check:
         ctx.exit(anyio.run(_check, choice, list(queues), metrics_addr, connect_timeout, backend="asyncio"))
+    if processes > 1 and supervised_by is None:
+        child_args = [
+            *queues,
+            *(arg for app in apps for arg in ("--app", app)),
+            *(("--prefix", prefix) if prefix is not None else ()),
+            *_flag("--connect-timeout", connect_timeout),
+            *_flag("--concurrency", concurrency),
+            *_flag("--rate-limit", rate_limit),
+            *_flag("--rate-interval", rate_interval),
+            *_flag("--otlp-endpoint", otlp_endpoint),
+            *_flag("--log-format", log_format),
+            *_flag("--shutdown-timeout", shutdown_timeout),
+            *(("--burst",) if burst else ()),
+            *_flag("--queue-sampler", queue_sampler),
+            *("--metrics-addr", ""),  # the supervisor serves /metrics for all of them
+        ]
+        child_env = {"ASYNCMQ_BACKEND": choice.url} if backend_url else {}
+        with translate_errors(backend_url):
+            code = anyio.run(
+                _supervise, choice, reporter, child_args, child_env, processes, metrics_addr, max_restarts,
+                connect_timeout, backend="asyncio",
+            )  # fmt: skip
+        ctx.exit(int(code))
     source = ctx.get_parameter_source
     explicit = any(
         source(name) not in {None, click.core.ParameterSource.DEFAULT}
@@ -273,11 +323,54 @@ def worker_command(
         burst=burst,
         queue_sampler=queue_sampler,
         connect_timeout=connect_timeout,
-        explicit_telemetry=explicit,
+        explicit_telemetry=explicit or supervised_by is not None,
+        supervised_by=supervised_by,
     )
     with translate_errors(backend_url):
         code = anyio.run(_serve, options, reporter, backend="asyncio")
     ctx.exit(int(code))
+
+
+def _flag(name: str, value: object) -> tuple[str, ...]:
+    """``(name, value)`` for a child's command line, or nothing when the option was not given."""
+    return () if value is None else (name, str(value))
+
+
+async def _supervise(
+    choice: BackendChoice,
+    reporter: Reporter,
+    child_args: list[str],
+    child_env: dict[str, str],
+    processes: int,
+    metrics_addr: str,
+    max_restarts: int,
+    connect_timeout: float,
+) -> ExitCode:
+    """Multi-process mode: check the backend once (exit 3 at once rather than N times), then supervise."""
+    from ._multiprocess import Supervisor  # noqa: PLC0415 - only this mode needs it
+
+    if not choice.shared:
+        raise CLIError(
+            f"--processes {processes} needs a backend the processes share: {choice.masked_url} is private "
+            "to each process; pass --backend redis://HOST:6379/0",
+            ExitCode.USAGE,
+        )
+    try:
+        try:
+            await probe_backend(choice, connect_timeout)
+        except BackendUnavailable as exc:
+            raise cli_error_for(exc, choice.url) from exc
+    finally:
+        await close_backend(choice)
+    supervisor = Supervisor(
+        reporter,
+        child_args,
+        child_env,
+        processes=processes,
+        metrics_addr=metrics_addr,
+        max_restarts=max_restarts,
+    )
+    return await supervisor.run()
 
 
 async def _serve(options: _Options, reporter: Reporter) -> ExitCode:
@@ -338,7 +431,13 @@ async def _run(
         rate_interval=options.rate_interval or config.rate_interval,
         lease=config.lease,
         shutdown_timeout=shutdown_timeout,
-        metrics_url=telemetry.metrics_url if telemetry else None,
+        metrics_url=(
+            f"served by the supervisor (pid {options.supervised_by})"
+            if options.supervised_by is not None and telemetry
+            else telemetry.metrics_url
+            if telemetry
+            else None
+        ),
         otlp_endpoint=telemetry.otlp_endpoint if telemetry else None,
         otlp_signals=telemetry.otlp_signals if telemetry else (),
         tasks=list_tasks(),
@@ -355,7 +454,9 @@ async def _run(
     failure: BaseException | None = None
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(signals.watch)  # the Worker runs telemetry's queue sampler itself
+            group.start_soon(_watch_stop_signals, signals)  # the Worker runs telemetry's queue sampler itself
+            if options.supervised_by is not None:
+                group.start_soon(_watch_supervisor, options.supervised_by, the_worker, reporter)
             try:
                 await the_worker.run()
             except Exception as exc:  # noqa: BLE001 - reported below with its exit code
@@ -396,6 +497,29 @@ async def _run(
         outcomes=dict(ledger.outcomes),
     )
     return ExitCode.OK
+
+
+async def _watch_stop_signals(signals: StopSignals) -> None:
+    """:meth:`StopSignals.watch`, letting in stop signals that a supervisor held back while we started.
+
+    A supervisor starts its children with SIGTERM/SIGINT blocked, so one sent during start-up waits
+    instead of killing a half-started worker; now that the handlers are in place it is delivered.
+    """
+    stop = {signal.SIGTERM, signal.SIGINT}
+    with anyio.open_signal_receiver(*stop) as received:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)
+        async for signum in received:
+            signals.handle(signum)
+
+
+async def _watch_supervisor(pid: int, the_worker: Worker, reporter: Reporter) -> None:
+    """A child whose supervisor died (even by SIGKILL) drains instead of running on unsupervised."""
+    while os.getppid() == pid:  # noqa: ASYNC110 - no event tells a process that its parent died
+        await anyio.sleep(1.0)
+    reporter.say(
+        "worker.orphaned", f"the supervisor (pid {pid}) is gone: draining", level="warning", supervisor=pid
+    )
+    the_worker.stop()
 
 
 def _unwrap(exc: BaseException) -> BaseException:

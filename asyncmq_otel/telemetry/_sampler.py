@@ -1,10 +1,14 @@
-"""The queue sampler: queue-level gauges (#17–#19) come from one place (§3.5).
+"""The queue sampler: queue-level gauges (#17–#19, and #25) come from one place (§3.5).
 
 A :class:`QueueSampler` runs as a task in the event loop. Each interval it makes sure it holds the
 sampler lock, then reads ``queue_stats()`` for every queue and stores the values in a
 :class:`QueueGauges` cache. Collection (the scrape thread, or the OTel periodic reader) reads only
 that cache, so no backend I/O ever happens while ``/metrics`` is served. Values older than three
 intervals, or held by a sampler that lost the lock, are not exported: stale beats wrong.
+
+The live consumers of each queue (#25, ``asyncmq.queue.consumers``, an extension to the contract
+asked for by the operations issue) are counted in the same round when the backend offers
+:class:`ConsumerCounter`.
 
 Election is optional. A backend that offers :class:`SamplerLock` (the Redis backend: ``SET NX PX``
 on ``<prefix>:telemetry:sampler``, renewed by compare-and-extend) decides which process samples; a
@@ -18,7 +22,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import anyio
@@ -26,7 +30,7 @@ import anyio
 if TYPE_CHECKING:
     from ..backends.base import QueueStats
 
-__all__ = ["QueueGauges", "QueueSampler", "SamplerLock", "StatsSource"]
+__all__ = ["ConsumerCounter", "QueueGauges", "QueueSampler", "SamplerLock", "StatsSource"]
 
 _log = logging.getLogger("asyncmq_otel.telemetry")
 _STALE_INTERVALS = 3.0
@@ -47,6 +51,15 @@ class SamplerLock(Protocol):
 
     async def release_sampler_lock(self, owner: str) -> None:
         """Give the lock up if ``owner`` holds it."""
+        ...
+
+
+@runtime_checkable
+class ConsumerCounter(Protocol):
+    """Optional backend capability: how many live workers consume each queue (from its registry)."""
+
+    async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]:
+        """Live consumers per queue, 0 for a queue nobody consumes."""
         ...
 
 
@@ -76,16 +89,25 @@ class QueueGauges:
         self._clock = clock
         self._lock = threading.Lock()
         self._values: dict[str, tuple[float, QueueStats]] = {}
+        self._consumers: dict[str, tuple[float, int]] = {}
 
     def update(self, queue: str, stats: QueueStats) -> None:
         """Store a fresh sample of ``queue``."""
         with self._lock:
             self._values[queue] = (self._clock(), stats)
 
+    def update_consumers(self, counts: Mapping[str, int]) -> None:
+        """Store fresh live-consumer counts by queue."""
+        at = self._clock()
+        with self._lock:
+            for queue, count in counts.items():
+                self._consumers[queue] = (at, count)
+
     def clear(self) -> None:
         """Forget every sample (the lock was lost or sampling stopped)."""
         with self._lock:
             self._values.clear()
+            self._consumers.clear()
 
     def fresh(self) -> list[tuple[str, QueueStats]]:
         """The samples younger than three intervals, by queue."""
@@ -110,6 +132,14 @@ class QueueGauges:
         """Observations of ``asyncmq.queue.paused`` (#19)."""
         for queue, s in self.fresh():
             yield (queue,), 1.0 if s.paused else 0.0
+
+    def consumers(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        """Observations of ``asyncmq.queue.consumers`` (#25), as fresh as the other queue gauges."""
+        limit = self._clock() - _STALE_INTERVALS * self.interval
+        with self._lock:
+            fresh = [(queue, count) for queue, (at, count) in self._consumers.items() if at >= limit]
+        for queue, count in fresh:
+            yield (queue,), float(count)
 
 
 class QueueSampler:
@@ -171,6 +201,8 @@ class QueueSampler:
             queues = self.queues if self.queues is not None else await self.backend.list_queues()
             for queue in queues:
                 self.gauges.update(queue, await self.backend.queue_stats(queue))
+            if isinstance(self.backend, ConsumerCounter) and queues:
+                self.gauges.update_consumers(await self.backend.consumer_counts(queues))
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:  # noqa: BLE001 - isolation boundary: the sampler never stops a worker

@@ -14,6 +14,7 @@ but ``messaging_system`` is ``_OTHER``, and each record on it is counted as drop
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from prometheus_client import Gauge as PromGauge
 from prometheus_client import Histogram as PromHistogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from . import _multiprocess
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
@@ -277,6 +280,11 @@ METRICS: Final = (
     _row(24, "asyncmq.stale_writes.rejected", _C, "{write}", "asyncmq_stale_writes_rejected_total",
          (_Q, OPERATION), "Settles rejected because the lease was lost (STALE) or the job was gone.", None,
          {OPERATION: STALE_OPERATIONS}),
+    # An extension to the contract's table, asked for by the operations issue: worker liveness seen
+    # from the registry, per queue, from the queue sampler like #17–#19 (asyncmq_worker_up would count
+    # workers twice once the exporter reported it too).
+    _row(25, "asyncmq.queue.consumers", _OG, "{worker}", "asyncmq_queue_consumers",
+         (_Q,), "Live workers consuming the queue, from the worker registry (queue sampler)."),
 )  # fmt: skip
 """The definition table: both sinks are built from these rows and nothing else."""
 
@@ -435,14 +443,33 @@ class MetricSinks:
         self.registry = registry
         self._prom: dict[int, Any] = {}
         self._collector: _FilteredCollector | None = None
+        # Multi-process mode (§3.7): observable rows become plain gauges, refreshed every second.
+        self.multiprocess = registry is not None and _multiprocess.enabled()
+        self._refresher: _multiprocess.ObservableRefresher | None = None
         if registry is not None:
-            self._prom = {row.number: self._make_prom(row) for row in METRICS if row.kind is not _OG}
+            self._prom = {
+                row.number: self._make_prom(row)
+                for row in METRICS
+                if row.kind is not _OG or self.multiprocess
+            }
             self._collector = _FilteredCollector(self)
             registry.register(self._collector)
         self._otel: dict[int, Any] = {}
         if meter_provider is not None:
             meter = meter_provider.get_meter("asyncmq_otel", version)
             self._otel = {row.number: self._make_otel(meter, row) for row in METRICS}
+        if self.multiprocess:
+            self._refresher = _multiprocess.ObservableRefresher(
+                [
+                    (
+                        self._prom[row.number],
+                        row.label_keys,
+                        functools.partial(self._observe, row, otel=False),
+                    )
+                    for row in METRICS
+                    if row.kind is _OG
+                ]
+            )
 
     # -- construction -------------------------------------------------------------------------------
     def _make_prom(self, row: MetricDef) -> Any:  # noqa: ANN401 - one of three prometheus_client classes
@@ -454,7 +481,10 @@ class MetricSinks:
                 row.prometheus_name, row.description, row.label_keys, registry=None, unit=unit,
                 buckets=self.buckets[row.number],
             )  # fmt: skip
-        return PromGauge(row.prometheus_name, row.description, row.label_keys, registry=None, unit=unit)
+        return PromGauge(
+            row.prometheus_name, row.description, row.label_keys, registry=None, unit=unit,
+            multiprocess_mode=_multiprocess.gauge_mode(row.number),
+        )  # fmt: skip
 
     def _make_otel(self, meter: Meter, row: MetricDef) -> Any:  # noqa: ANN401 - one of five OTel instruments
         if row.kind is InstrumentKind.COUNTER:
@@ -586,6 +616,9 @@ class MetricSinks:
 
     def close(self) -> None:
         """Unregister the scrape sink's collector (OTel instruments die with their provider)."""
+        if self._refresher is not None:
+            self._refresher.stop()
+            self._refresher = None
         if self.registry is not None and self._collector is not None:
             self.registry.unregister(self._collector)
             self._collector = None

@@ -72,9 +72,22 @@ def _unescape(cell: str) -> str:
     return cell.replace("\\|", "|")
 
 
+# Extensions to the contract that an issue asked for (an issue wins over the design file; the README's
+# telemetry section lists them): issue 6's worker liveness per queue, seen from the worker registry.
+EXTENSION_METRICS = {"asyncmq.queue.consumers": "asyncmq_queue_consumers"}
+EXTENSION_PANELS = (
+    (
+        "Saturation",
+        "Consumers per queue",
+        "`max by (messaging_destination_name) (asyncmq_queue_consumers{⟨Q⟩})`",
+    ),
+)
+
+
 def metric_names() -> dict[str, str]:
-    """§3.4: OTel name -> Prometheus name."""
-    return {_CODE.findall(row[1])[0]: _CODE.findall(row[4])[0] for row in _table(_section("### 3.4"))}
+    """§3.4: OTel name -> Prometheus name (plus the extensions)."""
+    table = {_CODE.findall(row[1])[0]: _CODE.findall(row[4])[0] for row in _table(_section("### 3.4"))}
+    return {**table, **EXTENSION_METRICS}
 
 
 def _expand_dashboard(expr: str) -> str:
@@ -116,7 +129,7 @@ def _panel_exprs(title: str, cell: str) -> frozenset[str]:
 def dashboard_panels() -> list[ContractPanel]:
     """§7's panel table."""
     panels = []
-    for row, cell, promql in _table(_section("## 7.")):
+    for row, cell, promql in [*_table(_section("## 7.")), *EXTENSION_PANELS]:
         exemplars = "✦" in cell
         bare = cell.replace("✦", "").strip()
         note_match = re.search(r"\s*\(([^)]*)\)$", bare)

@@ -163,6 +163,6 @@ async def test_exporter_metrics_pass_promtool_and_report_depth_by_state(
     # The oldest ready job of the paused queue has been runnable since the test enqueued it.
     assert 0 < gauges[(OLDEST_AGE, filled.name, "")] < 60
     assert 0 <= gauges[(OLDEST_AGE, other.name, "")] < 60
-    # It holds no job data and runs no worker: of the table's metrics it exports the queue gauges and
-    # its own health (backend reachable, telemetry dropped), nothing about jobs or workers.
-    assert _rows_with_samples(text) == {17, 18, 19, 20, 21}
+    # It holds no job data and runs no worker: of the table's metrics it exports the queue gauges (live
+    # consumers included) and its own health (backend reachable, telemetry dropped), nothing about jobs.
+    assert _rows_with_samples(text) == {17, 18, 19, 20, 21, 25}

@@ -72,8 +72,10 @@ async def test_the_documented_acl_user_runs_every_operation(redis_server: RedisS
         await backend.deregister_worker("w")
         async with await backend.subscribe_events() as events:
             await backend.publish_event({"name": "job:started"})
+            await backend.publish_events(['{"name": "job:completed"}'])  # a worker's relay
             with anyio.fail_after(5):
                 assert (await events.__anext__())["name"] == "job:started"
+                assert (await events.__anext__())["name"] == "job:completed"
         assert await backend.now() > 0
         with pytest.raises(BackendAuthError, match="denied"):
             await other.enqueue("q", item("x"))  # another tenant's prefix is off limits

@@ -75,3 +75,29 @@ async def test_own_cancel_is_heard_once(backend: RedisBackend) -> None:
             hint = await hints.__anext__()
     assert (hint["queue"], hint["job_id"]) == ("q", "a")
     assert heard == ["a"]  # called at once, and the reader skips this process's own hint
+
+
+@pytest.mark.parametrize("where", ["single", pytest.param("cluster", marks=pytest.mark.cluster)])
+async def test_a_batch_of_events_is_published_in_order_in_one_call(
+    where: str, request: pytest.FixtureRequest, make_backend: Callable[..., RedisBackend]
+) -> None:
+    """What a worker's event relay sends: one pipelined call, received in order (also on a cluster,
+    where PUBLISH has no key to route by)."""
+    if where == "cluster":
+        server = request.getfixturevalue("redis_cluster_server")
+        prefix = unique_prefix()
+        publisher = RedisBackend(server.url, prefix=prefix, cluster=True)
+        subscriber = RedisBackend(server.url, prefix=prefix, cluster=True)
+    else:
+        publisher, subscriber = make_backend(), make_backend()
+    messages = [json.dumps({"name": "job:started", "job_id": f"j{i}"}) for i in range(5)]
+    try:
+        async with await subscriber.subscribe_events() as events:
+            await publisher.publish_events(messages)
+            with anyio.fail_after(5):
+                heard = [await events.__anext__() for _ in messages]
+        assert [event["job_id"] for event in heard] == [f"j{i}" for i in range(5)]
+    finally:
+        if where == "cluster":
+            await publisher.close()
+            await subscriber.close()

@@ -782,6 +782,16 @@ class RedisBackend(RegistryMixin):
         receivers = await self.connections.run(lambda client: client.publish(self.keys.events, data))
         return int(receivers)
 
+    async def publish_events(self, messages: Sequence[str]) -> None:
+        """Publish JSON messages on ``<prefix>:events``, in order, in one round trip.
+
+        Never re-sent after a lost reply (Pub/Sub is at most once: no duplicated events).
+        """
+        if not messages:
+            return
+        keys, args = [self.keys.events], list(messages)
+        await self.connections.run(lambda client: _scripts.call(client, "publish", keys, args), retry=False)
+
     async def subscribe_events(self, names: Collection[str] | None = None) -> EventSubscription:
         """Subscribe to ``<prefix>:events``; the subscription is live when this returns.
 

@@ -1,4 +1,10 @@
-"""The prefix-wide keys of the Redis backend: the workers registry and the sampler election lock."""
+"""The prefix-wide keys of the Redis backend: the workers registry and the sampler election lock.
+
+Besides the registry of every live worker, each consumed queue has a sorted set of its consumers'
+heartbeat deadlines (``<prefix>:{@}:consumers:<queue>``), written by the same heartbeat, so the queue
+sampler counts a queue's live consumers in O(log N) (prune the expired, ``ZCARD``) instead of reading
+every registration.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +39,11 @@ class RegistryMixin:
 
     connections: Connections
     keys: Keys
+    _consumed: dict[str, list[str]]  # worker id -> queues, of the workers heartbeating through this client
+
+    def _consumers_key(self, queue: str) -> str:
+        # Under the {@} tag like the registry, so a heartbeat updates both in one slot.
+        return f"{self.keys.prefix}:{{@}}:consumers:{queue}"
 
     # -- telemetry's queue sampler election (telemetry contract §3.5) ---------------------------------
     async def acquire_sampler_lock(self, owner: str, ttl: float) -> bool:
@@ -51,10 +62,9 @@ class RegistryMixin:
         )
 
     # -- workers --------------------------------------------------------------------------------------
-    async def _workers(self, args: Sequence[Any]) -> Any:  # noqa: ANN401 - a RESP reply
-        return await self.connections.run(
-            lambda client: _scripts.call(client, "workers", [self.keys.workers, self.keys.workers_info], args)
-        )
+    async def _workers(self, args: Sequence[Any], queues: Sequence[str] = ()) -> Any:  # noqa: ANN401 - a RESP reply
+        keys = [self.keys.workers, self.keys.workers_info, *(self._consumers_key(q) for q in queues)]
+        return await self.connections.run(lambda client: _scripts.call(client, "workers", keys, args))
 
     async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
         """Record a live worker; it disappears ``ttl`` seconds after its last heartbeat."""
@@ -68,13 +78,41 @@ class RegistryMixin:
                 info.worker_id,
                 max(_ms(ttl), 1),
                 json.dumps(info.to_dict(), separators=(",", ":"), ensure_ascii=False, default=str),
-            ]
+            ],
+            info.queues,
         )
+        self._consumed_queues()[info.worker_id] = list(info.queues)
         info.heartbeat_at = int(reply[1]) / 1000.0
 
     async def deregister_worker(self, worker_id: str) -> None:
-        """Remove a worker's registration."""
-        await self._workers(["drop", worker_id])
+        """Remove a worker's registration (and its entries in the per-queue consumer sets)."""
+        queues = self._consumed_queues().pop(worker_id, None)
+        if queues is None:  # registered through another client: its stored info names its queues
+            queues = await self._registered_queues(worker_id)
+        await self._workers(["drop", worker_id], queues)
+
+    def _consumed_queues(self) -> dict[str, list[str]]:
+        consumed = getattr(self, "_consumed", None)
+        if consumed is None:
+            consumed = self._consumed = {}
+        return consumed
+
+    async def _registered_queues(self, worker_id: str) -> list[str]:
+        raw = await self.connections.run(lambda client: client.hget(self.keys.workers_info, worker_id))
+        if raw is None:
+            return []
+        _, _, data = _scripts.text(raw).partition("|")
+        try:
+            return WorkerInfo.from_dict(json.loads(data)).queues
+        except (ValueError, KeyError, TypeError):
+            return []
+
+    async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]:
+        """Live workers consuming each of ``queues``: a prune and a ``ZCARD`` per queue, in one round trip."""
+        if not queues:
+            return {}
+        reply = await self._workers(["count"], queues)
+        return {queue: int(count) for queue, count in zip(queues, reply[2], strict=True)}
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The workers whose registration has not expired."""

@@ -1,0 +1,340 @@
+"""``asyncmq-otel worker --processes N``: the start-up script of multi-process mode (telemetry §3.7).
+
+The parent is a supervisor, like gunicorn's arbiter. It sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh
+directory of its own (under ``$PROMETHEUS_MULTIPROC_DIR`` when that is set, else the temp directory),
+starts N worker processes (``python -m asyncmq_otel worker ...``: the single-process worker, telemetry on,
+no ``/metrics`` of their own), and serves ``/metrics`` and ``/healthz`` itself, merging the children's
+files with a ``MultiProcessCollector`` on a fresh registry.
+
+- SIGTERM/SIGINT are forwarded to every child; each child applies the single-process rules (the first
+  drains, a second one at least 1 s later stops at once, a repeat within 1 s is ignored).
+- A child that exits unexpectedly with a crash (exit 1, or killed by a signal) is restarted after
+  ``RESTART_DELAY_S``, at most ``max_restarts`` times per ``RESTART_WINDOW_S``. Past that limit, or when a
+  child exits 2 (usage) or 3 (backend unreachable, data loss halt), every other child is drained and the
+  supervisor exits: restarting cannot fix a configuration. A child that exits 0 (``--burst`` done) is
+  not restarted.
+- When a child exits, ``mark_process_dead`` drops its live gauges (``asyncmq_worker_up`` and the other
+  ``livesum`` rows), and its other gauge files go too, so a dead sampler's queue depth is not kept as a
+  maximum forever. Counters and histograms stay: totals never go backwards.
+- Exit code: the highest exit code among the last process of each slot (a signal death counts as 1).
+  The directory is removed on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import anyio.abc
+
+from .._version import __version__
+from ._exit import CLIError, ExitCode
+from ._output import Reporter
+
+if TYPE_CHECKING:
+    from ..telemetry.setup import MetricsServer
+
+__all__ = ["RESTART_DELAY_S", "RESTART_WINDOW_S", "Supervisor"]
+
+RESTART_DELAY_S: Final = 1.0
+"""Seconds before a crashed worker process is replaced (a crash loop cannot spin)."""
+RESTART_WINDOW_S: Final = 60.0
+"""The window over which ``max_restarts`` is counted."""
+_STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
+_FATAL: Final = frozenset({ExitCode.USAGE, ExitCode.BACKEND_UNREACHABLE})
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block SIGTERM/SIGINT around a spawn.
+
+    The child inherits the mask and unblocks them once its own handlers are in place, so a signal sent
+    while it starts is delayed, never fatal.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _exit_code(returncode: int) -> ExitCode:
+    """A child's return code as an exit code: a signal death (negative) or an unknown code is a crash."""
+    try:
+        return ExitCode(returncode)
+    except ValueError:
+        return ExitCode.CRASH
+
+
+def _describe(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with {returncode}"
+
+
+class _ChildMetrics:
+    """The parent's view of the children's files: a ``MultiProcessCollector`` that can forget a process.
+
+    Collection and forgetting hold one lock, so a file is never removed while a scrape reads it.
+    """
+
+    def __init__(self, path: str) -> None:
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415 - telemetry loads lazily
+        from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+
+        self.path = path
+        self._lock = threading.Lock()
+        self._merged = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    def collect(self) -> list[Any]:
+        """The merged families of every process, live or dead."""
+        with self._lock:
+            return list(self._merged.collect())  # type: ignore[no-untyped-call]
+
+    def forget(self, pid: int) -> None:
+        """A child exited: drop its live gauges (``mark_process_dead``) and its other gauge files."""
+        from prometheus_client.multiprocess import mark_process_dead  # noqa: PLC0415
+
+        with self._lock:
+            mark_process_dead(pid, self.path)  # type: ignore[no-untyped-call]
+            for leftover in Path(self.path).glob(f"gauge_*_{pid}.db"):
+                leftover.unlink(missing_ok=True)
+
+
+class Supervisor:
+    """Runs ``processes`` worker processes and serves their merged ``/metrics``.
+
+    Args:
+        reporter: where the supervisor's own messages go.
+        child_args: the ``asyncmq-otel worker`` arguments of every child (after ``worker``).
+        child_env: extra environment of the children (the backend URL, kept out of ``ps``).
+        processes: how many worker processes run at once.
+        metrics_addr: ``host:port`` of the merged ``/metrics`` and ``/healthz``; ``""`` serves nothing.
+        max_restarts: crashed processes replaced per ``RESTART_WINDOW_S`` before the instance stops.
+        service_name: ``service.name`` of the parent's ``target_info``.
+
+    """
+
+    def __init__(
+        self,
+        reporter: Reporter,
+        child_args: Sequence[str],
+        child_env: dict[str, str],
+        *,
+        processes: int,
+        metrics_addr: str,
+        max_restarts: int,
+        service_name: str | None = None,
+    ) -> None:
+        self.reporter = reporter
+        self.child_args = list(child_args)
+        self.child_env = dict(child_env)
+        self.processes = processes
+        self.metrics_addr = metrics_addr
+        self.max_restarts = max_restarts
+        self.service_name = service_name or os.environ.get("OTEL_SERVICE_NAME") or "asyncmq-worker"
+        self.directory = ""
+        self.metrics_url: str | None = None
+        self.running: dict[int, anyio.abc.Process] = {}
+        self.final: dict[int, ExitCode] = {}
+        self._restarts: deque[float] = deque()
+        self._stopped = anyio.Event()
+        self._metrics: _ChildMetrics | None = None
+        self._server: MetricsServer | None = None
+
+    # -- the multiprocess directory and /metrics --------------------------------------------------------
+    def _prepare(self) -> None:
+        base = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
+        try:
+            Path(base).mkdir(parents=True, exist_ok=True)
+            self.directory = tempfile.mkdtemp(prefix=f"asyncmq-otel-metrics-{os.getpid()}-", dir=base)
+        except OSError as exc:
+            raise CLIError(
+                f"cannot create the metrics directory under {base}: {exc.strerror or exc}; point "
+                "PROMETHEUS_MULTIPROC_DIR at a writable directory",
+                ExitCode.USAGE,
+            ) from exc
+        self._wipe()  # fresh by construction; wiped anyway so no stale file can ever be merged
+        self._metrics = _ChildMetrics(self.directory)
+        self._metrics.registry.set_target_info(
+            {
+                "service_name": self.service_name,
+                "service_instance_id": str(uuid.uuid4()),
+                "service_version": __version__,
+                "host_name": socket.gethostname(),
+                "process_pid": str(os.getpid()),
+            }
+        )
+        if self.metrics_addr:
+            from ..telemetry.setup import MetricsServer  # noqa: PLC0415 - telemetry loads lazily
+
+            try:
+                self._server = MetricsServer(self._metrics.registry, self.metrics_addr)
+            except (OSError, ValueError) as exc:
+                raise CLIError(
+                    f"cannot serve /metrics on {self.metrics_addr}: {getattr(exc, 'strerror', None) or exc}; "
+                    "pass --metrics-addr with a free port (port 0 picks one), or '' to serve nothing",
+                    ExitCode.USAGE,
+                ) from exc
+            self._server.set_health(self._health)
+            self.metrics_url = self._server.url
+
+    def _wipe(self) -> None:
+        for leftover in Path(self.directory).glob("*.db"):
+            leftover.unlink()
+
+    def _cleanup(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _health(self) -> tuple[bool, str]:
+        up = len(self.running)
+        text = f"{up} of {self.processes} worker processes running"
+        return (up == self.processes and not self.stopping), text
+
+    # -- running --------------------------------------------------------------------------------------
+    async def run(self) -> ExitCode:
+        """Start the children, supervise them until they have all exited, and return the worst code."""
+        self._prepare()
+        try:
+            self.reporter.say(
+                "supervisor.started",
+                f"asyncmq-otel {__version__} · worker supervisor (pid {os.getpid()}): {self.processes} "
+                f"worker processes · metrics {self.metrics_url or 'off'} (merged, no exemplars) · "
+                f"multiprocess dir {self.directory}",
+                pid=os.getpid(),
+                processes=self.processes,
+                metrics_url=self.metrics_url,
+                multiprocess_dir=self.directory,
+            )
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._watch_signals)
+                async with anyio.create_task_group() as slots:
+                    for slot in range(self.processes):
+                        slots.start_soon(self._supervise, slot)
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._kill_leftovers()
+            self._cleanup()
+        worst = max(self.final.values(), default=ExitCode.OK)
+        self.reporter.say(
+            "supervisor.exited",
+            f"worker supervisor stopped: exit {int(worst)} "
+            f"({', '.join(f'process {slot + 1}: {int(code)}' for slot, code in sorted(self.final.items()))})",
+            exit_code=int(worst),
+        )
+        return worst
+
+    async def _spawn(self, slot: int) -> anyio.abc.Process:
+        env = {**os.environ, **self.child_env, "PROMETHEUS_MULTIPROC_DIR": self.directory}
+        command = [sys.executable, "-m", "asyncmq_otel", "worker", *self.child_args]
+        command += ["--supervised-by", str(os.getpid())]
+        with _stop_signals_blocked():
+            process = await anyio.open_process(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=None, stderr=None
+            )
+        self.running[slot] = process
+        if self.stopping:  # a stop signal came while it was being started: it gets one too
+            process.send_signal(signal.SIGTERM)
+        return process
+
+    async def _supervise(self, slot: int) -> None:
+        while not self.stopping:
+            process = await self._spawn(slot)
+            returncode = await process.wait()
+            self.running.pop(slot, None)
+            if self._metrics is not None:
+                self._metrics.forget(process.pid)
+            code = _exit_code(returncode)
+            self.final[slot] = code
+            if code is ExitCode.OK or self.stopping:
+                return
+            what = f"worker process {slot + 1} (pid {process.pid}) {_describe(returncode)}"
+            if code in _FATAL:
+                self._stop_all(f"{what}: a restart cannot fix that; stopping the other processes")
+                return
+            if not self._may_restart():
+                self._stop_all(
+                    f"{what}: {self.max_restarts} restart(s) within {RESTART_WINDOW_S:g}s already; "
+                    "stopping the other processes (look at the crash above)"
+                )
+                return
+            self.reporter.say(
+                "supervisor.restarting",
+                f"{what}; restarting it in {RESTART_DELAY_S:g}s",
+                level="warning",
+                slot=slot + 1,
+                pid=process.pid,
+                returncode=returncode,
+            )
+            with anyio.move_on_after(RESTART_DELAY_S):
+                await self._stopped.wait()
+
+    def _may_restart(self) -> bool:
+        now = time.monotonic()
+        while self._restarts and now - self._restarts[0] > RESTART_WINDOW_S:
+            self._restarts.popleft()
+        if len(self._restarts) >= self.max_restarts:
+            return False
+        self._restarts.append(now)
+        return True
+
+    def _stop_all(self, reason: str) -> None:
+        self.reporter.say("supervisor.stopping", reason, level="error")
+        self._begin_stop()
+        self._forward(signal.SIGTERM)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the instance is stopping: no process is started or restarted any more."""
+        return self._stopped.is_set()
+
+    def _begin_stop(self) -> None:
+        self._stopped.set()
+
+    def _forward(self, signum: signal.Signals) -> None:
+        for process in list(self.running.values()):
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signum)
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(*_STOP_SIGNALS) as received:
+            async for signum in received:
+                name = signal.Signals(signum).name
+                first = not self.stopping
+                self._begin_stop()
+                self.reporter.say(
+                    "supervisor.signal",
+                    f"{name} received: forwarded to {len(self.running)} worker process(es)"
+                    + (", which drain (send it again after 1s to stop them at once)" if first else ""),
+                    signal=name,
+                )
+                self._forward(signal.Signals(signum))
+
+    async def _kill_leftovers(self) -> None:
+        """Only on an unexpected error of the supervisor itself: no child may outlive it."""
+        for process in list(self.running.values()):
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            with anyio.move_on_after(5):
+                await process.wait()

@@ -1,0 +1,96 @@
+"""The scrape sink in multi-process mode (telemetry contract §3.4, §3.7): mmap files, no callbacks.
+
+``asyncmq-otel worker --processes N`` starts each worker process with ``PROMETHEUS_MULTIPROC_DIR`` set,
+so prometheus_client writes every value to a per-process file that the parent merges on ``/metrics``.
+The parent cannot call a child's callbacks, so every gauge is a plain ``Gauge`` set by its owner: the
+observable rows (#10, #17–#19, #25) are copied from their callbacks into such gauges every second by
+:class:`ObservableRefresher`. Gauges merge with ``livesum`` across the live processes for #13, #15 and
+#16 (``asyncmq_worker_up`` sums to the number of worker processes), and with ``max`` for the others.
+
+prometheus_client cannot remove a series in this mode, so a series an owner no longer observes (the
+sampler lost its lock, or its samples went stale) is set to 0, the neutral value of ``max`` for these
+non-negative gauges. Exemplars are not available in this mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, Literal
+
+from prometheus_client import values
+
+__all__ = ["LIVESUM_ROWS", "REFRESH_INTERVAL_S", "ObservableRefresher", "enabled", "gauge_mode"]
+
+_log = logging.getLogger("asyncmq_otel.telemetry")
+
+LIVESUM_ROWS: Final = frozenset({13, 15, 16})
+"""Gauges summed over the live processes: worker up, jobs active, concurrency."""
+REFRESH_INTERVAL_S: Final = 1.0
+"""How often observable values are copied into their multi-process gauges."""
+
+
+def enabled() -> bool:
+    """Whether prometheus_client is in multi-process mode (``PROMETHEUS_MULTIPROC_DIR`` set at its import)."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def gauge_mode(number: int) -> Literal["livesum", "max"]:
+    """The ``multiprocess_mode`` of gauge row ``number``."""
+    return "livesum" if number in LIVESUM_ROWS else "max"
+
+
+Observe = Callable[[], Iterable[tuple[Mapping[str, str], float]]]
+"""An observable row's callback: ``(labels by key, value)`` pairs."""
+
+
+class ObservableRefresher:
+    """Copies observable rows into plain gauges every ``interval`` seconds, on a daemon thread.
+
+    Args:
+        rows: ``(gauge, label keys, observe)`` per observable row; ``gauge`` is a labelled
+            prometheus_client ``Gauge``.
+        interval: seconds between refreshes.
+
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[tuple[Any, tuple[str, ...], Observe]],
+        interval: float = REFRESH_INTERVAL_S,
+    ) -> None:
+        self._rows = list(rows)
+        self._interval = interval
+        self._previous: list[set[tuple[str, ...]]] = [set() for _ in self._rows]
+        self._stop = threading.Event()
+        self._failed_once = False
+        self._thread = threading.Thread(target=self._run, name="asyncmq-otel-gauges", daemon=True)
+        self._thread.start()
+
+    def refresh(self) -> None:
+        """Set every observed value now; series observed before but not now go to 0."""
+        for index, (gauge, keys, observe) in enumerate(self._rows):
+            seen: set[tuple[str, ...]] = set()
+            for labels, value in observe():
+                label_values = tuple(labels[key] for key in keys)
+                gauge.labels(*label_values).set(value)
+                seen.add(label_values)
+            for gone in self._previous[index] - seen:
+                gauge.labels(*gone).set(0.0)
+            self._previous[index] = seen
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.refresh()
+            except Exception as exc:  # noqa: BLE001 - telemetry never stops the worker
+                if not self._failed_once:
+                    self._failed_once = True
+                    _log.warning("telemetry.gauge_refresh_error: %s", exc)
+
+    def stop(self) -> None:
+        """Stop refreshing (the last values stay in the file until the process exits)."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)

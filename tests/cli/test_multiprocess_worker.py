@@ -1,0 +1,203 @@
+"""``asyncmq-otel worker --processes 2``: real processes, real Redis, ``/metrics`` scraped over HTTP.
+
+The supervisor starts two worker processes in a fresh ``PROMETHEUS_MULTIPROC_DIR`` of its own and serves
+their merged metrics. The test drains a queue through both (every job runs exactly once), checks the
+merged exposition with promtool (counters summed over the processes, ``asyncmq_worker_up`` summing to 2),
+SIGKILLs one process (its live gauges disappear, a replacement starts, the counters keep its work), and
+finally SIGTERMs the supervisor: everything exits 0 and the directory is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import urllib.request
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
+
+from asyncmq_otel.backends.redis import RedisBackend
+from asyncmq_otel.cli import main
+from asyncmq_otel.queues import Queue
+from tests.cli.conftest import cli_env
+from tests.support.poll import eventually
+from tests.support.redis_server import free_port
+
+pytestmark = pytest.mark.redis
+
+Spawn = Callable[..., tuple[subprocess.Popen[bytes], Path]]
+JOBS = 200
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """redis-py's async client is asyncio-only."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisBackend]:
+    made = RedisBackend(redis_url, prefix=redis_prefix, retry_timeout=5.0)
+    yield made
+    await made.close()
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - the supervisor on 127.0.0.1
+        return str(reply.read().decode())
+
+
+def _total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(180)
+async def test_two_processes_drain_once_merge_metrics_survive_a_kill_and_stop_cleanly(
+    backend: RedisBackend, spawn: Spawn, redis_url: str, redis_prefix: str, unique_name: str, tmp_path: Path
+) -> None:
+    queue = Queue(unique_name, backend=backend)
+    ledger = tmp_path / "ledger"
+    for number in range(JOBS):
+        await queue.add("mptest.record", [str(ledger), number])
+    base = tmp_path / "multiproc"
+    base.mkdir()
+    address = f"127.0.0.1:{free_port()}"
+    url = f"http://{address}/metrics"
+    proc, log = spawn(
+        "worker", unique_name, "--processes", "2", "--app", "tests.cli.multiprocess_app",
+        "--backend", redis_url, "--prefix", redis_prefix, "--concurrency", "4",
+        "--metrics-addr", address, "--log-format", "console", "--shutdown-timeout", "20",
+        env=cli_env(PROMETHEUS_MULTIPROC_DIR=str(base)),
+    )  # fmt: skip
+
+    def output() -> str:
+        return log.read_text(encoding="utf-8", errors="replace")
+
+    scraped: list[str] = []
+
+    async def scrape_until(predicate: Callable[[str], bool], what: str, timeout: float = 60) -> str:
+        async def reached() -> bool:
+            assert proc.poll() is None, output()
+            try:
+                text = await anyio.to_thread.run_sync(_scrape, url)
+            except OSError:
+                return False  # not listening yet
+            scraped[:] = [text]
+            return predicate(text)
+
+        await eventually(reached, timeout=timeout, interval=0.05, what=f"{what}\n{output()}")
+        return scraped[0]
+
+    # -- every job runs exactly once, shared by the two processes ------------------------------------------
+    async def drained() -> bool:
+        assert proc.poll() is None, output()
+        return (await queue.counts())["completed"] == JOBS
+
+    await eventually(drained, timeout=90, interval=0.1, what="the queue drained")
+    lines = ledger.read_text().split()
+    runs = Counter(int(number) for number in lines[0::2])
+    assert runs == dict.fromkeys(range(JOBS), 1)
+    by_pid = Counter(int(pid) for pid in lines[1::2])
+    assert len(by_pid) == 2, by_pid  # both processes ran jobs, so the totals below are sums
+    (instance,) = [path for path in base.iterdir() if path.is_dir()]
+    assert {f"counter_{pid}.db" for pid in by_pid} <= {path.name for path in instance.iterdir()}
+
+    # -- the merged /metrics ---------------------------------------------------------------------------------
+    def merged(text: str) -> bool:
+        completed = _total(text, "asyncmq_job_outcomes_total", outcome="completed")
+        return completed == JOBS and _total(text, "asyncmq_worker_up") == 2
+
+    text = await scrape_until(merged, "2 processes up and every job counted")
+    checked = await anyio.run_process(["promtool", "check", "metrics"], input=text.encode(), check=False)
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, b"", b""), checked
+    assert _total(text, "messaging_client_consumed_messages_total") == JOBS
+    assert _total(text, "asyncmq_worker_concurrency") == 8
+    assert _total(text, "asyncmq_job_wait_duration_seconds_count") == JOBS
+    assert "# {" not in text  # no exemplars in this mode
+
+    # -- a killed process: its live gauges go, a replacement comes, its counts stay ------------------------
+    victim = next(iter(by_pid))
+    os.kill(victim, signal.SIGKILL)
+    await scrape_until(lambda t: _total(t, "asyncmq_worker_up") == 1, "the killed process no longer up")
+    assert not (instance / f"gauge_livesum_{victim}.db").exists()  # mark_process_dead
+    assert not (instance / f"gauge_max_{victim}.db").exists()
+    text = await scrape_until(lambda t: _total(t, "asyncmq_worker_up") == 2, "a replacement up")
+    assert _total(text, "asyncmq_job_outcomes_total", outcome="completed") == JOBS
+    assert "restarting it in" in output()
+    children = {int(path.stem.rsplit("_", 1)[1]) for path in instance.glob("gauge_livesum_*.db")}
+    assert len(children) == 2 and victim not in children, children
+
+    # -- SIGTERM: the processes drain, everything exits 0, the directory is removed --------------------------
+    proc.send_signal(signal.SIGTERM)
+    code = await anyio.to_thread.run_sync(lambda: proc.wait(timeout=60))
+    assert code == 0, output()
+    assert not any(_alive(pid) for pid in children), children
+    assert list(base.iterdir()) == []
+    text = output()
+    assert text.count("stopped (drained)") == 2, text
+    assert "worker supervisor stopped: exit 0" in text
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_past_the_restart_limit_a_crash_stops_the_instance_with_the_crash_code(
+    spawn: Spawn, redis_url: str, redis_prefix: str, unique_name: str, tmp_path: Path
+) -> None:
+    base = tmp_path / "multiproc"
+    base.mkdir()
+    address = f"127.0.0.1:{free_port()}"
+    proc, log = spawn(
+        "worker", unique_name, "--processes", "2", "--max-restarts", "0", "--app", "tests.cli.multiprocess_app",
+        "--backend", redis_url, "--prefix", redis_prefix, "--metrics-addr", address, "--log-format", "console",
+        env=cli_env(PROMETHEUS_MULTIPROC_DIR=str(base)),
+    )  # fmt: skip
+
+    async def both_up() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            text = await anyio.to_thread.run_sync(_scrape, f"http://{address}/metrics")
+        except OSError:
+            return False
+        return _total(text, "asyncmq_worker_up") == 2
+
+    await eventually(both_up, timeout=60, interval=0.05, what="both processes up")
+    (instance,) = [path for path in base.iterdir() if path.is_dir()]
+    victim, survivor = sorted(
+        int(path.stem.rsplit("_", 1)[1]) for path in instance.glob("gauge_livesum_*.db")
+    )
+    os.kill(victim, signal.SIGKILL)
+    code = await anyio.to_thread.run_sync(lambda: proc.wait(timeout=60))
+    text = log.read_text()
+    assert code == 1, text  # the worst code: the crash; the survivor drained with 0
+    assert "0 restart(s) within 60s already" in text
+    assert "stopped (drained)" in text
+    assert not _alive(survivor)
+    assert list(base.iterdir()) == []
+
+
+def test_processes_need_a_shared_backend(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["worker", "q", "--processes", "2", "--backend", "memory://"])
+    assert result.exit_code == 2, result.output
+    assert "--processes 2 needs a backend the processes share" in result.stderr
