@@ -17,7 +17,7 @@ import contextvars
 import logging
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import IO, TYPE_CHECKING, Any, Final, Literal
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, cast
 
 import structlog
 from opentelemetry import context as otel_context
@@ -223,7 +223,7 @@ class LogOutput:
                 if self.format == "json"
                 else structlog.dev.ConsoleRenderer(colors=_colors(stream))
             )
-            handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+            handler = _RenderHandler(stream, renderer) if stream is not None else _StderrHandler(renderer)
             handler.setFormatter(
                 structlog.stdlib.ProcessorFormatter(
                     processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
@@ -317,11 +317,33 @@ class _StdlibSink:
         self._emit(logging.CRITICAL, args, kwargs)
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg] # the stream is resolved per record
+class _RenderHandler(logging.StreamHandler):  # type: ignore[type-arg] # any text stream
+    """The renderer's handler: this package's structlog records are rendered straight from their event dict.
+
+    The ``ProcessorFormatter`` it carries would copy each record and strip its own meta keys before
+    running the same renderer; for records made by the adapter's logger the result is the same string,
+    so the copy is skipped on the job path. Foreign records (plain stdlib calls on ``asyncmq_otel.*``)
+    still go through the formatter and its foreign pre-chain.
+    """
+
+    def __init__(self, stream: IO[str] | None, renderer: Processor) -> None:
+        super().__init__(stream)
+        self._renderer = renderer
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render a structlog record's event dict directly; hand any other record to the formatter."""
+        msg = record.msg
+        name = record.__dict__.get("_name")
+        if name is not None and type(msg) is dict and "_logger" in record.__dict__:
+            return cast("str", self._renderer(None, name, msg.copy()))
+        return super().format(record)
+
+
+class _StderrHandler(_RenderHandler):
     """Writes to whatever ``sys.stderr`` is when a record is emitted (it may be replaced after setup)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, renderer: Processor) -> None:
+        super().__init__(None, renderer)
 
     @property
     def stream(self) -> IO[str]:

@@ -73,6 +73,7 @@ _DESCRIPTION_LIMIT: Final = 256
 THROTTLE_THRESHOLD_S: Final = 0.001
 """A job held by the rate limiter for longer than this was throttled (§1.2)."""
 _OPEN_LIMIT: Final = 100_000  # attempts whose outcome never comes (lease lost) are forgotten past this
+_STATIC_LIMIT: Final = 4096  # cached attribute sets (queue × task × worker × ...); cleared when full
 _SUPPRESS: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # noqa: SLF001 - the API's documented key
 _TRACEPARENT: Final = TraceContextTextMapPropagator()
 
@@ -208,6 +209,7 @@ class TracingAdapter:
         self._throttle_starts: dict[tuple[str | None, str | None], float] = {}
         self._settle_starts: dict[tuple[str, str], int] = {}
         self._workers: dict[str, tuple[_Attached, int]] = {}
+        self._static: dict[tuple[object, ...], dict[str, AttributeValue]] = {}
 
     # -- naming ----------------------------------------------------------------------------------------
     def _name(self, op: str, queue: str | None, task: str | None = None) -> str:
@@ -313,38 +315,62 @@ class TracingAdapter:
             extracted = trace.set_span_in_context(trace.INVALID_SPAN, extracted)
         return extracted, links
 
+    def _static_attributes(
+        self, event: LifecycleEvent, op_type: str, op_name: str
+    ) -> dict[str, AttributeValue]:
+        """The S attributes all attempts of one (queue, task, worker, ...) share: built once, then copied."""
+        key = (
+            op_type, op_name, event.queue, event.task, event.group, event.worker_id, event.max_attempts,
+            event.priority, event.server_address, event.server_port,
+        )  # fmt: skip
+        cached = self._static.get(key)
+        if cached is None:
+            values: dict[str, AttributeValue | None] = {
+                "messaging.system": SYSTEM,
+                "messaging.operation.type": op_type,
+                "messaging.operation.name": op_name,
+                "messaging.destination.name": event.queue,
+                "messaging.consumer.group.name": event.group if event.worker_id else None,
+                "messaging.client.id": event.worker_id,
+                "asyncmq.task.name": event.task,
+                "asyncmq.job.max_attempts": event.max_attempts,
+                "asyncmq.job.priority": event.priority,
+            }
+            cached = {name: value for name, value in values.items() if value is not None}
+            cached.update(_server(event))
+            if len(self._static) >= _STATIC_LIMIT:
+                self._static.clear()
+            self._static[key] = cached
+        return cached
+
     def _job_attributes(self, event: LifecycleEvent, op_type: str, op_name: str) -> dict[str, AttributeValue]:
-        """The S attributes of a process or settle span, in one mapping (the hot path: no helper calls)."""
-        values: dict[str, AttributeValue | None] = {
-            "messaging.system": SYSTEM,
-            "messaging.operation.type": op_type,
-            "messaging.operation.name": op_name,
-            "messaging.destination.name": event.queue,
-            "messaging.message.id": event.job_id,
-            "messaging.consumer.group.name": event.group if event.worker_id else None,
-            "messaging.client.id": event.worker_id,
-            "asyncmq.task.name": event.task,
-            "asyncmq.job.attempt": event.attempt,
-            "asyncmq.job.max_attempts": event.max_attempts,
-            "asyncmq.job.priority": event.priority,
-            "asyncmq.job.enqueued_at": event.enqueued_at,
-            "asyncmq.job.eligible_at": event.eligible_at,
-            "asyncmq.ratelimit.wait_s": _throttle_wait(event),
-        }
-        out: dict[str, AttributeValue] = {key: value for key, value in values.items() if value is not None}
-        out.update(_server(event))
+        """The S attributes of a process or settle span, in one mapping (hot path: one copy, a few sets)."""
+        out = self._static_attributes(event, op_type, op_name).copy()
+        if event.job_id is not None:
+            out["messaging.message.id"] = event.job_id
+        if event.attempt is not None:
+            out["asyncmq.job.attempt"] = event.attempt
+        if event.enqueued_at is not None:
+            out["asyncmq.job.enqueued_at"] = event.enqueued_at
+        if event.eligible_at is not None:
+            out["asyncmq.job.eligible_at"] = event.eligible_at
+        wait = _throttle_wait(event)
+        if wait is not None:
+            out["asyncmq.ratelimit.wait_s"] = wait
         return out
 
     def _queue_events(self, span: Span, event: LifecycleEvent) -> None:
+        throttle_start = self._throttle_starts.pop((event.queue, event.job_id), None)
+        if not span.is_recording():  # sampled out: the span drops events anyway, so build none
+            return
         if event.enqueued_at:
-            span.add_event("asyncmq.job.enqueued", timestamp=_ns(event.enqueued_at))
+            span.add_event("asyncmq.job.enqueued", timestamp=int(event.enqueued_at * 1e9))
         if event.eligible_at:
             span.add_event(
                 "asyncmq.job.eligible",
-                _attrs(asyncmq__job__attempt=event.attempt),
-                timestamp=_ns(event.eligible_at),
+                None if event.attempt is None else {"asyncmq.job.attempt": event.attempt},
+                timestamp=int(event.eligible_at * 1e9),
             )
-        throttle_start = self._throttle_starts.pop((event.queue, event.job_id), None)
         wait = _throttle_wait(event)
         if wait:
             start = throttle_start if throttle_start is not None else event.ts - wait
@@ -404,6 +430,10 @@ class TracingAdapter:
         if opened is None:
             return
         span = opened.span
+        if not span.is_recording():  # sampled out: nothing to record, only the context to detach
+            span.end()
+            self._detach(opened)
+            return
         at = _ns(event.finished_at if event.finished_at is not None else event.ts)
         name = event.name
         outcome = name.split(":", 1)[1]

@@ -14,7 +14,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...errors import BackendError, PayloadTooLarge
@@ -36,7 +36,7 @@ from . import _scripts
 from ._batch import CompleteBatcher, PendingComplete
 from ._connection import AsyncClient, Connections, ConnectionSettings, mask_url, probe_server
 from ._decode import JOB_FIELDS, decode_batch_settle, decode_jobs, decode_settle, decode_values, loads
-from ._events import CancelHints, EventSubscription, hint
+from ._events import CancelHints, EventsMixin, hint
 from ._keys import Keys, QueueKeys
 from ._registry import RegistryMixin, server_of
 from ._renewer import RedisLeaseRenewer
@@ -69,7 +69,7 @@ def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-class RedisBackend(RegistryMixin):
+class RedisBackend(RegistryMixin, EventsMixin):
     """Jobs in Redis (or a Redis Cluster), shared by every worker and producer that uses the prefix.
 
     Args:
@@ -759,43 +759,3 @@ class RedisBackend(RegistryMixin):
             lambda client: client.zrange(self.keys.queues, 0, _MAX_QUEUES - 1)
         )
         return sorted(_scripts.text(member) for member in members)
-
-    # -- events -----------------------------------------------------------------------------------------
-    def add_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
-        """Call ``listener(queue, job_id)`` as soon as a running job's cancellation is requested.
-
-        Requests made through this backend call it at once; those of other processes arrive as
-        cancel hints on the events channel, read by a task in the event loop of the backend's
-        next call (or of this call, when one is running).
-        """
-        self._hints.listeners.append(listener)
-        self._hints.ensure_reader()
-
-    def remove_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
-        """Undo :meth:`add_cancel_listener`."""
-        if listener in self._hints.listeners:
-            self._hints.listeners.remove(listener)
-
-    async def publish_event(self, event: Mapping[str, Any]) -> int:
-        """Publish one event (a JSON object) on ``<prefix>:events``; return how many subscribers got it."""
-        data = _dumps(dict(event))
-        receivers = await self.connections.run(lambda client: client.publish(self.keys.events, data))
-        return int(receivers)
-
-    async def publish_events(self, messages: Sequence[str]) -> None:
-        """Publish JSON messages on ``<prefix>:events``, in order, in one round trip.
-
-        Never re-sent after a lost reply (Pub/Sub is at most once: no duplicated events).
-        """
-        if not messages:
-            return
-        keys, args = [self.keys.events], list(messages)
-        await self.connections.run(lambda client: _scripts.call(client, "publish", keys, args), retry=False)
-
-    async def subscribe_events(self, names: Collection[str] | None = None) -> EventSubscription:
-        """Subscribe to ``<prefix>:events``; the subscription is live when this returns.
-
-        Use it as ``async with await backend.subscribe_events() as events: async for event in events``.
-        ``names`` keeps only events whose ``name`` is in it.
-        """
-        return await EventSubscription(self.connections.settings, self.keys.events, names).open()

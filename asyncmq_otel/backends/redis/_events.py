@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -20,12 +20,14 @@ import anyio
 import redis.asyncio
 from redis.exceptions import RedisError
 
-from ._connection import ConnectionSettings, is_transient, raise_translated
+from . import _scripts
+from ._connection import Connections, ConnectionSettings, is_transient, raise_translated
+from ._keys import Keys
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; annotations are never evaluated
 
-__all__ = ["CANCEL_HINT", "CancelHints", "EventSubscription"]
+__all__ = ["CANCEL_HINT", "CancelHints", "EventSubscription", "EventsMixin"]
 
 CANCEL_HINT = "control:cancel"
 """The ``name`` of the cancel hint on the events channel (not a lifecycle event)."""
@@ -212,3 +214,50 @@ class CancelHints:
 def hint(queue: str, job_id: str, origin: str) -> Mapping[str, Any]:
     """The cancel hint published when a running job's cancellation is requested."""
     return {"name": CANCEL_HINT, "queue": queue, "job_id": job_id, "origin": origin}
+
+
+class EventsMixin:
+    """The events channel of :class:`RedisBackend`: cancel listeners, publishing, subscribing."""
+
+    connections: Connections
+    keys: Keys
+    _hints: CancelHints
+
+    def add_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(queue, job_id)`` as soon as a running job's cancellation is requested.
+
+        Requests made through this backend call it at once; those of other processes arrive as
+        cancel hints on the events channel, read by a task in the event loop of the backend's
+        next call (or of this call, when one is running).
+        """
+        self._hints.listeners.append(listener)
+        self._hints.ensure_reader()
+
+    def remove_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Undo :meth:`add_cancel_listener`."""
+        if listener in self._hints.listeners:
+            self._hints.listeners.remove(listener)
+
+    async def publish_event(self, event: Mapping[str, Any]) -> int:
+        """Publish one event (a JSON object) on ``<prefix>:events``; return how many subscribers got it."""
+        data = json.dumps(dict(event), separators=(",", ":"), ensure_ascii=False)
+        receivers = await self.connections.run(lambda client: client.publish(self.keys.events, data))
+        return int(receivers)
+
+    async def publish_events(self, messages: Sequence[str]) -> None:
+        """Publish JSON messages on ``<prefix>:events``, in order, in one round trip.
+
+        Never re-sent after a lost reply (Pub/Sub is at most once: no duplicated events).
+        """
+        if not messages:
+            return
+        keys, args = [self.keys.events], list(messages)
+        await self.connections.run(lambda client: _scripts.call(client, "publish", keys, args), retry=False)
+
+    async def subscribe_events(self, names: Collection[str] | None = None) -> EventSubscription:
+        """Subscribe to ``<prefix>:events``; the subscription is live when this returns.
+
+        Use it as ``async with await backend.subscribe_events() as events: async for event in events``.
+        ``names`` keeps only events whose ``name`` is in it.
+        """
+        return await EventSubscription(self.connections.settings, self.keys.events, names).open()
