@@ -266,6 +266,28 @@ class RedisServer:
                 continue
             return
 
+    def restart_loading(self) -> None:
+        """Like :meth:`restart`, but return as soon as the server accepts connections, while it may
+        still be loading its dataset (``INFO`` answers during ``LOADING``; commands get ``-LOADING``).
+        """
+        self.kill9()
+        self.process = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(
+            lambda: self.loading() is not None, timeout=10, what=f"redis-server on {self.port} accepts"
+        )
+
+    def loading(self) -> bool | None:
+        """Whether the server is loading its dataset (``None`` when it does not answer)."""
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}: {self.log_tail()}")
+        client = self.client()
+        try:
+            return bool(int(client.info("persistence")["loading"]))
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
+
     def config_set(self, name: str, value: str) -> None:
         """``CONFIG SET`` on the running server."""
         client = self.client()
