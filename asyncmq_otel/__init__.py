@@ -8,67 +8,39 @@ and structlog records.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .backends.base import Backend as Backend
-from .backends.memory import InMemoryBackend as InMemoryBackend
 from .errors import (
-    AsyncMQError as AsyncMQError,
+    AsyncMQError,
+    BackendUnavailable,
+    ConfigError,
+    DuplicateJob,
+    JobArgumentError,
+    JobTimeout,
+    PayloadTooLarge,
+    ResultSerializationError,
+    ResultTooLarge,
+    UnknownTask,
 )
-from .errors import (
-    BackendUnavailable as BackendUnavailable,
-)
-from .errors import (
-    ConfigError as ConfigError,
-)
-from .errors import (
-    DuplicateJob as DuplicateJob,
-)
-from .errors import (
-    JobArgumentError as JobArgumentError,
-)
-from .errors import (
-    JobTimeout as JobTimeout,
-)
-from .errors import (
-    PayloadTooLarge as PayloadTooLarge,
-)
-from .errors import (
-    ResultSerializationError as ResultSerializationError,
-)
-from .errors import (
-    ResultTooLarge as ResultTooLarge,
-)
-from .errors import (
-    UnknownTask as UnknownTask,
-)
-from .events import EventBus as EventBus
-from .events import LifecycleEvent as LifecycleEvent
-from .events import bus as bus
-from .events import event_emitter as event_emitter
-from .hooks import run_hooks as run_hooks
-from .hooks import run_hooks_safely as run_hooks_safely
-from .jobs import Backoff as Backoff
-from .jobs import Job as Job
-from .jobs import JobState as JobState
-from .limiters import RateLimiter as RateLimiter
-from .queues import Queue as Queue
-from .settings import Settings as Settings
-from .settings import settings as settings
-from .tasks import autodiscover_tasks as autodiscover_tasks
-from .tasks import task as task
-from .workers import Worker as Worker
-from .workers import _run_with_limits as _run_with_limits
-from .workers import handle_job as handle_job
-from .workers import process_job as process_job
+
+# Eager, although light: the package attribute `settings` must be the object, never the submodule
+# of the same name (importing a submodule sets that attribute, and then __getattr__ is not asked).
+from .settings import Settings, settings
 
 if TYPE_CHECKING:
-    from .backends.redis import RedisBackend as RedisBackend
-    from .telemetry import AsyncMQInstrumentor as AsyncMQInstrumentor
-    from .telemetry import instrument as instrument
-    from .telemetry import metrics_url as metrics_url
-    from .telemetry import uninstrument as uninstrument
+    from .backends.base import Backend
+    from .backends.memory import InMemoryBackend
+    from .backends.redis import RedisBackend
+    from .events import EventBus, LifecycleEvent, bus, event_emitter
+    from .hooks import run_hooks, run_hooks_safely
+    from .jobs import Backoff, Job, JobState
+    from .limiters import RateLimiter
+    from .queues import Queue
+    from .tasks import autodiscover_tasks, task
+    from .telemetry import AsyncMQInstrumentor, instrument, metrics_url, uninstrument
+    from .workers import Worker, _run_with_limits, handle_job, process_job
 
 __all__ = [
     "AsyncMQError",
@@ -110,17 +82,45 @@ __all__ = [
     "uninstrument",
 ]
 
-_TELEMETRY = frozenset({"instrument", "uninstrument", "metrics_url", "AsyncMQInstrumentor"})
+# Public name -> the module that defines it, imported on first access (PEP 562): `import asyncmq_otel`
+# stays cheap (the sandbox child and `@task`-only modules never load anyio, the backends or the
+# worker), and adapters (redis-py, OpenTelemetry, prometheus_client) load only when asked for.
+_LAZY: dict[str, str] = {
+    "Backend": ".backends.base",
+    "InMemoryBackend": ".backends.memory",
+    "RedisBackend": ".backends.redis",
+    "EventBus": ".events",
+    "LifecycleEvent": ".events",
+    "bus": ".events",
+    "event_emitter": ".events",
+    "run_hooks": ".hooks",
+    "run_hooks_safely": ".hooks",
+    "Backoff": ".jobs",
+    "Job": ".jobs",
+    "JobState": ".jobs",
+    "RateLimiter": ".limiters",
+    "Queue": ".queues",
+    "autodiscover_tasks": ".tasks",
+    "task": ".tasks",
+    "AsyncMQInstrumentor": ".telemetry",
+    "instrument": ".telemetry",
+    "metrics_url": ".telemetry",
+    "uninstrument": ".telemetry",
+    "Worker": ".workers",
+    "_run_with_limits": ".workers",
+    "handle_job": ".workers",
+    "process_job": ".workers",
+}
 
 
 def __getattr__(name: str) -> Any:  # noqa: ANN401 - lazy attributes of the facade
-    # Adapters (redis-py, OpenTelemetry, prometheus_client) load only when someone asks for them.
-    if name == "RedisBackend":
-        from .backends.redis import RedisBackend  # noqa: PLC0415
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asyncmq_otel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
 
-        return RedisBackend
-    if name in _TELEMETRY:  # OpenTelemetry and prometheus_client load on first use
-        from . import telemetry  # noqa: PLC0415
 
-        return getattr(telemetry, name)
-    raise AttributeError(f"module 'asyncmq_otel' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

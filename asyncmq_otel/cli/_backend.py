@@ -19,6 +19,8 @@ from ..backends import from_url
 from ..backends.base import Backend
 from ..errors import BackendUnavailable
 from ..settings import get_settings
+from ._exit import cli_error_for
+from ._options import env_option
 from ._output import mask_url
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "close_backend",
     "open_backend",
     "probe_backend",
+    "probe_or_exit",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,29 +41,26 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 def backend_options(func: F) -> F:
     """Add ``--backend``, ``--prefix`` and ``--connect-timeout`` to a command."""
     options = [
-        click.option(
+        env_option(
             "--backend",
             "backend_url",
-            metavar="URL",
             envvar="ASYNCMQ_BACKEND",
-            show_envvar=True,
+            metavar="URL",
             help="memory://, redis://[user:password@]host:port/db or rediss://… "
             "[default: settings.backend, memory://]",
         ),
-        click.option(
+        env_option(
             "--prefix",
-            metavar="P",
             envvar="ASYNCMQ_REDIS_PREFIX",
-            show_envvar=True,
+            metavar="P",
             help="Redis key prefix [default: settings.redis_prefix, asyncmq]",
         ),
-        click.option(
+        env_option(
             "--connect-timeout",
+            envvar="ASYNCMQ_CONNECT_TIMEOUT",
             type=click.FloatRange(min=0.1),
             default=DEFAULT_CONNECT_TIMEOUT,
             show_default=True,
-            envvar="ASYNCMQ_CONNECT_TIMEOUT",
-            show_envvar=True,
             help="Seconds the backend has to answer at startup before the command exits 3.",
         ),
     ]
@@ -185,6 +185,14 @@ async def probe_backend(choice: BackendChoice, timeout: float = DEFAULT_CONNECT_
     if scope.cancelled_caught:
         raise BackendUnavailable(f"no answer within {timeout:g}s (--connect-timeout)")
     return BackendFacts(kind, (time.perf_counter() - started) * 1000, details)
+
+
+async def probe_or_exit(choice: BackendChoice, timeout: float) -> BackendFacts:
+    """:func:`probe_backend` for a command: no answer is a ``CLIError`` naming the cause (exit 3)."""
+    try:
+        return await probe_backend(choice, timeout)
+    except BackendUnavailable as exc:
+        raise cli_error_for(exc, choice.url) from exc
 
 
 async def close_backend(choice: BackendChoice) -> None:

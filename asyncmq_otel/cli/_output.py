@@ -30,16 +30,20 @@ _MINUTE = 60
 _DAY_HOURS = 24
 
 
-def use_color(stream: IO[str] | None = None) -> bool:
-    """Whether to colour ``stream``: a TTY, and ``NO_COLOR`` unset or empty (https://no-color.org)."""
-    if os.environ.get("NO_COLOR"):
-        return False
-    target = stream if stream is not None else sys.stdout
-    isatty = getattr(target, "isatty", None)
+def _is_tty(stream: IO[str]) -> bool:
+    """Whether ``stream`` is a terminal (a closed stream, or one without ``isatty``, is not)."""
+    isatty = getattr(stream, "isatty", None)
     try:
         return bool(callable(isatty) and isatty())
     except ValueError:  # a closed stream
         return False
+
+
+def use_color(stream: IO[str] | None = None) -> bool:
+    """Whether to colour ``stream``: a TTY, and ``NO_COLOR`` unset or empty (https://no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    return _is_tty(stream if stream is not None else sys.stdout)
 
 
 def json_logs(log_format: str | None, stream: IO[str] | None = None) -> bool:
@@ -49,12 +53,7 @@ def json_logs(log_format: str | None, stream: IO[str] | None = None) -> bool:
     """
     if log_format in {"json", "console"}:
         return log_format == "json"
-    target = stream if stream is not None else sys.stderr
-    isatty = getattr(target, "isatty", None)
-    try:
-        return not (callable(isatty) and isatty())
-    except ValueError:  # a closed stream
-        return True
+    return not _is_tty(stream if stream is not None else sys.stderr)
 
 
 def paint(text: str, color: str, stream: IO[str] | None = None, *, bold: bool = False) -> str:

@@ -17,12 +17,11 @@ import anyio
 import click
 
 from ..backends.base import WorkerInfo
-from ..errors import BackendUnavailable
 from ..jobs import JobState
 from ..queues import Queue
 from ..settings import get_settings
-from ._backend import BackendChoice, backend_options, close_backend, open_backend, probe_backend
-from ._exit import CLIError, ExitCode, cli_error_for, translate_errors
+from ._backend import BackendChoice, backend_options, close_backend, open_backend, probe_or_exit
+from ._exit import CLIError, ExitCode, translate_errors
 from ._output import format_age, format_table, paint
 
 __all__ = ["dlq", "enqueue", "job", "queue", "queues", "workers"]
@@ -47,10 +46,7 @@ def _run(
 
     async def main(choice: BackendChoice) -> T:
         try:
-            try:
-                await probe_backend(choice, connect_timeout)
-            except BackendUnavailable as exc:
-                raise cli_error_for(exc, choice.url) from exc
+            await probe_or_exit(choice, connect_timeout)
             return await action(choice)
         finally:
             await close_backend(choice)
@@ -69,6 +65,10 @@ def _run(
 
 def _json_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
+
+
+def _yes_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--yes", is_flag=True, help="Do not ask for confirmation.")(func)
 
 
 def _echo_json(value: object) -> None:
@@ -266,7 +266,7 @@ def queue_resume(name: str, backend_url: str | None, prefix: str | None, connect
 
 @queue.command("drain")
 @click.argument("name")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_yes_option
 @backend_options
 def queue_drain(
     name: str, yes: bool, backend_url: str | None, prefix: str | None, connect_timeout: float
@@ -309,7 +309,7 @@ def queue_drain(
     show_default=True,
     help="Only jobs that finished more than this many seconds ago.",
 )
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_yes_option
 @backend_options
 def queue_clean(
     name: str,
@@ -549,7 +549,7 @@ def dlq_retry(
 
 @dlq.command("purge")
 @click.argument("name")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_yes_option
 @backend_options
 def dlq_purge(
     name: str, yes: bool, backend_url: str | None, prefix: str | None, connect_timeout: float

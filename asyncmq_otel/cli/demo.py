@@ -27,13 +27,13 @@ import click
 from .._worker import Worker
 from ..backends._default import default_backend
 from ..backends.base import Backend
-from ..errors import BackendUnavailable
 from ..events import LifecycleEvent, bus
 from ..queues import Queue
 from ..settings import get_settings
-from ._backend import BackendChoice, backend_options, close_backend, open_backend, probe_backend
+from ._backend import BackendChoice, backend_options, close_backend, open_backend, probe_or_exit
 from ._demo_report import OUTCOMES, SpanCapture, render_lifecycle, render_trace, summary_lines
-from ._exit import CLIError, ExitCode, cli_error_for, translate_errors
+from ._exit import CLIError, ExitCode, translate_errors
+from ._options import log_format_option, metrics_addr_option, otlp_endpoint_option
 from ._output import Reporter, json_logs, paint
 from ._signals import StopSignals
 from ._telemetry import TelemetryHandle, start_telemetry
@@ -422,30 +422,14 @@ def _print_summary(
     help="Run producer and worker here, or only one of them (the others run elsewhere on a shared backend).",
 )
 @backend_options
-@click.option(
-    "--metrics-addr",
+@metrics_addr_option(
     default=DEFAULT_METRICS_ADDR,
-    show_default=True,
-    metavar="HOST:PORT",
     envvar="ASYNCMQ_METRICS_ADDR",
-    show_envvar=True,
-    help="Serve /metrics here while the demo runs ('' serves nothing; "
+    help_text="Serve /metrics here while the demo runs ('' serves nothing; "
     "a busy default port falls back to a free one).",
 )
-@click.option(
-    "--otlp-endpoint",
-    metavar="URL",
-    envvar="ASYNCMQ_OTLP_ENDPOINT",
-    show_envvar=True,
-    help="Send traces to this OTLP/HTTP endpoint, e.g. http://localhost:4318 (Jaeger).",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["json", "console", "auto"]),
-    envvar="ASYNCMQ_LOG_FORMAT",
-    show_envvar=True,
-    help="Format of the producer/worker roles' log lines [default: auto].",
-)
+@otlp_endpoint_option("Send traces to this OTLP/HTTP endpoint, e.g. http://localhost:4318 (Jaeger).")
+@log_format_option("Format of the producer/worker roles' log lines [default: auto].")
 @click.pass_context
 def demo_command(
     ctx: click.Context,
@@ -564,10 +548,7 @@ def _span_capture(options: _DemoOptions, reporter: Reporter) -> SpanCapture | No
 async def _main(options: _DemoOptions, reporter: Reporter) -> bool:
     choice = options.choice
     try:
-        try:
-            facts = await probe_backend(choice, options.connect_timeout)
-        except BackendUnavailable as exc:
-            raise cli_error_for(exc, choice.url) from exc
+        facts = await probe_or_exit(choice, options.connect_timeout)
         capture = _span_capture(options, reporter)
         telemetry = _telemetry(options, reporter, capture)
         try:

@@ -14,12 +14,12 @@ import uuid
 import anyio
 import click
 
-from ..errors import BackendUnavailable
 from ..jobs import check_queue_name
 from ..settings import get_settings
-from ._backend import BackendChoice, backend_options, close_backend, open_backend, probe_backend
+from ._backend import BackendChoice, backend_options, close_backend, open_backend, probe_or_exit
 from ._banner import Banner
-from ._exit import CLIError, ExitCode, cli_error_for, translate_errors
+from ._exit import CLIError, ExitCode, translate_errors
+from ._options import env_option, log_format_option, metrics_addr_option
 from ._output import Reporter, json_logs
 from ._signals import StopSignals
 from ._telemetry import start_telemetry
@@ -31,22 +31,17 @@ DEFAULT_EXPORTER_ADDR = "127.0.0.1:9465"
 
 @click.command("exporter")
 @backend_options
-@click.option(
-    "--metrics-addr",
+@metrics_addr_option(
     default=DEFAULT_EXPORTER_ADDR,
-    show_default=True,
-    metavar="HOST:PORT",
     envvar="ASYNCMQ_EXPORTER_ADDR",
-    show_envvar=True,
-    help="Serve /metrics and /healthz here (port 0 picks a free port).",
+    help_text="Serve /metrics and /healthz here (port 0 picks a free port).",
 )
-@click.option(
+@env_option(
     "--interval",
+    envvar="ASYNCMQ_QUEUE_SAMPLE_INTERVAL",
     type=click.FloatRange(min=0.1),
     default=10.0,
     show_default=True,
-    envvar="ASYNCMQ_QUEUE_SAMPLE_INTERVAL",
-    show_envvar=True,
     help="Seconds between samples of every queue.",
 )
 @click.option(
@@ -56,13 +51,7 @@ DEFAULT_EXPORTER_ADDR = "127.0.0.1:9465"
     multiple=True,
     help="Sample only these queues (repeatable) [default: every queue the backend knows].",
 )
-@click.option(
-    "--log-format",
-    type=click.Choice(["json", "console", "auto"]),
-    envvar="ASYNCMQ_LOG_FORMAT",
-    show_envvar=True,
-    help="Log lines as JSON or for a terminal [default: auto].",
-)
+@log_format_option("Log lines as JSON or for a terminal [default: auto].")
 def exporter_command(
     backend_url: str | None,
     prefix: str | None,
@@ -104,10 +93,7 @@ async def _serve(
     connect_timeout: float,
 ) -> None:
     try:
-        try:
-            facts = await probe_backend(choice, connect_timeout)
-        except BackendUnavailable as exc:
-            raise cli_error_for(exc, choice.url) from exc
+        facts = await probe_or_exit(choice, connect_timeout)
         telemetry = start_telemetry(
             reporter,
             metrics_addr=metrics_addr,

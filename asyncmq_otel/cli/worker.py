@@ -33,9 +33,17 @@ from ..events import LifecycleEvent, bus
 from ..jobs import check_queue_name
 from ..settings import get_settings
 from ..tasks import autodiscover_tasks, list_tasks
-from ._backend import BackendChoice, backend_options, close_backend, open_backend, probe_backend
+from ._backend import (
+    BackendChoice,
+    backend_options,
+    close_backend,
+    open_backend,
+    probe_backend,
+    probe_or_exit,
+)
 from ._banner import Banner
 from ._exit import CLIError, ExitCode, cli_error_for, translate_errors
+from ._options import env_option, log_format_option, metrics_addr_option, otlp_endpoint_option
 from ._output import Reporter, json_logs
 from ._signals import StopSignals
 from ._telemetry import TelemetryHandle, start_telemetry
@@ -143,100 +151,77 @@ class _Options:
 
 @click.command("worker")
 @click.argument("queues", nargs=-1, required=True)
-@click.option(
+@env_option(
     "--app",
     "apps",
+    envvar="ASYNCMQ_APP",
     multiple=True,
     metavar="MODULE",
-    envvar="ASYNCMQ_APP",
-    show_envvar=True,
     help="Module to import before starting, registering its tasks (repeatable).",
 )
 @backend_options
-@click.option(
+@env_option(
     "--concurrency",
-    type=click.IntRange(min=1),
     envvar="ASYNCMQ_WORKER_CONCURRENCY",
-    show_envvar=True,
+    type=click.IntRange(min=1),
     help="Jobs run at once [default: settings.worker_concurrency, 10].",
 )
-@click.option(
+@env_option(
     "--rate-limit",
+    envvar="ASYNCMQ_RATE_LIMIT",
     metavar="N",
     callback=parse_rate_limit,
-    envvar="ASYNCMQ_RATE_LIMIT",
-    show_envvar=True,
     help="Job starts allowed per --rate-interval; 0 or 'none' for no limit [default: settings.rate_limit].",
 )
-@click.option(
+@env_option(
     "--rate-interval",
-    type=click.FloatRange(min=0, min_open=True),
     envvar="ASYNCMQ_RATE_INTERVAL",
-    show_envvar=True,
+    type=click.FloatRange(min=0, min_open=True),
     help="Seconds of the rate-limit window [default: settings.rate_interval, 1.0].",
 )
-@click.option(
-    "--metrics-addr",
+@metrics_addr_option(
     default=DEFAULT_METRICS_ADDR,
-    show_default=True,
-    metavar="HOST:PORT",
     envvar="ASYNCMQ_METRICS_ADDR",
-    show_envvar=True,
-    help="Serve /metrics and /healthz here; port 0 picks a free port, '' serves nothing.",
+    help_text="Serve /metrics and /healthz here; port 0 picks a free port, '' serves nothing.",
 )
-@click.option(
-    "--otlp-endpoint",
-    metavar="URL",
-    envvar="ASYNCMQ_OTLP_ENDPOINT",
-    show_envvar=True,
-    help="OTLP/HTTP base URL for traces, e.g. http://jaeger:4318 [default: OTEL_EXPORTER_OTLP_ENDPOINT].",
+@otlp_endpoint_option(
+    "OTLP/HTTP base URL for traces, e.g. http://jaeger:4318 [default: OTEL_EXPORTER_OTLP_ENDPOINT]."
 )
-@click.option(
-    "--log-format",
-    type=click.Choice(["json", "console", "auto"]),
-    envvar="ASYNCMQ_LOG_FORMAT",
-    show_envvar=True,
-    help="Log lines as JSON or for a terminal [default: auto, console on a TTY, else JSON].",
-)
-@click.option(
+@log_format_option("Log lines as JSON or for a terminal [default: auto, console on a TTY, else JSON].")
+@env_option(
     "--shutdown-timeout",
-    type=click.FloatRange(min=0),
     envvar="ASYNCMQ_SHUTDOWN_TIMEOUT",
-    show_envvar=True,
+    type=click.FloatRange(min=0),
     help="Seconds in-flight jobs get after the first SIGTERM [default: settings.shutdown_timeout, 25].",
 )
-@click.option(
+@env_option(
     "--burst",
-    is_flag=True,
     envvar="ASYNCMQ_BURST",
-    show_envvar=True,
+    is_flag=True,
     help="Exit 0 once the queues are empty and nothing is running or due.",
 )
-@click.option(
+@env_option(
     "--queue-sampler",
+    envvar="ASYNCMQ_QUEUE_SAMPLER",
     type=click.Choice(["elected", "off"]),
     default="elected",
     show_default=True,
-    envvar="ASYNCMQ_QUEUE_SAMPLER",
-    show_envvar=True,
     help="Export queue depth gauges from this worker, or leave them to `asyncmq-otel exporter`.",
 )
-@click.option(
+@env_option(
     "--processes",
+    envvar="ASYNCMQ_WORKER_PROCESSES",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    envvar="ASYNCMQ_WORKER_PROCESSES",
-    show_envvar=True,
     help="Worker processes to run; above 1 this process supervises them and serves their merged /metrics.",
 )
-@click.option(
+@env_option(
     "--max-restarts",
+    envvar="ASYNCMQ_MAX_RESTARTS",
     type=click.IntRange(min=0),
     default=5,
     show_default=True,
-    envvar="ASYNCMQ_MAX_RESTARTS",
-    show_envvar=True,
     help="With --processes: crashed processes replaced per 60s before the whole instance stops.",
 )
 @click.option("--supervised-by", type=int, hidden=True, help="Internal: the supervisor's pid (--processes).")
@@ -356,10 +341,7 @@ async def _supervise(
             ExitCode.USAGE,
         )
     try:
-        try:
-            await probe_backend(choice, connect_timeout)
-        except BackendUnavailable as exc:
-            raise cli_error_for(exc, choice.url) from exc
+        await probe_or_exit(choice, connect_timeout)
     finally:
         await close_backend(choice)
     supervisor = Supervisor(
@@ -376,10 +358,7 @@ async def _supervise(
 async def _serve(options: _Options, reporter: Reporter) -> ExitCode:
     choice = options.choice
     try:
-        try:
-            facts = await probe_backend(choice, options.connect_timeout)
-        except BackendUnavailable as exc:
-            raise cli_error_for(exc, choice.url) from exc
+        facts = await probe_or_exit(choice, options.connect_timeout)
         telemetry = start_telemetry(
             reporter,
             metrics_addr=options.metrics_addr,

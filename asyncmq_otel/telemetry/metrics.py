@@ -4,7 +4,8 @@ Each :class:`MetricDef` row yields a ``prometheus_client`` collector (the scrape
 ``CollectorRegistry``) and, when OTLP metrics are on, an OpenTelemetry instrument (the OTLP sink).
 The Prometheus name of every row is the standard OTel→Prometheus translation of its OTel name, and
 the label keys are its attribute keys with ``.`` replaced by ``_``; both are checked when the row is
-defined, so the two sinks cannot drift. ``dashboards/generate.py`` imports the names from here.
+defined, so the two sinks cannot drift. The dashboards (``dashboards/panel_catalogue.py``) import
+the names from here.
 
 The hot path records through :class:`CounterSeries`, :class:`HistogramSeries` and
 :class:`GaugeSeries`: one label set bound in both sinks once, then reused. Binding past
@@ -312,19 +313,25 @@ class _Series:
         self._overflow = overflow
 
 
+def _add(self: _Series, amount: float = 1.0) -> None:
+    """Add ``amount`` in both sinks (negative to subtract, on an up-down counter).
+
+    ``CounterSeries.inc`` and ``GaugeSeries.add`` are this function itself, not wrappers: it is the hot path.
+    """
+    if self._overflow is not None:
+        self._overflow()
+    if self._prom is not None:
+        self._prom.inc(amount)
+    if self._otel is not None:
+        self._otel.add(amount, self._attrs)
+
+
 class CounterSeries(_Series):
     """A bound counter: ``inc()``."""
 
     __slots__ = ()
 
-    def inc(self, amount: float = 1.0) -> None:
-        """Add ``amount`` in both sinks."""
-        if self._overflow is not None:
-            self._overflow()
-        if self._prom is not None:
-            self._prom.inc(amount)
-        if self._otel is not None:
-            self._otel.add(amount, self._attrs)
+    inc = _add
 
 
 class HistogramSeries(_Series):
@@ -359,14 +366,7 @@ class GaugeSeries(_Series):
         if self._otel is not None:
             self._otel.set(value, self._attrs)
 
-    def add(self, amount: float) -> None:
-        """Add ``amount`` (negative to subtract): the up-down counter's operation."""
-        if self._overflow is not None:
-            self._overflow()
-        if self._prom is not None:
-            self._prom.inc(amount)
-        if self._otel is not None:
-            self._otel.add(amount, self._attrs)
+    add = _add  # the up-down counter's operation
 
 
 class _FilteredCollector(Collector):
@@ -473,34 +473,28 @@ class MetricSinks:
 
     # -- construction -------------------------------------------------------------------------------
     def _make_prom(self, row: MetricDef) -> Any:  # noqa: ANN401 - one of three prometheus_client classes
-        unit = "seconds" if row.unit == "s" else ""
+        name_help_labels = (row.prometheus_name, row.description, row.label_keys)
         if row.kind is InstrumentKind.COUNTER:
-            return PromCounter(row.prometheus_name, row.description, row.label_keys, registry=None)
+            return PromCounter(*name_help_labels, registry=None)
+        unit = "seconds" if row.unit == "s" else ""
         if row.kind is InstrumentKind.HISTOGRAM:
-            return PromHistogram(
-                row.prometheus_name, row.description, row.label_keys, registry=None, unit=unit,
-                buckets=self.buckets[row.number],
-            )  # fmt: skip
-        return PromGauge(
-            row.prometheus_name, row.description, row.label_keys, registry=None, unit=unit,
-            multiprocess_mode=_multiprocess.gauge_mode(row.number),
-        )  # fmt: skip
+            buckets = self.buckets[row.number]
+            return PromHistogram(*name_help_labels, registry=None, unit=unit, buckets=buckets)
+        mode = _multiprocess.gauge_mode(row.number)
+        return PromGauge(*name_help_labels, registry=None, unit=unit, multiprocess_mode=mode)
 
     def _make_otel(self, meter: Meter, row: MetricDef) -> Any:  # noqa: ANN401 - one of five OTel instruments
+        name, unit, description = row.name, row.unit, row.description
         if row.kind is InstrumentKind.COUNTER:
-            return meter.create_counter(row.name, row.unit, row.description)
+            return meter.create_counter(name, unit, description)
         if row.kind is InstrumentKind.HISTOGRAM:
-            return meter.create_histogram(
-                row.name,
-                row.unit,
-                row.description,
-                explicit_bucket_boundaries_advisory=self.buckets[row.number],
-            )
+            advice = self.buckets[row.number]
+            return meter.create_histogram(name, unit, description, explicit_bucket_boundaries_advisory=advice)
         if row.kind is InstrumentKind.UP_DOWN_COUNTER:
-            return meter.create_up_down_counter(row.name, row.unit, row.description)
+            return meter.create_up_down_counter(name, unit, description)
         if row.kind is InstrumentKind.GAUGE:
-            return meter.create_gauge(row.name, row.unit, row.description)
-        return meter.create_observable_gauge(row.name, [self._otel_callback(row)], row.unit, row.description)
+            return meter.create_gauge(name, unit, description)
+        return meter.create_observable_gauge(name, [self._otel_callback(row)], unit, description)
 
     def _otel_callback(self, row: MetricDef) -> Callable[[CallbackOptions], Iterable[Observation]]:
         from opentelemetry.metrics import Observation  # noqa: PLC0415 - only with the OTLP sink
