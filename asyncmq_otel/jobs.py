@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -62,9 +62,17 @@ DLQ_REASONS: frozenset[str] = frozenset(
 )
 
 
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # the version and variant bits of a UUID
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+
+
 def new_job_id() -> str:
-    """Return a fresh job id (uuid4 hex), the form producers use unless the caller supplies one."""
-    return uuid.uuid4().hex
+    """Return a fresh job id (uuid4 hex), the form producers use unless the caller supplies one.
+
+    The same 122 random bits as ``uuid.uuid4().hex``, without building a ``UUID`` object (a bulk
+    enqueue makes one id per job).
+    """
+    return "%032x" % (int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET)
 
 
 def check_queue_name(name: object) -> str:
@@ -113,29 +121,77 @@ def check_json(value: object, path: str = "value") -> Any:  # noqa: ANN401 - ret
             return value
         raise JobArgumentError(path, f"float {value!r} is not JSON; pass None or a string")
     if isinstance(value, (list, tuple)):
-        return [check_json(item, f"{path}[{index}]") for index, item in enumerate(value)]
+        # plain scalars pass as they are; the path of an item is only built to look further
+        return [
+            item if _plain(item) else check_json(item, f"{path}[{index}]") for index, item in enumerate(value)
+        ]
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str and not isinstance(key, str):
                 raise JobArgumentError(
                     f"{path}[{key!r}]", f"dict key of type {type(key).__name__} is not JSON; use str keys"
                 )
-            out[key] = check_json(item, f"{path}[{json.dumps(key)}]")
+            out[key] = item if _plain(item) else check_json(item, f"{path}[{json.dumps(key)}]")
         return out
     hint = "pass an ISO string" if type(value).__name__ in {"datetime", "date", "time"} else "pass JSON data"
     raise JobArgumentError(path, f"{type(value).__name__} is not JSON; {hint}")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _plain(value: object) -> bool:
+    """A value of exactly str, bool, None, a safe int or a finite float: JSON as it is."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    return kind is int and -MAX_SAFE_INT <= value <= MAX_SAFE_INT  # type: ignore[operator]
+
+
+def _c_encoder() -> Any:  # noqa: ANN401 - the C encoder, or None
+    """The C encoder ``_ENCODER.encode`` builds on every call, built once; None where there is none."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:  # the arguments JSONEncoder.iterencode passes, without its cycle check (markers=None)
+        sort_keys = skip_keys = allow_nan = False
+        return make(
+            None,
+            _ENCODER.default,
+            json.encoder.encode_basestring,
+            None,
+            ":",
+            ",",
+            sort_keys,
+            skip_keys,
+            allow_nan,
+        )
+    except TypeError:  # another interpreter's signature: the plain encoder does the same work
+        return None
+
+
+_C_ENCODE = _c_encoder()
+
+
 def dumps(value: object) -> str:
     """Encode JSON compactly; callers have already checked the value with :func:`check_json`."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(value)  # one encoder for all calls: json.dumps builds one per call
+
+
+def _dumps_envelope(envelope: Mapping[str, Any]) -> str:
+    """:func:`dumps` of an envelope built from checked values (no cycles: check_json walked them)."""
+    if _C_ENCODE is not None and type(envelope) is dict:
+        return "".join(_C_ENCODE(envelope, 0))
+    return _ENCODER.encode(envelope)
 
 
 def encode_payload(payload: Mapping[str, Any], limit: int) -> str:
     """Encode a job envelope and refuse it when it is over ``limit`` bytes."""
-    text = dumps(payload)
-    size = len(text.encode("utf-8"))
+    text = _dumps_envelope(payload)
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
     if size > limit:
         raise PayloadTooLarge(size, limit)
     return text

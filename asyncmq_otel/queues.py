@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,6 +55,17 @@ def _provisional_times(job: Job, delay_s: float) -> None:
     job.enqueued_at = now
     job.eligible_at = now + delay_s
     job.delay_until = now + delay_s if delay_s > 0 else None
+
+
+def _item(job: Job, delay_s: float, limit: int) -> EnqueueItem:
+    """The backend's view of a built job.
+
+    No nonce: the backend gives each item one of its call, so a re-send of the call replays and any
+    other enqueue of the same id is a duplicate.
+    """
+    return EnqueueItem(
+        job.id, encode_payload(job.envelope(), limit), delay_s, priority=job.priority, ttl=job.ttl
+    )
 
 
 def _is_str(value: object) -> bool:
@@ -177,11 +187,9 @@ class Queue:
                 "schedule" if delay_s > 0 else "send", self.name, [job], **server_fields(backend)
             )
             with bus.operation(operation):
-                item = EnqueueItem(job.id, encode_payload(job.envelope(), limit), delay_s, uuid.uuid4().hex)
-                reply = await backend.enqueue(self.name, item)
+                reply = await backend.enqueue(self.name, _item(job, delay_s, limit))
         else:
-            item = EnqueueItem(job.id, encode_payload(job.envelope(), limit), delay_s, uuid.uuid4().hex)
-            reply = await backend.enqueue(self.name, item)
+            reply = await backend.enqueue(self.name, _item(job, delay_s, limit))
         self._after_store(job, reply, delay_s)
         return job.id
 
@@ -196,10 +204,7 @@ class Queue:
         limit = settings.max_payload_bytes
 
         def items() -> list[EnqueueItem]:
-            return [
-                EnqueueItem(job.id, encode_payload(job.envelope(), limit), delay_s, uuid.uuid4().hex)
-                for job, delay_s in built
-            ]
+            return [_item(job, delay_s, limit) for job, delay_s in built]
 
         if bus.observed:
             for job, delay_s in built:
@@ -222,9 +227,8 @@ class Queue:
         return [job.id for job, _ in built]
 
     def _build_spec(self, index: int, spec: Mapping[str, Any]) -> tuple[Job, float]:
-        unknown = set(spec) - _BULK_KEYS
-        if unknown:
-            raise TypeError(f"jobs[{index}] has unknown keys {sorted(unknown)}")
+        if not _BULK_KEYS.issuperset(spec):
+            raise TypeError(f"jobs[{index}] has unknown keys {sorted(set(spec) - _BULK_KEYS)}")
         task_id = spec.get("task_id", spec.get("task"))
         if task_id is None:
             raise TypeError(f"jobs[{index}] needs a task_id")

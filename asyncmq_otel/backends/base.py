@@ -36,12 +36,20 @@ DataLossCallback = Callable[[str, "str | None", str], None]
 
 @dataclass(frozen=True, slots=True)
 class EnqueueItem:
-    """One job to store: its id, the encoded envelope, a relative delay and the idempotency nonce."""
+    """One job to store: its id, the encoded envelope, a relative delay and the idempotency nonce.
+
+    ``priority`` and ``ttl`` (seconds) repeat the envelope's fields for producers that know them,
+    so the backend need not decode the payload to find them. With ``priority`` None the backend
+    reads both from the payload (``ttl`` is then ignored). An empty ``nonce`` makes the backend
+    give the item one of its call (a re-send of the call replays, anything else is a duplicate).
+    """
 
     job_id: str
     payload: str
     delay: float = 0.0
     nonce: str = ""
+    priority: int | None = None
+    ttl: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

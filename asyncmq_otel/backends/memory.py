@@ -248,8 +248,12 @@ class InMemoryBackend:
         except ValueError:
             decoded = None
         envelope = decoded if isinstance(decoded, dict) else None
-        priority = envelope.get("priority", 5) if envelope else 5
-        ttl = envelope.get("ttl") if envelope else None
+        if item.priority is not None:  # the producer passed what its envelope holds
+            priority: object = item.priority
+            ttl: object = item.ttl
+        else:
+            priority = envelope.get("priority", 5) if envelope else 5
+            ttl = envelope.get("ttl") if envelope else None
         now = self.clock()
         record = _Record(
             job_id=item.job_id,

@@ -262,6 +262,33 @@ async def test_ttl_sets_expires_at(backend: Backend, queue: str) -> None:
     assert stored["expires_at"] == pytest.approx(reply.enqueued_at + 0.05, abs=0.002)
 
 
+async def test_priority_and_ttl_carried_on_the_item_are_used_as_given(backend: Backend, queue: str) -> None:
+    """A producer that sets EnqueueItem.priority/ttl is taken at its word (the payload is not read
+    for them); without item.priority both come from the payload, as before."""
+    plain = envelope("low", queue)  # the payload says priority 5 and no TTL
+    await backend.enqueue(queue, EnqueueItem("low", plain, priority=9))
+    await backend.enqueue(queue, EnqueueItem("high", envelope("high", queue), priority=-3, ttl=0.05))
+    await backend.enqueue(queue, EnqueueItem("payload", envelope("payload", queue, priority=1, ttl=60.0)))
+    stored = {job_id: await backend.get_job(queue, job_id) for job_id in ("low", "high", "payload")}
+    high, from_payload = stored["high"], stored["payload"]
+    assert high is not None and from_payload is not None
+    assert high["expires_at"] == pytest.approx(high["enqueued_at"] + 0.05, abs=0.002)
+    assert from_payload["expires_at"] == pytest.approx(from_payload["enqueued_at"] + 60.0, abs=0.002)
+    assert stored["low"] is not None and stored["low"]["expires_at"] is None
+    claimed = await backend.claim(queue, "w1", 3, 30.0)
+    assert [job["id"] for job in claimed.jobs] == ["high", "payload", "low"]
+
+
+async def test_items_without_a_nonce_replay_within_their_call_only(backend: Backend, queue: str) -> None:
+    """An empty nonce: the backend gives the item one of its call, so the same id twice in one call
+    or in another call is a duplicate (a redis-py re-send of the call replays: tests/chaos row 14)."""
+    items = [EnqueueItem("x", envelope("x", queue)), EnqueueItem("x", envelope("x", queue))]
+    first, second = await backend.enqueue_bulk(queue, items)
+    assert (first.duplicate, second.duplicate) == (False, True)
+    again = await backend.enqueue(queue, EnqueueItem("x", envelope("x", queue)))
+    assert again.duplicate and again.state == "waiting"
+
+
 async def test_malformed_stored_job_is_claimed_with_payload_error(backend: Backend, queue: str) -> None:
     await backend.enqueue(queue, EnqueueItem("bad", "{not json"))
     await backend.enqueue(queue, EnqueueItem("list", "[1, 2]"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -56,13 +57,28 @@ _log = logging.getLogger("asyncmq_otel.backends.redis")
 
 
 _Prepared = tuple[
-    str, bytes, int, str
-]  # job id, UTF-8 payload, delay in ms, '<delay_ms>,<priority>,<ttl_ms>,<nonce>'
+    str, str, int, str
+]  # job id, payload, delay in ms, '<delay_ms>,<priority>,<ttl_ms>,<nonce>'
 
 
 def _ms(seconds: float) -> int:
     """Seconds as whole milliseconds, rounded up so nothing is ever due early."""
     return max(math.ceil(seconds * 1000), 0)
+
+
+def _envelope_priority_ttl(payload: str) -> tuple[object, object]:
+    """The envelope's ``priority`` (5 when absent) and ``ttl``.
+
+    A payload that is not a JSON object gives ``(5, None)``: it is stored as is, and the worker
+    dead-letters it as malformed_payload.
+    """
+    try:
+        envelope = loads(payload)
+    except ValueError:
+        return 5, None
+    if not isinstance(envelope, dict):
+        return 5, None
+    return envelope.get("priority", 5), envelope.get("ttl")
 
 
 def _dumps(value: object) -> str:
@@ -261,27 +277,25 @@ class RedisBackend(RegistryMixin, EventsMixin):
     def _item_args(self, item: EnqueueItem, call_nonce: str, index: int) -> _Prepared:
         """``(id, payload, delay_ms, '<delay_ms>,<priority>,<ttl_ms>,<nonce>')`` after the local checks.
 
-        The payload comes back UTF-8 encoded (it was encoded for the size check; Redis gets bytes).
+        Priority and TTL come from the item when the producer set them, else from the payload.
         """
         check_job_id(item.job_id)
-        payload = item.payload.encode("utf-8")
-        size = len(payload)
+        payload = item.payload
+        # the size in bytes: the length itself for ASCII text (the usual case), no encoding needed
+        size = len(payload) if payload.isascii() else len(payload.encode("utf-8"))
         if size > self.max_payload_bytes:
             raise PayloadTooLarge(size, self.max_payload_bytes)
-        priority, ttl_ms = 5, ""
-        try:
-            envelope = loads(item.payload)
-        except ValueError:
-            envelope = None  # stored as is; the worker dead-letters it as malformed_payload
-        if isinstance(envelope, dict):
-            found = envelope.get("priority", 5)
-            if type(found) is int or (isinstance(found, int) and not isinstance(found, bool)):
-                priority = max(-_PRIORITY_BOUND, min(_PRIORITY_BOUND, found))
-            ttl = envelope.get("ttl")
-            if ttl is not None and (
-                isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and math.isfinite(ttl)
-            ):
-                ttl_ms = str(round(ttl * 1000))
+        priority: object = item.priority
+        ttl: object = item.ttl
+        if priority is None:
+            priority, ttl = _envelope_priority_ttl(payload)
+        if type(priority) is not int:
+            priority = 5 if not isinstance(priority, int) or isinstance(priority, bool) else int(priority)
+        if priority != 5:  # noqa: PLR2004 - the default priority
+            priority = max(-_PRIORITY_BOUND, min(_PRIORITY_BOUND, priority))
+        ttl_ms = ""
+        if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and math.isfinite(ttl):
+            ttl_ms = str(round(ttl * 1000))
         delay = item.delay
         delay_ms = _ms(delay) if delay else 0
         # without a caller's nonce, one per item of this call: a re-send of the call replays,
@@ -297,7 +311,7 @@ class RedisBackend(RegistryMixin, EventsMixin):
         """Store several jobs in one round trip (script calls of up to 500 jobs, pipelined)."""
         keys = self.keys.queue(queue)
         # a nonce of the call only for items without their own (Queue gives every item one)
-        call_nonce = "" if all(item.nonce for item in items) else uuid.uuid4().hex
+        call_nonce = "" if all(item.nonce for item in items) else os.urandom(16).hex()
         prepared = [self._item_args(item, call_nonce, index) for index, item in enumerate(items)]
         if not prepared:
             return []

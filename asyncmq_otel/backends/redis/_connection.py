@@ -40,6 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ...errors import BackendAuthError, BackendOutOfMemory, BackendTLSError, BackendUnavailable, ConfigError
+from ._packing import HiredisPackedConnection
 
 __all__ = [
     "AsyncClient",
@@ -145,6 +146,8 @@ class ConnectionSettings:
             return redis.asyncio.cluster.RedisCluster.from_url(
                 self.url, retry=AsyncRetry(NoBackoff(), 0), **kwargs
             )
+        if not self.tls:  # a rediss:// URL picks redis-py's TLS connection class itself
+            kwargs["connection_class"] = HiredisPackedConnection
         return redis.asyncio.Redis.from_url(self.url, retry=AsyncRetry(NoBackoff(), 0), **kwargs)
 
     def pubsub_client(self) -> redis.asyncio.Redis:

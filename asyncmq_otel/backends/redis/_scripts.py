@@ -1,7 +1,9 @@
 """The Lua transitions: read once from ``lua/``, loaded once per server, called by SHA.
 
 Each script is sent as its shebang line (``#!lua`` unless the file declares flags), the shared
-prelude ``_fence.lua`` and its body. The shebang matters: Redis 7 refuses a flagged script as a
+prelude ``_fence.lua`` and its body. Only the prelude definitions a script uses (directly or through
+another definition) are sent with it: Redis runs the whole chunk on every call, so each unused helper
+would cost a closure per call. The shebang matters: Redis 7 refuses a flagged script as a
 whole at ``maxmemory`` instead of failing it halfway, and ``renew`` opts into ``allow-oom``.
 A ``NOSCRIPT`` reply (after a restart or ``SCRIPT FLUSH``) reloads every script and calls again.
 """
@@ -9,6 +11,7 @@ A ``NOSCRIPT`` reply (after a restart or ``SCRIPT FLUSH``) reloads every script 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,36 @@ class Script:
     sha: str
 
 
+_DEFINED = re.compile(r"^local (?:function )?([A-Za-z_]\w*)", re.MULTILINE)
+_NAME = re.compile(r"[A-Za-z_]\w*")
+_COMMENT = re.compile(r"--.*$", re.MULTILINE)
+
+
+def _names(code: str) -> set[str]:
+    """The identifiers ``code`` mentions outside comments (string contents count: harmless)."""
+    return set(_NAME.findall(_COMMENT.sub("", code)))
+
+
+def _prelude_for(prelude: str, body: str) -> str:
+    """The prelude's header and the blocks (separated by blank lines) that define a name ``body`` needs.
+
+    A block's names are its top-level ``local`` definitions; the needs of an included block count
+    too. Including a block that is not needed is harmless; leaving out one that is would not load.
+    """
+    header, *blocks = prelude.strip().split("\n\n")
+    defines = [set(_DEFINED.findall(block)) for block in blocks]
+    needed = _names(body)
+    included = [False] * len(blocks)
+    changed = True
+    while changed:
+        changed = False
+        for index, names in enumerate(defines):
+            if not included[index] and names & needed:
+                included[index] = changed = True
+                needed |= _names(blocks[index])
+    return "\n\n".join([header, *(block for block, keep in zip(blocks, included, strict=True) if keep)])
+
+
 def _read_scripts() -> dict[str, Script]:
     prelude = (_LUA / _PRELUDE).read_text(encoding="utf-8")
     scripts: dict[str, Script] = {}
@@ -45,7 +78,7 @@ def _read_scripts() -> dict[str, Script]:
             continue
         body = path.read_text(encoding="utf-8")
         shebang, body = body.split("\n", 1) if body.startswith("#!") else ("#!lua", body)
-        source = f"{shebang}\n{prelude}\n{body}"
+        source = f"{shebang}\n{_prelude_for(prelude, body)}\n{body}"
         sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
         scripts[path.stem] = Script(path.stem, source, sha)
     return scripts

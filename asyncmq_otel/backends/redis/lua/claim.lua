@@ -67,8 +67,12 @@ for k = 1, #popped, 2 do
   local values = redis.call('HMGET', job, unpack(JOB_FIELDS))
   if values[2] == 'waiting' then -- JOB_FIELDS[2] is state
     local token = nonce .. '.' .. #ids
-    redis.call('HSET', job, 'state', 'active', 'token', token, 'owner', worker, 'settled_token', '',
-      'cancel_requested', '', 'attempts', (tonumber(values[3]) or 0) + 1)
+    if values[3] then -- JOB_FIELDS[3] is attempts: claimed before, so clear what that attempt left
+      redis.call('HSET', job, 'state', 'active', 'token', token, 'owner', worker, 'settled_token', '',
+        'cancel_requested', '', 'attempts', tonumber(values[3]) + 1)
+    else -- never claimed: no settle or cancel request to clear (cancel flags only active jobs)
+      redis.call('HSET', job, 'state', 'active', 'token', token, 'owner', worker, 'attempts', 1)
+    end
     ids[#ids + 1] = id
     leased[#leased + 1] = deadline
     leased[#leased + 1] = id

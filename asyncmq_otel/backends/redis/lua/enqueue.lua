@@ -32,7 +32,7 @@ local first_seq = seq
 local waiting, scheduled = {}, {} -- ZADD arguments (score, id, ...) for the ready and delayed sets
 local stored = {} -- job key -> {state, nonce, enqueued_at, eligible_at} of the jobs stored by this call
 -- a batch whose ids are all new (one EXISTS says so) skips the per-job lookups
-local lookup = n == 1 or redis.call('EXISTS', unpack(KEYS, 5)) > 0
+local lookup = redis.call('EXISTS', unpack(KEYS, 5)) > 0
 for i = 1, n do
   local job = KEYS[4 + i]
   local id = string.sub(job, base_len)
@@ -54,17 +54,21 @@ for i = 1, n do
     local fields
     if delay > 0 then
       local due = now + delay
-      fields = {'payload', payload, 'state', 'delayed', 'priority', priority, 'seq', seq, 'nonce', nonce,
+      fields = {'payload', payload, 'state', 'delayed', 'seq', seq, 'nonce', nonce,
         'enqueued_at', now, 'eligible_at', due, 'delay_until', due}
       scheduled[#scheduled + 1] = due
       scheduled[#scheduled + 1] = id
       stored[job] = {'delayed', nonce, now, due}
     else
-      fields = {'payload', payload, 'state', 'waiting', 'priority', priority, 'seq', seq, 'nonce', nonce,
+      fields = {'payload', payload, 'state', 'waiting', 'seq', seq, 'nonce', nonce,
         'enqueued_at', now, 'eligible_at', now}
       waiting[#waiting + 1] = ready_score(priority, seq)
       waiting[#waiting + 1] = id
       stored[job] = {'waiting', nonce, now, now}
+    end
+    if priority ~= '5' then -- an absent priority reads as the default 5 (ready_score)
+      fields[#fields + 1] = 'priority'
+      fields[#fields + 1] = priority
     end
     if ttl ~= '' then
       fields[#fields + 1] = 'expires_at'
