@@ -8,8 +8,9 @@
     tests/redis/test_acl.py.)
 30. A ``rediss://`` worker: with the fixture's CA it runs jobs; with another CA it exits 3 with
     ``BackendTLSError``; a wrong password exits 3 with ``BackendAuthError`` after one ``AUTH``.
-    The CLI has no CA option: the worker gets its CA through OpenSSL's ``SSL_CERT_FILE``. (The
-    backend-level forms are tests/redis/test_connection.py.)
+    A worker gets its CA in the URL (``rediss://…?ssl_ca_certs=/path/ca.pem``, what the README says)
+    or through OpenSSL's ``SSL_CERT_FILE``; both are exercised. (The backend-level forms are
+    tests/redis/test_connection.py.)
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ async def test_row30_tls_and_auth_mistakes_exit_3_with_the_typed_cause(
     assert "wrong-one" not in wrong_password.text()
     assert "rejected the credentials" in wrong_password.text(), wrong_password.text()[-2000:]
 
-    worker = worker_proc(QUEUE, server.url, prefix, env=trusted)
+    # the CA in the URL's query: no environment needed
+    worker = worker_proc(QUEUE, f"{server.url}?ssl_ca_certs={server.tls.ca}", prefix, env=ledger.env)
     backend = backend_for(server.url, prefix, ssl_ca_certs=str(server.tls.ca))
     try:
         queue = Queue(QUEUE, backend=backend)
