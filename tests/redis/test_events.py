@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
 
 from asyncmq_otel.backends.base import CancelStatus, EnqueueItem
-from asyncmq_otel.backends.redis import RedisBackend
+from asyncmq_otel.backends.redis import RedisBackend, _events
 from asyncmq_otel.backends.redis._events import CANCEL_HINT
 from tests.support.poll import eventually
 from tests.support.redis_server import delete_prefix, unique_prefix
@@ -101,3 +102,51 @@ async def test_a_batch_of_events_is_published_in_order_in_one_call(
         if where == "cluster":
             await publisher.close()
             await subscriber.close()
+
+
+async def test_a_filtered_subscription_skips_other_events_without_decoding_them(
+    make_backend: Callable[..., RedisBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscription by name (a worker's cancel-hint reader) passes over the lifecycle events it does
+    not want without decoding them, yet still gets a wanted event whose text mentions other names,
+    and an unwanted one that merely quotes the wanted name is decoded and dropped."""
+    decoded: list[object] = []
+    decode = _events._decode
+
+    def counting_decode(data: object) -> dict[str, Any] | None:
+        decoded.append(data)
+        return decode(data)
+
+    monkeypatch.setattr(_events, "_decode", counting_decode)
+    publisher, subscriber = make_backend(), make_backend()
+    async with await subscriber.subscribe_events(names={CANCEL_HINT}) as hints:
+        await publisher.publish_events(
+            [
+                json.dumps({"name": "job:completed", "job_id": "skipped"}),
+                json.dumps({"name": "job:failed", "job_id": "quoted", "note": CANCEL_HINT}),
+                "not json at all",
+                json.dumps({"job_id": "wanted", "previous": "job:completed", "name": CANCEL_HINT}),
+            ]
+        )
+        with anyio.fail_after(5):
+            event = await hints.__anext__()
+    assert event == {"job_id": "wanted", "previous": "job:completed", "name": CANCEL_HINT}
+    assert [json.loads(data)["job_id"] for data in decoded] == ["quoted", "wanted"]
+
+
+@pytest.mark.parametrize("name", ["team/job:done", "job:fertig-ü", 'job:"quoted"'])
+async def test_names_an_encoder_may_escape_are_matched_after_decoding(
+    name: str, make_backend: Callable[..., RedisBackend]
+) -> None:
+    """Names with a slash, non-ASCII text or a quote may be escaped in JSON: no byte prefilter then."""
+    publisher, subscriber = make_backend(), make_backend()
+    async with await subscriber.subscribe_events(names={name}) as events:
+        await publisher.publish_events(
+            [
+                json.dumps({"name": "other", "job_id": "no"}),
+                json.dumps({"name": name, "job_id": "yes"}),  # ensure_ascii escapes ü; \\" for a quote
+            ]
+        )
+        with anyio.fail_after(5):
+            event = await events.__anext__()
+    assert (event["name"], event["job_id"]) == (name, "yes")

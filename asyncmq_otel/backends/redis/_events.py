@@ -49,6 +49,7 @@ class EventSubscription:
         self._settings = settings
         self._channel = channel
         self._names = frozenset(names) if names is not None else None
+        self._markers = _markers(self._names)
         self._client: redis.asyncio.Redis | None = None
         self._pubsub: Any = None
         self._closed = False
@@ -108,7 +109,11 @@ class EventSubscription:
             attempt = 0
             if not message or message.get("type") != "message":
                 continue
-            event = _decode(message.get("data"))
+            data = message.get("data")
+            markers = self._markers
+            if markers is not None and isinstance(data, bytes) and not any(m in data for m in markers):
+                continue  # holds no wanted name: not decoded (a hint reader sees every lifecycle event)
+            event = _decode(data)
             if event is None or (self._names is not None and event.get("name") not in self._names):
                 continue
             return event
@@ -128,6 +133,19 @@ class EventSubscription:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+def _markers(names: frozenset[str] | None) -> tuple[bytes, ...] | None:
+    """The JSON strings ``"<name>"`` a message must contain to carry one of ``names``, as bytes.
+
+    None (decode every message) unless each name is printable ASCII that JSON encoders write as is:
+    without a quote, a backslash or a slash (which some encoders escape).
+    """
+    if names is None or not names:
+        return None
+    if not all(name.isascii() and name.isprintable() and not set(name) & {'"', "\\", "/"} for name in names):
+        return None
+    return tuple(f'"{name}"'.encode() for name in names)
 
 
 def _decode(data: object) -> dict[str, Any] | None:
