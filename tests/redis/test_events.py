@@ -56,7 +56,7 @@ async def test_cancel_hint_reaches_the_owner_in_another_process(
     await worker_side.claim("q", "w", 1, 30.0)  # also makes sure the hint reader is subscribed
 
     async def reader_subscribed() -> bool:
-        return await admin_side.publish_event({"name": "ping"}) >= 1
+        return await admin_side.publish_event({"name": "ping"}, channel="control") >= 1
 
     await eventually(reader_subscribed, timeout=5, what="the worker's cancel reader is subscribed")
     assert await admin_side.cancel("q", "a") is CancelStatus.RUNNING
@@ -66,7 +66,7 @@ async def test_cancel_hint_reaches_the_owner_in_another_process(
 async def test_own_cancel_is_heard_once(backend: RedisBackend) -> None:
     heard: list[str] = []
     backend.add_cancel_listener(lambda _queue, job_id: heard.append(job_id))
-    async with await backend.subscribe_events(names={CANCEL_HINT}) as hints:
+    async with await backend.subscribe_events(names={CANCEL_HINT}, channel="control") as hints:
         await backend.enqueue(
             "q", EnqueueItem("a", json.dumps({"v": 1, "id": "a", "task": "t", "queue": "q"}))
         )
@@ -107,7 +107,7 @@ async def test_a_batch_of_events_is_published_in_order_in_one_call(
 async def test_a_filtered_subscription_skips_other_events_without_decoding_them(
     make_backend: Callable[..., RedisBackend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A subscription by name (a worker's cancel-hint reader) passes over the lifecycle events it does
+    """A subscription by name passes over the lifecycle events it does
     not want without decoding them, yet still gets a wanted event whose text mentions other names,
     and an unwanted one that merely quotes the wanted name is decoded and dropped."""
     decoded: list[object] = []
@@ -150,3 +150,25 @@ async def test_names_an_encoder_may_escape_are_matched_after_decoding(
         with anyio.fail_after(5):
             event = await events.__anext__()
     assert (event["name"], event["job_id"]) == (name, "yes")
+
+
+async def test_cancel_hints_ride_their_own_channel(make_backend: Callable[..., RedisBackend]) -> None:
+    """A worker's hint reader listens on ``<prefix>:control``, so the lifecycle events every worker
+    relays on ``<prefix>:events`` never reach it; a subscriber of ``events`` hears no hints."""
+    worker_side, admin_side = make_backend(), make_backend()
+    async with (
+        await worker_side.subscribe_events(channel="control") as control,
+        await worker_side.subscribe_events() as events,
+    ):
+        await admin_side.publish_events([json.dumps({"name": "job:completed", "job_id": "x"})])
+        await admin_side.enqueue(
+            "q", EnqueueItem("a", json.dumps({"v": 1, "id": "a", "task": "t", "queue": "q"}))
+        )
+        await admin_side.claim("q", "w", 1, 30.0)
+        assert await admin_side.cancel("q", "a") is CancelStatus.RUNNING
+        with anyio.fail_after(5):
+            assert (await control.__anext__())["name"] == CANCEL_HINT  # the hint, not job:completed
+            assert (await events.__anext__())["name"] == "job:completed"
+        await admin_side.publish_events([json.dumps({"name": "job:started", "job_id": "y"})])
+        with anyio.fail_after(5):
+            assert (await events.__anext__())["name"] == "job:started"  # no hint in between

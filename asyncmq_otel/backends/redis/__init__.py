@@ -172,7 +172,7 @@ class RedisBackend(RegistryMixin, EventsMixin):
         self.origin = uuid.uuid4().hex
         self._epochs: dict[str, str] = {}
         self._epoch_lock = threading.Lock()
-        self._hints = CancelHints(self.connections.settings, self.keys.events, self.origin)
+        self._hints = CancelHints(self.connections.settings, self.keys.control, self.origin)
         self._completions = CompleteBatcher(self._complete_batch)
         self._reap_clock: float | None = None  # see reap()
 
@@ -647,7 +647,7 @@ class RedisBackend(RegistryMixin, EventsMixin):
         code = reply[0]
         if code == b"RUNNING":
             self._hints.notify(queue, job_id)
-            await self.publish_event(hint(queue, job_id, self.origin))
+            await self.publish_event(hint(queue, job_id, self.origin), channel="control")
             return CancelStatus.RUNNING
         if code == b"OK":
             return CancelStatus.CANCELLED

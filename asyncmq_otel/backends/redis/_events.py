@@ -1,9 +1,11 @@
-"""Cross-process events on the ``<prefix>:events`` Pub/Sub channel (JSON objects).
+"""Cross-process events on Pub/Sub channels (JSON objects).
 
-Workers publish lifecycle events there so another process (the exporter, a dashboard, a test)
-can follow them, and :meth:`RedisBackend.cancel` publishes a cancel hint so the owner of a
-running job stops it at once instead of at its next lease renewal. Pub/Sub is best effort: a
-hint lost while a subscriber reconnects is covered by ``renew`` answering ``CANCEL``.
+Workers publish lifecycle events on ``<prefix>:events`` so another process (the exporter, a
+dashboard, a test) can follow them, and :meth:`RedisBackend.cancel` publishes a cancel hint on
+``<prefix>:control`` so the owner of a running job stops it at once instead of at its next lease
+renewal. (Reliability §3 lists one ``events`` channel for both; the hints moved to their own so a
+worker's hint reader does not receive every other worker's lifecycle events.) Pub/Sub is best
+effort: a hint lost while a subscriber reconnects is covered by ``renew`` answering ``CANCEL``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import redis.asyncio
@@ -27,9 +29,12 @@ from ._keys import Keys
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; annotations are never evaluated
 
-__all__ = ["CANCEL_HINT", "CancelHints", "EventSubscription", "EventsMixin"]
+__all__ = ["CANCEL_HINT", "CancelHints", "Channel", "EventSubscription", "EventsMixin"]
 
 CANCEL_HINT = "control:cancel"
+
+Channel = Literal["events", "control"]
+"""``events``: lifecycle events; ``control``: cancel hints."""
 """The ``name`` of the cancel hint on the events channel (not a lifecycle event)."""
 
 _log = logging.getLogger("asyncmq_otel.backends.redis")
@@ -245,7 +250,7 @@ class EventsMixin:
         """Call ``listener(queue, job_id)`` as soon as a running job's cancellation is requested.
 
         Requests made through this backend call it at once; those of other processes arrive as
-        cancel hints on the events channel, read by a task in the event loop of the backend's
+        cancel hints on ``<prefix>:control``, read by a task in the event loop of the backend's
         next call (or of this call, when one is running).
         """
         self._hints.listeners.append(listener)
@@ -256,10 +261,14 @@ class EventsMixin:
         if listener in self._hints.listeners:
             self._hints.listeners.remove(listener)
 
-    async def publish_event(self, event: Mapping[str, Any]) -> int:
-        """Publish one event (a JSON object) on ``<prefix>:events``; return how many subscribers got it."""
+    async def publish_event(self, event: Mapping[str, Any], *, channel: Channel = "events") -> int:
+        """Publish one event (a JSON object); return how many subscribers got it.
+
+        ``channel``: ``events`` (``<prefix>:events``) or ``control`` (``<prefix>:control``, cancel hints).
+        """
         data = json.dumps(dict(event), separators=(",", ":"), ensure_ascii=False)
-        receivers = await self.connections.run(lambda client: client.publish(self.keys.events, data))
+        name = self.keys.events if channel == "events" else self.keys.control
+        receivers = await self.connections.run(lambda client: client.publish(name, data))
         return int(receivers)
 
     async def publish_events(self, messages: Sequence[str]) -> None:
@@ -272,10 +281,13 @@ class EventsMixin:
         keys, args = [self.keys.events], list(messages)
         await self.connections.run(lambda client: _scripts.call(client, "publish", keys, args), retry=False)
 
-    async def subscribe_events(self, names: Collection[str] | None = None) -> EventSubscription:
-        """Subscribe to ``<prefix>:events``; the subscription is live when this returns.
+    async def subscribe_events(
+        self, names: Collection[str] | None = None, *, channel: Channel = "events"
+    ) -> EventSubscription:
+        """Subscribe to ``<prefix>:events`` (or ``control``: the cancel hints); live on return.
 
         Use it as ``async with await backend.subscribe_events() as events: async for event in events``.
         ``names`` keeps only events whose ``name`` is in it.
         """
-        return await EventSubscription(self.connections.settings, self.keys.events, names).open()
+        name = self.keys.events if channel == "events" else self.keys.control
+        return await EventSubscription(self.connections.settings, name, names).open()

@@ -70,7 +70,16 @@ class QueueKeys:
 class Keys:
     """The keys under one prefix. Global keys carry the ``{@}`` tag, which no queue name can take."""
 
-    __slots__ = ("_queues", "events", "prefix", "queues", "sampler_lock", "workers", "workers_info")
+    __slots__ = (
+        "_queues",
+        "control",
+        "events",
+        "prefix",
+        "queues",
+        "sampler_lock",
+        "workers",
+        "workers_info",
+    )
 
     def __init__(self, prefix: str) -> None:
         if not _PREFIX.fullmatch(prefix):
@@ -80,6 +89,9 @@ class Keys:
         self.workers = f"{prefix}:{{@}}:workers"
         self.workers_info = f"{prefix}:{{@}}:workers:info"
         self.events = f"{prefix}:events"
+        # cancel hints have their own channel: a worker's hint reader would otherwise receive (and
+        # pay for) every lifecycle event that every worker relays on `events`
+        self.control = f"{prefix}:control"
         self.sampler_lock = f"{prefix}:telemetry:sampler"
         self._queues: dict[str, QueueKeys] = {}
 
