@@ -9,7 +9,7 @@ from typing import Any, cast
 from ..settings import settings
 from .base import Backend
 
-__all__ = ["default_backend", "reset_default_backend"]
+__all__ = ["default_backend", "memory_backend", "reset_default_backend"]
 
 _lock = threading.Lock()
 _by_url: dict[str, Backend] = {}
@@ -24,21 +24,26 @@ def default_backend() -> Backend:
         backend = _by_url.get(configured)
         if backend is None:
             if configured == "memory://":
-                from .memory import InMemoryBackend  # noqa: PLC0415 - adapters load lazily
-
-                backend = InMemoryBackend(
-                    max_payload_bytes=settings.max_payload_bytes,
-                    max_result_bytes=settings.max_result_bytes,
-                    keep_completed=settings.keep_completed,
-                    keep_completed_age=settings.keep_completed_age,
-                    keep_failed=settings.keep_failed,
-                    keep_failed_age=settings.keep_failed_age,
-                )
+                backend = memory_backend()
             else:
                 backends = importlib.import_module("asyncmq_otel.backends")
                 backend = cast("Backend", backends.from_url(configured))
             _by_url[configured] = backend
         return backend
+
+
+def memory_backend() -> Backend:
+    """A new in-memory backend with the size limits and retention of the current settings."""
+    from .memory import InMemoryBackend  # noqa: PLC0415 - adapters load lazily
+
+    return InMemoryBackend(
+        max_payload_bytes=settings.max_payload_bytes,
+        max_result_bytes=settings.max_result_bytes,
+        keep_completed=settings.keep_completed,
+        keep_completed_age=settings.keep_completed_age,
+        keep_failed=settings.keep_failed,
+        keep_failed_age=settings.keep_failed_age,
+    )
 
 
 def reset_default_backend() -> None:

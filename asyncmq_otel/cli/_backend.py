@@ -16,6 +16,7 @@ import anyio
 import click
 
 from ..backends import from_url
+from ..backends._default import memory_backend
 from ..backends.base import Backend
 from ..errors import BackendUnavailable
 from ..settings import get_settings
@@ -89,20 +90,6 @@ class BackendChoice:
         return mask_url(self.url)
 
 
-def _memory_backend() -> Backend:
-    from ..backends.memory import InMemoryBackend  # noqa: PLC0415 - adapters load lazily (style rule 1)
-
-    config = get_settings()
-    return InMemoryBackend(
-        max_payload_bytes=config.max_payload_bytes,
-        max_result_bytes=config.max_result_bytes,
-        keep_completed=config.keep_completed,
-        keep_completed_age=config.keep_completed_age,
-        keep_failed=config.keep_failed,
-        keep_failed_age=config.keep_failed_age,
-    )
-
-
 def open_backend(url: str | None, prefix: str | None) -> BackendChoice:
     """Build the backend: ``url`` (flag or ``ASYNCMQ_BACKEND``), else ``settings.backend``.
 
@@ -119,7 +106,7 @@ def open_backend(url: str | None, prefix: str | None) -> BackendChoice:
         return BackendChoice(chosen, url_of, getattr(chosen, "prefix", None), built_from_url=False)
     scheme = urlsplit(chosen).scheme.lower()
     if scheme == "memory":
-        return BackendChoice(_memory_backend(), chosen)
+        return BackendChoice(memory_backend(), chosen)
     options: dict[str, Any] = {}
     if scheme in {"redis", "rediss"}:
         options["prefix"] = prefix if prefix is not None else config.redis_prefix
