@@ -4,8 +4,9 @@ The Redis backend publishes on ``<prefix>:events`` (Pub/Sub), so an exporter, a 
 in another process can follow the same ``event_emitter`` names as a listener in the worker.
 
 The job path only appends to a bounded buffer (an inline bus listener); a task of the worker sends
-what has accumulated in one pipelined round trip. Pub/Sub is best effort, and so is the relay: a
-full buffer or a failed publish drops events (counted as ``signal="event"``) and never slows a job.
+what has accumulated in one pipelined round trip, waiting a few milliseconds after the first event so
+that a publish carries many. Pub/Sub is best effort, and so is the relay: a full buffer or a failed
+publish drops events (counted as ``signal="event"``) and never slows a job.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ _log = logging.getLogger("asyncmq_otel.worker")
 
 _BATCH = 500  # events per publish round trip
 _BUFFER = 10_000  # events held while a publish is slow; beyond that the oldest are dropped
+# A woken relay waits this long before publishing, so one round trip carries the events of many jobs
+# (one publish per event would cost more CPU than the job itself); other processes hear them this late.
+_LINGER = 0.025
 _OFF_THREAD_LATENCY = 0.25  # events emitted off the event loop's thread wait at most this long
 _MAX_RESULT_CHARS = 64 * 1024  # a larger result is left out of the message (``result_omitted``)
 # process-local or not serialisable: never leaves the process
@@ -88,6 +92,7 @@ class EventRelay:
         self._publisher = publisher
         self._buffer: collections.deque[LifecycleEvent] = collections.deque()
         self._ready = anyio.Event()
+        self._waiting = False  # the run task waits on _ready: the next event on the loop's thread wakes it
         self._loop_thread = threading.get_ident()
         self._failures = 0
 
@@ -95,11 +100,13 @@ class EventRelay:
         """Inline bus listener: keep this worker's events (other workers of the process relay theirs)."""
         if event.worker_id != self._worker_id:
             return
-        if len(self._buffer) >= _BUFFER:
-            self._buffer.popleft()
+        buffer = self._buffer
+        if len(buffer) >= _BUFFER:
+            buffer.popleft()
             self._bus.record_drop("event", "queue_full")
-        self._buffer.append(event)
-        if threading.get_ident() == self._loop_thread:
+        buffer.append(event)
+        if self._waiting and threading.get_ident() == self._loop_thread:
+            self._waiting = False
             self._ready.set()
 
     async def run(self) -> None:
@@ -110,8 +117,12 @@ class EventRelay:
                 await anyio.sleep(min(0.1 * 2 ** min(self._failures, 5), 2.0))
             if not self._buffer:
                 self._ready = anyio.Event()
+                self._waiting = True
                 with anyio.move_on_after(_OFF_THREAD_LATENCY):
                     await self._ready.wait()
+                self._waiting = False
+            if 0 < len(self._buffer) < _BATCH:
+                await anyio.sleep(_LINGER)  # let more events join this publish
             await self.flush()
 
     async def flush(self) -> None:

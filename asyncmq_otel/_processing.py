@@ -23,11 +23,12 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 
-from ._lifecycle import emit_job_event
+from ._lifecycle import emit_job_event, emit_job_fields
 from .backends._default import default_backend
-from .backends.base import Backend, RawJob, SettleReply, SettleStatus
+from .backends.base import Backend, ClaimReply, RawJob, SettleReply, SettleStatus
 from .errors import (
     BackendOutOfMemory,
     BackendUnavailable,
@@ -52,6 +53,7 @@ __all__ = ["WorkerContext", "_run_with_limits", "handle_job", "process_job"]
 _log = logging.getLogger("asyncmq_otel.worker")
 
 MAX_CLAIM_BATCH = 32
+_TASK_NAME = "asyncmq_otel.job"  # named up front: anyio would otherwise build a name for every job
 _ERROR_MESSAGE_LIMIT = 2048
 _EVENT_MESSAGE_LIMIT = 1024
 _TRACEBACK_LIMIT = 16_384
@@ -157,50 +159,98 @@ async def _claim_loop(
     handlers: anyio.abc.TaskGroup,
 ) -> None:
     config = ctx.config
+    # next_due: when the next delayed job is due (monotonic), from the last empty claim; a job delayed
+    # since then pushed a wake token. wanted: the claim size; a short claim sets it to twice what it
+    # found (a trickle of jobs then does not reserve and release 32 slots per claim), a full one doubles it.
+    next_due: float | None = None
+    wanted = MAX_CLAIM_BATCH
     while True:
-        slots = await _reserve_slots(limiter, rate_limiter)
+        slots = await _reserve_slots(limiter, rate_limiter, wanted)
         try:
             reply = await backend.claim(queue_name, ctx.worker_id, len(slots), config.lease)
         except BaseException:
             for slot in slots:
                 limiter.release_on_behalf_of(slot)
             raise
-        for slot in slots[len(reply.jobs) :]:
-            limiter.release_on_behalf_of(slot)
-        for raw_job, slot in zip(reply.jobs, slots, strict=False):
-            raw_job.setdefault("claimed_at", reply.now)
-            attempt = ctx.hold(queue_name, raw_job)
-            handlers.start_soon(
-                functools.partial(
-                    _run_with_limits,
-                    queue_name,
-                    raw_job,
-                    limiter,
-                    rate_limiter,
-                    backend,
-                    context=ctx,
-                    reserved=slot,
-                    attempt=attempt,
-                )
-            )
         if reply.jobs:
+            _start_claimed(queue_name, reply, slots, limiter, rate_limiter, backend, ctx, handlers)
+            await anyio.lowlevel.checkpoint()  # let the jobs start before this loop's next round trip
+            if len(reply.jobs) == len(slots) or ctx.burst:
+                wanted = min(wanted * 2, MAX_CLAIM_BATCH)
+                continue  # more may be ready
+            wanted = max(2 * len(reply.jobs), 2)
+            # Fewer than asked for: nothing else was ready. Every job made ready or delayed from now
+            # on pushes a wake token, so wait for one rather than claim again only to hear EMPTY.
+            timeout = config.block_timeout
+            if next_due is not None:
+                timeout = min(timeout, next_due - time.monotonic())
+            if timeout > 0:
+                await backend.wait_for_work(queue_name, timeout)
             continue
-        timeout = config.block_timeout
-        if not reply.paused and reply.next_due_in is not None:
-            timeout = min(timeout, reply.next_due_in)
-        if not ctx.burst:
-            await backend.wait_for_work(queue_name, timeout)
-        elif not await _burst_wait(
-            backend, queue_name, ctx, timeout, finished=reply.paused or reply.next_due_in is None
-        ):
+        for slot in slots:
+            limiter.release_on_behalf_of(slot)
+        next_due = None if reply.paused or reply.next_due_in is None else time.monotonic() + reply.next_due_in
+        if not await _wait_when_empty(backend, queue_name, ctx, reply):
             return
 
 
-async def _reserve_slots(limiter: anyio.CapacityLimiter, rate_limiter: RateLimiter | None) -> list[object]:
-    """Wait for one free slot, then take as many more as are free now (and as rate tokens allow)."""
+async def _wait_when_empty(backend: Backend, queue_name: str, ctx: WorkerContext, reply: ClaimReply) -> bool:
+    """After an empty claim: wait for a wake token or the next due job; False when a burst is done."""
+    timeout = ctx.config.block_timeout
+    if not reply.paused and reply.next_due_in is not None:
+        timeout = min(timeout, reply.next_due_in)
+    if not ctx.burst:
+        await backend.wait_for_work(queue_name, timeout)
+        return True
+    return await _burst_wait(
+        backend, queue_name, ctx, timeout, finished=reply.paused or reply.next_due_in is None
+    )
+
+
+def _start_claimed(
+    queue_name: str,
+    reply: ClaimReply,
+    slots: list[object],
+    limiter: anyio.CapacityLimiter,
+    rate_limiter: RateLimiter | None,
+    backend: Backend,
+    ctx: WorkerContext,
+    handlers: anyio.abc.TaskGroup,
+) -> None:
+    """Start a task per claimed job, each holding one of ``slots``; release the slots left over."""
+    jobs = reply.jobs
+    for raw_job, slot in zip(jobs, slots, strict=False):
+        raw_job.setdefault("claimed_at", reply.now)
+        attempt = ctx.hold(queue_name, raw_job)
+        handlers.start_soon(
+            functools.partial(
+                _run_with_limits,
+                queue_name,
+                raw_job,
+                limiter,
+                rate_limiter,
+                backend,
+                context=ctx,
+                reserved=slot,
+                attempt=attempt,
+            ),
+            name=_TASK_NAME,
+        )
+    for slot in slots[len(jobs) :]:
+        limiter.release_on_behalf_of(slot)
+
+
+async def _reserve_slots(
+    limiter: anyio.CapacityLimiter, rate_limiter: RateLimiter | None, wanted: int = MAX_CLAIM_BATCH
+) -> list[object]:
+    """Wait for one free slot, then take up to ``wanted`` as are free now (and as rate tokens allow)."""
     slots = [object()]
-    await limiter.acquire_on_behalf_of(slots[0])
-    wanted = MAX_CLAIM_BATCH if rate_limiter is None else max(min(rate_limiter.available, MAX_CLAIM_BATCH), 1)
+    try:  # no checkpoint when a slot is free: the claim's own round trip yields soon enough
+        limiter.acquire_on_behalf_of_nowait(slots[0])
+    except anyio.WouldBlock:
+        await limiter.acquire_on_behalf_of(slots[0])
+    if rate_limiter is not None:
+        wanted = max(min(rate_limiter.available, wanted), 1)
     while len(slots) < wanted and limiter.available_tokens >= 1:
         slot = object()
         limiter.acquire_on_behalf_of_nowait(slot)
@@ -490,7 +540,7 @@ class _JobRun:
         self.wait_s = max(self.started_at - job.eligible_at, 0.0) if job.eligible_at else 0.0
         self.attempt.started_monotonic = self.started_mono
         outcome: tuple[str, Any] = ("error", None)
-        emit_job_event("job:started", job, **self._fields(ratelimit_wait_s=self.ratelimit_wait_s))
+        emit_job_fields("job:started", job, self._fields(ratelimit_wait_s=self.ratelimit_wait_s))
         try:
             with anyio.CancelScope() as scope:
                 self.attempt.scope = scope
@@ -519,11 +569,14 @@ class _JobRun:
 
     async def _invoke(self, task: TaskInfo) -> Any:  # noqa: ANN401 - whatever the handler returns
         job = self._job()
+        timeout = task.timeout if task.timeout is not None else job.timeout
+        sandboxed = self.ctx.config.sandbox_enabled
+        if timeout is None and task.is_async and not task.progress and not sandboxed:
+            return await task.func(*job.args, **job.kwargs)  # the common case, without the wrapping below
         kwargs = dict(job.kwargs)
         if task.progress:
             kwargs["report_progress"] = self._progress_reporter(task)
-        timeout = task.timeout if task.timeout is not None else job.timeout
-        if self.ctx.config.sandbox_enabled:
+        if sandboxed:
             # The sandbox starts processes: load it only when enabled.
             sandbox = importlib.import_module("asyncmq_otel.sandbox")
             kwargs.pop("report_progress", None)
@@ -586,7 +639,7 @@ class _JobRun:
                 ResultSerializationError(f"the handler ran, but its result is not JSON-serialisable: {exc}")
             )
             return
-        size = len(encoded.encode("utf-8"))
+        size = 4 if result is None else len(encoded.encode("utf-8"))
         if size > limit:
             await self._failed(ResultTooLarge(size, limit))
             return
@@ -598,7 +651,7 @@ class _JobRun:
             await self._failed(ResultTooLarge(size, limit))
             return
         if reply.ok:
-            emit_job_event("job:completed", job, **self._finish_fields(result=result))
+            emit_job_fields("job:completed", job, self._finish_fields(result=result))
 
     async def _failed(self, exc: BaseException) -> None:
         job = self._job()

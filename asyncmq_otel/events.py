@@ -148,6 +148,40 @@ class LifecycleEvent:
 
 _EVENT_FIELDS = frozenset(f.name for f in fields(LifecycleEvent))
 
+
+def _compile_event_factory() -> Callable[[dict[str, Any]], LifecycleEvent]:
+    """A function building a :class:`LifecycleEvent` from a dict of field values.
+
+    It writes each slot through its descriptor in straight-line code, half the cost of the
+    dataclass ``__init__`` (keyword parsing and ``object.__setattr__`` for 34 fields), and the
+    worker builds two or more events per job.
+    """
+    names = [f.name for f in fields(LifecycleEvent)]
+    namespace: dict[str, Any] = {"new": object.__new__, "cls": LifecycleEvent}
+    lines = ["def make_event(values):", "    event = new(cls)", "    get = values.get"]
+    for index, name in enumerate(names):
+        namespace[f"set{index}"] = getattr(LifecycleEvent, name).__set__
+        lines.append(f"    set{index}(event, get({name!r}))")
+    lines.append("    return event")
+    exec(compile("\n".join(lines), "<asyncmq_otel event factory>", "exec"), namespace)  # noqa: S102 - field names only
+    factory: Callable[[dict[str, Any]], LifecycleEvent] = namespace["make_event"]
+    return factory
+
+
+make_event_unchecked = _compile_event_factory()
+"""``make_event`` for trusted callers: keys that are not fields are ignored, absent ones are ``None``."""
+
+
+def make_event(values: dict[str, Any]) -> LifecycleEvent:
+    """``LifecycleEvent(**values)``, faster: the same event, the same ``TypeError`` for an unknown field.
+
+    ``name`` and ``ts`` are required; absent fields are ``None``.
+    """
+    if not values.keys() <= _EVENT_FIELDS or "name" not in values or "ts" not in values:
+        return LifecycleEvent(**values)  # raises the dataclass's own TypeError
+    return make_event_unchecked(values)
+
+
 Listener = Callable[[LifecycleEvent], Any]
 Service = Callable[[Any, "list[str]"], Awaitable[None]]
 """A background task run beside each worker: ``await service(backend, queues)``."""

@@ -7,7 +7,7 @@ import importlib
 import inspect
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .errors import UnknownTask
@@ -43,11 +43,16 @@ class TaskInfo:
     backoff: dict[str, Any] | None = None
     timeout: float | None = None
     progress: bool = False
+    # read for every job: computed once (inspect.iscoroutinefunction is slow)
+    _is_async: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_is_async", inspect.iscoroutinefunction(self.func))
 
     @property
     def is_async(self) -> bool:
         """Whether the handler is a coroutine function (run directly, not in a thread)."""
-        return inspect.iscoroutinefunction(self.func)
+        return self._is_async
 
     @property
     def module(self) -> str:
