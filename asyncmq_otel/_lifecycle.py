@@ -36,8 +36,9 @@ def _job_event(
 
 
 def emit_job_event(name: str, job: Job, *, attempt: int | None = None, **fields: Any) -> None:  # noqa: ANN401
-    """Build and emit a job event on the process bus."""
-    bus.emit(_job_event(name, job, attempt, fields))
+    """Build and emit a job event on the process bus (nothing is built when nobody listens)."""
+    if bus.wants(name):
+        bus.emit(_job_event(name, job, attempt, fields))
 
 
 def emit_job_fields(name: str, job: Job, fields: dict[str, Any], attempt: int | None = None) -> None:
@@ -45,4 +46,5 @@ def emit_job_fields(name: str, job: Job, fields: dict[str, Any], attempt: int | 
 
     The field names are not checked: every key must be a :class:`LifecycleEvent` field.
     """
-    bus.emit(_job_event(name, job, attempt, fields, checked=False))
+    if bus.wants(name):
+        bus.emit(_job_event(name, job, attempt, fields, checked=False))

@@ -309,6 +309,11 @@ class EventBus:
         return route
 
     # -- emission ------------------------------------------------------------------------------------
+    def wants(self, name: str) -> bool:
+        """Whether any listener would receive an event called ``name`` (so it is worth building)."""
+        inline, queued = self._route(name)
+        return bool(inline or queued)
+
     def emit(self, event: LifecycleEvent) -> None:
         """Deliver ``event`` to inline listeners now and queue it for the others. Never awaits."""
         inline, queued = self._route(event.name)

@@ -168,3 +168,19 @@ async def test_drain_delivers_pending_without_a_dispatcher():
     assert got == []
     await bus.drain(2.0)
     assert got == ["worker:stopped"]
+
+
+async def test_wants_says_whether_an_event_would_reach_anyone():
+    """Job events are only built when some listener would receive them (``bus.wants``)."""
+    bus = EventBus()
+
+    def listener(event):
+        return None
+
+    assert not bus.wants("job:enqueued")
+    bus.on("job:*", listener)
+    assert bus.wants("job:enqueued") and not bus.wants("queue:paused")
+    bus.off("job:*", listener)
+    assert not bus.wants("job:enqueued")
+    bus.on("*", listener, inline=True)
+    assert bus.wants("queue:paused")
