@@ -98,14 +98,16 @@ def _host_port(url: str) -> str:
 
 def _unreachable_message(exc: BaseException, url: str | None) -> str:
     where = mask_url(url) if url else "the backend"
+    # the typed error already says where and what; quote the server's or the TLS layer's own words
+    cause = exc.__cause__ or exc
     if isinstance(exc, BackendAuthError):
         return (
-            f"Redis at {where} rejected the credentials ({exc}): check the user and password in "
+            f"Redis at {where} rejected the credentials ({cause}): check the user and password in "
             "--backend (or ASYNCMQ_BACKEND) and the ACL of that user"
         )
     if isinstance(exc, BackendTLSError):
         return (
-            f"the TLS handshake with {where} failed ({exc}): check that the server speaks TLS on that "
+            f"the TLS handshake with {where} failed ({cause}): check that the server speaks TLS on that "
             "port, that its certificate matches the host name and that your CA bundle trusts it"
         )
     if _is_redis(url) and url is not None:
