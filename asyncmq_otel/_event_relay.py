@@ -15,8 +15,8 @@ import collections
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import anyio
 
@@ -33,28 +33,6 @@ _BUFFER = 10_000  # events held while a publish is slow; beyond that the oldest 
 _LINGER = 0.025
 _OFF_THREAD_LATENCY = 0.25  # events emitted off the event loop's thread wait at most this long
 _MAX_RESULT_CHARS = 64 * 1024  # a larger result is left out of the message (``result_omitted``)
-# process-local or not serialisable: never leaves the process
-_LOCAL_FIELDS = frozenset({"exception", "started_monotonic"})
-_FIELDS = tuple(name for name in LifecycleEvent.__dataclass_fields__ if name not in _LOCAL_FIELDS)
-
-
-def _compile_set_fields() -> Callable[[LifecycleEvent], dict[str, Any]]:
-    """A function returning an event's set fields as a dict.
-
-    Straight-line attribute reads are about five times cheaper than a loop of ``getattr`` over the
-    field names, and this runs for every event.
-    """
-    lines = ["def set_fields(event):", "    data = {}"]
-    for name in _FIELDS:
-        lines += [f"    value = event.{name}", "    if value is not None:", f"        data[{name!r}] = value"]
-    lines.append("    return data")
-    namespace: dict[str, Any] = {}
-    exec(compile("\n".join(lines), "<asyncmq_otel event fields>", "exec"), namespace)  # noqa: S102 - field names only
-    function: Callable[[LifecycleEvent], dict[str, Any]] = namespace["set_fields"]
-    return function
-
-
-_set_fields = _compile_set_fields()
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
@@ -69,7 +47,8 @@ class EventPublisher(Protocol):
 
 def event_message(event: LifecycleEvent) -> str:
     """The JSON object published for ``event``: its set fields, the same names as in-process."""
-    data = _set_fields(event)
+    data = event.as_dict()
+    data.pop("started_monotonic", None)  # a local clock reading: meaningless elsewhere
     try:
         text = _encode(data)
     except ValueError:  # a circular result: say so rather than lose the event
