@@ -68,6 +68,9 @@ class LeaseKeeper:
         # The thread runs in a copy of the starting task's context, so telemetry's suppression of
         # the worker's own backend calls covers renewals too.
         context = contextvars.copy_context()
+        # The worker's start-up (registration, first connection) ran since __init__ without the
+        # tick task: that time must not count as a blocked loop.
+        self.tick()
         self._thread = threading.Thread(
             target=context.run, args=(self._run,), name="asyncmq-lease-renewer", daemon=True
         )

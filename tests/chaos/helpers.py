@@ -68,8 +68,25 @@ async def wait_counts(
     try:
         await eventually(reached, timeout=timeout, interval=0.1, what=what or f"counts {wanted}")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; last counts {found}") from None
+        why = await _failed_jobs(queue) + _worker_warnings(watched)
+        raise AssertionError(f"{exc}; last counts {found}{why}") from None
     return found
+
+
+def _worker_warnings(workers: Iterable[WorkerProc]) -> str:
+    """The last warnings and errors each worker logged (a timing failure in CI is read from these)."""
+    out = []
+    for worker in workers:
+        noted = [line for line in worker.lines() if line.get("level") in ("warning", "error", "critical")]
+        out += [f"\n{worker.name}: {line}" for line in noted[-8:]]
+    return "".join(out)
+
+
+async def _failed_jobs(queue: Queue) -> str:
+    """What a failure message needs to tell why jobs failed: each failed job's reason and history."""
+    fields = ("id", "dlq_reason", "attempts", "stalls", "interrupts", "owner", "error")
+    jobs = await queue.list_jobs("failed", limit=10)
+    return "".join(f"\nfailed job: { {name: job.get(name) for name in fields} }" for job in jobs)
 
 
 async def wait_states(queue: Queue, states: dict[str, str], *, timeout: float) -> None:
