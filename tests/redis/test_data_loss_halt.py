@@ -13,10 +13,18 @@ from tests.support.poll import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
-FAST = {"lease": 1.0, "renew_interval": 0.3, "reaper_interval": 0.2, "loop_block_limit": 2.0, "block_timeout": 0.5}
+FAST = {
+    "lease": 1.0,
+    "renew_interval": 0.3,
+    "reaper_interval": 0.2,
+    "loop_block_limit": 2.0,
+    "block_timeout": 0.5,
+}
 
 
-async def test_halt_stops_the_worker_with_data_loss_detected(make_backend, redis_url, redis_prefix, unique_name):
+async def test_halt_stops_the_worker_with_data_loss_detected(
+    make_backend, redis_url, redis_prefix, unique_name
+):
     backend = make_backend()
     seen: list[str] = []
     from asyncmq_otel.events import bus

@@ -151,5 +151,7 @@ async def test_a_library_worker_runs_the_queue_sampler_beside_it(backend, unique
         await q.pause()
         await q.add("never.runs")
         async with running_worker(unique_name, backend):
-            await eventually(lambda: _depth(captured, unique_name) == 1.0, what="the ready depth from the worker")
+            await eventually(
+                lambda: _depth(captured, unique_name) == 1.0, what="the ready depth from the worker"
+            )
             assert captured.metric_value("asyncmq_queue_paused", messaging_destination_name=unique_name) == 1

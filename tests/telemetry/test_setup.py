@@ -330,14 +330,20 @@ def test_healthz_goes_red_on_data_loss_and_on_a_silent_backend(provider, monkeyp
     try:
         url = telemetry.metrics_url().replace("/metrics", "/healthz")
         assert fetch(url) == (200, "text/plain; charset=utf-8", "ok\n")
-        events.bus.emit(LifecycleEvent("worker:started", clock[0], queue="hq", worker_id="w", group="default"))
+        events.bus.emit(
+            LifecycleEvent("worker:started", clock[0], queue="hq", worker_id="w", group="default")
+        )
         clock[0] += 2 * 5.0 + 5.0 + 1  # past 2 × block_timeout + 5 s without a successful round trip
         status, _, body = fetch(url)
         assert status == 503
         assert "no successful backend round trip" in body
-        events.bus.emit(LifecycleEvent("worker:heartbeat", clock[0], queue="hq", worker_id="w", group="default"))
+        events.bus.emit(
+            LifecycleEvent("worker:heartbeat", clock[0], queue="hq", worker_id="w", group="default")
+        )
         assert fetch(url)[0] == 200
-        events.bus.emit(LifecycleEvent("backend:data_loss", clock[0], queue="hq", old_epoch="a", new_epoch="b"))
+        events.bus.emit(
+            LifecycleEvent("backend:data_loss", clock[0], queue="hq", old_epoch="a", new_epoch="b")
+        )
         status, _, body = fetch(url)
         assert (status, body) == (503, "data loss detected on hq\n")
     finally:

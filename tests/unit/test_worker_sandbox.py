@@ -49,8 +49,16 @@ async def test_sandboxed_jobs_complete_fail_time_out_and_report_progress(backend
     dead = {d["id"]: d for d in await q.dlq()}
     assert dead[failing]["error"]["type"] == "tests.sandbox_tasks.SandboxTestError"
     assert dead[hanging]["error"]["type"] == "asyncmq_otel.errors.SandboxTimeout"
-    assert [e.name for e in events if e.job_id == failing][-3:] == ["job:retried", "job:started", "job:failed"]
+    assert [e.name for e in events if e.job_id == failing][-3:] == [
+        "job:retried",
+        "job:started",
+        "job:failed",
+    ]
     assert next(e for e in events if e.job_id == failing and e.name == "job:failed").error_type == (
         "tests.sandbox_tasks.SandboxTestError"
     )
-    assert [e.progress for e in events if e.job_id == progress and e.name == "job:progress"] == [0.0, 50.0, 100.0]
+    assert [e.progress for e in events if e.job_id == progress and e.name == "job:progress"] == [
+        0.0,
+        50.0,
+        100.0,
+    ]
