@@ -1,4 +1,6 @@
-"""Fixtures of the CLI tests: a click runner, a closed port, Redis under a unique prefix, subprocesses."""
+"""Fixtures of the CLI tests: a click runner, a closed port, Redis under a unique prefix (asyncio only, with
+a backend on it), subprocesses.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ from tests.support.redis_server import (  # noqa: F401 - fixtures are registered
     free_port,
     redis_prefix,
     redis_url,
+)
+from tests.support.shared_redis_backend import (  # noqa: F401 - as above
+    anyio_backend,
+    backend,
 )
 
 REPO = Path(__file__).resolve().parents[2]

@@ -375,12 +375,11 @@ def test_demo_runs_to_completion_and_its_counts_match_the_backend(runner: CliRun
 
 
 def test_demo_serves_metrics_while_it_runs(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
-    import urllib.request
-
     import anyio.to_thread
 
     from asyncmq_otel import telemetry
     from asyncmq_otel.cli import demo as demo_module
+    from tests.support.scrape import scrape
 
     scraped: list[str] = []
     original = demo_module.run_demo
@@ -388,12 +387,7 @@ def test_demo_serves_metrics_while_it_runs(runner: CliRunner, monkeypatch: pytes
     async def scraping_run_demo(**kwargs: object) -> demo_module.DemoResult:
         url = telemetry.metrics_url()
         assert url is not None
-
-        def get() -> str:
-            with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - the demo's http:// URL
-                return str(reply.read().decode())
-
-        scraped.append(await anyio.to_thread.run_sync(get))
+        scraped.append(await anyio.to_thread.run_sync(scrape, url))
         return await original(**kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(demo_module, "run_demo", scraping_run_demo)

@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -29,29 +28,12 @@ from asyncmq_otel.queues import Queue
 from tests.cli.conftest import cli_env
 from tests.support.poll import eventually
 from tests.support.redis_server import free_port
+from tests.support.scrape import scrape
 
 pytestmark = pytest.mark.redis
 
 Spawn = Callable[..., tuple[subprocess.Popen[bytes], Path]]
 JOBS = 200
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """redis-py's async client is asyncio-only."""
-    return "asyncio"
-
-
-@pytest.fixture
-async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisBackend]:
-    made = RedisBackend(redis_url, prefix=redis_prefix, retry_timeout=5.0)
-    yield made
-    await made.close()
-
-
-def _scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - the supervisor on 127.0.0.1
-        return str(reply.read().decode())
 
 
 def _total(text: str, name: str, **labels: str) -> float:
@@ -101,7 +83,7 @@ async def test_two_processes_drain_once_merge_metrics_survive_a_kill_and_stop_cl
         async def reached() -> bool:
             assert proc.poll() is None, output()
             try:
-                text = await anyio.to_thread.run_sync(_scrape, url)
+                text = await anyio.to_thread.run_sync(scrape, url)
             except OSError:
                 return False  # not listening yet
             scraped[:] = [text]
@@ -177,7 +159,7 @@ async def test_past_the_restart_limit_a_crash_stops_the_instance_with_the_crash_
     async def both_up() -> bool:
         assert proc.poll() is None, log.read_text()
         try:
-            text = await anyio.to_thread.run_sync(_scrape, f"http://{address}/metrics")
+            text = await anyio.to_thread.run_sync(scrape, f"http://{address}/metrics")
         except OSError:
             return False
         return _total(text, "asyncmq_worker_up") == 2

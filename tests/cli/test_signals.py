@@ -6,8 +6,7 @@ import re
 import signal
 import subprocess
 import time
-import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -17,23 +16,11 @@ import pytest
 from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.queues import Queue
 from tests.support.poll import eventually
+from tests.support.scrape import scrape
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
 
 Spawn = Callable[..., tuple[subprocess.Popen[bytes], Path]]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """redis-py's async client is asyncio-only."""
-    return "asyncio"
-
-
-@pytest.fixture
-async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisBackend]:
-    made = RedisBackend(redis_url, prefix=redis_prefix, retry_timeout=5.0)
-    yield made
-    await made.close()
 
 
 def _worker_args(queue: str, url: str, prefix: str, *extra: str) -> list[str]:
@@ -163,12 +150,8 @@ async def test_exporter_serves_queue_depth_until_sigterm(
     await eventually(banner, timeout=20, what="exporter banner")
     wanted = f'asyncmq_queue_depth{{messaging_destination_name="{unique_name}",messaging_system="asyncmq",state="ready"}} 2.0'
 
-    def scrape() -> str:
-        with urllib.request.urlopen(urls[0], timeout=5) as reply:  # noqa: S310 - the exporter's http:// URL
-            return str(reply.read().decode())
-
     async def exported() -> bool:
-        return wanted in await anyio.to_thread.run_sync(scrape)
+        return wanted in await anyio.to_thread.run_sync(scrape, urls[0])
 
     await eventually(exported, timeout=10, what="queue depth exported")
     proc.send_signal(signal.SIGTERM)

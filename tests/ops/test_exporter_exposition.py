@@ -8,14 +8,7 @@ what it exports.)
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import urllib.request
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import anyio
-import anyio.to_thread
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,14 +16,7 @@ from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.queues import Queue
 from asyncmq_otel.telemetry.metrics import METRICS_BY_NUMBER, STATES
 from asyncmq_otel.workers import Worker
-from tests.ops._contract import REPO_ROOT
-from tests.ops._processes import cli_env
-from tests.support.poll import eventually
-from tests.support.redis_server import (  # noqa: F401 - fixtures are registered by import
-    free_port,
-    redis_prefix,
-    redis_url,
-)
+from tests.ops._processes import StartExporter
 
 pytestmark = [pytest.mark.ops, pytest.mark.redis, pytest.mark.anyio]
 
@@ -39,27 +25,6 @@ OLDEST_AGE = METRICS_BY_NUMBER[18].prometheus_name  # asyncmq_queue_oldest_age_s
 PAUSED = METRICS_BY_NUMBER[19].prometheus_name  # asyncmq_queue_paused
 QUEUE_GAUGES = {DEPTH, OLDEST_AGE, PAUSED}
 UNKNOWN_TASK = "nowhere.registered"  # the exporter needs no task code; the worker dead-letters it
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """redis-py's async client is asyncio-only."""
-    return "asyncio"
-
-
-@pytest.fixture
-async def backend(
-    redis_url: str,  # noqa: F811 - the fixture imported above, requested by name
-    redis_prefix: str,  # noqa: F811 - as above
-) -> AsyncIterator[RedisBackend]:
-    made = RedisBackend(redis_url, prefix=redis_prefix, retry_timeout=5.0)
-    yield made
-    await made.close()
-
-
-def _scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - the exporter on 127.0.0.1
-        return str(reply.read().decode())
 
 
 def _queue_gauges(text: str) -> dict[tuple[str, str, str], float]:
@@ -91,12 +56,7 @@ def _rows_with_samples(text: str) -> set[int]:
 
 @pytest.mark.timeout(90)
 async def test_exporter_metrics_pass_promtool_and_report_depth_by_state(
-    backend: RedisBackend,
-    promtool: str,
-    redis_url: str,  # noqa: F811 - the fixture imported above, requested by name
-    redis_prefix: str,  # noqa: F811 - as above
-    unique_name: str,
-    tmp_path: Path,
+    backend: RedisBackend, promtool: str, start_exporter: StartExporter, unique_name: str
 ) -> None:
     filled, other = Queue(f"{unique_name}a", backend=backend), Queue(f"{unique_name}b", backend=backend)
     # One dead-lettered job: a burst worker finds no code for the task and settles it as unknown_task.
@@ -118,43 +78,10 @@ async def test_exporter_metrics_pass_promtool_and_report_depth_by_state(
         (PAUSED, filled.name, ""): 1,
         (PAUSED, other.name, ""): 0,
     }
-    address = f"127.0.0.1:{free_port()}"
-    url = f"http://{address}/metrics"
-    log = tmp_path / "exporter.log"
-    with log.open("wb") as handle:
-        proc = await anyio.open_process(
-            [sys.executable, "-m", "asyncmq_otel", "exporter", "--backend", redis_url, "--prefix", redis_prefix,
-             "--metrics-addr", address, "--interval", "0.2", "--log-format", "json"],
-            cwd=REPO_ROOT, env=cli_env(), stdin=subprocess.DEVNULL, stdout=handle, stderr=handle,
-        )  # fmt: skip
-    scraped: list[str] = []
-
-    async def exported() -> bool:
-        assert proc.returncode is None, log.read_text(encoding="utf-8", errors="replace")
-        try:
-            text = await anyio.to_thread.run_sync(_scrape, url)
-        except OSError:
-            return False  # not listening yet
-        scraped[:] = [text]
-        gauges = _queue_gauges(text)
-        return {key: gauges.get(key) for key in expected} == expected
-
-    try:
-        await eventually(exported, timeout=20, interval=0.1, what="the filled queues' gauges exported")
-    except AssertionError:
-        got = _queue_gauges(scraped[0]) if scraped else "nothing scraped"
-        pytest.fail(f"expected {expected}\ngot {got}\nexporter log:\n{log.read_text(encoding='utf-8')}")
-    finally:
-        with anyio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.terminate()
-            with anyio.move_on_after(10):
-                await proc.wait()
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            await proc.aclose()
-    text = scraped[0]
+    async with start_exporter() as exporter:
+        text = await exporter.wait_for(
+            _queue_gauges, expected, timeout=20, what="the filled queues' gauges exported"
+        )
 
     checked = await anyio.run_process([promtool, "check", "metrics"], input=text.encode(), check=False)
     assert (checked.returncode, checked.stdout, checked.stderr) == (0, b"", b""), checked

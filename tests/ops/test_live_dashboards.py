@@ -42,11 +42,7 @@ from tests.ops import _promql
 from tests.ops._contract import REPO_ROOT
 from tests.ops._processes import Process, Processes
 from tests.support.poll import wait_until
-from tests.support.redis_server import (  # noqa: F401 - fixtures are registered by import
-    free_port,
-    redis_prefix,
-    redis_url,
-)
+from tests.support.redis_server import free_port
 
 pytestmark = [pytest.mark.ops, pytest.mark.redis]
 
@@ -250,8 +246,8 @@ def _live_stack(
 def test_every_panel_query_returns_data_from_a_live_worker(
     dashboards_generator: ModuleType,
     rules_generator: ModuleType,
-    redis_url: str,  # noqa: F811 - the fixture imported above, requested by name
-    redis_prefix: str,  # noqa: F811 - as above
+    redis_url: str,
+    redis_prefix: str,
     tmp_path: Path,
 ) -> None:
     if not Path(PROMETHEUS).is_file():
