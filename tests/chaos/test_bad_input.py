@@ -18,7 +18,6 @@ of a pickle blob in tests/redis/test_scripts_and_keys.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from asyncmq_otel.backends.redis._keys import Keys
 from asyncmq_otel.queues import Queue
 from asyncmq_otel.settings import get_settings
 from tests.chaos.figures import record_figure
-from tests.chaos.helpers import backend_for, stop_all, wait_counts
+from tests.chaos.helpers import queue_fixture, stop_all, wait_counts, wait_drained
 from tests.support.invariants import Enqueued, check_invariants, wait_quiescent
 from tests.support.ledger import Ledger
 from tests.support.worker_proc import StartWorker
@@ -37,12 +36,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.chaos]
 
 QUEUE = "bad"
 
-
-@pytest.fixture
-async def queue(redis_url: str, redis_prefix: str) -> AsyncIterator[Queue]:
-    backend = backend_for(redis_url, redis_prefix)
-    yield Queue(QUEUE, backend=backend)
-    await backend.close()
+queue = queue_fixture(QUEUE)
 
 
 @pytest.mark.timeout(90)
@@ -103,8 +97,9 @@ async def test_row23_malformed_and_pickled_jobs_written_into_redis_never_run(
     finally:
         admin.close()
     worker = worker_proc(QUEUE, redis_url, redis_prefix, concurrency=4, env=ledger.env)
-    await wait_counts(queue, completed=1, failed=len(bad), timeout=30, workers=[worker])
-    wait_quiescent(redis_url, redis_prefix, QUEUE)
+    await wait_drained(
+        queue, redis_url, redis_prefix, completed=1, failed=len(bad), timeout=30, workers=[worker]
+    )
     assert await stop_all([worker]) == [0]
 
     assert not sentinel.exists()  # nothing was unpickled or executed
@@ -136,8 +131,7 @@ async def test_row24_unserialisable_results_fail_without_retry_and_the_result_li
     ]
     enqueued = Enqueued(set(await queue.add_bulk(jobs)))
     worker = worker_proc(QUEUE, redis_url, redis_prefix, concurrency=4, env=ledger.env)
-    await wait_counts(queue, completed=1, failed=3, timeout=30, workers=[worker])
-    wait_quiescent(redis_url, redis_prefix, QUEUE)
+    await wait_drained(queue, redis_url, redis_prefix, completed=1, failed=3, timeout=30, workers=[worker])
     assert await stop_all([worker]) == [0]
 
     errors = {job["id"]: (job["error"]["type"], job["retries"], job["attempts"]) for job in await queue.dlq()}

@@ -32,7 +32,17 @@ import redis
 from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.errors import ConfigError
 from asyncmq_otel.queues import Queue
-from tests.chaos.helpers import backend_for, stop_all, wait_counts, wait_states
+from tests.chaos.helpers import (
+    backend_for,
+    check_after_faults,
+    enqueue_sleeps,
+    start_workers,
+    stop_all,
+    wait_drained,
+    wait_flowing,
+    wait_running,
+    wait_states,
+)
 from tests.support.invariants import Enqueued, LeaseSampler, check_invariants, wait_quiescent
 from tests.support.ledger import Ledger, monotonic
 from tests.support.poll import eventually, wait_until
@@ -66,30 +76,18 @@ async def test_row13_client_kill_of_every_connection_loses_no_lease(
     queue = Queue(QUEUE, backend=backend)
     admin = server.client()
     try:
-        workers = [
-            worker_proc(QUEUE, server.url, PREFIX, concurrency=5, env=ledger.env, wait=False)
-            for _ in range(2)
-        ]
-        for worker in workers:
-            worker.wait_started()
+        workers = start_workers(worker_proc, QUEUE, [server.url] * 2, PREFIX, concurrency=5, env=ledger.env)
         total = 150
-        enqueued = Enqueued(
-            set(
-                await queue.add_bulk(
-                    [{"task_id": "chaos.sleep", "args": [0.05], "job_id": f"k{i:03d}"} for i in range(total)]
-                )
-            )
-        )
+        enqueued = await enqueue_sleeps(queue, total, seconds=0.05, ids="k", digits=3)
         before = int(_info(server, "stats")["total_connections_received"])
         killed = 0
         with LeaseSampler(server.url, PREFIX, QUEUE) as sampler:
             for _ in range(3):
-                await eventually(lambda: len(ledger.starts()) > 10, timeout=15, what="work flowing")
+                await wait_flowing(ledger, more_than=10, timeout=15)
                 await anyio.sleep(0.5)  # the gap between two kills, not a wait for a result
                 for kind in ("normal", "pubsub"):  # every client but this admin (the sampler reconnects too)
                     killed += int(admin.execute_command("CLIENT", "KILL", "TYPE", kind, "SKIPME", "yes"))
-            await wait_counts(queue, completed=total, timeout=60, workers=workers)
-            wait_quiescent(server.url, PREFIX, QUEUE)
+            await wait_drained(queue, server.url, PREFIX, completed=total, timeout=60, workers=workers)
         assert killed >= 6  # each round cut at least the two workers' connections
         assert int(_info(server, "stats")["total_connections_received"]) > before + 3
         assert await stop_all(workers) == [0, 0]
@@ -111,24 +109,12 @@ async def test_row13_client_pause_3000_loses_no_lease(
     queue = Queue(QUEUE, backend=backend)
     admin = server.client()
     try:
-        workers = [
-            worker_proc(QUEUE, server.url, PREFIX, concurrency=3, env=ledger.env, wait=False)
-            for _ in range(2)
-        ]
-        for worker in workers:
-            worker.wait_started()
-        enqueued = Enqueued(
-            set(
-                await queue.add_bulk(
-                    [{"task_id": "chaos.sleep", "args": [2.0], "job_id": f"z{i}"} for i in range(6)]
-                )
-            )
-        )
-        await eventually(lambda: len(ledger.starts()) == 6, timeout=15, what="6 jobs running")
+        workers = start_workers(worker_proc, QUEUE, [server.url] * 2, PREFIX, concurrency=3, env=ledger.env)
+        enqueued = await enqueue_sleeps(queue, 6, seconds=2.0, ids="z")
+        await wait_running(ledger, 6, timeout=15)
         with LeaseSampler(server.url, PREFIX, QUEUE) as sampler:
             assert admin.execute_command("CLIENT", "PAUSE", "3000", "ALL")
-            await wait_counts(queue, completed=6, timeout=30, workers=workers)
-            wait_quiescent(server.url, PREFIX, QUEUE)
+            await wait_drained(queue, server.url, PREFIX, completed=6, timeout=30, workers=workers)
         assert await stop_all(workers) == [0, 0]
     finally:
         admin.close()
@@ -292,16 +278,7 @@ async def test_row18_a_skewed_worker_clock_neither_reclaims_nor_promotes_early_o
     assert {start["pid"] for start in ledger.starts() if start["id"] in due} == {skewed.pid}
     assert min(promotions.values()) >= -0.001, promotions  # never before its due Redis TIME
     assert max(promotions.values()) <= 1.0, promotions  # and not late (block timeout 0.5 s)
-    report = check_invariants(
-        server.url,
-        PREFIX,
-        QUEUE,
-        enqueued,
-        ledger,
-        sampler=sampler,
-        stalled_events="at_most",
-        workers_stopped=True,
-    ).check()
+    report = check_after_faults(server.url, PREFIX, QUEUE, enqueued, ledger, sampler).check()
     assert report.stalls == 2  # exactly the two kills
 
 
@@ -330,21 +307,10 @@ async def test_row27_loading_after_a_restart_is_retried_with_backoff_without_dou
     queue = Queue(QUEUE, backend=backend)
     total = 200
     try:
-        enqueued = Enqueued(
-            set(
-                await queue.add_bulk(
-                    [{"task_id": "chaos.sleep", "args": [0.02], "job_id": f"l{i:04d}"} for i in range(total)]
-                )
-            )
-        )
-        workers = [
-            worker_proc(QUEUE, server.url, PREFIX, concurrency=4, env=ledger.env, wait=False)
-            for _ in range(2)
-        ]
-        for worker in workers:
-            worker.wait_started()
+        enqueued = await enqueue_sleeps(queue, total, seconds=0.02, ids="l", digits=4)
+        workers = start_workers(worker_proc, QUEUE, [server.url] * 2, PREFIX, concurrency=4, env=ledger.env)
         with LeaseSampler(server.url, PREFIX, QUEUE) as sampler:
-            await eventually(lambda: len(ledger.starts()) > 30, timeout=20, what="work flowing")
+            await wait_flowing(ledger, more_than=30, timeout=20)
             await anyio.to_thread.run_sync(time.sleep, 1.1)  # AOF everysec: let the enqueues reach the disk
             # 2,000 keys × 1 ms: about 2 s of LOADING, answering clients between keys
             server.extra = ("--key-load-delay", "1000", "--loading-process-events-interval-bytes", "1024")
@@ -355,8 +321,7 @@ async def test_row27_loading_after_a_restart_is_retried_with_backoff_without_dou
             loading_s = monotonic() - restarted
             errors = _info(server, "errorstats")
             sampler_errors = sampler.failed_rounds - failed_rounds  # the sampler's own LOADING replies
-            await wait_counts(queue, completed=total, timeout=60, workers=workers)
-            wait_quiescent(server.url, PREFIX, QUEUE)
+            await wait_drained(queue, server.url, PREFIX, completed=total, timeout=60, workers=workers)
         assert await stop_all(workers) == [0, 0]
     finally:
         await backend.close()
@@ -368,13 +333,4 @@ async def test_row27_loading_after_a_restart_is_retried_with_backoff_without_dou
     # ~10 callers retries a handful of times in ~2 s, where a tight loop would be thousands
     assert 2 <= replies <= 300, (replies, loading_s)
     print(f"row27: LOADING for {loading_s:.2f}s, {replies} LOADING replies to the workers")
-    check_invariants(
-        server.url,
-        PREFIX,
-        QUEUE,
-        enqueued,
-        ledger,
-        sampler=sampler,
-        stalled_events="at_most",
-        workers_stopped=True,
-    ).check()
+    check_after_faults(server.url, PREFIX, QUEUE, enqueued, ledger, sampler).check()

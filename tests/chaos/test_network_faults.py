@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -28,7 +28,18 @@ from asyncmq_otel.jobs import Job, dumps
 from asyncmq_otel.queues import Queue
 from asyncmq_otel.settings import get_settings
 from tests.chaos.figures import record_figure
-from tests.chaos.helpers import SHA, backend_for, stop_all, wait_counts, wait_states
+from tests.chaos.helpers import (
+    SHA,
+    backend_for,
+    enqueue_sleeps,
+    queue_fixture,
+    start_workers,
+    stop_all,
+    wait_counts,
+    wait_drained,
+    wait_running,
+    wait_states,
+)
 from tests.support.chaos_proxy import ChaosProxy
 from tests.support.invariants import Enqueued, LeaseSampler, check_invariants, wait_quiescent
 from tests.support.ledger import Ledger
@@ -40,12 +51,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.chaos]
 QUEUE = "net"
 Proxies = Callable[[int], ChaosProxy]
 
-
-@pytest.fixture
-async def queue(redis_url: str, redis_prefix: str) -> AsyncIterator[Queue]:
-    backend = backend_for(redis_url, redis_prefix)
-    yield Queue(QUEUE, backend=backend)
-    await backend.close()
+queue = queue_fixture(QUEUE)
 
 
 @pytest.mark.timeout(90)
@@ -58,27 +64,16 @@ async def test_row13_connection_resets_are_ridden_out_without_losing_a_lease(
     redis_prefix: str,
 ) -> None:
     proxies = [chaos_proxy(6379), chaos_proxy(6379)]
-    workers = [
-        worker_proc(QUEUE, proxy.url, redis_prefix, concurrency=5, env=ledger.env, wait=False)
-        for proxy in proxies
-    ]
-    for worker in workers:
-        worker.wait_started()
+    urls = [proxy.url for proxy in proxies]
+    workers = start_workers(worker_proc, QUEUE, urls, redis_prefix, concurrency=5, env=ledger.env)
     total = 150
-    enqueued = Enqueued(
-        set(
-            await queue.add_bulk(
-                [{"task_id": "chaos.sleep", "args": [0.05], "job_id": f"r{i:03d}"} for i in range(total)]
-            )
-        )
-    )
+    enqueued = await enqueue_sleeps(queue, total, seconds=0.05, ids="r", digits=3)
     before = [proxy.connections_made for proxy in proxies]
     with LeaseSampler(redis_url, redis_prefix, QUEUE) as sampler:
         for _ in range(3):
             await anyio.sleep(0.5)
             assert sum(proxy.reset_all() for proxy in proxies) > 0
-        await wait_counts(queue, completed=total, timeout=60, workers=workers)
-        wait_quiescent(redis_url, redis_prefix, QUEUE)
+        await wait_drained(queue, redis_url, redis_prefix, completed=total, timeout=60, workers=workers)
     assert await stop_all(workers) == [0, 0]
     assert all(proxy.connections_made > made for proxy, made in zip(proxies, before, strict=True))
     report = check_invariants(
@@ -98,20 +93,10 @@ async def test_row13_a_three_second_blackhole_of_every_worker_loses_no_lease(
     redis_prefix: str,
 ) -> None:
     proxies = [chaos_proxy(6379), chaos_proxy(6379)]
-    workers = [
-        worker_proc(QUEUE, proxy.url, redis_prefix, concurrency=3, env=ledger.env, wait=False)
-        for proxy in proxies
-    ]
-    for worker in workers:
-        worker.wait_started()
-    enqueued = Enqueued(
-        set(
-            await queue.add_bulk(
-                [{"task_id": "chaos.sleep", "args": [2.0], "job_id": f"b{i}"} for i in range(6)]
-            )
-        )
-    )
-    await eventually(lambda: len(ledger.starts()) == 6, timeout=15, what="6 jobs running")
+    urls = [proxy.url for proxy in proxies]
+    workers = start_workers(worker_proc, QUEUE, urls, redis_prefix, concurrency=3, env=ledger.env)
+    enqueued = await enqueue_sleeps(queue, 6, seconds=2.0, ids="b")
+    await wait_running(ledger, 6, timeout=15)
     with LeaseSampler(redis_url, redis_prefix, QUEUE) as sampler:
         for proxy in proxies:
             proxy.blackhole(3.0)
@@ -187,8 +172,7 @@ async def test_row14_lost_enqueue_reply_stores_exactly_one_job(
         assert [event.name for event in seen] == ["job:enqueued"]  # a replay, not a duplicate
         assert seen[0].job_id == job_id
         worker = worker_proc(QUEUE, redis_url, redis_prefix, concurrency=1, env=ledger.env)
-        await wait_counts(queue, completed=1, timeout=15, workers=[worker])
-        wait_quiescent(redis_url, redis_prefix, QUEUE)
+        await wait_drained(queue, redis_url, redis_prefix, completed=1, timeout=15, workers=[worker])
         assert await stop_all([worker]) == [0]
     finally:
         bus.off("job:*", seen.append)
@@ -219,8 +203,7 @@ async def test_rows15_16_lost_claim_or_complete_reply_is_replayed_once(
     proxy.drop_reply("EVALSHA", 1, first_arg=SHA[script], reply_contains=carries)
     enqueued = Enqueued({await queue.add("chaos.noop", [16], job_id=job_id)})
     with LeaseSampler(redis_url, redis_prefix, QUEUE) as sampler:
-        await wait_counts(queue, completed=1, timeout=20, workers=[worker])
-        wait_quiescent(redis_url, redis_prefix, QUEUE)
+        await wait_drained(queue, redis_url, redis_prefix, completed=1, timeout=20, workers=[worker])
     assert proxy.dropped["EVALSHA"] == 1
     assert await stop_all([worker]) == [0]
     job = await queue.get_job(job_id)

@@ -32,7 +32,18 @@ import redis
 from asyncmq_otel.errors import BackendOutOfMemory
 from asyncmq_otel.queues import Queue
 from tests.chaos.figures import record_figure
-from tests.chaos.helpers import backend_for, stop_all, wait_counts
+from tests.chaos.helpers import (
+    backend_for,
+    check_after_faults,
+    enqueue_sleeps,
+    start_workers,
+    stop_all,
+    wait_counts,
+    wait_drained,
+    wait_flowing,
+    wait_running,
+    wait_started,
+)
 from tests.support.invariants import Enqueued, LeaseSampler, check_invariants, wait_quiescent
 from tests.support.ledger import Ledger, monotonic
 from tests.support.poll import eventually, wait_until
@@ -66,12 +77,7 @@ async def test_row11_redis_killed_and_restarted_with_aof_loses_no_acknowledged_j
         enqueued.ack(
             await queue.add_bulk([{"task_id": "chaos.noop", "job_id": f"a{i:05d}"} for i in range(first)])
         )
-        workers = [
-            worker_proc(QUEUE, server.url, PREFIX, concurrency=10, env=ledger.env, wait=False)
-            for _ in range(2)
-        ]
-        for worker in workers:
-            worker.wait_started()
+        workers = start_workers(worker_proc, QUEUE, [server.url] * 2, PREFIX, concurrency=10, env=ledger.env)
 
         async def producer() -> None:
             for chunk in range(0, produced, 50):
@@ -104,28 +110,20 @@ async def test_row11_redis_killed_and_restarted_with_aof_loses_no_acknowledged_j
                         max(first_completion_after(ledger, w.pid, answered) or 0.0 for w in workers)
                         - answered
                     )
-            await wait_counts(
+            await wait_drained(
                 queue,
+                server.url,
+                PREFIX,
                 completed=len(enqueued.acknowledged),
                 timeout=90,
                 workers=workers,
                 what="every job completed",
             )
-            wait_quiescent(server.url, PREFIX, QUEUE)
         assert await stop_all(workers) == [0, 0]
     finally:
         await backend.close()
     assert max(resumes) <= 5.0, resumes
-    report = check_invariants(
-        server.url,
-        PREFIX,
-        QUEUE,
-        enqueued,
-        ledger,
-        sampler=sampler,
-        stalled_events="at_most",
-        workers_stopped=True,
-    ).check()
+    report = check_after_faults(server.url, PREFIX, QUEUE, enqueued, ledger, sampler).check()
     assert report.lost == []
     assert report.untracked_duplicates == 0
     assert all(worker.logged("asyncmq") for worker in workers)
@@ -223,10 +221,9 @@ async def maxmemory_scenario(
     queue = Queue(QUEUE, backend=backend)
     admin = server.client()
     try:
-        jobs = [{"task_id": "chaos.sleep", "args": [run_for], "job_id": f"m{i}"} for i in range(2)]
-        enqueued = Enqueued(set(await queue.add_bulk(jobs)))
+        enqueued = await enqueue_sleeps(queue, 2, seconds=run_for, ids="m")
         worker = worker_proc(QUEUE, server.url, PREFIX, concurrency=2, env=ledger.env)
-        await eventually(lambda: len(ledger.starts()) == 2, timeout=15, what="2 jobs running")
+        await wait_running(ledger, 2, timeout=15)
         with LeaseSampler(server.url, PREFIX, QUEUE) as sampler:
             await fill_up(admin)
             with pytest.raises(BackendOutOfMemory):
@@ -237,8 +234,9 @@ async def maxmemory_scenario(
             states = {job_id: await queue.get_job_state(job_id) for job_id in ("m0", "m1")}
             assert states == {"m0": "active", "m1": "active"}  # leases renewed at maxmemory (allow-oom)
             admin.config_set("maxmemory", "0")
-            await wait_counts(queue, completed=2, timeout=20, workers=[worker], what="settles land")
-            wait_quiescent(server.url, PREFIX, QUEUE)
+            await wait_drained(
+                queue, server.url, PREFIX, completed=2, timeout=20, workers=[worker], what="settles land"
+            )
         assert await stop_all([worker]) == [0]
     finally:
         admin.close()
@@ -276,21 +274,10 @@ async def test_row27_busy_redis_under_load_is_ridden_out_without_double_claims(
     spin = "local s = tonumber(redis.call('TIME')[1]) + 2 while tonumber(redis.call('TIME')[1]) < s do end return 1"
     try:
         total = 600
-        enqueued = Enqueued(
-            set(
-                await queue.add_bulk(
-                    [{"task_id": "chaos.sleep", "args": [0.02], "job_id": f"u{i:04d}"} for i in range(total)]
-                )
-            )
-        )
-        workers = [
-            worker_proc(QUEUE, server.url, PREFIX, concurrency=4, env=ledger.env, wait=False)
-            for _ in range(2)
-        ]
-        for worker in workers:
-            worker.wait_started()
+        enqueued = await enqueue_sleeps(queue, total, seconds=0.02, ids="u", digits=4)
+        workers = start_workers(worker_proc, QUEUE, [server.url] * 2, PREFIX, concurrency=4, env=ledger.env)
         with LeaseSampler(server.url, PREFIX, QUEUE) as sampler:
-            await eventually(lambda: len(ledger.starts()) > 50, timeout=20, what="work flowing")
+            await wait_flowing(ledger, more_than=50, timeout=20)
             admin.config_set("busy-reply-threshold", "50")
             spinner = server.client()
             busy = threading.Thread(target=spinner.eval, args=(spin, 0), daemon=True)
@@ -306,22 +293,12 @@ async def test_row27_busy_redis_under_load_is_ridden_out_without_double_claims(
             wait_until(answers_busy, timeout=5, what="Redis answers BUSY")
             await anyio.to_thread.run_sync(busy.join, 10)
             spinner.close()
-            await wait_counts(queue, completed=total, timeout=60, workers=workers)
-            wait_quiescent(server.url, PREFIX, QUEUE)
+            await wait_drained(queue, server.url, PREFIX, completed=total, timeout=60, workers=workers)
         assert await stop_all(workers) == [0, 0]
     finally:
         admin.close()
         await backend.close()
-    check_invariants(
-        server.url,
-        PREFIX,
-        QUEUE,
-        enqueued,
-        ledger,
-        sampler=sampler,
-        stalled_events="at_most",
-        workers_stopped=True,
-    ).check()
+    check_after_faults(server.url, PREFIX, QUEUE, enqueued, ledger, sampler).check()
 
 
 @pytest.mark.timeout(120)
@@ -337,9 +314,7 @@ async def test_row31_delayed_jobs_run_once_and_never_early_across_restarts(
         return worker_proc(QUEUE, server.url, PREFIX, concurrency=10, env=ledger.env, wait=False)
 
     try:
-        workers = [start(), start()]
-        for worker in workers:
-            worker.wait_started()
+        workers = wait_started([start(), start()])
         enqueued = Enqueued(
             set(
                 await queue.add_bulk(
@@ -356,29 +331,19 @@ async def test_row31_delayed_jobs_run_once_and_never_early_across_restarts(
             )
         )
         with LeaseSampler(server.url, PREFIX, QUEUE) as sampler:
-            await eventually(lambda: len(ledger.starts()) > total // 4, timeout=20, what="a quarter has run")
+            await wait_flowing(ledger, more_than=total // 4, timeout=20, what="a quarter has run")
             for worker in workers:  # mid-way: every worker dies, and Redis restarts
                 worker.kill9()
             await anyio.to_thread.run_sync(server.restart)
             workers = [start(), start()]
-            await wait_counts(queue, completed=total, timeout=60, workers=workers)
-            wait_quiescent(server.url, PREFIX, QUEUE)
+            await wait_drained(queue, server.url, PREFIX, completed=total, timeout=60, workers=workers)
         assert await stop_all(workers) == [0, 0]
         due = {
             job_id: (await queue.get_job(job_id) or {}).get("delay_until") for job_id in enqueued.acknowledged
         }
     finally:
         await backend.close()
-    report = check_invariants(
-        server.url,
-        PREFIX,
-        QUEUE,
-        enqueued,
-        ledger,
-        sampler=sampler,
-        stalled_events="at_most",
-        workers_stopped=True,
-    ).check()
+    report = check_after_faults(server.url, PREFIX, QUEUE, enqueued, ledger, sampler).check()
     early = [
         (start["id"], start["wall"], due[start["id"]])
         for start in ledger.starts()

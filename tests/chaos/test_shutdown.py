@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -22,9 +22,9 @@ import anyio.to_thread
 import pytest
 
 from asyncmq_otel.queues import Queue
-from tests.chaos.helpers import SHA, backend_for, stop_all, wait_counts
+from tests.chaos.helpers import SHA, queue_fixture, stop_all, wait_drained, wait_running
 from tests.support.chaos_proxy import ChaosProxy
-from tests.support.invariants import Enqueued, check_invariants, wait_quiescent
+from tests.support.invariants import Enqueued, check_invariants
 from tests.support.ledger import Ledger
 from tests.support.poll import eventually
 from tests.support.worker_proc import StartWorker, WorkerProc
@@ -33,12 +33,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.chaos]
 
 QUEUE = "shutdown"
 
-
-@pytest.fixture
-async def queue(redis_url: str, redis_prefix: str) -> AsyncIterator[Queue]:
-    backend = backend_for(redis_url, redis_prefix)
-    yield Queue(QUEUE, backend=backend)
-    await backend.close()
+queue = queue_fixture(QUEUE)
 
 
 async def finish_and_check(
@@ -51,8 +46,9 @@ async def finish_and_check(
 ) -> None:
     """Run whatever is left with a fresh worker, then check the invariants."""
     finisher = worker_proc(QUEUE, redis_url, redis_prefix, concurrency=8, env=ledger.env)
-    await wait_counts(queue, completed=len(enqueued.acknowledged), timeout=30, workers=[finisher])
-    wait_quiescent(redis_url, redis_prefix, QUEUE)
+    await wait_drained(
+        queue, redis_url, redis_prefix, completed=len(enqueued.acknowledged), timeout=30, workers=[finisher]
+    )
     assert await stop_all([finisher]) == [0]
     check_invariants(redis_url, redis_prefix, QUEUE, enqueued, ledger, workers_stopped=True).check()
 
@@ -78,7 +74,7 @@ async def test_row9_sigterm_completes_short_jobs_and_requeues_long_ones_at_once(
     enqueued = Enqueued(set(await queue.add_bulk(jobs)))
     proxy = chaos_proxy(6379)
     worker = worker_proc(QUEUE, proxy.url, redis_prefix, concurrency=5, shutdown_timeout=2, env=ledger.env)
-    await eventually(lambda: len(ledger.starts()) == 5, timeout=15, what="5 jobs in flight")
+    await wait_running(ledger, 5, timeout=15, what="5 jobs in flight")
     claims = proxy.scripts[SHA["claim"]]
     signalled = time.monotonic()
     worker.signal(signal.SIGTERM)
@@ -122,7 +118,7 @@ async def test_row10_duplicate_signal_is_ignored_and_a_later_second_one_stops_at
         )
     )
     worker = worker_proc(QUEUE, redis_url, redis_prefix, concurrency=2, shutdown_timeout=60, env=ledger.env)
-    await eventually(lambda: len(ledger.starts()) == 2, timeout=15, what="2 jobs in flight")
+    await wait_running(ledger, 2, timeout=15, what="2 jobs in flight")
 
     worker.signal(signal.SIGTERM)
     await eventually(lambda: bool(worker.events("shutdown.draining")), timeout=10, what="draining")

@@ -23,9 +23,9 @@ import pytest
 
 from asyncmq_otel.queues import Queue
 from tests.chaos.figures import record_figure
-from tests.chaos.helpers import backend_for, stop_all
+from tests.chaos.helpers import backend_for, check_after_faults, enqueue_sleeps, stop_all, wait_started
 from tests.support.chaos_proxy import ChaosProxy
-from tests.support.invariants import Enqueued, LeaseSampler, check_invariants, wait_quiescent
+from tests.support.invariants import LeaseSampler, wait_quiescent
 from tests.support.ledger import Ledger, monotonic
 from tests.support.redis_server import RedisServer
 from tests.support.worker_proc import StartWorker, WorkerProc
@@ -61,26 +61,14 @@ async def test_row25_soak_loses_nothing_and_runs_nothing_untracked(
     backend = backend_for(server.url, PREFIX)
     queue = Queue(QUEUE, backend=backend)
     proxies = [chaos_proxy(server.port) for _ in range(WORKERS)]
-    enqueued = Enqueued()
     started = time.monotonic()
     try:
-        for chunk in range(0, JOBS, 2000):
-            size = min(2000, JOBS - chunk)
-            enqueued.ack(
-                await queue.add_bulk(
-                    [
-                        {"task_id": "chaos.sleep", "args": [0.01], "job_id": f"s{i:06d}"}
-                        for i in range(chunk, chunk + size)
-                    ]
-                )
-            )
+        enqueued = await enqueue_sleeps(queue, JOBS, seconds=0.01, ids="s", digits=6, batch=2000)
 
         def start(slot: int) -> WorkerProc:
             return worker_proc(QUEUE, proxies[slot].url, PREFIX, concurrency=10, env=ledger.env, wait=False)
 
-        workers = [start(slot) for slot in range(WORKERS)]
-        for worker in workers:
-            worker.wait_started()
+        workers = wait_started([start(slot) for slot in range(WORKERS)])
         kills: list[tuple[int, float]] = []
         answered = 0.0
         live: list[int] = []
@@ -121,16 +109,7 @@ async def test_row25_soak_loses_nothing_and_runs_nothing_untracked(
     finally:
         await backend.close()
 
-    report = check_invariants(
-        server.url,
-        PREFIX,
-        QUEUE,
-        enqueued,
-        ledger,
-        sampler=sampler,
-        stalled_events="at_most",  # a killed reaper may die between its reap and its job:stalled event
-        workers_stopped=True,
-    )
+    report = check_after_faults(server.url, PREFIX, QUEUE, enqueued, ledger, sampler)
     summary = report.summary()
     recoveries = kill_recoveries(ledger, kills)
     firsts = [

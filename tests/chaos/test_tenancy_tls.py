@@ -25,7 +25,7 @@ import pytest
 
 from asyncmq_otel.errors import BackendAuthError
 from asyncmq_otel.queues import Queue
-from tests.chaos.helpers import backend_for, stop_all, wait_counts
+from tests.chaos.helpers import backend_for, stop_all, wait_counts, wait_started
 from tests.support.invariants import Enqueued, check_invariants, wait_quiescent
 from tests.support.ledger import Ledger
 from tests.support.poll import eventually
@@ -67,8 +67,7 @@ async def test_row29_two_tenants_under_acl_users_never_see_each_others_jobs_or_e
             tenant: worker_proc(QUEUE, urls[tenant], tenant, concurrency=4, env=ledger.env, wait=False)
             for tenant in TENANTS
         }
-        for worker in workers.values():
-            worker.wait_started()
+        wait_started(workers.values())
         async with anyio.create_task_group() as group:
             for tenant in TENANTS:
                 subscription = await backends[tenant].subscribe_events()

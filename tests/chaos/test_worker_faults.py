@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -26,7 +25,14 @@ import pytest
 
 from asyncmq_otel.queues import Queue
 from tests.chaos.figures import record_figure
-from tests.chaos.helpers import backend_for, stop_all, wait_counts, wait_states
+from tests.chaos.helpers import (
+    check_after_faults,
+    queue_fixture,
+    stop_all,
+    wait_drained,
+    wait_started,
+    wait_states,
+)
 from tests.support.invariants import Enqueued, LeaseSampler, check_invariants, wait_quiescent
 from tests.support.ledger import Ledger, monotonic
 from tests.support.poll import eventually
@@ -38,12 +44,7 @@ QUEUE = "chaos"
 KILLS = int(os.environ.get("CHAOS_KILLS", "5"))
 CLAIM_KILLS = int(os.environ.get("CHAOS_CLAIM_KILLS", "8"))
 
-
-@pytest.fixture
-async def queue(redis_url: str, redis_prefix: str) -> AsyncIterator[Queue]:
-    backend = backend_for(redis_url, redis_prefix)
-    yield Queue(QUEUE, backend=backend)
-    await backend.close()
+queue = queue_fixture(QUEUE)
 
 
 @pytest.mark.timeout(120)
@@ -53,9 +54,7 @@ async def test_row1_sigkill_mid_job_is_redelivered_within_lease_and_reaper_time(
     def start() -> WorkerProc:
         return worker_proc(QUEUE, redis_url, redis_prefix, concurrency=2, env=ledger.env, wait=False)
 
-    workers = [start() for _ in range(3)]
-    for worker in workers:
-        worker.wait_started()
+    workers = wait_started([start() for _ in range(3)])
     enqueued = Enqueued()
     recoveries: list[float] = []
 
@@ -85,8 +84,7 @@ async def test_row1_sigkill_mid_job_is_redelivered_within_lease_and_reaper_time(
             release.touch()
             workers.remove(victim)
             workers.append(start())  # a replacement, not waited for: two others are running
-        await wait_counts(queue, completed=KILLS, timeout=20, workers=workers)
-        wait_quiescent(redis_url, redis_prefix, QUEUE)
+        await wait_drained(queue, redis_url, redis_prefix, completed=KILLS, timeout=20, workers=workers)
     assert await stop_all(workers) == [0] * len(workers)
 
     assert max(recoveries) <= 2.0, f"recovery times {recoveries} (lease 1 s + reaper 0.2 s)"
@@ -139,8 +137,7 @@ async def test_row2_sigkill_between_claim_and_start_costs_a_stall_not_a_run(
             await anyio.sleep(0.05)
         # then an ordinary worker finishes whatever is left; killers still alive may exit once more
         finisher = worker_proc(QUEUE, redis_url, redis_prefix, concurrency=4, env=ledger.env)
-        await wait_counts(queue, completed=total, timeout=60, workers=[finisher])
-        wait_quiescent(redis_url, redis_prefix, QUEUE)
+        await wait_drained(queue, redis_url, redis_prefix, completed=total, timeout=60, workers=[finisher])
     codes = await stop_all([*killers, finisher])
     assert set(codes) <= {0, 137}
 
@@ -153,16 +150,8 @@ async def test_row2_sigkill_between_claim_and_start_costs_a_stall_not_a_run(
         assert (job["state"], job["attempts"], job["stalls"]) == ("completed", 2, 1), job
         starts = ledger.starts(job_id)
         assert len(starts) == 1, starts
-    check_invariants(
-        redis_url,
-        redis_prefix,
-        QUEUE,
-        enqueued,
-        ledger,
-        sampler=sampler,
-        stalled_events="at_most",  # a killer may die right after reaping, before emitting job:stalled
-        workers_stopped=True,
-    ).check()
+    # stalled events at most: a killer may die right after reaping, before emitting job:stalled
+    check_after_faults(redis_url, redis_prefix, QUEUE, enqueued, ledger, sampler).check()
     record_figure("claim_kills", "row2", {"processes_killed_after_claim": len(victims), "jobs": total})
 
 
