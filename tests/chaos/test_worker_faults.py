@@ -82,6 +82,9 @@ async def test_row1_sigkill_mid_job_is_redelivered_within_lease_and_reaper_time(
             assert restarted is not None
             recoveries.append(restarted - killed_at)
             release.touch()
+            # Each kill must take one job only: the next victim may be the worker that still runs
+            # this one, so this job completes first (else its second lease loss is worker_lost).
+            await wait_states(queue, {job_id: "completed"}, timeout=10)
             workers.remove(victim)
             workers.append(start())  # a replacement, not waited for: two others are running
         await wait_drained(queue, redis_url, redis_prefix, completed=KILLS, timeout=20, workers=workers)
