@@ -11,8 +11,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._context import server_fields
 from ._lifecycle import emit_job_event
-from ._processing import server_fields
 from .backends._default import default_backend
 from .backends.base import Backend, CancelStatus, EnqueueItem, EnqueueReply, QueueStats
 from .errors import DuplicateJob

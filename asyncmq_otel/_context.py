@@ -1,0 +1,87 @@
+"""What a worker holds while it runs jobs: ``WorkerContext``, each claimed ``_Attempt``, ``server_fields``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from .backends.base import RawJob
+from .settings import Settings, get_settings
+
+_REQUEUE_BUDGET = 3.0
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """A claimed job this worker holds: its lease token and, once started, its cancel scope."""
+
+    queue: str
+    job_id: str
+    token: str
+    scope: anyio.CancelScope | None = None
+    reason: str | None = None  # why we cancelled it: "cancel", "lost" or "shutdown"
+    started_monotonic: float | None = None
+
+    def cancel(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+@dataclass(slots=True)
+class WorkerContext:
+    """What ``handle_job`` needs beyond the queue name: identity, limits, and the jobs in flight."""
+
+    worker_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    group: str = "default"
+    config: Settings = field(default_factory=get_settings)
+    held: dict[tuple[str, str], _Attempt] = field(default_factory=dict)
+    burst: bool = False
+    requeue_failures: int = 0  # interrupted jobs this worker could not return within the budget
+    server: dict[str, Any] = field(default_factory=dict)  # server.address / server.port for telemetry
+    idle: anyio.Event | None = None
+    handlers: anyio.abc.TaskGroup | None = None
+
+    def hold(self, queue: str, raw_job: RawJob) -> _Attempt:
+        attempt = _Attempt(queue, str(raw_job.get("id")), str(raw_job.get("token")))
+        self.held[queue, attempt.job_id] = attempt
+        return attempt
+
+    def release(self, queue: str, job_id: str) -> None:
+        self.held.pop((queue, job_id), None)
+        if not self.held and self.idle is not None:
+            self.idle.set()
+
+    def running(self) -> int:
+        """Handlers running right now (claimed jobs still in their pickup checks not included)."""
+        return sum(1 for attempt in list(self.held.values()) if attempt.started_monotonic is not None)
+
+    def leases(self) -> dict[str, dict[str, str]]:
+        """Every lease this worker holds, by queue (the renewer thread reads a copy)."""
+        out: dict[str, dict[str, str]] = {}
+        for attempt in list(self.held.values()):
+            out.setdefault(attempt.queue, {})[attempt.job_id] = attempt.token
+        return out
+
+    def oldest_running_age(self, queue: str) -> float:
+        """Age in seconds of the oldest attempt running on ``queue`` (0 when idle)."""
+        now = time.perf_counter()
+        ages = [
+            now - attempt.started_monotonic
+            for attempt in list(self.held.values())
+            if attempt.queue == queue and attempt.started_monotonic is not None
+        ]
+        return max(ages, default=0.0)
+
+
+def server_fields(backend: object) -> dict[str, Any]:
+    """``server_address``/``server_port`` of a networked backend (none for the in-memory one)."""
+    address = getattr(backend, "server_address", None)
+    if not address:
+        return {}
+    return {"server_address": str(address), "server_port": getattr(backend, "server_port", None)}

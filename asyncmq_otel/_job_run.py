@@ -1,0 +1,445 @@
+"""One attempt of a claimed job: ``_JobRun`` runs the pickup checks, the handler and its one outcome write.
+
+Each lifecycle event is emitted once, after its write succeeded, in the task that runs the handler.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from ._context import _REQUEUE_BUDGET, WorkerContext, _Attempt
+from ._lifecycle import emit_job_event, emit_job_fields
+from .backends.base import Backend, RawJob, SettleReply, SettleStatus
+from .errors import (
+    BackendOutOfMemory,
+    BackendUnavailable,
+    JobArgumentError,
+    JobTimeout,
+    MalformedJob,
+    ResultSerializationError,
+    ResultTooLarge,
+    UnknownTask,
+)
+from .events import Operation, bus
+from .jobs import Job, check_json, dumps, error_type_name
+from .tasks import TaskInfo, get_task
+
+if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport on 3.10
+    from exceptiongroup import BaseExceptionGroup
+
+_log = logging.getLogger("asyncmq_otel.worker")
+
+_ERROR_MESSAGE_LIMIT = 2048
+_EVENT_MESSAGE_LIMIT = 1024
+_TRACEBACK_LIMIT = 16_384
+_NON_RETRYABLE: tuple[type[BaseException], ...] = (ResultSerializationError, ResultTooLarge)
+
+
+class _JobRun:
+    """The state of one pickup: kept on an object so each step stays a small method."""
+
+    def __init__(
+        self,
+        queue: str,
+        raw_job: RawJob,
+        backend: Backend,
+        ctx: WorkerContext,
+        ratelimit_wait_s: float,
+        attempt: _Attempt | None,
+    ) -> None:
+        self.queue = queue
+        self.raw = raw_job
+        self.backend = backend
+        self.ctx = ctx
+        self.ratelimit_wait_s = ratelimit_wait_s
+        self.job_id = str(raw_job.get("id"))
+        self.token = str(raw_job.get("token") or "")
+        self.attempt = attempt or ctx.held.get((queue, self.job_id)) or ctx.hold(queue, raw_job)
+        self.job: Job | None = None
+        self.started_at: float | None = None
+        self.started_mono: float | None = None
+        self.wait_s: float | None = None
+
+    def _fields(self, **extra: Any) -> dict[str, Any]:  # noqa: ANN401 - event fields
+        fields: dict[str, Any] = {"worker_id": self.ctx.worker_id, "group": self.ctx.group, **self.ctx.server}
+        if self.started_at is not None:
+            fields.update(started_at=self.started_at, wait_s=self.wait_s, started_monotonic=self.started_mono)
+        else:
+            fields["ratelimit_wait_s"] = self.ratelimit_wait_s
+        fields.update(extra)
+        return fields
+
+    def _finish_fields(self, **extra: Any) -> dict[str, Any]:  # noqa: ANN401 - event fields
+        finished = time.time()
+        duration = None if self.started_mono is None else time.perf_counter() - self.started_mono
+        return self._fields(finished_at=finished, duration_s=duration, **extra)
+
+    async def execute(self) -> None:
+        try:
+            job = Job.from_dict(self.raw) if "payload_error" not in self.raw else None
+        except MalformedJob as exc:
+            job = None
+            self.raw["payload_error"] = str(exc)
+        if job is None:
+            await self._malformed()
+            return
+        self.job = job
+        if job.cancel_requested or self.attempt.reason == "cancel":
+            await self._settle_cancelled("queued")
+            return
+        if self.attempt.reason == "shutdown":  # stopped before it started: not an interruption
+            await self._retrying(lambda: self.backend.defer(self.queue, job.id, self.token))
+            return
+        now = float(self.raw.get("claimed_at") or time.time())
+        if job.expires_at is not None and now > job.expires_at:
+            await self._dead_letter("expired", "expire", None)
+            return
+        if job.delay_until is not None and job.delay_until > now:
+            await self._defer()
+            return
+        try:
+            task = get_task(job.task)
+        except UnknownTask as exc:
+            await self._dead_letter("unknown_task", "dead_letter", exc)
+            return
+        await self._run(task)
+
+    # -- pickup settles ------------------------------------------------------------------------------
+    async def _malformed(self) -> None:
+        task = self.raw.get("task")
+        job = Job(
+            id=self.job_id,
+            task=task if isinstance(task, str) else "",
+            queue=self.queue,
+            attempts=int(self.raw.get("attempts") or 1),
+        )
+        self.job = job
+        error = {"type": "malformed_payload", "message": str(self.raw.get("payload_error")), "traceback": ""}
+        _log.error(
+            "job.malformed_payload: job %s on %s cannot be decoded (%s); dead-lettered without running",
+            self.job_id,
+            self.queue,
+            error["message"][:256],
+        )
+        await self._dead_letter("malformed_payload", "dead_letter", None, error=error)
+
+    async def _dead_letter(
+        self, reason: str, op: str, exc: BaseException | None, *, error: dict[str, Any] | None = None
+    ) -> None:
+        job = self._job()
+        if error is None and exc is not None:
+            error = _error_record(exc)
+        reply = await self._write(
+            op, lambda: self.backend.fail(self.queue, job.id, self.token, reason, error)
+        )
+        if not reply.ok:
+            return
+        job.attempts = int((reply.job or {}).get("attempts", job.attempts))
+        if reason == "expired":
+            emit_job_event("job:expired", job, **self._finish_fields(reason="expired"))
+            return
+        emit_job_event(
+            "job:failed",
+            job,
+            **self._finish_fields(
+                reason=reason,
+                error_type=reason if exc is None or reason != "failed" else _error_type(exc),
+                error_message=None if error is None else str(error.get("message", ""))[:_EVENT_MESSAGE_LIMIT],
+                exception=exc if reason == "failed" else None,
+            ),
+        )
+
+    async def _settle_cancelled(self, stage: str) -> None:
+        job = self._job()
+        reply = await self._write(
+            "cancel", lambda: self.backend.settle_cancelled(self.queue, job.id, self.token)
+        )
+        if reply.ok:
+            emit_job_event("job:cancelled", job, **self._finish_fields(reason=stage))
+
+    async def _defer(self) -> None:
+        job = self._job()
+        reply = await self._retrying(lambda: self.backend.defer(self.queue, job.id, self.token))
+        if reply.ok:
+            delay = max((job.delay_until or 0.0) - time.time(), 0.0)
+            emit_job_event(
+                "job:delayed", job, attempt=max(job.attempts - 1, 0), delay_s=delay, **self._fields()
+            )
+        else:
+            self._stale("defer", reply)
+
+    # -- the attempt ---------------------------------------------------------------------------------
+    async def _run(self, task: TaskInfo) -> None:
+        job = self._job()
+        self.started_at = time.time()
+        self.started_mono = time.perf_counter()
+        self.wait_s = max(self.started_at - job.eligible_at, 0.0) if job.eligible_at else 0.0
+        self.attempt.started_monotonic = self.started_mono
+        outcome: tuple[str, Any] = ("error", None)
+        emit_job_fields("job:started", job, self._fields(ratelimit_wait_s=self.ratelimit_wait_s))
+        try:
+            with anyio.CancelScope() as scope:
+                self.attempt.scope = scope
+                if self.attempt.reason is not None:
+                    scope.cancel()
+                try:
+                    result = await self._invoke(task)
+                except Exception as exc:  # noqa: BLE001 - every handler error is an outcome of the attempt
+                    outcome = ("error", exc)
+                else:
+                    outcome = ("ok", result)
+            if scope.cancelled_caught or (self.attempt.reason is not None and outcome[0] != "ok"):
+                await self._cancelled_by_us()
+                return
+        except anyio.get_cancelled_exc_class():
+            # Cancelled from outside (the worker's task group): requeue, shielded, then propagate.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_REQUEUE_BUDGET):
+                await self._requeue()
+            raise
+        finally:
+            self.attempt.scope = None
+        if outcome[0] == "ok":
+            await self._complete(outcome[1])
+        else:
+            await self._failed(outcome[1])
+
+    async def _invoke(self, task: TaskInfo) -> Any:  # noqa: ANN401 - whatever the handler returns
+        job = self._job()
+        timeout = task.timeout if task.timeout is not None else job.timeout
+        sandboxed = self.ctx.config.sandbox_enabled
+        if timeout is None and task.is_async and not task.progress and not sandboxed:
+            return await task.func(*job.args, **job.kwargs)  # the common case, without the wrapping below
+        kwargs = dict(job.kwargs)
+        if task.progress:
+            kwargs["report_progress"] = self._progress_reporter(task)
+        if sandboxed:
+            # The sandbox starts processes: load it only when enabled.
+            sandbox = importlib.import_module("asyncmq_otel.sandbox")
+            kwargs.pop("report_progress", None)
+            on_progress = self._progress_reporter(task) if task.progress else None
+            return await sandbox.run_handler(
+                task.task_id,
+                job.args,
+                kwargs,
+                timeout if timeout is not None else self.ctx.config.sandbox_default_timeout,
+                on_progress=on_progress,
+            )
+        call: Callable[[], Awaitable[Any]]
+        if task.is_async:
+            call = functools.partial(task.func, *job.args, **kwargs)
+        else:
+            # Sync handlers run in a worker thread; on timeout the thread is abandoned (use the sandbox
+            # when a stop must be hard).
+            call = functools.partial(
+                anyio.to_thread.run_sync,
+                functools.partial(task.func, *job.args, **kwargs),
+                abandon_on_cancel=True,
+            )
+        if timeout is None:
+            return await call()
+        try:
+            with anyio.fail_after(timeout):
+                return await call()
+        except TimeoutError as exc:
+            raise JobTimeout(f"task {task.task_id} ran past its {timeout:g}s timeout") from exc
+
+    def _progress_reporter(self, task: TaskInfo) -> Callable[..., None]:
+        job = self._job()
+        handlers = self.ctx.handlers
+        loop_thread = _current_thread_token()
+
+        def emit(pct: float, data: Any = None) -> None:  # noqa: ANN401 - user data travels as is
+            emit_job_event("job:progress", job, progress=float(pct), progress_data=data, **self._fields())
+            if handlers is not None:
+                handlers.start_soon(self.backend.report_progress, self.queue, job.id, self.token, float(pct))
+
+        def report_progress(pct: float, data: Any = None) -> None:  # noqa: ANN401 - as above
+            """Report the job's progress (0-100); emits ``job:progress``."""
+            if _current_thread_token() == loop_thread:
+                emit(pct, data)
+            else:  # a sync handler in a worker thread: hop back to the loop
+                anyio.from_thread.run_sync(emit, pct, data)
+
+        _ = task
+        return report_progress
+
+    # -- outcomes ------------------------------------------------------------------------------------
+    async def _complete(self, result: Any) -> None:  # noqa: ANN401 - the handler's result
+        job = self._job()
+        limit = self.ctx.config.max_result_bytes
+        try:
+            # None (most handlers) needs no walk: dumps(check_json(None)) is "null"
+            encoded = "null" if result is None else dumps(check_json(result, "result"))
+        except JobArgumentError as exc:
+            await self._failed(
+                ResultSerializationError(f"the handler ran, but its result is not JSON-serialisable: {exc}")
+            )
+            return
+        size = 4 if result is None else len(encoded.encode("utf-8"))
+        if size > limit:
+            await self._failed(ResultTooLarge(size, limit))
+            return
+        # the stored job is not used here: ask for the smaller reply
+        reply = await self._write(
+            "ack", lambda: self.backend.complete(self.queue, job.id, self.token, encoded, want_job=False)
+        )
+        if reply.status is SettleStatus.TOO_LARGE:
+            await self._failed(ResultTooLarge(size, limit))
+            return
+        if reply.ok:
+            emit_job_fields("job:completed", job, self._finish_fields(result=result))
+
+    async def _failed(self, exc: BaseException) -> None:
+        job = self._job()
+        exc = _unwrap(exc)
+        if isinstance(exc, _NON_RETRYABLE) or job.retries >= job.max_retries:
+            await self._dead_letter("failed", "dead_letter", exc)
+            return
+        backoff = job.next_retry_delay()
+        error = _error_record(exc)
+        operation = Operation("retry", self.queue, [job], **self.ctx.server)
+
+        async def write() -> SettleReply:
+            prev = (job.trace_context or {}).get("prev_attempt")
+            return await self.backend.retry(self.queue, job.id, self.token, backoff, error, prev)
+
+        reply = await self._write("retry", write, operation=operation)
+        if not reply.ok:
+            return
+        stored = reply.job or {}
+        job.eligible_at = float(stored.get("eligible_at") or time.time() + backoff)
+        emit_job_event(
+            "job:retried",
+            job,
+            **self._finish_fields(
+                backoff_s=backoff,
+                error_type=_error_type(exc),
+                error_message=str(error["message"])[:_EVENT_MESSAGE_LIMIT],
+                exception=exc,
+            ),
+        )
+
+    async def _cancelled_by_us(self) -> None:
+        reason = self.attempt.reason
+        if reason == "cancel":
+            await self._settle_cancelled("running")
+        elif reason == "lost":
+            _log.warning(
+                "job.lease_lost: job %s on %s was reclaimed from worker %s; its handler was stopped",
+                self.job_id,
+                self.queue,
+                self.ctx.worker_id,
+            )
+        else:
+            await self._requeue()
+
+    async def _requeue(self) -> None:
+        job = self._job()
+        max_interrupts = self.ctx.config.max_interrupts
+        reply: SettleReply | None = None
+        # Bounded (reliability §7: requeues within a 3 s budget); what is not returned by then is
+        # counted, and the reaper recovers it as a stall after its lease.
+        with anyio.move_on_after(_REQUEUE_BUDGET):
+            reply = await self._write(
+                "requeue", lambda: self.backend.requeue(self.queue, job.id, self.token, max_interrupts)
+            )
+        if reply is None:
+            self.ctx.requeue_failures += 1
+            return
+        if not reply.ok:  # STALE or GONE: the job is no longer ours to return (another worker owns it)
+            return
+        stored = reply.job or {}
+        if stored.get("state") == "failed":
+            emit_job_event(
+                "job:failed", job, **self._finish_fields(reason="interrupted", error_type="interrupted")
+            )
+        else:
+            emit_job_event("job:interrupted", job, **self._finish_fields())
+
+    # -- writes --------------------------------------------------------------------------------------
+    async def _write(
+        self, op: str, call: Callable[[], Awaitable[SettleReply]], *, operation: Operation | None = None
+    ) -> SettleReply:
+        """One outcome write, observed by telemetry, retried through backend outages."""
+        if bus.observed:
+            operation = operation or Operation(op, self.queue, [self._job()], **self.ctx.server)
+            with bus.operation(operation):
+                reply = await self._retrying(call)
+                operation.outcome = reply.status.value
+        else:
+            reply = await self._retrying(call)
+        if not reply.ok and reply.status is not SettleStatus.TOO_LARGE:
+            self._stale(op, reply)
+        return reply
+
+    async def _retrying(self, call: Callable[[], Awaitable[SettleReply]]) -> SettleReply:
+        delay = 0.05
+        while True:
+            try:
+                # One call is shielded (bounded by the backend's own timeouts) so a stop request
+                # cannot lose a finished job's outcome mid-write; the waits between retries are not.
+                with anyio.CancelScope(shield=True):
+                    return await call()
+            except (BackendUnavailable, BackendOutOfMemory) as exc:
+                # The handler's work is done; keep trying until the backend answers (or has memory
+                # again). If our lease is reaped meanwhile the write comes back STALE: redelivered.
+                _log.warning("job.settle_retry: %s (%s), retrying in %.2fs", type(exc).__name__, exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _stale(self, op: str, reply: SettleReply) -> None:
+        _log.warning(
+            "job.stale_write: %s of job %s on %s by worker %s was rejected (%s; current owner %s, state %s)",
+            op,
+            self.job_id,
+            self.queue,
+            self.ctx.worker_id,
+            reply.status.value,
+            reply.owner,
+            reply.state,
+        )
+
+    def _job(self) -> Job:
+        if self.job is None:  # pragma: no cover - execute() sets it before any step runs
+            raise RuntimeError("job not decoded yet")
+        return self.job
+
+
+def _current_thread_token() -> int:
+    return threading.get_ident()
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """An exception group that wraps a single error is unwrapped, so the real type shows."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _error_type(exc: BaseException) -> str:
+    declared = getattr(exc, "error_type", None)  # a sandboxed error keeps its original type name
+    return declared if isinstance(declared, str) and declared else error_type_name(exc)
+
+
+def _error_record(exc: BaseException) -> dict[str, Any]:
+    exc = _unwrap(exc)
+    tb = getattr(exc, "traceback", None)
+    if not isinstance(tb, str):
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {
+        "type": _error_type(exc),
+        "message": str(getattr(exc, "message", None) or exc)[:_ERROR_MESSAGE_LIMIT],
+        "traceback": tb[-_TRACEBACK_LIMIT:],
+    }
