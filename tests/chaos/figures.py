@@ -88,8 +88,12 @@ def record_figure(name: str, source: str, value: dict[str, Any], samples: list[f
         data = {}
     data["machine"] = _machine()
     data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    scale = " ".join(
+        f"{key}={value}" for key, value in sorted(os.environ.items()) if key.startswith("CHAOS_")
+    )
     data.setdefault(
-        "command", "ASYNCMQ_RECORD_FIGURES=1 .venv/bin/python -m pytest tests/multiproc tests/chaos"
+        "command",
+        f"{scale} ASYNCMQ_RECORD_FIGURES=1 .venv/bin/python -m pytest tests/multiproc tests/chaos".lstrip(),
     )
     figures = data.setdefault("figures", {})
     figure = figures.setdefault(name, {})
