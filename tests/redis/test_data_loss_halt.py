@@ -10,16 +10,9 @@ from asyncmq_otel import Queue, Worker
 from asyncmq_otel.errors import DataLossDetected
 from asyncmq_otel.settings import override_settings
 from tests.support.poll import eventually
+from tests.support.timings import TEST_TIMINGS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
-
-FAST = {
-    "lease": 1.0,
-    "renew_interval": 0.3,
-    "reaper_interval": 0.2,
-    "loop_block_limit": 2.0,
-    "block_timeout": 0.5,
-}
 
 
 async def test_halt_stops_the_worker_with_data_loss_detected(
@@ -31,7 +24,7 @@ async def test_halt_stops_the_worker_with_data_loss_detected(
 
     bus.on("backend:data_loss", lambda e: seen.append(e.queue), inline=True)
     await Queue(unique_name, backend=backend).add("never.registered", delay=60)
-    with override_settings(on_data_loss="halt", **FAST):
+    with override_settings(on_data_loss="halt", **TEST_TIMINGS):
         worker = Worker(unique_name, backend=backend)
         raised: list[BaseException] = []
 
@@ -60,7 +53,7 @@ async def test_report_mode_keeps_consuming(make_backend, redis_url, redis_prefix
     backend = make_backend()
     q = Queue(unique_name, backend=backend)
     await q.add("never.registered", delay=60)
-    with override_settings(on_data_loss="report", **FAST):
+    with override_settings(on_data_loss="report", **TEST_TIMINGS):
         worker = Worker(unique_name, backend=backend)
         async with anyio.create_task_group() as group:
             group.start_soon(worker.run)

@@ -9,16 +9,9 @@ from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.events import LifecycleEvent, bus
 from asyncmq_otel.settings import Settings, override_settings
 from tests.support.redis_server import redis_url  # noqa: F401 - the shared-server fixture, used by name
+from tests.support.timings import TEST_TIMINGS
 
-FAST = {
-    "lease": 1.0,
-    "renew_interval": 0.3,
-    "reaper_interval": 0.2,
-    "loop_block_limit": 2.0,
-    "block_timeout": 0.5,
-    "heartbeat_interval": 0.2,
-    "shutdown_timeout": 2.0,
-}
+FAST = {**TEST_TIMINGS, "heartbeat_interval": 0.2, "shutdown_timeout": 2.0}
 
 
 @pytest.fixture
