@@ -72,7 +72,7 @@ def new_job_id() -> str:
     The same 122 random bits as ``uuid.uuid4().hex``, without building a ``UUID`` object (a bulk
     enqueue makes one id per job).
     """
-    return "%032x" % (int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET)
+    return "%032x" % (int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR | _UUID4_SET)
 
 
 def check_queue_name(name: object) -> str:
