@@ -35,6 +35,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 import anyio
 from anyio.lowlevel import RunVar, checkpoint_if_cancelled
 
+from ._exit_status import describe_exit
 from ._sandbox_child import Oversize, encode_message, read_frame, write_frame
 from .errors import (
     JobArgumentError,
@@ -161,17 +162,6 @@ def _signal_group(pid: int, signum: signal.Signals) -> None:
 def _reap(proc: subprocess.Popen[bytes]) -> None:
     """Collect an exited child's status; called only once :func:`_exited` is true, so it does not block."""
     proc.wait()
-
-
-def _describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "stopped answering"
-    if returncode < 0:
-        try:
-            return f"was killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"was killed by signal {-returncode}"
-    return f"exited with code {returncode}"
 
 
 def _child_env() -> dict[str, str]:
@@ -401,7 +391,7 @@ class SandboxPool:
             how = (
                 f"did not start within {_STARTUP_TIMEOUT:g}s"
                 if isinstance(outcome, _TimedOut)
-                else _describe_exit(child.proc.returncode)
+                else describe_exit(child.proc.returncode)
             )
             raise SandboxCrashed(
                 f"sandbox child (pid {child.pid}) {how} before it was ready; "
@@ -527,7 +517,7 @@ class SandboxPool:
 
     def _result(self, task_id: str, child: _Child, outcome: _Outcome, timeout: float, limit: int) -> Any:  # noqa: ANN401 - the handler's JSON result
         if isinstance(outcome, _TimedOut):
-            how = _describe_exit(child.proc.returncode)
+            how = describe_exit(child.proc.returncode)
             logger.warning(
                 "sandbox child %d: task %s ran past its %gs timeout and %s", child.pid, task_id, timeout, how
             )
@@ -542,12 +532,12 @@ class SandboxPool:
             logger.warning(
                 "sandbox child %d %s while running %s (%s)",
                 child.pid,
-                _describe_exit(child.proc.returncode),
+                describe_exit(child.proc.returncode),
                 task_id,
                 why,
             )
             raise SandboxCrashed(
-                f"sandbox child (pid {child.pid}) {_describe_exit(child.proc.returncode)} while running task "
+                f"sandbox child (pid {child.pid}) {describe_exit(child.proc.returncode)} while running task "
                 f"{task_id!r} ({why}); the handler may have partly run"
             )
         op = outcome["op"]

@@ -13,8 +13,8 @@ files with a ``MultiProcessCollector`` on a fresh registry.
   child exits 2 (usage) or 3 (backend unreachable, data loss halt), every other child is drained and the
   supervisor exits: restarting cannot fix a configuration. A child that exits 0 (``--burst`` done) is
   not restarted.
-- When a child exits, ``mark_process_dead`` drops its live gauges (``asyncmq_worker_up`` and the other
-  ``livesum`` rows), and its other gauge files go too, so a dead sampler's queue depth is not kept as a
+- When a child exits, its gauge files go (its live gauges: ``asyncmq_worker_up`` and the other
+  ``livesum`` rows; and its last-value gauges), so a dead sampler's queue depth is not kept as a
   maximum forever. Counters and histograms stay: totals never go backwards.
 - Exit code: the highest exit code among the last process of each slot (a signal death counts as 1).
   The directory is removed on exit.
@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import anyio.abc
 
+from .._exit_status import describe_exit
 from .._version import __version__
 from ._exit import CLIError, ExitCode
 from ._output import Reporter
@@ -80,12 +81,6 @@ def _exit_code(returncode: int) -> ExitCode:
         return ExitCode.CRASH
 
 
-def _describe(returncode: int) -> str:
-    if returncode < 0:
-        return f"was killed by {signal.Signals(-returncode).name}"
-    return f"exited with {returncode}"
-
-
 class _ChildMetrics:
     """The parent's view of the children's files: a ``MultiProcessCollector`` that can forget a process.
 
@@ -108,11 +103,8 @@ class _ChildMetrics:
             return list(self._merged.collect())  # type: ignore[no-untyped-call]
 
     def forget(self, pid: int) -> None:
-        """A child exited: drop its live gauges (``mark_process_dead``) and its other gauge files."""
-        from prometheus_client.multiprocess import mark_process_dead  # noqa: PLC0415
-
+        """A child exited: drop its gauge files (live and last-value gauges alike: it reports no more)."""
         with self._lock:
-            mark_process_dead(pid, self.path)  # type: ignore[no-untyped-call]
             for leftover in Path(self.path).glob(f"gauge_*_{pid}.db"):
                 leftover.unlink(missing_ok=True)
 
@@ -157,6 +149,7 @@ class Supervisor:
         self._stopped = anyio.Event()
         self._metrics: _ChildMetrics | None = None
         self._server: MetricsServer | None = None
+        self._spawn_lock = anyio.Lock()
 
     # -- the multiprocess directory and /metrics --------------------------------------------------------
     def _prepare(self) -> None:
@@ -170,7 +163,6 @@ class Supervisor:
                 "PROMETHEUS_MULTIPROC_DIR at a writable directory",
                 ExitCode.USAGE,
             ) from exc
-        self._wipe()  # fresh by construction; wiped anyway so no stale file can ever be merged
         self._metrics = _ChildMetrics(self.directory)
         self._metrics.registry.set_target_info(
             {
@@ -195,10 +187,6 @@ class Supervisor:
             self._server.set_health(self._health)
             self.metrics_url = self._server.url
 
-    def _wipe(self) -> None:
-        for leftover in Path(self.directory).glob("*.db"):
-            leftover.unlink()
-
     def _cleanup(self) -> None:
         if self._server is not None:
             self._server.stop()
@@ -214,8 +202,8 @@ class Supervisor:
     # -- running --------------------------------------------------------------------------------------
     async def run(self) -> ExitCode:
         """Start the children, supervise them until they have all exited, and return the worst code."""
-        self._prepare()
         try:
+            self._prepare()
             self.reporter.say(
                 "supervisor.started",
                 f"asyncmq-otel {__version__} · worker supervisor (pid {os.getpid()}): {self.processes} "
@@ -249,10 +237,13 @@ class Supervisor:
         env = {**os.environ, **self.child_env, "PROMETHEUS_MULTIPROC_DIR": self.directory}
         command = [sys.executable, "-m", "asyncmq_otel", "worker", *self.child_args]
         command += ["--supervised-by", str(os.getpid())]
-        with _stop_signals_blocked():
-            process = await anyio.open_process(
-                command, env=env, stdin=subprocess.DEVNULL, stdout=None, stderr=None
-            )
+        # One spawn at a time: open_process yields, and overlapping save/restore pairs of the signal
+        # mask could leave the stop signals blocked in this process for good.
+        async with self._spawn_lock:
+            with _stop_signals_blocked():
+                process = await anyio.open_process(
+                    command, env=env, stdin=subprocess.DEVNULL, stdout=None, stderr=None
+                )
         self.running[slot] = process
         if self.stopping:  # a stop signal came while it was being started: it gets one too
             process.send_signal(signal.SIGTERM)
@@ -269,7 +260,7 @@ class Supervisor:
             self.final[slot] = code
             if code is ExitCode.OK or self.stopping:
                 return
-            what = f"worker process {slot + 1} (pid {process.pid}) {_describe(returncode)}"
+            what = f"worker process {slot + 1} (pid {process.pid}) {describe_exit(returncode)}"
             if code in _FATAL:
                 self._stop_all(f"{what}: a restart cannot fix that; stopping the other processes")
                 return

@@ -92,7 +92,14 @@ class StopSignals:
         return "now"
 
     async def watch(self) -> None:
-        """Receive SIGTERM and SIGINT until cancelled (main thread only)."""
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        """Receive SIGTERM and SIGINT until cancelled (main thread only).
+
+        Once the handlers are in place the two signals are unblocked: a worker supervisor starts its
+        children with them blocked, so one sent during start-up waits instead of killing a
+        half-started process (unblocking signals that are not blocked changes nothing).
+        """
+        stop = {signal.SIGTERM, signal.SIGINT}
+        with anyio.open_signal_receiver(*stop) as signals:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)
             async for signum in signals:
                 self.handle(signum)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
 import socket
 import sys
 import traceback
@@ -433,7 +432,7 @@ async def _run(
     failure: BaseException | None = None
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(_watch_stop_signals, signals)  # the Worker runs telemetry's queue sampler itself
+            group.start_soon(signals.watch)  # the Worker runs telemetry's queue sampler itself
             if options.supervised_by is not None:
                 group.start_soon(_watch_supervisor, options.supervised_by, the_worker, reporter)
             try:
@@ -476,19 +475,6 @@ async def _run(
         outcomes=dict(ledger.outcomes),
     )
     return ExitCode.OK
-
-
-async def _watch_stop_signals(signals: StopSignals) -> None:
-    """:meth:`StopSignals.watch`, letting in stop signals that a supervisor held back while we started.
-
-    A supervisor starts its children with SIGTERM/SIGINT blocked, so one sent during start-up waits
-    instead of killing a half-started worker; now that the handlers are in place it is delivered.
-    """
-    stop = {signal.SIGTERM, signal.SIGINT}
-    with anyio.open_signal_receiver(*stop) as received:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)
-        async for signum in received:
-            signals.handle(signum)
 
 
 async def _watch_supervisor(pid: int, the_worker: Worker, reporter: Reporter) -> None:

@@ -9,12 +9,15 @@ finally SIGTERMs the supervisor: everything exits 0 and the directory is gone.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import socket
 import subprocess
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import anyio
 import anyio.to_thread
@@ -24,6 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.cli import main
+from asyncmq_otel.cli._exit import CLIError, ExitCode
+from asyncmq_otel.cli._multiprocess import Supervisor
+from asyncmq_otel.cli._output import Reporter
 from asyncmq_otel.queues import Queue
 from tests.cli.conftest import cli_env
 from tests.support.poll import eventually
@@ -183,3 +189,23 @@ def test_processes_need_a_shared_backend(runner: CliRunner) -> None:
     result = runner.invoke(main, ["worker", "q", "--processes", "2", "--backend", "memory://"])
     assert result.exit_code == 2, result.output
     assert "--processes 2 needs a backend the processes share" in result.stderr
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(30)
+async def test_a_busy_metrics_address_is_a_usage_error_that_leaves_no_directory(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        supervisor = Supervisor(
+            Reporter(stream=io.StringIO()), ["q"], {}, processes=2, metrics_addr=address, max_restarts=0
+        )
+        with (
+            mock.patch.dict(os.environ, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}),
+            pytest.raises(CLIError) as raised,
+        ):
+            await supervisor.run()
+    assert raised.value.code is ExitCode.USAGE
+    # the per-instance directory, made before the bind failed, is gone
+    assert [entry async for entry in anyio.Path(tmp_path).iterdir()] == []

@@ -15,6 +15,7 @@ import anyio.lowlevel
 import psutil
 import pytest
 
+from asyncmq_otel._exit_status import describe_exit
 from asyncmq_otel._sandbox_child import Oversize, read_frame, write_frame
 from asyncmq_otel.errors import (
     JobArgumentError,
@@ -514,3 +515,9 @@ def test_frames_round_trip_and_end_of_file() -> None:
         assert read_frame(read_end) is None
     finally:
         os.close(read_end)
+
+
+def test_an_exit_by_a_signal_the_enum_lacks_is_described_by_number() -> None:
+    assert describe_exit(-signal.SIGRTMIN - 2) == f"was killed by signal {signal.SIGRTMIN + 2}"
+    assert describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
+    assert describe_exit(4) == "exited with code 4"
