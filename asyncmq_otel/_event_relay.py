@@ -112,6 +112,9 @@ class EventRelay:
             try:
                 await self._publisher.publish_events([event_message(event) for event in batch])
             except anyio.get_cancelled_exc_class():
+                # cancelled mid-publish (shutdown): the batch may not have gone out; count it, as the
+                # contract's reasons allow, rather than lose it unseen
+                self._bus.record_drop("event", "adapter_error", len(batch))
                 raise
             except Exception:  # noqa: BLE001 - best effort: a failed publish never reaches a job
                 self._bus.record_drop("event", "adapter_error", len(batch))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,18 @@ async def test_published_events_reach_a_subscriber(make_backend: Callable[..., R
         with anyio.fail_after(5):
             event = await events.__anext__()
     assert event == {"name": "job:completed", "job_id": "a", "duration_s": 0.5}
+
+
+async def test_a_value_json_cannot_take_is_published_as_its_text(
+    make_backend: Callable[..., RedisBackend],
+) -> None:
+    producer, consumer = make_backend(), make_backend()
+    when = datetime.datetime(2026, 11, 29, tzinfo=datetime.timezone.utc)
+    async with await consumer.subscribe_events() as events:
+        assert await producer.publish_event({"name": "custom", "at": when}) == 1
+        with anyio.fail_after(5):
+            event = await events.__anext__()
+    assert event == {"name": "custom", "at": str(when)}
 
 
 async def test_another_prefix_hears_nothing(

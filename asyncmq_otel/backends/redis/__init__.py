@@ -8,7 +8,6 @@ scripts. Replies are decoded to the same raw job dicts as ``InMemoryBackend`` re
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -36,7 +35,7 @@ from ..base import (
 from . import _scripts
 from ._batch import CompleteBatcher, PendingComplete
 from ._connection import AsyncClient, Connections, ConnectionSettings, mask_url, probe_server
-from ._decode import JOB_FIELDS, decode_batch_settle, decode_jobs, decode_settle, decode_values, loads
+from ._decode import JOB_FIELDS, decode_batch_settle, decode_jobs, decode_settle, decode_values, dumps, loads
 from ._events import CancelHints, EventsMixin, hint
 from ._keys import Keys, QueueKeys
 from ._registry import RegistryMixin, server_of
@@ -79,10 +78,6 @@ def _envelope_priority_ttl(payload: str) -> tuple[object, object]:
     if not isinstance(envelope, dict):
         return 5, None
     return envelope.get("priority", 5), envelope.get("ttl")
-
-
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 class RedisBackend(RegistryMixin, EventsMixin):
@@ -473,7 +468,7 @@ class RedisBackend(RegistryMixin, EventsMixin):
             keys,
             "retry",
             [keys.meta, keys.job(job_id), keys.leases, keys.ready, keys.delayed, keys.signal],
-            [token, job_id, _ms(backoff) if backoff > 0 else 0, _dumps(dict(error)), prev_attempt or ""],
+            [token, job_id, _ms(backoff) if backoff > 0 else 0, dumps(dict(error)), prev_attempt or ""],
         )
         return decode_settle(queue, reply)
 
@@ -492,7 +487,7 @@ class RedisBackend(RegistryMixin, EventsMixin):
                 token,
                 job_id,
                 reason,
-                "" if error is None else _dumps(dict(error)),
+                "" if error is None else dumps(dict(error)),
                 self.keep_failed,
                 _ms(self.keep_failed_age),
             ],

@@ -67,6 +67,11 @@ Value = bytes | None
 _scan = json.scanner.make_scanner(cast("Any", json.JSONDecoder()))  # the stub types the context oddly
 
 
+def dumps(value: object) -> str:
+    """Compact JSON for Redis (errors, events); a value JSON cannot take is written as its ``str``."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def loads(data: bytes | str) -> Any:  # noqa: ANN401 - any JSON value
     """``json.loads`` for the common case of compact UTF-8 JSON, about twice as fast.
 

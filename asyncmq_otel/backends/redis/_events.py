@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from . import _scripts
 from ._connection import Connections, ConnectionSettings, is_transient, raise_translated
+from ._decode import dumps
 from ._keys import Keys
 
 if TYPE_CHECKING:
@@ -32,10 +33,10 @@ if TYPE_CHECKING:
 __all__ = ["CANCEL_HINT", "CancelHints", "Channel", "EventSubscription", "EventsMixin"]
 
 CANCEL_HINT = "control:cancel"
+"""The ``name`` of the cancel hint on the control channel (not a lifecycle event)."""
 
 Channel = Literal["events", "control"]
 """``events``: lifecycle events; ``control``: cancel hints."""
-"""The ``name`` of the cancel hint on the events channel (not a lifecycle event)."""
 
 _log = logging.getLogger("asyncmq_otel.backends.redis")
 
@@ -266,7 +267,7 @@ class EventsMixin:
 
         ``channel``: ``events`` (``<prefix>:events``) or ``control`` (``<prefix>:control``, cancel hints).
         """
-        data = json.dumps(dict(event), separators=(",", ":"), ensure_ascii=False)
+        data = dumps(dict(event))
         name = self.keys.events if channel == "events" else self.keys.control
         receivers = await self.connections.run(lambda client: client.publish(name, data))
         return int(receivers)

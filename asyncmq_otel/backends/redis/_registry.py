@@ -101,11 +101,8 @@ class RegistryMixin:
         raw = await self.connections.run(lambda client: client.hget(self.keys.workers_info, worker_id))
         if raw is None:
             return []
-        _, _, data = _scripts.text(raw).partition("|")
-        try:
-            return WorkerInfo.from_dict(json.loads(data)).queues
-        except (ValueError, KeyError, TypeError):
-            return []
+        registered = _registration(raw)
+        return [] if registered is None else registered[1].queues
 
     async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]:
         """Live workers consuming each of ``queues``: a prune and a ``ZCARD`` per queue, in one round trip."""
@@ -119,11 +116,19 @@ class RegistryMixin:
         reply = await self._workers(["list"])
         out: list[WorkerInfo] = []
         for item in reply[2]:
-            beat, _, data = _scripts.text(item).partition("|")
-            try:
-                info = WorkerInfo.from_dict(json.loads(data))
-            except (ValueError, KeyError, TypeError):
+            registered = _registration(item)
+            if registered is None:
                 continue  # a registration written by something else: not a worker we can show
+            beat, info = registered
             info.heartbeat_at = int(beat) / 1000.0
             out.append(info)
         return out
+
+
+def _registration(raw: bytes | str) -> tuple[str, WorkerInfo] | None:
+    """A stored ``<heartbeat ms>|<info JSON>`` entry, or ``None`` when it is not one of ours."""
+    beat, _, data = _scripts.text(raw).partition("|")
+    try:
+        return beat, WorkerInfo.from_dict(json.loads(data))
+    except (ValueError, KeyError, TypeError):
+        return None
