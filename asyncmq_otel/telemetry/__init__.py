@@ -142,8 +142,7 @@ class _Instrumentation:
             )
             if config.queue_sampler != "off":
                 self.gauges = QueueGauges(config.queue_sample_interval_s)
-                self.metrics.attach_queue_gauges(self.gauges)
-                self.sinks.set_observer(25, self.gauges.consumers)  # #25 rides with #17–#19
+                self.metrics.attach_queue_gauges(self.gauges)  # #17–#19 and #25
             if config.metrics_addr:
                 self.server = MetricsServer(registry, config.metrics_addr)
                 self.server.set_health(self.metrics.health)

@@ -52,6 +52,10 @@ _KIND: Final = {
 _FLAGS_HAS_IS_REMOTE: Final = 0x100
 _FLAGS_IS_REMOTE: Final = 0x200
 _CACHE_LIMIT: Final = 8192  # encoded key/value pairs kept; cleared when full (values are bounded anyway)
+# Pairs that do not repeat between spans are encoded on each use rather than cached: a per-job id
+# would evict the useful entries, and exception texts would hold thousands of stack traces.
+_UNCACHED_KEYS: Final = frozenset({"messaging.message.id", "exception.message", "exception.stacktrace"})
+_CACHE_MAX_STR: Final = 128  # longer str values are encoded on each use
 _INT64_MASK: Final = (1 << 64) - 1
 _INT64_MIN: Final = -(1 << 63)
 _INT64_MAX: Final = (1 << 63) - 1
@@ -111,9 +115,14 @@ class _Encoder:
         self._scopes: dict[int, tuple[Any, bytes]] = {}
 
     def _key_value(self, key: str, value: object) -> bytes:
-        """A ``KeyValue`` message; pairs with a str, int or bool value are encoded once."""
+        """A ``KeyValue`` message; pairs with a short str, int or bool value that repeats are encoded once."""
         kind = type(value)
-        if kind is float or kind not in (str, int, bool):
+        if (
+            kind is float
+            or kind not in (str, int, bool)
+            or key in _UNCACHED_KEYS
+            or (kind is str and len(value) > _CACHE_MAX_STR)  # type: ignore[arg-type]
+        ):
             encoded_key = self._keys.get(key)
             if encoded_key is None:
                 encoded_key = self._keys[key] = _string(b"\x0a", key)

@@ -202,7 +202,7 @@ class QueueSampler:
             for queue in queues:
                 self.gauges.update(queue, await self.backend.queue_stats(queue))
             if isinstance(self.backend, ConsumerCounter) and queues:
-                self.gauges.update_consumers(await self.backend.consumer_counts(queues))
+                await self._sample_consumers(self.backend, queues)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:  # noqa: BLE001 - isolation boundary: the sampler never stops a worker
@@ -215,6 +215,17 @@ class QueueSampler:
             return False
         self._report(ok=True)
         return True
+
+    async def _sample_consumers(self, backend: ConsumerCounter, queues: Sequence[str]) -> None:
+        """Count live consumers (#25); a failure here keeps the other queue gauges and the role."""
+        try:
+            counts = await backend.consumer_counts(queues)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # noqa: BLE001 - #25 is optional; its old counts go stale by themselves
+            _log.debug("queue consumer count failed: %s", exc)
+            return
+        self.gauges.update_consumers(counts)
 
     def _report(self, *, ok: bool) -> None:
         if self._on_result is not None:

@@ -103,3 +103,36 @@ def test_an_attribute_outside_the_otel_types_falls_back_to_the_sdk_encoder() -> 
         instrumentation_scope=span.instrumentation_scope,
     )
     assert _parse(encode_request([odd, span])) == encode_spans([odd, span])
+
+
+def test_values_that_do_not_repeat_are_not_cached() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "enc-test"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("asyncmq_otel")
+    long_text = "x" * 129
+    for i in range(50):
+        span = tracer.start_span(
+            "process orders",
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "asyncmq",
+                "messaging.message.id": f"job-{i}",
+                "asyncmq.note": f"{long_text}{i}",
+            },
+        )
+        span.add_event(
+            "exception",
+            {
+                "exception.type": "ValueError",
+                "exception.message": f"bad job {i}",
+                "exception.stacktrace": f"Traceback ...\n  line {i}\nValueError: bad job {i}",
+            },
+        )
+        span.end()
+    spans = list(exporter.get_finished_spans())
+    encoder = _Encoder()
+    assert _parse(encoder.request(spans)) == encode_spans(spans)
+    cached = encoder._pairs  # the cache is what this test checks
+    assert {key for key, _kind, _value in cached} == {"messaging.system", "exception.type"}
+    assert len(cached) == 2

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import anyio
 import pytest
+from prometheus_client import CollectorRegistry
 
 from asyncmq_otel import telemetry
 from asyncmq_otel.backends.base import QueueStats
 from asyncmq_otel.backends.memory import InMemoryBackend
+from asyncmq_otel.events import EventBus
 from asyncmq_otel.queues import Queue
 from asyncmq_otel.telemetry import QueueGauges, QueueSampler, SamplerLock
+from asyncmq_otel.telemetry._metrics_adapter import MetricsAdapter
+from asyncmq_otel.telemetry.metrics import MetricSinks
 from asyncmq_otel.testing import Captured, capture_telemetry
 from tests.support.poll import eventually
 
@@ -155,3 +160,52 @@ async def test_a_library_worker_runs_the_queue_sampler_beside_it(backend, unique
                 lambda: _depth(captured, unique_name) == 1.0, what="the ready depth from the worker"
             )
             assert captured.metric_value("asyncmq_queue_paused", messaging_destination_name=unique_name) == 1
+
+
+class NoConsumerCount(InMemoryBackend):
+    async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]:
+        raise ConnectionError("registry down")
+
+
+async def test_a_failing_consumer_count_keeps_the_other_queue_gauges(unique_name) -> None:
+    results: list[bool] = []
+    gauges = QueueGauges(10.0)
+    backend = NoConsumerCount()
+    await Queue(unique_name, backend=backend).add("never.runs")
+    sampler = QueueSampler(backend, gauges, queues=[unique_name], on_result=results.append)
+    assert await sampler.sample_once() is True
+    assert sampler.holder
+    assert dict(gauges.depth())[(unique_name, "ready")] == 1.0
+    assert list(gauges.consumers()) == []
+    assert results == [True]
+
+    with capture_telemetry(queue_sample_interval_s=0.02) as captured:
+        async with anyio.create_task_group() as group:
+            group.start_soon(telemetry.run_queue_sampler, backend)
+            await eventually(lambda: _depth(captured, unique_name) == 1.0, what="the ready depth")
+            assert captured.metric_value("asyncmq_queue_paused", messaging_destination_name=unique_name) == 0
+            assert captured.metric_value("asyncmq_backend_up") == 1
+            assert not [s for s in captured.metrics if s.name == "asyncmq_queue_consumers"]
+            telemetry.uninstrument()
+
+
+def test_attach_queue_gauges_sets_and_clears_every_queue_gauge() -> None:
+    registry = CollectorRegistry()
+    adapter = MetricsAdapter(MetricSinks(registry=registry), bus=EventBus())
+    gauges = QueueGauges(10.0)
+    gauges.update("q", stats())
+    gauges.update_consumers({"q": 2})
+    queue_gauges = {
+        "asyncmq_queue_depth",
+        "asyncmq_queue_oldest_age_seconds",
+        "asyncmq_queue_paused",
+        "asyncmq_queue_consumers",
+    }
+
+    def exported() -> set[str]:
+        return {s.name for family in registry.collect() for s in family.samples} & queue_gauges
+
+    adapter.attach_queue_gauges(gauges)
+    assert exported() == queue_gauges
+    adapter.attach_queue_gauges(None)
+    assert exported() == set()
