@@ -545,6 +545,8 @@ async def test_lease_lost_more_than_max_stalls_goes_to_the_dlq_as_worker_lost(ba
     assert [j["id"] for j in (await backend.claim(unique_name, "ghost-2", 1, 0.0)).jobs] == [job_id]
     async with running_worker(unique_name, backend):
         await wait_state(q, job_id, "failed")
+        # the state is visible when the reap script has run; its event follows the reply to the worker
+        await eventually(lambda: any(e.name == "job:failed" for e in events), what="job:failed emitted")
     assert (await q.get_job(job_id))["dlq_reason"] == "worker_lost"
     failed = next(e for e in events if e.name == "job:failed")
     assert (failed.reason, failed.error_type) == ("worker_lost", "worker_lost")
