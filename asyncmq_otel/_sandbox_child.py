@@ -1,9 +1,14 @@
 """The sandbox child: import the task modules, then run one job per request frame.
 
-The parent starts it as ``python -m asyncmq_otel._sandbox_child --requests FD --replies FD`` in a session
-of its own. Requests and replies are length-prefixed JSON frames (4-byte big-endian length, then UTF-8 JSON)
-on two dedicated pipes, so whatever task code prints to stdout or stderr cannot corrupt the protocol: the
-parent turns those streams into log lines.
+The parent starts it as ``python -m asyncmq_otel._sandbox_child --requests FD --replies FD --parent-watch FD``
+in a session of its own. Requests and replies are length-prefixed JSON frames (4-byte big-endian length, then
+UTF-8 JSON) on two dedicated pipes, so whatever task code prints to stdout or stderr cannot corrupt the
+protocol: the parent turns those streams into log lines.
+
+The child must not outlive its worker, or a job redelivered elsewhere would run beside the one it is still
+running. The parent never writes to the third pipe and the kernel closes its end when the parent dies, however
+it dies; a thread here then reads end of file, kills every process below the child and the child itself. The
+child is a subreaper, so what its handlers start stays below it even when their own parents exit.
 
 Requests: ``init`` (once: ``sys_path``, ``modules``, ``packages``), then ``run`` (``task``, ``module``,
 ``args``, ``kwargs``, ``max_result_bytes``). Replies: ``ready`` (``pid``, ``errors``) to ``init``; to each
@@ -22,6 +27,7 @@ import importlib
 import io
 import json
 import os
+import signal
 import struct
 import sys
 import threading
@@ -30,11 +36,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._process_tree import ProcessTree, become_subreaper
 from .errors import JobArgumentError
 from .jobs import check_json, dumps, error_type_name
 from .tasks import TASK_REGISTRY, TaskInfo, autodiscover_tasks
 
 __all__ = [
+    "FRAME_HEADER",
     "MAX_ERROR_MESSAGE",
     "MAX_TRACEBACK",
     "Oversize",
@@ -50,7 +58,8 @@ MAX_ERROR_MESSAGE = 2 * 1024
 MAX_TRACEBACK = 16 * 1024
 """Characters of a handler's traceback kept, from its end where the raising frame is."""
 
-_HEADER = struct.Struct(">I")
+FRAME_HEADER = struct.Struct(">I")
+"""A frame's header: the length of its body, 4 bytes big-endian."""
 _MAX_FRAME = 2**32 - 1
 _READ_CHUNK = 1024 * 1024
 _PROTOCOL_ERROR = 2
@@ -76,7 +85,7 @@ def write_frame(fd: int, payload: bytes) -> None:
     if len(payload) > _MAX_FRAME:
         raise ValueError(f"a frame carries at most {_MAX_FRAME} bytes, not {len(payload)}")
     # Two writes rather than one concatenation: a result frame can be large and need not be copied.
-    _write_all(fd, _HEADER.pack(len(payload)))
+    _write_all(fd, FRAME_HEADER.pack(len(payload)))
     _write_all(fd, payload)
 
 
@@ -96,10 +105,10 @@ def read_frame(fd: int, limit: int | None = None) -> bytes | Oversize | None:
     The body of an oversized frame is not read, so a huge reply costs the reader nothing; the stream is
     then out of step and the writer must be discarded.
     """
-    header = _read_exact(fd, _HEADER.size)
+    header = _read_exact(fd, FRAME_HEADER.size)
     if header is None:
         return None
-    (size,) = _HEADER.unpack(header)
+    (size,) = FRAME_HEADER.unpack(header)
     if limit is not None and size > limit:
         return Oversize(size)
     return _read_exact(fd, size)
@@ -278,18 +287,39 @@ class _Server:
         self.send(b'{"op":"result","value":' + encoded + b"}")
 
 
+def _die_with_parent(watch: int) -> None:
+    """Block until the parent is gone (end of file on ``watch``), then kill this child's tree and itself."""
+    with contextlib.suppress(OSError):
+        while os.read(watch, 1):
+            pass  # the parent never writes; read on until its end closes
+    ProcessTree(os.getpid()).kill()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve requests until the parent closes the request pipe; return the exit code."""
     parser = argparse.ArgumentParser(prog="python -m asyncmq_otel._sandbox_child", description=__doc__)
     parser.add_argument("--requests", type=int, required=True, help="fd to read request frames from")
     parser.add_argument("--replies", type=int, required=True, help="fd to write reply frames to")
+    parser.add_argument(
+        "--parent-watch", type=int, required=True, help="fd whose end of file means the parent is gone"
+    )
     options = parser.parse_args(argv)
-    for fd in (options.requests, options.replies):
+    for fd in (options.requests, options.replies, options.parent_watch):
         # Processes the handler starts must not hold the protocol pipes open (or write to them).
         os.set_inheritable(fd, False)  # noqa: FBT003 - os.set_inheritable takes no keywords
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(line_buffering=True)  # so each printed line reaches the log promptly
+    become_subreaper()
+    # A daemon thread, so a clean exit does not wait for it. There is no race with the parent's death: the
+    # descriptor was inherited at fork, so a parent already gone reads as end of file at once.
+    threading.Thread(
+        target=_die_with_parent,
+        args=(options.parent_watch,),
+        name="asyncmq-sandbox-parent-watch",
+        daemon=True,
+    ).start()
     try:
         return _Server(options.requests, options.replies).serve()
     except BrokenPipeError:

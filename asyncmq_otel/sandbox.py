@@ -4,12 +4,20 @@ Each child is ``python -m asyncmq_otel._sandbox_child`` in a session of its own,
 whatever the handler started. Parent and child exchange length-prefixed JSON frames over two dedicated pipes;
 the child's stdout and stderr become log lines on ``asyncmq_otel.sandbox`` and never touch the protocol.
 
-While a job runs, the parent reads the child's replies in a worker thread and refuses any frame over
+While a job runs, the parent reads the child's replies on the event loop and refuses any frame over
 ``max_result_bytes`` from its header alone, so a large result fails fast and no pipe can deadlock. A watchdog
-beside the reader stops the child on timeout or cancellation: ``killpg(SIGTERM)``, ``sandbox_term_grace``,
-``killpg(SIGKILL)``, then reaps it in a shielded scope. Dead or killed children are replaced, never reused.
+beside the reader stops the child on timeout or cancellation: SIGTERM to its process group and to every
+process found below it (one that called ``setsid()`` has left the group), ``sandbox_term_grace`` for all of
+them, then SIGKILL to what is left; it reaps the child in a shielded scope and ends the read at once, since an
+escaped process could hold the reply pipe open for as long as it likes. Dead or killed children are replaced,
+never reused.
 
-POSIX only: the sandbox relies on sessions, process groups and ``os.waitid``.
+A child dies with its worker: it watches a third pipe whose only writer is the parent (see
+``_sandbox_child``). Not ``PR_SET_PDEATHSIG``: that fires when the *thread* that started the child exits,
+and children are started from worker threads.
+
+POSIX only: the sandbox relies on sessions, process groups and ``os.waitid``; finding the processes that left
+the group needs Linux's ``/proc``.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ import anyio
 from anyio.lowlevel import RunVar, checkpoint_if_cancelled
 
 from ._exit_status import describe_exit
-from ._sandbox_child import Oversize, encode_message, read_frame, write_frame
+from ._process_tree import ProcessTree
+from ._sandbox_child import FRAME_HEADER, Oversize, encode_message, write_frame
 from .errors import (
     JobArgumentError,
     ResultSerializationError,
@@ -64,6 +73,8 @@ _FRAME_SLACK = 64 * 1024  # room for the reply envelope, and for error frames wh
 _STARTUP_TIMEOUT = 30.0  # a fresh child must import the task modules and answer ``ready`` within this
 _POLL_INTERVAL = 0.01  # exit polling while stopping: cheap, and needs no thread a full limiter could withhold
 _WATCH_INTERVAL = 0.05  # how often a running job's watchdog checks that its child is still alive
+_TREE_INTERVAL = 0.1  # how often a stop walks /proc for what runs below the child
+_READ_CHUNK = 1024 * 1024
 _MAX_LOG_LINE = 8192  # a child printing without newlines must not grow one log line without bound
 _RUN_REPLIES = frozenset({"result", "error", "too_large", "unserializable", "unknown_task"})
 _INIT_REPLIES = frozenset({"ready"})
@@ -102,14 +113,81 @@ class _TimedOut:
 _Outcome: TypeAlias = "dict[str, Any] | _Ended | Oversize | _TimedOut"
 
 
+class _ReplyPipe:
+    """The parent's end of a child's reply pipe, read on the event loop so a wait can end on demand.
+
+    A thread blocked in ``read`` would wait for end of file, which never comes while any process holding
+    the write end lives: one the handler started and that escaped the stop, say.
+    """
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)  # the child's end is another open file: its writes still block
+        self.fd = fd
+        self._buffer = bytearray()
+        self._ended = False  # end of file seen
+        self._stopped = False
+        self._waiting: anyio.CancelScope | None = None
+
+    def stop(self) -> None:
+        """Wait no more: what the pipe already holds is still read, then the reader sees the end."""
+        self._stopped = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def read(self, limit: int) -> bytes | Oversize | None:
+        """The next frame's body; ``None`` at end of file or once stopped, :class:`Oversize` past ``limit``.
+
+        An oversized frame's body is not read, so a huge reply costs nothing; the pipe is then out of step
+        and its child must be discarded.
+        """
+        while (frame := self._frame(limit)) is None:
+            if self._fill():
+                continue
+            if self._ended or self._stopped:
+                return None
+            with anyio.CancelScope() as self._waiting:
+                await anyio.wait_readable(self.fd)
+            self._waiting = None
+        return frame
+
+    def _frame(self, limit: int) -> bytes | Oversize | None:
+        header = FRAME_HEADER.size
+        if len(self._buffer) < header:
+            return None
+        (size,) = FRAME_HEADER.unpack_from(self._buffer)
+        if size > limit:
+            return Oversize(size)
+        if len(self._buffer) < header + size:
+            return None
+        frame = bytes(self._buffer[header : header + size])
+        del self._buffer[: header + size]
+        return frame
+
+    def _fill(self) -> bool:
+        """Read what the pipe holds now; whether anything was there."""
+        try:
+            chunk = os.read(self.fd, _READ_CHUNK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            chunk = b""  # treated as its end: the child is discarded either way
+        if not chunk:
+            self._ended = True
+            return False
+        self._buffer += chunk
+        return True
+
+
 @dataclass(eq=False, slots=True)
 class _Child:
-    """One warm child: its process and the parent's ends of the two protocol pipes."""
+    """One warm child: its process and the parent's ends of its pipes."""
 
     proc: subprocess.Popen[bytes]
     requests: int
-    replies: int
+    replies: _ReplyPipe
+    parent_watch: int  # never written: the kernel closes it when this process dies, and the child then dies
     broken: bool = False  # killed, crashed or out of step: never handed another job
+    closed: bool = False
 
     @property
     def pid(self) -> int:
@@ -123,9 +201,10 @@ class _Child:
 
     def close(self) -> None:
         self.close_requests()
-        if self.replies >= 0:
-            fd, self.replies = self.replies, -1
-            os.close(fd)
+        if not self.closed:
+            self.closed = True
+            os.close(self.replies.fd)
+            os.close(self.parent_watch)
 
 
 @dataclass(slots=True)
@@ -195,6 +274,7 @@ def _start_child() -> _Child:
     """Start one child (blocking: run it in a worker thread)."""
     request_read, request_write = os.pipe()
     reply_read, reply_write = os.pipe()
+    watch_read, watch_write = os.pipe()
     try:
         proc = subprocess.Popen(  # noqa: S603 - a fixed argv: this interpreter and our own module
             [
@@ -205,22 +285,27 @@ def _start_child() -> _Child:
                 str(request_read),
                 "--replies",
                 str(reply_write),
+                "--parent-watch",
+                str(watch_read),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            pass_fds=(request_read, reply_write),
+            pass_fds=(request_read, reply_write, watch_read),
             start_new_session=True,  # its own process group, so killpg reaches what the handler starts
             env=_child_env(),
         )
     except BaseException:
         os.close(request_write)
         os.close(reply_read)
+        os.close(watch_write)
         raise
     finally:
-        # The child holds these ends now; keeping them would hide its death (no EOF) from the reader.
+        # The child holds these ends now; keeping them would hide its death (no EOF) from the reader, and
+        # keep its parent watch open after this process is gone.
         os.close(request_read)
         os.close(reply_write)
+        os.close(watch_read)
     for stream, name, level in (
         (proc.stdout, "stdout", logging.INFO),
         (proc.stderr, "stderr", logging.WARNING),
@@ -233,7 +318,7 @@ def _start_child() -> _Child:
                 daemon=True,
             ).start()
     logger.debug("sandbox child %d started", proc.pid)
-    return _Child(proc=proc, requests=request_write, replies=reply_read)
+    return _Child(proc=proc, requests=request_write, replies=_ReplyPipe(reply_read), parent_watch=watch_write)
 
 
 class SandboxPool:
@@ -402,12 +487,24 @@ class SandboxPool:
         return child
 
     async def _terminate(self, child: _Child) -> None:
-        """Stop the child's process group: SIGTERM, ``sandbox_term_grace``, SIGKILL; then reap it."""
+        """Stop the child and every process below it: SIGTERM, ``sandbox_term_grace``, SIGKILL; reap it."""
         child.broken = True
+        tree = ProcessTree(child.pid)
         if not _exited(child.proc):
+            # Found while the child lives: its descendants hang below it (it is their subreaper), and one that
+            # left its process group with setsid() is out of killpg's reach.
+            await anyio.to_thread.run_sync(tree.refresh)
             _signal_group(child.pid, signal.SIGTERM)
-            if not await _wait_exit(child.proc, float(settings.sandbox_term_grace)):
-                logger.warning("sandbox child %d ignored SIGTERM; sending SIGKILL", child.pid)
+            tree.signal(signal.SIGTERM)
+            if not await _wait_tree_exit(child.proc, tree, float(settings.sandbox_term_grace)):
+                logger.warning(
+                    "sandbox child %d or a process it started ignored SIGTERM; sending SIGKILL", child.pid
+                )
+                if not _exited(child.proc):
+                    # Stopped first, so as a subreaper it still holds every orphan while the tree is killed.
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.pid, signal.SIGSTOP)
+                await anyio.to_thread.run_sync(tree.kill)
                 _signal_group(child.pid, signal.SIGKILL)
                 await _wait_exit(child.proc, None)
         if child.proc.returncode is None:
@@ -473,6 +570,8 @@ class SandboxPool:
             if not watch.done:
                 with anyio.CancelScope(shield=True):
                     await self._terminate(child)
+                # Whatever still holds the reply pipe open, the child is gone: read what it wrote, then stop.
+                child.replies.stop()
 
     async def _talk(
         self,
@@ -488,7 +587,7 @@ class SandboxPool:
         except OSError as exc:
             return _Ended(f"the request could not be sent: {exc}")
         while True:
-            reply = await self._next_reply(child, limit, state)
+            reply = await self._next_reply(child, limit)
             if not isinstance(reply, dict) or reply.get("op") != "progress":
                 break
             await _report_progress(on_progress, reply, child.pid)
@@ -496,13 +595,8 @@ class SandboxPool:
             return _Ended(f"protocol error: unexpected reply {reply.get('op')!r}")
         return reply
 
-    async def _next_reply(
-        self, child: _Child, limit: int, state: _RunState
-    ) -> dict[str, Any] | _Ended | Oversize:
-        try:
-            frame = await anyio.to_thread.run_sync(read_frame, child.replies, limit, limiter=state.threads)
-        except OSError as exc:
-            return _Ended(f"its replies could not be read: {exc}")
+    async def _next_reply(self, child: _Child, limit: int) -> dict[str, Any] | _Ended | Oversize:
+        frame = await child.replies.read(limit)
         if frame is None:
             return _Ended("its reply pipe closed")
         if isinstance(frame, Oversize):
@@ -563,6 +657,23 @@ async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float | None) -> bo
         if deadline is not None and anyio.current_time() >= deadline:
             return False
         await anyio.sleep(_POLL_INTERVAL)
+    return True
+
+
+async def _wait_tree_exit(proc: subprocess.Popen[bytes], tree: ProcessTree, timeout: float) -> bool:
+    """Poll until the child and every process found below it have exited, or ``timeout`` passes."""
+    deadline = anyio.current_time() + timeout
+    next_walk = anyio.current_time() + _TREE_INTERVAL
+    while not (_exited(proc) and not tree.pids):
+        now = anyio.current_time()
+        if now >= deadline:
+            return False
+        if now >= next_walk:
+            # Walked again: what was found may have died, and the child may have forked more.
+            await anyio.to_thread.run_sync(tree.refresh)
+            next_walk = anyio.current_time() + _TREE_INTERVAL
+        else:
+            await anyio.sleep(_POLL_INTERVAL)
     return True
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import json
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from asyncmq_otel.tasks import task
@@ -140,3 +143,59 @@ def exit_with_grandchild(report_progress: Callable[..., None]) -> None:
             time.sleep(0.05)
     report_progress(0.0, {"pid": os.getpid(), "grandchild": grandchild})
     os._exit(4)
+
+
+def _fork_escapee(seconds: float) -> int:
+    """Fork a process that leaves the child's session and process group, then sleeps ``seconds``.
+
+    It inherits every descriptor, the reply pipe included, so it holds that pipe open while it lives.
+    Returns once the escapee has called ``setsid()``, so the caller knows ``killpg`` can no longer reach it.
+    """
+    ready_read, ready_write = os.pipe()
+    escapee = os.fork()
+    if escapee == 0:
+        os.setsid()
+        os.write(ready_write, b"x")
+        time.sleep(seconds)
+        os._exit(0)
+    os.close(ready_write)
+    os.read(ready_read, 1)
+    os.close(ready_read)
+    return escapee
+
+
+@task(QUEUE, name="sandbox.hang_with_escapee", progress=True)
+def hang_with_escapee(
+    report_progress: Callable[..., None], seconds: float = 60.0, pid_path: str = ""
+) -> None:
+    # The escapee sleeps in a session of its own: only tracking descendants finds it at the deadline.
+    escapee = _fork_escapee(seconds)
+    if pid_path:
+        Path(pid_path).write_text(f"{os.getpid()} {escapee}", encoding="utf-8")
+    report_progress(0.0, {"pid": os.getpid(), "escapee": escapee})
+    while True:
+        time.sleep(0.05)
+
+
+@task(QUEUE, name="sandbox.exclusive")
+def exclusive(lock_path: str, record_path: str) -> bool:
+    """Whether no other run of this job held ``lock_path``; the first run hangs with an escapee holding it.
+
+    The exclusive ``flock`` lives as long as any process holding its descriptor, so a run that outlives
+    its worker (the sandbox child or the escapee it forked) makes a later run see the lock taken.
+    Each run appends ``{"pid", "escapee", "exclusive"}`` to ``record_path`` (one JSON line).
+    """
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        free = True
+    except BlockingIOError:
+        free = False
+    first = not Path(record_path).exists()
+    escapee = _fork_escapee(3600.0) if first else None
+    with Path(record_path).open("a", encoding="utf-8") as record:
+        record.write(json.dumps({"pid": os.getpid(), "escapee": escapee, "exclusive": free}) + "\n")
+    while first:
+        time.sleep(0.05)
+    os.close(fd)
+    return free

@@ -9,11 +9,16 @@
 7. A sandboxed handler that spins, or ignores SIGTERM: ``SandboxTimeout`` (SIGTERM, then SIGKILL
    after the grace), no zombie or orphan left, wall ≤ timeout + grace + 1 s.
 8. A sandboxed 900 KiB result completes; a 10 MiB one fails ``ResultTooLarge`` in under 2 s.
-   (The pool-level form of 7-8 is tests/unit/test_sandbox.py; these run a real CLI worker.)
+47. A worker SIGKILLed while a sandboxed job runs takes its child and the child's descendants with it
+    (one of them left the child's session), so the redelivered job never runs beside its first run.
+48. A sandboxed job past its timeout whose handler forked a process that called ``setsid()`` and holds the
+    reply pipe settles as a timeout at once (not when that process exits), and that process is killed.
+   (The pool-level form of 7-8 and 48 is tests/unit/test_sandbox.py; these run a real CLI worker.)
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -272,5 +277,100 @@ async def test_rows7_8_sandbox_timeouts_kill_the_child_and_large_results_fail_fa
     children = [proc.pid for proc in _descendants(worker.pid)]
     assert await stop_all([worker]) == [0]
     await eventually(lambda: all(_gone(pid) for pid in children), timeout=5, what="no orphan left")
+    wait_quiescent(redis_url, redis_prefix, QUEUE)
+    check_invariants(redis_url, redis_prefix, QUEUE, enqueued, ledger, workers_stopped=True).check()
+
+
+# -- rows 47 and 48 -------------------------------------------------------------------------------------
+SANDBOX_APP = ("--app", "tests.sandbox_tasks")  # the sandbox.* tasks, registered in the worker and its child
+
+
+def _dead(pid: int) -> bool:
+    """Not running: no such process, or a zombie (nothing of it runs; its parent may never reap it)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+@pytest.mark.timeout(120)
+async def test_row47_a_sigkilled_worker_takes_its_sandbox_child_and_its_descendants_along(
+    queue: Queue, worker_proc: StartWorker, ledger: Ledger, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    env = {**ledger.env, **SANDBOX_ENV}
+    first = worker_proc(QUEUE, redis_url, redis_prefix, concurrency=1, env=env, extra_args=SANDBOX_APP)
+    lock, record = tmp_path / "exclusive.lock", tmp_path / "runs.jsonl"
+    enqueued = Enqueued({await queue.add("sandbox.exclusive", [str(lock), str(record)], job_id="orphan")})
+    await eventually(lambda: len(_records(record)) == 1, timeout=30, what="the first run started")
+    (run,) = _records(record)
+    tree = [run["pid"], run["escapee"]]
+    assert run["exclusive"] is True
+    assert run["pid"] in [proc.pid for proc in _descendants(first.pid)]
+    assert not _dead(run["escapee"])
+
+    first.kill9()
+    second = worker_proc(QUEUE, redis_url, redis_prefix, concurrency=1, env=env, extra_args=SANDBOX_APP)
+    await eventually(
+        lambda: all(_dead(pid) for pid in tree), timeout=10, what=f"the first run's tree {tree} died"
+    )
+    await wait_states(queue, {"orphan": "completed"}, timeout=30)
+    runs = _records(record)
+    assert len(runs) == 2
+    assert runs[1]["pid"] in [proc.pid for proc in _descendants(second.pid)]
+    # The lock was free: nothing of the first run held it when the redelivered job started.
+    assert runs[1]["exclusive"] is True
+    job = await queue.get_job("orphan")
+    assert job is not None
+    assert (job["result"], job["attempts"], job["stalls"]) == (True, 2, 1)
+    assert await stop_all([second]) == [0]
+    wait_quiescent(redis_url, redis_prefix, QUEUE)
+    check_invariants(redis_url, redis_prefix, QUEUE, enqueued, ledger, workers_stopped=True).check()
+
+
+@pytest.mark.timeout(120)
+async def test_row48_a_timeout_kills_an_escapee_holding_the_reply_pipe_and_settles_at_once(
+    queue: Queue, worker_proc: StartWorker, ledger: Ledger, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    env = {**ledger.env, **SANDBOX_ENV}
+    worker = worker_proc(QUEUE, redis_url, redis_prefix, concurrency=1, env=env, extra_args=SANDBOX_APP)
+    pid_path = tmp_path / "escape.pid"
+    enqueued = Enqueued(
+        {
+            await queue.add(
+                "sandbox.hang_with_escapee",
+                kwargs={"pid_path": str(pid_path)},
+                timeout=TIMEOUT,
+                job_id="escape",
+            )
+        }
+    )
+    await eventually(lambda: " " in (pid_path.read_text() if pid_path.exists() else ""), timeout=30)
+    tree = [int(pid) for pid in pid_path.read_text().split()]
+    await wait_states(queue, {"escape": "failed"}, timeout=30)
+    job = await queue.get_job("escape")
+    assert job is not None
+    assert job["error"]["type"] == "asyncmq_otel.errors.SandboxTimeout", job["error"]
+    assert job["attempts"] == 1
+    durations: list[float] = []
+
+    def logged() -> bool:
+        durations[:] = [
+            line["asyncmq.job.duration_s"]
+            for line in worker.lines()
+            if line.get("event") == "job.failed" and line.get("messaging.message.id") == "escape"
+        ]
+        return bool(durations)
+
+    await eventually(logged, timeout=5, what="the job.failed log line")
+    # The escapee sleeps 60 s holding the reply pipe: the job settled at its timeout, not when it exits.
+    assert durations[0] < TIMEOUT + GRACE + 5, durations
+    await eventually(lambda: all(_dead(pid) for pid in tree), timeout=10, what=f"the job's tree {tree} died")
+    assert await stop_all([worker]) == [0]
     wait_quiescent(redis_url, redis_prefix, QUEUE)
     check_invariants(redis_url, redis_prefix, QUEUE, enqueued, ledger, workers_stopped=True).check()

@@ -357,6 +357,23 @@ async def test_stop_reaches_processes_the_handler_started(pool: SandboxPool) -> 
 
 
 @pytest.mark.anyio
+@pytest.mark.timeout(90)
+async def test_timeout_kills_an_escapee_that_left_the_session_and_holds_the_pipe(pool: SandboxPool) -> None:
+    # The escapee calls setsid(), so killpg misses it, and it holds the reply pipe open for 60 s: the
+    # stop must find it by its ancestry and stop waiting on the pipe at the deadline.
+    progress = Progress()
+    started = time.monotonic()
+    with pytest.raises(SandboxTimeout):
+        await pool.run("sandbox.hang_with_escapee", [], {"seconds": 60.0}, 1.0, on_progress=progress)
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0 + GRACE + 5, elapsed
+    assert gone(await progress.first("pid"))
+    escapee = await progress.first("escapee")
+    await eventually(lambda: gone(escapee), timeout=10, what="the escapee is killed")
+    assert sandbox_children() == []
+
+
+@pytest.mark.anyio
 async def test_none_timeout_uses_the_default(pool: SandboxPool) -> None:
     with override_settings(sandbox_default_timeout=0.3), pytest.raises(SandboxTimeout, match=r"0\.3s"):
         await pool.run("sandbox.hang", [], {}, None)
