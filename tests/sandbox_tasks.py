@@ -145,31 +145,42 @@ def exit_with_grandchild(report_progress: Callable[..., None]) -> None:
     os._exit(4)
 
 
-def _fork_escapee(seconds: float) -> int:
-    """Fork a process that leaves the child's session and process group, then sleeps ``seconds``.
+def _fork_escapee(seconds: float, *, ignore_sigterm: bool = False, orphan: bool = False) -> int:
+    """Start a process that leaves the child's session and process group, sleeps ``seconds``; its pid.
 
     It inherits every descriptor, the reply pipe included, so it holds that pipe open while it lives.
-    Returns once the escapee has called ``setsid()``, so the caller knows ``killpg`` can no longer reach it.
+    ``orphan``: its parent exits first (a daemon's double fork), so its parent link no longer leads to the
+    handler. Returns once it runs in its own session, so ``killpg`` can no longer reach it.
     """
     ready_read, ready_write = os.pipe()
-    escapee = os.fork()
-    if escapee == 0:
+    first = os.fork()
+    if first == 0:
         os.setsid()
-        os.write(ready_write, b"x")
+        if ignore_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if orphan and os.fork() != 0:
+            os._exit(0)
+        os.write(ready_write, str(os.getpid()).encode())
         time.sleep(seconds)
         os._exit(0)
     os.close(ready_write)
-    os.read(ready_read, 1)
+    escapee = int(os.read(ready_read, 32))
     os.close(ready_read)
+    if orphan:
+        os.waitpid(first, 0)  # its parent has exited: it has been handed to the nearest subreaper
     return escapee
 
 
 @task(QUEUE, name="sandbox.hang_with_escapee", progress=True)
 def hang_with_escapee(
-    report_progress: Callable[..., None], seconds: float = 60.0, pid_path: str = ""
+    report_progress: Callable[..., None],
+    seconds: float = 60.0,
+    pid_path: str = "",
+    ignore_sigterm: bool = False,
+    orphan: bool = False,
 ) -> None:
     # The escapee sleeps in a session of its own: only tracking descendants finds it at the deadline.
-    escapee = _fork_escapee(seconds)
+    escapee = _fork_escapee(seconds, ignore_sigterm=ignore_sigterm, orphan=orphan)
     if pid_path:
         Path(pid_path).write_text(f"{os.getpid()} {escapee}", encoding="utf-8")
     report_progress(0.0, {"pid": os.getpid(), "escapee": escapee})

@@ -358,15 +358,22 @@ async def test_stop_reaches_processes_the_handler_started(pool: SandboxPool) -> 
 
 @pytest.mark.anyio
 @pytest.mark.timeout(90)
-async def test_timeout_kills_an_escapee_that_left_the_session_and_holds_the_pipe(pool: SandboxPool) -> None:
+@pytest.mark.parametrize(
+    ("ignore_sigterm", "orphan"), [(False, False), (True, True)], ids=["setsid", "ignores-sigterm-orphaned"]
+)
+async def test_timeout_kills_an_escapee_that_left_the_session_and_holds_the_pipe(
+    pool: SandboxPool, ignore_sigterm: bool, orphan: bool
+) -> None:
     # The escapee calls setsid(), so killpg misses it, and it holds the reply pipe open for 60 s: the
-    # stop must find it by its ancestry and stop waiting on the pipe at the deadline.
+    # stop must find it by its ancestry and stop waiting on the pipe at the deadline. Orphaned (its parent
+    # exited), it is found through the child, its subreaper; ignoring SIGTERM, it gets SIGKILL after the grace.
     progress = Progress()
     started = time.monotonic()
+    kwargs = {"seconds": 60.0, "ignore_sigterm": ignore_sigterm, "orphan": orphan}
     with pytest.raises(SandboxTimeout):
-        await pool.run("sandbox.hang_with_escapee", [], {"seconds": 60.0}, 1.0, on_progress=progress)
+        await pool.run("sandbox.hang_with_escapee", [], kwargs, 1.0, on_progress=progress)
     elapsed = time.monotonic() - started
-    assert elapsed < 1.0 + GRACE + 5, elapsed
+    assert 1.0 + (GRACE if ignore_sigterm else 0.0) <= elapsed < 1.0 + GRACE + 5, elapsed
     assert gone(await progress.first("pid"))
     escapee = await progress.first("escapee")
     await eventually(lambda: gone(escapee), timeout=10, what="the escapee is killed")
