@@ -27,7 +27,7 @@ from asyncmq_otel.errors import (
     SandboxTimeout,
     UnknownTask,
 )
-from asyncmq_otel.sandbox import SandboxPool, SandboxTaskError, run_handler, shutdown_sandbox
+from asyncmq_otel.sandbox import SandboxPool, SandboxTaskError, _ReplyPipe, run_handler, shutdown_sandbox
 from asyncmq_otel.settings import Settings, override_settings
 from asyncmq_otel.tasks import TASK_REGISTRY, TaskInfo, task
 from tests import sandbox_tasks
@@ -438,7 +438,12 @@ async def test_crash_is_seen_even_when_a_forked_process_holds_the_pipe(pool: San
 async def test_child_that_died_while_idle_is_replaced(pool: SandboxPool) -> None:
     first = await pool.run("sandbox.pid", [], {}, 10)
     os.kill(first, signal.SIGKILL)
-    await eventually(lambda: gone(first), what="the idle child dies")
+    # Its exit status is ready, not just its main thread a zombie: the child has threads of its own, and a
+    # process that still has a thread exiting is not reported to its parent yet.
+    await eventually(
+        lambda: os.waitid(os.P_PID, first, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None,
+        what="the idle child dies",
+    )
     second = await pool.run("sandbox.pid", [], {}, 10)
     assert second != first
     assert len(sandbox_children()) == 1
@@ -538,6 +543,53 @@ def test_frames_round_trip_and_end_of_file() -> None:
         assert read_frame(read_end) is None  # end of file inside a frame
         assert read_frame(read_end) is None
     finally:
+        os.close(read_end)
+
+
+@pytest.mark.anyio
+async def test_reply_pipe_joins_split_frames_and_refuses_an_oversized_one_from_its_header() -> None:
+    read_end, write_end = os.pipe()
+    replies = _ReplyPipe(read_end)
+    try:
+        frames: list[object] = []
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                os.write(write_end, b"\x00\x00\x00\x05he")
+
+                async def read_two() -> None:
+                    frames.append(await replies.read(limit=100))
+                    frames.append(await replies.read(limit=100))
+
+                tg.start_soon(read_two)
+                await anyio.lowlevel.checkpoint()
+                os.write(write_end, b"llo\x00\x10\x00\x00")
+        assert frames == [b"hello", Oversize(0x100000)]
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+
+
+@pytest.mark.anyio
+async def test_reply_pipe_stop_ends_a_wait_while_another_process_holds_the_pipe_open() -> None:
+    # A thread blocked in read() would wait for end of file, which never comes while a writer lives.
+    read_end, write_end = os.pipe()
+    replies = _ReplyPipe(read_end)
+    try:
+        os.write(write_end, b"\x00\x00\x00\x02{}\x00\x00")  # one whole frame, then half a header
+        outcome: list[object] = []
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+
+                async def read_all() -> None:
+                    outcome.append(await replies.read(limit=100))
+                    outcome.append(await replies.read(limit=100))
+
+                tg.start_soon(read_all)
+                await eventually(lambda: bool(outcome), what="the whole frame")
+                replies.stop()
+        assert outcome == [b"{}", None]
+    finally:
+        os.close(write_end)
         os.close(read_end)
 
 
