@@ -28,7 +28,7 @@ _PROC = "/proc"
 _STOP_WAIT = 0.5  # how long a SIGSTOP may take to land before the kill goes ahead regardless
 _STEP = 0.005
 
-_Stat = tuple[str, int, int]  # state, parent pid, start time (clock ticks since boot)
+_Stat = tuple[str, int, int, int]  # state, parent pid, process group, start time (clock ticks since boot)
 
 
 def become_subreaper() -> bool:
@@ -51,7 +51,7 @@ def _stat(pid: int) -> _Stat | None:
     # The command name (field 2) may hold spaces and parentheses: the other fields follow its last ')'.
     fields = data[data.rfind(b")") + 2 :].split()
     try:
-        return fields[0].decode("ascii"), int(fields[1]), int(fields[19])
+        return fields[0].decode("ascii"), int(fields[1]), int(fields[2]), int(fields[19])
     except (IndexError, ValueError, UnicodeDecodeError):
         return None
 
@@ -110,26 +110,29 @@ class ProcessTree:
         self._known = {
             pid: start
             for pid, start in self._known.items()
-            if _running(stat := table.get(pid)) and stat is not None and stat[2] == start
+            if _running(stat := table.get(pid)) and stat is not None and stat[3] == start
         }
         children: dict[int, list[int]] = {}
-        for pid, (_, parent, _) in table.items():
+        for pid, (_, parent, _, _) in table.items():
             children.setdefault(parent, []).append(pid)
         below = [self.root, *self._known]
         while below:
             for pid in children.get(below.pop(), ()):
                 stat = table[pid]
                 if pid != self.root and pid not in self._known and _running(stat):
-                    self._known[pid] = stat[2]
+                    self._known[pid] = stat[3]
                     below.append(pid)
         return self.pids
 
-    def signal(self, signum: int, pids: Iterable[int] | None = None) -> None:
-        """Send ``signum`` to the known processes (or the known ones of ``pids``) that are still the same."""
+    def signal(self, signum: int, pids: Iterable[int] | None = None, *, outside_group: int = 0) -> None:
+        """Send ``signum`` to the known processes (or the known ones of ``pids``) that are still the same.
+
+        ``outside_group``: skip the members of that process group (a ``killpg`` already reached them).
+        """
         for pid in list(self._known) if pids is None else pids:
             start = self._known.get(pid)
             stat = _stat(pid)
-            if start is not None and stat is not None and stat[2] == start:
+            if start is not None and stat is not None and stat[3] == start and stat[2] != outside_group:
                 # Lookup error: it died after the check; permission error: it became another user's.
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signum)

@@ -145,9 +145,11 @@ class _ReplyPipe:
                 continue
             if self._ended or self._stopped:
                 return None
-            with anyio.CancelScope() as self._waiting:
-                await anyio.wait_readable(self.fd)
-            self._waiting = None
+            try:
+                with anyio.CancelScope() as self._waiting:
+                    await anyio.wait_readable(self.fd)
+            finally:
+                self._waiting = None
         return frame
 
     def _frame(self, limit: int) -> bytes | Oversize | None:
@@ -493,9 +495,10 @@ class SandboxPool:
         if not _exited(child.proc):
             # Found while the child lives: its descendants hang below it (it is their subreaper), and one that
             # left its process group with setsid() is out of killpg's reach.
-            await anyio.to_thread.run_sync(tree.refresh)
+            await _in_own_thread(tree.refresh)
             _signal_group(child.pid, signal.SIGTERM)
-            tree.signal(signal.SIGTERM)
+            # Not to the group's members again: to some programs a second SIGTERM means "skip the clean-up".
+            tree.signal(signal.SIGTERM, outside_group=child.pid)
             if not await _wait_tree_exit(child.proc, tree, float(settings.sandbox_term_grace)):
                 logger.warning(
                     "sandbox child %d or a process it started ignored SIGTERM; sending SIGKILL", child.pid
@@ -504,7 +507,7 @@ class SandboxPool:
                     # Stopped first, so as a subreaper it still holds every orphan while the tree is killed.
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(child.pid, signal.SIGSTOP)
-                await anyio.to_thread.run_sync(tree.kill)
+                await _in_own_thread(tree.kill)
                 _signal_group(child.pid, signal.SIGKILL)
                 await _wait_exit(child.proc, None)
         if child.proc.returncode is None:
@@ -660,6 +663,11 @@ async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float | None) -> bo
     return True
 
 
+async def _in_own_thread(func: Callable[[], object]) -> None:
+    """Run ``func`` off the loop (it reads ``/proc`` and may sleep), on a thread no full limiter withholds."""
+    await anyio.to_thread.run_sync(func, limiter=anyio.CapacityLimiter(1))
+
+
 async def _wait_tree_exit(proc: subprocess.Popen[bytes], tree: ProcessTree, timeout: float) -> bool:
     """Poll until the child and every process found below it have exited, or ``timeout`` passes."""
     deadline = anyio.current_time() + timeout
@@ -670,7 +678,7 @@ async def _wait_tree_exit(proc: subprocess.Popen[bytes], tree: ProcessTree, time
             return False
         if now >= next_walk:
             # Walked again: what was found may have died, and the child may have forked more.
-            await anyio.to_thread.run_sync(tree.refresh)
+            await _in_own_thread(tree.refresh)
             next_walk = anyio.current_time() + _TREE_INTERVAL
         else:
             await anyio.sleep(_POLL_INTERVAL)
