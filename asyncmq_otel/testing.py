@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -35,14 +35,65 @@ from prometheus_client import CollectorRegistry
 
 from . import events
 from . import telemetry as _telemetry
+from .backends._default import memory_backend, reset_default_backend
+from .settings import override_settings
 from .telemetry.metrics import METRICS_BY_NAME, label_key
 
 if TYPE_CHECKING:
     from opentelemetry.util.types import Attributes
 
+    from .backends.memory import InMemoryBackend
     from .events import EventBus, LifecycleEvent
 
-__all__ = ["Captured", "Sample", "SpanNode", "capture_telemetry"]
+__all__ = ["Captured", "Sample", "SpanNode", "capture_telemetry", "clean_bus", "isolated_state"]
+
+
+@contextlib.contextmanager
+def clean_bus() -> Iterator[EventBus]:
+    """The event bus as it is now, and as it was again on exit.
+
+    Listeners registered before the block stay; on exit, listeners added inside are removed,
+    undelivered events dropped, and services and operation observers forgotten.
+    """
+    bus = events.bus
+    # the bus is the package's own: its state is saved here so that tests need not reach into it
+    subscriptions = list(bus._subscriptions)  # noqa: SLF001
+    drop_observers = list(bus._drop_observers)  # noqa: SLF001
+    try:
+        yield bus
+    finally:
+        bus._subscriptions[:] = subscriptions  # noqa: SLF001
+        bus._drop_observers[:] = drop_observers  # noqa: SLF001
+        bus._routes.clear()  # noqa: SLF001
+        bus._pending.clear()  # noqa: SLF001
+        bus._observers.clear()  # noqa: SLF001
+        bus._services.clear()  # noqa: SLF001
+
+
+@contextlib.contextmanager
+def isolated_state(**setting_changes: Any) -> Iterator[InMemoryBackend]:  # noqa: ANN401 - any setting value
+    """A fresh in-memory default backend and a clean event bus, for one test; all restored on exit.
+
+    The default backend and the bus are process-wide, so without this a delayed job or a listener
+    from one test reaches the next. Inside the block, ``settings.backend`` is a new
+    :class:`~asyncmq_otel.backends.memory.InMemoryBackend` (``Queue``, ``task.enqueue`` and ``Worker``
+    use it) and ``setting_changes`` apply; the bus is cleaned as :func:`clean_bus` says, and the
+    previous settings come back on exit.
+
+    Example:
+        >>> with isolated_state(worker_concurrency=2) as backend:  # doctest: +SKIP
+        ...     job_id = await send_welcome.enqueue("ada@example.com")
+        ...     assert (await backend.counts("emails"))["waiting"] == 1
+
+    """
+    reset_default_backend()
+    try:
+        with clean_bus(), override_settings(**setting_changes):
+            backend = cast("InMemoryBackend", memory_backend())  # sized by the changed settings
+            with override_settings(backend=backend):
+                yield backend
+    finally:
+        reset_default_backend()
 
 
 class Sample(NamedTuple):

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from asyncmq_otel import events
 from asyncmq_otel.settings import get_settings, reload_settings
 
 
@@ -40,13 +39,10 @@ def _switchable_global_tracer_provider() -> None:
 @pytest.fixture(autouse=True)
 def _isolated_state() -> Iterator[None]:
     """Each test starts with default settings, no listeners and no pending events."""
+    from asyncmq_otel.testing import clean_bus
+
     saved = get_settings()
     reload_settings()
-    subscriptions = list(events.bus._subscriptions)
-    yield
+    with clean_bus():
+        yield
     reload_settings(saved)
-    events.bus._subscriptions[:] = subscriptions
-    events.bus._routes.clear()
-    events.bus._pending.clear()
-    events.bus._observers.clear()
-    events.bus._services.clear()

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from ._exit import CLIError, ExitCode
 from ._output import format_table, paint
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from ..events import LifecycleEvent
@@ -75,6 +77,40 @@ def backend_open(counts: Mapping[str, int]) -> int:
 
 
 # -- traces ---------------------------------------------------------------------------------------------
+class _CountingExporter:
+    """Wraps the OTLP span exporter and counts what it delivered and what it could not.
+
+    The demo promises traces in Jaeger; without these counts it would say so even when every export
+    failed (the SDK only logs ``Failed to export spans batch``).
+    """
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self._exporter = exporter
+        self._lock = threading.Lock()
+        self.delivered = 0
+        self.failed = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        from opentelemetry.sdk.trace.export import SpanExportResult  # noqa: PLC0415 - loads only when used
+
+        try:
+            result = self._exporter.export(spans)
+        except Exception:  # noqa: BLE001 - an exporter that raises delivered nothing; the count says so
+            result = SpanExportResult.FAILURE
+        with self._lock:
+            if result is SpanExportResult.SUCCESS:
+                self.delivered += len(spans)
+            else:
+                self.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+
 class SpanCapture:
     """An SDK tracer provider that keeps finished spans in memory (and exports them over OTLP when asked).
 
@@ -97,6 +133,7 @@ class SpanCapture:
         )
 
         self.exporter: InMemorySpanExporter = InMemorySpanExporter()
+        self.delivery: _CountingExporter | None = None
         self.provider: TracerProvider = TracerProvider(
             resource=Resource.create({"service.name": service_name})
         )
@@ -116,7 +153,8 @@ class SpanCapture:
                     ExitCode.USAGE,
                 ) from exc
             target = f"{otlp_endpoint.rstrip('/')}/v1/traces" if otlp_endpoint else None
-            self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=target)))
+            self.delivery = _CountingExporter(OTLPSpanExporter(endpoint=target))
+            self.provider.add_span_processor(BatchSpanProcessor(cast("SpanExporter", self.delivery)))
 
     def spans(self) -> list[ReadableSpan]:
         """Finished spans so far."""

@@ -12,6 +12,7 @@ delayed jobs, rate-limited bursts, progress reports, and a pause then resume.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 import time
@@ -53,6 +54,7 @@ DEMO_QUEUE = "demo"
 """The demo's queue (``asyncmq_otel.demo_app`` declares its tasks on it)."""
 TERMINAL_EVENTS = {"job:completed", "job:failed", "job:expired", "job:cancelled"}
 _REFRESH = 0.1  # seconds between redraws of the progress line (a display refresh, not a wait for a result)
+_WAVE_GAP = 2.0  # seconds between waves with --serve, so the dashboards show each wave's rise and fall
 
 TraceRenderer = Callable[[str, TextIO], list[str]]
 """Renders the trace tree of a job id (empty when no spans were recorded)."""
@@ -71,6 +73,9 @@ class DemoResult:
         timeline: lifecycle events by job id.
         backend_counts: jobs per state as the backend reports them at the end (``None``: not read).
         track_all: record every job's events, not only those of :attr:`enqueued` (the worker role).
+        delayed: jobs enqueued with a ``delay`` (they wait in ``delayed`` until due).
+        throttled: job starts that waited for a rate-limit token.
+        pauses: how many times the queue was paused (and resumed) while the workload was enqueued.
 
     """
 
@@ -82,6 +87,9 @@ class DemoResult:
     timeline: dict[str, list[LifecycleEvent]] = field(default_factory=dict)
     backend_counts: dict[str, int] | None = None
     track_all: bool = False
+    delayed: int = 0
+    throttled: int = 0
+    pauses: int = 0
 
     def on_event(self, event: LifecycleEvent) -> None:
         """Inline bus listener: record outcomes and timings."""
@@ -92,6 +100,8 @@ class DemoResult:
                 return
             self.timeline[event.job_id] = []
         self.timeline[event.job_id].append(event)
+        if event.name == "job:throttled":
+            self.throttled += 1
         if event.name == "job:started" and event.wait_s is not None:
             self.waits.append(event.wait_s)
         if event.duration_s is not None and event.name in {"job:completed", "job:failed", "job:retried"}:
@@ -188,8 +198,12 @@ async def run_demo(
     worker_ready: Callable[[Worker], None] | None = None,
     trace_renderer: TraceRenderer | None = None,
     backend_label: str | None = None,
+    serve: bool = False,
 ) -> DemoResult:
     """Run producer and worker together until every demo job has settled (or ``duration`` passes).
+
+    With ``serve``, a new wave of the workload follows each settled one until ``stop`` is set
+    (Ctrl-C in the CLI), so Prometheus and Grafana can watch a live queue; ``duration`` is ignored.
 
     Args:
         jobs: how many jobs to enqueue (at least 12 give every lifecycle path).
@@ -203,6 +217,7 @@ async def run_demo(
         worker_ready: called with the worker before it starts (signal handlers use it).
         trace_renderer: renders the trace tree of one retried job.
         backend_label: how the summary names the backend.
+        serve: keep enqueueing waves until ``stop`` is set, then drain gracefully.
 
     Returns:
         What the demo saw, with the backend's own counts.
@@ -223,9 +238,11 @@ async def run_demo(
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(worker.run)
-            await enqueue_workload(queue, jobs, result)
-            with anyio.move_on_after(duration):
-                while not result.settled and not halt.is_set():
+            await _enqueue_wave(queue, jobs, result)
+            if serve:
+                group.start_soon(_next_waves, queue, jobs, result, halt)
+            with anyio.move_on_after(math.inf if serve else duration):
+                while (serve or not result.settled) and not halt.is_set():
                     if live:
                         running = worker.context.running() if worker.context is not None else 0
                         _progress(
@@ -236,14 +253,36 @@ async def run_demo(
                         )
                     with anyio.move_on_after(_REFRESH):
                         await halt.wait()
-            worker.stop(now=True)
+            # serving: Ctrl-C drains what runs; otherwise every job has settled or the time is up
+            worker.stop(now=not serve)
         result.backend_counts = await queue.counts()
     finally:
         bus.off("job:*", result.on_event)
     if live:
         _progress(stream, f"{len(result.outcomes)}/{len(result.enqueued)} jobs settled\n")
-    _print_summary(stream, result, time.monotonic() - started, backend_label or repr(chosen), trace_renderer)
+    _print_summary(
+        stream, result, time.monotonic() - started, backend_label or repr(chosen), trace_renderer, rate_limit
+    )
     return result
+
+
+async def _enqueue_wave(queue: Queue, jobs: int, result: DemoResult) -> None:
+    """One wave of the workload, counted: it pauses the queue once and delays a tenth of its jobs."""
+    await enqueue_workload(queue, jobs, result)
+    result.pauses += 1
+    result.delayed += max(max(jobs, 12) // 10, 1)  # the "later" jobs of enqueue_workload
+
+
+async def _next_waves(queue: Queue, jobs: int, result: DemoResult, halt: anyio.Event) -> None:
+    """Enqueue another wave each time the previous one has settled, until ``halt`` is set."""
+    while not halt.is_set():
+        with anyio.move_on_after(_REFRESH):
+            await halt.wait()  # pacing between checks of the previous wave, not a wait for a result
+        if result.settled and not halt.is_set():
+            with anyio.move_on_after(_WAVE_GAP):
+                await halt.wait()
+            if not halt.is_set():
+                await _enqueue_wave(queue, jobs, result)
 
 
 async def run_producer(
@@ -351,7 +390,7 @@ async def run_demo_worker(
     finally:
         bus.off("job:*", result.on_event)
     result.enqueued = list(result.timeline)
-    _print_summary(out, result, time.monotonic() - started, backend_label or repr(backend), None)
+    _print_summary(out, result, time.monotonic() - started, backend_label or repr(backend), None, rate_limit)
     return result
 
 
@@ -361,6 +400,7 @@ def _print_summary(
     elapsed: float,
     backend_label: str,
     trace_renderer: TraceRenderer | None,
+    rate_limit: int | None = None,
 ) -> None:
     counts = result.counts()
     title = paint("asyncmq-otel demo", "cyan", stream, bold=True)
@@ -381,6 +421,9 @@ def _print_summary(
         stream=stream,
     )
     stream.write("\n".join(lines) + "\n")
+    happenings = _what_happened(result, counts, rate_limit)
+    if happenings:
+        stream.write("\n" + "\n".join(happenings) + "\n")
     if result.retried:
         job_id = result.retried[0]
         events = result.timeline.get(job_id, [])
@@ -393,6 +436,25 @@ def _print_summary(
             stream.write(f"\nlifecycle of retried job {job_id} ({task}):\n")
             stream.write("\n".join(render_lifecycle(events)) + "\n")
     stream.flush()
+
+
+def _what_happened(result: DemoResult, counts: Counter[str], rate_limit: int | None) -> list[str]:
+    """The workload's scenarios the table does not show: pauses, delays, rate limiting."""
+    lines: list[str] = []
+    if result.pauses:
+        waves = f" ({result.pauses} waves)" if result.pauses > 1 else ""
+        lines.append(
+            f"  paused    the queue while each wave was enqueued{waves}, then resumed: "
+            f"{counts.get('expired', 0)} job(s) outlived a 0.2 s TTL meanwhile and expired unrun"
+        )
+    if result.delayed:
+        lines.append(f"  delayed   {result.delayed} jobs waited 0.5 s or more for their delay before running")
+    if rate_limit is not None:
+        lines.append(
+            f"  limited   the worker starts at most {rate_limit} jobs a second: "
+            f"{result.throttled} starts waited for a token (job:throttled)"
+        )
+    return lines
 
 
 # -- the command ---------------------------------------------------------------------------------------
@@ -421,6 +483,12 @@ def _print_summary(
     show_default=True,
     help="Run producer and worker here, or only one of them (the others run elsewhere on a shared backend).",
 )
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Keep enqueueing waves and serving /metrics until Ctrl-C (point Prometheus and Grafana at it); "
+    "--duration is ignored.",
+)
 @backend_options
 @metrics_addr_option(
     default=DEFAULT_METRICS_ADDR,
@@ -437,6 +505,7 @@ def demo_command(
     duration: float,
     concurrency: int,
     role: str,
+    serve: bool,
     backend_url: str | None,
     prefix: str | None,
     connect_timeout: float,
@@ -446,13 +515,16 @@ def demo_command(
 ) -> None:
     """Run the mixed demo workload and print a summary (in-memory by default: nothing to set up).
 
-    Exit 0 when every job settled, 1 when some had not when --duration ran out.
+    Exit 0 when every job settled (with --serve: when stopped by Ctrl-C), 1 when some had not when
+    --duration ran out or when traces were to be exported and none arrived.
     """
     json_lines = json_logs(log_format) if role != "both" else log_format == "json"
     reporter = Reporter(json_lines=json_lines)
     with translate_errors(backend_url):
         get_settings()
         choice = open_backend(backend_url, prefix)
+    if serve and role != "both":
+        raise CLIError("--serve runs producer and worker here: use it with --role both", ExitCode.USAGE)
     if role != "both" and not choice.shared:
         raise CLIError(
             f"--role {role} needs a backend other processes share: pass --backend redis://HOST:6379/0 "
@@ -465,6 +537,7 @@ def demo_command(
         duration=duration,
         concurrency=concurrency,
         role=role,
+        serve=serve,
         choice=choice,
         connect_timeout=connect_timeout,
         metrics_addr=metrics_addr,
@@ -483,6 +556,7 @@ class _DemoOptions:
     duration: float
     concurrency: int
     role: str
+    serve: bool
     choice: BackendChoice
     connect_timeout: float
     metrics_addr: str
@@ -552,14 +626,65 @@ async def _main(options: _DemoOptions, reporter: Reporter) -> bool:
         capture = _span_capture(options, reporter)
         telemetry = _telemetry(options, reporter, capture)
         try:
-            return await _run_role(options, reporter, telemetry, capture, facts.describe(choice.prefix))
+            ok = await _run_role(options, reporter, telemetry, capture, facts.describe(choice.prefix))
         finally:
             if telemetry is not None:
                 await telemetry.stop()
             if capture is not None:
                 await anyio.to_thread.run_sync(capture.shutdown)
+        if capture is not None and capture.delivery is not None:
+            ok = _report_delivery(capture, reporter) and ok
+        if options.role == "both":
+            _print_next_steps(sys.stdout, options)
+        return ok
     finally:
         await close_backend(choice)
+
+
+def _report_delivery(capture: SpanCapture, reporter: Reporter) -> bool:
+    """Say where the traces went, or that none arrived (then the demo failed at what it was asked)."""
+    delivery = capture.delivery
+    assert delivery is not None  # noqa: S101 - only called when an OTLP exporter was configured
+    service = os.environ.get("OTEL_SERVICE_NAME") or "asyncmq-demo"
+    if delivery.delivered and not delivery.failed:
+        sys.stdout.write(
+            f"\n{delivery.delivered} spans exported to {capture.otlp_endpoint}: "
+            f"in Jaeger (http://localhost:16686), search the service {service}\n"
+        )
+        return True
+    if delivery.delivered:
+        reporter.say(
+            "demo.export_partial",
+            f"{delivery.delivered} spans reached {capture.otlp_endpoint}, {delivery.failed} could not be "
+            "exported (see the errors above)",
+            level="warning",
+        )
+        return True
+    reporter.say(
+        "demo.export_failed",
+        f"no span reached {capture.otlp_endpoint} ({delivery.failed} could not be exported): is Jaeger or "
+        "a collector listening there? `docker compose up -d jaeger` starts one",
+        level="error",
+    )
+    return False
+
+
+def _print_next_steps(out: TextIO, options: _DemoOptions) -> None:
+    """Where to go from here: the live mode, the full stack, the admin commands, your own app."""
+    redis = "--backend redis://127.0.0.1:6379/0"
+    steps = [
+        ("asyncmq-otel demo --serve", "keep waves coming and /metrics up until Ctrl-C, for Prometheus"),
+        ("docker compose up -d", "Redis, workers, exporter, Prometheus :9090, Grafana :3000, Jaeger :16686"),
+        (f"asyncmq-otel queues {redis}", "depth of every queue by state (with a Redis of your own)"),
+        (f"asyncmq-otel dlq list {DEMO_QUEUE} {redis}", "dead-lettered jobs with their error"),
+        ("README.md, 'Your own app'", "your tasks, a worker and instrument() in your code"),
+    ]
+    if options.serve:
+        steps = steps[1:]
+    width = max(len(command) for command, _ in steps)
+    out.write("\n" + paint("next steps", "cyan", out, bold=True) + "\n")
+    out.writelines(f"  {command:<{width}}  {what}\n" for command, what in steps)
+    out.flush()
 
 
 class _Stopper:
@@ -589,6 +714,9 @@ async def _run_role(
 ) -> bool:
     metrics = telemetry.metrics_url if telemetry is not None else None
     otlp = telemetry.otlp_endpoint if telemetry is not None else None
+    if metrics and options.role == "both":
+        # the default run ends in about a second: say so rather than advertise a page that is gone
+        metrics += " (until Ctrl-C)" if options.serve else " (while the demo runs; --serve keeps it up)"
     header = (
         f"asyncmq-otel demo ({options.role}) on {options.choice.masked_url} ({backend_details}) · "
         f"metrics {metrics or 'off'} · otlp {otlp or 'off'}"
@@ -598,7 +726,7 @@ async def _run_role(
     async with anyio.create_task_group() as group:
         group.start_soon(signals.watch)
         if options.role == "both":
-            ok = await _both(options, header, otlp, capture, stopper)
+            ok = await _both(options, header, capture, stopper)
         elif options.role == "producer":
             reporter.say("demo.producer", header)
             total = await run_producer(
@@ -626,9 +754,7 @@ async def _run_role(
     return ok
 
 
-async def _both(
-    options: _DemoOptions, header: str, otlp: str | None, capture: SpanCapture | None, stopper: _Stopper
-) -> bool:
+async def _both(options: _DemoOptions, header: str, capture: SpanCapture | None, stopper: _Stopper) -> bool:
     out = sys.stdout
     out.write(paint(header, "cyan", out) + "\n")
     out.flush()
@@ -649,8 +775,6 @@ async def _both(
         worker_ready=stopper.workers.append,
         trace_renderer=renderer,
         backend_label=options.choice.masked_url,
+        serve=options.serve,
     )
-    if otlp and result.retried:
-        service = os.environ.get("OTEL_SERVICE_NAME") or "asyncmq-demo"
-        out.write(f"\nevery trace went to {otlp}: in Jaeger, search the service {service}\n")
-    return result.settled
+    return options.serve or result.settled
