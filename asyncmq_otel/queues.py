@@ -240,17 +240,16 @@ class Queue:
         job, delay_s = built.job, built.delay_s
         backend = self.backend
         limit = settings.max_payload_bytes
-        item = built.item(limit)
         await self._check_task_names((task_id,))
         if bus.observed:
             _provisional_times(job, delay_s)
             operation = Operation(
                 "schedule" if delay_s > 0 else "send", self.name, [job], **server_fields(backend)
             )
-            with bus.operation(operation):
-                reply = await backend.enqueue(self.name, item)
+            with bus.operation(operation):  # encoded inside: the operation adds the trace context
+                reply = await backend.enqueue(self.name, built.item(limit))
         else:
-            reply = await backend.enqueue(self.name, item)
+            reply = await backend.enqueue(self.name, built.item(limit))
         self._after_store(job, reply, delay_s)
         return job.id
 
@@ -263,8 +262,11 @@ class Queue:
         if not built:
             return []
         limit = settings.max_payload_bytes
-        items = [one.item(limit) for one in built]
         await self._check_task_names({one.job.task for one in built})
+
+        def items() -> list[EnqueueItem]:
+            return [one.item(limit) for one in built]
+
         if bus.observed:
             for one in built:
                 _provisional_times(one.job, one.delay_s)
@@ -272,9 +274,9 @@ class Queue:
                 "send", self.name, [one.job for one in built], bulk=True, **server_fields(self.backend)
             )
             with bus.operation(operation):
-                replies = await self.backend.enqueue_bulk(self.name, items)
+                replies = await self.backend.enqueue_bulk(self.name, items())
         else:
-            replies = await self.backend.enqueue_bulk(self.name, items)
+            replies = await self.backend.enqueue_bulk(self.name, items())
         duplicates = []
         for one, reply in zip(built, replies, strict=True):
             try:
