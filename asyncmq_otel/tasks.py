@@ -143,10 +143,14 @@ class TaskWrapper(Generic[P, R]):
         ``repeat_every`` raise :class:`~asyncmq_otel.errors.UnsupportedOption`, and ``retries``,
         ``ttl``, ``backoff``, ``timeout``, ``queue`` raise :class:`JobArgumentError` unless the
         handler declares them: set them with ``.using(...)``. A handler argument of any name passes
-        through ``.using().enqueue(...)``, which takes the handler's arguments only.
+        through ``.using().enqueue(...)``, which takes the handler's arguments only. AsyncMQ's
+        ``enqueue(backend, *args)`` (the backend first) is accepted too.
         """
         if kwargs and not _OPTION_LIKE.isdisjoint(kwargs):
             _refuse_options(self.info, kwargs)
+        if args and backend is None and type(args[0]) not in _JSON_TYPES and _is_backend(args[0]):
+            # AsyncMQ's spelling enqueue(backend, *args): a backend is never a JSON argument
+            backend, args = args[0], args[1:]
         return await self.using(backend=backend, delay=delay, priority=priority, job_id=job_id).enqueue(
             *args, **kwargs
         )
@@ -178,6 +182,14 @@ class TaskWrapper(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<task {self.task_id} queue={self.queue}>"
+
+
+_JSON_TYPES = frozenset({str, int, float, bool, list, dict, tuple, type(None)})
+
+
+def _is_backend(value: object) -> bool:
+    """Whether ``value`` is a backend (it has the port's claim and bulk enqueue)."""
+    return callable(getattr(value, "claim", None)) and callable(getattr(value, "enqueue_bulk", None))
 
 
 def _refuse_options(info: TaskInfo, kwargs: Mapping[str, Any]) -> None:

@@ -194,6 +194,11 @@ async def test_delay_and_send_are_enqueue(backend):
     assert (await queue.get_job(second))["state"] == "delayed"
 
 
+async def test_the_backend_may_come_first_as_in_asyncmq(backend):
+    job_id = await echo.enqueue(backend, "first")
+    assert (await Queue("opts", backend=backend).get_job(job_id))["args"] == ["first"]
+
+
 def test_redis_backend_takes_asyncmq_redis_url():
     from asyncmq_otel.backends.redis import RedisBackend
 
