@@ -56,6 +56,7 @@ _BULK_KEYS = frozenset(
     }
 )
 _LIVE_TASKS_TTL = 5.0  # seconds a producer reuses its view of the live workers' task names
+_FRESH_ENOUGH = 0.5  # ... and before it warns, at most this old (a bad name costs one look-up per 0.5 s)
 _live_workers: weakref.WeakKeyDictionary[Any, tuple[float, list[WorkerInfo]]] = weakref.WeakKeyDictionary()
 
 
@@ -318,8 +319,8 @@ class Queue:
             # name the job as well: jobs[3].ttl, jobs[0].args[1]
             raise type(exc)(f"jobs[{index}].{exc.path}", str(exc).partition(": ")[2]) from None
 
-    async def _live_workers(self) -> list[WorkerInfo]:
-        """The live workers, as seen at most ``_LIVE_TASKS_TTL`` seconds ago; none when unknown."""
+    async def _live_workers(self, max_age: float = _LIVE_TASKS_TTL) -> list[WorkerInfo]:
+        """The live workers, as seen at most ``max_age`` seconds ago; none when unknown."""
         backend = self.backend
         now = time.monotonic()
         try:
@@ -327,7 +328,7 @@ class Queue:
         except (KeyError, TypeError):
             pass
         else:
-            if now - seen_at < _LIVE_TASKS_TTL:
+            if now - seen_at < max_age:
                 return workers
         try:
             workers = await backend.list_workers()
@@ -349,12 +350,14 @@ class Queue:
             script = task_id.startswith("__main__.")
             if declared is not None and declared.queue == self.name and not script:
                 continue
-            problem = await self._task_name_problem(task_id, script)
+            problem = await self._task_name_problem(task_id, script, _LIVE_TASKS_TTL)
+            if problem:  # a worker may have started since the cached look-up: look again before warning
+                problem = await self._task_name_problem(task_id, script, _FRESH_ENOUGH)
             if problem:
                 warnings.warn(problem, TaskNameWarning, stacklevel=3)
 
-    async def _task_name_problem(self, task_id: str, script: bool) -> str:
-        publishing = [worker for worker in await self._live_workers() if worker.tasks]
+    async def _task_name_problem(self, task_id: str, script: bool, max_age: float) -> str:
+        publishing = [worker for worker in await self._live_workers(max_age) if worker.tasks]
         if publishing:
             serving = [worker for worker in publishing if task_id in worker.tasks]
             if not serving:

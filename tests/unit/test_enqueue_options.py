@@ -275,3 +275,16 @@ async def test_names_only_this_process_knows_are_flagged(backend):
     else:
         with pytest.warns(TaskNameWarning, match="script run directly"):
             await Queue("q", backend=backend).add("__main__.crunch")
+
+
+async def test_a_worker_started_since_the_cached_look_up_is_seen_before_warning(backend, monkeypatch):
+    from asyncmq_otel import queues
+
+    await _register(backend, {"remote.tasks.other": "gpu"}, ["gpu"])
+    with pytest.warns(TaskNameWarning, match="no live worker serves task 'remote.tasks.render'"):
+        await Queue("gpu", backend=backend).add("remote.tasks.render")  # caches the live workers
+    await _register(backend, {"remote.tasks.render": "gpu"}, ["gpu"])
+    monkeypatch.setattr(queues, "_FRESH_ENOUGH", 0.0)  # as if the cached view were older than the bound
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        await Queue("gpu", backend=backend).add("remote.tasks.render")
