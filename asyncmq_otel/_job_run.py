@@ -86,7 +86,7 @@ class _JobRun:
         duration = None if self.started_mono is None else time.perf_counter() - self.started_mono
         return self._fields(finished_at=finished, duration_s=duration, **extra)
 
-    async def execute(self) -> None:
+    async def execute(self) -> None:  # noqa: PLR0911 - one return per pickup outcome
         try:
             job = Job.from_dict(self.raw) if "payload_error" not in self.raw else None
         except MalformedJob as exc:
@@ -113,6 +113,10 @@ class _JobRun:
             task = get_task(job.task)
         except UnknownTask as exc:
             await self._dead_letter("unknown_task", "dead_letter", exc)
+            return
+        task.fill_unset(job, self.raw)  # options the job left unset are the task's
+        if job.expires_at is not None and now > job.expires_at:  # by the task's ttl
+            await self._dead_letter("expired", "expire", None)
             return
         await self._run(task)
 
@@ -217,7 +221,7 @@ class _JobRun:
 
     async def _invoke(self, task: TaskInfo) -> Any:  # noqa: ANN401 - whatever the handler returns
         job = self._job()
-        timeout = task.timeout if task.timeout is not None else job.timeout
+        timeout = job.timeout  # the job's own, else the task's (fill_unset)
         sandboxed = self.ctx.config.sandbox_enabled
         if timeout is None and task.is_async and not task.progress and not sandboxed:
             return await task.func(*job.args, **job.kwargs)  # the common case, without the wrapping below

@@ -36,7 +36,7 @@ from .hooks import Hook, run_hooks, run_hooks_safely
 from .jobs import Job, check_queue_name
 from .limiters import RateLimiter
 from .settings import get_settings
-from .tasks import autodiscover_tasks
+from .tasks import TASK_REGISTRY, autodiscover_tasks
 
 if TYPE_CHECKING:
     from .queues import Queue
@@ -212,6 +212,7 @@ class Worker:
             concurrency=concurrency,
             group=ctx.group,
             started_at=time.time(),
+            tasks={task_id: task.queue for task_id, task in TASK_REGISTRY.items()},  # producers check names
         )
         keeper = LeaseKeeper(
             backend,

@@ -470,7 +470,7 @@ async def test_add_bulk_validates_everything_first(backend, unique_name):
 
 async def test_admin_listing_retry_from_dlq_and_clean(backend, unique_name):
     q = Queue(unique_name, backend=backend)
-    failing = await q.add("t.flaky", ["k9", 1])  # no retries: the first failure dead-letters it
+    failing = await q.add("t.flaky", ["k9", 1], retries=0)  # an explicit 0 wins over the task's 2
     ok = await q.add("t.record", ["fine"])
     async with running_worker(unique_name, backend):
         await wait_state(q, failing, "failed")

@@ -102,6 +102,7 @@ class RedisBackend(RegistryMixin, EventsMixin):
         ssl_keyfile: client key (mTLS).
         max_connections: bound of the connection pool.
         client_name: ``CLIENT SETNAME`` of every connection.
+        redis_url: the same as ``url`` (AsyncMQ's name for it).
 
     Defaults not given come from :func:`asyncmq_otel.settings.get_settings`.
 
@@ -128,8 +129,13 @@ class RedisBackend(RegistryMixin, EventsMixin):
         ssl_keyfile: str | None = None,
         max_connections: int | None = None,
         client_name: str | None = None,
+        redis_url: str | None = None,
     ) -> None:
         settings = get_settings()
+        if redis_url is not None:  # AsyncMQ's spelling of ``url``
+            if url not in {DEFAULT_URL, redis_url}:
+                raise TypeError("pass the URL once: as url or as redis_url (AsyncMQ's name)")
+            url = redis_url
         self.url = url
         self.keys = Keys(prefix if prefix is not None else settings.redis_prefix)
         self.prefix = self.keys.prefix
