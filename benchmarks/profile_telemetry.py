@@ -1,7 +1,7 @@
 """Telemetry cost per job, signal by signal, measured in one process (no worker subprocess, no peers).
 
     python benchmarks/profile_telemetry.py [--jobs N] [--runs R] [--backend memory|redis]
-        [--configs off,all,ratio0,parent_unsampled,metrics,logs,traces,send_off,send_on]
+        [--configs off,all,ratio0,parent_unsampled,metrics,logs,traces,traces_ratio0,send_off,send_on,...]
         [--cprofile CONFIG] [--otlp-endpoint URL]
 
 Each configuration drains ``--jobs`` preloaded no-op jobs with one worker at concurrency 50 and
@@ -42,8 +42,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "metrics": {"traces": False, "logs": False, "sampling_ratio": 1.0},
     "logs": {"traces": False, "metrics": False, "sampling_ratio": 1.0},
     "traces": {"metrics": False, "logs": False, "sampling_ratio": 1.0},
+    "traces_ratio0": {"metrics": False, "logs": False, "sampling_ratio": 0.0},
 }
-SEND_CONFIGS = ("send_off", "send_on")
+# Single enqueues: off, or instrumented as one of CONFIGS.
+SEND_CONFIGS = {
+    "send_off": None,
+    "send_on": "all",
+    "send_traces": "traces",
+    "send_metrics": "metrics",
+    "send_logs": "logs",
+}
 QUEUE = "prof"
 TASK = "prof.noop"
 
@@ -197,27 +205,74 @@ async def drain_once(
     return cpu * 1e6 / args.jobs
 
 
-async def send_once(config: str, args: argparse.Namespace, endpoint: str, log_path: str) -> float:
+async def send_once(
+    config: str,
+    args: argparse.Namespace,
+    endpoint: str,
+    log_path: str,
+    profile: cProfile.Profile | None = None,
+) -> float:
     """CPU µs per single enqueue (``Queue.add``), with or without telemetry."""
     import asyncmq_otel
     from asyncmq_otel.queues import Queue
 
     backend = _make_backend(args.backend, args.redis_url)
-    if config == "send_on":
-        _instrument("all", endpoint, log_path)
+    instrumented = SEND_CONFIGS[config]
+    if instrumented is not None:
+        _instrument(instrumented, endpoint, log_path)
     try:
         queue = Queue(QUEUE, backend=backend)
         for _ in range(100):  # warm-up: first-use caches and connections
             await queue.add(TASK)
         cpu0 = time.process_time()
+        if profile is not None:
+            profile.enable()
         for _ in range(args.jobs):
             await queue.add(TASK)
+        if profile is not None:
+            profile.disable()
         cpu = time.process_time() - cpu0
     finally:
-        if config == "send_on":
+        if instrumented is not None:
             asyncmq_otel.uninstrument()
         await _close(backend)
     return cpu * 1e6 / args.jobs
+
+
+async def _profile(args: argparse.Namespace, endpoint: str, log_path: str, saved_stderr: int) -> None:
+    """cProfile one configuration (after a warm-up run) and print the top functions."""
+    profile = cProfile.Profile()
+    if args.cprofile in SEND_CONFIGS:
+        await send_once(args.cprofile, args, endpoint, log_path)
+        await send_once(args.cprofile, args, endpoint, log_path, profile)
+    else:
+        await drain_once(args.cprofile, args, endpoint, log_path, None)
+        await drain_once(args.cprofile, args, endpoint, log_path, profile)
+    os.dup2(saved_stderr, 2)
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    restrictions = (args.filter, args.top) if args.filter else (args.top,)
+    stats.sort_stats(args.sort).print_stats(*restrictions)
+    print(out.getvalue())
+
+
+async def _measure(
+    configs: list[str], args: argparse.Namespace, endpoint: str, log_path: str
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """CPU µs per job of each configuration, ``args.runs`` times interleaved, after one warm-up each."""
+    results: dict[str, list[float]] = {c: [] for c in configs}
+    loop_cpu: dict[str, list[float]] = {}
+    for warm_up in [True] + [False] * args.runs:
+        for config in configs:
+            if config in SEND_CONFIGS:
+                value = await send_once(config, args, endpoint, log_path)
+            else:
+                value = await drain_once(config, args, endpoint, log_path, None)
+                if not warm_up:
+                    loop_cpu.setdefault(config, []).append(_LOOP_CPU[-1])
+            if not warm_up:
+                results[config].append(value)
+    return results, loop_cpu
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -229,33 +284,11 @@ async def main_async(args: argparse.Namespace) -> None:
         endpoint = receiver.endpoint
     log_path = str(Path(tempfile.mkdtemp(prefix="prof-logs-")) / "telemetry.log")
     saved_stderr = os.dup(2)
-    configs = args.configs.split(",")
-    results: dict[str, list[float]] = {c: [] for c in configs}
-    loop_cpu: dict[str, list[float]] = {}
     try:
         if args.cprofile:
-            profile = cProfile.Profile()
-            await drain_once(args.cprofile, args, endpoint, log_path, None)  # warm-up
-            await drain_once(args.cprofile, args, endpoint, log_path, profile)
-            os.dup2(saved_stderr, 2)
-            out = io.StringIO()
-            stats = pstats.Stats(profile, stream=out)
-            restrictions = (args.filter, args.top) if args.filter else (args.top,)
-            stats.sort_stats(args.sort).print_stats(*restrictions)
-            print(out.getvalue())
+            await _profile(args, endpoint, log_path, saved_stderr)
             return
-        for config in configs:  # a warm-up run each: imports, first-use caches, connections
-            if config in SEND_CONFIGS:
-                await send_once(config, args, endpoint, log_path)
-            else:
-                await drain_once(config, args, endpoint, log_path, None)
-        for _ in range(args.runs):
-            for config in configs:
-                if config in SEND_CONFIGS:
-                    results[config].append(await send_once(config, args, endpoint, log_path))
-                else:
-                    results[config].append(await drain_once(config, args, endpoint, log_path, None))
-                    loop_cpu.setdefault(config, []).append(_LOOP_CPU[-1])
+        results, loop_cpu = await _measure(args.configs.split(","), args, endpoint, log_path)
     finally:
         os.dup2(saved_stderr, 2)
         if receiver is not None:
@@ -279,7 +312,9 @@ def main() -> None:
     p.add_argument("--backend", choices=["memory", "redis"], default="memory")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--configs", default="off,all,ratio0,parent_unsampled,metrics,logs,traces")
-    p.add_argument("--cprofile", choices=list(CONFIGS), help="profile one configuration's drain")
+    p.add_argument(
+        "--cprofile", choices=[*CONFIGS, *SEND_CONFIGS], help="profile one configuration's drain or enqueues"
+    )
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--sort", default="tottime", help="pstats sort key: tottime or cumulative")
     p.add_argument("--filter", help="only functions whose path matches this regular expression")
