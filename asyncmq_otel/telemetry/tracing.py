@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from opentelemetry.util.types import Attributes, AttributeValue
 
     from ..events import LifecycleEvent, Operation
+    from ..jobs import Job
 
 __all__ = [
     "AFTER_EVENTS",
@@ -427,12 +428,19 @@ class TracingAdapter:
     def _inject(self, span: Span) -> dict[str, str] | None:
         if self.propagation == "none":
             return None
+        span_context = span.get_span_context()
+        if self._default_propagation() and not span_context.trace_state and not baggage.get_all():
+            # What the W3C propagator writes, without its per-call context and lookups.
+            if not span_context.is_valid:
+                return None
+            return {
+                "traceparent": (
+                    f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+                    f"{span_context.trace_flags:02x}"
+                )
+            }
         carrier: dict[str, str] = {}
-        ctx = trace.set_span_in_context(span)
-        if self._default_propagation() and not baggage.get_all(ctx):
-            _TRACEPARENT.inject(carrier, context=ctx)
-        else:
-            propagate.inject(carrier, context=ctx)
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
         return {key: value for key, value in carrier.items() if value} or None
 
     # -- sampling --------------------------------------------------------------------------------------
@@ -759,25 +767,40 @@ class TracingAdapter:
             start_time=int(operation.started_at * 1e9),
         )
 
-    def _start_send(self, operation: Operation) -> None:
-        job = operation.jobs[0]
-        schedule = operation.name == "schedule"
-        eligible = job.delay_until if job.delay_until is not None else (job.eligible_at or None)
-        span = self._tracer.start_span(
-            self._name("send", operation.queue, job.task),
-            kind=SpanKind.PRODUCER,
-            attributes=_attrs(
+    def _send_attributes(self, operation: Operation, job: Job) -> dict[str, AttributeValue]:
+        """The S attributes of a single ``send``: the shared part built once per (queue, task, ...)."""
+        key = (
+            "send", operation.name, operation.queue, job.task, job.max_attempts, job.priority,
+            operation.server_address, operation.server_port,
+        )  # fmt: skip
+        cached = self._static.get(key)
+        if cached is None:
+            cached = _attrs(
                 messaging__system=SYSTEM,
                 messaging__operation__type="send",
                 messaging__operation__name=operation.name,
                 messaging__destination__name=operation.queue,
-                messaging__message__id=job.id,
                 asyncmq__task__name=job.task,
                 asyncmq__job__max_attempts=job.max_attempts,
                 asyncmq__job__priority=job.priority,
-                asyncmq__job__eligible_at=eligible if schedule else None,
-            )
-            | _server(operation),
+            ) | _server(operation)
+            if len(self._static) >= _STATIC_LIMIT:
+                self._static.clear()
+            self._static[key] = cached
+        attributes = cached.copy()
+        attributes["messaging.message.id"] = job.id
+        if operation.name == "schedule":
+            eligible = job.delay_until if job.delay_until is not None else (job.eligible_at or None)
+            if eligible is not None:
+                attributes["asyncmq.job.eligible_at"] = eligible
+        return attributes
+
+    def _start_send(self, operation: Operation) -> None:
+        job = operation.jobs[0]
+        span = self._tracer.start_span(
+            self._name("send", operation.queue, job.task),
+            kind=SpanKind.PRODUCER,
+            attributes=self._send_attributes(operation, job),
         )
         job.trace_context = self._inject(span)
         operation.scratch[id(self)] = _Producer(span, [], self._attach_for_write(span))
