@@ -25,36 +25,31 @@ log adapters (so they see the attempt's span as current, for exemplars and log c
 
 from __future__ import annotations
 
-import random
-import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Final, Literal
 
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
-    ALWAYS_ON,
-    Decision,
-    ParentBased,
-    Sampler,
-    SamplingResult,
-    TraceIdRatioBased,
-)
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.trace.span import TraceState
 
 from ..jobs import error_type_name
+from ._trace_sampling import (
+    LinkAwareSampler,
+    flag_sampled,
+    is_default_propagator,
+    random_span_id,
+    random_trace_id,
+    redis_instrumented,
+    sampling_policy,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer
-    from opentelemetry.util.types import Attributes, AttributeValue
+    from opentelemetry.util.types import AttributeValue
 
     from ..events import LifecycleEvent, Operation
     from ..jobs import Job
@@ -96,10 +91,7 @@ _OPEN_LIMIT: Final = 100_000  # attempts whose outcome never comes (lease lost) 
 _STATIC_LIMIT: Final = 4096  # cached attribute sets (queue × task × worker × ...); cleared when full
 _SUPPRESS: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # noqa: SLF001 - the API's documented key
 _TRACEPARENT: Final = TraceContextTextMapPropagator()
-_TRACEPARENT_RE: Final = TraceContextTextMapPropagator._TRACEPARENT_HEADER_FORMAT_RE  # noqa: SLF001 - W3C's own check
-_SAMPLED_FLAG: Final = TraceFlags.SAMPLED
 _EMPTY: Final = otel_context.Context()
-_REDIS_INSTRUMENTATION: Final = "opentelemetry.instrumentation.redis"
 
 
 def _ns(seconds: float | None) -> int | None:
@@ -132,105 +124,6 @@ def _server(source: object) -> dict[str, AttributeValue]:
 
 def _attrs(**values: AttributeValue | None) -> dict[str, AttributeValue]:
     return {key.replace("__", "."): value for key, value in values.items() if value is not None}
-
-
-class LinkAwareSampler(Sampler):
-    """Samples a root span that carries a sampled link, and asks ``root`` otherwise (§2.3).
-
-    In ``link`` mode the job trace then follows the producer's decision instead of being sampled
-    independently, so links rarely point at dropped traces.
-    """
-
-    def __init__(self, root: Sampler) -> None:
-        self._root = root
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: TraceState | None = None,
-    ) -> SamplingResult:
-        """Sample when any link is sampled; otherwise delegate to the root sampler."""
-        for link in links or ():
-            if link.context.is_valid and link.context.trace_flags.sampled:
-                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
-        return self._root.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
-
-    def get_description(self) -> str:
-        """``LinkAware{<root>}``."""
-        return f"LinkAware{{{self._root.get_description()}}}"
-
-
-class _SamplingPolicy(NamedTuple):
-    """A sampler whose decision the adapter reproduces without the SDK (§6: decide before the SDK)."""
-
-    parent_based: bool  # a valid parent decides: its sampled flag (ParentBased's defaults)
-    link_aware: bool  # a root with a sampled link is sampled (LinkAwareSampler)
-    ratio: float  # a root's ratio: 1 samples, 0 drops; anything between is left to the SDK
-
-
-def _sampling_policy(tracer: Tracer) -> _SamplingPolicy | None:
-    """The policy of an SDK tracer's sampler when it is one we can reproduce exactly, else ``None``."""
-    sampler = getattr(tracer, "sampler", None)
-    parent_based = isinstance(sampler, ParentBased)
-    if parent_based:
-        delegates = vars(sampler)
-        if not (
-            delegates.get("_remote_parent_sampled") is ALWAYS_ON
-            and delegates.get("_remote_parent_not_sampled") is ALWAYS_OFF
-        ):
-            return None
-        sampler = delegates.get("_root")
-    link_aware = isinstance(sampler, LinkAwareSampler)
-    if isinstance(sampler, LinkAwareSampler):
-        sampler = sampler._root  # noqa: SLF001 - our own class
-    if sampler is ALWAYS_ON:
-        return _SamplingPolicy(parent_based, link_aware, 1.0)
-    if sampler is ALWAYS_OFF:
-        return _SamplingPolicy(parent_based, link_aware, 0.0)
-    if type(sampler) is TraceIdRatioBased:
-        return _SamplingPolicy(parent_based, link_aware, sampler.rate)
-    return None
-
-
-def _is_default_propagator(propagator: object) -> bool:
-    """W3C trace context + baggage, the SDK's default: the adapter may then read and write it directly."""
-    parts = getattr(propagator, "_propagators", None) if type(propagator) is CompositePropagator else None
-    return parts is not None and [type(part) for part in parts] == [
-        TraceContextTextMapPropagator,
-        W3CBaggagePropagator,
-    ]
-
-
-def _redis_instrumented() -> bool:
-    """Whether OTel's Redis instrumentor is active (only then do bookkeeping writes need suppressing)."""
-    module = sys.modules.get(_REDIS_INSTRUMENTATION)
-    if module is None:
-        return False
-    instance = getattr(getattr(module, "RedisInstrumentor", None), "_instance", None)
-    return bool(getattr(instance, "_is_instrumented_by_opentelemetry", False))
-
-
-def _random_trace_id() -> int:
-    return random.getrandbits(128)
-
-
-def _random_span_id() -> int:
-    return random.getrandbits(64)
-
-
-def _flag_sampled(header: str | None) -> bool:
-    """The sampled flag of a ``traceparent`` (its last two hex digits), False when absent or invalid."""
-    if not header:
-        return False
-    try:
-        return bool(int(header[-2:], 16) & _SAMPLED_FLAG)
-    except ValueError:
-        return False
 
 
 @dataclass(slots=True)
@@ -310,15 +203,11 @@ class TracingAdapter:
         self._bulk_create = bulk_create_spans
         self._progress_cap = progress_events_per_span
         self._settle_spans = settle_spans
-        self._policy = _sampling_policy(tracer)
+        self._policy = sampling_policy(tracer)
         self._is_enabled = getattr(tracer, "_is_enabled", None)
         id_generator = getattr(tracer, "id_generator", None)
-        self._new_trace_id = getattr(id_generator, "generate_trace_id", None) or (
-            lambda: random.getrandbits(128)
-        )
-        self._new_span_id = getattr(id_generator, "generate_span_id", None) or (
-            lambda: random.getrandbits(64)
-        )
+        self._new_trace_id = getattr(id_generator, "generate_trace_id", None) or random_trace_id
+        self._new_span_id = getattr(id_generator, "generate_span_id", None) or random_span_id
         self._propagator: object = None
         self._default_propagator = False
         self._open: dict[tuple[str | None, str | None, int | None], _Open] = {}
@@ -416,7 +305,7 @@ class TracingAdapter:
         propagator = propagate.get_global_textmap()
         if propagator is not self._propagator:
             self._propagator = propagator
-            self._default_propagator = _is_default_propagator(propagator)
+            self._default_propagator = is_default_propagator(propagator)
         return self._default_propagator
 
     def _extract(self, carrier: Mapping[str, str]) -> Context:
@@ -460,7 +349,7 @@ class TracingAdapter:
             and carrier is not None
             and (
                 (creation is not None and creation.trace_flags.sampled)
-                or _flag_sampled(carrier.get("prev_attempt"))
+                or flag_sampled(carrier.get("prev_attempt"))
             )
         )
         if linked or policy.ratio >= 1.0:
@@ -720,7 +609,7 @@ class TracingAdapter:
     @staticmethod
     def _attach_for_write(span: Span) -> _Attached | None:
         """Make a producer span current around its store write only when a Redis client span could nest."""
-        return _Attached.attach(trace.set_span_in_context(span)) if _redis_instrumented() else None
+        return _Attached.attach(trace.set_span_in_context(span)) if redis_instrumented() else None
 
     def _start_worker_write(self, operation: Operation) -> None:
         name = operation.name
@@ -744,7 +633,7 @@ class TracingAdapter:
                 settles.append(self._start_settle_write(operation, job.id, job.attempts, opened.span))
         # Only an installed Redis instrumentor would make spans of these writes; nothing else reads it.
         suppress = (
-            _Attached.attach(otel_context.set_value(_SUPPRESS, value=True)) if _redis_instrumented() else None
+            _Attached.attach(otel_context.set_value(_SUPPRESS, value=True)) if redis_instrumented() else None
         )
         if settles or suppress is not None:
             operation.scratch[id(self)] = _WorkerWrite(settles, suppress)

@@ -685,7 +685,7 @@ async def test_worker_bookkeeping_runs_under_suppressed_instrumentation(
 ) -> None:
     # The adapter looks for OTel's Redis instrumentor before it spends a context on a write (§6);
     # InstrumentedBackend plays that instrumentor here.
-    monkeypatch.setattr(tracing, "_redis_instrumented", lambda: True)
+    monkeypatch.setattr(tracing, "redis_instrumented", lambda: True)
     backend = InstrumentedBackend()
     instrumented_backends.append(backend)
     q = Queue(unique_name, backend=backend)
