@@ -11,6 +11,9 @@ writer threads share the GIL with the event loop) per job. The configurations ru
 a configuration is its CPU per job minus that of ``off`` in the same sitting. ``send_on`` /
 ``send_off`` time single enqueues instead (the producer's ``send`` span + metric).
 
+Spans still in the batch processor's queue when the last job finishes (fewer than one batch of 512)
+are exported after the measured window: use thousands of jobs so that this remainder is small.
+
 ``--cprofile CONFIG`` profiles that configuration's drain and prints the functions with the most
 own time, per job. Spans go over OTLP/HTTP to a receiver process started here (``--otlp-endpoint``
 picks another), logs go to a temporary file at INFO, as in ``run.py``'s overhead workload.
