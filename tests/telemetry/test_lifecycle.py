@@ -14,6 +14,7 @@ from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.queues import Queue
 from asyncmq_otel.settings import override_settings
 from asyncmq_otel.tasks import task
+from asyncmq_otel.telemetry import tracing
 from asyncmq_otel.testing import Captured
 from asyncmq_otel.workers import Worker
 from tests.support.poll import eventually
@@ -260,8 +261,10 @@ async def test_expired_job_gets_a_settle_span(captured: Captured, unique_name) -
     (settle,) = for_job(captured.spans, job_id, "settle")
     (send,) = captured.spans_named(f"send {unique_name}")
     assert_settle(settle, queue=unique_name, job_id=job_id, op_name="expire", outcome="expired")
-    assert settle.status.status_code is StatusCode.UNSET
-    assert "error.type" not in attrs(settle)
+    # Rev. 2 (§2.6): an expiry is an error a Jaeger error=true search must find.
+    assert settle.status.status_code is StatusCode.ERROR
+    assert settle.status.description == "expired"
+    assert attrs(settle)["error.type"] == "expired"
     assert event(settle, "asyncmq.job.dead_lettered") == {"asyncmq.dlq.reason": "expired"}
     assert parent_id(settle) == ctx(send).span_id
     assert links(settle) == {"creation": ids(send)}
@@ -678,8 +681,11 @@ instrumented_backends: list[InstrumentedBackend] = []
 
 
 async def test_worker_bookkeeping_runs_under_suppressed_instrumentation(
-    captured: Captured, unique_name
+    captured: Captured, unique_name, monkeypatch
 ) -> None:
+    # The adapter looks for OTel's Redis instrumentor before it spends a context on a write (§6);
+    # InstrumentedBackend plays that instrumentor here.
+    monkeypatch.setattr(tracing, "redis_instrumented", lambda: True)
     backend = InstrumentedBackend()
     instrumented_backends.append(backend)
     q = Queue(unique_name, backend=backend)
