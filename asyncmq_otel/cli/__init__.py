@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from pathlib import Path
+from typing import TextIO
 
 import click
 
 from .._version import __version__
+from ..settings import SettingsWarning
 from ._exit import ExitCode
 
-__all__ = ["COMMANDS", "ExitCode", "main", "put_cwd_on_path"]
+__all__ = ["COMMANDS", "ExitCode", "main", "put_cwd_on_path", "show_settings_warnings_plainly"]
 
 _EPILOG = """\b
 Exit codes: 0 ok (clean drain, --burst done, --check healthy), 1 crash (or a failed requeue,
@@ -57,6 +60,32 @@ def put_cwd_on_path() -> None:
         sys.path.insert(0, cwd)
 
 
+def show_settings_warnings_plainly() -> None:
+    """Print a :class:`SettingsWarning` (a misspelt setting) as one ``warning: ...`` line on stderr.
+
+    Python's own format would show a line of this package's code, which says nothing to the user.
+    """
+    previous = warnings.showwarning
+    if getattr(previous, "plain_settings_warnings", False):
+        return
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if issubclass(category, SettingsWarning):
+            click.echo(f"warning: {message}", err=True)
+            return
+        previous(message, category, filename, lineno, file, line)
+
+    show.plain_settings_warnings = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 class _LazyGroup(click.Group):
     """A group whose commands are imported when they run (or when their own ``--help`` is asked for)."""
 
@@ -87,3 +116,4 @@ class _LazyGroup(click.Group):
 def main() -> None:
     """asyncmq-otel: an observability-first async job queue."""
     put_cwd_on_path()
+    show_settings_warnings_plainly()

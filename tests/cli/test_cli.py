@@ -168,7 +168,7 @@ def test_settings_module_imports_from_the_current_directory(tmp_path: Path, clos
     app = tmp_path / "cwd_settings_app"
     app.mkdir()
     (app / "__init__.py").write_text("")
-    (app / "settings.py").write_text(f"backend = {closed_url!r}\n")
+    (app / "settings.py").write_text(f"backend = {closed_url!r}\nworker_concurency = 3\n")
     script = Path(sys.executable).with_name("asyncmq-otel")
     proc = subprocess.run(
         [str(script), "queues", "--connect-timeout", "0.2"],
@@ -182,6 +182,12 @@ def test_settings_module_imports_from_the_current_directory(tmp_path: Path, clos
     # the module was read: its backend is the one that does not answer
     assert proc.returncode == ExitCode.BACKEND_UNREACHABLE, proc.stderr
     assert closed_url.rsplit(":", 1)[1].split("/", maxsplit=1)[0] in proc.stderr
+    # a misspelt setting is one plain line naming the setting it resembles
+    assert (
+        "warning: cwd_settings_app.settings: 'worker_concurency' is not a setting and is ignored; "
+        "did you mean 'worker_concurrency'?\n"
+    ) in proc.stderr
+    assert "SettingsWarning" not in proc.stderr
 
 
 def test_bad_json_says_what_is_wrong(runner: CliRunner) -> None:
