@@ -361,10 +361,6 @@ class Backend(Protocol):
         """Whether the queue exists (it was enqueued to, paused or consumed), without creating it."""
         ...
 
-    async def queues_with_job(self, job_id: str) -> list[str]:
-        """The queues that hold a job with this id (ids are unique per queue), without creating any."""
-        ...
-
     # -- workers ------------------------------------------------------------------------------------
     async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
         """Record a live worker; it disappears ``ttl`` seconds after its last heartbeat."""

@@ -754,14 +754,8 @@ class InMemoryBackend:
             return sorted(self._queues)
 
     async def has_queue(self, queue: str) -> bool:
-        """Whether the queue exists; never creates it."""
-        with self._lock:
-            return queue in self._queues
-
-    async def queues_with_job(self, job_id: str) -> list[str]:
-        """The queues holding a job with this id."""
-        with self._lock:
-            return sorted(name for name, state in self._queues.items() if job_id in state.jobs)
+        """Whether the queue exists; never creates it (one dict lookup: no lock needed)."""
+        return queue in self._queues
 
     # -- workers -------------------------------------------------------------------------------------
     async def register_worker(self, info: WorkerInfo, ttl: float) -> None:

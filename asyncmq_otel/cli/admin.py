@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import anyio
 import click
 
-from ..backends.base import WorkerInfo
+from ..backends.base import Backend, WorkerInfo
 from ..errors import InvalidName
 from ..jobs import JobState, check_job_id
 from ..queues import Queue
@@ -410,6 +410,15 @@ def _queue_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+async def queues_with_job(backend: Backend, job_id: str) -> list[str]:
+    """The queues that hold a job with this id, reading only (no queue is created)."""
+    locate = getattr(backend, "queues_with_job", None)
+    if callable(locate):  # an optional capability: Redis answers in one pipelined round trip
+        found: list[str] = await locate(job_id)
+        return found
+    return [name for name in await backend.list_queues() if await backend.get_job(name, job_id) is not None]
+
+
 async def _job_queue(choice: BackendChoice, job_id: str, queue_name: str | None) -> Queue | None:
     """The queue holding ``job_id``: ``queue_name`` when given (it must exist), else found from the id.
 
@@ -420,7 +429,7 @@ async def _job_queue(choice: BackendChoice, job_id: str, queue_name: str | None)
         target = Queue(queue_name, backend=choice.backend)
         await _require_queue(target)
         return target
-    holders = await choice.backend.queues_with_job(job_id)
+    holders = await queues_with_job(choice.backend, job_id)
     if len(holders) > 1:
         raise CLIError(
             f"queues {', '.join(holders)} each hold a job {job_id}: pass --queue to pick one", ExitCode.USAGE

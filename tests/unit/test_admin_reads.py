@@ -11,6 +11,7 @@ import pytest
 
 from asyncmq_otel import Queue, task
 from asyncmq_otel.backends.base import Backend
+from asyncmq_otel.cli.admin import queues_with_job
 from asyncmq_otel.errors import InvalidName
 from tests.support.poll import eventually
 from tests.support.running import running_worker
@@ -51,7 +52,7 @@ async def test_reading_an_unknown_queue_creates_nothing(backend: Backend, unique
     await typo.resume()
     assert unique_name not in await backend.list_queues()
     assert await backend.has_queue(unique_name) is False
-    assert await backend.queues_with_job("abc") == []
+    assert await queues_with_job(backend, "abc") == []
 
 
 async def test_bad_ids_and_states_are_refused_before_the_lookup(backend: Backend, unique_name: str) -> None:
@@ -75,7 +76,7 @@ async def test_pause_creates_the_queue_paused_and_the_admin_paths_see_it(
     job_id = await paused.add("t.admin_reads.progress_to_the_end")
     other = Queue(f"{unique_name}-2", backend=backend)
     await other.add("t.admin_reads.progress_to_the_end", job_id=job_id)
-    assert await backend.queues_with_job(job_id) == sorted([unique_name, f"{unique_name}-2"])
+    assert await queues_with_job(backend, job_id) == sorted([unique_name, f"{unique_name}-2"])
     assert (await Queue(unique_name, backend=backend).get_job(job_id) or {}).get("state") == "waiting"
 
 

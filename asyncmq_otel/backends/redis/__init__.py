@@ -780,7 +780,11 @@ class RedisBackend(RegistryMixin, EventsMixin):
         return await self.connections.run(op)
 
     async def queues_with_job(self, job_id: str) -> list[str]:
-        """The registered queues holding a job hash with this id (one ``EXISTS`` per queue, pipelined)."""
+        """The registered queues holding a job with this id (one ``EXISTS`` per queue, pipelined).
+
+        An optional capability: ``asyncmq-otel job show ID`` uses it to find the job's queue, and
+        asks every queue in turn on a backend without it.
+        """
         check_job_id(job_id)
         names = await self.list_queues()
         if not names:
