@@ -27,7 +27,7 @@ from ._exit import CLIError, ExitCode, translate_errors
 from ._options import PRIORITY_BOUND, Seconds
 from ._output import format_age, format_table, paint
 
-__all__ = ["dlq", "enqueue", "job", "queue", "queues", "workers"]
+__all__ = ["dlq", "enqueue", "job", "queue", "queues", "queues_with_job", "workers"]
 
 T = TypeVar("T")
 _PAGE = 500
@@ -455,7 +455,7 @@ def _count(raw: dict[str, Any], name: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def describe_attempts(raw: dict[str, Any]) -> tuple[str, str]:
+def _describe_attempts(raw: dict[str, Any]) -> tuple[str, str]:
     """The ``attempts`` and ``retries`` rows of ``job show``.
 
     ``attempts`` counts every claim; only a failure uses a retry (``retries`` of ``max_retries``).
@@ -498,7 +498,7 @@ def job_show(
     if as_json:
         _echo_json(raw)
         return
-    attempts, retries = describe_attempts(raw)
+    attempts, retries = _describe_attempts(raw)
     rows = [
         ("id", raw.get("id")),
         ("task", raw.get("task")),
