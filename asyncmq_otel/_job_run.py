@@ -21,6 +21,7 @@ import anyio.to_thread
 
 from ._context import _REQUEUE_BUDGET, WorkerContext, _Attempt
 from ._lifecycle import emit_job_event, emit_job_fields
+from ._progress import ProgressWriter
 from .backends.base import Backend, RawJob, SettleReply, SettleStatus
 from .errors import (
     BackendOutOfMemory,
@@ -214,6 +215,9 @@ class _JobRun:
             raise
         finally:
             self.attempt.scope = None
+        if self._progress_writer is not None:
+            # the last report must be stored before the settle, which ends the job's active state
+            await self._progress_writer.flush(_REQUEUE_BUDGET)
         if outcome[0] == "ok":
             await self._complete(outcome[1])
         else:
@@ -259,15 +263,23 @@ class _JobRun:
         except TimeoutError as exc:
             raise JobTimeout(f"task {task.task_id} ran past its {timeout:g}s timeout") from exc
 
+    _progress_writer: ProgressWriter | None = None
+
     def _progress_reporter(self, task: TaskInfo) -> Callable[..., None]:
         job = self._job()
         handlers = self.ctx.handlers
         loop_thread = _current_thread_token()
+        writer = self._progress_writer
+        if writer is None and handlers is not None:
+            writer = self._progress_writer = ProgressWriter(
+                lambda pct: self.backend.report_progress(self.queue, job.id, self.token, pct),
+                handlers.start_soon,
+            )
 
         def emit(pct: float, data: Any = None) -> None:  # noqa: ANN401 - user data travels as is
             emit_job_event("job:progress", job, progress=float(pct), progress_data=data, **self._fields())
-            if handlers is not None:
-                handlers.start_soon(self.backend.report_progress, self.queue, job.id, self.token, float(pct))
+            if writer is not None:
+                writer.report(float(pct))
 
         def report_progress(pct: float, data: Any = None) -> None:  # noqa: ANN401 - as above
             """Report the job's progress (0-100); emits ``job:progress``."""

@@ -23,6 +23,7 @@ from .events import LifecycleEvent, Operation, bus
 from .jobs import (
     MAX_PRIORITY,
     MAX_RETRIES,
+    TERMINAL_STATES,
     Backoff,
     BackoffSpec,
     Job,
@@ -399,21 +400,42 @@ class Queue:
             emit_job_event("job:enqueued", job, attempt=0)
 
     # -- queue control -------------------------------------------------------------------------------
+    _known = False
+    """Set once the queue was seen to exist: a queue is not deleted behind our back (a flush is the
+    backends' data-loss path), so the admin methods below ask the backend at most once."""
+
+    async def exists(self) -> bool:
+        """Whether the queue exists on the backend (enqueued to, paused or consumed); creates nothing.
+
+        The admin and inspection methods below answer "nothing there" for a queue that does not
+        exist instead of creating it, so a typo never shows up in ``queues`` or the gauges.
+        """
+        if not self._known:
+            self._known = await self.backend.has_queue(self.name)
+        return self._known
+
     async def pause(self) -> None:
-        """Stop workers from claiming jobs of this queue (running jobs finish)."""
+        """Stop workers from claiming jobs of this queue (running jobs finish).
+
+        Pausing a queue that does not exist yet creates it paused (so it is paused before any
+        worker starts); the command line asks for ``--create`` to do that.
+        """
         with bus.operation(Operation("pause", self.name, **server_fields(self.backend))):
             await self.backend.pause(self.name)
+        self._known = True
         bus.emit(LifecycleEvent("queue:paused", time.time(), queue=self.name))
 
     async def resume(self) -> None:
-        """Let workers claim again; idle workers wake at once."""
+        """Let workers claim again; idle workers wake at once. A queue that does not exist is left alone."""
+        if not await self.exists():
+            return
         with bus.operation(Operation("resume", self.name, **server_fields(self.backend))):
             await self.backend.resume(self.name)
         bus.emit(LifecycleEvent("queue:resumed", time.time(), queue=self.name))
 
     async def is_paused(self) -> bool:
         """Whether the queue is paused."""
-        return await self.backend.is_queue_paused(self.name)
+        return await self.exists() and await self.backend.is_queue_paused(self.name)
 
     async def cancel_job(self, job_id: str) -> bool:
         """Cancel a job: a queued one never runs; a running one is stopped at its next ``await``.
@@ -421,7 +443,10 @@ class Queue:
         Returns True when the job was cancelled or its cancellation was requested, False when it
         had already finished or does not exist.
         """
-        status = await self.backend.cancel(self.name, check_job_id(job_id))
+        check_job_id(job_id)
+        if not await self.exists():
+            return False
+        status = await self.backend.cancel(self.name, job_id)
         if status is CancelStatus.CANCELLED:
             raw = await self.backend.get_job(self.name, job_id)
             if raw is not None and "payload_error" not in raw:
@@ -434,6 +459,9 @@ class Queue:
     # -- inspection and admin ------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> dict[str, Any] | None:
         """The stored job (envelope, state, counters, result, error), or ``None``."""
+        check_job_id(job_id)
+        if not await self.exists():
+            return None
         return await self.backend.get_job(self.name, job_id)
 
     async def get_job_state(self, job_id: str) -> str | None:
@@ -450,28 +478,49 @@ class Queue:
 
     async def counts(self) -> dict[str, int]:
         """How many jobs are in each state."""
+        if not await self.exists():
+            return {state.value: 0 for state in JobState}
         return await self.backend.counts(self.name)
 
     async def list_jobs(self, state: str, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """A page of jobs in ``state``."""
-        return await self.backend.list_jobs(self.name, JobState(state).value, offset, limit)
+        wanted = JobState(state).value
+        if not await self.exists():
+            return []
+        return await self.backend.list_jobs(self.name, wanted, offset, limit)
 
     async def dlq(self, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Dead-lettered jobs, newest first; each has ``dlq_reason`` and ``error``."""
+        if not await self.exists():
+            return []
         return await self.backend.list_dlq(self.name, offset, limit)
 
     async def retry_job(self, job_id: str) -> bool:
         """Move a dead-lettered job back to ``waiting`` with fresh retries."""
+        check_job_id(job_id)
+        if not await self.exists():
+            return False
         return await self.backend.retry_dead(self.name, job_id)
 
     async def purge_dlq(self) -> int:
         """Delete every dead-lettered job; return how many."""
+        if not await self.exists():
+            return 0
         return await self.backend.purge_dlq(self.name)
 
     async def clean(self, state: str, older_than: float = 0.0) -> int:
         """Delete finished jobs in ``state`` older than ``older_than`` seconds; return how many."""
-        return await self.backend.clean(self.name, JobState(state).value, older_than)
+        wanted = JobState(state)
+        if wanted not in TERMINAL_STATES:
+            raise ValueError(
+                f"clean takes a finished state (completed, failed, expired, cancelled), not {state!r}"
+            )
+        if not await self.exists():
+            return 0
+        return await self.backend.clean(self.name, wanted.value, older_than)
 
     async def stats(self) -> QueueStats:
         """Depth by state, the oldest ready job's age and the paused flag."""
+        if not await self.exists():
+            return QueueStats(0, 0, 0, 0, 0.0, paused=False)
         return await self.backend.queue_stats(self.name)

@@ -360,6 +360,10 @@ class Backend(Protocol):
         """Every queue this backend has seen."""
         ...
 
+    async def has_queue(self, queue: str) -> bool:
+        """Whether the queue exists (it was enqueued to, paused or consumed), without creating it."""
+        ...
+
     # -- workers ------------------------------------------------------------------------------------
     async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
         """Record a live worker; it disappears ``ttl`` seconds after its last heartbeat."""

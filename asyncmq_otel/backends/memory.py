@@ -753,6 +753,10 @@ class InMemoryBackend:
         with self._lock:
             return sorted(self._queues)
 
+    async def has_queue(self, queue: str) -> bool:
+        """Whether the queue exists; never creates it (one dict lookup: no lock needed)."""
+        return queue in self._queues
+
     # -- workers -------------------------------------------------------------------------------------
     async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
         """Record a live worker."""

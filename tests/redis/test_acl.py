@@ -66,6 +66,9 @@ async def test_the_documented_acl_user_runs_every_operation(redis_server: RedisS
         assert await backend.clean("q", "completed", 0.0) == 1
         assert await backend.purge_dlq("q") == 0
         assert await backend.list_queues() == ["q"]
+        assert await backend.has_queue("q")
+        assert not await backend.has_queue("nowhere")
+        assert await backend.queues_with_job("b") == ["q"]
         info = WorkerInfo("w", ["q"], "host", 1, 1)
         await backend.register_worker(info, 10.0)
         assert [worker.worker_id for worker in await backend.list_workers()] == ["w"]

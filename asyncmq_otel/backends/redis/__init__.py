@@ -774,3 +774,33 @@ class RedisBackend(RegistryMixin, EventsMixin):
             lambda client: client.zrange(self.keys.queues, 0, _MAX_QUEUES - 1)
         )
         return sorted(_scripts.text(member) for member in members)
+
+    async def has_queue(self, queue: str) -> bool:
+        """Whether the queue is registered or has its meta hash; reads only (no epoch is minted)."""
+        keys = self.keys.queue(queue)
+
+        async def op(client: AsyncClient) -> bool:
+            registered = await client.zscore(self.keys.queues, queue)
+            return registered is not None or bool(await client.exists(keys.meta))
+
+        return await self.connections.run(op)
+
+    async def queues_with_job(self, job_id: str) -> list[str]:
+        """The registered queues holding a job with this id (one ``EXISTS`` per queue, pipelined).
+
+        An optional capability: ``asyncmq-otel job show ID`` uses it to find the job's queue, and
+        asks every queue in turn on a backend without it.
+        """
+        check_job_id(job_id)
+        names = await self.list_queues()
+        if not names:
+            return []
+
+        async def op(client: AsyncClient) -> list[int]:
+            pipe = client.pipeline(transaction=False)
+            for name in names:
+                pipe.exists(self.keys.queue(name).job(job_id))
+            found: list[int] = await pipe.execute()
+            return found
+
+        return [name for name, hit in zip(names, await self.connections.run(op), strict=True) if hit]
