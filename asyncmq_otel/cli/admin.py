@@ -22,6 +22,7 @@ from ..errors import InvalidName
 from ..jobs import JobState, check_job_id
 from ..queues import Queue
 from ..settings import get_settings
+from ..tasks import TASK_REGISTRY
 from ._backend import BackendChoice, backend_options, close_backend, open_backend, probe_or_exit
 from ._exit import CLIError, ExitCode, translate_errors
 from ._options import PRIORITY_BOUND, Seconds
@@ -149,7 +150,11 @@ async def _require_queue(target: Queue) -> None:
 @click.command("enqueue")
 @click.argument("task_id", metavar="TASK", callback=_task_argument)
 @click.option(
-    "--queue", "-q", "queue_name", default="default", show_default=True, help="Queue to add the job to."
+    "--queue",
+    "-q",
+    "queue_name",
+    help="Queue to add the job to [default: the queue TASK declares, as this process or a live worker's "
+    "registration knows it; else default].",
 )
 @click.option(
     "--args",
@@ -177,20 +182,22 @@ async def _require_queue(target: Queue) -> None:
 )
 @click.option("--job-id", help="Idempotency key: a second enqueue with this id returns the same job.")
 @click.option(
-    "--retries", type=click.IntRange(min=0), default=0, show_default=True, help="Retries after a failure."
+    "--retries",
+    type=click.IntRange(min=0),
+    help="Retries after a failure [default: the task's own, applied by the worker that runs it].",
 )
 @click.option("--ttl", type=Seconds(), help="Seconds after which an unstarted job expires.")
 @click.option("--timeout", type=Seconds(), help="Seconds an attempt may run.")
 @backend_options
 def enqueue(
     task_id: str,
-    queue_name: str,
+    queue_name: str | None,
     args: list[Any],
     kwargs: dict[str, Any],
     delay: float | None,
     priority: int,
     job_id: str | None,
-    retries: int,
+    retries: int | None,
     ttl: float | None,
     timeout: float | None,
     backend_url: str | None,
@@ -200,7 +207,11 @@ def enqueue(
     """Add a job for TASK and print its id."""
 
     async def action(choice: BackendChoice) -> str:
-        return await Queue(queue_name, backend=choice.backend).add(
+        if queue_name is None:
+            queue = await Queue.for_task(task_id, choice.backend)
+        else:
+            queue = Queue(queue_name, backend=choice.backend)
+        return await queue.add(
             task_id,
             args,
             kwargs,
@@ -469,8 +480,13 @@ def _describe_attempts(raw: dict[str, Any]) -> tuple[str, str]:
     if lost := _count(raw, "stalls"):
         extra.append(f"{lost} lost with a worker")
     attempt_text = f"{attempts} ({', '.join(extra)})" if extra else str(attempts)
-    retries = f"{_count(raw, 'retries')} of {_count(raw, 'max_retries')} used"
-    return attempt_text, retries
+    used = _count(raw, "retries")
+    if raw.get("max_retries") is None:  # left to the task's declaration, which the worker applies
+        declared = TASK_REGISTRY.get(str(raw.get("task", "")))
+        limit = str(declared.retries) if declared is not None else "the task's declared retries"
+    else:
+        limit = str(_count(raw, "max_retries"))
+    return attempt_text, f"{used} of {limit} used"
 
 
 @job.command("show")

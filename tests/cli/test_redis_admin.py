@@ -168,7 +168,7 @@ def test_job_commands_find_the_queue_from_the_id(cli: _CLI, unique_name: str) ->
 def test_job_show_counts_an_interrupted_attempt_apart(
     cli: _CLI, redis_url: str, redis_prefix: str, unique_name: str
 ) -> None:
-    job_id = cli("enqueue", "clitest.echo", "-q", unique_name).stdout.strip()
+    job_id = cli("enqueue", "clitest.echo", "-q", unique_name, "--retries", "0").stdout.strip()
 
     async def interrupt_then_claim_again() -> None:
         backend = RedisBackend(redis_url, prefix=redis_prefix, retry_timeout=5.0)
@@ -308,3 +308,25 @@ def test_check_is_healthy_while_a_worker_runs(
     assert proc.wait(timeout=30) == 0, log.read_text()
     gone = cli("worker", unique_name, "--check", "--metrics-addr", found[0], code=1)
     assert gone.stdout.startswith("unhealthy: no worker answers on")
+
+
+def test_enqueue_by_name_takes_the_tasks_queue_and_leaves_its_retries_to_the_worker(
+    cli: _CLI, unique_name: str, redis_url: str, redis_prefix: str
+) -> None:
+    from asyncmq_otel.tasks import TASK_REGISTRY, task
+
+    @task(unique_name, retries=2, name=f"{unique_name}.crunch")
+    async def crunch() -> None:
+        return None
+
+    try:
+        job_id = cli("enqueue", f"{unique_name}.crunch").stdout.strip()
+        shown = cli("job", "show", job_id).stdout
+    finally:
+        TASK_REGISTRY.pop(f"{unique_name}.crunch", None)
+    assert _counts(redis_url, redis_prefix, unique_name)["waiting"] == 1
+    assert f"queue         {unique_name}" in shown
+    assert "retries       0 of 2 used" in shown  # the task's declaration, not a stored 0
+    unknown = cli("enqueue", "other.task", "-q", unique_name).stdout.strip()
+    assert _counts(redis_url, redis_prefix, unique_name)["waiting"] == 2
+    assert "retries       0 of the task's declared retries used" in cli("job", "show", unknown).stdout
