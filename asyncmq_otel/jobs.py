@@ -568,3 +568,37 @@ def _string_map_or_none(raw: Mapping[str, Any], key: str) -> dict[str, str] | No
     ):
         raise TypeError(f"field {key!r} must be an object of strings")
     return dict(value)
+
+
+# -- the decode side: stored payloads ------------------------------------------------------------
+MAX_STORED_DEPTH = 512
+"""The deepest nesting of lists and objects a stored payload may have, the envelope counting as 1.
+
+A deeper payload (only something written past the producer's checks can be) decodes as malformed
+and is dead-lettered ``malformed_payload``: nothing downstream then meets a ``RecursionError``. The
+producer's own nesting limit must stay below this."""
+
+
+def nested_too_deep(text: str | bytes, value: object, limit: int = MAX_STORED_DEPTH) -> bool:
+    """Whether ``value``, decoded from ``text``, nests lists and objects deeper than ``limit``.
+
+    The number of opening brackets in ``text`` bounds the depth, so almost every payload is
+    answered by two C-speed counts; only a payload with more brackets than ``limit`` is walked (without
+    recursion, so any depth is measured safely).
+    """
+    if isinstance(text, bytes):
+        brackets = text.count(b"[") + text.count(b"{")
+    else:
+        brackets = text.count("[") + text.count("{")
+    if brackets <= limit:
+        return False
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children: Any = item if type(item) is list else item.values() if isinstance(item, dict) else ()
+        for child in children:
+            if type(child) is list or type(child) is dict:
+                if depth + 1 > limit:
+                    return True
+                pending.append((child, depth + 1))
+    return False

@@ -35,7 +35,16 @@ from ..base import (
 from . import _scripts
 from ._batch import CompleteBatcher, PendingComplete
 from ._connection import AsyncClient, Connections, ConnectionSettings, mask_url, probe_server
-from ._decode import JOB_FIELDS, decode_batch_settle, decode_jobs, decode_settle, decode_values, dumps, loads
+from ._decode import (
+    JOB_FIELDS,
+    claimed_attempts,
+    decode_batch_settle,
+    decode_jobs,
+    decode_settle,
+    decode_values,
+    dumps,
+    loads,
+)
 from ._events import CancelHints, EventsMixin, hint
 from ._keys import Keys, QueueKeys
 from ._registry import RegistryMixin, server_of
@@ -73,7 +82,7 @@ def _envelope_priority_ttl(payload: str) -> tuple[object, object]:
     """
     try:
         envelope = loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # a malformed payload is stored as is (see above)
         return 5, None
     if not isinstance(envelope, dict):
         return 5, None
@@ -346,6 +355,12 @@ class RedisBackend(RegistryMixin, EventsMixin):
         for chunk, reply in zip(chunks, replies, strict=True):
             if reply[0] == b"TOO_LARGE":  # only when max_payload_bytes differs between producers
                 raise PayloadTooLarge(int(reply[2]), self.max_payload_bytes)
+            if reply[0] == b"NOT_A_HASH":  # another program wrote over the key: nothing was stored
+                job_id = chunk[int(reply[1]) - 1][0]
+                raise BackendError(
+                    f"the key of job {job_id!r} holds another Redis type, not a job hash; nothing of "
+                    "this batch was stored (delete the key or use another id)"
+                )
             now = int(reply[1])
             held = {int(other[0]): other for other in reply[2]}
             for index, (job_id, _payload, delay_ms, _spec) in enumerate(chunk, start=1):
@@ -402,7 +417,7 @@ class RedisBackend(RegistryMixin, EventsMixin):
                 "state": "active",
                 "token": f"{nonce}.{index}",
                 "owner": worker_id,
-                "attempts": int(values[2] or 0) + 1,
+                "attempts": claimed_attempts(values[2]),
                 "cancel_requested": False,
             }
             jobs.append(decode_values(queue, job_id.decode("utf-8", "replace"), values, overlay))
