@@ -213,7 +213,11 @@ def _text(value: bytes | None) -> str | None:
 
 
 def _int(value: bytes | None) -> int:
-    return int(value) if value else 0
+    """A stored count; one that is not an integer (a corrupt job, dead-lettered as such) reads as 0."""
+    try:
+        return int(value) if value else 0
+    except ValueError:
+        return 0
 
 
 def _read_jobs(url: str, keys: QueueKeys, ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -258,7 +262,7 @@ def _read_jobs(url: str, keys: QueueKeys, ids: list[str]) -> dict[str, dict[str,
 def _max_retries(payload: bytes | None) -> int | None:
     try:
         envelope = json.loads(payload or b"")
-    except ValueError:
+    except (ValueError, RecursionError):  # a malformed payload, dead-lettered as such
         return None
     value = envelope.get("max_retries") if isinstance(envelope, dict) else None
     return value if isinstance(value, int) else None
