@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 
 from ..errors import PayloadTooLarge
-from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState
+from ..jobs import DLQ_REASONS, MAX_STORED_DEPTH, TERMINAL_STATES, JobState, nested_too_deep
 from .base import (
     CancelStatus,
     ClaimReply,
@@ -64,6 +64,21 @@ _BOOKKEEPING = (
 )
 
 
+def _decode_envelope(payload: str) -> tuple[dict[str, Any] | None, str]:
+    """The stored envelope, or ``None`` and why not: the same verdicts as the Redis backend's decode."""
+    try:
+        decoded = json.loads(payload)
+    except ValueError:
+        return None, ""
+    except RecursionError:
+        return None, f"stored payload nests deeper than {MAX_STORED_DEPTH} levels"
+    if not isinstance(decoded, dict):
+        return None, ""
+    if nested_too_deep(payload, decoded):
+        return None, f"stored payload nests deeper than {MAX_STORED_DEPTH} levels"
+    return decoded, ""
+
+
 @dataclass(slots=True)
 class _Record:
     job_id: str
@@ -92,6 +107,7 @@ class _Record:
     progress: float | None = None
     prev_attempt: str | None = None
     due: float = 0.0
+    payload_error: str = "stored payload is not a JSON object"
 
     def raw(self, queue: str) -> RawJob:
         """The job as a worker or an admin sees it: the envelope plus the bookkeeping."""
@@ -105,7 +121,7 @@ class _Record:
                 "dlq_reason": self.dlq_reason,
                 "error": self.error,
                 "finished_at": self.finished_at,
-                "payload_error": "stored payload is not a JSON object",
+                "payload_error": self.payload_error,
                 "payload_preview": self.payload[:256],
             }
         out = dict(self.envelope)
@@ -243,11 +259,7 @@ class InMemoryBackend:
                 item.job_id, existing.state, not replay, existing.enqueued_at, existing.eligible_at
             )
         self._check_size(item)
-        try:
-            decoded = json.loads(item.payload)
-        except ValueError:
-            decoded = None
-        envelope = decoded if isinstance(decoded, dict) else None
+        envelope, payload_error = _decode_envelope(item.payload)
         if item.priority is not None:  # the producer passed what its envelope holds
             priority: object = item.priority
             ttl: object = item.ttl
@@ -265,6 +277,8 @@ class InMemoryBackend:
             enqueued_at=now,
             eligible_at=now,
         )
+        if payload_error:
+            record.payload_error = payload_error
         if isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
             record.expires_at = now + float(ttl)
         queue.jobs[item.job_id] = record
