@@ -292,3 +292,18 @@ async def test_queue_stats_survive_a_string_key_at_the_head(
     admin.set(keys_of(backend).job("j0"), b"x")
     stats = await backend.queue_stats(QUEUE)
     assert stats.ready == 10
+
+
+async def test_job_show_and_listings_read_a_key_of_another_type_without_raising(
+    backend: RedisBackend, admin: redis.Redis
+) -> None:
+    await backend.enqueue(QUEUE, item("a"))
+    job = (await backend.claim(QUEUE, "w", 1, 30.0)).jobs[0]
+    assert (await backend.fail(QUEUE, "a", job["token"], "failed")).ok
+    admin.delete(keys_of(backend).job("a"))
+    admin.rpush(keys_of(backend).job("a"), b"x")  # a list: not even readable as a string
+    shown = await backend.get_job(QUEUE, "a")
+    assert shown is not None
+    assert "not a job hash" in shown["payload_error"]
+    listed = await backend.list_dlq(QUEUE)
+    assert [(job["id"], "not a job hash" in job["payload_error"]) for job in listed] == [("a", True)]

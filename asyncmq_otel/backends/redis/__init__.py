@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from ...errors import BackendError, PayloadTooLarge
 from ...jobs import DLQ_REASONS, TERMINAL_STATES, JobState, check_job_id
 from ...settings import get_settings
@@ -44,6 +46,7 @@ from ._decode import (
     decode_values,
     dumps,
     loads,
+    not_a_hash,
 )
 from ._events import CancelHints, EventsMixin, hint
 from ._keys import Keys, QueueKeys
@@ -670,7 +673,19 @@ class RedisBackend(RegistryMixin, EventsMixin):
         """The stored job with its state, or ``None``."""
         keys = self.keys.queue(queue)
         await self._epoch(keys)
-        values = await self.connections.run(lambda client: client.hmget(keys.job(job_id), JOB_FIELDS))
+
+        async def op(client: AsyncClient) -> list[Any] | None:
+            try:
+                found: list[Any] = await client.hmget(keys.job(job_id), JOB_FIELDS)
+            except ResponseError as exc:
+                if not str(exc).startswith("WRONGTYPE"):
+                    raise
+                return None  # written over by another program: shown, not raised (reliability §8)
+            return found
+
+        values = await self.connections.run(op)
+        if values is None:
+            return not_a_hash(queue, job_id)
         return decode_values(queue, job_id, values) if any(v is not None for v in values) else None
 
     async def counts(self, queue: str) -> dict[str, int]:
@@ -706,11 +721,14 @@ class RedisBackend(RegistryMixin, EventsMixin):
             pipe = client.pipeline(transaction=False)
             for job_id in ids:
                 pipe.hmget(keys.job(_scripts.text(job_id)), JOB_FIELDS)
-            found = await pipe.execute()
+            # a key of another type answers an error for that job alone (shown as malformed)
+            found = await pipe.execute(raise_on_error=False)
             return [
-                decode_values(queue, _scripts.text(job_id), values)
+                not_a_hash(queue, _scripts.text(job_id))
+                if isinstance(values, ResponseError)
+                else decode_values(queue, _scripts.text(job_id), values)
                 for job_id, values in zip(ids, found, strict=True)
-                if any(v is not None for v in values)
+                if isinstance(values, ResponseError) or any(v is not None for v in values)
             ]
 
         return await self.connections.run(op)

@@ -39,6 +39,7 @@ __all__ = [
     "decode_values",
     "loads",
     "ms_to_s",
+    "not_a_hash",
     "unpack",
 ]
 
@@ -202,6 +203,12 @@ def decode_values(
         return _decode_values(job_id, values, overlay)
     except _Undecodable as exc:
         return _malformed(queue, job_id, values, overlay, str(exc))
+
+
+def not_a_hash(queue: str, job_id: str) -> RawJob:
+    """A job whose key another program wrote over with another type, as inspection shows it."""
+    values: list[Value] = [None] * len(JOB_FIELDS)
+    return _malformed(queue, job_id, values, None, "the job key holds another Redis type, not a job hash")
 
 
 def _malformed(
