@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from asyncmq_otel.backends.base import EnqueueItem, RawJob, RenewStatus
+from asyncmq_otel.backends.base import EnqueueItem, RawJob, RenewStatus, SettleStatus
 from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.backends.redis._keys import QueueKeys
 from asyncmq_otel.errors import BackendError
@@ -307,3 +307,37 @@ async def test_job_show_and_listings_read_a_key_of_another_type_without_raising(
     assert "not a job hash" in shown["payload_error"]
     listed = await backend.list_dlq(QUEUE)
     assert [(job["id"], "not a job hash" in job["payload_error"]) for job in listed] == [("a", True)]
+
+
+@pytest.mark.parametrize(
+    "op", ["complete", "fail", "retry", "requeue", "defer", "cancelled", "progress", "cancel"]
+)
+async def test_a_settle_on_a_key_written_over_answers_gone_and_the_job_is_dead_lettered_later(
+    backend: RedisBackend, admin: redis.Redis, redis_url: str, redis_prefix: str, op: str
+) -> None:
+    await backend.enqueue(QUEUE, item("a"))
+    job = (await backend.claim(QUEUE, "w", 1, 0.001)).jobs[0]
+    token = str(job["token"])
+    admin.delete(keys_of(backend).job("a"))
+    admin.set(keys_of(backend).job("a"), b"x")
+    if op == "cancel":
+        await backend.cancel(QUEUE, "a")  # answers without raising
+    else:
+        calls = {
+            "complete": lambda: backend.complete(QUEUE, "a", token, "1"),
+            "fail": lambda: backend.fail(QUEUE, "a", token, "failed"),
+            "retry": lambda: backend.retry(QUEUE, "a", token, 0.0, {"type": "X"}),
+            "requeue": lambda: backend.requeue(QUEUE, "a", token, 5),
+            "defer": lambda: backend.defer(QUEUE, "a", token),
+            "cancelled": lambda: backend.settle_cancelled(QUEUE, "a", token),
+            "progress": lambda: backend.report_progress(QUEUE, "a", token, 0.5),
+        }
+        reply = await calls[op]()
+        assert reply.status is SettleStatus.GONE
+
+    async def back_in_ready() -> bool:
+        await backend.reap(QUEUE, "w", 1, 5.0)
+        return "a" in await claim_all(backend)
+
+    await eventually(back_in_ready, timeout=10, what="the reaper hands the quarantined job to a claim")
+    assert_consistent(redis_url, redis_prefix)

@@ -22,8 +22,6 @@ import math
 from collections.abc import Sequence
 from typing import Any, cast
 
-from redis.exceptions import ResponseError
-
 from ...errors import BackendError
 from ...jobs import MAX_SAFE_INT, MAX_STORED_DEPTH, JobState, nested_too_deep
 from ..base import RawJob, SettleReply, SettleStatus
@@ -342,9 +340,7 @@ def decode_settle(queue: str, reply: Any) -> SettleReply:  # noqa: ANN401 - a RE
 
 
 def decode_batch_settle(queue: str, reply: Any) -> SettleReply | Exception:  # noqa: ANN401 - a RESP reply
-    """One job's reply in a batched ``complete``: the bare ``'OK'``, ``{'ERR', message}`` or as above."""
+    """One job's reply in a batched ``complete``: the bare ``'OK'``, or as :func:`decode_settle`."""
     if reply == b"OK":
         return _SETTLED_OK
-    if reply[0] == b"ERR":  # this job's key is not a job hash: the error a lone call would raise
-        return ResponseError(text(reply[1]))
     return decode_settle(queue, reply)

@@ -58,10 +58,6 @@ local function fence_values(st, token)
   return nil
 end
 
-local function fence(job, token)
-  return fence_values(redis.call('HMGET', job, 'state', 'token', 'settled_token', 'owner'), token)
-end
-
 -- A counter or millisecond field as a number, or nil when it is absent or not a plain integer
 -- (reliability §2: hand-written values such as 'abc', '1e+303', 'nan' or 'inf' must not make a
 -- script fail after its first write). At most 16 characters: every such value is below 2^53.
@@ -109,6 +105,17 @@ local function quarantine(job)
   redis.call('DEL', job)
   redis.call('HSET', job, 'error', error, 'quarantined', kept)
   return error
+end
+
+-- fence_values on the job hash. A key written over with another type is quarantined and answers
+-- GONE: its lease entry stays, so the reaper puts it in ready and a claim dead-letters it.
+local function fence(job, token)
+  local st = redis.pcall('HMGET', job, 'state', 'token', 'settled_token', 'owner')
+  if st.err then
+    quarantine(job)
+    return {'GONE'}
+  end
+  return fence_values(st, token)
 end
 
 -- Push `n` wake tokens for idle workers blocked in BLPOP; the list never grows past SIGNAL_CAP
