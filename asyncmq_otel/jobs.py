@@ -602,3 +602,21 @@ def nested_too_deep(text: str | bytes, value: object, limit: int = MAX_STORED_DE
                     return True
                 pending.append((child, depth + 1))
     return False
+
+
+def decode_stored_envelope(payload: str) -> tuple[dict[str, Any] | None, str]:
+    """The envelope of a stored payload, or ``None`` and why not (empty for the usual "not an object").
+
+    Never raises: a payload that is not JSON, not an object or nested too deep is malformed.
+    """
+    try:
+        decoded = json.loads(payload)
+    except ValueError:
+        return None, ""
+    except RecursionError:
+        return None, f"stored payload nests deeper than {MAX_STORED_DEPTH} levels"
+    if not isinstance(decoded, dict):
+        return None, ""
+    if nested_too_deep(payload, decoded):
+        return None, f"stored payload nests deeper than {MAX_STORED_DEPTH} levels"
+    return decoded, ""

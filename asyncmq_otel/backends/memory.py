@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 
 from ..errors import PayloadTooLarge
-from ..jobs import DLQ_REASONS, MAX_STORED_DEPTH, TERMINAL_STATES, JobState, nested_too_deep
+from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState, decode_stored_envelope
 from .base import (
     CancelStatus,
     ClaimReply,
@@ -62,21 +62,6 @@ _BOOKKEEPING = (
     "expires_at",
     "progress",
 )
-
-
-def _decode_envelope(payload: str) -> tuple[dict[str, Any] | None, str]:
-    """The stored envelope, or ``None`` and why not: the same verdicts as the Redis backend's decode."""
-    try:
-        decoded = json.loads(payload)
-    except ValueError:
-        return None, ""
-    except RecursionError:
-        return None, f"stored payload nests deeper than {MAX_STORED_DEPTH} levels"
-    if not isinstance(decoded, dict):
-        return None, ""
-    if nested_too_deep(payload, decoded):
-        return None, f"stored payload nests deeper than {MAX_STORED_DEPTH} levels"
-    return decoded, ""
 
 
 @dataclass(slots=True)
@@ -259,7 +244,7 @@ class InMemoryBackend:
                 item.job_id, existing.state, not replay, existing.enqueued_at, existing.eligible_at
             )
         self._check_size(item)
-        envelope, payload_error = _decode_envelope(item.payload)
+        envelope, payload_error = decode_stored_envelope(item.payload)
         if item.priority is not None:  # the producer passed what its envelope holds
             priority: object = item.priority
             ttl: object = item.ttl

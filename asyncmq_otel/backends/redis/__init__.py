@@ -674,17 +674,13 @@ class RedisBackend(RegistryMixin, EventsMixin):
         keys = self.keys.queue(queue)
         await self._epoch(keys)
 
-        async def op(client: AsyncClient) -> list[Any] | None:
-            try:
-                found: list[Any] = await client.hmget(keys.job(job_id), JOB_FIELDS)
-            except ResponseError as exc:
-                if not str(exc).startswith("WRONGTYPE"):
-                    raise
-                return None  # written over by another program: shown, not raised (reliability §8)
-            return found
+        async def op(client: AsyncClient) -> Any:  # noqa: ANN401 - the values, or the error of a key of another type
+            pipe = client.pipeline(transaction=False)
+            pipe.hmget(keys.job(job_id), JOB_FIELDS)
+            return (await pipe.execute(raise_on_error=False))[0]
 
         values = await self.connections.run(op)
-        if values is None:
+        if isinstance(values, ResponseError):  # written over by another program: shown, not raised
             return not_a_hash(queue, job_id)
         return decode_values(queue, job_id, values) if any(v is not None for v in values) else None
 
