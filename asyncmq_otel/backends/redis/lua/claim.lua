@@ -12,7 +12,7 @@
 -- Malformed entries (§2, §8): a job key that is not a hash is quarantined, and a hash without a
 -- known state or with an attempts count that is not an integer is claimed as it is (attempts
 -- untouched); both are handed over like any claimed job, and the worker's decode dead-letters them
--- as malformed_payload. Nothing is read with a call that can fail after the first write.
+-- as malformed_payload. No job entry can make the script fail after its first write (§2).
 local meta, ready, delayed, leases, signal, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local worker, count, lease, nonce = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local bad, flags = epoch_and(meta, ARGV[1], 'paused')
