@@ -19,14 +19,27 @@ from asyncmq_otel.backends.base import EnqueueItem, RawJob, RenewStatus, SettleS
 from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.backends.redis._keys import QueueKeys
 from asyncmq_otel.errors import BackendError
+from asyncmq_otel.events import LifecycleEvent, bus
 from asyncmq_otel.jobs import Job
+from asyncmq_otel.queues import Queue
+from asyncmq_otel.tasks import task
 from tests.support.invariants import stuck_jobs
 from tests.support.poll import eventually
+from tests.support.running import running_worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.timeout(60)]
 
 QUEUE = "hostile"
 DEEP = b'{"v":1,"id":"x","task":"t.x","queue":"hostile","args":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+ran: list[str] = []
+
+
+@task(QUEUE, name="hostile.record")
+async def record(label: str) -> str:
+    ran.append(label)
+    return label
 
 
 def item(job_id: str, queue: str = QUEUE, delay: float = 0.0) -> EnqueueItem:
@@ -340,4 +353,28 @@ async def test_a_settle_on_a_key_written_over_answers_gone_and_the_job_is_dead_l
         return "a" in await claim_all(backend)
 
     await eventually(back_in_ready, timeout=10, what="the reaper hands the quarantined job to a claim")
+    assert_consistent(redis_url, redis_prefix)
+
+
+async def test_a_worker_dead_letters_the_bad_job_with_its_event_and_runs_the_batch(
+    backend: RedisBackend, admin: redis.Redis, redis_url: str, redis_prefix: str
+) -> None:
+    queue = Queue(QUEUE, backend=backend)
+    ids = [await queue.add("hostile.record", [f"j{i}"], job_id=f"j{i}") for i in range(10)]
+    admin.hset(keys_of(backend).job("j4"), "enqueued_at", "soon")
+    events: list[LifecycleEvent] = []
+    bus.on("job:failed", events.append, inline=True)
+    try:
+        async with running_worker(QUEUE, backend, concurrency=10) as worker:
+
+            async def drained() -> bool:
+                counts = await queue.counts()
+                return (counts["completed"], counts["failed"]) == (9, 1)
+
+            await eventually(drained, timeout=20, what="nine completed, one dead-lettered")
+            assert worker.state == "running"
+    finally:
+        bus.off("job:failed", events.append)
+    assert sorted(label for label in ran if label in ids) == sorted(set(ids) - {"j4"})
+    assert [(event.job_id, event.reason) for event in events] == [("j4", "malformed_payload")]
     assert_consistent(redis_url, redis_prefix)
