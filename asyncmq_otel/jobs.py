@@ -379,7 +379,7 @@ class Job:
         if type(raw) is dict:
             fast = _decode_well_formed(cls, raw)
             if fast is not None:
-                return fast
+                return _with_valid_backoff(fast)
         if isinstance(raw, (bytes, str)):
             try:
                 raw = json.loads(raw)
@@ -424,7 +424,17 @@ class Job:
             raise MalformedJob(f"stored job has a bad field: {exc}") from exc
         if not all(isinstance(key, str) for key in job.kwargs):
             raise MalformedJob("stored job kwargs have non-string keys")
-        return job
+        return _with_valid_backoff(job)
+
+
+def _with_valid_backoff(job: Job) -> Job:
+    """``job``, once its stored backoff parses: a bad one would only fail at its first retry."""
+    if job.backoff is not None:
+        try:
+            Backoff.parse(job.backoff)
+        except (TypeError, ValueError) as exc:
+            raise MalformedJob(f"stored job has a bad backoff: {exc}") from exc
+    return job
 
 
 _STATE_BY_VALUE: dict[str, JobState] = {state.value: state for state in JobState}
@@ -604,13 +614,19 @@ def nested_too_deep(text: str | bytes, value: object, limit: int = MAX_STORED_DE
     return False
 
 
+def reject_constant(name: str) -> Any:  # noqa: ANN401 - json's parse_constant hook
+    """``parse_constant`` of stored-JSON decoders: ``NaN`` and ``Infinity`` are not JSON (P8)."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def decode_stored_envelope(payload: str) -> tuple[dict[str, Any] | None, str]:
     """The envelope of a stored payload, or ``None`` and why not (empty for the usual "not an object").
 
-    Never raises: a payload that is not JSON, not an object or nested too deep is malformed.
+    Never raises: a payload that is not JSON (``NaN`` included), not an object or nested too deep is
+    malformed.
     """
     try:
-        decoded = json.loads(payload)
+        decoded = json.loads(payload, parse_constant=reject_constant)
     except ValueError:
         return None, ""
     except RecursionError:

@@ -327,6 +327,14 @@ async def test_a_payload_nested_too_deep_is_claimed_malformed_alone(
     assert (await backend.fail(queue, "deep", by_id["deep"]["token"], "malformed_payload")).ok
 
 
+async def test_nan_and_infinity_in_a_stored_payload_are_not_json(backend: Backend, queue: str) -> None:
+    nan = envelope("nan", queue)[:-1] + ', "timeout": NaN}'
+    inf = envelope("inf", queue)[:-1] + ', "ttl": -Infinity}'
+    await backend.enqueue_bulk(queue, [EnqueueItem("nan", nan), EnqueueItem("inf", inf)])
+    by_id = {job["id"]: job for job in (await backend.claim(queue, "w1", 5, 30.0)).jobs}
+    assert by_id["nan"]["payload_error"] and by_id["inf"]["payload_error"]
+
+
 # -- settling and fencing -----------------------------------------------------------------------------------
 async def test_complete_is_fenced_and_replays(backend: Backend, queue: str) -> None:
     await put(backend, queue, "a")

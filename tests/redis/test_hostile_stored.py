@@ -356,12 +356,24 @@ async def test_a_settle_on_a_key_written_over_answers_gone_and_the_job_is_dead_l
     assert_consistent(redis_url, redis_prefix)
 
 
+BAD_ENVELOPE = b'{"v":1,"id":"j4","task":"hostile.record","queue":"hostile","args":["j4"],"max_retries":2,'
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("enqueued_at", b"soon"),
+        ("payload", BAD_ENVELOPE + b'"backoff":{"type":"bogus"}}'),  # would fail only at its first retry
+        ("payload", BAD_ENVELOPE + b'"timeout":NaN}'),  # not JSON
+    ],
+)
 async def test_a_worker_dead_letters_the_bad_job_with_its_event_and_runs_the_batch(
-    backend: RedisBackend, admin: redis.Redis, redis_url: str, redis_prefix: str
+    backend: RedisBackend, admin: redis.Redis, redis_url: str, redis_prefix: str, field: str, value: bytes
 ) -> None:
+    ran.clear()
     queue = Queue(QUEUE, backend=backend)
     ids = [await queue.add("hostile.record", [f"j{i}"], job_id=f"j{i}") for i in range(10)]
-    admin.hset(keys_of(backend).job("j4"), "enqueued_at", "soon")
+    admin.hset(keys_of(backend).job("j4"), field, value)
     events: list[LifecycleEvent] = []
     bus.on("job:failed", events.append, inline=True)
     try:

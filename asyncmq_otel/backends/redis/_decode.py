@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from ...errors import BackendError
-from ...jobs import MAX_SAFE_INT, MAX_STORED_DEPTH, JobState, nested_too_deep
+from ...jobs import MAX_SAFE_INT, MAX_STORED_DEPTH, JobState, nested_too_deep, reject_constant
 from ..base import RawJob, SettleReply, SettleStatus
 from ._scripts import text
 
@@ -69,7 +69,8 @@ _ABSENT = ord("-")
 Value = bytes | None
 
 
-_scan = json.scanner.make_scanner(cast("Any", json.JSONDecoder()))  # the stub types the context oddly
+# NaN and Infinity are not JSON (P8): a stored payload holding them is malformed
+_scan = json.scanner.make_scanner(cast("Any", json.JSONDecoder(parse_constant=reject_constant)))
 
 
 def dumps(value: object) -> str:
@@ -87,9 +88,9 @@ def loads(data: bytes | str) -> Any:  # noqa: ANN401 - any JSON value
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         value, end = _scan(text, 0)
     except (StopIteration, UnicodeDecodeError):
-        return json.loads(data)
+        return json.loads(data, parse_constant=reject_constant)
     if end != len(text):
-        return json.loads(data)
+        return json.loads(data, parse_constant=reject_constant)
     return value
 
 
