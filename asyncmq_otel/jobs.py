@@ -596,6 +596,8 @@ def nested_too_deep(text: str | bytes, value: object, limit: int = MAX_STORED_DE
     answered by two C-speed counts; only a payload with more brackets than ``limit`` is walked (without
     recursion, so any depth is measured safely).
     """
+    if len(text) <= limit:  # each level takes at least one character
+        return False
     if isinstance(text, bytes):
         brackets = text.count(b"[") + text.count(b"{")
     else:

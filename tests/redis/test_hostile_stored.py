@@ -162,6 +162,10 @@ async def test_a_delayed_hash_without_state_is_handed_over_malformed(
         ("retries", b"abc"),
         ("stalls", b"1.5"),
         ("interrupts", b"-"),
+        # what int() takes but the scripts' int_field does not: both must judge a value alike
+        ("retries", b"+1"),
+        ("stalls", b" 1"),
+        ("interrupts", b"1234567890123456"),
         ("finished_at", b"\xff"),
         ("progress", b"fast"),
         ("payload", DEEP),

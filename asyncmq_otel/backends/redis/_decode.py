@@ -10,7 +10,7 @@ builds it, so ``Job.from_dict`` decodes it. A payload that is not a JSON object 
 further: the job comes back as ``{id, queue, token, attempts, state, payload_error,
 payload_preview}`` and the worker dead-letters it as ``malformed_payload`` (P8). The same holds for
 a job whose bookkeeping cannot be decoded (no known state, a count or time that is not an integer
-within ±2^53, a payload nested deeper than :data:`~asyncmq_otel.jobs.MAX_STORED_DEPTH`): decoding
+of at most 15 digits, a payload nested deeper than :data:`~asyncmq_otel.jobs.MAX_STORED_DEPTH`): decoding
 is total, so one such job never raises in a claim, a reap or ``job show`` (reliability §8).
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from ...errors import BackendError
-from ...jobs import MAX_SAFE_INT, MAX_STORED_DEPTH, JobState, nested_too_deep, reject_constant
+from ...jobs import MAX_STORED_DEPTH, JobState, nested_too_deep, reject_constant
 from ..base import RawJob, SettleReply, SettleStatus
 from ._scripts import text
 
@@ -118,16 +118,18 @@ def _text(value: Value) -> str | None:
 
 
 def _count(name: str, value: Value) -> int:
-    """A stored integer (a count, or milliseconds) within ±(2^53-1); empty or absent reads as 0."""
+    """A stored integer (a count, or milliseconds); empty or absent reads as 0.
+
+    ASCII digits and an optional '-', at most 15 digits: what the scripts write and exactly what they
+    accept (int_field in _fence.lua), so a value a script leaves as found never decodes here.
+    """
     if not value:
         return 0
-    try:
-        number = int(value)
-    except ValueError:
-        raise _bad(name, value) from None
-    if not -MAX_SAFE_INT <= number <= MAX_SAFE_INT:
-        raise _bad(name, value)
-    return number
+    if len(value) <= 15 and value.isdigit():  # noqa: PLR2004 - the 15 digits above
+        return int(value)
+    if value[:1] == b"-" and len(value) <= 16 and value[1:].isdigit():  # noqa: PLR2004 - as above
+        return int(value)
+    raise _bad(name, value)
 
 
 def _seconds(name: str, value: Value) -> float | None:
@@ -265,21 +267,22 @@ def _decode_values(job_id: str, values: Sequence[Value], overlay: dict[str, Any]
         raise _Undecodable(
             "stored job has no state" if not state else f"stored job has an unknown state {state!r}"
         )
-    out["attempts"] = _count("attempts", attempts)
-    out["retries"] = _count("retries", retries)
-    out["stalls"] = _count("stalls", stalls)
-    out["interrupts"] = _count("interrupts", interrupts)
+    # a count or time absent (the usual case for a fresh job) costs no call
+    out["attempts"] = _count("attempts", attempts) if attempts else 0
+    out["retries"] = _count("retries", retries) if retries else 0
+    out["stalls"] = _count("stalls", stalls) if stalls else 0
+    out["interrupts"] = _count("interrupts", interrupts) if interrupts else 0
     out["state"] = state.decode()  # None is not in _STATES
     out["token"] = _text(token)
     out["owner"] = _text(owner)
     out["cancel_requested"] = cancel_requested == b"1"
     out["error"] = _json(error)
     out["dlq_reason"] = _text(dlq_reason)
-    out["enqueued_at"] = _seconds("enqueued_at", enqueued_at) or 0.0
-    out["eligible_at"] = _seconds("eligible_at", eligible_at) or 0.0
-    out["delay_until"] = _seconds("delay_until", delay_until)
-    out["expires_at"] = _seconds("expires_at", expires_at)
-    out["finished_at"] = _seconds("finished_at", finished_at)
+    out["enqueued_at"] = _count("enqueued_at", enqueued_at) / 1000.0 if enqueued_at else 0.0
+    out["eligible_at"] = _count("eligible_at", eligible_at) / 1000.0 if eligible_at else 0.0
+    out["delay_until"] = _count("delay_until", delay_until) / 1000.0 if delay_until else None
+    out["expires_at"] = _count("expires_at", expires_at) / 1000.0 if expires_at else None
+    out["finished_at"] = _count("finished_at", finished_at) / 1000.0 if finished_at else None
     out["progress"] = _progress(progress)
     out["id"] = job_id
     out["result"] = _json(result)

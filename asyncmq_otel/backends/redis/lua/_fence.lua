@@ -60,13 +60,17 @@ end
 
 -- A counter or millisecond field as a number, or nil when it is absent or not a plain integer
 -- (reliability §2: hand-written values such as 'abc', '1e+303', 'nan' or 'inf' must not make a
--- script fail after its first write). At most 16 characters: every such value is below 2^53.
+-- script fail after its first write): ASCII digits and an optional '-', at most 15 digits, so the
+-- value is exact in a double. The Python decode (_count in _decode.py) accepts exactly these.
 local function int_field(value)
   if type(value) == 'number' then
     return value
   end
-  if value and #value <= 16 and string.find(value, '^%-?%d+$') then
-    return tonumber(value)
+  if value then
+    local digits = string.match(value, '^%-?(%d+)$')
+    if digits and #digits <= 15 then
+      return tonumber(value)
+    end
   end
   return nil
 end
