@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import anyio.to_thread
 import pytest
 import redis
+from click.testing import CliRunner
 
 from asyncmq_otel.backends.base import EnqueueItem, RawJob, RenewStatus, SettleStatus
 from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.backends.redis._keys import QueueKeys
+from asyncmq_otel.cli import main
 from asyncmq_otel.errors import BackendError
 from asyncmq_otel.events import LifecycleEvent, bus
 from asyncmq_otel.jobs import Job
@@ -394,3 +397,24 @@ async def test_a_worker_dead_letters_the_bad_job_with_its_event_and_runs_the_bat
     assert sorted(label for label in ran if label in ids) == sorted(set(ids) - {"j4"})
     assert [(event.job_id, event.reason) for event in events] == [("j4", "malformed_payload")]
     assert_consistent(redis_url, redis_prefix)
+
+
+@pytest.mark.parametrize("corrupt", ["enqueued_at_soon", "string", "list"])
+async def test_job_show_prints_a_corrupt_job_without_a_traceback(
+    backend: RedisBackend, admin: redis.Redis, redis_url: str, redis_prefix: str, corrupt: str
+) -> None:
+    await backend.enqueue(QUEUE, item("a"))
+    job_key = keys_of(backend).job("a")
+    if corrupt == "enqueued_at_soon":
+        admin.hset(job_key, "enqueued_at", "soon")
+    elif corrupt == "string":
+        admin.delete(job_key)
+        admin.set(job_key, b"x")
+    else:
+        admin.delete(job_key)
+        admin.rpush(job_key, b"x")
+    target = ["--queue", QUEUE, "--backend", redis_url, "--prefix", redis_prefix]
+    result = await anyio.to_thread.run_sync(lambda: CliRunner().invoke(main, ["job", "show", "a", *target]))
+    assert result.exit_code == 0, result.output
+    assert "payload error" in result.stdout
+    assert "Traceback" not in result.output
