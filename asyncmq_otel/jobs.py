@@ -519,7 +519,7 @@ class Job:
         if type(raw) is dict:
             fast = _decode_well_formed(cls, raw)
             if fast is not None:
-                return fast
+                return _with_valid_backoff(fast)
         if isinstance(raw, (bytes, str)):
             try:
                 raw = json.loads(raw)
@@ -564,7 +564,17 @@ class Job:
             raise MalformedJob(f"stored job has a bad field: {exc}") from exc
         if not all(isinstance(key, str) for key in job.kwargs):
             raise MalformedJob("stored job kwargs have non-string keys")
-        return job
+        return _with_valid_backoff(job)
+
+
+def _with_valid_backoff(job: Job) -> Job:
+    """``job``, once its stored backoff parses: a bad one would only fail at its first retry."""
+    if job.backoff is not None:
+        try:
+            Backoff.parse(job.backoff)
+        except (TypeError, ValueError) as exc:
+            raise MalformedJob(f"stored job has a bad backoff: {exc}") from exc
+    return job
 
 
 _STATE_BY_VALUE: dict[str, JobState] = {state.value: state for state in JobState}
@@ -708,3 +718,63 @@ def _string_map_or_none(raw: Mapping[str, Any], key: str) -> dict[str, str] | No
     ):
         raise TypeError(f"field {key!r} must be an object of strings")
     return dict(value)
+
+
+# -- the decode side: stored payloads ------------------------------------------------------------
+MAX_STORED_DEPTH = 512
+"""The deepest nesting of lists and objects a stored payload may have, the envelope counting as 1.
+
+A deeper payload (only something written past the producer's checks can be) decodes as malformed
+and is dead-lettered ``malformed_payload``: nothing downstream then meets a ``RecursionError``. The
+producer's own nesting limit must stay below this."""
+
+
+def nested_too_deep(text: str | bytes, value: object, limit: int = MAX_STORED_DEPTH) -> bool:
+    """Whether ``value``, decoded from ``text``, nests lists and objects deeper than ``limit``.
+
+    The number of opening brackets in ``text`` bounds the depth, so almost every payload is
+    answered by two C-speed counts; only a payload with more brackets than ``limit`` is walked (without
+    recursion, so any depth is measured safely).
+    """
+    if len(text) <= limit:  # each level takes at least one character
+        return False
+    if isinstance(text, bytes):
+        brackets = text.count(b"[") + text.count(b"{")
+    else:
+        brackets = text.count("[") + text.count("{")
+    if brackets <= limit:
+        return False
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children: Any = item if type(item) is list else item.values() if isinstance(item, dict) else ()
+        for child in children:
+            if type(child) is list or type(child) is dict:
+                if depth + 1 > limit:
+                    return True
+                pending.append((child, depth + 1))
+    return False
+
+
+def reject_constant(name: str) -> Any:  # noqa: ANN401 - json's parse_constant hook
+    """``parse_constant`` of stored-JSON decoders: ``NaN`` and ``Infinity`` are not JSON (P8)."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_stored_envelope(payload: str) -> tuple[dict[str, Any] | None, str]:
+    """The envelope of a stored payload, or ``None`` and why not (empty for the usual "not an object").
+
+    Never raises: a payload that is not JSON (``NaN`` included), not an object or nested too deep is
+    malformed.
+    """
+    try:
+        decoded = json.loads(payload, parse_constant=reject_constant)
+    except ValueError:
+        return None, ""
+    except RecursionError:
+        return None, f"stored payload nests deeper than {MAX_STORED_DEPTH} levels"
+    if not isinstance(decoded, dict):
+        return None, ""
+    if nested_too_deep(payload, decoded):
+        return None, f"stored payload nests deeper than {MAX_STORED_DEPTH} levels"
+    return decoded, ""

@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from ...errors import BackendError, PayloadTooLarge
 from ...jobs import DLQ_REASONS, TERMINAL_STATES, JobState, check_job_id
 from ...settings import get_settings
@@ -35,7 +37,17 @@ from ..base import (
 from . import _scripts
 from ._batch import CompleteBatcher, PendingComplete
 from ._connection import AsyncClient, Connections, ConnectionSettings, mask_url, probe_server
-from ._decode import JOB_FIELDS, decode_batch_settle, decode_jobs, decode_settle, decode_values, dumps, loads
+from ._decode import (
+    JOB_FIELDS,
+    claimed_attempts,
+    decode_batch_settle,
+    decode_jobs,
+    decode_settle,
+    decode_values,
+    dumps,
+    loads,
+    not_a_hash,
+)
 from ._events import CancelHints, EventsMixin, hint
 from ._keys import Keys, QueueKeys
 from ._registry import RegistryMixin, server_of
@@ -73,7 +85,7 @@ def _envelope_priority_ttl(payload: str) -> tuple[object, object]:
     """
     try:
         envelope = loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # a malformed payload is stored as is (see above)
         return 5, None
     if not isinstance(envelope, dict):
         return 5, None
@@ -352,6 +364,12 @@ class RedisBackend(RegistryMixin, EventsMixin):
         for chunk, reply in zip(chunks, replies, strict=True):
             if reply[0] == b"TOO_LARGE":  # only when max_payload_bytes differs between producers
                 raise PayloadTooLarge(int(reply[2]), self.max_payload_bytes)
+            if reply[0] == b"NOT_A_HASH":  # another program wrote over the key: nothing was stored
+                job_id = chunk[int(reply[1]) - 1][0]
+                raise BackendError(
+                    f"the key of job {job_id!r} holds another Redis type, not a job hash; nothing of "
+                    "this batch was stored (delete the key or use another id)"
+                )
             now = int(reply[1])
             held = {int(other[0]): other for other in reply[2]}
             for index, (job_id, _payload, delay_ms, _spec) in enumerate(chunk, start=1):
@@ -408,7 +426,7 @@ class RedisBackend(RegistryMixin, EventsMixin):
                 "state": "active",
                 "token": f"{nonce}.{index}",
                 "owner": worker_id,
-                "attempts": int(values[2] or 0) + 1,
+                "attempts": claimed_attempts(values[2]),
                 "cancel_requested": False,
             }
             jobs.append(decode_values(queue, job_id.decode("utf-8", "replace"), values, overlay))
@@ -661,7 +679,15 @@ class RedisBackend(RegistryMixin, EventsMixin):
         """The stored job with its state, or ``None``."""
         keys = self.keys.queue(queue)
         await self._epoch(keys)
-        values = await self.connections.run(lambda client: client.hmget(keys.job(job_id), JOB_FIELDS))
+
+        async def op(client: AsyncClient) -> Any:  # noqa: ANN401 - the values, or the error of a key of another type
+            pipe = client.pipeline(transaction=False)
+            pipe.hmget(keys.job(job_id), JOB_FIELDS)
+            return (await pipe.execute(raise_on_error=False))[0]
+
+        values = await self.connections.run(op)
+        if isinstance(values, ResponseError):  # written over by another program: shown, not raised
+            return not_a_hash(queue, job_id)
         return decode_values(queue, job_id, values) if any(v is not None for v in values) else None
 
     async def counts(self, queue: str) -> dict[str, int]:
@@ -697,11 +723,14 @@ class RedisBackend(RegistryMixin, EventsMixin):
             pipe = client.pipeline(transaction=False)
             for job_id in ids:
                 pipe.hmget(keys.job(_scripts.text(job_id)), JOB_FIELDS)
-            found = await pipe.execute()
+            # a key of another type answers an error for that job alone (shown as malformed)
+            found = await pipe.execute(raise_on_error=False)
             return [
-                decode_values(queue, _scripts.text(job_id), values)
+                not_a_hash(queue, _scripts.text(job_id))
+                if isinstance(values, ResponseError)
+                else decode_values(queue, _scripts.text(job_id), values)
                 for job_id, values in zip(ids, found, strict=True)
-                if any(v is not None for v in values)
+                if isinstance(values, ResponseError) or any(v is not None for v in values)
             ]
 
         return await self.connections.run(op)
