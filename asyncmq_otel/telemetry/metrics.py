@@ -58,12 +58,12 @@ OTHER: Final = "_OTHER"
 """The label value of the overflow series and of values past a top-N limit."""
 
 # -- buckets (§3.2) --------------------------------------------------------------------------------
-B_OP: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-B_PROC: Final = (*B_OP, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-B_WAIT: Final = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+# Rev. 2 starts at 0.1 ms: semconv's 5 ms floor hid every loopback Redis round trip and pickup.
+B_OP: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+B_PROC: Final = (*B_OP, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+B_WAIT: Final = B_PROC  # the same boundaries (§3.2 lists them separately)
 B_E2E: Final = (*B_WAIT, 7200.0, 21600.0, 86400.0)
 B_ATT: Final = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 13.0, 21.0)
 
@@ -88,9 +88,18 @@ WRITE_OPERATIONS: Final = (
     "send", "schedule", "ack", "retry", "dead_letter", "expire", "cancel", "requeue", "pause", "resume",
 )  # fmt: skip
 STALE_OPERATIONS: Final = ("ack", "retry", "dead_letter", "cancel", "requeue")
+PROCESS_OPERATIONS: Final = ("process",)
 OUTCOMES: Final = ("completed", "retried", "interrupted", "failed", "expired", "cancelled")
+ATTEMPT_OUTCOMES: Final = ("completed", "retried", "interrupted", "failed", "cancelled")
+ERROR_OUTCOMES: Final = ("retried", "failed")
 TERMINAL_OUTCOMES: Final = ("completed", "failed", "expired", "cancelled")
 DLQ_REASONS: Final = ("failed", "expired", "unknown_task", "malformed_payload", "worker_lost", "interrupted")
+OUTCOME_REASONS: Final = (
+    ("completed", ""), ("retried", ""), ("interrupted", ""), ("cancelled", ""), ("expired", "expired"),
+    ("failed", "failed"), ("failed", "worker_lost"), ("failed", "interrupted"), ("failed", "unknown_task"),
+    ("failed", "malformed_payload"),
+)  # fmt: skip
+"""Every (outcome, reason) pair #7 can record: each is pre-initialised, so its first increment is visible."""
 STATES: Final = ("ready", "scheduled", "active", "dead")
 PRIORITY_CLASSES: Final = ("high", "normal", "low")
 SIGNALS: Final = ("event", "span", "metric", "log")
@@ -132,7 +141,7 @@ class MetricDef:
     """One row of the definition table (§3.4).
 
     Attributes:
-        number: the row number the contract refers to (#1 … #24).
+        number: the row number the contract refers to (#1 … #26).
         name: the OTel instrument name.
         kind: the OTel instrument.
         unit: ``s`` or an annotation such as ``{job}``.
@@ -229,10 +238,11 @@ METRICS: Final = (
          (_Q, _T, OPERATION, ERROR_TYPE), "Jobs sent by producers (one per job; failed stores included).",
          values={OPERATION: SENT_OPERATIONS}),
     _row(2, "messaging.client.consumed.messages", _C, "{message}", "messaging_client_consumed_messages_total",
-         (_Q, _T, _GR), "Jobs delivered to a worker: at job start, or at a pickup settle."),
+         (_Q, _T, _GR, OPERATION), "Jobs delivered to a worker: at job start, or at a pickup settle.", None,
+         {OPERATION: PROCESS_OPERATIONS}),
     _row(3, "messaging.process.duration", _H, "s", "messaging_process_duration_seconds",
-         (_Q, _T, _GR, ERROR_TYPE), "Duration of each attempt that ran (the process span).", B_PROC,
-         exemplars=True),
+         (_Q, _T, _GR, OPERATION, OUTCOME), "Duration of each attempt that ran (the process span).", B_PROC,
+         {OPERATION: PROCESS_OPERATIONS, OUTCOME: ATTEMPT_OUTCOMES}, exemplars=True),
     _row(4, "messaging.client.operation.duration", _H, "s", "messaging_client_operation_duration_seconds",
          (_Q, OPERATION, ERROR_TYPE), "Backend round trip of each lifecycle write.", B_OP,
          {OPERATION: WRITE_OPERATIONS}),
@@ -243,7 +253,7 @@ METRICS: Final = (
          (_Q, _T, OUTCOME), "Time from first enqueue to the terminal outcome, retries and delays included.",
          B_E2E, {OUTCOME: TERMINAL_OUTCOMES}, exemplars=True),
     _row(7, "asyncmq.job.outcomes", _C, "{job}", "asyncmq_job_outcomes_total",
-         (_Q, _T, _GR, OUTCOME, ERROR_TYPE, REASON), "Outcome of every attempt or settle.", None,
+         (_Q, _T, _GR, OUTCOME, REASON), "Outcome of every attempt or settle.", None,
          {OUTCOME: OUTCOMES, REASON: ("", *DLQ_REASONS)}),
     _row(8, "asyncmq.job.attempts", _H, "{attempt}", "asyncmq_job_attempts",
          (_Q, _T, OUTCOME), "Handler runs started per finished job.", B_ATT, {OUTCOME: TERMINAL_OUTCOMES}),
@@ -281,11 +291,14 @@ METRICS: Final = (
     _row(24, "asyncmq.stale_writes.rejected", _C, "{write}", "asyncmq_stale_writes_rejected_total",
          (_Q, OPERATION), "Settles rejected because the lease was lost (STALE) or the job was gone.", None,
          {OPERATION: STALE_OPERATIONS}),
-    # An extension to the contract's table, asked for by the operations issue: worker liveness seen
-    # from the registry, per queue, from the queue sampler like #17–#19 (asyncmq_worker_up would count
-    # workers twice once the exporter reported it too).
+    # Worker liveness seen from the registry, per queue, from the queue sampler like #17–#19
+    # (asyncmq_worker_up would count workers twice once the exporter reported it too).
     _row(25, "asyncmq.queue.consumers", _OG, "{worker}", "asyncmq_queue_consumers",
          (_Q,), "Live workers consuming the queue, from the worker registry (queue sampler)."),
+    _row(26, "asyncmq.job.errors", _C, "{attempt}", "asyncmq_job_errors_total",
+         (_Q, _T, ERROR_TYPE, OUTCOME),
+         "Attempts that raised (or failed without an exception), by error type.", None,
+         {OUTCOME: ERROR_OUTCOMES}),
 )  # fmt: skip
 """The definition table: both sinks are built from these rows and nothing else."""
 
@@ -563,6 +576,29 @@ class MetricSinks:
     def gauge(self, number: int, *values: str) -> GaugeSeries:
         """The bound series of gauge or up-down counter row ``number``."""
         return self._bind(number, values, GaugeSeries)  # type: ignore[no-any-return]
+
+    def remove(self, number: int, **match: str) -> int:
+        """Unbind every series of row ``number`` whose labels equal ``match`` (attribute keys with ``_``).
+
+        The scrape sink stops exposing them; the OTLP sink cannot forget a cumulative series, so its
+        instruments are left alone. Returns how many series were removed.
+        """
+        bindings = self._bindings[number]
+        row = bindings.row
+        index = {label_key(key): i for i, key in enumerate(row.labels)}
+        unknown = set(match) - set(index)
+        if unknown:
+            raise ValueError(f"metric {row.name} has no labels {sorted(unknown)}")
+        prom = self._prom.get(number)
+        removed = 0
+        with bindings._lock:  # noqa: SLF001 - the bindings record is private to this class
+            for values in [v for v in bindings.series if all(v[index[k]] == m for k, m in match.items())]:
+                del bindings.series[values]
+                if prom is not None:
+                    full = (("asyncmq",) if row.system_label else ()) + values
+                    prom.remove(*full)
+                removed += 1
+        return removed
 
     def bound(self, number: int) -> int:
         """Label sets bound so far for row ``number`` (the overflow series excluded)."""
