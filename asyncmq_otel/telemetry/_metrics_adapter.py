@@ -44,7 +44,11 @@ if TYPE_CHECKING:
 __all__ = ["MetricsAdapter"]
 
 _DEFAULT_GROUP = "default"
+_DEFAULT_PRIORITY = 5  # priority_class "normal": most jobs, so it skips the call
 _STALE_STATUSES = frozenset({"STALE", "GONE"})
+_WRITE_OPERATIONS = frozenset(WRITE_OPERATIONS)
+_SENT_OPERATIONS = frozenset(SENT_OPERATIONS)
+_STALE_OPERATIONS = frozenset(STALE_OPERATIONS)
 _OPERATION_DURATION = 4  # the row numbers of §3.4 whose recent error types are tracked apart
 _JOB_ERRORS = 26
 _FAILED_REASONS = frozenset(reason for outcome, reason in OUTCOME_REASONS if outcome == "failed")
@@ -54,17 +58,17 @@ class _JobSeries:
     """The pre-bound children of one (queue, task, group)."""
 
     __slots__ = (
-        "attempts",
         "completed",
         "consumed",
-        "e2e",
         "errors",
         "group",
         "outcomes",
         "process",
         "queue",
         "task",
+        "terminal",
         "wait",
+        "worker",
     )
 
     def __init__(self, sinks: MetricSinks, queue: str, task: str, group: str) -> None:
@@ -83,8 +87,8 @@ class _JobSeries:
             for outcome, reason in OUTCOME_REASONS
         }
         self.completed = self.outcomes["completed", ""]
-        self.e2e: dict[str, HistogramSeries] = {}
-        self.attempts: dict[str, HistogramSeries] = {}
+        self.terminal: dict[str, tuple[HistogramSeries, HistogramSeries]] = {}  # #6, #8 by outcome
+        self.worker: _WorkerSeries | None = None  # the (queue, group) series its attempts run under
         self.errors: dict[tuple[str, str], CounterSeries] = {}
 
 
@@ -137,6 +141,10 @@ class _WorkerSeries:
         self.concurrency = sinks.gauge(16, queue, group)
 
 
+def _no_trace_id() -> None:
+    """No exemplar: traces are off."""
+
+
 def _trace_id() -> str | None:
     """The current span's trace id when it is valid and sampled (the exemplar of #3, #5, #6)."""
     ctx = trace.get_current_span().get_span_context()
@@ -155,6 +163,7 @@ class MetricsAdapter:
             the series of an evicted value are removed from the scrape sink.
         group: the consumer group used when an event carries none.
         warn: how a one-off telemetry warning is logged: ``warn(event_name, fields)``.
+        exemplars: attach the sampled attempt's trace id to #3, #5 and #6 (off when traces are off).
 
     """
 
@@ -168,8 +177,11 @@ class MetricsAdapter:
         error_type_limit: int = 20,
         group: str = _DEFAULT_GROUP,
         warn: Callable[[str, Mapping[str, object]], None] | None = None,
+        exemplars: bool = True,
     ) -> None:
         self.sinks = sinks
+        # Without the trace adapter no attempt span is ever current, so looking one up is wasted work.
+        self._trace_id = _trace_id if exemplars else _no_trace_id
         self._bus = bus
         self._group = group
         self._warn = warn
@@ -181,7 +193,12 @@ class MetricsAdapter:
         self._workers: dict[tuple[str, str], _WorkerSeries] = {}
         self._worker_by_event: dict[tuple[str | None, str | None], _WorkerSeries] = {}
         self._error_types = _RecentErrorTypes(error_type_limit, self._evict_error_type)
-        self._inflight: dict[tuple[str | None, str | None, int | None], tuple[_WorkerSeries, float]] = {}
+        # Per running attempt: its worker series, start (monotonic), exemplar trace id and job series.
+        self._inflight: dict[
+            tuple[str | None, str | None, int | None], tuple[_WorkerSeries, float, str | None, _JobSeries]
+        ] = {}
+        # #4 of the writes that succeeded, by (queue, operation): one lookup per write.
+        self._writes: dict[tuple[str | None, str], HistogramSeries] = {}
         self._served: set[tuple[str, str]] = set()
         self._lost_queues: set[str] = set()
         self._overflow_warned: set[str] = set()
@@ -273,60 +290,68 @@ class MetricsAdapter:
     def _started(self, event: LifecycleEvent) -> None:
         js = self._job(event)
         js.consumed.inc()
-        if event.wait_s is not None:
-            cls = "normal" if event.priority is None else priority_class(event.priority)
-            js.wait[cls].observe(max(0.0, event.wait_s), _trace_id())
-        ws = self._worker(event)
+        # The attempt's span, if sampled, is current now: its trace id serves every exemplar of the attempt.
+        trace_id = self._trace_id()
+        wait = event.wait_s
+        if wait is not None:
+            priority = event.priority
+            cls = "normal" if priority is None or priority == _DEFAULT_PRIORITY else priority_class(priority)
+            js.wait[cls].observe(wait if wait > 0.0 else 0.0, trace_id)  # noqa: FURB136 - hot path: no call
+        ws = js.worker
+        if ws is None:
+            ws = js.worker = self._worker(event)
         ws.active.add(1)
         started = event.started_monotonic if event.started_monotonic is not None else time.perf_counter()
-        self._inflight[event.queue, event.job_id, event.attempt] = (ws, started)
+        self._inflight[event.queue, event.job_id, event.attempt] = (ws, started, trace_id, js)
 
-    def _end_attempt(self, event: LifecycleEvent) -> None:
+    def _end_attempt(self, event: LifecycleEvent) -> tuple[_JobSeries, str | None]:
+        """The attempt leaves the in-flight set: its series and its exemplar trace id, as at its start."""
         entry = self._inflight.pop((event.queue, event.job_id, event.attempt), None)
-        if entry is not None:
-            entry[0].active.add(-1)
+        if entry is None:  # nothing ran here: a pickup settle, the reaper's worker_lost, another process
+            return self._job(event), self._trace_id()
+        entry[0].active.add(-1)
+        return entry[3], entry[2]
 
     @staticmethod
     def _ran(js: _JobSeries, event: LifecycleEvent, outcome: str, trace_id: str | None) -> None:
         duration = event.duration_s
         if duration is not None:
-            js.process[outcome].observe(max(0.0, duration), trace_id)
+            js.process[outcome].observe(duration if duration > 0.0 else 0.0, trace_id)  # noqa: FURB136 - as above
 
     def _terminal(
         self, js: _JobSeries, event: LifecycleEvent, outcome: str, runs: int, trace_id: str | None
     ) -> None:
-        e2e = js.e2e.get(outcome)
-        if e2e is None:
-            e2e = js.e2e[outcome] = self.sinks.histogram(6, js.queue, js.task, outcome)
-        attempts = js.attempts.get(outcome)
-        if attempts is None:
-            attempts = js.attempts[outcome] = self.sinks.histogram(8, js.queue, js.task, outcome)
+        bound = js.terminal.get(outcome)
+        if bound is None:
+            bound = js.terminal[outcome] = (
+                self.sinks.histogram(6, js.queue, js.task, outcome),
+                self.sinks.histogram(8, js.queue, js.task, outcome),
+            )
+        e2e, attempts = bound
         if event.enqueued_at:
             finished = event.finished_at if event.finished_at is not None else event.ts
             e2e.observe(max(finished - event.enqueued_at, 0.0), trace_id)
-        attempts.observe(float(max(runs, 0)))
+        attempts.observe(float(runs) if runs > 0 else 0.0)
 
     def _completed(self, event: LifecycleEvent) -> None:
-        js = self._job(event)
-        trace_id = _trace_id()
-        self._ran(js, event, "completed", trace_id)
+        js, trace_id = self._end_attempt(event)
+        duration = event.duration_s
+        if duration is not None:  # _ran, inlined: the most frequent outcome
+            js.process["completed"].observe(duration if duration > 0.0 else 0.0, trace_id)  # noqa: FURB136
         js.completed.inc()
         self._terminal(js, event, "completed", event.attempt or 0, trace_id)
-        self._end_attempt(event)
 
     def _retried(self, event: LifecycleEvent) -> None:
-        js = self._job(event)
+        js, trace_id = self._end_attempt(event)
         error_type = event.error_type or (error_type_name(event.exception) if event.exception else "")
-        self._ran(js, event, "retried", _trace_id())
+        self._ran(js, event, "retried", trace_id)
         js.outcomes["retried", ""].inc()
         self._count_error(js, error_type or OTHER, "retried")
-        self._end_attempt(event)
 
     def _failed(self, event: LifecycleEvent) -> None:
-        js = self._job(event)
+        js, trace_id = self._end_attempt(event)
         reason = event.reason if event.reason in _FAILED_REASONS else "failed"
         error_type = event.error_type or (error_type_name(event.exception) if event.exception else reason)
-        trace_id = _trace_id()
         if reason in {"failed", "interrupted"}:  # after a run
             self._ran(js, event, "failed", trace_id)
             runs = event.attempt or 0
@@ -338,17 +363,15 @@ class MetricsAdapter:
         js.outcomes["failed", reason].inc()
         self._count_error(js, error_type, "failed")
         self._terminal(js, event, "failed", runs, trace_id)
-        self._end_attempt(event)
 
     def _expired(self, event: LifecycleEvent) -> None:
         js = self._job(event)
         js.consumed.inc()
         js.outcomes["expired", "expired"].inc()
-        self._terminal(js, event, "expired", _runs_before_pickup(event), _trace_id())
+        self._terminal(js, event, "expired", _runs_before_pickup(event), self._trace_id())
 
     def _cancelled(self, event: LifecycleEvent) -> None:
-        js = self._job(event)
-        trace_id = _trace_id()
+        js, trace_id = self._end_attempt(event)
         if event.reason == "running":
             self._ran(js, event, "cancelled", trace_id)
             runs = event.attempt or 0
@@ -357,13 +380,11 @@ class MetricsAdapter:
             runs = _runs_before_pickup(event)
         js.outcomes["cancelled", ""].inc()
         self._terminal(js, event, "cancelled", runs, trace_id)
-        self._end_attempt(event)
 
     def _interrupted(self, event: LifecycleEvent) -> None:
-        js = self._job(event)
-        self._ran(js, event, "interrupted", _trace_id())
+        js, trace_id = self._end_attempt(event)
+        self._ran(js, event, "interrupted", trace_id)
         js.outcomes["interrupted", ""].inc()
-        self._end_attempt(event)
 
     def _throttled(self, event: LifecycleEvent) -> None:
         ws = self._worker(event)
@@ -418,7 +439,7 @@ class MetricsAdapter:
     def _running_max_age(self) -> Iterable[tuple[tuple[str, ...], float]]:
         now = time.perf_counter()
         ages: dict[tuple[str, str], float] = dict.fromkeys(list(self._served), 0.0)
-        for ws, started in list(self._inflight.values()):
+        for ws, started, *_ in list(self._inflight.values()):
             key = (ws.queue, ws.group)
             ages[key] = max(ages.get(key, 0.0), now - started)
         return ages.items()
@@ -463,19 +484,28 @@ class MetricsAdapter:
         queue = operation.queue or OTHER
         error = operation.error
         error_type = "" if error is None else error_type_name(error)
-        if name in WRITE_OPERATIONS and operation.duration_s is not None:
-            label = self._error_types.use(4, "", error_type)
-            self.sinks.histogram(4, queue, name, label).observe(max(operation.duration_s, 0.0))
-        if name in SENT_OPERATIONS:
+        duration = operation.duration_s
+        if duration is not None and name in _WRITE_OPERATIONS:
+            if error is None:
+                series = self._writes.get((queue, name))
+                if series is None:
+                    series = self._writes[queue, name] = self.sinks.histogram(4, queue, name, "")
+            else:
+                label = self._error_types.use(4, "", error_type)
+                series = self.sinks.histogram(4, queue, name, label)
+            series.observe(duration if duration > 0.0 else 0.0)  # noqa: FURB136 - hot path: no call
+        if name in _SENT_OPERATIONS:
             for job in operation.jobs:
                 task = job.task if job.task in TASK_REGISTRY else OTHER
                 sent = "schedule" if name == "schedule" or job.delay_until is not None else "send"
                 label = self._error_types.use(1, task, error_type)
                 self.sinks.counter(1, queue, task, sent, label).inc()
-        if name in STALE_OPERATIONS and operation.outcome in _STALE_STATUSES:
+        if operation.outcome in _STALE_STATUSES and name in _STALE_OPERATIONS:
             self.sinks.counter(24, queue, name).inc()
         if error is None:
-            self._set_backend_up(up=True)
+            self._last_success = time.monotonic()
+            if self._backend_up is not True:
+                self._set_backend_up(up=True)
         elif isinstance(error, BackendUnavailable):
             self._set_backend_up(up=False)
 

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge as PromGauge
@@ -28,7 +28,8 @@ from prometheus_client import Histogram as PromHistogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from . import _multiprocess
+from . import _accumulators, _multiprocess
+from ._accumulators import CounterValue, GaugeValue, HistogramValue
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
@@ -303,6 +304,9 @@ METRICS: Final = (
 """The definition table: both sinks are built from these rows and nothing else."""
 
 METRICS_BY_NUMBER: Final = {row.number: row for row in METRICS}
+_VALUES: Final[Mapping[InstrumentKind, type[CounterValue]]] = {
+    _C: CounterValue, _G: GaugeValue, _UDC: GaugeValue,
+}  # fmt: skip
 METRICS_BY_NAME: Final = {row.name: row for row in METRICS}
 
 ObserveFn = Callable[[], Iterable[tuple[tuple[str, ...], float]]]
@@ -310,12 +314,43 @@ ObserveFn = Callable[[], Iterable[tuple[tuple[str, ...], float]]]
 
 
 # -- series: one label set, bound in both sinks -------------------------------------------------------
+class CounterSeries(Protocol):
+    """A bound counter: ``inc()``."""
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount``."""
+        ...
+
+
+class HistogramSeries(Protocol):
+    """A bound histogram: ``observe()``, with an optional trace id exemplar."""
+
+    def observe(self, value: float, trace_id: str | None = None) -> None:
+        """Record ``value``; ``trace_id`` becomes the scrape sink's exemplar where the row has exemplars."""
+        ...
+
+
+class GaugeSeries(Protocol):
+    """A bound gauge (``set``) or up-down counter (``add``)."""
+
+    def set(self, value: float) -> None:
+        """Set the gauge."""
+        ...
+
+    def add(self, amount: float = 1.0) -> None:
+        """Move the up-down counter by ``amount``."""
+        ...
+
+
+# With the scrape sink alone, a bound series is its accumulator itself (one call per record). These
+# wrappers serve the other cases: the OTLP sink too, an overflow series (each record is counted as
+# dropped), or multi-process mode (prometheus_client's children).
 class _Series:
     __slots__ = ("_attrs", "_otel", "_overflow", "_prom")
 
     def __init__(
         self,
-        prom: Any,  # noqa: ANN401 - a prometheus_client child of any of three classes
+        prom: Any,  # noqa: ANN401 - an accumulator, or a prometheus_client child in multi-process mode
         otel: Any,  # noqa: ANN401 - an OTel instrument of any of four classes
         attrs: Mapping[str, str],
         overflow: Callable[[], None] | None,
@@ -327,10 +362,7 @@ class _Series:
 
 
 def _add(self: _Series, amount: float = 1.0) -> None:
-    """Add ``amount`` in both sinks (negative to subtract, on an up-down counter).
-
-    ``CounterSeries.inc`` and ``GaugeSeries.add`` are this function itself, not wrappers: it is the hot path.
-    """
+    """Add ``amount`` in both sinks (negative to subtract, on an up-down counter)."""
     if self._overflow is not None:
         self._overflow()
     if self._prom is not None:
@@ -339,39 +371,28 @@ def _add(self: _Series, amount: float = 1.0) -> None:
         self._otel.add(amount, self._attrs)
 
 
-class CounterSeries(_Series):
-    """A bound counter: ``inc()``."""
-
+class _Counter(_Series):
     __slots__ = ()
 
     inc = _add
 
 
-class HistogramSeries(_Series):
-    """A bound histogram: ``observe()``, with an optional trace id exemplar."""
-
+class _Histogram(_Series):
     __slots__ = ()
 
     def observe(self, value: float, trace_id: str | None = None) -> None:
-        """Record ``value``; ``trace_id`` becomes the scrape sink's exemplar where the row has exemplars."""
         if self._overflow is not None:
             self._overflow()
         if self._prom is not None:
-            if trace_id is None:
-                self._prom.observe(value)
-            else:
-                self._prom.observe(value, {"trace_id": trace_id})
+            self._prom.observe(value, trace_id)
         if self._otel is not None:
             self._otel.record(value, self._attrs)
 
 
-class GaugeSeries(_Series):
-    """A bound gauge (``set``) or up-down counter (``add``)."""
-
+class _Gauge(_Series):
     __slots__ = ()
 
     def set(self, value: float) -> None:
-        """Set the gauge in both sinks."""
         if self._overflow is not None:
             self._overflow()
         if self._prom is not None:
@@ -380,6 +401,26 @@ class GaugeSeries(_Series):
             self._otel.set(value, self._attrs)
 
     add = _add  # the up-down counter's operation
+
+
+class _SharedFileHistogram:
+    """A multi-process histogram child: its files hold no exemplars, so the trace id is dropped (§3.7)."""
+
+    __slots__ = ("_child",)
+
+    def __init__(self, child: Any) -> None:  # noqa: ANN401 - a prometheus_client histogram child
+        self._child = child
+
+    def observe(self, value: float, _trace_id: str | None = None) -> None:
+        self._child.observe(value)
+
+
+_WRAPPERS: Final[Mapping[InstrumentKind, type[_Series]]] = {
+    InstrumentKind.COUNTER: _Counter,
+    InstrumentKind.HISTOGRAM: _Histogram,
+    InstrumentKind.GAUGE: _Gauge,
+    InstrumentKind.UP_DOWN_COUNTER: _Gauge,
+}
 
 
 class _FilteredCollector(Collector):
@@ -402,8 +443,8 @@ class _Bindings:
     def __init__(self, row: MetricDef, limit: int) -> None:
         self.row = row
         self.limit = limit
-        self.series: dict[tuple[str, ...], _Series] = {}
-        self._overflow: _Series | None = None
+        self.series: dict[tuple[str, ...], Any] = {}  # an accumulator, or a _Series wrapper
+        self._overflow: Any = None
         self._overflow_warned = False
         self._lock = threading.Lock()
 
@@ -459,12 +500,12 @@ class MetricSinks:
         # Multi-process mode (§3.7): observable rows become plain gauges, refreshed every second.
         self.multiprocess = registry is not None and _multiprocess.enabled()
         self._refresher: _multiprocess.ObservableRefresher | None = None
+        # One process: plain accumulators read at scrape time (the job path's cost, §6). Several:
+        # prometheus_client's children, the only ones that write the shared multi-process files.
+        self._accumulate = registry is not None and not self.multiprocess
         if registry is not None:
-            self._prom = {
-                row.number: self._make_prom(row)
-                for row in METRICS
-                if row.kind is not _OG or self.multiprocess
-            }
+            if self.multiprocess:
+                self._prom = {row.number: self._make_prom(row) for row in METRICS}
             self._collector = _FilteredCollector(self)
             registry.register(self._collector)
         self._otel: dict[int, Any] = {}
@@ -523,7 +564,7 @@ class MetricSinks:
         """Whether the OTLP sink is on."""
         return bool(self._otel)
 
-    def _bind(self, number: int, values: tuple[str, ...], cls: type[_Series]) -> Any:  # noqa: ANN401
+    def _bind(self, number: int, values: tuple[str, ...]) -> Any:  # noqa: ANN401 - one of the series types
         bindings = self._bindings[number]
         series = bindings.series.get(values)
         if series is not None:
@@ -538,23 +579,29 @@ class MetricSinks:
             if len(bindings.series) >= bindings.limit:
                 overflow = bindings._overflow  # noqa: SLF001 - as above
                 if overflow is None:
-                    overflow = self._make_series(row, (OTHER,) * len(values), cls, overflow=True)
+                    overflow = self._make_series(row, (OTHER,) * len(values), overflow=True)
                     bindings._overflow = overflow  # noqa: SLF001 - as above
                 return overflow
-            series = self._make_series(row, values, cls, overflow=False)
+            series = self._make_series(row, values, overflow=False)
             bindings.series[values] = series
             return series
 
-    def _make_series(
-        self, row: MetricDef, values: tuple[str, ...], cls: type[_Series], *, overflow: bool
-    ) -> _Series:
+    def _make_series(self, row: MetricDef, values: tuple[str, ...], *, overflow: bool) -> Any:  # noqa: ANN401
         full = (("asyncmq",) if row.system_label else ()) + values
-        prom = self._prom.get(row.number)
-        prom_child = None if prom is None else (prom.labels(*full) if full else prom)
+        otel = self._otel.get(row.number)
+        value: Any = None
+        if self._accumulate:
+            value = HistogramValue(self.buckets[row.number]) if row.kind is _H else _VALUES[row.kind]()
+            if otel is None and not overflow:
+                return value  # the hot path: one call per record
+        elif (prom := self._prom.get(row.number)) is not None:
+            value = prom.labels(*full) if full else prom
+            if row.kind is _H:
+                value = _SharedFileHistogram(value)
         attrs = {
-            key: value
-            for key, value in zip(row.attribute_keys, full, strict=True)
-            if not (key == ERROR_TYPE and value == "")
+            key: label
+            for key, label in zip(row.attribute_keys, full, strict=True)
+            if not (key == ERROR_TYPE and label == "")
         }
         callback = None
         if overflow and self._on_overflow is not None:
@@ -563,19 +610,19 @@ class MetricSinks:
             def callback() -> None:
                 on_overflow(row)
 
-        return cls(prom_child, self._otel.get(row.number), attrs, callback)
+        return _WRAPPERS[row.kind](value, otel, attrs, callback)
 
     def counter(self, number: int, *values: str) -> CounterSeries:
         """The bound series of counter row ``number`` for ``values`` (its labels, in row order)."""
-        return self._bind(number, values, CounterSeries)  # type: ignore[no-any-return]
+        return self._bind(number, values)  # type: ignore[no-any-return]
 
     def histogram(self, number: int, *values: str) -> HistogramSeries:
         """The bound series of histogram row ``number``."""
-        return self._bind(number, values, HistogramSeries)  # type: ignore[no-any-return]
+        return self._bind(number, values)  # type: ignore[no-any-return]
 
     def gauge(self, number: int, *values: str) -> GaugeSeries:
         """The bound series of gauge or up-down counter row ``number``."""
-        return self._bind(number, values, GaugeSeries)  # type: ignore[no-any-return]
+        return self._bind(number, values)  # type: ignore[no-any-return]
 
     def remove(self, number: int, **match: str) -> int:
         """Unbind every series of row ``number`` whose labels equal ``match`` (attribute keys with ``_``).
@@ -594,7 +641,7 @@ class MetricSinks:
         with bindings._lock:  # noqa: SLF001 - the bindings record is private to this class
             for values in [v for v in bindings.series if all(v[index[k]] == m for k, m in match.items())]:
                 del bindings.series[values]
-                if prom is not None:
+                if prom is not None and not self._accumulate:
                     full = (("asyncmq",) if row.system_label else ()) + values
                     prom.remove(*full)
                 removed += 1
@@ -635,6 +682,8 @@ class MetricSinks:
             prom = self._prom.get(row.number)
             if prom is not None:
                 yield from prom.collect()
+            elif self._accumulate and row.kind is not _OG:
+                yield self._accumulated(row)
             elif row.kind is _OG and self.registry is not None:
                 family = GaugeMetricFamily(
                     row.prometheus_name, row.description, labels=row.label_keys,
@@ -643,6 +692,26 @@ class MetricSinks:
                 for labels, value in self._observe(row, otel=False):
                     family.add_metric([labels[key] for key in row.label_keys], value)
                 yield family
+
+    def _accumulated(self, row: MetricDef) -> Metric:
+        bindings = self._bindings[row.number]
+        prefix = ("asyncmq",) if row.system_label else ()
+        # A copy: the event loop may bind a new series while the scrape thread reads.
+        bound = list(bindings.series.items())
+        overflow = bindings._overflow  # noqa: SLF001 - the bindings record is private to this class
+        if overflow is not None:
+            bound.append(((OTHER,) * len(row.labels), overflow))
+        return _accumulators.families(
+            row.prometheus_type,
+            row.prometheus_name,
+            row.description,
+            row.label_keys,
+            "seconds" if row.unit == "s" else "",
+            [
+                (prefix + values, series._prom if isinstance(series, _Series) else series)  # noqa: SLF001
+                for values, series in bound
+            ],
+        )
 
     def close(self) -> None:
         """Unregister the scrape sink's collector (OTel instruments die with their provider)."""
