@@ -8,9 +8,11 @@ defined, so the two sinks cannot drift. The dashboards (``dashboards/panel_catal
 the names from here.
 
 The hot path records through :class:`CounterSeries`, :class:`HistogramSeries` and
-:class:`GaugeSeries`: one label set bound in both sinks once, then reused. Binding past
-``metric_cardinality_limit`` label sets yields the overflow series of that metric, whose every label
-but ``messaging_system`` is ``_OTHER``, and each record on it is counted as dropped telemetry.
+:class:`GaugeSeries`: one label set bound in both sinks once, then reused. In one process the scrape
+sink keeps plain accumulators (``_accumulators``) that a collector reads at scrape time; with the
+scrape sink alone the bound series is that accumulator itself, so a record costs one call. Binding
+past ``metric_cardinality_limit`` label sets yields the overflow series of that metric, whose every
+label but ``messaging_system`` is ``_OTHER``, and each record on it is counted as dropped telemetry.
 """
 
 from __future__ import annotations

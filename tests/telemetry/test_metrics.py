@@ -488,3 +488,58 @@ def test_serving_five_queues_keeps_real_completions_out_of_other(twenty_queues: 
             assert cap.metric_value("messaging_process_duration_seconds_count", **labels) == 1
         assert not [s for s in cap.metrics if s.labels.get(Q) == OTHER]
         assert cap.metric_value("asyncmq_telemetry_dropped_total", signal="metric", reason="cardinality") == 0
+
+
+def test_the_accumulators_expose_what_prometheus_client_children_would() -> None:
+    """The scrape sink records into plain accumulators (the job path's cost); its output must not change."""
+    from prometheus_client import Counter, Gauge, Histogram
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    ours = CollectorRegistry()
+    sinks = MetricSinks(registry=ours)
+    reference = CollectorRegistry()
+    process, outcomes, up = METRICS_BY_NUMBER[3], METRICS_BY_NUMBER[7], METRICS_BY_NUMBER[13]
+    ref_process = Histogram(
+        process.prometheus_name, process.description, process.label_keys, registry=reference,
+        unit="seconds", buckets=B_PROC,
+    )  # fmt: skip
+    ref_outcomes = Counter(
+        outcomes.prometheus_name, outcomes.description, outcomes.label_keys, registry=reference
+    )
+    ref_up = Gauge(up.prometheus_name, up.description, up.label_keys, registry=reference)
+    values = ("q", "metrics.known", "g", "process", "completed")
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    for value in (0.0003, 0.002, 0.002, 7.0, 5000.0):
+        sinks.histogram(3, *values).observe(value, trace_id)
+        ref_process.labels("asyncmq", *values).observe(value, {"trace_id": trace_id})
+    sinks.counter(7, "q", "metrics.known", "g", "failed", "failed").inc(3)
+    ref_outcomes.labels("asyncmq", "q", "metrics.known", "g", "failed", "failed").inc(3)
+    sinks.gauge(13, "q", "g").set(1)
+    ref_up.labels("asyncmq", "q", "g").set(1)
+
+    def lines(text: bytes, names: tuple[str, ...]) -> list[str]:
+        return [
+            line
+            for line in text.decode().splitlines()
+            if line.split("{")[0].split(" ")[0] in names and "_created" not in line
+        ]
+
+    names = (
+        *(f"{process.prometheus_name}{suffix}" for suffix in ("", "_bucket", "_count", "_sum")),
+        "asyncmq_job_outcomes", outcomes.prometheus_name, up.prometheus_name,
+    )  # fmt: skip
+    text = lines(generate_latest(ours), names)
+    assert len(text) == (len(B_PROC) + 1) + 2 + 2  # buckets with +Inf, count, sum, the counter, the gauge
+    assert text == lines(generate_latest(reference), names)
+    ours_om = [
+        line.split(" # ")[0] + (" #" if " # " in line else "")
+        for line in lines(generate_openmetrics(ours), names)
+    ]
+    ref_om = [
+        line.split(" # ")[0] + (" #" if " # " in line else "")
+        for line in lines(generate_openmetrics(reference), names)
+    ]
+    assert ours_om == ref_om  # exemplar timestamps differ; their presence and buckets must not
+    assert sum(line.endswith(" #") for line in ours_om) == 4  # 0.3 ms, 2 ms, 7 s and +Inf buckets
+    sinks.close()
