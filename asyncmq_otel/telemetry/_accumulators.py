@@ -11,6 +11,7 @@ expose. Multi-process mode keeps prometheus_client's children: only they write t
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -57,10 +58,11 @@ class GaugeValue(CounterValue):
 class HistogramValue:
     """Bucket counts, their sum, and the last exemplar of each bucket."""
 
-    __slots__ = ("_bounds", "_counts", "_exemplars", "_lock", "_sum")
+    __slots__ = ("_bounds", "_counts", "_exemplars", "_les", "_lock", "_sum")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self._bounds = tuple(bounds)
+        self._les = _le_labels(self._bounds)
         self._counts = [0] * (len(self._bounds) + 1)  # the last one is +Inf
         self._sum = 0.0
         self._exemplars: dict[int, Exemplar] = {}
@@ -85,11 +87,17 @@ class HistogramValue:
             total = self._sum
         buckets: list[tuple[str, float, Exemplar | None]] = []
         running = 0
-        for index, bound in enumerate((*self._bounds, _INF)):
+        exemplars = self._exemplars
+        for index, le in enumerate(self._les):
             running += counts[index]
-            le = floatToGoString(bound)  # type: ignore[no-untyped-call] # as prometheus_client writes it
-            buckets.append((le, float(running), self._exemplars.get(index)))
+            buckets.append((le, float(running), exemplars.get(index)))
         return buckets, total
+
+
+@functools.cache
+def _le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The ``le`` values of a bucket set, +Inf last, as prometheus_client writes them (once per set)."""
+    return tuple(floatToGoString(bound) for bound in (*bounds, _INF))  # type: ignore[no-untyped-call]
 
 
 def families(
