@@ -201,15 +201,15 @@ async def test_retry_then_success_gives_linked_sibling_attempts(
     assert scheduled["error.type"] == error_type
     assert scheduled["asyncmq.job.eligible_at"] == attrs(second)["asyncmq.job.eligible_at"]
 
-    retried = {"outcome": "retried", "error_type": error_type, "reason": ""}
-    assert captured.metric_value("asyncmq_job_outcomes_total", **retried) == 1
+    assert captured.metric_value("asyncmq_job_outcomes_total", outcome="retried", reason="") == 1
+    assert captured.metric_value("asyncmq_job_errors_total", outcome="retried", error_type=error_type) == 1
     assert (
         captured.metric_value(
             "asyncmq_job_outcomes_total", outcome="completed", asyncmq_task_name="tel.flaky"
         )
         == 1
     )
-    assert captured.metric_value("messaging_process_duration_seconds_count", error_type=error_type) == 1
+    assert captured.metric_value("messaging_process_duration_seconds_count", outcome="retried") == 1
     assert captured.metric_value("asyncmq_job_attempts_sum", outcome="completed") == 2
     assert captured.metric_value(
         "messaging_client_operation_duration_seconds_count", messaging_operation_name="retry"
@@ -236,8 +236,8 @@ async def test_retries_exhausted_dead_letter_with_one_exception_event(
     assert links(last)["previous_attempt"] == ids(attempts[1])
 
     error_type = f"{__name__}.FlakyError"
-    failed = {"outcome": "failed", "error_type": error_type, "reason": "failed"}
-    assert captured.metric_value("asyncmq_job_outcomes_total", **failed) == 1
+    assert captured.metric_value("asyncmq_job_outcomes_total", outcome="failed", reason="failed") == 1
+    assert captured.metric_value("asyncmq_job_errors_total", outcome="failed", error_type=error_type) == 1
     assert captured.metric_value("asyncmq_job_e2e_duration_seconds_count", outcome="failed") == 1
     assert captured.metric_value("asyncmq_job_attempts_sum", outcome="failed") == 3
     assert captured.metric_value(
@@ -426,13 +426,9 @@ async def test_unknown_task_is_settled_as_a_dead_letter(captured: Captured, back
     assert attrs(settle)["error.type"] == "unknown_task"
     assert event(settle, "asyncmq.job.dead_lettered") == {"asyncmq.dlq.reason": "unknown_task"}
     assert "exception" not in event_names(settle)
-    failed = {
-        "outcome": "failed",
-        "error_type": "unknown_task",
-        "reason": "unknown_task",
-        "asyncmq_task_name": "_OTHER",
-    }
+    failed = {"outcome": "failed", "reason": "unknown_task", "asyncmq_task_name": "_OTHER"}
     assert captured.metric_value("asyncmq_job_outcomes_total", **failed) == 1
+    assert captured.metric_value("asyncmq_job_errors_total", outcome="failed", error_type="unknown_task") == 1
     assert captured.metric_value("messaging_client_consumed_messages_total", asyncmq_task_name="_OTHER") == 1
 
 
@@ -460,9 +456,7 @@ async def test_timeout_is_a_failed_attempt_with_the_timeout_type(
     assert attrs(process)["error.type"] == "asyncmq_otel.errors.JobTimeout"
     assert process.status.status_code is StatusCode.ERROR
     assert event(process, "exception")["exception.type"] == "asyncmq_otel.errors.JobTimeout"
-    assert (
-        captured.metric_value("asyncmq_job_outcomes_total", error_type="asyncmq_otel.errors.JobTimeout") == 1
-    )
+    assert captured.metric_value("asyncmq_job_errors_total", error_type="asyncmq_otel.errors.JobTimeout") == 1
 
 
 async def test_progress_events_are_capped_per_span(backend, unique_name) -> None:
@@ -500,7 +494,7 @@ async def test_sandboxed_task_runs_under_its_process_span(captured: Captured, ba
     assert_process(bad_span, queue=unique_name, job_id=bad, task="sandbox.fail", attempt=1, outcome="failed")
     assert attrs(bad_span)["error.type"] == error_type
     assert event(bad_span, "exception")["exception.type"] == error_type
-    assert captured.metric_value("asyncmq_job_outcomes_total", outcome="failed", error_type=error_type) == 1
+    assert captured.metric_value("asyncmq_job_errors_total", outcome="failed", error_type=error_type) == 1
 
 
 async def test_bulk_enqueue_with_and_without_create_spans(backend, unique_name) -> None:
