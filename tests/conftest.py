@@ -48,5 +48,6 @@ def _isolated_state() -> Iterator[None]:
     events.bus._subscriptions[:] = subscriptions
     events.bus._routes.clear()
     events.bus._pending.clear()
+    events.bus._current = None
     events.bus._observers.clear()
     events.bus._services.clear()
