@@ -249,7 +249,7 @@ async def _wait_for_rate_token(
     if waited <= _THROTTLE_EVENT_THRESHOLD:
         return 0.0  # not throttled: §1.1 reports 0.0 unless the job was held over 1 ms
     if "payload_error" not in raw_job:
-        _emit_throttled(raw_job, ctx, throttle_started, waited)
+        _emit_throttled(queue, raw_job, ctx, throttle_started, waited)
     return waited
 
 
@@ -265,11 +265,14 @@ async def _give_back(backend: Backend, queue: str, raw_job: RawJob, ctx: WorkerC
         ctx.release(queue, job_id)
 
 
-def _emit_throttled(raw_job: RawJob, ctx: WorkerContext | None, started: float, waited: float) -> None:
+def _emit_throttled(
+    queue: str, raw_job: RawJob, ctx: WorkerContext | None, started: float, waited: float
+) -> None:
     try:
         job = Job.from_dict(raw_job)
     except MalformedJob:
         return
+    job.queue = queue  # the claimed queue, not the envelope's field (labels come from the claim)
     extra = {} if ctx is None else {"worker_id": ctx.worker_id, "group": ctx.group, **ctx.server}
     emit_job_event("job:throttled", job, ratelimit_wait_s=waited, started_at=started, **extra)
 

@@ -381,17 +381,27 @@ class Worker:
                 return False
             more = reply.is_reaper and reply.more
             for raw in reply.stalled:
-                self._emit_reaped("job:stalled", raw, ctx, reason="lease_lost")
+                self._emit_reaped("job:stalled", queue, raw, ctx, reason="lease_lost")
             for raw in reply.dead:
-                self._emit_reaped("job:failed", raw, ctx, reason="worker_lost", error_type="worker_lost")
+                self._emit_reaped(
+                    "job:failed", queue, raw, ctx, reason="worker_lost", error_type="worker_lost"
+                )
         return True
 
-    def _emit_reaped(self, name: str, raw: dict[str, Any], ctx: WorkerContext, **fields: Any) -> None:  # noqa: ANN401
+    def _emit_reaped(
+        self,
+        name: str,
+        queue: str,
+        raw: dict[str, Any],
+        ctx: WorkerContext,
+        **fields: Any,  # noqa: ANN401 - event fields
+    ) -> None:
         try:
             job = Job.from_dict(raw)
         except ValueError:
             _log.warning("worker.reaped_malformed: job %s", raw.get("id"))
             return
+        job.queue = queue  # the reaped queue, not the envelope's field: a job cannot mint label values
         extra: dict[str, Any] = {"worker_id": ctx.worker_id, "group": ctx.group, **ctx.server}
         if name == "job:failed":
             extra["finished_at"] = time.time()
