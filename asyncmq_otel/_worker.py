@@ -286,9 +286,7 @@ class Worker:
             with anyio.move_on_after(0 if self._stop_now else timeout) as scope:
                 self._drain_scope = scope
                 while ctx.held:
-                    ctx.idle = anyio.Event()
-                    if ctx.held:
-                        await ctx.idle.wait()
+                    await ctx.idle_event().wait()
             for attempt in list(ctx.held.values()):
                 attempt.cancel("shutdown")
 
