@@ -170,3 +170,13 @@ async def test_a_stored_envelope_cannot_choose_the_queue_its_telemetry_names(uni
     assert not [s for s in spans if evil in (s.name or "")]
     assert not [s for s in spans if any(evil in str(v) for v in (s.attributes or {}).values())]
     assert not [line for line in logs if any(evil in str(v) for v in line.values())]
+
+
+async def test_cancelling_a_queued_job_names_the_queue_not_the_envelopes_field(unique_name, events):
+    backend = InMemoryBackend()
+    q = Queue(unique_name, backend=backend)
+    evil = f"evil-{uuid.uuid4().hex}"
+    job = Job(id=uuid.uuid4().hex, task="he.plain", queue=evil, args=["never"])
+    await backend.enqueue(unique_name, EnqueueItem(job.id, dumps(job.envelope())))
+    assert await q.cancel_job(job.id)
+    assert [(e.name, e.queue) for e in events if e.job_id == job.id] == [("job:cancelled", unique_name)]
