@@ -200,6 +200,8 @@ class _JobRun:
                 try:
                     result = await self._invoke(task)
                 except BaseException as exc:
+                    # Whatever a handler raises fails its job only: SystemExit, KeyboardInterrupt
+                    # or a CancelledError a library leaked must not stop the worker.
                     if not isinstance(exc, Exception) and _cancelled_here():
                         raise  # the worker's own cancellation (a stop, a lost lease, an outer scope)
                     outcome = ("error", exc.raised if isinstance(exc, _RaisedInThread) else exc)

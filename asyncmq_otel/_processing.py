@@ -2,9 +2,10 @@
 
 ``process_job`` reserves capacity (an anyio ``CapacityLimiter``) and, when rate-limited, a
 token per job before it claims, so nothing is fetched beyond what can run, and waits on the
-backend (never a sleep) when the queue is empty or paused. ``handle_job`` runs the pickup checks (cancelled, expired, not yet due,
-unknown task), the handler, and exactly one outcome write, emitting each lifecycle event
-once, after its write succeeded, in the task that runs the handler.
+backend (never a sleep) when the queue is empty or paused. ``handle_job`` runs the pickup
+checks (cancelled, expired, not yet due, unknown task), the handler, and exactly one outcome
+write, emitting each lifecycle event once, after its write succeeded, in the task that runs
+the handler.
 
 The attempt itself is ``_job_run._JobRun``; ``WorkerContext`` and ``server_fields`` live in
 ``_context`` and are re-exported here.
