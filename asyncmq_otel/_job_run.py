@@ -96,6 +96,9 @@ class _JobRun:
         if job is None:
             await self._malformed()
             return
+        # Telemetry names the queue this worker claimed from: the stored envelope's own "queue"
+        # field is data the producer wrote, and must not mint label values.
+        job.queue = self.queue
         self.job = job
         if job.cancel_requested or self.attempt.reason == "cancel":
             await self._settle_cancelled("queued")
@@ -201,8 +204,12 @@ class _JobRun:
                     scope.cancel()
                 try:
                     result = await self._invoke(task)
-                except Exception as exc:  # noqa: BLE001 - every handler error is an outcome of the attempt
-                    outcome = ("error", exc)
+                except BaseException as exc:
+                    # Whatever a handler raises fails its job only: SystemExit, KeyboardInterrupt
+                    # or a CancelledError a library leaked must not stop the worker.
+                    if not isinstance(exc, Exception) and _cancelled_here():
+                        raise  # the worker's own cancellation (a stop, a lost lease, an outer scope)
+                    outcome = ("error", exc.raised if isinstance(exc, _RaisedInThread) else exc)
                 else:
                     outcome = ("ok", result)
             if scope.cancelled_caught or (self.attempt.reason is not None and outcome[0] != "ok"):
@@ -252,7 +259,7 @@ class _JobRun:
             # when a stop must be hard).
             call = functools.partial(
                 anyio.to_thread.run_sync,
-                functools.partial(task.func, *job.args, **kwargs),
+                functools.partial(_run_in_thread, task.func, *job.args, **kwargs),
                 abandon_on_cancel=True,
             )
         if timeout is None:
@@ -435,6 +442,36 @@ class _JobRun:
 
 def _current_thread_token() -> int:
     return threading.get_ident()
+
+
+class _RaisedInThread(Exception):
+    """Carries a sync handler's ``BaseException`` (``SystemExit``, ``GeneratorExit``...) back to the loop.
+
+    Delivered as itself, asyncio would throw it into the job's task: a ``GeneratorExit`` thrown
+    into a coroutine closes it instead of reaching the ``except`` that fails the job.
+    """
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(raised)
+        self.raised = raised
+
+
+def _run_in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401 - the handler's own
+    try:
+        return func(*args, **kwargs)
+    except Exception:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - handed to the loop as the job's failure
+        raise _RaisedInThread(exc) from None
+
+
+def _cancelled_here() -> bool:
+    """Whether a cancel scope around the current task was really cancelled (or is past its deadline).
+
+    A library may leak ``asyncio.CancelledError`` (or a handler raise ``SystemExit``) with no scope
+    cancelled: that is the handler's failure, not a request to stop.
+    """
+    return anyio.current_effective_deadline() <= anyio.current_time()
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -453,6 +453,7 @@ class Queue:
                 # The transition is immediate, so the event is emitted here rather than at a pickup
                 # that will never happen (a delayed job could be due in days).
                 job = Job.from_dict(raw)
+                job.queue = self.name  # not the envelope's field: a job cannot mint label values
                 emit_job_event("job:cancelled", job, reason="queued", finished_at=job.finished_at)
         return status in {CancelStatus.CANCELLED, CancelStatus.RUNNING}
 
