@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from prometheus_client import CollectorRegistry
 
 from . import events
-from . import telemetry as _telemetry
+from .telemetry import instrumentation as _telemetry
 from .telemetry.metrics import METRICS_BY_NAME, label_key
 
 if TYPE_CHECKING:

@@ -47,7 +47,7 @@ from ._exit import CLIError, ExitCode
 from ._output import Reporter
 
 if TYPE_CHECKING:
-    from ..telemetry.setup import MetricsServer
+    from ..telemetry.providers import MetricsServer
 
 __all__ = ["RESTART_DELAY_S", "RESTART_WINDOW_S", "Supervisor"]
 
@@ -174,7 +174,7 @@ class Supervisor:
             }
         )
         if self.metrics_addr:
-            from ..telemetry.setup import MetricsServer  # noqa: PLC0415 - telemetry loads lazily
+            from ..telemetry.providers import MetricsServer  # noqa: PLC0415 - telemetry loads lazily
 
             try:
                 self._server = MetricsServer(self._metrics.registry, self.metrics_addr)

@@ -17,7 +17,7 @@ from asyncmq_otel import telemetry
 from asyncmq_otel.queues import Queue
 from asyncmq_otel.tasks import task
 from asyncmq_otel.telemetry import AddTraceContext
-from asyncmq_otel.telemetry.logging import EVENT_LOG_LEVELS
+from asyncmq_otel.telemetry.log_adapter import EVENT_LOG_LEVELS
 from asyncmq_otel.testing import Captured
 from asyncmq_otel.workers import Worker
 
