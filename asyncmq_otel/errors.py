@@ -23,6 +23,7 @@ __all__ = [
     "SandboxCrashed",
     "SandboxError",
     "SandboxTimeout",
+    "TelemetryConfigError",
     "UnknownTask",
 ]
 
@@ -33,6 +34,10 @@ class AsyncMQError(Exception):
 
 class ConfigError(AsyncMQError, ValueError):
     """A setting has an invalid value or an invalid combination with another setting."""
+
+
+class TelemetryConfigError(ConfigError):
+    """Telemetry cannot start as configured (an invalid option, or the metrics address is in use)."""
 
 
 class InvalidName(AsyncMQError, ValueError):

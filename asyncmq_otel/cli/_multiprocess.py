@@ -43,6 +43,7 @@ import anyio.abc
 
 from .._exit_status import describe_exit
 from .._version import __version__
+from ..errors import TelemetryConfigError
 from ._exit import CLIError, ExitCode
 from ._output import Reporter
 
@@ -178,12 +179,8 @@ class Supervisor:
 
             try:
                 self._server = MetricsServer(self._metrics.registry, self.metrics_addr)
-            except (OSError, ValueError) as exc:
-                raise CLIError(
-                    f"cannot serve /metrics on {self.metrics_addr}: {getattr(exc, 'strerror', None) or exc}; "
-                    "pass --metrics-addr with a free port (port 0 picks one), or '' to serve nothing",
-                    ExitCode.USAGE,
-                ) from exc
+            except TelemetryConfigError as exc:  # it names the address and how to choose another
+                raise CLIError(str(exc), ExitCode.USAGE) from exc
             self._server.set_health(self._health)
             self.metrics_url = self._server.url
 

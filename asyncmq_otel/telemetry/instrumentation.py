@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import atexit
 import importlib
-import logging as _stdlib_logging  # the `logging` name is this package's submodule
+import logging as _stdlib_logging
 import os
 import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,19 +30,16 @@ from .metrics import MetricSinks
 from .providers import (
     MetricsServer,
     Providers,
+    build_log_output,
     build_providers,
     build_registry,
     flush_and_shutdown,
+    shutdown_providers,
 )
 from .tracing import AFTER_EVENTS, BEFORE_EVENTS, LinkAwareSampler, TracingAdapter
 
 if TYPE_CHECKING:
-    from opentelemetry._logs import LoggerProvider
-    from opentelemetry.metrics import MeterProvider
-    from opentelemetry.trace import TracerProvider
-    from prometheus_client import CollectorRegistry
-
-    from ..events import EventBus, LifecycleEvent
+    from ..events import LifecycleEvent
 
 __all__ = [
     "AddTraceContext",
@@ -64,20 +62,22 @@ _log = _stdlib_logging.getLogger("asyncmq_otel.telemetry")
 
 
 class _Instrumentation:
-    """Everything one ``instrument()`` call added, so that ``uninstrument()`` can remove exactly that."""
+    """Everything one ``instrument()`` call added, so that ``uninstrument()`` can remove exactly that.
+
+    Building (providers, the registry and server, the log output: :mod:`.providers`) and wiring (the
+    adapters' bus listeners, observers and the sampler service: :meth:`attach`) are separate steps.
+    """
 
     def __init__(
         self,
         config: TelemetryConfig,
-        bus: EventBus,
         providers: Providers,
         *,
-        registry: CollectorRegistry | None,
         log_handlers: Sequence[_stdlib_logging.Handler],
         render_logs: bool,
     ) -> None:
         self.config = config
-        self.bus = bus
+        self.bus = config.bus if config.bus is not None else events.bus
         self.providers = providers
         self.pid = os.getpid()
         self.subscriptions: list[tuple[str, events.Listener]] = []
@@ -92,32 +92,24 @@ class _Instrumentation:
         self.tracing: TracingAdapter | None = None
         self.logging: LoggingAdapter | None = None
         self.log_output: LogOutput | None = None
-        self.saved_queue_size = bus.queue_size
+        self.saved_queue_size = self.bus.queue_size
         try:
-            self._build(registry, log_handlers, render_logs=render_logs)
+            self._build(log_handlers, render_logs=render_logs)
         except BaseException:
             self.close(flush=False)
             raise
+        self.attach()
 
-    def _build(
-        self,
-        registry: CollectorRegistry | None,
-        log_handlers: Sequence[_stdlib_logging.Handler],
-        *,
-        render_logs: bool,
-    ) -> None:
+    def _build(self, log_handlers: Sequence[_stdlib_logging.Handler], *, render_logs: bool) -> None:
         config = self.config
-        if config.logs or log_handlers:
-            self.log_output = LogOutput(
-                log_format=config.log_format,
-                level=config.log_level,
-                logger_provider=self.providers.logger_provider if config.logs_exporter == "otlp" else None,
-                extra_handlers=list(log_handlers),
-                render=render_logs and config.logs,
-            )
+        self.log_output = build_log_output(
+            config, self.providers, log_handlers, render=render_logs, on_drop=self._log_dropped
+        )
+        if self.log_output is not None:
             self.log_output.install()
             self.logging = LoggingAdapter(self.log_output.logger())
         if config.metrics:
+            registry = config.prometheus_registry
             if registry is None:
                 registry = build_registry(
                     {key.replace(".", "_"): str(value) for key, value in config.resource_attributes().items()}
@@ -126,7 +118,7 @@ class _Instrumentation:
                 registry=registry,
                 meter_provider=self.providers.meter_provider if config.otlp_metrics else None,
                 cardinality_limit=config.metric_cardinality_limit,
-                histogram_buckets=config.histogram_buckets,
+                histogram_buckets=cast("dict[str, list[float]]", config.histogram_buckets or {}),
                 on_overflow=lambda row: self.metrics.on_overflow(row) if self.metrics is not None else None,
                 version=__version__,
             )
@@ -144,11 +136,14 @@ class _Instrumentation:
             self.tracing = TracingAdapter(
                 tracer,
                 propagation=cast("Any", config.propagation),
-                span_name_style=config.span_name_style,
+                span_name_style=config.span_name_style or "{op} {queue}",
                 bulk_create_spans=config.bulk_create_spans,
                 progress_events_per_span=config.progress_events_per_span,
+                settle_spans=config.settle_spans,
             )
-        self.attach()
+
+    def _log_dropped(self) -> None:
+        self.bus.record_drop("log", "queue_full")
 
     def _warn(self, event: str, fields: Mapping[str, object]) -> None:
         if self.logging is not None:
@@ -185,7 +180,7 @@ class _Instrumentation:
         if self.tracing is not None:
             for name in AFTER_EVENTS:
                 self._on(name, self.tracing.after, "span")
-        if self.providers.owned:
+        if self.providers.owned or self.log_output is not None:
             # A queued listener: the worker's shutdown tail drains the queue right after worker:stopped,
             # so the flush runs there, in a thread, bounded by flush_timeout_s.
             self.bus.on("worker:stopped", self._flush_on_stop, inline=False)
@@ -211,9 +206,17 @@ class _Instrumentation:
         self.flush()
 
     def flush(self, timeout_s: float | None = None) -> bool:
-        """Flush the providers built here (never the caller's) within ``timeout_s``."""
+        """Write the queued log lines, then flush the providers built here (never the caller's).
+
+        Both within ``timeout_s`` in total (default ``flush_timeout_s``).
+        """
         timeout = self.config.flush_timeout_s if timeout_s is None else timeout_s
-        return flush_and_shutdown(self.providers.owned, timeout, shutdown=False)
+        deadline = time.monotonic() + timeout
+        logs_ok = True if self.log_output is None else self.log_output.flush(timeout)
+        if not logs_ok:
+            _log.warning("telemetry.flush_timeout: log lines were not written within %.1fs", timeout)
+        remaining = max(deadline - time.monotonic(), 0.0)
+        return flush_and_shutdown(self.providers.owned, remaining, shutdown=False) and logs_ok
 
     # -- teardown -----------------------------------------------------------------------------------------
     def _cancel_samplers(self) -> None:
@@ -229,7 +232,10 @@ class _Instrumentation:
         self.samplers.clear()
 
     def close(self, *, flush: bool = True) -> None:
-        """Remove listeners, server, collectors, log handlers and samplers; flush and stop our providers."""
+        """Remove listeners, server, collectors, log handlers and samplers; flush and stop our providers.
+
+        ``flush=False`` (a failed ``instrument()``): nothing was recorded yet, so nothing is flushed.
+        """
         self.detach()
         self._cancel_samplers()
         if self.server is not None:
@@ -241,10 +247,15 @@ class _Instrumentation:
             self.tracing.shutdown()
         if self.logging is not None:
             self.logging.close()
+        deadline = time.monotonic() + self.config.flush_timeout_s
         if self.log_output is not None:
-            self.log_output.uninstall()
+            self.log_output.uninstall(self.config.flush_timeout_s if flush else 0.0)
+            self.log_output = None
         if self.providers.owned:
-            flush_and_shutdown(self.providers.owned, self.config.flush_timeout_s if flush else 0.0)
+            if flush:
+                flush_and_shutdown(self.providers.owned, max(deadline - time.monotonic(), 0.0))
+            else:
+                shutdown_providers(self.providers.owned)
             self.providers.owned.clear()
 
     def abandon(self) -> None:
@@ -257,7 +268,8 @@ class _Instrumentation:
         if self.sinks is not None:
             self.sinks.close()
         if self.log_output is not None:
-            self.log_output.uninstall()
+            self.log_output.abandon()
+            self.log_output = None
         self.providers.owned.clear()
 
 
@@ -265,49 +277,16 @@ _lock = threading.RLock()
 _state: _Instrumentation | None = None
 
 
-def instrument(
-    *,
-    service_name: str | None = None,
-    tracer_provider: TracerProvider | None = None,
-    meter_provider: MeterProvider | None = None,
-    logger_provider: LoggerProvider | None = None,
-    otlp_endpoint: str | None = None,
-    traces: bool = True,
-    metrics: bool = True,
-    logs: bool = True,
-    otlp_metrics: bool | None = None,
-    logs_exporter: str | None = None,
-    metrics_addr: str | None = None,
-    prometheus_registry: CollectorRegistry | None = None,
-    sampling_ratio: float | None = None,
-    propagation: str | None = None,
-    span_name_style: str | None = None,
-    bulk_create_spans: bool = True,
-    progress_events_per_span: int = 10,
-    metric_cardinality_limit: int = 2000,
-    error_type_limit: int = 20,
-    histogram_buckets: Mapping[str, Sequence[float]] | None = None,
-    queue_sampler: str = "elected",
-    queue_sample_interval_s: float = 10.0,
-    event_queue_size: int = 10_000,
-    log_format: str | None = None,
-    log_level: str | int = "INFO",
-    flush_timeout_s: float = 2.0,
-    bus: EventBus | None = None,
-) -> None:
+def instrument(config: TelemetryConfig | None = None, /, **overrides: Any) -> None:  # noqa: ANN401 - TelemetryConfig's fields
     """Turn lifecycle telemetry on: spans, metrics and logs from the event bus.
 
-    Arguments left at ``None`` fall back to their environment variable, then to the default:
-    ``service_name`` (``OTEL_SERVICE_NAME``, ``"asyncmq-worker"``), ``otlp_endpoint``
-    (``OTEL_EXPORTER_OTLP_[TRACES_|METRICS_|LOGS_]ENDPOINT``; no OTLP exporter without one),
-    ``metrics_addr`` (``ASYNCMQ_METRICS_ADDR``, ``"127.0.0.1:9464"``; ``""`` serves nothing),
-    ``sampling_ratio`` (``OTEL_TRACES_SAMPLER[_ARG]``, 1.0), ``propagation``
-    (``ASYNCMQ_TRACE_PROPAGATION``, ``"child"``), ``span_name_style`` (``ASYNCMQ_SPAN_NAME_STYLE``),
-    ``log_format`` (``ASYNCMQ_LOG_FORMAT``, ``"auto"``), ``otlp_metrics`` (``OTEL_METRICS_EXPORTER=otlp``)
-    and ``logs_exporter`` (``OTEL_LOGS_EXPORTER=otlp``). ``OTEL_SDK_DISABLED=true`` turns traces and
-    every OTLP path off; the scrape sink stays.
+    Pass a :class:`TelemetryConfig`, its fields as keywords, or both (keywords override the config's
+    fields). Options left at ``None`` fall back to their environment variable, then to the default
+    (see :class:`TelemetryConfig`). ``OTEL_SDK_DISABLED=true`` turns traces and every OTLP path off;
+    the scrape sink stays.
 
-    Providers passed in are used as they are and never shut down here. Otherwise they are built
+    Providers passed in are used as they are and never shut down here; so is an SDK tracer provider
+    the application already installed as the OTel global. Otherwise they are built
     (``ParentBased(LinkAware(TraceIdRatioBased(ratio)))``, ``BatchSpanProcessor``) and installed as
     the OTel globals when none are set yet, so spans of the user's handlers share the pipeline.
 
@@ -315,78 +294,22 @@ def instrument(
     first to reconfigure. A forked child calls it again to get its own providers and sinks.
 
     Args:
-        service_name: ``service.name`` of the resource.
-        tracer_provider: use this provider instead of building one.
-        meter_provider: the OTLP sink's provider (with ``otlp_metrics=True``).
-        logger_provider: the OTLP log handler's provider (with ``logs_exporter="otlp"``).
-        otlp_endpoint: base OTLP/HTTP URL, e.g. ``http://collector:4318``.
-        traces: turn the trace adapter on.
-        metrics: turn the metrics adapter (scrape sink) on.
-        logs: turn the log adapter on.
-        otlp_metrics: also record the metric table through the OTel metrics API.
-        logs_exporter: ``"otlp"`` adds an OTel log handler next to the console/JSON one.
-        metrics_addr: where ``/metrics`` and ``/healthz`` are served; port 0 picks a free port.
-        prometheus_registry: record into this registry (nothing else is added to it) instead of a fresh one.
-        sampling_ratio: root sampling ratio of the provider built here.
-        propagation: ``"child"``, ``"link"`` or ``"none"``.
-        span_name_style: ``"{op} {queue}"`` or ``"{op} {queue} {task}"``.
-        bulk_create_spans: one ``create`` span per job of a bulk enqueue.
-        progress_events_per_span: progress reports bridged to span events per attempt.
-        metric_cardinality_limit: label sets per metric before the ``_OTHER`` overflow series.
-        error_type_limit: distinct ``error_type`` values per (metric, task) before ``_OTHER``.
-        histogram_buckets: bucket overrides by OTel metric name.
-        queue_sampler: ``"elected"`` (default) or ``"off"`` (an exporter process samples instead).
-        queue_sample_interval_s: seconds between queue samples.
-        event_queue_size: bound of the bus FIFO feeding queued listeners.
-        log_format: ``"auto"``, ``"json"`` or ``"console"``.
-        log_level: level of the ``asyncmq_otel`` logger.
-        flush_timeout_s: total time allowed to flush the providers built here.
-        bus: the event bus to subscribe to (the process bus by default).
+        config: the options; ``TelemetryConfig()`` (every default) when omitted.
+        **overrides: fields of :class:`TelemetryConfig` to set on top of ``config``.
+
+    Raises:
+        TypeError: a keyword that is not a field of :class:`TelemetryConfig`.
+        TelemetryConfigError: an invalid value, or ``metrics_addr`` is in use (the message says how
+            to choose another address).
 
     """
-    _instrument(
-        {
-            "service_name": service_name,
-            "otlp_endpoint": otlp_endpoint,
-            "traces": traces,
-            "metrics": metrics,
-            "logs": logs,
-            "otlp_metrics": otlp_metrics,
-            "logs_exporter": logs_exporter,
-            "metrics_addr": metrics_addr,
-            "sampling_ratio": sampling_ratio,
-            "propagation": propagation,
-            "span_name_style": span_name_style,
-            "bulk_create_spans": bulk_create_spans,
-            "progress_events_per_span": progress_events_per_span,
-            "metric_cardinality_limit": metric_cardinality_limit,
-            "error_type_limit": error_type_limit,
-            "histogram_buckets": None
-            if histogram_buckets is None
-            else {k: [float(b) for b in v] for k, v in histogram_buckets.items()},
-            "queue_sampler": queue_sampler,
-            "queue_sample_interval_s": queue_sample_interval_s,
-            "event_queue_size": event_queue_size,
-            "log_format": log_format,
-            "log_level": log_level,
-            "flush_timeout_s": flush_timeout_s,
-        },
-        tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
-        logger_provider=logger_provider,
-        registry=prometheus_registry,
-        bus=bus,
-    )
+    base = config if config is not None else TelemetryConfig()
+    _instrument(base.replace(**overrides) if overrides else base)
 
 
 def _instrument(
-    arguments: dict[str, Any],
+    config: TelemetryConfig,
     *,
-    tracer_provider: TracerProvider | None = None,
-    meter_provider: MeterProvider | None = None,
-    logger_provider: LoggerProvider | None = None,
-    registry: CollectorRegistry | None = None,
-    bus: EventBus | None = None,
     log_handlers: Sequence[_stdlib_logging.Handler] = (),
     render_logs: bool = True,
 ) -> bool:
@@ -402,24 +325,12 @@ def _instrument(
                 "call uninstrument() first to reconfigure"
             )
             return False
-        config = TelemetryConfig.resolve(**arguments)
-        providers = build_providers(
-            config,
-            tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
-            logger_provider=logger_provider,
-        )
+        resolved = config.resolve()
+        providers = build_providers(resolved)
         try:
-            state = _Instrumentation(
-                config,
-                bus if bus is not None else events.bus,
-                providers,
-                registry=registry,
-                log_handlers=log_handlers,
-                render_logs=render_logs,
-            )
+            state = _Instrumentation(resolved, providers, log_handlers=log_handlers, render_logs=render_logs)
         except BaseException:
-            flush_and_shutdown(providers.owned, 0.0)
+            shutdown_providers(providers.owned)
             raise
         _state = state
         atexit.register(_at_exit)
@@ -430,8 +341,9 @@ def uninstrument() -> None:
     """Remove exactly what :func:`instrument` added; a no-op when not instrumented.
 
     Bus listeners, observers, collectors, the HTTP server, queue samplers and the handlers on the
-    ``asyncmq_otel`` logger go; providers built by ``instrument()`` are flushed, then shut down
-    (if they were installed as OTel globals they stay installed, inert, since OTel allows one set).
+    ``asyncmq_otel`` logger go (queued log lines are written first, within ``flush_timeout_s``);
+    providers built by ``instrument()`` are flushed, then shut down (if they were installed as OTel
+    globals they stay installed, inert, since OTel allows one set).
     """
     global _state
     with _lock:
@@ -561,21 +473,32 @@ def _instrumentor_base() -> type:
 class AsyncMQInstrumentor(_instrumentor_base()):  # type: ignore[misc] # the base is BaseInstrumentor when installed
     """The ``opentelemetry_instrumentor`` entry point: ``opentelemetry-instrument`` and friends use it.
 
-    ``_instrument(**kwargs)`` calls :func:`instrument` with the global providers unless others are
-    given; ``_uninstrument()`` calls :func:`uninstrument`.
+    ``_instrument(**kwargs)`` builds a :class:`TelemetryConfig` from ``kwargs`` and only wires the bus
+    to the global providers (tracer; meter with ``otlp_metrics``; logger with ``logs_exporter``): it
+    builds none of its own, and it serves ``/metrics`` only when ``metrics_addr`` is given (as an
+    argument or as ``ASYNCMQ_METRICS_ADDR``). ``_uninstrument()`` calls :func:`uninstrument`.
     """
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """No instrumented library beyond this package itself."""
         return ()
 
-    def _instrument(self, **kwargs: Any) -> None:  # noqa: ANN401 - instrument()'s keyword arguments
+    def _instrument(self, **kwargs: Any) -> None:  # noqa: ANN401 - TelemetryConfig's fields
         from opentelemetry import metrics, trace  # noqa: PLC0415 - only when instrumenting
+        from opentelemetry._logs import get_logger_provider  # noqa: PLC0415
 
-        kwargs.setdefault("tracer_provider", trace.get_tracer_provider())
-        if kwargs.get("otlp_metrics"):
-            kwargs.setdefault("meter_provider", metrics.get_meter_provider())
-        instrument(**kwargs)
+        kwargs.pop("skip_dep_check", None)  # BaseInstrumentor's own option
+        config = TelemetryConfig().replace(**kwargs)
+        globals_: dict[str, Any] = {}
+        if config.tracer_provider is None:
+            globals_["tracer_provider"] = trace.get_tracer_provider()
+        if config.meter_provider is None:
+            globals_["meter_provider"] = metrics.get_meter_provider()
+        if config.logger_provider is None:
+            globals_["logger_provider"] = get_logger_provider()
+        if config.metrics_addr is None and os.environ.get("ASYNCMQ_METRICS_ADDR") is None:
+            globals_["metrics_addr"] = ""  # the entry point opens no port unless asked to
+        instrument(config.replace(**globals_))
 
     def _uninstrument(self, **kwargs: Any) -> None:  # noqa: ANN401, ARG002 - BaseInstrumentor's signature
         uninstrument()

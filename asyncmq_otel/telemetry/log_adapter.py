@@ -8,6 +8,10 @@ Applications get the same fields and ids in their handlers' logs by adding
 ``structlog.contextvars.merge_contextvars`` and :class:`AddTraceContext` to their own chain: the
 adapter binds the job's fields with structlog's contextvars at ``job:started`` in the attempt's task
 and resets them at the attempt's outcome.
+
+No log I/O happens on the event loop: the handler on ``asyncmq_otel`` only puts each record on a
+bounded queue, and one writer thread formats and writes it (a stderr nobody reads must never stall
+the job loop). A full queue drops the line and counts it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import queue
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, cast
 
@@ -36,9 +43,11 @@ if TYPE_CHECKING:
 __all__ = [
     "EVENT_LOG_LEVELS",
     "LOGGER_NAME",
+    "LOG_OUTPUTS",
     "AddTraceContext",
     "LogFormat",
     "LogOutput",
+    "LogWriter",
     "LoggingAdapter",
     "OTelLogHandler",
     "processor_chain",
@@ -47,12 +56,15 @@ __all__ = [
 LOGGER_NAME: Final = "asyncmq_otel"
 LogFormat = Literal["auto", "json", "console"]
 LOG_FORMATS: Final = ("auto", "json", "console")
+LOG_OUTPUTS: Final = ("stderr", "stdlib")
+DEFAULT_LOG_QUEUE_SIZE: Final = 10_000
+_QUEUE_FULL_EVERY_S: Final = 60.0
 
 EVENT_LOG_LEVELS: Final[Mapping[str, tuple[str, int]]] = {
     "job:enqueued": ("job.enqueued", logging.DEBUG),
     "job:delayed": ("job.delayed", logging.DEBUG),
     "job:duplicated": ("job.duplicated", logging.INFO),
-    "job:started": ("job.started", logging.INFO),
+    "job:started": ("job.started", logging.DEBUG),
     "job:progress": ("job.progress", logging.DEBUG),
     "job:completed": ("job.completed", logging.INFO),
     "job:retried": ("job.retried", logging.WARNING),
@@ -69,7 +81,7 @@ EVENT_LOG_LEVELS: Final[Mapping[str, tuple[str, int]]] = {
     "worker:stopped": ("worker.stopped", logging.INFO),
     "backend:data_loss": ("backend.data_loss", logging.ERROR),
 }
-"""Bus event → (log ``event``, level), as in §1.4."""
+"""Bus event → (log ``event``, level), as in §1.4: one INFO-or-above line per attempt, at its outcome."""
 
 _OUTCOMES: Final = frozenset(
     {"job:completed", "job:retried", "job:failed", "job:expired", "job:cancelled", "job:interrupted"}
@@ -158,7 +170,8 @@ class OTelLogHandler(logging.Handler):
     """Feeds the same event dicts to an OTel ``LoggerProvider`` (``logs_exporter="otlp"``, §4.2).
 
     Body = ``event``; attributes = the other fields under the same keys; severity from the level;
-    trace context taken natively from the active span.
+    trace context from the span that was current when the line was logged (the ids the line carries:
+    this handler runs in the writer thread, where no span is current).
     """
 
     def __init__(self, logger_provider: LoggerProvider, level: int = logging.NOTSET) -> None:
@@ -176,11 +189,10 @@ class OTelLogHandler(logging.Handler):
             attributes = {
                 key: _otel_value(value) for key, value in fields.items() if key not in _DROPPED_KEYS
             }
-            for key in ("trace_id", "span_id", "trace_flags"):
-                attributes.pop(key, None)
+            ids = [attributes.pop(key, None) or getattr(record, key, None) for key in _TRACE_KEYS]
             self._otel_logger.emit(
                 timestamp=int(record.created * 1e9),
-                context=otel_context.get_current(),
+                context=_logged_context(*ids),
                 severity_number=SeverityNumber(_SEVERITY.get(record.levelname, 9)),
                 severity_text="WARN" if record.levelname == "WARNING" else record.levelname,
                 body=body,
@@ -190,15 +202,166 @@ class OTelLogHandler(logging.Handler):
             self.handleError(record)
 
 
+_TRACE_KEYS: Final = ("trace_id", "span_id", "trace_flags")
+
+
+def _logged_context(trace_id: object, span_id: object, flags: object) -> otel_context.Context:
+    """A context whose current span has the ids a line was logged with (the root context without them)."""
+    if not isinstance(trace_id, str) or not isinstance(span_id, str):
+        return otel_context.Context()
+    span_context = trace.SpanContext(
+        int(trace_id, 16),
+        int(span_id, 16),
+        is_remote=False,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED if flags == "01" else trace.TraceFlags.DEFAULT),
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(span_context), otel_context.Context())
+
+
+class _Marker:
+    """A flush request travelling through the writer's queue: set once every line before it is written."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_STOP: Final = object()
+
+
+class LogWriter:
+    """One thread that formats and writes log records, fed by a bounded queue (§4.0).
+
+    :meth:`put` never blocks: with ``max_lines`` records waiting, the record is dropped, ``on_drop()``
+    is called (it counts ``asyncmq_telemetry_dropped_total{signal="log", reason="queue_full"}``) and a
+    ``telemetry.queue_full`` line is queued at most once a minute, past the bound.
+
+    Args:
+        deliver: called in the writer thread with each record (formatting and I/O happen there).
+        max_lines: records allowed to wait.
+        on_drop: called for each dropped record.
+        clock: monotonic seconds (the once-a-minute rule reads it).
+
+    """
+
+    def __init__(
+        self,
+        deliver: Callable[[logging.LogRecord], None],
+        *,
+        max_lines: int = DEFAULT_LOG_QUEUE_SIZE,
+        on_drop: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._deliver = deliver
+        self.max_lines = max_lines
+        self._on_drop = on_drop
+        self._clock = clock
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._last_full: float | None = None
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="asyncmq-otel-log-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, record: logging.LogRecord) -> bool:
+        """Queue ``record`` for the writer; False (and counted) when the queue is full."""
+        if self._queue.qsize() < self.max_lines:
+            self._queue.put(record)
+            return True
+        self.dropped += 1
+        if self._on_drop is not None:
+            self._on_drop()
+        now = self._clock()
+        if self._last_full is None or now - self._last_full >= _QUEUE_FULL_EVERY_S:
+            self._last_full = now
+            self._queue.put(_queue_full_record(self.max_lines))  # past the bound: one line a minute at most
+        return False
+
+    def _run(self) -> None:
+        get, deliver = self._queue.get, self._deliver
+        while True:
+            item = get()
+            if item is _STOP:
+                return
+            if isinstance(item, _Marker):
+                item.done.set()
+                continue
+            try:
+                deliver(cast("logging.LogRecord", item))
+            except Exception:  # noqa: BLE001 - the writer outlives any one broken record or handler
+                with contextlib.suppress(Exception):
+                    fallback = logging.lastResort
+                    if fallback is not None:
+                        fallback.handle(cast("logging.LogRecord", item))
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every record queued before this call is written; False after ``timeout_s``."""
+        if not self._thread.is_alive():
+            return True
+        marker = _Marker()
+        self._queue.put(marker)
+        return marker.done.wait(max(timeout_s, 0.0))
+
+    def close(self, timeout_s: float) -> bool:
+        """Write what is queued (within ``timeout_s``), then stop the thread. False when it did not finish."""
+        flushed = self.flush(timeout_s)
+        self._queue.put(_STOP)
+        if flushed:
+            self._thread.join(timeout=max(timeout_s, 0.0) or None)
+        return flushed
+
+
+def _queue_full_record(size: int) -> logging.LogRecord:
+    return logging.getLogger(f"{LOGGER_NAME}.telemetry").makeRecord(
+        f"{LOGGER_NAME}.telemetry", logging.WARNING, __name__, 0,
+        "telemetry.queue_full: the log queue is full (%d lines); lines are dropped and counted in "
+        'asyncmq_telemetry_dropped_total{signal="log",reason="queue_full"} (logged at most once a minute)',
+        (size,), None,
+    )  # fmt: skip
+
+
+class _QueueHandler(logging.Handler):
+    """The only handler on the event loop's path: stamps the record's trace context and queues it.
+
+    Records of this package's structlog logger already carry their fields (the chain ran in the
+    emitting task); plain stdlib records of ``asyncmq_otel.*`` get the current span's ids here, since
+    the writer thread that formats them has no current span.
+    """
+
+    def __init__(self, writer: LogWriter) -> None:
+        super().__init__(logging.NOTSET)
+        self.writer = writer
+
+    def handle(self, record: logging.LogRecord) -> bool:  # no lock: the queue's put is thread-safe
+        """Queue the record (never blocks)."""
+        if "_logger" not in record.__dict__:
+            ctx = trace.get_current_span().get_span_context()
+            if ctx.is_valid:
+                record.trace_id = format(ctx.trace_id, "032x")
+                record.span_id = format(ctx.span_id, "016x")
+                record.trace_flags = "01" if ctx.trace_flags.sampled else "00"
+        return self.writer.put(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue the record."""
+        self.handle(record)
+
+
 class LogOutput:
-    """The handlers ``instrument()`` puts on the ``asyncmq_otel`` logger, and their removal.
+    """The handlers ``instrument()`` puts on the ``asyncmq_otel`` logger, the writer thread, their removal.
 
     Args:
         log_format: ``auto``, ``json`` or ``console``.
-        level: level of the ``asyncmq_otel`` logger while instrumented.
+        level: level of the ``asyncmq_otel`` logger while instrumented (``None``: ``INFO`` with
+            ``output="stderr"``, the application's level with ``"stdlib"``).
         stream: where the renderer writes (stderr by default).
         logger_provider: an OTel provider for a second, OTLP handler.
-        extra_handlers: more handlers fed the same event dicts (``capture_telemetry()`` uses one).
+        extra_handlers: handlers called synchronously with the same event dicts (``capture_telemetry()``).
+        render: write rendered lines to ``stream`` (``output="stderr"`` only).
+        output: ``"stderr"`` (own handler, no propagation) or ``"stdlib"`` (records reach the handlers of
+            the ancestors of ``asyncmq_otel``, the application's logging configuration).
+        max_lines: bound of the writer's queue.
+        on_drop: called for each line dropped on a full queue.
 
     """
 
@@ -206,18 +369,26 @@ class LogOutput:
         self,
         *,
         log_format: str = "auto",
-        level: str | int = "INFO",
+        level: str | int | None = "INFO",
         stream: IO[str] | None = None,
         logger_provider: LoggerProvider | None = None,
         extra_handlers: list[logging.Handler] | None = None,
         render: bool = True,
+        output: str = "stderr",
+        max_lines: int = DEFAULT_LOG_QUEUE_SIZE,
+        on_drop: Callable[[], None] | None = None,
     ) -> None:
+        if output not in LOG_OUTPUTS:
+            raise ValueError(f"logs_output must be one of {LOG_OUTPUTS}, not {output!r}")
+        self.output = output
         self.format = resolve_format(log_format, stream)
+        if level is None and output == "stderr":
+            level = "INFO"
         self.level = logging.getLevelName(level.upper()) if isinstance(level, str) else level
-        if not isinstance(self.level, int):
-            raise ValueError(f"log_level {level!r} is not a logging level name")  # noqa: TRY004 - a bad value
-        self.handlers: list[logging.Handler] = []
-        if render:
+        if self.level is not None and not isinstance(self.level, int):
+            raise ValueError(f"log_level {level!r} is not a logging level name")
+        self.handlers: list[logging.Handler] = []  # called by the writer thread
+        if render and output == "stderr":
             renderer: Processor = (
                 structlog.processors.JSONRenderer()
                 if self.format == "json"
@@ -233,26 +404,75 @@ class LogOutput:
             self.handlers.append(handler)
         if logger_provider is not None:
             self.handlers.append(OTelLogHandler(logger_provider))
-        self.handlers.extend(extra_handlers or [])
+        self.sync_handlers = list(extra_handlers or [])  # in-memory, called in the emitting thread
+        self._max_lines = max_lines
+        self._on_drop = on_drop
+        self.writer: LogWriter | None = None
+        self._queue_handler: _QueueHandler | None = None
         self._saved: tuple[int, bool] | None = None
 
+    def _deliver(self, record: logging.LogRecord) -> None:
+        """In the writer thread: our handlers, then (``stdlib``) the application's, as propagation would."""
+        for handler in self.handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+        if self.output == "stdlib":
+            parent = logging.getLogger(LOGGER_NAME).parent
+            if parent is not None:
+                parent.callHandlers(record)
+
     def install(self) -> None:
-        """Add the handlers to ``asyncmq_otel`` and set its level (the previous state is kept)."""
+        """Start the writer, add the handlers to ``asyncmq_otel`` and set its level (old state kept)."""
         target = logging.getLogger(LOGGER_NAME)
         self._saved = (target.level, target.propagate)
-        for handler in self.handlers:
+        if self.handlers or self.output == "stdlib":
+            self.writer = LogWriter(self._deliver, max_lines=self._max_lines, on_drop=self._on_drop)
+            self._queue_handler = _QueueHandler(self.writer)
+            target.addHandler(self._queue_handler)
+        for handler in self.sync_handlers:
             target.addHandler(handler)
-        target.setLevel(self.level)
-        if self.handlers:
-            target.propagate = False  # handled here; the root logger's handlers would print the raw dict
+        if self.level is not None:
+            target.setLevel(self.level)
+        if self._queue_handler is not None or self.sync_handlers:
+            # The writer hands records on (to the application's handlers with "stdlib"); propagating as
+            # well would reach them a second time, on the event loop.
+            target.propagate = False
 
-    def uninstall(self) -> None:
-        """Remove exactly the handlers :meth:`install` added and restore level and propagation."""
+    def flush(self, timeout_s: float) -> bool:
+        """Write every queued line within ``timeout_s``; False when the writer did not get there in time."""
+        return True if self.writer is None else self.writer.flush(timeout_s)
+
+    def uninstall(self, timeout_s: float = 2.0) -> bool:
+        """Drain the queue (within ``timeout_s``), stop the writer, remove what :meth:`install` added."""
         target = logging.getLogger(LOGGER_NAME)
-        for handler in self.handlers:
+        drained = True
+        if self._queue_handler is not None:
+            target.removeHandler(self._queue_handler)
+            self._queue_handler = None
+        if self.writer is not None:
+            drained = self.writer.close(timeout_s)
+            self.writer = None
+        for handler in self.sync_handlers:
             target.removeHandler(handler)
-            with contextlib.suppress(ValueError, OSError):  # the stream may be closed already
-                handler.flush()
+        if drained:
+            for handler in self.handlers:
+                with contextlib.suppress(ValueError, OSError):  # the stream may be closed already
+                    handler.flush()
+        self._restore(target)
+        return drained
+
+    def abandon(self) -> None:
+        """In a forked child: remove the handlers without waiting for the parent's writer thread."""
+        target = logging.getLogger(LOGGER_NAME)
+        if self._queue_handler is not None:
+            target.removeHandler(self._queue_handler)
+            self._queue_handler = None
+        self.writer = None
+        for handler in self.sync_handlers:
+            target.removeHandler(handler)
+        self._restore(target)
+
+    def _restore(self, target: logging.Logger) -> None:
         if self._saved is not None:
             target.setLevel(self._saved[0])
             target.propagate = self._saved[1]

@@ -7,11 +7,13 @@ shut down by ``uninstrument()``.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +22,9 @@ from typing import TYPE_CHECKING, Any, Final
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
+from ..errors import TelemetryConfigError
 from .config import DEFAULT_METRICS_ADDR, TelemetryConfig
+from .log_adapter import LogOutput
 
 if TYPE_CHECKING:
     from opentelemetry._logs import LoggerProvider
@@ -31,9 +35,11 @@ if TYPE_CHECKING:
 __all__ = [
     "MetricsServer",
     "Providers",
+    "build_log_output",
     "build_providers",
     "build_registry",
     "flush_and_shutdown",
+    "shutdown_providers",
 ]
 
 _log = logging.getLogger("asyncmq_otel.telemetry")
@@ -59,21 +65,45 @@ def build_resource(config: TelemetryConfig) -> Resource:
     return Resource.create(config.resource_attributes())
 
 
-def build_providers(
-    config: TelemetryConfig,
-    *,
-    tracer_provider: TracerProvider | None,
-    meter_provider: MeterProvider | None,
-    logger_provider: LoggerProvider | None,
-) -> Providers:
-    """Use the caller's providers or build ours (§5 providers row)."""
+_BUILT: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Providers built here: never adopted as "the application's" global (they may be shut down already)."""
+
+
+def _application_global(current: Any, sdk_type: str) -> Any | None:  # noqa: ANN401 - any OTel provider
+    """``current`` when it is an SDK provider the application installed as the OTel global, else None."""
+    cls = type(current)
+    if current in _BUILT or not any(
+        f"{base.__module__}.{base.__qualname__}" == sdk_type for base in cls.__mro__
+    ):
+        return None
+    return current
+
+
+def build_providers(config: TelemetryConfig) -> Providers:
+    """Use the caller's providers, or SDK providers the application installed as globals, or build ours.
+
+    Only providers built here are ``owned`` (flushed and shut down by ``uninstrument()``); the ones
+    built here are installed as the OTel globals when none is set yet (§5 providers row).
+    """
     from opentelemetry import metrics, trace  # noqa: PLC0415 - see build_resource
     from opentelemetry._logs import get_logger_provider, set_logger_provider  # noqa: PLC0415
 
-    out = Providers(tracer_provider, meter_provider, logger_provider)
-    need_traces = config.traces and tracer_provider is None
-    need_metrics = config.otlp_metrics and meter_provider is None
-    need_logs = config.logs and config.logs_exporter == "otlp" and logger_provider is None
+    out = Providers(config.tracer_provider, config.meter_provider, config.logger_provider)
+    if config.traces and out.tracer_provider is None:
+        out.tracer_provider = _application_global(
+            trace.get_tracer_provider(), "opentelemetry.sdk.trace.TracerProvider"
+        )
+    if config.otlp_metrics and out.meter_provider is None:
+        out.meter_provider = _application_global(
+            metrics.get_meter_provider(), "opentelemetry.sdk.metrics.MeterProvider"
+        )
+    if config.logs and config.logs_exporter == "otlp" and out.logger_provider is None:
+        out.logger_provider = _application_global(
+            get_logger_provider(), "opentelemetry.sdk._logs.LoggerProvider"
+        )
+    need_traces = config.traces and out.tracer_provider is None
+    need_metrics = bool(config.otlp_metrics) and out.meter_provider is None
+    need_logs = config.logs and config.logs_exporter == "otlp" and out.logger_provider is None
     resource = build_resource(config) if (need_traces or need_metrics or need_logs) else None
     if need_traces and resource is not None:
         built_tp = _tracer_provider(config, resource)
@@ -93,7 +123,31 @@ def build_providers(
         out.owned.append(built_lp)
         if type(get_logger_provider()).__name__ == "ProxyLoggerProvider":
             set_logger_provider(built_lp)
+    _BUILT.update(out.owned)
     return out
+
+
+def build_log_output(
+    config: TelemetryConfig,
+    providers: Providers,
+    extra_handlers: Sequence[logging.Handler],
+    *,
+    render: bool,
+    on_drop: Callable[[], None],
+) -> LogOutput | None:
+    """The handlers of the ``asyncmq_otel`` logger and their writer thread (``None`` when logs are off)."""
+    if not (config.logs or extra_handlers):
+        return None
+    return LogOutput(
+        log_format=config.log_format or "auto",
+        level=config.log_level,
+        logger_provider=providers.logger_provider if config.logs_exporter == "otlp" else None,
+        extra_handlers=list(extra_handlers),
+        render=render and config.logs,
+        output=config.logs_output or "stderr",
+        max_lines=config.log_queue_size,
+        on_drop=on_drop,
+    )
 
 
 def _tracer_provider(config: TelemetryConfig, resource: Resource) -> TracerProvider:
@@ -103,9 +157,9 @@ def _tracer_provider(config: TelemetryConfig, resource: Resource) -> TracerProvi
 
     from .tracing import LinkAwareSampler  # noqa: PLC0415 - tracing imports the SDK sampler API
 
+    ratio = 1.0 if config.sampling_ratio is None else config.sampling_ratio
     provider = SDKTracerProvider(
-        resource=resource,
-        sampler=ParentBased(root=LinkAwareSampler(TraceIdRatioBased(config.sampling_ratio))),
+        resource=resource, sampler=ParentBased(root=LinkAwareSampler(TraceIdRatioBased(ratio)))
     )
     endpoint = config.endpoint("traces")
     if endpoint is not None and config.traces_exporter:
@@ -190,6 +244,13 @@ def flush_and_shutdown(providers: Sequence[Any], timeout_s: float, *, shutdown: 
     return ok
 
 
+def shutdown_providers(providers: Sequence[Any]) -> None:
+    """Shut providers down without flushing (``instrument()`` failed: they recorded nothing)."""
+    for provider in providers:
+        if not _bounded(provider.shutdown, _SHUTDOWN_GRACE_S)[0]:
+            _log.warning("telemetry.shutdown_timeout: %s did not shut down in time", type(provider).__name__)
+
+
 # -- the scrape sink --------------------------------------------------------------------------------------
 def build_registry(service: Mapping[str, str]) -> CollectorRegistry:
     """A fresh registry with the process and platform collectors and ``target_info`` (§3.1)."""
@@ -204,7 +265,7 @@ def parse_addr(addr: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` too) → (host, port). Port 0 picks a free port."""
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(
+        raise TelemetryConfigError(
             f"metrics_addr {addr!r} must be host:port, e.g. 127.0.0.1:9464 (port 0 picks a free one)"
         )
     host = host.strip("[]") or "127.0.0.1"
@@ -258,11 +319,27 @@ class MetricsServer:
         registry: what ``/metrics`` serves.
         addr: ``host:port``; ``127.0.0.1:9464`` by default, port 0 picks a free port.
 
+    Raises:
+        TelemetryConfigError: ``addr`` is malformed, in use or cannot be bound; the message names it and
+            says how to choose another.
+
     """
 
     def __init__(self, registry: CollectorRegistry, addr: str = DEFAULT_METRICS_ADDR) -> None:
         host, port = parse_addr(addr)
-        self._server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
+        try:
+            self._server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
+        except OSError as exc:
+            problem = (
+                "the address is in use (another worker or process serves it)"
+                if exc.errno == errno.EADDRINUSE
+                else f"the address cannot be bound ({exc.strerror or exc})"
+            )
+            raise TelemetryConfigError(
+                f"cannot serve /metrics on {addr}: {problem}; choose another with metrics_addr= "
+                "(instrument), ASYNCMQ_METRICS_ADDR or --metrics-addr (command line): port 0 picks one "
+                "that is free, and an empty address serves no /metrics"
+            ) from exc
         self._server.registry = registry
         self.host = host
         self.port = int(self._server.server_address[1])

@@ -195,6 +195,7 @@ class TracingAdapter:
         span_name_style: str = "{op} {queue}",
         bulk_create_spans: bool = True,
         progress_events_per_span: int = 10,
+        settle_spans: bool = False,
     ) -> None:
         if propagation not in PROPAGATION_MODES:
             raise ValueError(f"propagation must be one of {PROPAGATION_MODES}, not {propagation!r}")
@@ -205,6 +206,7 @@ class TracingAdapter:
         self._per_task = span_name_style == SPAN_NAME_STYLES[1]
         self._bulk_create = bulk_create_spans
         self._progress_cap = progress_events_per_span
+        self.settle_spans = settle_spans
         self._open: dict[tuple[str | None, str | None, int | None], _Open] = {}
         self._throttle_starts: dict[tuple[str | None, str | None], float] = {}
         self._settle_starts: dict[tuple[str, str], int] = {}
