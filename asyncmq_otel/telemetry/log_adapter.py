@@ -230,6 +230,38 @@ class _Marker:
 _STOP: Final = object()
 
 
+class _Pending:
+    """A line of the adapter's own logger whose ``LogRecord`` the writer thread makes (off the loop)."""
+
+    __slots__ = ("created", "exc_info", "extra", "level", "logger", "msg")
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        level: int,
+        msg: object,
+        exc_info: Any,  # noqa: ANN401 - whatever the stdlib logger accepts as exc_info
+        extra: Mapping[str, Any] | None,
+    ) -> None:
+        self.logger = logger
+        self.level = level
+        self.msg = msg
+        self.exc_info = exc_info
+        self.extra = extra
+        self.created = time.time()
+
+    def record(self) -> logging.LogRecord:
+        """The record the logger would have made when the line was logged."""
+        record = self.logger.makeRecord(
+            self.logger.name, self.level, LOGGER_NAME, 0, self.msg, (), self.exc_info, extra=self.extra
+        )
+        created = self.created  # the time it was logged, not the time it was written
+        record.relativeCreated -= (record.created - created) * 1000
+        record.created = created
+        record.msecs = int((created - int(created)) * 1000) + 0.0
+        return record
+
+
 class LogWriter:
     """One thread that formats and writes log records, fed by a bounded queue (§4.0).
 
@@ -263,7 +295,7 @@ class LogWriter:
         self._thread = threading.Thread(target=self._run, name="asyncmq-otel-log-writer", daemon=True)
         self._thread.start()
 
-    def put(self, record: logging.LogRecord) -> bool:
+    def put(self, record: logging.LogRecord | _Pending) -> bool:
         """Queue ``record`` for the writer; False (and counted) when the queue is full."""
         if self._queue.qsize() < self.max_lines:
             self._queue.put(record)
@@ -286,13 +318,14 @@ class LogWriter:
             if isinstance(item, _Marker):
                 item.done.set()
                 continue
+            record = item.record() if isinstance(item, _Pending) else cast("logging.LogRecord", item)
             try:
-                deliver(cast("logging.LogRecord", item))
+                deliver(record)
             except Exception:  # noqa: BLE001 - the writer outlives any one broken record or handler
                 with contextlib.suppress(Exception):
                     fallback = logging.lastResort
                     if fallback is not None:
-                        fallback.handle(cast("logging.LogRecord", item))
+                        fallback.handle(record)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every record queued before this call is written; False after ``timeout_s``."""
@@ -481,7 +514,7 @@ class LogOutput:
     def logger(self) -> structlog.stdlib.BoundLogger:
         """The adapter's structlog logger: the §4.1 chain over the stdlib ``asyncmq_otel`` logger."""
         processors = [*processor_chain(self.format), structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
-        return structlog.stdlib.BoundLogger(_StdlibSink(logging.getLogger(LOGGER_NAME)), processors, {})
+        return structlog.stdlib.BoundLogger(_StdlibSink(logging.getLogger(LOGGER_NAME), self), processors, {})
 
 
 class _StdlibSink:
@@ -490,12 +523,14 @@ class _StdlibSink:
     Each call becomes one ``LogRecord`` handed to that logger's handlers (the ``ProcessorFormatter`` of
     the stderr handler, the OTLP handler, any handler the application adds). The source location,
     which would always point into this adapter, is not searched for: that saves a stack walk per line.
+    When the writer's queue is the logger's only handler, the writer thread makes the record.
     """
 
-    __slots__ = ("_logger", "name")
+    __slots__ = ("_logger", "_output", "name")
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, output: LogOutput | None = None) -> None:
         self._logger = logger
+        self._output = output
         self.name = logger.name
 
     def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - the stdlib Logger's method name
@@ -509,6 +544,21 @@ class _StdlibSink:
     def _emit(self, level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         logger = self._logger
         if not logger.isEnabledFor(level):
+            return
+        output = self._output
+        queue_handler = output._queue_handler if output is not None else None  # noqa: SLF001 - its own output
+        handlers = logger.handlers
+        if (
+            queue_handler is not None
+            and len(handlers) == 1
+            and handlers[0] is queue_handler
+            and not logger.filters
+            and not logger.disabled
+        ):
+            # Only the writer's queue would see the record: let the writer thread make it.
+            queue_handler.writer.put(
+                _Pending(logger, level, args[0] if args else "", kwargs.get("exc_info"), kwargs.get("extra"))
+            )
             return
         record = logger.makeRecord(
             self.name, level, "asyncmq_otel", 0, args[0] if args else "", (), kwargs.get("exc_info"),
