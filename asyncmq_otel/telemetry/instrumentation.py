@@ -107,7 +107,7 @@ class _Instrumentation:
         )
         if self.log_output is not None:
             self.log_output.install()
-            self.logging = LoggingAdapter(self.log_output.logger())
+            self.logging = LoggingAdapter(self.log_output.logger(), self.log_output.direct_lines())
         if config.metrics:
             registry = config.prometheus_registry
             if registry is None:

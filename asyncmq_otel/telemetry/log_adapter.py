@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime as dt
+import functools
 import logging
 import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, cast
 
 import structlog
@@ -45,6 +47,7 @@ __all__ = [
     "LOGGER_NAME",
     "LOG_OUTPUTS",
     "AddTraceContext",
+    "DirectLines",
     "LogFormat",
     "LogOutput",
     "LogWriter",
@@ -233,7 +236,7 @@ _STOP: Final = object()
 class _Pending:
     """A line of the adapter's own logger whose ``LogRecord`` the writer thread makes (off the loop)."""
 
-    __slots__ = ("created", "exc_info", "extra", "level", "logger", "msg")
+    __slots__ = ("created", "exc_info", "extra", "finish", "level", "logger", "msg")
 
     def __init__(
         self,
@@ -242,16 +245,20 @@ class _Pending:
         msg: object,
         exc_info: Any,  # noqa: ANN401 - whatever the stdlib logger accepts as exc_info
         extra: Mapping[str, Any] | None,
+        finish: Callable[[Any, float], None] | None = None,
     ) -> None:
         self.logger = logger
         self.level = level
         self.msg = msg
         self.exc_info = exc_info
         self.extra = extra
+        self.finish = finish
         self.created = time.time()
 
     def record(self) -> logging.LogRecord:
         """The record the logger would have made when the line was logged."""
+        if self.finish is not None:
+            self.finish(self.msg, self.created)
         record = self.logger.makeRecord(
             self.logger.name, self.level, LOGGER_NAME, 0, self.msg, (), self.exc_info, extra=self.extra
         )
@@ -514,7 +521,95 @@ class LogOutput:
     def logger(self) -> structlog.stdlib.BoundLogger:
         """The adapter's structlog logger: the §4.1 chain over the stdlib ``asyncmq_otel`` logger."""
         processors = [*processor_chain(self.format), structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
-        return structlog.stdlib.BoundLogger(_StdlibSink(logging.getLogger(LOGGER_NAME), self), processors, {})
+        return structlog.stdlib.BoundLogger(self._sink, processors, {})
+
+    @functools.cached_property
+    def _sink(self) -> _StdlibSink:
+        return _StdlibSink(logging.getLogger(LOGGER_NAME), self)
+
+    def direct_lines(self) -> DirectLines:
+        """The adapter's precompiled path to the writer (see :class:`DirectLines`)."""
+        return DirectLines(self._sink, self.format)
+
+
+_METHOD_NAMES: Final = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+
+
+def _iso_utc(created: float) -> str:
+    """``TimeStamper(fmt="iso", utc=True)``'s text, for a time taken earlier."""
+    return dt.datetime.fromtimestamp(created, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class DirectLines:
+    """The adapter's lines without structlog's per-call machinery: the §4.1 chain, precompiled.
+
+    On the event loop it does what must see the emitting task (``merge_contextvars``, the level and
+    logger names, the current span's ids); the writer thread adds the timestamp (of the time the line
+    was logged) and the structured traceback. The event dict equals the reference chain's key for key,
+    in the same order (a test compares both for every event type). It only runs when the writer's queue
+    is the ``asyncmq_otel`` logger's only handler; otherwise :meth:`__call__` returns False and the
+    caller takes the structlog path.
+
+    Args:
+        sink: the adapter's wrapped logger.
+        log_format: ``json`` (structured tracebacks) or ``console``.
+
+    """
+
+    __slots__ = ("_finish", "_sink", "_trace")
+
+    def __init__(self, sink: _StdlibSink, log_format: Literal["json", "console"]) -> None:
+        self._sink = sink
+        self._trace = AddTraceContext()
+        self._finish = _finish_json if log_format == "json" else _finish_console
+
+    def __call__(self, level: int, event: str, fields: dict[str, Any]) -> bool:
+        """Queue one line (``fields`` becomes its event dict); False when the structlog path must run."""
+        writer = self._sink.direct_writer()
+        if writer is None:
+            return False
+        fields["event"] = event
+        for var, value in contextvars.copy_context().items():  # structlog.contextvars.merge_contextvars
+            name = var.name
+            if name.startswith(_CONTEXTVARS_PREFIX) and value is not Ellipsis:
+                fields.setdefault(name[_CONTEXTVARS_PREFIX_LEN:], value)
+        method = _METHOD_NAMES[level]
+        fields["level"] = method
+        fields["logger"] = LOGGER_NAME
+        fields["timestamp"] = None  # keeps the chain's key order; the writer writes the time
+        self._trace(None, method, fields)
+        sink = self._sink
+        writer.put(
+            _Pending(
+                sink._logger,  # noqa: SLF001 - the sink's own logger
+                level,
+                fields,
+                None,
+                {"_logger": sink, "_name": method},
+                self._finish,
+            )
+        )
+        return True
+
+
+_CONTEXTVARS_PREFIX: Final = structlog.contextvars.STRUCTLOG_KEY_PREFIX
+_CONTEXTVARS_PREFIX_LEN: Final = len(_CONTEXTVARS_PREFIX)
+
+
+def _finish_console(event: dict[str, Any], created: float) -> None:
+    event["timestamp"] = _iso_utc(created)
+
+
+def _finish_json(event: dict[str, Any], created: float) -> None:
+    event["timestamp"] = _iso_utc(created)
+    if "exc_info" in event:
+        _DICT_TRACEBACKS(None, "", event)
 
 
 class _StdlibSink:
@@ -541,12 +636,11 @@ class _StdlibSink:
         """The stdlib logger's effective level."""
         return self._logger.getEffectiveLevel()
 
-    def _emit(self, level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        logger = self._logger
-        if not logger.isEnabledFor(level):
-            return
+    def direct_writer(self) -> LogWriter | None:
+        """The writer, when its queue is the only thing a record of this logger would reach."""
         output = self._output
         queue_handler = output._queue_handler if output is not None else None  # noqa: SLF001 - its own output
+        logger = self._logger
         handlers = logger.handlers
         if (
             queue_handler is not None
@@ -555,8 +649,16 @@ class _StdlibSink:
             and not logger.filters
             and not logger.disabled
         ):
-            # Only the writer's queue would see the record: let the writer thread make it.
-            queue_handler.writer.put(
+            return queue_handler.writer
+        return None
+
+    def _emit(self, level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        logger = self._logger
+        if not logger.isEnabledFor(level):
+            return
+        writer = self.direct_writer()
+        if writer is not None:  # only the writer's queue would see the record: the writer thread makes it
+            writer.put(
                 _Pending(logger, level, args[0] if args else "", kwargs.get("exc_info"), kwargs.get("extra"))
             )
             return
@@ -636,13 +738,15 @@ class LoggingAdapter:
 
     Args:
         logger: the structlog logger of :meth:`LogOutput.logger`.
+        direct: the precompiled path of :meth:`LogOutput.direct_lines` (used whenever it applies).
 
     """
 
     signal = "log"
 
-    def __init__(self, logger: structlog.stdlib.BoundLogger) -> None:
+    def __init__(self, logger: structlog.stdlib.BoundLogger, direct: DirectLines | None = None) -> None:
         self._logger = logger
+        self._direct = direct
         self._stdlib = logging.getLogger(LOGGER_NAME)
         self._bound: dict[
             tuple[str | None, str | None, int | None], Mapping[str, contextvars.Token[Any]]
@@ -658,7 +762,9 @@ class LoggingAdapter:
             fields = _fields(event)
             if name == "job:failed" and event.exception is not None:
                 fields["exc_info"] = event.exception
-            self._logger.log(spec[1], spec[0], **fields)
+            direct = self._direct
+            if direct is None or not direct(spec[1], spec[0], fields):
+                self._logger.log(spec[1], spec[0], **fields)
         if name in _OUTCOMES:
             self._reset(event)
 
@@ -735,7 +841,7 @@ def _base_fields(event: LifecycleEvent) -> dict[str, Any]:
     return fields
 
 
-def _fields(event: LifecycleEvent) -> MutableMapping[str, Any]:
+def _fields(event: LifecycleEvent) -> dict[str, Any]:
     name = event.name
     fields = _base_fields(event)
     for attr, key in _OPTIONAL:

@@ -309,7 +309,10 @@ def test_every_queued_line_is_written_by_uninstrument(capsys) -> None:
     for n in range(500):
         bus.emit(LifecycleEvent("queue:paused", time.time(), queue=f"q{n}"))
     telemetry.uninstrument()
-    lines = [json.loads(text) for text in capsys.readouterr().err.splitlines()]
+    err = capsys.readouterr().err.splitlines()
+    bad = [text for text in err if not text.startswith('{"')]
+    assert not bad, bad[:5]
+    lines = [json.loads(text) for text in err]
     assert [line["messaging.destination.name"] for line in lines] == [f"q{n}" for n in range(500)]
 
 
@@ -352,3 +355,75 @@ def test_logs_output_comes_from_the_environment_too() -> None:
     )
     with pytest.raises(TelemetryConfigError, match="stdlib"):
         TelemetryConfig(logs_output="file").resolve({})
+
+
+def _event_for(name: str, exception: BaseException) -> LifecycleEvent:
+    now = time.time()
+    fields: dict[str, Any] = {"queue": "eq-q"}
+    if name.startswith("job:"):
+        fields.update(
+            job_id="job-1", task="eq.task", attempt=2, max_attempts=3, priority=5, enqueued_at=now,
+            eligible_at=now, worker_id="w-1", group="default", started_at=now, wait_s=0.25,
+            finished_at=now, duration_s=0.5, ratelimit_wait_s=0.02, delay_s=1.5, backoff_s=2.0,
+            progress=0.5, error_type="ValueError", error_message="bad value", reason="failed",
+        )  # fmt: skip
+        if name == "job:failed":
+            fields["exception"] = exception
+    elif name.startswith("worker:"):
+        fields.update(worker_id="w-1", group="default", concurrency=4, active=1, reason="shutdown")
+    elif name.startswith("backend:"):
+        fields.update(old_epoch="a", new_epoch="b")
+    return LifecycleEvent(name, now, **fields)
+
+
+def _pairs(text: str) -> list[tuple[str, Any]]:
+    return [
+        (key, "<time>" if key == "timestamp" else value)
+        for key, value in json.loads(text, object_pairs_hook=list)
+    ]
+
+
+def test_the_precompiled_lines_equal_the_reference_chain_key_for_key(capsys) -> None:
+    from opentelemetry import trace
+
+    try:
+        raise ValueError("bad value")  # noqa: TRY301 - a real traceback for job.failed
+    except ValueError as exc:
+        exception = exc
+    names = list(EVENT_LOG_LEVELS)
+    provider = TracerProvider()
+    # No trace adapter: every line carries the ids of the one span current in both runs.
+    telemetry.instrument(traces=False, metrics=False, log_format="json", log_level="DEBUG")
+    try:
+        outputs: list[list[str]] = []
+        target = logging.getLogger("asyncmq_otel")
+        span = provider.get_tracer("eq").start_span("request")
+        for reference in (False, True):
+            # Any other handler on the logger turns the precompiled path off: the structlog chain runs.
+            extra = logging.NullHandler()
+            if reference:
+                target.addHandler(extra)
+            with (
+                structlog.contextvars.bound_contextvars(request_id="req-7", tenant="acme"),
+                trace.use_span(span, end_on_exit=False),
+            ):
+                for name in names:
+                    bus.emit(_event_for(name, exception))
+            assert telemetry.flush(10)
+            target.removeHandler(extra)
+            outputs.append(capsys.readouterr().err.splitlines())
+        span.end()
+    finally:
+        telemetry.uninstrument()
+        provider.shutdown()
+    direct, chain = outputs
+    assert len(direct) == len(chain) == len(names)
+    for direct_line, chain_line in zip(direct, chain, strict=True):
+        assert _pairs(direct_line) == _pairs(chain_line)
+        line = json.loads(direct_line)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", line["timestamp"])
+        assert line["request_id"] == "req-7"
+        assert TRACE_ID.fullmatch(line["trace_id"])
+    failed = json.loads(direct[names.index("job:failed")])
+    assert failed["exception"][0]["exc_type"] == "ValueError"
+    assert trace.get_current_span() is trace.INVALID_SPAN
