@@ -10,8 +10,8 @@ adapter binds the job's fields with structlog's contextvars at ``job:started`` i
 and resets them at the attempt's outcome.
 
 No log I/O happens on the event loop: the handler on ``asyncmq_otel`` only puts each record on a
-bounded queue, and one writer thread formats and writes it (a stderr nobody reads must never stall
-the job loop). A full queue drops the line and counts it.
+bounded queue, and one writer thread (:mod:`._log_writer`) formats and writes it (a stderr nobody
+reads must never stall the job loop). A full queue drops the line and counts it.
 """
 
 from __future__ import annotations
@@ -21,10 +21,7 @@ import contextvars
 import datetime as dt
 import functools
 import logging
-import queue
 import sys
-import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, cast
 
@@ -34,6 +31,7 @@ from opentelemetry import trace
 from structlog.tracebacks import ExceptionDictTransformer
 
 from .._version import __version__
+from ._log_writer import DEFAULT_LOG_QUEUE_SIZE, LogQueueHandler, LogWriter, PendingLine
 
 if TYPE_CHECKING:
     from opentelemetry._logs import LoggerProvider
@@ -60,8 +58,6 @@ LOGGER_NAME: Final = "asyncmq_otel"
 LogFormat = Literal["auto", "json", "console"]
 LOG_FORMATS: Final = ("auto", "json", "console")
 LOG_OUTPUTS: Final = ("stderr", "stdlib")
-DEFAULT_LOG_QUEUE_SIZE: Final = 10_000
-_QUEUE_FULL_EVERY_S: Final = 60.0
 
 EVENT_LOG_LEVELS: Final[Mapping[str, tuple[str, int]]] = {
     "job:enqueued": ("job.enqueued", logging.DEBUG),
@@ -221,172 +217,6 @@ def _logged_context(trace_id: object, span_id: object, flags: object) -> otel_co
     return trace.set_span_in_context(trace.NonRecordingSpan(span_context), otel_context.Context())
 
 
-class _Marker:
-    """A flush request travelling through the writer's queue: set once every line before it is written."""
-
-    __slots__ = ("done",)
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-
-
-_STOP: Final = object()
-
-
-class _Pending:
-    """A line of the adapter's own logger whose ``LogRecord`` the writer thread makes (off the loop)."""
-
-    __slots__ = ("created", "exc_info", "extra", "finish", "level", "logger", "msg")
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        level: int,
-        msg: object,
-        exc_info: Any,  # noqa: ANN401 - whatever the stdlib logger accepts as exc_info
-        extra: Mapping[str, Any] | None,
-        finish: Callable[[Any, float], None] | None = None,
-    ) -> None:
-        self.logger = logger
-        self.level = level
-        self.msg = msg
-        self.exc_info = exc_info
-        self.extra = extra
-        self.finish = finish
-        self.created = time.time()
-
-    def record(self) -> logging.LogRecord:
-        """The record the logger would have made when the line was logged."""
-        if self.finish is not None:
-            self.finish(self.msg, self.created)
-        record = self.logger.makeRecord(
-            self.logger.name, self.level, LOGGER_NAME, 0, self.msg, (), self.exc_info, extra=self.extra
-        )
-        created = self.created  # the time it was logged, not the time it was written
-        record.relativeCreated -= (record.created - created) * 1000
-        record.created = created
-        record.msecs = int((created - int(created)) * 1000) + 0.0
-        return record
-
-
-class LogWriter:
-    """One thread that formats and writes log records, fed by a bounded queue (§4.0).
-
-    :meth:`put` never blocks: with ``max_lines`` records waiting, the record is dropped, ``on_drop()``
-    is called (it counts ``asyncmq_telemetry_dropped_total{signal="log", reason="queue_full"}``) and a
-    ``telemetry.queue_full`` line is queued at most once a minute, past the bound.
-
-    Args:
-        deliver: called in the writer thread with each record (formatting and I/O happen there).
-        max_lines: records allowed to wait.
-        on_drop: called for each dropped record.
-        clock: monotonic seconds (the once-a-minute rule reads it).
-
-    """
-
-    def __init__(
-        self,
-        deliver: Callable[[logging.LogRecord], None],
-        *,
-        max_lines: int = DEFAULT_LOG_QUEUE_SIZE,
-        on_drop: Callable[[], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._deliver = deliver
-        self.max_lines = max_lines
-        self._on_drop = on_drop
-        self._clock = clock
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._last_full: float | None = None
-        self.dropped = 0
-        self._thread = threading.Thread(target=self._run, name="asyncmq-otel-log-writer", daemon=True)
-        self._thread.start()
-
-    def put(self, record: logging.LogRecord | _Pending) -> bool:
-        """Queue ``record`` for the writer; False (and counted) when the queue is full."""
-        if self._queue.qsize() < self.max_lines:
-            self._queue.put(record)
-            return True
-        self.dropped += 1
-        if self._on_drop is not None:
-            self._on_drop()
-        now = self._clock()
-        if self._last_full is None or now - self._last_full >= _QUEUE_FULL_EVERY_S:
-            self._last_full = now
-            self._queue.put(_queue_full_record(self.max_lines))  # past the bound: one line a minute at most
-        return False
-
-    def _run(self) -> None:
-        get, deliver = self._queue.get, self._deliver
-        while True:
-            item = get()
-            if item is _STOP:
-                return
-            if isinstance(item, _Marker):
-                item.done.set()
-                continue
-            record = item.record() if isinstance(item, _Pending) else cast("logging.LogRecord", item)
-            try:
-                deliver(record)
-            except Exception:  # noqa: BLE001 - the writer outlives any one broken record or handler
-                with contextlib.suppress(Exception):
-                    fallback = logging.lastResort
-                    if fallback is not None:
-                        fallback.handle(record)
-
-    def flush(self, timeout_s: float) -> bool:
-        """Wait until every record queued before this call is written; False after ``timeout_s``."""
-        if not self._thread.is_alive():
-            return True
-        marker = _Marker()
-        self._queue.put(marker)
-        return marker.done.wait(max(timeout_s, 0.0))
-
-    def close(self, timeout_s: float) -> bool:
-        """Write what is queued (within ``timeout_s``), then stop the thread. False when it did not finish."""
-        flushed = self.flush(timeout_s)
-        self._queue.put(_STOP)
-        if flushed:
-            self._thread.join(timeout=max(timeout_s, 0.0) or None)
-        return flushed
-
-
-def _queue_full_record(size: int) -> logging.LogRecord:
-    return logging.getLogger(f"{LOGGER_NAME}.telemetry").makeRecord(
-        f"{LOGGER_NAME}.telemetry", logging.WARNING, __name__, 0,
-        "telemetry.queue_full: the log queue is full (%d lines); lines are dropped and counted in "
-        'asyncmq_telemetry_dropped_total{signal="log",reason="queue_full"} (logged at most once a minute)',
-        (size,), None,
-    )  # fmt: skip
-
-
-class _QueueHandler(logging.Handler):
-    """The only handler on the event loop's path: stamps the record's trace context and queues it.
-
-    Records of this package's structlog logger already carry their fields (the chain ran in the
-    emitting task); plain stdlib records of ``asyncmq_otel.*`` get the current span's ids here, since
-    the writer thread that formats them has no current span.
-    """
-
-    def __init__(self, writer: LogWriter) -> None:
-        super().__init__(logging.NOTSET)
-        self.writer = writer
-
-    def handle(self, record: logging.LogRecord) -> bool:  # no lock: the queue's put is thread-safe
-        """Queue the record (never blocks)."""
-        if "_logger" not in record.__dict__:
-            ctx = trace.get_current_span().get_span_context()
-            if ctx.is_valid:
-                record.trace_id = format(ctx.trace_id, "032x")
-                record.span_id = format(ctx.span_id, "016x")
-                record.trace_flags = "01" if ctx.trace_flags.sampled else "00"
-        return self.writer.put(record)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Queue the record."""
-        self.handle(record)
-
-
 class LogOutput:
     """The handlers ``instrument()`` puts on the ``asyncmq_otel`` logger, the writer thread, their removal.
 
@@ -448,7 +278,7 @@ class LogOutput:
         self._max_lines = max_lines
         self._on_drop = on_drop
         self.writer: LogWriter | None = None
-        self._queue_handler: _QueueHandler | None = None
+        self._queue_handler: LogQueueHandler | None = None
         self._saved: tuple[int, bool] | None = None
 
     def _deliver(self, record: logging.LogRecord) -> None:
@@ -467,7 +297,7 @@ class LogOutput:
         self._saved = (target.level, target.propagate)
         if self.handlers or self.output == "stdlib":
             self.writer = LogWriter(self._deliver, max_lines=self._max_lines, on_drop=self._on_drop)
-            self._queue_handler = _QueueHandler(self.writer)
+            self._queue_handler = LogQueueHandler(self.writer)
             target.addHandler(self._queue_handler)
         for handler in self.sync_handlers:
             target.addHandler(handler)
@@ -586,7 +416,7 @@ class DirectLines:
         self._trace(None, method, fields)
         sink = self._sink
         writer.put(
-            _Pending(
+            PendingLine(
                 sink._logger,  # noqa: SLF001 - the sink's own logger
                 level,
                 fields,
@@ -658,9 +488,8 @@ class _StdlibSink:
             return
         writer = self.direct_writer()
         if writer is not None:  # only the writer's queue would see the record: the writer thread makes it
-            writer.put(
-                _Pending(logger, level, args[0] if args else "", kwargs.get("exc_info"), kwargs.get("extra"))
-            )
+            message = args[0] if args else ""
+            writer.put(PendingLine(logger, level, message, kwargs.get("exc_info"), kwargs.get("extra")))
             return
         record = logger.makeRecord(
             self.name, level, "asyncmq_otel", 0, args[0] if args else "", (), kwargs.get("exc_info"),

@@ -27,7 +27,7 @@ from asyncmq_otel.errors import TelemetryConfigError
 from asyncmq_otel.events import LifecycleEvent, bus
 from asyncmq_otel.queues import Queue
 from asyncmq_otel.tasks import task
-from asyncmq_otel.telemetry import AddTraceContext, TelemetryConfig
+from asyncmq_otel.telemetry import AddTraceContext, TelemetryConfig, instrumentation
 from asyncmq_otel.telemetry.log_adapter import EVENT_LOG_LEVELS, LogWriter
 from asyncmq_otel.testing import Captured
 from asyncmq_otel.workers import Worker
@@ -297,11 +297,20 @@ def test_uninstrument_drains_the_queue_within_the_flush_timeout(root_handler: _B
     bus.emit(LifecycleEvent("queue:paused", time.time(), queue="drain-q"))
     bus.emit(LifecycleEvent("queue:resumed", time.time(), queue="drain-q"))
     assert root_handler.entered.wait(timeout=10)
+    state = instrumentation._state
+    assert state is not None
+    assert state.log_output is not None
+    writer = state.log_output.writer
+    assert writer is not None
     started = time.monotonic()
     telemetry.uninstrument()  # the writer is stuck: uninstrument gives up after flush_timeout_s
     assert time.monotonic() - started < 5.0
     assert not telemetry.is_instrumented()
     root_handler.release.set()
+    # Released, the writer writes what it holds and stops (before this test's log capture goes away).
+    writer._thread.join(timeout=10)
+    assert not writer._thread.is_alive()
+    assert [r.msg["event"] for r in root_handler.records] == ["queue.paused", "queue.resumed"]
 
 
 def test_every_queued_line_is_written_by_uninstrument(capsys) -> None:
