@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Final, cast
 
@@ -128,14 +130,13 @@ class LogWriter:
             if isinstance(item, _Marker):
                 item.done.set()
                 continue
-            record = item.record() if isinstance(item, PendingLine) else cast("logging.LogRecord", item)
             try:
-                deliver(record)
+                deliver(item.record() if isinstance(item, PendingLine) else cast("logging.LogRecord", item))
             except Exception:  # noqa: BLE001 - the writer outlives any one broken record or handler
-                with contextlib.suppress(Exception):
-                    fallback = logging.lastResort
-                    if fallback is not None:
-                        fallback.handle(record)
+                if logging.raiseExceptions:  # reported as logging's own handleError does
+                    with contextlib.suppress(Exception):
+                        sys.stderr.write("--- asyncmq_otel log writer: a line could not be written ---\n")
+                        traceback.print_exc(file=sys.stderr)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every record queued before this call is written; False after ``timeout_s``."""

@@ -436,3 +436,19 @@ def test_the_precompiled_lines_equal_the_reference_chain_key_for_key(capsys) -> 
     failed = json.loads(direct[names.index("job:failed")])
     assert failed["exception"][0]["exc_type"] == "ValueError"
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_the_writer_outlives_a_handler_that_raises(capsys) -> None:
+    delivered: list[str] = []
+
+    def deliver(record: logging.LogRecord) -> None:
+        if record.getMessage() == "broken":
+            raise RuntimeError("handler bug")
+        delivered.append(record.getMessage())
+
+    writer = LogWriter(deliver)
+    for message in ("broken", "after"):
+        writer.put(logging.LogRecord("asyncmq_otel", logging.INFO, __file__, 0, message, (), None))
+    assert writer.close(10)
+    assert delivered == ["after"]
+    assert "RuntimeError: handler bug" in capsys.readouterr().err
