@@ -24,6 +24,7 @@ __all__ = [
     "SandboxError",
     "SandboxTimeout",
     "TaskNameWarning",
+    "TelemetryConfigError",
     "UnknownTask",
     "UnsupportedOption",
 ]
@@ -35,6 +36,10 @@ class AsyncMQError(Exception):
 
 class ConfigError(AsyncMQError, ValueError):
     """A setting has an invalid value or an invalid combination with another setting."""
+
+
+class TelemetryConfigError(ConfigError):
+    """Telemetry cannot start as configured (an invalid option, or the metrics address is in use)."""
 
 
 class InvalidName(AsyncMQError, ValueError):

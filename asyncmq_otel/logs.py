@@ -4,6 +4,6 @@ Add ``structlog.contextvars.merge_contextvars`` and :class:`AddTraceContext` to 
 lines your handlers log carry the same job fields and trace ids as the worker's own.
 """
 
-from .telemetry.logging import AddTraceContext as AddTraceContext
+from .telemetry.log_adapter import AddTraceContext as AddTraceContext
 
 __all__ = ["AddTraceContext"]

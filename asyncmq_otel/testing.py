@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -34,9 +34,10 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from prometheus_client import CollectorRegistry
 
 from . import events
-from . import telemetry as _telemetry
 from .backends._default import memory_backend, reset_default_backend
 from .settings import override_settings
+from .telemetry import instrumentation as _telemetry
+from .telemetry.config import TelemetryConfig
 from .telemetry.metrics import METRICS_BY_NAME, label_key
 
 if TYPE_CHECKING:
@@ -307,20 +308,7 @@ _SWITCH = _SwitchTracerProvider()
 
 
 @contextlib.contextmanager
-def capture_telemetry(
-    *,
-    propagation: str = "child",
-    span_name_style: str = "{op} {queue}",
-    bulk_create_spans: bool = True,
-    progress_events_per_span: int = 10,
-    metric_cardinality_limit: int = 2000,
-    error_type_limit: int = 20,
-    histogram_buckets: Mapping[str, Sequence[float]] | None = None,
-    queue_sampler: str = "elected",
-    queue_sample_interval_s: float = 10.0,
-    log_level: str | int = "DEBUG",
-    bus: EventBus | None = None,
-) -> Iterator[Captured]:
+def capture_telemetry(config: TelemetryConfig | None = None, /, **overrides: Any) -> Iterator[Captured]:  # noqa: ANN401 - TelemetryConfig's fields
     """Record telemetry in memory for the duration of the block; open no ports; restore everything on exit.
 
     It instruments with an always-on sampler, an ``InMemorySpanExporter`` behind a
@@ -330,24 +318,20 @@ def capture_telemetry(
     switch provider is installed once as the global, so spans created by handlers reach the
     capture (outside a capture it is inert).
 
-    Args:
-        propagation: as :func:`asyncmq_otel.telemetry.instrument`.
-        span_name_style: as above.
-        bulk_create_spans: as above.
-        progress_events_per_span: as above.
-        metric_cardinality_limit: as above.
-        error_type_limit: as above.
-        histogram_buckets: as above.
-        queue_sampler: as above.
-        queue_sample_interval_s: as above.
-        log_level: level of the captured ``asyncmq_otel`` logger (DEBUG: every event's line).
-        bus: the event bus (the process bus by default).
+    The options are those of :func:`asyncmq_otel.telemetry.instrument` (a :class:`TelemetryConfig`
+    and/or its fields as keywords), except what the capture sets itself: the providers, the registry,
+    ``metrics_addr`` (nothing is served) and the log output. ``log_level`` defaults to ``DEBUG`` here
+    (every event's line).
 
     Yields:
         The :class:`Captured` record.
 
+    Raises:
+        TypeError: a keyword that is not a field of :class:`TelemetryConfig`.
+
     """
-    target_bus = bus if bus is not None else events.bus
+    base = (config if config is not None else TelemetryConfig()).replace(**overrides)
+    target_bus = base.bus if base.bus is not None else events.bus
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider(sampler=ALWAYS_ON)
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -356,13 +340,30 @@ def capture_telemetry(
     registry = CollectorRegistry()
     logs = _LogCapture()
     captured_events: list[LifecycleEvent] = []
+    capture_config = base.replace(
+        service_name=base.service_name or "asyncmq-test",
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        prometheus_registry=registry,
+        metrics_addr="",
+        otlp_metrics=True,
+        otlp_endpoint=None,
+        logs_exporter=None,
+        log_format="json",
+        logs_output="stderr",
+        log_level=base.log_level if base.log_level is not None else "DEBUG",
+        propagation=base.propagation or "child",
+        span_name_style=base.span_name_style or "{op} {queue}",
+        sampling_ratio=1.0,
+        bus=target_bus,
+    )
 
     suspended = _telemetry._state  # noqa: SLF001 - suspend the active instrumentation for the block
     if suspended is not None:
         _telemetry._state = None  # noqa: SLF001 - as above
         suspended.detach()
         if suspended.log_output is not None:
-            suspended.log_output.uninstall()
+            suspended.log_output.uninstall(suspended.config.flush_timeout_s)
     previous_target = _SWITCH.target
     global_provider = trace.get_tracer_provider()
     if isinstance(global_provider, trace.ProxyTracerProvider):
@@ -371,32 +372,8 @@ def capture_telemetry(
     if global_provider is _SWITCH:
         _SWITCH.target = tracer_provider
     try:
-        _telemetry._instrument(  # noqa: SLF001 - the package's own helper, with the capture handler
-            {
-                "service_name": "asyncmq-test",
-                "metrics_addr": "",
-                "otlp_metrics": True,
-                "log_format": "json",
-                "log_level": log_level,
-                "propagation": propagation,
-                "span_name_style": span_name_style,
-                "bulk_create_spans": bulk_create_spans,
-                "progress_events_per_span": progress_events_per_span,
-                "metric_cardinality_limit": metric_cardinality_limit,
-                "error_type_limit": error_type_limit,
-                "histogram_buckets": None
-                if histogram_buckets is None
-                else {k: [float(b) for b in v] for k, v in histogram_buckets.items()},
-                "queue_sampler": queue_sampler,
-                "queue_sample_interval_s": queue_sample_interval_s,
-            },
-            tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
-            registry=registry,
-            bus=target_bus,
-            log_handlers=[logs],
-            render_logs=False,
-        )
+        # The package's own helper: the capture handler is called synchronously, nothing is rendered.
+        _telemetry._instrument(capture_config, log_handlers=[logs], render_logs=False)  # noqa: SLF001
         target_bus.on("*", captured_events.append, inline=True)
         yield Captured(exporter, reader, registry, logs, captured_events)
     finally:

@@ -44,11 +44,12 @@ import anyio.abc
 
 from .._exit_status import describe_exit
 from .._version import __version__
+from ..errors import TelemetryConfigError
 from ._exit import CLIError, ExitCode
 from ._output import Reporter
 
 if TYPE_CHECKING:
-    from ..telemetry.setup import MetricsServer
+    from ..telemetry.providers import MetricsServer
 
 __all__ = ["RESTART_DELAY_S", "RESTART_WINDOW_S", "Supervisor"]
 
@@ -177,16 +178,12 @@ class Supervisor:
             }
         )
         if self.metrics_addr:
-            from ..telemetry.setup import MetricsServer  # noqa: PLC0415 - telemetry loads lazily
+            from ..telemetry.providers import MetricsServer  # noqa: PLC0415 - telemetry loads lazily
 
             try:
                 self._server = MetricsServer(self._metrics.registry, self.metrics_addr)
-            except (OSError, ValueError) as exc:
-                raise CLIError(
-                    f"cannot serve /metrics on {self.metrics_addr}: {getattr(exc, 'strerror', None) or exc}; "
-                    "pass --metrics-addr with a free port (port 0 picks one), or '' to serve nothing",
-                    ExitCode.USAGE,
-                ) from exc
+            except TelemetryConfigError as exc:  # it names the address and how to choose another
+                raise CLIError(str(exc), ExitCode.USAGE) from exc
             self._server.set_health(self._health)
             self.metrics_url = self._server.url
 

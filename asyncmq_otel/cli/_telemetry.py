@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
+from ..errors import TelemetryConfigError
 from ._exit import CLIError, ExitCode
 from ._output import Reporter
 
@@ -93,8 +94,9 @@ def start_telemetry(
         The handle, or ``None`` when telemetry is not installed and was not required.
 
     Raises:
-        CLIError: exit 2 when the metrics address is taken or invalid, the OTLP exporter is missing,
-            or telemetry was required and cannot be imported.
+        CLIError: exit 2 when the metrics address is taken or invalid (the message names it and says how
+            to choose another), an option is invalid, the OTLP exporter is missing, or telemetry was
+            required and cannot be imported.
 
     """
     try:
@@ -112,42 +114,36 @@ def start_telemetry(
             level="warning",
         )
         return None
-    options: dict[str, Any] = {
-        "service_name": service_name,
-        "metrics_addr": metrics_addr,
-        "otlp_endpoint": otlp_endpoint or None,
-        "log_format": log_format,
-        "log_level": log_level,
-        "queue_sampler": queue_sampler,
-        "queue_sample_interval_s": queue_sample_interval,
-        "traces": traces,
-        "logs": logs,
-    }
-    if tracer_provider is not None:
-        options["tracer_provider"] = tracer_provider
+    config = telemetry.TelemetryConfig(
+        service_name=service_name,
+        metrics_addr=metrics_addr,
+        otlp_endpoint=otlp_endpoint or None,
+        log_format=log_format,
+        log_level=log_level,
+        queue_sampler=queue_sampler,
+        queue_sample_interval_s=queue_sample_interval,
+        traces=traces,
+        logs=logs,
+        tracer_provider=tracer_provider,
+    )
     try:
-        telemetry.instrument(**options)
-    except OSError as exc:
-        where = metrics_addr or os.environ.get("ASYNCMQ_METRICS_ADDR") or "127.0.0.1:9464"
-        raise CLIError(
-            f"cannot serve /metrics on {where}: {exc.strerror or exc}; pass --metrics-addr with a free "
-            "port (port 0 picks one), or --metrics-addr '' to serve nothing",
-            ExitCode.USAGE,
-        ) from exc
+        telemetry.instrument(config)
+    except TelemetryConfigError as exc:
+        # A busy address keeps its OSError as the cause: the demo falls back to a free port on it.
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        raise CLIError(str(exc), ExitCode.USAGE) from cause
     except ImportError as exc:
         raise CLIError(
             f"--otlp-endpoint needs the OTLP exporter ({exc}): pip install 'asyncmq-otel[otlp]'",
             ExitCode.USAGE,
         ) from exc
-    except ValueError as exc:
-        raise CLIError(f"invalid telemetry option: {exc}", ExitCode.USAGE) from exc
-    config = telemetry.active_config()
-    endpoint = otlp_endpoint or (config.otlp_endpoint if config is not None else None)
+    active = telemetry.active_config()
+    endpoint = otlp_endpoint or (active.otlp_endpoint if active is not None else None)
     return TelemetryHandle(
         metrics_url=telemetry.metrics_url(),
         otlp_endpoint=endpoint or otlp_from_environment(),
         sampling=queue_sampler != "off",
-        otlp_signals=_otlp_signals(config),
+        otlp_signals=_otlp_signals(active),
     )
 
 
@@ -156,7 +152,7 @@ def _otlp_signals(config: TelemetryConfig | None) -> tuple[str, ...]:
     if config is None:
         return ()
     wanted = {
-        "traces": config.traces and config.traces_exporter,
+        "traces": config.traces and bool(config.traces_exporter),
         "metrics": config.otlp_metrics,
         "logs": config.logs_exporter == "otlp",
     }

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from asyncmq_otel.events import LifecycleEvent, bus
 from asyncmq_otel.queues import Queue
 from asyncmq_otel.tasks import task
-from asyncmq_otel.telemetry.setup import flush_and_shutdown
+from asyncmq_otel.telemetry.providers import flush_and_shutdown
 from asyncmq_otel.testing import Captured
 from asyncmq_otel.workers import Worker
 from tests.support.poll import eventually
@@ -66,9 +66,9 @@ async def test_a_raising_listener_changes_no_outcome_and_is_counted(
 async def test_a_failing_telemetry_adapter_is_isolated_too(
     captured: Captured, backend, unique_name, monkeypatch
 ) -> None:
-    from asyncmq_otel import telemetry
+    from asyncmq_otel.telemetry import instrumentation
 
-    state = telemetry._state
+    state = instrumentation._state
     assert state is not None
     assert state.metrics is not None
 

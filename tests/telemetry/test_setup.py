@@ -73,6 +73,7 @@ def test_second_instrument_warns_and_changes_nothing(provider, capsys) -> None:
     telemetry.instrument(tracer_provider=tp, metrics_addr="127.0.0.1:0", log_format="json")
     before, url = bus_state(), telemetry.metrics_url()
     telemetry.instrument(tracer_provider=tp, metrics_addr="127.0.0.1:0", propagation="none")
+    assert telemetry.flush()  # lines are written by the log writer thread
     (line,) = [json.loads(text) for text in capsys.readouterr().err.splitlines()]
     assert line["event"].startswith("telemetry.already_instrumented")
     assert (line["level"], line["logger"]) == ("warning", "asyncmq_otel.telemetry")
@@ -126,8 +127,8 @@ def test_a_caller_registry_gets_the_table_and_loses_it_again(provider) -> None:
 
 
 def test_configuration_precedence_argument_then_environment_then_default() -> None:
-    assert TelemetryConfig.resolve({}).metrics_addr == "127.0.0.1:9464"
-    assert TelemetryConfig.resolve({}).service_name == "asyncmq-worker"
+    assert TelemetryConfig().resolve({}).metrics_addr == "127.0.0.1:9464"
+    assert TelemetryConfig().resolve({}).service_name == "asyncmq-worker"
     env = {
         "ASYNCMQ_METRICS_ADDR": "",
         "ASYNCMQ_TRACE_PROPAGATION": "link",
@@ -139,7 +140,7 @@ def test_configuration_precedence_argument_then_environment_then_default() -> No
         "OTEL_LOGS_EXPORTER": "otlp",
         "OTEL_METRICS_EXPORTER": "otlp",
     }
-    from_env = TelemetryConfig.resolve(env)
+    from_env = TelemetryConfig().resolve(env)
     assert (from_env.metrics_addr, from_env.propagation, from_env.span_name_style) == (
         "",
         "link",
@@ -151,8 +152,7 @@ def test_configuration_precedence_argument_then_environment_then_default() -> No
         0.25,
     )
     assert (from_env.logs_exporter, from_env.otlp_metrics) == ("otlp", True)
-    explicit = TelemetryConfig.resolve(
-        env,
+    explicit = TelemetryConfig(
         metrics_addr="127.0.0.1:0",
         propagation="none",
         span_name_style="{op} {queue}",
@@ -160,7 +160,7 @@ def test_configuration_precedence_argument_then_environment_then_default() -> No
         service_name="explicit",
         sampling_ratio=1.0,
         otlp_metrics=False,
-    )
+    ).resolve(env)
     assert (explicit.metrics_addr, explicit.propagation, explicit.log_format) == (
         "127.0.0.1:0",
         "none",
@@ -168,12 +168,12 @@ def test_configuration_precedence_argument_then_environment_then_default() -> No
     )
     assert (explicit.service_name, explicit.sampling_ratio, explicit.otlp_metrics) == ("explicit", 1.0, False)
     resource_env = {"OTEL_RESOURCE_ATTRIBUTES": "team=a,service.name=from-resource"}
-    assert TelemetryConfig.resolve(resource_env).service_name == "from-resource"
-    assert TelemetryConfig.resolve({"OTEL_TRACES_SAMPLER": "always_off"}).sampling_ratio == 0.0
+    assert TelemetryConfig().resolve(resource_env).service_name == "from-resource"
+    assert TelemetryConfig().resolve({"OTEL_TRACES_SAMPLER": "always_off"}).sampling_ratio == 0.0
 
 
 def test_otel_sdk_disabled_turns_traces_and_otlp_off_but_keeps_the_scrape_sink() -> None:
-    config = TelemetryConfig.resolve({"OTEL_SDK_DISABLED": "true"}, otlp_metrics=True, logs_exporter="otlp")
+    config = TelemetryConfig(otlp_metrics=True, logs_exporter="otlp").resolve({"OTEL_SDK_DISABLED": "true"})
     assert (config.traces, config.otlp_metrics, config.logs_exporter, config.metrics) == (
         False,
         False,
@@ -183,11 +183,11 @@ def test_otel_sdk_disabled_turns_traces_and_otlp_off_but_keeps_the_scrape_sink()
 
 
 def test_endpoints_come_from_the_argument_or_the_environment() -> None:
-    explicit = TelemetryConfig.resolve({}, otlp_endpoint="http://collector:4318/")
+    explicit = TelemetryConfig(otlp_endpoint="http://collector:4318/").resolve({})
     assert explicit.endpoint("traces", {}) == "http://collector:4318/v1/traces"
     env = {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://m:4318/v1/metrics"}
-    assert TelemetryConfig.resolve(env).endpoint("metrics", env) == ""  # the exporter reads it itself
-    assert TelemetryConfig.resolve({}).endpoint("traces", {}) is None
+    assert TelemetryConfig().resolve(env).endpoint("metrics", env) == ""  # the exporter reads it itself
+    assert TelemetryConfig().resolve({}).endpoint("traces", {}) is None
 
 
 @pytest.mark.parametrize(
@@ -203,7 +203,7 @@ def test_endpoints_come_from_the_argument_or_the_environment() -> None:
 )
 def test_invalid_values_say_what_to_use(argument: str, value: object, hint: str) -> None:
     with pytest.raises(ValueError, match=re.escape(hint)):
-        TelemetryConfig.resolve({}, **{argument: value})
+        TelemetryConfig(**{argument: value}).resolve({})
 
 
 def test_unknown_metrics_addr_format_is_refused() -> None:
@@ -348,3 +348,142 @@ def test_healthz_goes_red_on_data_loss_and_on_a_silent_backend(provider, monkeyp
         assert (status, body) == (503, "data loss detected on hq\n")
     finally:
         telemetry.uninstrument()
+
+
+@pytest.mark.anyio
+async def test_an_sdk_provider_installed_as_the_global_is_used_as_is(monkeypatch, unique_name) -> None:
+    from opentelemetry import trace
+
+    exporter = InMemorySpanExporter()
+    application = TracerProvider(sampler=ALWAYS_ON)
+    application.add_span_processor(SimpleSpanProcessor(exporter))
+    # The application installed its provider as the OTel global before instrument() (set-once, so the
+    # session's own global is swapped for this test and restored by monkeypatch).
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", application)
+    telemetry.instrument(metrics_addr="", logs=False)
+    backend = InMemoryBackend()
+    job_id = await Queue(unique_name, backend=backend).add("setup.ok")
+    with anyio.fail_after(10):
+        await Worker(unique_name, backend=backend, burst=True).run()
+    telemetry.uninstrument()
+    names = {span.name for span in exporter.get_finished_spans()}
+    assert {f"send {unique_name}", f"process {unique_name}"} <= names, names
+    (process,) = [s for s in exporter.get_finished_spans() if s.name == f"process {unique_name}"]
+    assert dict(process.attributes or {})["messaging.message.id"] == job_id
+    # Never shut down by uninstrument(): the application's provider still exports.
+    application.get_tracer("app").start_span("after-uninstrument").end()
+    assert "after-uninstrument" in {span.name for span in exporter.get_finished_spans()}
+    application.shutdown()
+
+
+def _taken_address() -> tuple[socket.socket, str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock, f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_a_busy_metrics_address_is_a_config_error_that_says_what_to_do(capsys) -> None:
+    from asyncmq_otel.errors import TelemetryConfigError
+
+    sock, address = _taken_address()
+    with sock, pytest.raises(TelemetryConfigError) as raised:
+        telemetry.instrument(traces=False, metrics_addr=address, log_format="json")
+    message = str(raised.value)
+    for hint in (address, "metrics_addr=", "ASYNCMQ_METRICS_ADDR", "--metrics-addr", "port 0"):
+        assert hint in message
+    assert not telemetry.is_instrumented()
+    assert bus_state()[1] == []
+    assert logger_state()[0] == []
+    assert "not flushed" not in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_a_second_worker_process_on_the_same_metrics_port_exits_2_with_the_sentence() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    telemetry.instrument(traces=False, logs=False, metrics_addr="127.0.0.1:0")  # the first process: us
+    url = telemetry.metrics_url()
+    assert url is not None
+    address = url.removeprefix("http://").removesuffix("/metrics")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASYNCMQ_", "OTEL_"))}
+    env["PYTHONPATH"] = str(root)
+    second = subprocess.run(
+        [sys.executable, "-m", "asyncmq_otel", "worker", "busy-q", "--burst", "--metrics-addr", address],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert second.returncode == 2, second.stderr
+    assert f"cannot serve /metrics on {address}: the address is in use" in second.stderr
+    for hint in ("--metrics-addr", "ASYNCMQ_METRICS_ADDR", "port 0"):
+        assert hint in second.stderr
+    assert "not flushed" not in second.stderr
+    assert "Traceback" not in second.stderr
+    assert "Errno" not in second.stderr
+
+
+def test_instrument_takes_a_config_and_keyword_overrides(provider) -> None:
+    import dataclasses
+
+    tp, _ = provider
+    config = TelemetryConfig(tracer_provider=tp, metrics_addr="", logs=False, propagation="link")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.propagation = "none"  # type: ignore[misc]
+    telemetry.instrument(config, propagation="none", event_queue_size=77)
+    active = telemetry.active_config()
+    assert active is not None
+    assert (active.propagation, active.event_queue_size, active.metrics_addr) == ("none", 77, "")
+    assert active.tracer_provider is tp
+    assert config.propagation == "link"  # the caller's config is unchanged
+
+
+def test_an_unknown_option_is_a_type_error_that_lists_the_options() -> None:
+    with pytest.raises(TypeError, match=r"unknown telemetry option\(s\) 'metric_addr'.*metrics_addr"):
+        telemetry.instrument(metric_addr="127.0.0.1:0")
+    assert not telemetry.is_instrumented()
+
+
+def test_capture_telemetry_takes_the_same_config() -> None:
+    from asyncmq_otel.testing import capture_telemetry
+
+    with capture_telemetry(TelemetryConfig(span_name_style="{op} {queue} {task}"), error_type_limit=3):
+        active = telemetry.active_config()
+        assert active is not None
+        assert (active.span_name_style, active.error_type_limit, active.metrics_addr) == (
+            "{op} {queue} {task}",
+            3,
+            "",
+        )
+    with pytest.raises(TypeError, match="unknown telemetry option"), capture_telemetry(nope=1):
+        pass
+
+
+def test_the_instrumentor_wires_the_bus_to_the_global_providers_and_opens_no_port(monkeypatch) -> None:
+    from opentelemetry import trace
+
+    from asyncmq_otel.telemetry import instrumentation
+
+    monkeypatch.delenv("ASYNCMQ_METRICS_ADDR", raising=False)
+    instrumentor = AsyncMQInstrumentor()
+    instrumentor.instrument(logs=False)
+    try:
+        state = instrumentation._state
+        assert state is not None
+        assert telemetry.metrics_url() is None  # no port unless asked
+        assert state.providers.tracer_provider is trace.get_tracer_provider()
+        assert state.providers.owned == []  # nothing built, nothing to shut down
+    finally:
+        instrumentor.uninstrument()
+    instrumentor.instrument(logs=False, metrics_addr="127.0.0.1:0")
+    try:
+        assert telemetry.metrics_url() is not None
+    finally:
+        instrumentor.uninstrument()

@@ -1,19 +1,19 @@
-"""Setup: configuration precedence, providers, the ``/metrics`` server and flushing (§5, §6).
+"""Providers, the ``/metrics`` server and flushing (§5, §6).
 
-Precedence is explicit argument > environment variable > default. Providers handed in by the caller
-are used as they are and never shut down here; providers built here (OTLP/HTTP exporters only when an
-endpoint is configured) are flushed within ``flush_timeout_s`` and shut down by ``uninstrument()``.
+Providers handed in by the caller are used as they are and never shut down here; providers built here
+(OTLP/HTTP exporters only when an endpoint is configured) are flushed within ``flush_timeout_s`` and
+shut down by ``uninstrument()``.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
-import os
 import socket
 import threading
 import time
-import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Final
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
-from .._version import __version__
-from .logging import LOG_FORMATS
-from .tracing import PROPAGATION_MODES, SPAN_NAME_STYLES
+from ..errors import TelemetryConfigError
+from .config import DEFAULT_METRICS_ADDR, TelemetryConfig
+from .log_adapter import LogOutput
 
 if TYPE_CHECKING:
     from opentelemetry._logs import LoggerProvider
@@ -35,171 +35,16 @@ if TYPE_CHECKING:
 __all__ = [
     "MetricsServer",
     "Providers",
-    "TelemetryConfig",
+    "build_log_output",
     "build_providers",
     "build_registry",
     "flush_and_shutdown",
+    "shutdown_providers",
 ]
 
 _log = logging.getLogger("asyncmq_otel.telemetry")
 
-DEFAULT_METRICS_ADDR: Final = "127.0.0.1:9464"
-DEFAULT_SERVICE_NAME: Final = "asyncmq-worker"
-QUEUE_SAMPLER_MODES: Final = ("elected", "off")
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _SHUTDOWN_GRACE_S: Final = 0.2
-
-
-def _env(environ: Mapping[str, str], name: str) -> str | None:
-    value = environ.get(name)
-    return None if value is None else value.strip()
-
-
-@dataclass
-class TelemetryConfig:
-    """Every ``instrument()`` option after precedence was applied (argument > environment > default)."""
-
-    service_name: str = DEFAULT_SERVICE_NAME
-    otlp_endpoint: str | None = None
-    traces: bool = True
-    metrics: bool = True
-    logs: bool = True
-    otlp_metrics: bool = False
-    logs_exporter: str | None = None
-    metrics_addr: str = DEFAULT_METRICS_ADDR
-    sampling_ratio: float = 1.0
-    propagation: str = "child"
-    span_name_style: str = "{op} {queue}"
-    bulk_create_spans: bool = True
-    progress_events_per_span: int = 10
-    metric_cardinality_limit: int = 2000
-    error_type_limit: int = 20
-    histogram_buckets: dict[str, list[float]] = field(default_factory=dict)
-    queue_sampler: str = "elected"
-    queue_sample_interval_s: float = 10.0
-    event_queue_size: int = 10_000
-    log_format: str = "auto"
-    log_level: str | int = "INFO"
-    flush_timeout_s: float = 2.0
-    sdk_disabled: bool = False
-    traces_exporter: bool = True
-    instance_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-    def resource_attributes(self) -> dict[str, str | int]:
-        """``service.name``, ``service.instance.id``, ``service.version``, ``host.name``, ``process.pid``."""
-        return {
-            "service.name": self.service_name,
-            "service.instance.id": self.instance_id,
-            "service.version": __version__,
-            "host.name": socket.gethostname(),
-            "process.pid": os.getpid(),
-        }
-
-    @classmethod
-    def resolve(cls, environ: Mapping[str, str] | None = None, **arguments: Any) -> TelemetryConfig:  # noqa: ANN401, C901
-        """Apply the precedence rules to ``instrument()``'s arguments (``None`` = not given)."""
-        env = os.environ if environ is None else environ
-        given = {key: value for key, value in arguments.items() if value is not None}
-        config = cls()
-        for key, value in given.items():
-            if not hasattr(config, key):
-                raise TypeError(f"instrument() got an unexpected argument {key!r}")
-            setattr(config, key, value)
-        if "service_name" not in given:
-            config.service_name = (
-                _env(env, "OTEL_SERVICE_NAME") or _service_from_resource_env(env) or DEFAULT_SERVICE_NAME
-            )
-        if "metrics_addr" not in given and (addr := env.get("ASYNCMQ_METRICS_ADDR")) is not None:
-            config.metrics_addr = addr.strip()
-        if "propagation" not in given and (mode := _env(env, "ASYNCMQ_TRACE_PROPAGATION")):
-            config.propagation = mode
-        if "span_name_style" not in given and (style := env.get("ASYNCMQ_SPAN_NAME_STYLE")):
-            config.span_name_style = style
-        if "log_format" not in given and (fmt := _env(env, "ASYNCMQ_LOG_FORMAT")):
-            config.log_format = fmt
-        if "sampling_ratio" not in given:
-            config.sampling_ratio = _ratio_from_env(env)
-        if "logs_exporter" not in given and (_env(env, "OTEL_LOGS_EXPORTER") or "").lower() == "otlp":
-            config.logs_exporter = "otlp"
-        if "otlp_metrics" not in given and "otlp" in (_env(env, "OTEL_METRICS_EXPORTER") or "").lower():
-            config.otlp_metrics = True
-        config.traces_exporter = (_env(env, "OTEL_TRACES_EXPORTER") or "otlp").lower() != "none"
-        config.sdk_disabled = (_env(env, "OTEL_SDK_DISABLED") or "").lower() in _TRUE
-        if config.sdk_disabled:  # traces and every OTLP path off; the scrape sink stays
-            config.traces = False
-            config.otlp_metrics = False
-            config.logs_exporter = None
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        """Reject values the contract does not allow, saying what to use instead."""
-        if self.propagation not in PROPAGATION_MODES:
-            raise ValueError(f"propagation must be one of {PROPAGATION_MODES}, not {self.propagation!r}")
-        if self.span_name_style not in SPAN_NAME_STYLES:
-            raise ValueError(
-                f"span_name_style must be one of {SPAN_NAME_STYLES}, not {self.span_name_style!r}"
-            )
-        if self.log_format not in LOG_FORMATS:
-            raise ValueError(f"log_format must be one of {LOG_FORMATS}, not {self.log_format!r}")
-        if self.queue_sampler not in QUEUE_SAMPLER_MODES:
-            raise ValueError(
-                f"queue_sampler must be one of {QUEUE_SAMPLER_MODES}, not {self.queue_sampler!r}"
-            )
-        if self.logs_exporter not in {None, "otlp"}:
-            raise ValueError(f"logs_exporter must be None or 'otlp', not {self.logs_exporter!r}")
-        if not 0.0 <= self.sampling_ratio <= 1.0:
-            raise ValueError(f"sampling_ratio must be within [0, 1], not {self.sampling_ratio}")
-        self._validate_numbers()
-
-    def _validate_numbers(self) -> None:
-        for name, value, low in (
-            ("metric_cardinality_limit", self.metric_cardinality_limit, 1),
-            ("error_type_limit", self.error_type_limit, 1),
-            ("event_queue_size", self.event_queue_size, 1),
-            ("progress_events_per_span", self.progress_events_per_span, 0),
-            ("flush_timeout_s", self.flush_timeout_s, 0),
-        ):
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, not {value}")
-        if self.queue_sample_interval_s <= 0:
-            raise ValueError(f"queue_sample_interval_s must be > 0, not {self.queue_sample_interval_s}")
-
-    def endpoint(self, signal: str, environ: Mapping[str, str] | None = None) -> str | None:
-        """The OTLP/HTTP URL of ``signal`` (``traces``, ``metrics``, ``logs``), or ``None`` when none is set.
-
-        An explicit ``otlp_endpoint`` is a base URL (``/v1/<signal>`` is appended); otherwise the
-        exporter reads ``OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT`` itself,
-        and ``""`` is returned to say "configured by the environment".
-        """
-        env = os.environ if environ is None else environ
-        if self.otlp_endpoint:
-            return f"{self.otlp_endpoint.rstrip('/')}/v1/{signal}"
-        if _env(env, f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT") or _env(
-            env, "OTEL_EXPORTER_OTLP_ENDPOINT"
-        ):
-            return ""
-        return None
-
-
-def _service_from_resource_env(env: Mapping[str, str]) -> str | None:
-    for item in (env.get("OTEL_RESOURCE_ATTRIBUTES") or "").split(","):
-        key, _, value = item.partition("=")
-        if key.strip() == "service.name" and value.strip():
-            return value.strip()
-    return None
-
-
-def _ratio_from_env(env: Mapping[str, str]) -> float:
-    sampler = (_env(env, "OTEL_TRACES_SAMPLER") or "").lower()
-    if sampler in {"always_off", "parentbased_always_off"}:
-        return 0.0
-    if sampler in {"traceidratio", "parentbased_traceidratio"}:
-        try:
-            return min(max(float(_env(env, "OTEL_TRACES_SAMPLER_ARG") or "1.0"), 0.0), 1.0)
-        except ValueError:
-            _log.warning("OTEL_TRACES_SAMPLER_ARG is not a number; sampling everything")
-    return 1.0
 
 
 # -- providers ------------------------------------------------------------------------------------------
@@ -220,21 +65,45 @@ def build_resource(config: TelemetryConfig) -> Resource:
     return Resource.create(config.resource_attributes())
 
 
-def build_providers(
-    config: TelemetryConfig,
-    *,
-    tracer_provider: TracerProvider | None,
-    meter_provider: MeterProvider | None,
-    logger_provider: LoggerProvider | None,
-) -> Providers:
-    """Use the caller's providers or build ours (§5 providers row)."""
+_BUILT: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Providers built here: never adopted as "the application's" global (they may be shut down already)."""
+
+
+def _application_global(current: Any, sdk_type: str) -> Any | None:  # noqa: ANN401 - any OTel provider
+    """``current`` when it is an SDK provider the application installed as the OTel global, else None."""
+    cls = type(current)
+    if current in _BUILT or not any(
+        f"{base.__module__}.{base.__qualname__}" == sdk_type for base in cls.__mro__
+    ):
+        return None
+    return current
+
+
+def build_providers(config: TelemetryConfig) -> Providers:
+    """Use the caller's providers, or SDK providers the application installed as globals, or build ours.
+
+    Only providers built here are ``owned`` (flushed and shut down by ``uninstrument()``); the ones
+    built here are installed as the OTel globals when none is set yet (§5 providers row).
+    """
     from opentelemetry import metrics, trace  # noqa: PLC0415 - see build_resource
     from opentelemetry._logs import get_logger_provider, set_logger_provider  # noqa: PLC0415
 
-    out = Providers(tracer_provider, meter_provider, logger_provider)
-    need_traces = config.traces and tracer_provider is None
-    need_metrics = config.otlp_metrics and meter_provider is None
-    need_logs = config.logs and config.logs_exporter == "otlp" and logger_provider is None
+    out = Providers(config.tracer_provider, config.meter_provider, config.logger_provider)
+    if config.traces and out.tracer_provider is None:
+        out.tracer_provider = _application_global(
+            trace.get_tracer_provider(), "opentelemetry.sdk.trace.TracerProvider"
+        )
+    if config.otlp_metrics and out.meter_provider is None:
+        out.meter_provider = _application_global(
+            metrics.get_meter_provider(), "opentelemetry.sdk.metrics.MeterProvider"
+        )
+    if config.logs and config.logs_exporter == "otlp" and out.logger_provider is None:
+        out.logger_provider = _application_global(
+            get_logger_provider(), "opentelemetry.sdk._logs.LoggerProvider"
+        )
+    need_traces = config.traces and out.tracer_provider is None
+    need_metrics = bool(config.otlp_metrics) and out.meter_provider is None
+    need_logs = config.logs and config.logs_exporter == "otlp" and out.logger_provider is None
     resource = build_resource(config) if (need_traces or need_metrics or need_logs) else None
     if need_traces and resource is not None:
         built_tp = _tracer_provider(config, resource)
@@ -254,7 +123,31 @@ def build_providers(
         out.owned.append(built_lp)
         if type(get_logger_provider()).__name__ == "ProxyLoggerProvider":
             set_logger_provider(built_lp)
+    _BUILT.update(out.owned)
     return out
+
+
+def build_log_output(
+    config: TelemetryConfig,
+    providers: Providers,
+    extra_handlers: Sequence[logging.Handler],
+    *,
+    render: bool,
+    on_drop: Callable[[], None],
+) -> LogOutput | None:
+    """The handlers of the ``asyncmq_otel`` logger and their writer thread (``None`` when logs are off)."""
+    if not (config.logs or extra_handlers):
+        return None
+    return LogOutput(
+        log_format=config.log_format or "auto",
+        level=config.log_level,
+        logger_provider=providers.logger_provider if config.logs_exporter == "otlp" else None,
+        extra_handlers=list(extra_handlers),
+        render=render and config.logs,
+        output=config.logs_output or "stderr",
+        max_lines=config.log_queue_size,
+        on_drop=on_drop,
+    )
 
 
 def _tracer_provider(config: TelemetryConfig, resource: Resource) -> TracerProvider:
@@ -264,9 +157,9 @@ def _tracer_provider(config: TelemetryConfig, resource: Resource) -> TracerProvi
 
     from .tracing import LinkAwareSampler  # noqa: PLC0415 - tracing imports the SDK sampler API
 
+    ratio = 1.0 if config.sampling_ratio is None else config.sampling_ratio
     provider = SDKTracerProvider(
-        resource=resource,
-        sampler=ParentBased(root=LinkAwareSampler(TraceIdRatioBased(config.sampling_ratio))),
+        resource=resource, sampler=ParentBased(root=LinkAwareSampler(TraceIdRatioBased(ratio)))
     )
     endpoint = config.endpoint("traces")
     if endpoint is not None and config.traces_exporter:
@@ -351,6 +244,13 @@ def flush_and_shutdown(providers: Sequence[Any], timeout_s: float, *, shutdown: 
     return ok
 
 
+def shutdown_providers(providers: Sequence[Any]) -> None:
+    """Shut providers down without flushing (``instrument()`` failed: they recorded nothing)."""
+    for provider in providers:
+        if not _bounded(provider.shutdown, _SHUTDOWN_GRACE_S)[0]:
+            _log.warning("telemetry.shutdown_timeout: %s did not shut down in time", type(provider).__name__)
+
+
 # -- the scrape sink --------------------------------------------------------------------------------------
 def build_registry(service: Mapping[str, str]) -> CollectorRegistry:
     """A fresh registry with the process and platform collectors and ``target_info`` (§3.1)."""
@@ -365,7 +265,7 @@ def parse_addr(addr: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` too) → (host, port). Port 0 picks a free port."""
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(
+        raise TelemetryConfigError(
             f"metrics_addr {addr!r} must be host:port, e.g. 127.0.0.1:9464 (port 0 picks a free one)"
         )
     host = host.strip("[]") or "127.0.0.1"
@@ -419,11 +319,27 @@ class MetricsServer:
         registry: what ``/metrics`` serves.
         addr: ``host:port``; ``127.0.0.1:9464`` by default, port 0 picks a free port.
 
+    Raises:
+        TelemetryConfigError: ``addr`` is malformed, in use or cannot be bound; the message names it and
+            says how to choose another.
+
     """
 
     def __init__(self, registry: CollectorRegistry, addr: str = DEFAULT_METRICS_ADDR) -> None:
         host, port = parse_addr(addr)
-        self._server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
+        try:
+            self._server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
+        except OSError as exc:
+            problem = (
+                "the address is in use (another worker or process serves it)"
+                if exc.errno == errno.EADDRINUSE
+                else f"the address cannot be bound ({exc.strerror or exc})"
+            )
+            raise TelemetryConfigError(
+                f"cannot serve /metrics on {addr}: {problem}; choose another with metrics_addr= "
+                "(instrument), ASYNCMQ_METRICS_ADDR or --metrics-addr (command line): port 0 picks one "
+                "that is free, and an empty address serves no /metrics"
+            ) from exc
         self._server.registry = registry
         self.host = host
         self.port = int(self._server.server_address[1])

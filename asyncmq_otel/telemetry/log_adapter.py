@@ -8,15 +8,21 @@ Applications get the same fields and ids in their handlers' logs by adding
 ``structlog.contextvars.merge_contextvars`` and :class:`AddTraceContext` to their own chain: the
 adapter binds the job's fields with structlog's contextvars at ``job:started`` in the attempt's task
 and resets them at the attempt's outcome.
+
+No log I/O happens on the event loop: the handler on ``asyncmq_otel`` only puts each record on a
+bounded queue, and one writer thread (:mod:`._log_writer`) formats and writes it (a stderr nobody
+reads must never stall the job loop). A full queue drops the line and counts it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime as dt
+import functools
 import logging
 import sys
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, cast
 
 import structlog
@@ -25,6 +31,7 @@ from opentelemetry import trace
 from structlog.tracebacks import ExceptionDictTransformer
 
 from .._version import __version__
+from ._log_writer import DEFAULT_LOG_QUEUE_SIZE, LogQueueHandler, LogWriter, PendingLine
 
 if TYPE_CHECKING:
     from opentelemetry._logs import LoggerProvider
@@ -36,9 +43,12 @@ if TYPE_CHECKING:
 __all__ = [
     "EVENT_LOG_LEVELS",
     "LOGGER_NAME",
+    "LOG_OUTPUTS",
     "AddTraceContext",
+    "DirectLines",
     "LogFormat",
     "LogOutput",
+    "LogWriter",
     "LoggingAdapter",
     "OTelLogHandler",
     "processor_chain",
@@ -47,12 +57,13 @@ __all__ = [
 LOGGER_NAME: Final = "asyncmq_otel"
 LogFormat = Literal["auto", "json", "console"]
 LOG_FORMATS: Final = ("auto", "json", "console")
+LOG_OUTPUTS: Final = ("stderr", "stdlib")
 
 EVENT_LOG_LEVELS: Final[Mapping[str, tuple[str, int]]] = {
     "job:enqueued": ("job.enqueued", logging.DEBUG),
     "job:delayed": ("job.delayed", logging.DEBUG),
     "job:duplicated": ("job.duplicated", logging.INFO),
-    "job:started": ("job.started", logging.INFO),
+    "job:started": ("job.started", logging.DEBUG),
     "job:progress": ("job.progress", logging.DEBUG),
     "job:completed": ("job.completed", logging.INFO),
     "job:retried": ("job.retried", logging.WARNING),
@@ -69,7 +80,7 @@ EVENT_LOG_LEVELS: Final[Mapping[str, tuple[str, int]]] = {
     "worker:stopped": ("worker.stopped", logging.INFO),
     "backend:data_loss": ("backend.data_loss", logging.ERROR),
 }
-"""Bus event → (log ``event``, level), as in §1.4."""
+"""Bus event → (log ``event``, level), as in §1.4: one INFO-or-above line per attempt, at its outcome."""
 
 _OUTCOMES: Final = frozenset(
     {"job:completed", "job:retried", "job:failed", "job:expired", "job:cancelled", "job:interrupted"}
@@ -158,7 +169,8 @@ class OTelLogHandler(logging.Handler):
     """Feeds the same event dicts to an OTel ``LoggerProvider`` (``logs_exporter="otlp"``, §4.2).
 
     Body = ``event``; attributes = the other fields under the same keys; severity from the level;
-    trace context taken natively from the active span.
+    trace context from the span that was current when the line was logged (the ids the line carries:
+    this handler runs in the writer thread, where no span is current).
     """
 
     def __init__(self, logger_provider: LoggerProvider, level: int = logging.NOTSET) -> None:
@@ -176,11 +188,10 @@ class OTelLogHandler(logging.Handler):
             attributes = {
                 key: _otel_value(value) for key, value in fields.items() if key not in _DROPPED_KEYS
             }
-            for key in ("trace_id", "span_id", "trace_flags"):
-                attributes.pop(key, None)
+            ids = [attributes.pop(key, None) or getattr(record, key, None) for key in _TRACE_KEYS]
             self._otel_logger.emit(
                 timestamp=int(record.created * 1e9),
-                context=otel_context.get_current(),
+                context=_logged_context(*ids),
                 severity_number=SeverityNumber(_SEVERITY.get(record.levelname, 9)),
                 severity_text="WARN" if record.levelname == "WARNING" else record.levelname,
                 body=body,
@@ -190,15 +201,37 @@ class OTelLogHandler(logging.Handler):
             self.handleError(record)
 
 
+_TRACE_KEYS: Final = ("trace_id", "span_id", "trace_flags")
+
+
+def _logged_context(trace_id: object, span_id: object, flags: object) -> otel_context.Context:
+    """A context whose current span has the ids a line was logged with (the root context without them)."""
+    if not isinstance(trace_id, str) or not isinstance(span_id, str):
+        return otel_context.Context()
+    span_context = trace.SpanContext(
+        int(trace_id, 16),
+        int(span_id, 16),
+        is_remote=False,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED if flags == "01" else trace.TraceFlags.DEFAULT),
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(span_context), otel_context.Context())
+
+
 class LogOutput:
-    """The handlers ``instrument()`` puts on the ``asyncmq_otel`` logger, and their removal.
+    """The handlers ``instrument()`` puts on the ``asyncmq_otel`` logger, the writer thread, their removal.
 
     Args:
         log_format: ``auto``, ``json`` or ``console``.
-        level: level of the ``asyncmq_otel`` logger while instrumented.
+        level: level of the ``asyncmq_otel`` logger while instrumented (``None``: ``INFO`` with
+            ``output="stderr"``, the application's level with ``"stdlib"``).
         stream: where the renderer writes (stderr by default).
         logger_provider: an OTel provider for a second, OTLP handler.
-        extra_handlers: more handlers fed the same event dicts (``capture_telemetry()`` uses one).
+        extra_handlers: handlers called synchronously with the same event dicts (``capture_telemetry()``).
+        render: write rendered lines to ``stream`` (``output="stderr"`` only).
+        output: ``"stderr"`` (own handler, no propagation) or ``"stdlib"`` (records reach the handlers of
+            the ancestors of ``asyncmq_otel``, the application's logging configuration).
+        max_lines: bound of the writer's queue.
+        on_drop: called for each line dropped on a full queue.
 
     """
 
@@ -206,18 +239,26 @@ class LogOutput:
         self,
         *,
         log_format: str = "auto",
-        level: str | int = "INFO",
+        level: str | int | None = "INFO",
         stream: IO[str] | None = None,
         logger_provider: LoggerProvider | None = None,
         extra_handlers: list[logging.Handler] | None = None,
         render: bool = True,
+        output: str = "stderr",
+        max_lines: int = DEFAULT_LOG_QUEUE_SIZE,
+        on_drop: Callable[[], None] | None = None,
     ) -> None:
+        if output not in LOG_OUTPUTS:
+            raise ValueError(f"logs_output must be one of {LOG_OUTPUTS}, not {output!r}")
+        self.output = output
         self.format = resolve_format(log_format, stream)
+        if level is None and output == "stderr":
+            level = "INFO"
         self.level = logging.getLevelName(level.upper()) if isinstance(level, str) else level
-        if not isinstance(self.level, int):
-            raise ValueError(f"log_level {level!r} is not a logging level name")  # noqa: TRY004 - a bad value
-        self.handlers: list[logging.Handler] = []
-        if render:
+        if self.level is not None and not isinstance(self.level, int):
+            raise ValueError(f"log_level {level!r} is not a logging level name")
+        self.handlers: list[logging.Handler] = []  # called by the writer thread
+        if render and output == "stderr":
             renderer: Processor = (
                 structlog.processors.JSONRenderer()
                 if self.format == "json"
@@ -233,26 +274,75 @@ class LogOutput:
             self.handlers.append(handler)
         if logger_provider is not None:
             self.handlers.append(OTelLogHandler(logger_provider))
-        self.handlers.extend(extra_handlers or [])
+        self.sync_handlers = list(extra_handlers or [])  # in-memory, called in the emitting thread
+        self._max_lines = max_lines
+        self._on_drop = on_drop
+        self.writer: LogWriter | None = None
+        self._queue_handler: LogQueueHandler | None = None
         self._saved: tuple[int, bool] | None = None
 
+    def _deliver(self, record: logging.LogRecord) -> None:
+        """In the writer thread: our handlers, then (``stdlib``) the application's, as propagation would."""
+        for handler in self.handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+        if self.output == "stdlib":
+            parent = logging.getLogger(LOGGER_NAME).parent
+            if parent is not None:
+                parent.callHandlers(record)
+
     def install(self) -> None:
-        """Add the handlers to ``asyncmq_otel`` and set its level (the previous state is kept)."""
+        """Start the writer, add the handlers to ``asyncmq_otel`` and set its level (old state kept)."""
         target = logging.getLogger(LOGGER_NAME)
         self._saved = (target.level, target.propagate)
-        for handler in self.handlers:
+        if self.handlers or self.output == "stdlib":
+            self.writer = LogWriter(self._deliver, max_lines=self._max_lines, on_drop=self._on_drop)
+            self._queue_handler = LogQueueHandler(self.writer)
+            target.addHandler(self._queue_handler)
+        for handler in self.sync_handlers:
             target.addHandler(handler)
-        target.setLevel(self.level)
-        if self.handlers:
-            target.propagate = False  # handled here; the root logger's handlers would print the raw dict
+        if self.level is not None:
+            target.setLevel(self.level)
+        if self._queue_handler is not None or self.sync_handlers:
+            # The writer hands records on (to the application's handlers with "stdlib"); propagating as
+            # well would reach them a second time, on the event loop.
+            target.propagate = False
 
-    def uninstall(self) -> None:
-        """Remove exactly the handlers :meth:`install` added and restore level and propagation."""
+    def flush(self, timeout_s: float) -> bool:
+        """Write every queued line within ``timeout_s``; False when the writer did not get there in time."""
+        return True if self.writer is None else self.writer.flush(timeout_s)
+
+    def uninstall(self, timeout_s: float = 2.0) -> bool:
+        """Drain the queue (within ``timeout_s``), stop the writer, remove what :meth:`install` added."""
         target = logging.getLogger(LOGGER_NAME)
-        for handler in self.handlers:
+        drained = True
+        if self._queue_handler is not None:
+            target.removeHandler(self._queue_handler)
+            self._queue_handler = None
+        if self.writer is not None:
+            drained = self.writer.close(timeout_s)
+            self.writer = None
+        for handler in self.sync_handlers:
             target.removeHandler(handler)
-            with contextlib.suppress(ValueError, OSError):  # the stream may be closed already
-                handler.flush()
+        if drained:
+            for handler in self.handlers:
+                with contextlib.suppress(ValueError, OSError):  # the stream may be closed already
+                    handler.flush()
+        self._restore(target)
+        return drained
+
+    def abandon(self) -> None:
+        """In a forked child: remove the handlers without waiting for the parent's writer thread."""
+        target = logging.getLogger(LOGGER_NAME)
+        if self._queue_handler is not None:
+            target.removeHandler(self._queue_handler)
+            self._queue_handler = None
+        self.writer = None
+        for handler in self.sync_handlers:
+            target.removeHandler(handler)
+        self._restore(target)
+
+    def _restore(self, target: logging.Logger) -> None:
         if self._saved is not None:
             target.setLevel(self._saved[0])
             target.propagate = self._saved[1]
@@ -261,7 +351,95 @@ class LogOutput:
     def logger(self) -> structlog.stdlib.BoundLogger:
         """The adapter's structlog logger: the §4.1 chain over the stdlib ``asyncmq_otel`` logger."""
         processors = [*processor_chain(self.format), structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
-        return structlog.stdlib.BoundLogger(_StdlibSink(logging.getLogger(LOGGER_NAME)), processors, {})
+        return structlog.stdlib.BoundLogger(self._sink, processors, {})
+
+    @functools.cached_property
+    def _sink(self) -> _StdlibSink:
+        return _StdlibSink(logging.getLogger(LOGGER_NAME), self)
+
+    def direct_lines(self) -> DirectLines:
+        """The adapter's precompiled path to the writer (see :class:`DirectLines`)."""
+        return DirectLines(self._sink, self.format)
+
+
+_METHOD_NAMES: Final = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+
+
+def _iso_utc(created: float) -> str:
+    """``TimeStamper(fmt="iso", utc=True)``'s text, for a time taken earlier."""
+    return dt.datetime.fromtimestamp(created, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class DirectLines:
+    """The adapter's lines without structlog's per-call machinery: the §4.1 chain, precompiled.
+
+    On the event loop it does what must see the emitting task (``merge_contextvars``, the level and
+    logger names, the current span's ids); the writer thread adds the timestamp (of the time the line
+    was logged) and the structured traceback. The event dict equals the reference chain's key for key,
+    in the same order (a test compares both for every event type). It only runs when the writer's queue
+    is the ``asyncmq_otel`` logger's only handler; otherwise :meth:`__call__` returns False and the
+    caller takes the structlog path.
+
+    Args:
+        sink: the adapter's wrapped logger.
+        log_format: ``json`` (structured tracebacks) or ``console``.
+
+    """
+
+    __slots__ = ("_finish", "_sink", "_trace")
+
+    def __init__(self, sink: _StdlibSink, log_format: Literal["json", "console"]) -> None:
+        self._sink = sink
+        self._trace = AddTraceContext()
+        self._finish = _finish_json if log_format == "json" else _finish_console
+
+    def __call__(self, level: int, event: str, fields: dict[str, Any]) -> bool:
+        """Queue one line (``fields`` becomes its event dict); False when the structlog path must run."""
+        writer = self._sink.direct_writer()
+        if writer is None:
+            return False
+        fields["event"] = event
+        for var, value in contextvars.copy_context().items():  # structlog.contextvars.merge_contextvars
+            name = var.name
+            if name.startswith(_CONTEXTVARS_PREFIX) and value is not Ellipsis:
+                fields.setdefault(name[_CONTEXTVARS_PREFIX_LEN:], value)
+        method = _METHOD_NAMES[level]
+        fields["level"] = method
+        fields["logger"] = LOGGER_NAME
+        fields["timestamp"] = None  # keeps the chain's key order; the writer writes the time
+        self._trace(None, method, fields)
+        sink = self._sink
+        writer.put(
+            PendingLine(
+                sink._logger,  # noqa: SLF001 - the sink's own logger
+                level,
+                fields,
+                None,
+                {"_logger": sink, "_name": method},
+                self._finish,
+            )
+        )
+        return True
+
+
+_CONTEXTVARS_PREFIX: Final = structlog.contextvars.STRUCTLOG_KEY_PREFIX
+_CONTEXTVARS_PREFIX_LEN: Final = len(_CONTEXTVARS_PREFIX)
+
+
+def _finish_console(event: dict[str, Any], created: float) -> None:
+    event["timestamp"] = _iso_utc(created)
+
+
+def _finish_json(event: dict[str, Any], created: float) -> None:
+    event["timestamp"] = _iso_utc(created)
+    if "exc_info" in event:
+        _DICT_TRACEBACKS(None, "", event)
 
 
 class _StdlibSink:
@@ -270,12 +448,14 @@ class _StdlibSink:
     Each call becomes one ``LogRecord`` handed to that logger's handlers (the ``ProcessorFormatter`` of
     the stderr handler, the OTLP handler, any handler the application adds). The source location,
     which would always point into this adapter, is not searched for: that saves a stack walk per line.
+    When the writer's queue is the logger's only handler, the writer thread makes the record.
     """
 
-    __slots__ = ("_logger", "name")
+    __slots__ = ("_logger", "_output", "name")
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, output: LogOutput | None = None) -> None:
         self._logger = logger
+        self._output = output
         self.name = logger.name
 
     def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - the stdlib Logger's method name
@@ -286,9 +466,30 @@ class _StdlibSink:
         """The stdlib logger's effective level."""
         return self._logger.getEffectiveLevel()
 
+    def direct_writer(self) -> LogWriter | None:
+        """The writer, when its queue is the only thing a record of this logger would reach."""
+        output = self._output
+        queue_handler = output._queue_handler if output is not None else None  # noqa: SLF001 - its own output
+        logger = self._logger
+        handlers = logger.handlers
+        if (
+            queue_handler is not None
+            and len(handlers) == 1
+            and handlers[0] is queue_handler
+            and not logger.filters
+            and not logger.disabled
+        ):
+            return queue_handler.writer
+        return None
+
     def _emit(self, level: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         logger = self._logger
         if not logger.isEnabledFor(level):
+            return
+        writer = self.direct_writer()
+        if writer is not None:  # only the writer's queue would see the record: the writer thread makes it
+            message = args[0] if args else ""
+            writer.put(PendingLine(logger, level, message, kwargs.get("exc_info"), kwargs.get("extra")))
             return
         record = logger.makeRecord(
             self.name, level, "asyncmq_otel", 0, args[0] if args else "", (), kwargs.get("exc_info"),
@@ -366,13 +567,15 @@ class LoggingAdapter:
 
     Args:
         logger: the structlog logger of :meth:`LogOutput.logger`.
+        direct: the precompiled path of :meth:`LogOutput.direct_lines` (used whenever it applies).
 
     """
 
     signal = "log"
 
-    def __init__(self, logger: structlog.stdlib.BoundLogger) -> None:
+    def __init__(self, logger: structlog.stdlib.BoundLogger, direct: DirectLines | None = None) -> None:
         self._logger = logger
+        self._direct = direct
         self._stdlib = logging.getLogger(LOGGER_NAME)
         self._bound: dict[
             tuple[str | None, str | None, int | None], Mapping[str, contextvars.Token[Any]]
@@ -388,7 +591,9 @@ class LoggingAdapter:
             fields = _fields(event)
             if name == "job:failed" and event.exception is not None:
                 fields["exc_info"] = event.exception
-            self._logger.log(spec[1], spec[0], **fields)
+            direct = self._direct
+            if direct is None or not direct(spec[1], spec[0], fields):
+                self._logger.log(spec[1], spec[0], **fields)
         if name in _OUTCOMES:
             self._reset(event)
 
@@ -465,7 +670,7 @@ def _base_fields(event: LifecycleEvent) -> dict[str, Any]:
     return fields
 
 
-def _fields(event: LifecycleEvent) -> MutableMapping[str, Any]:
+def _fields(event: LifecycleEvent) -> dict[str, Any]:
     name = event.name
     fields = _base_fields(event)
     for attr, key in _OPTIONAL:
