@@ -52,6 +52,17 @@ class WorkerContext:
         self.held[queue, attempt.job_id] = attempt
         return attempt
 
+    def idle_event(self) -> anyio.Event:
+        """The event set when the last held job is released; every waiter shares it until then.
+
+        A fresh event replaces only one already set: replacing a pending one would leave whoever
+        waits on it (another queue's claim loop) asleep after the last job ends.
+        """
+        idle = self.idle
+        if idle is None or idle.is_set():
+            idle = self.idle = anyio.Event()
+        return idle
+
     def release(self, queue: str, job_id: str) -> None:
         self.held.pop((queue, job_id), None)
         if not self.held and self.idle is not None:

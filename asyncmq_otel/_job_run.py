@@ -21,6 +21,7 @@ import anyio.to_thread
 
 from ._context import _REQUEUE_BUDGET, WorkerContext, _Attempt
 from ._lifecycle import emit_job_event, emit_job_fields
+from ._progress import ProgressWriter
 from .backends.base import Backend, RawJob, SettleReply, SettleStatus
 from .errors import (
     BackendOutOfMemory,
@@ -86,7 +87,7 @@ class _JobRun:
         duration = None if self.started_mono is None else time.perf_counter() - self.started_mono
         return self._fields(finished_at=finished, duration_s=duration, **extra)
 
-    async def execute(self) -> None:
+    async def execute(self) -> None:  # noqa: PLR0911 - one return per pickup outcome
         try:
             job = Job.from_dict(self.raw) if "payload_error" not in self.raw else None
         except MalformedJob as exc:
@@ -95,6 +96,9 @@ class _JobRun:
         if job is None:
             await self._malformed()
             return
+        # Telemetry names the queue this worker claimed from: the stored envelope's own "queue"
+        # field is data the producer wrote, and must not mint label values.
+        job.queue = self.queue
         self.job = job
         if job.cancel_requested or self.attempt.reason == "cancel":
             await self._settle_cancelled("queued")
@@ -113,6 +117,10 @@ class _JobRun:
             task = get_task(job.task)
         except UnknownTask as exc:
             await self._dead_letter("unknown_task", "dead_letter", exc)
+            return
+        task.fill_unset(job, self.raw)  # options the job left unset are the task's
+        if job.expires_at is not None and now > job.expires_at:  # by the task's ttl
+            await self._dead_letter("expired", "expire", None)
             return
         await self._run(task)
 
@@ -196,8 +204,12 @@ class _JobRun:
                     scope.cancel()
                 try:
                     result = await self._invoke(task)
-                except Exception as exc:  # noqa: BLE001 - every handler error is an outcome of the attempt
-                    outcome = ("error", exc)
+                except BaseException as exc:
+                    # Whatever a handler raises fails its job only: SystemExit, KeyboardInterrupt
+                    # or a CancelledError a library leaked must not stop the worker.
+                    if not isinstance(exc, Exception) and _cancelled_here():
+                        raise  # the worker's own cancellation (a stop, a lost lease, an outer scope)
+                    outcome = ("error", exc.raised if isinstance(exc, _RaisedInThread) else exc)
                 else:
                     outcome = ("ok", result)
             if scope.cancelled_caught or (self.attempt.reason is not None and outcome[0] != "ok"):
@@ -210,6 +222,9 @@ class _JobRun:
             raise
         finally:
             self.attempt.scope = None
+        if self._progress_writer is not None:
+            # the last report must be stored before the settle, which ends the job's active state
+            await self._progress_writer.flush(_REQUEUE_BUDGET)
         if outcome[0] == "ok":
             await self._complete(outcome[1])
         else:
@@ -217,7 +232,7 @@ class _JobRun:
 
     async def _invoke(self, task: TaskInfo) -> Any:  # noqa: ANN401 - whatever the handler returns
         job = self._job()
-        timeout = task.timeout if task.timeout is not None else job.timeout
+        timeout = job.timeout  # the job's own, else the task's (fill_unset)
         sandboxed = self.ctx.config.sandbox_enabled
         if timeout is None and task.is_async and not task.progress and not sandboxed:
             return await task.func(*job.args, **job.kwargs)  # the common case, without the wrapping below
@@ -244,7 +259,7 @@ class _JobRun:
             # when a stop must be hard).
             call = functools.partial(
                 anyio.to_thread.run_sync,
-                functools.partial(task.func, *job.args, **kwargs),
+                functools.partial(_run_in_thread, task.func, *job.args, **kwargs),
                 abandon_on_cancel=True,
             )
         if timeout is None:
@@ -255,15 +270,23 @@ class _JobRun:
         except TimeoutError as exc:
             raise JobTimeout(f"task {task.task_id} ran past its {timeout:g}s timeout") from exc
 
+    _progress_writer: ProgressWriter | None = None
+
     def _progress_reporter(self, task: TaskInfo) -> Callable[..., None]:
         job = self._job()
         handlers = self.ctx.handlers
         loop_thread = _current_thread_token()
+        writer = self._progress_writer
+        if writer is None and handlers is not None:
+            writer = self._progress_writer = ProgressWriter(
+                lambda pct: self.backend.report_progress(self.queue, job.id, self.token, pct),
+                handlers.start_soon,
+            )
 
         def emit(pct: float, data: Any = None) -> None:  # noqa: ANN401 - user data travels as is
             emit_job_event("job:progress", job, progress=float(pct), progress_data=data, **self._fields())
-            if handlers is not None:
-                handlers.start_soon(self.backend.report_progress, self.queue, job.id, self.token, float(pct))
+            if writer is not None:
+                writer.report(float(pct))
 
         def report_progress(pct: float, data: Any = None) -> None:  # noqa: ANN401 - as above
             """Report the job's progress (0-100); emits ``job:progress``."""
@@ -419,6 +442,36 @@ class _JobRun:
 
 def _current_thread_token() -> int:
     return threading.get_ident()
+
+
+class _RaisedInThread(Exception):
+    """Carries a sync handler's ``BaseException`` (``SystemExit``, ``GeneratorExit``...) back to the loop.
+
+    Delivered as itself, asyncio would throw it into the job's task: a ``GeneratorExit`` thrown
+    into a coroutine closes it instead of reaching the ``except`` that fails the job.
+    """
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(raised)
+        self.raised = raised
+
+
+def _run_in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401 - the handler's own
+    try:
+        return func(*args, **kwargs)
+    except Exception:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - handed to the loop as the job's failure
+        raise _RaisedInThread(exc) from None
+
+
+def _cancelled_here() -> bool:
+    """Whether a cancel scope around the current task was really cancelled (or is past its deadline).
+
+    A library may leak ``asyncio.CancelledError`` (or a handler raise ``SystemExit``) with no scope
+    cancelled: that is the handler's failure, not a request to stop.
+    """
+    return anyio.current_effective_deadline() <= anyio.current_time()
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -1,10 +1,11 @@
 """Job processing: ``process_job`` (claim loop), ``_run_with_limits``, ``handle_job`` (one job's lifecycle).
 
-``process_job`` reserves capacity (an anyio ``CapacityLimiter``) before it claims, so nothing
-is fetched beyond what can run, and waits on the backend (never a sleep) when the queue is
-empty or paused. ``handle_job`` runs the pickup checks (cancelled, expired, not yet due,
-unknown task), the handler, and exactly one outcome write, emitting each lifecycle event
-once, after its write succeeded, in the task that runs the handler.
+``process_job`` reserves capacity (an anyio ``CapacityLimiter``) and, when rate-limited, a
+token per job before it claims, so nothing is fetched beyond what can run, and waits on the
+backend (never a sleep) when the queue is empty or paused. ``handle_job`` runs the pickup
+checks (cancelled, expired, not yet due, unknown task), the handler, and exactly one outcome
+write, emitting each lifecycle event once, after its write succeeded, in the task that runs
+the handler.
 
 The attempt itself is ``_job_run._JobRun``; ``WorkerContext`` and ``server_fields`` live in
 ``_context`` and are re-exported here.
@@ -73,15 +74,10 @@ async def _claim_loop(
     next_due: float | None = None
     wanted = MAX_CLAIM_BATCH
     while True:
-        slots = await _reserve_slots(limiter, rate_limiter, wanted)
-        try:
-            reply = await backend.claim(queue_name, ctx.worker_id, len(slots), config.lease)
-        except BaseException:
-            for slot in slots:
-                limiter.release_on_behalf_of(slot)
-            raise
+        slots, throttled = await _reserve_slots(limiter, rate_limiter, wanted)
+        reply = await _claim(queue_name, slots, limiter, rate_limiter, backend, ctx)
         if reply.jobs:
-            _start_claimed(queue_name, reply, slots, limiter, rate_limiter, backend, ctx, handlers)
+            _start_claimed(queue_name, reply, slots, limiter, backend, ctx, handlers, throttled)
             await anyio.lowlevel.checkpoint()  # let the jobs start before this loop's next round trip
             if len(reply.jobs) == len(slots) or ctx.burst:
                 wanted = min(wanted * 2, MAX_CLAIM_BATCH)
@@ -102,6 +98,28 @@ async def _claim_loop(
             return
 
 
+async def _claim(
+    queue_name: str,
+    slots: list[object],
+    limiter: anyio.CapacityLimiter,
+    rate_limiter: RateLimiter | None,
+    backend: Backend,
+    ctx: WorkerContext,
+) -> ClaimReply:
+    """Claim one job per slot; the rate tokens of the slots left empty go back to the bucket."""
+    try:
+        reply = await backend.claim(queue_name, ctx.worker_id, len(slots), ctx.config.lease)
+    except BaseException:
+        for slot in slots:
+            limiter.release_on_behalf_of(slot)
+        if rate_limiter is not None:
+            rate_limiter.give_back(len(slots))
+        raise
+    if rate_limiter is not None:
+        rate_limiter.give_back(len(slots) - len(reply.jobs))
+    return reply
+
+
 async def _wait_when_empty(backend: Backend, queue_name: str, ctx: WorkerContext, reply: ClaimReply) -> bool:
     """After an empty claim: wait for a wake token or the next due job; False when a burst is done."""
     timeout = ctx.config.block_timeout
@@ -120,12 +138,16 @@ def _start_claimed(
     reply: ClaimReply,
     slots: list[object],
     limiter: anyio.CapacityLimiter,
-    rate_limiter: RateLimiter | None,
     backend: Backend,
     ctx: WorkerContext,
     handlers: anyio.abc.TaskGroup,
+    throttled: tuple[float, float] | None,
 ) -> None:
-    """Start a task per claimed job, each holding one of ``slots``; release the slots left over."""
+    """Start a task per claimed job, each holding one of ``slots`` (and its rate token, if limited).
+
+    ``throttled`` is ``(started, waited)`` when the claim waited for its first rate token: the
+    first job reports that wait. The slots left over are released.
+    """
     jobs = reply.jobs
     for raw_job, slot in zip(jobs, slots, strict=False):
         raw_job.setdefault("claimed_at", reply.now)
@@ -136,34 +158,53 @@ def _start_claimed(
                 queue_name,
                 raw_job,
                 limiter,
-                rate_limiter,
+                None,  # its rate token was taken before the claim
                 backend,
                 context=ctx,
                 reserved=slot,
                 attempt=attempt,
+                throttled=throttled,
             ),
             name=_TASK_NAME,
         )
+        throttled = None
     for slot in slots[len(jobs) :]:
         limiter.release_on_behalf_of(slot)
 
 
 async def _reserve_slots(
     limiter: anyio.CapacityLimiter, rate_limiter: RateLimiter | None, wanted: int = MAX_CLAIM_BATCH
-) -> list[object]:
-    """Wait for one free slot, then take up to ``wanted`` as are free now (and as rate tokens allow)."""
+) -> tuple[list[object], tuple[float, float] | None]:
+    """Wait for one free slot (and a rate token), then take up to ``wanted`` as slots and tokens allow now.
+
+    Nothing is claimed beyond what can start: a job claimed without a token would sit ``active``,
+    held from every other worker, until one came. One token is taken per slot returned; returns the
+    slots and, when the first token was waited for over 1 ms, ``(started, waited)``.
+    """
     slots = [object()]
     try:  # no checkpoint when a slot is free: the claim's own round trip yields soon enough
         limiter.acquire_on_behalf_of_nowait(slots[0])
     except anyio.WouldBlock:
         await limiter.acquire_on_behalf_of(slots[0])
+    throttled: tuple[float, float] | None = None
     if rate_limiter is not None:
-        wanted = max(min(rate_limiter.available, wanted), 1)
+        if not rate_limiter.try_acquire():
+            started = time.time()
+            try:
+                waited = await rate_limiter.acquire()
+            except BaseException:
+                limiter.release_on_behalf_of(slots[0])
+                raise
+            if waited > _THROTTLE_EVENT_THRESHOLD:
+                throttled = (started, waited)
+        wanted = 1 + rate_limiter.take_up_to(min(wanted - 1, int(limiter.available_tokens)))
     while len(slots) < wanted and limiter.available_tokens >= 1:
         slot = object()
         limiter.acquire_on_behalf_of_nowait(slot)
         slots.append(slot)
-    return slots
+    if rate_limiter is not None:
+        rate_limiter.give_back(wanted - len(slots))
+    return slots, throttled
 
 
 async def _burst_wait(
@@ -171,10 +212,10 @@ async def _burst_wait(
 ) -> bool:
     """In burst mode: False once nothing is ready, due or running; else wait for the next change."""
     if ctx.held:
-        # A running job may still retry, so wait for it rather than for a wake token.
-        ctx.idle = anyio.Event()
+        # A running job may still retry, so wait for it rather than for a wake token (every
+        # queue's loop waits on the same event: the last job's end wakes them all).
         with anyio.move_on_after(timeout):
-            await ctx.idle.wait()
+            await ctx.idle_event().wait()
         return True
     if finished:
         return False
@@ -192,11 +233,13 @@ async def _run_with_limits(
     context: WorkerContext | None = None,
     reserved: object | None = None,
     attempt: _Attempt | None = None,
+    throttled: tuple[float, float] | None = None,
 ) -> None:
     """Hold a concurrency slot, wait for a rate token, then hand the job to :func:`handle_job`.
 
     ``reserved`` is a slot ``process_job`` already took on this job's behalf; without one, a
-    slot is acquired here.
+    slot is acquired here. ``process_job`` takes the rate token before it claims (and passes no
+    ``rate_limiter``); ``throttled`` is then its wait for it, ``(started, waited)``.
     """
     borrower = reserved if reserved is not None else object()
     backend = backend or default_backend()
@@ -208,11 +251,15 @@ async def _run_with_limits(
             holding = True
         waited = 0.0
         attempt = attempt or ctx.held.get((queue_name, str(raw_job.get("id"))))
-        if rate_limiter is not None:
-            throttled = await _wait_for_rate_token(queue_name, raw_job, rate_limiter, backend, ctx, attempt)
-            if throttled is None:
+        if throttled is not None:
+            waited = throttled[1]
+            if "payload_error" not in raw_job:
+                _emit_throttled(queue_name, raw_job, ctx, *throttled)
+        elif rate_limiter is not None:
+            token_wait = await _wait_for_rate_token(queue_name, raw_job, rate_limiter, backend, ctx, attempt)
+            if token_wait is None:
                 return
-            waited = throttled
+            waited = token_wait
         await handle_job(queue_name, raw_job, backend, context=ctx, ratelimit_wait_s=waited, attempt=attempt)
     finally:
         if holding:
@@ -249,7 +296,7 @@ async def _wait_for_rate_token(
     if waited <= _THROTTLE_EVENT_THRESHOLD:
         return 0.0  # not throttled: §1.1 reports 0.0 unless the job was held over 1 ms
     if "payload_error" not in raw_job:
-        _emit_throttled(raw_job, ctx, throttle_started, waited)
+        _emit_throttled(queue, raw_job, ctx, throttle_started, waited)
     return waited
 
 
@@ -265,11 +312,14 @@ async def _give_back(backend: Backend, queue: str, raw_job: RawJob, ctx: WorkerC
         ctx.release(queue, job_id)
 
 
-def _emit_throttled(raw_job: RawJob, ctx: WorkerContext | None, started: float, waited: float) -> None:
+def _emit_throttled(
+    queue: str, raw_job: RawJob, ctx: WorkerContext | None, started: float, waited: float
+) -> None:
     try:
         job = Job.from_dict(raw_job)
     except MalformedJob:
         return
+    job.queue = queue  # the claimed queue, not the envelope's field (labels come from the claim)
     extra = {} if ctx is None else {"worker_id": ctx.worker_id, "group": ctx.group, **ctx.server}
     emit_job_event("job:throttled", job, ratelimit_wait_s=waited, started_at=started, **extra)
 

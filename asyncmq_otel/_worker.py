@@ -36,7 +36,7 @@ from .hooks import Hook, run_hooks, run_hooks_safely
 from .jobs import Job, check_queue_name
 from .limiters import RateLimiter
 from .settings import get_settings
-from .tasks import autodiscover_tasks
+from .tasks import TASK_REGISTRY, autodiscover_tasks
 
 if TYPE_CHECKING:
     from .queues import Queue
@@ -104,6 +104,9 @@ class Worker:
         self._stop_now = False
         self._claim_scope: anyio.CancelScope | None = None
         self._drain_scope: anyio.CancelScope | None = None
+        self._startup_scope: anyio.CancelScope | None = None  # the startup hooks, while they run
+        self._hooks_scope: anyio.CancelScope | None = None  # the shutdown hooks, while they run
+        self._drain_timeout = 0.0
         self._loop_thread: int | None = None
         self._loop_token: Any = None
         self._context: WorkerContext | None = None
@@ -175,10 +178,15 @@ class Worker:
         self._stop_requested = True
         if self._claim_scope is not None:
             self._claim_scope.cancel()
+        startup = self._startup_scope
+        if startup is not None and not (now or second):
+            # A startup hook still running is in-flight work: it gets the drain timeout.
+            startup.deadline = min(startup.deadline, anyio.current_time() + self._drain_timeout)
         if now or second:
             self._stop_now = True
-            if self._drain_scope is not None:
-                self._drain_scope.cancel()
+            for scope in (self._drain_scope, startup, self._hooks_scope):
+                if scope is not None:
+                    scope.cancel()
 
     # -- the run -------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -187,22 +195,22 @@ class Worker:
         backend = self.backend
         self._loop_thread = threading.get_ident()
         self._loop_token = anyio.lowlevel.current_token()
+        self._drain_timeout = (
+            self.shutdown_timeout if self.shutdown_timeout is not None else config.shutdown_timeout
+        )
+        # Let the tasks started beside the worker (signal receivers) start before anything here
+        # blocks: a SIGTERM during start-up is then a stop request, not death by the default action.
+        await anyio.lowlevel.checkpoint()
         concurrency = self.concurrency or config.worker_concurrency
         rate_limit = self.rate_limit if self.rate_limit is not None else config.rate_limit
         rate_interval = self.rate_interval or config.rate_interval
         ctx = WorkerContext(
             worker_id=self.worker_id, group=self.group or config.worker_group, config=config, burst=self.burst
         )
-        ctx.idle = anyio.Event()
         ctx.server = server_fields(backend)
         self._context = ctx
         queue_label = ",".join(self.queues)
-
-        autodiscover_tasks()
-        self.state = "starting"
-        await run_hooks(
-            config.worker_on_startup, backend=backend, worker_id=self.worker_id, queue=queue_label
-        )
+        await self._start_up(config.worker_on_startup, backend, queue_label)
 
         info = WorkerInfo(
             worker_id=self.worker_id,
@@ -212,6 +220,7 @@ class Worker:
             concurrency=concurrency,
             group=ctx.group,
             started_at=time.time(),
+            tasks={task_id: task.queue for task_id, task in TASK_REGISTRY.items()},  # producers check names
         )
         keeper = LeaseKeeper(
             backend,
@@ -251,10 +260,30 @@ class Worker:
             self.exit_reason = "error"
             raise
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_TAIL_BUDGET):
+            with anyio.CancelScope(shield=True):
                 await self._shutdown_tail(backend, keeper, info, config.worker_on_shutdown, queue_label)
         if self._data_loss is not None:
             raise self._data_loss
+
+    async def _start_up(
+        self, hooks: Hook | Sequence[Hook] | None, backend: Backend, queue_label: str
+    ) -> None:
+        """Import the task packages and run the ``worker_on_startup`` hooks.
+
+        A stop request bounds the hooks like in-flight jobs: the drain timeout, or at once on a
+        second request.
+        """
+        autodiscover_tasks()
+        self.state = "starting"
+        with anyio.CancelScope() as startup:
+            self._startup_scope = startup
+            await run_hooks(hooks, backend=backend, worker_id=self.worker_id, queue=queue_label)
+        self._startup_scope = None
+        if startup.cancelled_caught:
+            _log.warning(
+                "worker.startup_abandoned: worker %s stopped before its startup hooks returned",
+                self.worker_id,
+            )
 
     async def _serve(
         self,
@@ -281,14 +310,11 @@ class Worker:
             await self._drain(ctx)
 
     async def _drain(self, ctx: WorkerContext) -> None:
-        timeout = self.shutdown_timeout if self.shutdown_timeout is not None else ctx.config.shutdown_timeout
         if ctx.held and not self.burst:
-            with anyio.move_on_after(0 if self._stop_now else timeout) as scope:
+            with anyio.move_on_after(0 if self._stop_now else self._drain_timeout) as scope:
                 self._drain_scope = scope
                 while ctx.held:
-                    ctx.idle = anyio.Event()
-                    if ctx.held:
-                        await ctx.idle.wait()
+                    await ctx.idle_event().wait()
             for attempt in list(ctx.held.values()):
                 attempt.cancel("shutdown")
 
@@ -301,21 +327,33 @@ class Worker:
         queue_label: str,
     ) -> None:
         self.state = "stopping"
-        await anyio.to_thread.run_sync(keeper.stop)
-        backend.remove_cancel_listener(self._on_cancel_hint)
-        try:
-            await backend.deregister_worker(info.worker_id)
-        except Exception:  # noqa: BLE001 - the registration expires by itself; shutdown goes on
-            _log.warning("worker.deregister_failed: %s", info.worker_id, exc_info=True)
-        for queue in self.queues:
-            bus.emit(self._worker_event("worker:stopped", queue, reason=self.exit_reason))
-        await bus.drain(1.0)
-        relay, self._relay = self._relay, None
-        if relay is not None:
-            bus.off("*", relay.listen)
-            with anyio.move_on_after(1.0):
-                await relay.flush()
-        await run_hooks_safely(hooks, backend=backend, worker_id=self.worker_id, queue=queue_label)
+        deadline = anyio.current_time() + _TAIL_BUDGET
+        with anyio.CancelScope(deadline=deadline):
+            await anyio.to_thread.run_sync(keeper.stop)
+            backend.remove_cancel_listener(self._on_cancel_hint)
+            try:
+                await backend.deregister_worker(info.worker_id)
+            except Exception:  # noqa: BLE001 - the registration expires by itself; shutdown goes on
+                _log.warning("worker.deregister_failed: %s", info.worker_id, exc_info=True)
+            for queue in self.queues:
+                bus.emit(self._worker_event("worker:stopped", queue, reason=self.exit_reason))
+            await bus.drain(1.0)
+            relay, self._relay = self._relay, None
+            if relay is not None:
+                bus.off("*", relay.listen)
+                with anyio.move_on_after(1.0):
+                    await relay.flush()
+        # What is left of the budget; a stop-now request (a second signal) abandons them at once (a
+        # sync hook runs in a thread, so neither waits for a hook that blocks).
+        with anyio.CancelScope(deadline=deadline) as hooks_scope:
+            self._hooks_scope = hooks_scope
+            await run_hooks_safely(hooks, backend=backend, worker_id=self.worker_id, queue=queue_label)
+        self._hooks_scope = None
+        if hooks_scope.cancelled_caught:
+            _log.warning(
+                "worker.shutdown_hooks_abandoned: worker %s stopped before its shutdown hooks returned",
+                self.worker_id,
+            )
         self.state = "stopped"
         self._finished.set()
 
@@ -381,17 +419,27 @@ class Worker:
                 return False
             more = reply.is_reaper and reply.more
             for raw in reply.stalled:
-                self._emit_reaped("job:stalled", raw, ctx, reason="lease_lost")
+                self._emit_reaped("job:stalled", queue, raw, ctx, reason="lease_lost")
             for raw in reply.dead:
-                self._emit_reaped("job:failed", raw, ctx, reason="worker_lost", error_type="worker_lost")
+                self._emit_reaped(
+                    "job:failed", queue, raw, ctx, reason="worker_lost", error_type="worker_lost"
+                )
         return True
 
-    def _emit_reaped(self, name: str, raw: dict[str, Any], ctx: WorkerContext, **fields: Any) -> None:  # noqa: ANN401
+    def _emit_reaped(
+        self,
+        name: str,
+        queue: str,
+        raw: dict[str, Any],
+        ctx: WorkerContext,
+        **fields: Any,  # noqa: ANN401 - event fields
+    ) -> None:
         try:
             job = Job.from_dict(raw)
         except ValueError:
             _log.warning("worker.reaped_malformed: job %s", raw.get("id"))
             return
+        job.queue = queue  # the reaped queue, not the envelope's field: a job cannot mint label values
         extra: dict[str, Any] = {"worker_id": ctx.worker_id, "group": ctx.group, **ctx.server}
         if name == "job:failed":
             extra["finished_at"] = time.time()

@@ -23,7 +23,9 @@ __all__ = [
     "SandboxCrashed",
     "SandboxError",
     "SandboxTimeout",
+    "TaskNameWarning",
     "UnknownTask",
+    "UnsupportedOption",
 ]
 
 
@@ -39,12 +41,28 @@ class InvalidName(AsyncMQError, ValueError):
     """A queue name or job id does not match its allowed character set."""
 
 
-class JobArgumentError(AsyncMQError, TypeError):
-    """A job argument cannot be stored as JSON; the message names its path (e.g. ``args[1]``)."""
+class JobArgumentError(AsyncMQError, TypeError, ValueError):
+    """A job argument or enqueue option cannot be stored faithfully; nothing was sent.
+
+    The message names its path (``args[1]``, ``kwargs["when"]``) or the option (``ttl``). It is a
+    ``TypeError`` for a value of the wrong kind and a ``ValueError`` for one out of bounds: both
+    catch it.
+    """
 
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
+
+
+class UnsupportedOption(JobArgumentError):
+    """An enqueue option AsyncMQ takes (``depends_on``, ``repeat_every``) that is not supported yet.
+
+    Refused rather than stored as a handler argument; ``.path`` is the option's name.
+    """
+
+
+class TaskNameWarning(UserWarning):
+    """The job was stored, but no worker may run its task id (a typo, a short or ``__main__.`` id)."""
 
 
 class PayloadTooLarge(AsyncMQError, ValueError):

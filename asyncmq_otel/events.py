@@ -68,6 +68,7 @@ EVENT_NAMES = (
     "backend:data_loss",
 )
 _FAMILIES = ("job:*", "queue:*", "worker:*", "backend:*")
+_DRAIN_POLL_INTERVAL = 0.01  # drain waiting for another worker's dispatcher (shutdown only)
 
 Signal = Literal["event", "span", "metric", "log"]
 DropReason = Literal["queue_full", "adapter_error", "cardinality"]
@@ -257,6 +258,10 @@ class EventBus:
         self._routes: dict[str, tuple[tuple[_Subscription, ...], tuple[_Subscription, ...]]] = {}
         self._lock = threading.Lock()
         self._pending: collections.deque[LifecycleEvent] = collections.deque()
+        # The event being delivered and the index of its next queued listener: kept on the bus so a
+        # deliverer cancelled mid-event (a stopping worker's dispatcher) leaves the rest to `drain`.
+        self._current: tuple[LifecycleEvent, tuple[_Subscription, ...]] | None = None
+        self._next_listener = 0
         self.queue_size = queue_size
         self._waiters: list[_Waiter] = []
         self._observers: list[OperationObserver] = []
@@ -404,25 +409,24 @@ class EventBus:
                     anyio.from_thread.run_sync(waiter.event.set, token=waiter.token)
 
     def pending(self) -> int:
-        """Events waiting for queued listeners."""
+        """Events waiting for queued listeners (not counting one being delivered)."""
         return len(self._pending)
 
     async def run_dispatcher(self) -> None:
         """Deliver queued events until cancelled. Workers run one; so can a producer-only process.
 
         Several dispatchers may run at once; only the first delivers, so each listener sees
-        events in emission order.
+        events in emission order. A dispatcher cancelled mid-delivery loses nothing: the next
+        dispatcher (or :meth:`drain`) carries on with the next listener of the same event.
         """
         waiter = _Waiter(anyio.Event(), threading.get_ident(), anyio.lowlevel.current_token())
         self._waiters.append(waiter)
         try:
             while True:
                 waiter.event = anyio.Event()
-                if self._waiters and self._waiters[0] is waiter:
-                    batch = self._take()
-                    if batch:
-                        await self._deliver(batch)
-                        continue
+                if self._waiters and self._waiters[0] is waiter and self._undelivered():
+                    await self._deliver_pending()
+                    continue
                 await waiter.event.wait()
         finally:
             self._waiters.remove(waiter)
@@ -431,31 +435,60 @@ class EventBus:
                     other.event.set()
 
     async def drain(self, timeout: float = 1.0) -> None:
-        """Deliver what is pending now, for up to ``timeout`` seconds (used in the shutdown tail)."""
+        """Deliver what is pending, for up to ``timeout`` seconds (used in the shutdown tail).
+
+        While another dispatcher runs (another worker of this process), it is left to deliver:
+        one deliverer at a time keeps each listener's events in order.
+        """
         with anyio.move_on_after(timeout):
-            while batch := self._take():
-                await self._deliver(batch)
+            while self._undelivered():
+                if self._waiters:
+                    await anyio.sleep(_DRAIN_POLL_INTERVAL)
+                else:
+                    await self._deliver_pending()
 
-    def _take(self) -> list[LifecycleEvent]:
+    def _undelivered(self) -> bool:
+        return bool(self._pending) or self._current is not None
+
+    def _next_delivery(self) -> tuple[LifecycleEvent, _Subscription] | None:
+        """The next (event, queued listener) pair, or None; the cursor moves on before the call."""
         with self._lock:
-            batch = list(self._pending)
-            self._pending.clear()
-        return batch
+            while True:
+                if self._current is None:
+                    if not self._pending:
+                        return None
+                    event = self._pending.popleft()
+                    self._current = (event, self._route(event.name)[1])
+                    self._next_listener = 0
+                event, subs = self._current
+                index = self._next_listener
+                if index < len(subs):
+                    self._next_listener = index + 1
+                    return event, subs[index]
+                self._current = None
 
-    async def _deliver(self, batch: list[LifecycleEvent]) -> None:
-        for event in batch:
-            for sub in self._route(event.name)[1]:
-                if sub.once:
-                    self._drop_once(sub)
-                try:
-                    if sub.is_async:
-                        await sub.listener(event)
-                    else:
+    async def _deliver_pending(self) -> None:
+        while True:
+            # A stop takes effect here, between two deliveries, before the cursor moves on.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            delivery = self._next_delivery()
+            if delivery is None:
+                return
+            event, sub = delivery
+            if sub.once:
+                self._drop_once(sub)
+            try:
+                if sub.is_async:
+                    await sub.listener(event)
+                else:
+                    # Shielded: once the cursor has moved on, this listener must get the event (a
+                    # thread call cannot be stopped once started anyway).
+                    with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(sub.listener, event)
-                except anyio.get_cancelled_exc_class():
-                    raise
-                except Exception as exc:  # noqa: BLE001 - isolation boundary: a listener never breaks a job
-                    self._listener_failed(sub, event, exc)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:  # noqa: BLE001 - isolation boundary: a listener never breaks a job
+                self._listener_failed(sub, event, exc)
 
     # -- services ----------------------------------------------------------------------------------
     def add_service(self, service: Service) -> None:

@@ -17,15 +17,21 @@ from .errors import InvalidName, JobArgumentError, MalformedJob, PayloadTooLarge
 __all__ = [
     "DLQ_REASONS",
     "ENVELOPE_VERSION",
+    "MAX_NESTING",
+    "MAX_PRIORITY",
+    "MAX_RETRIES",
+    "MAX_SECONDS",
     "TERMINAL_STATES",
     "Backoff",
     "BackoffSpec",
     "DLQReason",
     "Job",
     "JobState",
+    "check_int_option",
     "check_job_id",
     "check_json",
     "check_queue_name",
+    "check_seconds",
     "dumps",
     "encode_payload",
     "error_type_name",
@@ -35,6 +41,12 @@ __all__ = [
 
 ENVELOPE_VERSION = 1
 MAX_SAFE_INT = 2**53 - 1
+# Bounds of what a producer may store (reliability: bad input). Every stored time is a whole number
+# of milliseconds near "now", so durations stay far below 2**53 ms and round-trip exactly.
+MAX_SECONDS = 10 * 365 * 86_400  # delay, ttl, timeout and backoff: ten years
+MAX_RETRIES = 10_000
+MAX_PRIORITY = 500  # |priority|: the Redis ready score keeps FIFO order within a priority up to this
+MAX_NESTING = 64  # levels of lists and dicts in args, kwargs and results (the decode bound is larger)
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _JOB_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
@@ -107,9 +119,31 @@ def check_json(value: object, path: str = "value") -> Any:  # noqa: ANN401 - ret
     """Walk ``value`` and return its JSON form (tuples become lists).
 
     Raises:
-        JobArgumentError: naming the path of the first value JSON cannot carry faithfully.
+        JobArgumentError: naming the path of the first value JSON cannot carry faithfully, of a
+            list or dict nested more than :data:`MAX_NESTING` levels, or of one that contains itself.
 
     """
+    try:
+        return _checked(value, path, MAX_NESTING)
+    except _TooDeep as deep:
+        cycle = _cycle_path(value, path, [])
+        if cycle is not None:
+            raise JobArgumentError(cycle, "contains itself (a cycle); JSON cannot carry it") from None
+        raise JobArgumentError(
+            deep.path, f"nested more than {MAX_NESTING} levels deep; flatten it or store it elsewhere"
+        ) from None
+
+
+class _TooDeep(Exception):
+    """Raised by the walk at the first container past the nesting bound."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+def _checked(value: object, path: str, room: int) -> Any:  # noqa: ANN401, C901 - one branch per JSON type
+    """:func:`check_json` with ``room`` levels of nesting left."""
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
@@ -121,21 +155,45 @@ def check_json(value: object, path: str = "value") -> Any:  # noqa: ANN401 - ret
             return value
         raise JobArgumentError(path, f"float {value!r} is not JSON; pass None or a string")
     if isinstance(value, (list, tuple)):
+        if room <= 0:
+            raise _TooDeep(path)
         # plain scalars pass as they are; the path of an item is only built to look further
         return [
-            item if _plain(item) else check_json(item, f"{path}[{index}]") for index, item in enumerate(value)
+            item if _plain(item) else _checked(item, f"{path}[{index}]", room - 1)
+            for index, item in enumerate(value)
         ]
     if isinstance(value, dict):
+        if room <= 0:
+            raise _TooDeep(path)
         out: dict[str, Any] = {}
         for key, item in value.items():
             if type(key) is not str and not isinstance(key, str):
                 raise JobArgumentError(
                     f"{path}[{key!r}]", f"dict key of type {type(key).__name__} is not JSON; use str keys"
                 )
-            out[key] = item if _plain(item) else check_json(item, f"{path}[{json.dumps(key)}]")
+            out[key] = item if _plain(item) else _checked(item, f"{path}[{json.dumps(key)}]", room - 1)
         return out
     hint = "pass an ISO string" if type(value).__name__ in {"datetime", "date", "time"} else "pass JSON data"
     raise JobArgumentError(path, f"{type(value).__name__} is not JSON; {hint}")
+
+
+def _cycle_path(value: object, path: str, parents: list[int]) -> str | None:
+    """The path of the first list or dict inside ``value`` that is one of its own parents, if any.
+
+    Only run after the walk found too deep a nesting, down to that depth (the recursion is bounded).
+    """
+    if not isinstance(value, (list, tuple, dict)) or len(parents) > MAX_NESTING:
+        return None
+    if id(value) in parents:
+        return path
+    parents.append(id(value))
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        found = _cycle_path(item, f"{path}[{json.dumps(key) if isinstance(key, str) else key}]", parents)
+        if found is not None:
+            return found
+    parents.pop()
+    return None
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -189,12 +247,90 @@ def _dumps_envelope(envelope: Mapping[str, Any]) -> str:
 
 
 def encode_payload(payload: Mapping[str, Any], limit: int) -> str:
-    """Encode a job envelope and refuse it when it is over ``limit`` bytes."""
+    """Encode a job envelope and refuse it when it is over ``limit`` bytes.
+
+    Raises:
+        JobArgumentError: a string holds a lone surrogate (not UTF-8); the message names its path.
+        PayloadTooLarge: the encoded envelope is over ``limit`` bytes.
+
+    """
     text = _dumps_envelope(payload)
-    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            path = _unencodable_path(payload, "") or "payload"
+            raise JobArgumentError(
+                path, "string holds a lone surrogate, which UTF-8 cannot store; pass valid text"
+            ) from None
     if size > limit:
         raise PayloadTooLarge(size, limit)
     return text
+
+
+def _unencodable_path(value: object, path: str) -> str | None:
+    """The path of the first string (or dict key) in ``value`` that UTF-8 cannot encode.
+
+    The envelope's own keys are named bare (``args[0]``, ``task``), as the producer's arguments are.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = key if not path else f"{path}[{json.dumps(key)}]"
+            if _unencodable_path(key, inner) is not None:
+                return inner
+            found = _unencodable_path(item, inner)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _unencodable_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def check_seconds(option: str, value: object, *, zero_ok: bool = False) -> float:
+    """Return the duration option ``value`` as float seconds.
+
+    A real number (not a bool, not a string) that is finite and at most :data:`MAX_SECONDS`;
+    ``zero_ok`` admits 0 (a delay), otherwise it must be positive (a ttl or timeout).
+
+    Raises:
+        JobArgumentError: naming ``option``.
+
+    """
+    kind = type(value)
+    exact = kind is float or kind is int
+    if not exact and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise JobArgumentError(option, f"must be a number of seconds, not {kind.__name__} {value!r:.40}")
+    low_ok = value >= 0 if zero_ok else value > 0  # type: ignore[operator]
+    if not (low_ok and value <= MAX_SECONDS):  # type: ignore[operator]
+        floor = ">= 0" if zero_ok else "> 0"
+        bounds = f"{floor} and at most {MAX_SECONDS} (ten years)"
+        raise JobArgumentError(option, f"must be a finite number of seconds {bounds}, not {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_int_option(option: str, value: object, low: int, high: int) -> int:
+    """Return the integer option ``value`` when it is a real int (not a bool) within [low, high].
+
+    Raises:
+        JobArgumentError: naming ``option``.
+
+    """
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise JobArgumentError(option, f"must be an int, not {type(value).__name__} {value!r:.40}")
+    if not low <= value <= high:
+        raise JobArgumentError(option, f"must be between {low} and {high}, not {value}")
+    return int(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +349,13 @@ class Backoff:
     def __post_init__(self) -> None:
         if self.kind not in {"fixed", "exponential"}:
             raise ValueError(f"backoff kind must be 'fixed' or 'exponential', not {self.kind!r}")
-        if not (self.delay >= 0 and math.isfinite(self.delay)):
-            raise ValueError(f"backoff delay must be a finite number >= 0, not {self.delay!r}")
-        if self.max_delay is not None and self.max_delay < 0:
-            raise ValueError(f"backoff max_delay must be >= 0, not {self.max_delay!r}")
+        # a retry's delay becomes a stored due time: the same bound as a job's delay
+        if not (0 <= self.delay <= MAX_SECONDS):
+            raise ValueError(f"backoff delay must be seconds in [0, {MAX_SECONDS}], not {self.delay!r}")
+        if self.max_delay is not None and not (0 <= self.max_delay <= MAX_SECONDS):
+            raise ValueError(
+                f"backoff max_delay must be a number of seconds in [0, {MAX_SECONDS}], not {self.max_delay!r}"
+            )
 
     @classmethod
     def parse(cls, spec: BackoffSpec) -> Backoff | None:
@@ -252,9 +391,10 @@ class Backoff:
 
     def delay_for(self, retry_number: int) -> float:
         """Seconds to wait before retry number ``retry_number`` (1-based)."""
-        delay = self.delay if self.kind == "fixed" else self.delay * 2.0 ** max(retry_number - 1, 0)
-        if self.max_delay is not None:
-            delay = min(delay, self.max_delay)
+        # 2**64 already carries any delay past MAX_SECONDS; a larger power would overflow the float
+        doublings = min(max(retry_number - 1, 0), 64)
+        delay = self.delay if self.kind == "fixed" else self.delay * 2.0**doublings
+        delay = min(delay, MAX_SECONDS if self.max_delay is None else self.max_delay)
         if self.jitter and delay > 0:
             delay = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not cryptography
         return delay
@@ -379,7 +519,7 @@ class Job:
         if type(raw) is dict:
             fast = _decode_well_formed(cls, raw)
             if fast is not None:
-                return fast
+                return _with_valid_backoff(fast)
         if isinstance(raw, (bytes, str)):
             try:
                 raw = json.loads(raw)
@@ -424,7 +564,17 @@ class Job:
             raise MalformedJob(f"stored job has a bad field: {exc}") from exc
         if not all(isinstance(key, str) for key in job.kwargs):
             raise MalformedJob("stored job kwargs have non-string keys")
-        return job
+        return _with_valid_backoff(job)
+
+
+def _with_valid_backoff(job: Job) -> Job:
+    """``job``, once its stored backoff parses: a bad one would only fail at its first retry."""
+    if job.backoff is not None:
+        try:
+            Backoff.parse(job.backoff)
+        except (TypeError, ValueError) as exc:
+            raise MalformedJob(f"stored job has a bad backoff: {exc}") from exc
+    return job
 
 
 _STATE_BY_VALUE: dict[str, JobState] = {state.value: state for state in JobState}
@@ -568,3 +718,63 @@ def _string_map_or_none(raw: Mapping[str, Any], key: str) -> dict[str, str] | No
     ):
         raise TypeError(f"field {key!r} must be an object of strings")
     return dict(value)
+
+
+# -- the decode side: stored payloads ------------------------------------------------------------
+MAX_STORED_DEPTH = 512
+"""The deepest nesting of lists and objects a stored payload may have, the envelope counting as 1.
+
+A deeper payload (only something written past the producer's checks can be) decodes as malformed
+and is dead-lettered ``malformed_payload``: nothing downstream then meets a ``RecursionError``. The
+producer's own nesting limit must stay below this."""
+
+
+def nested_too_deep(text: str | bytes, value: object, limit: int = MAX_STORED_DEPTH) -> bool:
+    """Whether ``value``, decoded from ``text``, nests lists and objects deeper than ``limit``.
+
+    The number of opening brackets in ``text`` bounds the depth, so almost every payload is
+    answered by two C-speed counts; only a payload with more brackets than ``limit`` is walked (without
+    recursion, so any depth is measured safely).
+    """
+    if len(text) <= limit:  # each level takes at least one character
+        return False
+    if isinstance(text, bytes):
+        brackets = text.count(b"[") + text.count(b"{")
+    else:
+        brackets = text.count("[") + text.count("{")
+    if brackets <= limit:
+        return False
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children: Any = item if type(item) is list else item.values() if isinstance(item, dict) else ()
+        for child in children:
+            if type(child) is list or type(child) is dict:
+                if depth + 1 > limit:
+                    return True
+                pending.append((child, depth + 1))
+    return False
+
+
+def reject_constant(name: str) -> Any:  # noqa: ANN401 - json's parse_constant hook
+    """``parse_constant`` of stored-JSON decoders: ``NaN`` and ``Infinity`` are not JSON (P8)."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_stored_envelope(payload: str) -> tuple[dict[str, Any] | None, str]:
+    """The envelope of a stored payload, or ``None`` and why not (empty for the usual "not an object").
+
+    Never raises: a payload that is not JSON (``NaN`` included), not an object or nested too deep is
+    malformed.
+    """
+    try:
+        decoded = json.loads(payload, parse_constant=reject_constant)
+    except ValueError:
+        return None, ""
+    except RecursionError:
+        return None, f"stored payload nests deeper than {MAX_STORED_DEPTH} levels"
+    if not isinstance(decoded, dict):
+        return None, ""
+    if nested_too_deep(payload, decoded):
+        return None, f"stored payload nests deeper than {MAX_STORED_DEPTH} levels"
+    return decoded, ""

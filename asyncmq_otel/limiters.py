@@ -51,6 +51,19 @@ class RateLimiter:
             return True
         return False
 
+    def take_up_to(self, count: int) -> int:
+        """Take as many whole tokens as are available now, at most ``count``; return how many."""
+        self._refill()
+        taken = max(min(int(self._tokens), count), 0)
+        self._tokens -= taken
+        return taken
+
+    def give_back(self, count: int) -> None:
+        """Return tokens taken for starts that did not happen (the bucket never exceeds ``rate``)."""
+        if count > 0:
+            self._refill()
+            self._tokens = min(float(self.rate), self._tokens + count)
+
     async def acquire(self) -> float:
         """Wait for a token and take it; return the seconds spent waiting."""
         started = self._clock()

@@ -6,29 +6,38 @@ then delegates the state change to the backend, which only moves bytes.
 
 from __future__ import annotations
 
-import math
+import contextlib
+import difflib
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ._context import server_fields
 from ._lifecycle import emit_job_event
 from .backends._default import default_backend
-from .backends.base import Backend, CancelStatus, EnqueueItem, EnqueueReply, QueueStats
-from .errors import DuplicateJob
+from .backends.base import Backend, CancelStatus, EnqueueItem, EnqueueReply, QueueStats, WorkerInfo
+from .errors import DuplicateJob, JobArgumentError, TaskNameWarning, UnsupportedOption
 from .events import LifecycleEvent, Operation, bus
 from .jobs import (
+    MAX_PRIORITY,
+    MAX_RETRIES,
+    TERMINAL_STATES,
     Backoff,
     BackoffSpec,
     Job,
     JobState,
+    check_int_option,
     check_job_id,
     check_json,
     check_queue_name,
+    check_seconds,
     encode_payload,
     new_job_id,
 )
 from .settings import settings
+from .tasks import TASK_REGISTRY, UNSUPPORTED_OPTIONS
 
 __all__ = ["Queue"]
 
@@ -47,6 +56,9 @@ _BULK_KEYS = frozenset(
         "timeout",
     }
 )
+_LIVE_TASKS_TTL = 5.0  # seconds a producer reuses its view of the live workers' task names
+_FRESH_ENOUGH = 0.5  # ... and before it warns, at most this old (a bad name costs one look-up per 0.5 s)
+_live_workers: weakref.WeakKeyDictionary[Any, tuple[float, list[WorkerInfo]]] = weakref.WeakKeyDictionary()
 
 
 def _provisional_times(job: Job, delay_s: float) -> None:
@@ -57,24 +69,38 @@ def _provisional_times(job: Job, delay_s: float) -> None:
     job.delay_until = now + delay_s if delay_s > 0 else None
 
 
-def _item(job: Job, delay_s: float, limit: int) -> EnqueueItem:
-    """The backend's view of a built job.
+class _Built:
+    """A validated job, its delay, and whether the caller set its retries (else the task's apply)."""
 
-    No nonce: the backend gives each item one of its call, so a re-send of the call replays and any
-    other enqueue of the same id is a duplicate.
-    """
-    return EnqueueItem(
-        job.id, encode_payload(job.envelope(), limit), delay_s, priority=job.priority, ttl=job.ttl
-    )
+    __slots__ = ("delay_s", "job", "retries_set")
+
+    def __init__(self, job: Job, delay_s: float, retries_set: bool) -> None:
+        self.job = job
+        self.delay_s = delay_s
+        self.retries_set = retries_set
+
+    def item(self, limit: int) -> EnqueueItem:
+        """The backend's view of the job.
+
+        An option the caller left unset is not stored (``ttl``, ``backoff``, ``timeout`` are absent
+        when None, ``max_retries`` is dropped here): the worker gives the job its task's declared
+        value. No nonce: the backend gives each item one of its call, so a re-send of the call
+        replays and any other enqueue of the same id is a duplicate.
+        """
+        job = self.job
+        envelope = job.envelope()
+        if not self.retries_set:
+            del envelope["max_retries"]
+        payload = encode_payload(envelope, limit)
+        return EnqueueItem(job.id, payload, self.delay_s, priority=job.priority, ttl=job.ttl)
 
 
-def _is_str(value: object) -> bool:
-    return isinstance(value, str)
-
-
-def _is_int(value: object) -> bool:
-    """A real int: ``True`` and ``False`` are refused."""
-    return isinstance(value, int) and not isinstance(value, bool)
+def _did_you_mean(task_id: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known task id, or nothing."""
+    names = sorted(set(known))
+    suffix = [name for name in names if name.endswith("." + task_id.rpartition(".")[2])]
+    close = suffix or difflib.get_close_matches(task_id, names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class Queue:
@@ -100,6 +126,22 @@ class Queue:
             self._backend = default_backend()
         return self._backend
 
+    @classmethod
+    async def for_task(cls, task_id: str, backend: Backend | None = None) -> Queue:
+        """The queue ``task_id`` declares in ``@task``, for producers that know the task only by name.
+
+        Taken from this process's task registry, else from the live workers' registrations (each
+        publishes its tasks and their queues), else ``"default"``.
+        """
+        info = TASK_REGISTRY.get(task_id)
+        if info is not None:
+            return cls(info.queue, backend)
+        queue = cls("default", backend)
+        declared = sorted(
+            {worker.tasks[task_id] for worker in await queue._live_workers() if task_id in worker.tasks}
+        )
+        return cls(declared[0], backend) if declared else queue
+
     # -- producer ------------------------------------------------------------------------------------
     def _build(
         self,
@@ -107,42 +149,53 @@ class Queue:
         args: Sequence[Any] | None,
         kwargs: Mapping[str, Any] | None,
         *,
-        retries: int,
+        retries: int | None,
         ttl: float | None,
         backoff: BackoffSpec,
         priority: int,
         delay: float | None,
         job_id: str | None,
         timeout: float | None,
-    ) -> tuple[Job, float]:
-        """Validate one job before anything is sent; return it and its delay."""
-        if not task_id or not _is_str(task_id):
-            raise TypeError(f"task_id must be a non-empty string, not {task_id!r}")
-        if not _is_int(priority):
-            raise TypeError(f"priority must be an int, not {type(priority).__name__}")
-        if not _is_int(retries) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
-        delay_s = 0.0 if delay is None else float(delay)
-        if not math.isfinite(delay_s) or delay_s < 0:
-            raise ValueError(f"delay must be a finite number of seconds >= 0, not {delay!r}")
-        if ttl is not None and not (ttl > 0 and math.isfinite(ttl)):
-            raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
-        if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        parsed_backoff = Backoff.parse(backoff)
+    ) -> _Built:
+        """Validate one job before anything is sent (reliability: bad input is refused at enqueue)."""
+        if type(task_id) is not str or not task_id:
+            raise JobArgumentError("task_id", f"must be a non-empty string, not {task_id!r:.60}")
+        if type(priority) is not int or not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            priority = check_int_option("priority", priority, -MAX_PRIORITY, MAX_PRIORITY)
+        if retries is not None:
+            retries = check_int_option("retries", retries, 0, MAX_RETRIES)
+        delay_s = 0.0 if delay is None else check_seconds("delay", delay, zero_ok=True)
+        if ttl is not None:
+            ttl = check_seconds("ttl", ttl)
+        if timeout is not None:
+            timeout = check_seconds("timeout", timeout)
+        try:
+            parsed_backoff = Backoff.parse(backoff)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise JobArgumentError("backoff", str(exc)) from None
+        if args is not None and not isinstance(args, (list, tuple)):
+            raise JobArgumentError("args", f"must be a list or tuple, not {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise JobArgumentError("kwargs", f"must be a mapping, not {type(kwargs).__name__}")
+        if retries is None:
+            declared = TASK_REGISTRY.get(task_id)
+            # what the worker will apply, for the max_attempts of this producer's events
+            max_retries = 0 if declared is None else declared.retries
+        else:
+            max_retries = retries
         job = Job(
             id=check_job_id(job_id) if job_id is not None else new_job_id(),
             task=task_id,
             queue=self.name,
             args=check_json(list(args or ()), "args"),
             kwargs=check_json(dict(kwargs or {}), "kwargs"),
-            max_retries=retries,
-            ttl=None if ttl is None else float(ttl),
+            max_retries=max_retries,
+            ttl=ttl,
             backoff=None if parsed_backoff is None else parsed_backoff.to_dict(),
             priority=priority,
-            timeout=None if timeout is None else float(timeout),
+            timeout=timeout,
         )
-        return job, delay_s
+        return _Built(job, delay_s, retries is not None)
 
     async def add(
         self,
@@ -150,7 +203,7 @@ class Queue:
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         *,
-        retries: int = 0,
+        retries: int | None = None,
         ttl: float | None = None,
         backoff: BackoffSpec = None,
         priority: int = 5,
@@ -160,14 +213,21 @@ class Queue:
     ) -> str:
         """Store a job and return its id (also for delayed jobs and duplicates).
 
+        ``retries``, ``ttl``, ``backoff`` and ``timeout`` left as None take the values the task
+        declares in ``@task`` (resolved by the worker that runs it); a value given here wins.
+        ``kwargs`` are the handler's keyword arguments as they are, whatever their names (a handler
+        argument called ``depends_on`` goes here). The job goes to this queue: :meth:`for_task`
+        finds the queue a task declares.
+
         Raises:
-            JobArgumentError: an argument is not JSON (the message names its path); nothing is sent.
+            JobArgumentError: an argument is not JSON (the message names its path) or an option is
+                out of bounds (the message names it); nothing is sent.
             PayloadTooLarge: the encoded job is over ``settings.max_payload_bytes``; nothing is sent.
             DuplicateJob: ``job_id`` exists and ``settings.on_duplicate == "raise"``.
             BackendUnavailable: the backend cannot be reached (retrying is safe: enqueue is idempotent).
 
         """
-        job, delay_s = self._build(
+        built = self._build(
             task_id,
             args,
             kwargs,
@@ -179,17 +239,19 @@ class Queue:
             job_id=job_id,
             timeout=timeout,
         )
+        job, delay_s = built.job, built.delay_s
         backend = self.backend
         limit = settings.max_payload_bytes
+        await self._check_task_names((task_id,))
         if bus.observed:
             _provisional_times(job, delay_s)
             operation = Operation(
                 "schedule" if delay_s > 0 else "send", self.name, [job], **server_fields(backend)
             )
-            with bus.operation(operation):
-                reply = await backend.enqueue(self.name, _item(job, delay_s, limit))
+            with bus.operation(operation):  # encoded inside: the operation adds the trace context
+                reply = await backend.enqueue(self.name, built.item(limit))
         else:
-            reply = await backend.enqueue(self.name, _item(job, delay_s, limit))
+            reply = await backend.enqueue(self.name, built.item(limit))
         self._after_store(job, reply, delay_s)
         return job.id
 
@@ -202,48 +264,127 @@ class Queue:
         if not built:
             return []
         limit = settings.max_payload_bytes
+        await self._check_task_names({one.job.task for one in built})
 
         def items() -> list[EnqueueItem]:
-            return [_item(job, delay_s, limit) for job, delay_s in built]
+            return [one.item(limit) for one in built]
 
         if bus.observed:
-            for job, delay_s in built:
-                _provisional_times(job, delay_s)
+            for one in built:
+                _provisional_times(one.job, one.delay_s)
             operation = Operation(
-                "send", self.name, [job for job, _ in built], bulk=True, **server_fields(self.backend)
+                "send", self.name, [one.job for one in built], bulk=True, **server_fields(self.backend)
             )
             with bus.operation(operation):
                 replies = await self.backend.enqueue_bulk(self.name, items())
         else:
             replies = await self.backend.enqueue_bulk(self.name, items())
         duplicates = []
-        for (job, delay_s), reply in zip(built, replies, strict=True):
+        for one, reply in zip(built, replies, strict=True):
             try:
-                self._after_store(job, reply, delay_s)
+                self._after_store(one.job, reply, one.delay_s)
             except DuplicateJob as exc:
                 duplicates.append(exc)
         if duplicates:
             raise duplicates[0]
-        return [job.id for job, _ in built]
+        return [one.job.id for one in built]
 
-    def _build_spec(self, index: int, spec: Mapping[str, Any]) -> tuple[Job, float]:
+    def _build_spec(self, index: int, spec: Mapping[str, Any]) -> _Built:
         if not _BULK_KEYS.issuperset(spec):
-            raise TypeError(f"jobs[{index}] has unknown keys {sorted(set(spec) - _BULK_KEYS)}")
+            unknown = sorted(set(spec) - _BULK_KEYS, key=str)
+            for key in unknown:
+                if key in UNSUPPORTED_OPTIONS:
+                    raise UnsupportedOption(
+                        f"jobs[{index}][{key!r}]", f"{UNSUPPORTED_OPTIONS[key]} are not supported yet"
+                    )
+            raise JobArgumentError(
+                f"jobs[{index}]", f"unknown keys {unknown}; handler arguments go in 'args' and 'kwargs'"
+            )
         task_id = spec.get("task_id", spec.get("task"))
         if task_id is None:
-            raise TypeError(f"jobs[{index}] needs a task_id")
-        return self._build(
-            task_id,
-            spec.get("args"),
-            spec.get("kwargs"),
-            retries=spec.get("retries", 0),
-            ttl=spec.get("ttl"),
-            backoff=spec.get("backoff"),
-            priority=spec.get("priority", 5),
-            delay=spec.get("delay"),
-            job_id=spec.get("job_id"),
-            timeout=spec.get("timeout"),
-        )
+            raise JobArgumentError(f"jobs[{index}]", "needs a task_id")
+        try:
+            return self._build(
+                task_id,
+                spec.get("args"),
+                spec.get("kwargs"),
+                retries=spec.get("retries"),
+                ttl=spec.get("ttl"),
+                backoff=spec.get("backoff"),
+                priority=spec.get("priority", 5),
+                delay=spec.get("delay"),
+                job_id=spec.get("job_id"),
+                timeout=spec.get("timeout"),
+            )
+        except JobArgumentError as exc:
+            # name the job as well: jobs[3].ttl, jobs[0].args[1]
+            raise type(exc)(f"jobs[{index}].{exc.path}", str(exc).partition(": ")[2]) from None
+
+    async def _live_workers(self, max_age: float = _LIVE_TASKS_TTL) -> list[WorkerInfo]:
+        """The live workers, as seen at most ``max_age`` seconds ago; none when unknown."""
+        backend = self.backend
+        now = time.monotonic()
+        try:
+            seen_at, workers = _live_workers[backend]
+        except (KeyError, TypeError):
+            pass
+        else:
+            if now - seen_at < max_age:
+                return workers
+        try:
+            workers = await backend.list_workers()
+        except Exception:  # noqa: BLE001 - the check is advice and never fails an enqueue (which reports its own errors)
+            return []
+        with contextlib.suppress(TypeError):  # a backend that cannot be weakly referenced is asked every time
+            _live_workers[backend] = (now, workers)
+        return workers
+
+    async def _check_task_names(self, task_ids: Iterable[str]) -> None:
+        """Warn (:class:`TaskNameWarning`) about a task id no worker is likely to run on this queue.
+
+        A task registered here and declared for this queue needs no look-up. Otherwise the live
+        workers' published task names decide; with none published, only names no other process can
+        register are flagged: short names with a known match and ``__main__.`` names.
+        """
+        for task_id in task_ids:
+            declared = TASK_REGISTRY.get(task_id)
+            script = task_id.startswith("__main__.")
+            if declared is not None and declared.queue == self.name and not script:
+                continue
+            problem = await self._task_name_problem(task_id, script, _LIVE_TASKS_TTL)
+            if problem:  # a worker may have started since the cached look-up: look again before warning
+                problem = await self._task_name_problem(task_id, script, _FRESH_ENOUGH)
+            if problem:
+                warnings.warn(problem, TaskNameWarning, stacklevel=3)
+
+    async def _task_name_problem(self, task_id: str, script: bool, max_age: float) -> str:
+        publishing = [worker for worker in await self._live_workers(max_age) if worker.tasks]
+        if publishing:
+            serving = [worker for worker in publishing if task_id in worker.tasks]
+            if not serving:
+                known = [name for worker in publishing for name in worker.tasks]
+                hint = _did_you_mean(task_id, [*known, *TASK_REGISTRY])
+                return (
+                    f"no live worker serves task {task_id!r}{hint}; "
+                    f"job stored on queue {self.name!r} and waits until one does"
+                )
+            if not any(self.name in worker.queues for worker in serving):
+                queues = sorted({queue for worker in serving for queue in worker.queues})
+                return (
+                    f"the live workers that serve task {task_id!r} consume {queues}, not {self.name!r}; "
+                    f"the job waits until one does (Queue.for_task({task_id!r}) finds the declared queue)"
+                )
+            return ""
+        if script and not self.backend.url.startswith("memory:"):
+            return (
+                f"task {task_id!r} was defined in a script run directly: a worker in another process "
+                "registers it under its module's name; move it to a module or give @task(name=...)"
+            )
+        if "." not in task_id and task_id not in TASK_REGISTRY:
+            hint = _did_you_mean(task_id, TASK_REGISTRY)
+            if hint:
+                return f"task ids are module-qualified: no task {task_id!r} is registered here{hint}"
+        return ""
 
     def _after_store(self, job: Job, reply: EnqueueReply, delay_s: float) -> None:
         job.enqueued_at = reply.enqueued_at
@@ -259,21 +400,42 @@ class Queue:
             emit_job_event("job:enqueued", job, attempt=0)
 
     # -- queue control -------------------------------------------------------------------------------
+    _known = False
+    """Set once the queue was seen to exist: a queue is not deleted behind our back (a flush is the
+    backends' data-loss path), so the admin methods below ask the backend at most once."""
+
+    async def exists(self) -> bool:
+        """Whether the queue exists on the backend (enqueued to, paused or consumed); creates nothing.
+
+        The admin and inspection methods below answer "nothing there" for a queue that does not
+        exist instead of creating it, so a typo never shows up in ``queues`` or the gauges.
+        """
+        if not self._known:
+            self._known = await self.backend.has_queue(self.name)
+        return self._known
+
     async def pause(self) -> None:
-        """Stop workers from claiming jobs of this queue (running jobs finish)."""
+        """Stop workers from claiming jobs of this queue (running jobs finish).
+
+        Pausing a queue that does not exist yet creates it paused (so it is paused before any
+        worker starts); the command line asks for ``--create`` to do that.
+        """
         with bus.operation(Operation("pause", self.name, **server_fields(self.backend))):
             await self.backend.pause(self.name)
+        self._known = True
         bus.emit(LifecycleEvent("queue:paused", time.time(), queue=self.name))
 
     async def resume(self) -> None:
-        """Let workers claim again; idle workers wake at once."""
+        """Let workers claim again; idle workers wake at once. A queue that does not exist is left alone."""
+        if not await self.exists():
+            return
         with bus.operation(Operation("resume", self.name, **server_fields(self.backend))):
             await self.backend.resume(self.name)
         bus.emit(LifecycleEvent("queue:resumed", time.time(), queue=self.name))
 
     async def is_paused(self) -> bool:
         """Whether the queue is paused."""
-        return await self.backend.is_queue_paused(self.name)
+        return await self.exists() and await self.backend.is_queue_paused(self.name)
 
     async def cancel_job(self, job_id: str) -> bool:
         """Cancel a job: a queued one never runs; a running one is stopped at its next ``await``.
@@ -281,19 +443,26 @@ class Queue:
         Returns True when the job was cancelled or its cancellation was requested, False when it
         had already finished or does not exist.
         """
-        status = await self.backend.cancel(self.name, check_job_id(job_id))
+        check_job_id(job_id)
+        if not await self.exists():
+            return False
+        status = await self.backend.cancel(self.name, job_id)
         if status is CancelStatus.CANCELLED:
             raw = await self.backend.get_job(self.name, job_id)
             if raw is not None and "payload_error" not in raw:
                 # The transition is immediate, so the event is emitted here rather than at a pickup
                 # that will never happen (a delayed job could be due in days).
                 job = Job.from_dict(raw)
+                job.queue = self.name  # not the envelope's field: a job cannot mint label values
                 emit_job_event("job:cancelled", job, reason="queued", finished_at=job.finished_at)
         return status in {CancelStatus.CANCELLED, CancelStatus.RUNNING}
 
     # -- inspection and admin ------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> dict[str, Any] | None:
         """The stored job (envelope, state, counters, result, error), or ``None``."""
+        check_job_id(job_id)
+        if not await self.exists():
+            return None
         return await self.backend.get_job(self.name, job_id)
 
     async def get_job_state(self, job_id: str) -> str | None:
@@ -310,28 +479,49 @@ class Queue:
 
     async def counts(self) -> dict[str, int]:
         """How many jobs are in each state."""
+        if not await self.exists():
+            return {state.value: 0 for state in JobState}
         return await self.backend.counts(self.name)
 
     async def list_jobs(self, state: str, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """A page of jobs in ``state``."""
-        return await self.backend.list_jobs(self.name, JobState(state).value, offset, limit)
+        wanted = JobState(state).value
+        if not await self.exists():
+            return []
+        return await self.backend.list_jobs(self.name, wanted, offset, limit)
 
     async def dlq(self, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Dead-lettered jobs, newest first; each has ``dlq_reason`` and ``error``."""
+        if not await self.exists():
+            return []
         return await self.backend.list_dlq(self.name, offset, limit)
 
     async def retry_job(self, job_id: str) -> bool:
         """Move a dead-lettered job back to ``waiting`` with fresh retries."""
+        check_job_id(job_id)
+        if not await self.exists():
+            return False
         return await self.backend.retry_dead(self.name, job_id)
 
     async def purge_dlq(self) -> int:
         """Delete every dead-lettered job; return how many."""
+        if not await self.exists():
+            return 0
         return await self.backend.purge_dlq(self.name)
 
     async def clean(self, state: str, older_than: float = 0.0) -> int:
         """Delete finished jobs in ``state`` older than ``older_than`` seconds; return how many."""
-        return await self.backend.clean(self.name, JobState(state).value, older_than)
+        wanted = JobState(state)
+        if wanted not in TERMINAL_STATES:
+            raise ValueError(
+                f"clean takes a finished state (completed, failed, expired, cancelled), not {state!r}"
+            )
+        if not await self.exists():
+            return 0
+        return await self.backend.clean(self.name, wanted.value, older_than)
 
     async def stats(self) -> QueueStats:
         """Depth by state, the oldest ready job's age and the paused flag."""
+        if not await self.exists():
+            return QueueStats(0, 0, 0, 0, 0.0, paused=False)
         return await self.backend.queue_stats(self.name)

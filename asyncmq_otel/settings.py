@@ -9,22 +9,84 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import importlib
 import json
+import math
 import os
+import threading
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "get_settings", "override_settings", "reload_settings", "settings"]
+__all__ = ["Settings", "SettingsWarning", "get_settings", "override_settings", "reload_settings", "settings"]
 
 SETTINGS_MODULE_VARIABLE = "ASYNCMQ_SETTINGS_MODULE"
 ENV_PREFIX = "ASYNCMQ_"
 MIB = 1024 * 1024
+NO_SIZE_LIMIT = 2**63 - 1
+"""What ``max_payload_bytes=None`` / ``max_result_bytes=None`` ("no limit") is stored as: the backends
+compare sizes with an int (Redis strings still stop at 512 MiB)."""
+
+_NOT_SETTINGS = frozenset(
+    {
+        "APP",
+        "BURST",
+        "CONNECT_TIMEOUT",
+        "EXPORTER_ADDR",
+        "LOG_FORMAT",
+        "MAX_RESTARTS",
+        "METRICS_ADDR",
+        "OTLP_ENDPOINT",
+        "PROCESSES",
+        "QUEUE_SAMPLER",
+        "QUEUE_SAMPLE_INTERVAL",
+        "SETTINGS_MODULE",
+        "SPAN_NAME_STYLE",
+        "TRACE_PROPAGATION",
+        "WORKER_PROCESSES",
+    }
+)
+"""``ASYNCMQ_*`` variables the commands read that are not settings (never reported as misspelt)."""
+
+# (name, smallest value); every number must also be finite
+_INT_BOUNDS: tuple[tuple[str, int], ...] = (
+    ("worker_concurrency", 1),
+    ("rate_limit", 1),
+    ("sandbox_processes", 1),
+    ("max_payload_bytes", 1),
+    ("max_result_bytes", 1),
+    ("max_stalls", 0),
+    ("max_interrupts", 0),
+    ("event_queue_size", 1),
+    ("keep_completed", 0),
+    ("keep_failed", 0),
+)
+# (name, bound, whether the bound itself is allowed)
+_FLOAT_BOUNDS: tuple[tuple[str, float, bool], ...] = (
+    ("rate_interval", 0.0, False),
+    ("sandbox_default_timeout", 0.0, False),
+    ("sandbox_term_grace", 0.0, True),
+    ("lease", 0.0, False),
+    ("renew_interval", 0.0, False),
+    ("reaper_interval", 0.0, False),
+    ("block_timeout", 0.0, False),
+    ("loop_block_limit", 0.0, False),
+    ("shutdown_timeout", 0.0, True),
+    ("heartbeat_interval", 0.0, False),
+    ("keep_completed_age", 0.0, True),
+    ("keep_failed_age", 0.0, True),
+)
+_OPTIONAL = frozenset({"rate_limit", "max_payload_bytes", "max_result_bytes"})
+
+
+class SettingsWarning(UserWarning):
+    """A settings module, class or ``ASYNCMQ_*`` variable names something that is not a setting."""
 
 
 @dataclass
@@ -43,8 +105,8 @@ class Settings:
         sandbox_default_timeout: the sandbox's timeout for tasks that have none.
         sandbox_processes: warm children kept by the sandbox pool.
         sandbox_term_grace: seconds between SIGTERM and SIGKILL for a sandboxed handler past its timeout.
-        max_payload_bytes: largest encoded job accepted at enqueue.
-        max_result_bytes: largest encoded result accepted at completion.
+        max_payload_bytes: largest encoded job accepted at enqueue (``None``: no limit of ours).
+        max_result_bytes: largest encoded result accepted at completion (``None``: no limit of ours).
         lease: seconds a claim owns a job before the reaper may take it back (renewed while it runs).
         renew_interval: seconds between lease renewals (at most ``lease / 3``).
         reaper_interval: seconds between reaps of expired leases (``3 ×`` it must stay under ``lease``).
@@ -80,8 +142,8 @@ class Settings:
     sandbox_default_timeout: float = 60.0
     sandbox_processes: int = 2
     sandbox_term_grace: float = 5.0
-    max_payload_bytes: int = MIB
-    max_result_bytes: int = MIB
+    max_payload_bytes: int = MIB  # None is accepted and stored as NO_SIZE_LIMIT
+    max_result_bytes: int = MIB  # as above
     lease: float = 30.0
     renew_interval: float = 10.0
     reaper_interval: float = 5.0
@@ -102,24 +164,50 @@ class Settings:
     keep_failed_age: float = 7 * 86_400.0
     redis_prefix: str = "asyncmq"
 
+    def __post_init__(self) -> None:
+        self._normalise()
+
+    def _normalise(self) -> None:
+        # None means "no limit" for the size limits; the backends compare with an int
+        for name in ("max_payload_bytes", "max_result_bytes"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, NO_SIZE_LIMIT)
+
     def validate(self) -> Settings:
-        """Check the combinations the reliability contract requires; return ``self``."""
-        self._validate_worker()
+        """Check every number (type, finite, range) and the combinations the reliability contract requires.
+
+        Returns ``self``.
+
+        Raises:
+            ConfigError: naming the setting and the value it refused.
+
+        """
+        self._normalise()
+        self._validate_numbers()
         self._validate_leases()
         for name, allowed in (("on_duplicate", ("return", "raise")), ("on_data_loss", ("report", "halt"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
         return self
 
-    def _validate_worker(self) -> None:
-        if self.worker_concurrency < 1:
-            raise ConfigError(f"worker_concurrency must be >= 1, not {self.worker_concurrency}")
-        if self.rate_limit is not None and self.rate_limit < 1:
-            raise ConfigError(f"rate_limit must be >= 1 or None, not {self.rate_limit}")
-        if self.rate_interval <= 0:
-            raise ConfigError(f"rate_interval must be > 0, not {self.rate_interval}")
-        if self.block_timeout <= 0:
-            raise ConfigError(f"block_timeout must be > 0, not {self.block_timeout}")
+    def _validate_numbers(self) -> None:
+        for name, smallest in _INT_BOUNDS:
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be an int, not {value!r}")
+            if value < smallest:
+                raise ConfigError(f"{name} must be >= {smallest}, not {value}")
+        for name, bound, inclusive in _FLOAT_BOUNDS:
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number of seconds, not {value}")
+            if value < bound or (value == bound and not inclusive):
+                relation = ">=" if inclusive else ">"
+                raise ConfigError(f"{name} must be {relation} {bound:g} seconds, not {value}")
 
     def _validate_leases(self) -> None:
         if self.renew_interval > self.lease / 3:
@@ -132,23 +220,75 @@ class Settings:
             )
         if self.loop_block_limit < self.lease:
             raise ConfigError(f"loop_block_limit ({self.loop_block_limit}s) must be >= lease ({self.lease}s)")
-        if self.max_stalls < 0 or self.max_interrupts < 0:
-            raise ConfigError("max_stalls and max_interrupts must be >= 0")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from the defaults, the settings module and ``ASYNCMQ_*`` variables."""
+        """Build settings from the defaults, the settings module and ``ASYNCMQ_*`` variables.
+
+        While the settings module is being imported, a nested load (say a ``RedisBackend(...)``
+        built in that module, which reads its defaults from the settings) does without the
+        module: it cannot be read before it has finished loading.
+        """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         source = env.get(SETTINGS_MODULE_VARIABLE, "").strip()
-        if source:
-            values.update(_values_from_object(_import_settings_source(source)))
+        if source and not _is_loading(source):
+            with _loading(source):
+                values.update(_values_from_object(_import_settings_source(source), source))
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
+            variable = ENV_PREFIX + f.name.upper()
+            raw = env.get(variable)
             if raw is not None and f.name not in {"worker_on_startup", "worker_on_shutdown"}:
-                values[f.name] = _parse_env(ENV_PREFIX + f.name.upper(), raw, hints[f.name])
+                values[f.name] = _parse_env(variable, raw, hints[f.name], optional=f.name in _OPTIONAL)
+        _warn_misspelt_variables(env)
         return cls(**values).validate()
+
+
+_state = threading.local()
+
+
+def _is_loading(source: str) -> bool:
+    """Whether this thread is importing the settings source ``source`` right now."""
+    return source in getattr(_state, "sources", ())
+
+
+def _loading_anything() -> bool:
+    return bool(getattr(_state, "sources", ()))
+
+
+@contextlib.contextmanager
+def _loading(source: str) -> Iterator[None]:
+    sources: list[str] = getattr(_state, "sources", [])
+    _state.sources = sources
+    sources.append(source)
+    try:
+        yield
+    finally:
+        sources.pop()
+
+
+def _closest_setting(name: str) -> str | None:
+    names = [f.name for f in dataclasses.fields(Settings)]
+    found = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.8)
+    return found[0] if found else None
+
+
+def _warn_misspelt_variables(env: Mapping[str, str]) -> None:
+    known = {f.name.upper() for f in dataclasses.fields(Settings)} | _NOT_SETTINGS
+    for variable in env:
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        name = variable[len(ENV_PREFIX) :]
+        if name in known:
+            continue
+        closest = _closest_setting(name)
+        if closest is not None:
+            warnings.warn(
+                f"{variable} is not a setting and is ignored; did you mean {ENV_PREFIX}{closest.upper()}?",
+                SettingsWarning,
+                stacklevel=3,
+            )
 
 
 def _import_settings_source(source: str) -> object:
@@ -175,12 +315,20 @@ def _import_settings_source(source: str) -> object:
     return target() if isinstance(target, type) and not issubclass(target, Settings) else target
 
 
-def _values_from_object(source: object) -> dict[str, Any]:
+def _values_from_object(source: object, where: str) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(Settings)}
+    _warn_misspelt_attributes(source, names, where)
     if isinstance(source, Settings):
         return {name: getattr(source, name) for name in names}
     if isinstance(source, type) and issubclass(source, Settings):
-        return {name: getattr(source(), name) for name in names}
+        instance = source()
+        # a subclass without @dataclass keeps its values as class attributes, which the inherited
+        # __init__ shadows with the defaults: the subclass's own attributes win
+        own = [vars(klass) for klass in source.__mro__[: source.__mro__.index(Settings)]]
+        return {
+            name: next((space[name] for space in own if name in space), getattr(instance, name))
+            for name in names
+        }
     found: dict[str, Any] = {}
     for name in names:
         if hasattr(source, name):
@@ -190,13 +338,33 @@ def _values_from_object(source: object) -> dict[str, Any]:
     return found
 
 
-def _parse_env(variable: str, raw: str, hint: Any) -> Any:  # noqa: ANN401 - one parser per field type
-    """Parse one environment value by the field's type; errors name the variable."""
+def _warn_misspelt_attributes(source: object, names: set[str], where: str) -> None:
+    """Warn about a name of the settings source that is close to a setting but is none (a typo)."""
+    builtin = set(dir(Settings))
+    for attribute in dir(source):
+        if attribute.startswith("_") or attribute in builtin or attribute.lower() in names:
+            continue
+        value = getattr(source, attribute, None)
+        if isinstance(value, type | types.ModuleType):
+            continue  # imported classes and modules are not settings
+        closest = _closest_setting(attribute)
+        if closest is not None:
+            warnings.warn(
+                f"{where}: {attribute!r} is not a setting and is ignored; did you mean {closest!r}?",
+                SettingsWarning,
+                stacklevel=4,
+            )
+
+
+def _parse_env(variable: str, raw: str, hint: Any, *, optional: bool = False) -> Any:  # noqa: ANN401 - per type
+    """Parse one environment value by the field's type; errors name the variable.
+
+    ``none`` (or an empty value) is ``None`` for optional settings.
+    """
     kind = hint
-    optional = False
     if typing.get_origin(hint) in {typing.Union, types.UnionType}:
         members = typing.get_args(hint)
-        optional = type(None) in members
+        optional = optional or type(None) in members
         kind = next(member for member in members if member is not type(None))
     text = raw.strip()
     if optional and text.lower() in {"", "none", "null"}:
@@ -242,7 +410,11 @@ class _LazySettings:
     def _get(self) -> Settings:
         loaded = cast("Settings | None", object.__getattribute__(self, "_loaded"))
         if loaded is None:
+            provisional = _loading_anything()
             loaded = Settings.load()
+            if provisional:
+                # read while the settings module is importing (see Settings.load): not the final settings
+                return loaded
             object.__setattr__(self, "_loaded", loaded)
         return loaded
 
@@ -253,7 +425,9 @@ class _LazySettings:
         return getattr(self._get(), name)
 
     def __setattr__(self, name: str, value: object) -> None:
-        setattr(self._get(), name, value)
+        loaded = self._get()
+        setattr(loaded, name, value)
+        loaded._normalise()  # noqa: SLF001 - None means no limit here too
 
     def __repr__(self) -> str:
         return repr(self._get())

@@ -6,12 +6,12 @@ import functools
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from .errors import UnknownTask
-from .jobs import Backoff, BackoffSpec, check_queue_name
+from .errors import JobArgumentError, UnknownTask, UnsupportedOption
+from .jobs import MAX_RETRIES, Backoff, BackoffSpec, Job, check_int_option, check_queue_name, check_seconds
 from .settings import settings
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TASK_REGISTRY",
+    "UNSUPPORTED_OPTIONS",
     "TaskInfo",
     "TaskWrapper",
     "autodiscover_tasks",
@@ -29,6 +30,16 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# Enqueue options of AsyncMQ that are refused, not stored as handler arguments, until supported.
+UNSUPPORTED_OPTIONS: dict[str, str] = {
+    "depends_on": "job dependencies (depends_on)",
+    "repeat_every": "repeating jobs (repeat_every)",
+}
+# Per-job options of Queue.add and .using(...): as keywords of .enqueue they are handler arguments
+# only when the handler declares them.
+_PER_JOB_OPTIONS = frozenset({"retries", "ttl", "backoff", "timeout", "queue"})
+_OPTION_LIKE = _PER_JOB_OPTIONS | UNSUPPORTED_OPTIONS.keys()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +69,24 @@ class TaskInfo:
     def module(self) -> str:
         """The module the handler is defined in (the sandbox child imports it)."""
         return str(getattr(self.func, "__module__", ""))
+
+    def fill_unset(self, job: Job, stored: Mapping[str, Any]) -> None:
+        """Give ``job`` the retries, backoff, ttl and timeout this task declares where the job set none.
+
+        A value the producer stored wins. ``stored`` is the job as the backend returned it: a job
+        without ``max_retries`` left its retries unset (0 is a value); a ttl set here counts from
+        the job's enqueue time.
+        """
+        if "max_retries" not in stored:
+            job.max_retries = self.retries
+        if job.backoff is None:
+            job.backoff = self.backoff
+        if job.timeout is None:
+            job.timeout = self.timeout
+        if job.ttl is None and self.ttl is not None:
+            job.ttl = self.ttl
+            if job.expires_at is None and job.enqueued_at:
+                job.expires_at = job.enqueued_at + self.ttl
 
 
 TASK_REGISTRY: dict[str, TaskInfo] = {}
@@ -108,10 +137,27 @@ class TaskWrapper(Generic[P, R]):
         job_id: str | None = None,
         **kwargs: Any,  # noqa: ANN401 - as above
     ) -> str:
-        """Queue a job for this task and return its id (delayed jobs included)."""
+        """Queue a job for this task and return its id (delayed jobs included).
+
+        Keywords other than the four options are the handler's. AsyncMQ's ``depends_on`` and
+        ``repeat_every`` raise :class:`~asyncmq_otel.errors.UnsupportedOption`, and ``retries``,
+        ``ttl``, ``backoff``, ``timeout``, ``queue`` raise :class:`JobArgumentError` unless the
+        handler declares them: set them with ``.using(...)``. A handler argument of any name passes
+        through ``.using().enqueue(...)``, which takes the handler's arguments only. AsyncMQ's
+        ``enqueue(backend, *args)`` (the backend first) is accepted too.
+        """
+        if kwargs and not _OPTION_LIKE.isdisjoint(kwargs):
+            _refuse_options(self.info, kwargs)
+        if args and backend is None and type(args[0]) not in _JSON_TYPES and _is_backend(args[0]):
+            # AsyncMQ's spelling enqueue(backend, *args): a backend is never a JSON argument
+            backend, args = args[0], args[1:]
         return await self.using(backend=backend, delay=delay, priority=priority, job_id=job_id).enqueue(
             *args, **kwargs
         )
+
+    # AsyncMQ's spellings of enqueue
+    delay = enqueue
+    send = enqueue
 
     def using(
         self,
@@ -121,51 +167,94 @@ class TaskWrapper(Generic[P, R]):
         priority: int = 5,
         job_id: str | None = None,
         queue: str | None = None,
+        retries: int | None = None,
+        ttl: float | None = None,
+        backoff: BackoffSpec = None,
+        timeout: float | None = None,
     ) -> BoundEnqueue[P]:
-        """Fix the job options, then ``await .enqueue(*args, **kwargs)`` with the handler's own signature."""
-        return BoundEnqueue(self.info, backend, delay, priority, job_id, queue)
+        """Fix the job options, then ``await .enqueue(*args, **kwargs)`` with the handler's own signature.
+
+        ``retries``, ``ttl``, ``backoff`` and ``timeout`` override the task's declared values for
+        this job; left as None, the worker applies the task's.
+        """
+        options = _JobOptions(delay, priority, job_id, retries, ttl, backoff, timeout)
+        return BoundEnqueue(self.info, backend, queue, options)
 
     def __repr__(self) -> str:
         return f"<task {self.task_id} queue={self.queue}>"
 
 
+_JSON_TYPES = frozenset({str, int, float, bool, list, dict, tuple, type(None)})
+
+
+def _is_backend(value: object) -> bool:
+    """Whether ``value`` is a backend (it has the port's claim and bulk enqueue)."""
+    return callable(getattr(value, "claim", None)) and callable(getattr(value, "enqueue_bulk", None))
+
+
+def _refuse_options(info: TaskInfo, kwargs: Mapping[str, Any]) -> None:
+    """Raise for an enqueue keyword that is an option elsewhere, unless the handler declares it."""
+    try:
+        declared = inspect.signature(info.func).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): options stay options
+        declared = {}  # type: ignore[assignment]
+    for name in sorted(_OPTION_LIKE.intersection(kwargs)):
+        escape = f"a handler argument named {name!r} passes through .using().enqueue({name}=...)"
+        if name in UNSUPPORTED_OPTIONS:
+            raise UnsupportedOption(name, f"{UNSUPPORTED_OPTIONS[name]} are not supported yet; {escape}")
+        parameter = declared.get(name)
+        if parameter is None or parameter.kind in {parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD}:
+            raise JobArgumentError(
+                name,
+                f"is not an argument of task {info.task_id}'s handler; set it for one job with "
+                f".using({name}=...).enqueue(...), or for every job in @task(...)",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _JobOptions:
+    """The per-job options fixed by :meth:`TaskWrapper.using` (None: the task's declared value)."""
+
+    delay: float | None
+    priority: int
+    job_id: str | None
+    retries: int | None
+    ttl: float | None
+    backoff: BackoffSpec
+    timeout: float | None
+
+
 class BoundEnqueue(Generic[P]):
     """A task with its job options fixed; ``enqueue`` takes exactly the handler's arguments."""
 
-    __slots__ = ("_backend", "_delay", "_info", "_job_id", "_priority", "_queue")
+    __slots__ = ("_backend", "_info", "_options", "_queue")
 
     def __init__(
-        self,
-        info: TaskInfo,
-        backend: Backend | None,
-        delay: float | None,
-        priority: int,
-        job_id: str | None,
-        queue: str | None,
+        self, info: TaskInfo, backend: Backend | None, queue: str | None, options: _JobOptions
     ) -> None:
         self._info = info
         self._backend = backend
-        self._delay = delay
-        self._priority = priority
-        self._job_id = job_id
         self._queue = queue
+        self._options = options
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Queue the job and return its id."""
+        """Queue the job and return its id; every keyword is the handler's."""
         from .queues import Queue  # noqa: PLC0415 - queues imports the worker-facing modules
 
         info = self._info
+        options = self._options
+        # retries, backoff, ttl and timeout left unset are the task's: the worker applies them
         return await Queue(self._queue or info.queue, backend=self._backend).add(
             info.task_id,
-            args=list(args),
-            kwargs=dict(kwargs),
-            retries=info.retries,
-            ttl=info.ttl,
-            backoff=info.backoff,
-            timeout=info.timeout,
-            priority=self._priority,
-            delay=self._delay,
-            job_id=self._job_id,
+            args=args,
+            kwargs=kwargs,
+            retries=options.retries,
+            ttl=options.ttl,
+            backoff=options.backoff,
+            timeout=options.timeout,
+            priority=options.priority,
+            delay=options.delay,
+            job_id=options.job_id,
         )
 
 
@@ -193,8 +282,11 @@ def task(
 
     """
     check_queue_name(queue)
-    if retries < 0:
-        raise ValueError(f"retries must be >= 0, not {retries}")
+    check_int_option("retries", retries, 0, MAX_RETRIES)
+    if ttl is not None:
+        ttl = check_seconds("ttl", ttl)
+    if timeout is not None:
+        timeout = check_seconds("timeout", timeout)
     parsed_backoff = Backoff.parse(backoff)
 
     def decorator(func: Callable[P, R]) -> TaskWrapper[P, R]:

@@ -66,6 +66,7 @@ def clean_bus() -> Iterator[EventBus]:
         bus._drop_observers[:] = drop_observers  # noqa: SLF001
         bus._routes.clear()  # noqa: SLF001
         bus._pending.clear()  # noqa: SLF001
+        bus._current = None  # noqa: SLF001 - the delivery position of a dispatcher that is gone
         bus._observers.clear()  # noqa: SLF001
         bus._services.clear()  # noqa: SLF001
 

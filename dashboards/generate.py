@@ -67,6 +67,7 @@ __all__ = [
     "promql",
     "render_dashboards",
     "render_query",
+    "used_variables",
 ]
 
 # Fixed identities shared with dashboards/provisioning and the alert rules' dashboard_url.
@@ -230,8 +231,27 @@ def _panel(spec: PanelSpec, panel_id: int) -> _PanelBuilder:
     return builder
 
 
-def _variables() -> list[cogbuilder.Builder[dash_model.VariableModel]]:
-    """datasource, job, queue, task and group, in the order the contract lists them (§7)."""
+_VARIABLE_ORDER: Final = ("job", "queue", "task")
+# A variable whose own query reads another one keeps that one on the dashboard too ($task lists the
+# tasks of the selected queues).
+_VARIABLE_NEEDS: Final[Mapping[str, tuple[str, ...]]] = {"task": ("queue",)}
+
+
+def used_variables(spec: DashboardSpec) -> list[str]:
+    """The template variables the panels of ``spec`` read, in the contract's order (§7).
+
+    A variable no query reads only misleads: selecting a value changes nothing. So each dashboard
+    declares the ones its queries use (``$group`` is read by none, and so exists on none).
+    """
+    exprs = [query.expr for row in spec.rows for panel in row.panels for query in panel.queries]
+    used = {name for expr in exprs for match in _VARIABLE.finditer(expr) for name in match.groups() if name}
+    for name in list(used):
+        used.update(_VARIABLE_NEEDS.get(name, ()))
+    return [name for name in _VARIABLE_ORDER if name in used]
+
+
+def _variables(spec: DashboardSpec) -> list[cogbuilder.Builder[dash_model.VariableModel]]:
+    """datasource, then those of job, queue and task that the dashboard's queries read (§7)."""
     datasource = (
         dash.DatasourceVariable("datasource")
         .label("Data source")
@@ -276,13 +296,8 @@ def _variables() -> list[cogbuilder.Builder[dash_model.VariableModel]]:
         promql("label_values(%(asyncmq.job.outcomes)s{<Q>}, asyncmq_task_name)"),
         all_value=".*",
     )
-    group = query_variable(
-        "group",
-        "Worker group",
-        promql("label_values(%(asyncmq.worker.up)s{<Q>}, messaging_consumer_group_name)"),
-        all_value=".*",
-    )
-    return [datasource, job, queue, task, group]
+    variables = {"job": job, "queue": queue, "task": task}
+    return [datasource, *(variables[name] for name in used_variables(spec))]
 
 
 def _dashboard_links() -> _Links:
@@ -318,7 +333,7 @@ def build_dashboard(spec: DashboardSpec) -> dash_model.Dashboard:
         .time("now-1h", "now")
         .refresh("30s")
         .tooltip(dash_model.DashboardCursorSync.CROSSHAIR)
-        .variables(_variables())
+        .variables(_variables(spec))
         .links(_dashboard_links())
     )
     panel_id = 0
@@ -361,7 +376,7 @@ def panel_queries() -> list[PanelQuery]:
 
 
 # "All" for every template variable: what the live test substitutes by default.
-ALL_VALUES: Final[Mapping[str, str]] = {"job": ".*", "queue": ".*", "task": ".*", "group": ".*"}
+ALL_VALUES: Final[Mapping[str, str]] = {"job": ".*", "queue": ".*", "task": ".*"}
 _VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 
 

@@ -532,12 +532,13 @@ RELIABILITY_ROW: Final = RowSpec(
             units.Short,
             (
                 _q(
-                    "topk(10, sum by (asyncmq_task_name, error_type) (increase(%(asyncmq.job.outcomes)s"
-                    '{outcome=~"retried|failed",error_type!="",<QT>}[$__range])))',
+                    "topk(10, sum by (asyncmq_task_name, error_type) "
+                    "(increase(%(asyncmq.job.errors)s{<QT>}[$__range])))",
                     fmt="table",
                 ),
             ),
-            "The ten most frequent exception types over the dashboard's time range.",
+            "The ten most frequent error types of failed attempts (retried or dead-lettered) over the "
+            "dashboard's time range.",
             error_link=True,
             fixed_windows=frozenset({"$__range"}),
         ),

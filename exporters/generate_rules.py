@@ -38,6 +38,8 @@ METRICS: Final[Mapping[str, str]] = {
 }
 
 RULES_PATH: Final = Path(__file__).resolve().parent / "prometheus" / "rules" / "asyncmq.rules.yml"
+# Where the runbook sections live, relative to the repository root; each alert links to its own anchor.
+RUNBOOK_PATH: Final = "exporters/prometheus/runbooks.md"
 
 # Dashboards the alerts link to (uids of dashboards/generate.py).
 OVERVIEW: Final = "asyncmq-overview"
@@ -60,9 +62,9 @@ class Config:
     """Every number of §8 with its contract default; durations use Prometheus syntax."""
 
     worker_job: str = "asyncmq"
-    grafana_url: str = "http://localhost:3000"
-    # Where the runbook sections live; each alert links to its own anchor.
-    runbook_url: str = "exporters/prometheus/runbooks.md"
+    # Prefixes that make the links absolute; empty keeps them relative to Grafana and to the repository.
+    grafana_url: str = ""
+    runbook_base_url: str = ""
     # Wait SLO: `slo_target` of attempts start within `slo_wait_seconds`.
     slo_wait_seconds: float = 60
     slo_target: float = 0.99
@@ -83,7 +85,10 @@ class Config:
     failure_min_rate: float = 0.05
     failure_for: str = "10m"
     dead_letter_window: str = "15m"
+    expiring_window: str = "15m"
+    expiring_for: str = "5m"
     no_consumers_for: str = "5m"
+    unobserved_for: str = "5m"
     heartbeat_max_age_seconds: float = 60
     heartbeat_for: str = "2m"
     saturation_ratio: float = 0.9
@@ -250,6 +255,8 @@ def alert_rules(config: Config) -> list[AlertRule]:
             f"{queue_detail}&var-task={_TASK}",
         )
     )
+    # Expiries have an alert of their own (AsyncMQJobsExpiring). Every (outcome, reason) series is
+    # pre-initialised at 0 by the workers, so increase() sees the first dead-letter after a start.
     add(
         AlertRule(
             "AsyncMQDeadLetterInflow",
@@ -257,7 +264,7 @@ def alert_rules(config: Config) -> list[AlertRule]:
             "0m",
             _m(
                 f"sum by ({_BT}, reason) (increase(%(asyncmq.job.outcomes)s"
-                f'{{outcome=~"failed|expired"}}[{c.dead_letter_window}])) > 0'
+                f'{{outcome="failed"}}[{c.dead_letter_window}])) > 0'
             ),
             f"Task {_TASK} on queue {_QUEUE}: jobs reach the dead-letter queue",
             f"{{{{ $value | humanize }}}} {_TASK} jobs on queue {_QUEUE} were dead-lettered with reason "
@@ -268,17 +275,48 @@ def alert_rules(config: Config) -> list[AlertRule]:
     )
     add(
         AlertRule(
+            "AsyncMQJobsExpiring",
+            "warning",
+            c.expiring_for,
+            _m(
+                f"sum by ({_BT}) (increase(%(asyncmq.job.outcomes)s"
+                f'{{outcome="expired"}}[{c.expiring_window}])) > 0'
+            ),
+            f"Task {_TASK} on queue {_QUEUE}: jobs expire before they start",
+            f"{{{{ $value | humanize }}}} {_TASK} jobs on queue {_QUEUE} passed their TTL before a worker "
+            f"picked them up in the last {c.expiring_window} and went to the dead-letter queue.",
+            QUEUE_DETAIL,
+            f"{queue_detail}&var-task={_TASK}",
+        )
+    )
+    # The depth and the consumer count come from a sampler that outlives the workers (the exporter):
+    # when every worker is dead, the elected in-worker sampler is dead too and only the exporter reports.
+    add(
+        AlertRule(
             "AsyncMQNoConsumers",
             "critical",
             c.no_consumers_for,
             _m(
-                f'max by ({_B}) (%(asyncmq.queue.depth)s{{state="ready"}}) > 0 unless on ({_B}) '
-                f"(sum by ({_B}) (%(asyncmq.worker.up)s) > 0)"
+                f'max by ({_B}) (%(asyncmq.queue.depth)s{{state="ready"}}) > 0 and on ({_B}) '
+                f"max by ({_B}) (%(asyncmq.queue.consumers)s) == 0"
             ),
             f"Queue {_QUEUE}: jobs are waiting and no worker serves the queue",
             f"Queue {_QUEUE} holds {{{{ $value }}}} ready jobs and no live worker consumes from it.",
             QUEUE_DETAIL,
             queue_detail,
+        )
+    )
+    add(
+        AlertRule(
+            "AsyncMQQueuesUnobserved",
+            "critical",
+            c.unobserved_for,
+            _m("absent(%(asyncmq.queue.depth)s)"),
+            "No process samples the queues",
+            "No asyncmq_queue_depth series reaches Prometheus: neither the exporter nor a live worker "
+            "samples the queues, so queue alerts such as AsyncMQNoConsumers cannot fire. Run "
+            "`asyncmq-otel exporter` and check that Prometheus scrapes it.",
+            OVERVIEW,
         )
     )
     add(
@@ -423,18 +461,20 @@ def alert_rules(config: Config) -> list[AlertRule]:
 def rules_document(config: Config) -> dict[str, object]:
     """The rule file as data, in the shape Prometheus loads."""
     alerts = []
+    base = config.runbook_base_url.rstrip("/")
+    runbook = f"{base}/{RUNBOOK_PATH}" if base else RUNBOOK_PATH
     for rule in alert_rules(config):
         entry: dict[str, object] = {"alert": rule.alert, "expr": rule.expr}
         if rule.duration != "0m":
             entry["for"] = rule.duration
-        dashboard_url = f"{config.grafana_url}/d/{rule.dashboard}"
+        dashboard_url = f"{config.grafana_url.rstrip('/')}/d/{rule.dashboard}"
         if rule.dashboard_vars:
             dashboard_url += f"?{rule.dashboard_vars}"
         entry["labels"] = {"severity": rule.severity}
         entry["annotations"] = {
             "summary": rule.summary,
             "description": rule.description,
-            "runbook_url": f"{config.runbook_url}#{rule.alert.lower()}",
+            "runbook_url": f"{runbook}#{rule.alert.lower()}",
             "dashboard_url": dashboard_url,
         }
         alerts.append(entry)
@@ -516,9 +556,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--set", dest="overrides", action="append", default=[], type=_parse_override, metavar="NAME=VALUE"
     )
     parser.add_argument("--output", type=Path, default=RULES_PATH, help="where to write the rules")
+    parser.add_argument(
+        "--grafana-url",
+        default="",
+        help="Grafana's address (e.g. https://grafana.example.com): dashboard links become absolute",
+    )
+    parser.add_argument(
+        "--runbook-base-url",
+        default="",
+        help="where the repository is browsed (e.g. https://github.com/ORG/REPO/blob/main): runbook links "
+        f"become absolute, BASE/{RUNBOOK_PATH}#alert",
+    )
     args = parser.parse_args(argv)
+    links = {"grafana_url": args.grafana_url, "runbook_base_url": args.runbook_base_url}
     try:
-        config = Config(**dict(args.overrides))
+        config = Config(**{**{k: v for k, v in links.items() if v}, **dict(args.overrides)})
     except ValueError as error:
         parser.error(str(error))
     text = render_rules(config)

@@ -158,6 +158,7 @@ class WorkerInfo:
     started_at: float = 0.0
     heartbeat_at: float = 0.0
     state: str = "running"
+    tasks: dict[str, str] = field(default_factory=dict)  # the task ids it can run -> their declared queue
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored by backends."""
@@ -172,6 +173,7 @@ class WorkerInfo:
             "started_at": self.started_at,
             "heartbeat_at": self.heartbeat_at,
             "state": self.state,
+            "tasks": dict(self.tasks),
         }
 
     @classmethod
@@ -188,6 +190,7 @@ class WorkerInfo:
             started_at=float(raw.get("started_at", 0.0)),
             heartbeat_at=float(raw.get("heartbeat_at", 0.0)),
             state=str(raw.get("state", "running")),
+            tasks={str(task): str(queue) for task, queue in dict(raw.get("tasks") or {}).items()},
         )
 
 
@@ -355,6 +358,10 @@ class Backend(Protocol):
 
     async def list_queues(self) -> list[str]:
         """Every queue this backend has seen."""
+        ...
+
+    async def has_queue(self, queue: str) -> bool:
+        """Whether the queue exists (it was enqueued to, paused or consumed), without creating it."""
         ...
 
     # -- workers ------------------------------------------------------------------------------------

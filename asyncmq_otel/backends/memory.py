@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 
 from ..errors import PayloadTooLarge
-from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState
+from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState, decode_stored_envelope
 from .base import (
     CancelStatus,
     ClaimReply,
@@ -92,6 +92,7 @@ class _Record:
     progress: float | None = None
     prev_attempt: str | None = None
     due: float = 0.0
+    payload_error: str = "stored payload is not a JSON object"
 
     def raw(self, queue: str) -> RawJob:
         """The job as a worker or an admin sees it: the envelope plus the bookkeeping."""
@@ -105,7 +106,7 @@ class _Record:
                 "dlq_reason": self.dlq_reason,
                 "error": self.error,
                 "finished_at": self.finished_at,
-                "payload_error": "stored payload is not a JSON object",
+                "payload_error": self.payload_error,
                 "payload_preview": self.payload[:256],
             }
         out = dict(self.envelope)
@@ -243,11 +244,7 @@ class InMemoryBackend:
                 item.job_id, existing.state, not replay, existing.enqueued_at, existing.eligible_at
             )
         self._check_size(item)
-        try:
-            decoded = json.loads(item.payload)
-        except ValueError:
-            decoded = None
-        envelope = decoded if isinstance(decoded, dict) else None
+        envelope, payload_error = decode_stored_envelope(item.payload)
         if item.priority is not None:  # the producer passed what its envelope holds
             priority: object = item.priority
             ttl: object = item.ttl
@@ -265,6 +262,8 @@ class InMemoryBackend:
             enqueued_at=now,
             eligible_at=now,
         )
+        if payload_error:
+            record.payload_error = payload_error
         if isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
             record.expires_at = now + float(ttl)
         queue.jobs[item.job_id] = record
@@ -752,6 +751,10 @@ class InMemoryBackend:
         """Every queue seen by this backend."""
         with self._lock:
             return sorted(self._queues)
+
+    async def has_queue(self, queue: str) -> bool:
+        """Whether the queue exists; never creates it (one dict lookup: no lock needed)."""
+        return queue in self._queues
 
     # -- workers -------------------------------------------------------------------------------------
     async def register_worker(self, info: WorkerInfo, ttl: float) -> None:

@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
-import click
 
 from ..backends import from_url
 from ..backends._default import memory_backend
@@ -21,7 +20,7 @@ from ..backends.base import Backend
 from ..errors import BackendUnavailable
 from ..settings import get_settings
 from ._exit import cli_error_for
-from ._options import env_option
+from ._options import Seconds, env_option
 from ._output import mask_url
 
 __all__ = [
@@ -59,7 +58,7 @@ def backend_options(func: F) -> F:
         env_option(
             "--connect-timeout",
             envvar="ASYNCMQ_CONNECT_TIMEOUT",
-            type=click.FloatRange(min=0.1),
+            type=Seconds(minimum=0.1),
             default=DEFAULT_CONNECT_TIMEOUT,
             show_default=True,
             help="Seconds the backend has to answer at startup before the command exits 3.",

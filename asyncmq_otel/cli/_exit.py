@@ -4,7 +4,7 @@
 |---|---|
 | 0 | clean drain, ``--burst`` finished, or ``--check`` healthy |
 | 1 | crash: an unexpected exception, a failed requeue at shutdown, or ``--check`` unhealthy |
-| 2 | usage or import error: a ``click.UsageError``, ``--app`` failed to import, a ``ConfigError`` |
+| 2 | usage or import error: a usage error, ``--app`` failed to import, ``ConfigError``, no such queue |
 | 3 | backend unreachable at startup (connection, AUTH, TLS), or data loss under ``on_data_loss="halt"`` |
 
 Every message says what to do next.
@@ -45,7 +45,8 @@ class ExitCode(IntEnum):
     CRASH = 1
     """An unexpected exception, a failed requeue at shutdown, or ``--check`` unhealthy."""
     USAGE = 2
-    """Bad arguments, an ``--app`` module that cannot be imported, or an invalid setting."""
+    """Bad arguments (an admin command's queue that does not exist too), an ``--app`` module that cannot
+    be imported, or an invalid setting."""
     BACKEND_UNREACHABLE = 3
     """The backend cannot be reached at startup (connection, AUTH or TLS failure)."""
 
@@ -96,9 +97,10 @@ def _host_port(url: str) -> str:
     return f"{host}:{parts.port or 6379}"
 
 
-def _unreachable_message(exc: BaseException, url: str | None) -> str:
+def _unreachable_message(exc: BaseException, url: str | None, *, idempotent: bool) -> str:
     where = mask_url(url) if url else "the backend"
-    # the typed error already says where and what; quote the server's or the TLS layer's own words
+    # quote the server's, the socket's or the TLS layer's own words: the typed error's text also
+    # gives a producer's advice that is wrong for the other commands
     cause = exc.__cause__ or exc
     if isinstance(exc, BackendAuthError):
         return (
@@ -117,12 +119,19 @@ def _unreachable_message(exc: BaseException, url: str | None) -> str:
             if local
             else f"check that {_host_port(url)} is reachable from this host"
         )
-        return f"cannot reach Redis at {where}: is it running? {start} (details: {exc})"
-    return f"cannot reach the backend at {where}: {exc}; check --backend (or ASYNCMQ_BACKEND)"
+        retry = "; running the command again is safe (enqueue is idempotent)" if idempotent else ""
+        return f"cannot reach Redis at {where}: is it running? {start} (details: {cause}){retry}"
+    return f"cannot reach the backend at {where}: {cause}; check --backend (or ASYNCMQ_BACKEND)"
 
 
-def cli_error_for(exc: BaseException, backend_url: str | None = None) -> CLIError:
-    """The :class:`CLIError` that reports ``exc`` with its exit code and a next step."""
+def cli_error_for(
+    exc: BaseException, backend_url: str | None = None, *, idempotent: bool = False
+) -> CLIError:
+    """The :class:`CLIError` that reports ``exc`` with its exit code and a next step.
+
+    ``idempotent``: the command may simply be run again (enqueue), which an unreachable backend's
+    message then says.
+    """
     if isinstance(exc, CLIError):
         return exc
     if isinstance(exc, ConfigError):
@@ -134,7 +143,11 @@ def cli_error_for(exc: BaseException, backend_url: str | None = None) -> CLIErro
     if isinstance(exc, InvalidName | JobArgumentError | PayloadTooLarge):
         return CLIError(f"{exc}; fix the argument and run again", ExitCode.USAGE)
     if isinstance(exc, BackendUnavailable | DataLossDetected):
-        message = str(exc) if isinstance(exc, DataLossDetected) else _unreachable_message(exc, backend_url)
+        message = (
+            str(exc)
+            if isinstance(exc, DataLossDetected)
+            else _unreachable_message(exc, backend_url, idempotent=idempotent)
+        )
         return CLIError(message, ExitCode.BACKEND_UNREACHABLE)
     if isinstance(exc, DuplicateJob):
         return CLIError(f"{exc}; pick another --job-id or leave it out", ExitCode.CRASH)
@@ -146,8 +159,10 @@ def cli_error_for(exc: BaseException, backend_url: str | None = None) -> CLIErro
 
 
 @contextlib.contextmanager
-def translate_errors(backend_url: str | None = None) -> Iterator[None]:
+def translate_errors(backend_url: str | None = None, *, idempotent: bool = False) -> Iterator[None]:
     """Turn the package's typed errors raised in the block into :class:`CLIError` exits.
+
+    ``idempotent`` as for :func:`cli_error_for`.
 
     ``click`` exceptions pass through (click reports them itself: usage errors exit 2); so do
     exceptions this module does not know, which :func:`cli_error_for` callers handle as crashes.
@@ -157,4 +172,4 @@ def translate_errors(backend_url: str | None = None) -> Iterator[None]:
     except click.ClickException:
         raise
     except (*_INPUT_ERRORS, BackendUnavailable, DuplicateJob) as exc:
-        raise cli_error_for(exc, backend_url) from exc
+        raise cli_error_for(exc, backend_url, idempotent=idempotent) from exc

@@ -8,11 +8,12 @@ files with a ``MultiProcessCollector`` on a fresh registry.
 
 - SIGTERM/SIGINT are forwarded to every child; each child applies the single-process rules (the first
   drains, a second one at least 1 s later stops at once, a repeat within 1 s is ignored).
-- A child that exits unexpectedly with a crash (exit 1, or killed by a signal) is restarted after
-  ``RESTART_DELAY_S``, at most ``max_restarts`` times per ``RESTART_WINDOW_S``. Past that limit, or when a
-  child exits 2 (usage) or 3 (backend unreachable, data loss halt), every other child is drained and the
-  supervisor exits: restarting cannot fix a configuration. A child that exits 0 (``--burst`` done) is
-  not restarted.
+- A child that exits unexpectedly (exit 1, killed by a signal, or exit 0 without ``--burst``: stopped by a
+  signal sent to it alone) is restarted after ``RESTART_DELAY_S``, at most ``max_restarts`` times per
+  ``RESTART_WINDOW_S``. Past that limit, or when a child exits 2 (usage) or 3 (backend unreachable, data
+  loss halt), every other child is drained and the supervisor exits non-zero: restarting cannot fix a
+  configuration, and an instance left with no worker is not a success. A ``--burst`` child that exits 0
+  is done and not restarted.
 - When a child exits, its gauge files go (its live gauges: ``asyncmq_worker_up`` and the other
   ``livesum`` rows; and its last-value gauges), so a dead sampler's queue depth is not kept as a
   maximum forever. Counters and histograms stay: totals never go backwards.
@@ -140,6 +141,8 @@ class Supervisor:
         self.processes = processes
         self.metrics_addr = metrics_addr
         self.max_restarts = max_restarts
+        # A --burst child exits 0 when its queues are empty; any other child only when told to stop.
+        self.burst = "--burst" in self.child_args
         self.service_name = service_name or os.environ.get("OTEL_SERVICE_NAME") or "asyncmq-worker"
         self.directory = ""
         self.metrics_url: str | None = None
@@ -258,9 +261,13 @@ class Supervisor:
                 self._metrics.forget(process.pid)
             code = _exit_code(returncode)
             self.final[slot] = code
-            if code is ExitCode.OK or self.stopping:
+            if (code is ExitCode.OK and self.burst) or self.stopping:
                 return
             what = f"worker process {slot + 1} (pid {process.pid}) {describe_exit(returncode)}"
+            if code is ExitCode.OK:
+                # Stopped by a signal sent to it alone: not a success of the instance unless replaced.
+                self.final[slot] = ExitCode.CRASH
+                what += " without being asked to stop"
             if code in _FATAL:
                 self._stop_all(f"{what}: a restart cannot fix that; stopping the other processes")
                 return

@@ -6,6 +6,7 @@ commands' ``--help`` says what the option means for that command.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -13,6 +14,8 @@ import click
 
 __all__ = [
     "LOG_FORMATS",
+    "PRIORITY_BOUND",
+    "Seconds",
     "env_option",
     "log_format_option",
     "metrics_addr_option",
@@ -22,6 +25,39 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 LOG_FORMATS = ("json", "console", "auto")
+PRIORITY_BOUND = 500
+"""``--priority`` takes -500..500: the range in which the Redis backend keeps FIFO order within a priority."""
+
+
+class Seconds(click.ParamType[float, Any]):
+    """A finite number of seconds: > 0, or >= 0 with ``allow_zero``, or >= ``minimum`` when given.
+
+    ``nan``, ``inf`` and negatives are usage errors (exit 2) with the reason, never a traceback further down.
+    """
+
+    name = "seconds"
+
+    def __init__(self, *, allow_zero: bool = False, minimum: float | None = None) -> None:
+        self.allow_zero = allow_zero
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:  # noqa: ANN401 - click's
+        """Parse and check ``value``."""
+        if isinstance(value, float):
+            number = value
+        else:
+            try:
+                number = float(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        if self.minimum is not None and number < self.minimum:
+            self.fail(f"{value!r} must be >= {self.minimum:g} seconds", param, ctx)
+        if number < 0 or (number == 0 and not self.allow_zero):
+            relation = ">= 0" if self.allow_zero else "> 0"
+            self.fail(f"{value!r} must be {relation} seconds", param, ctx)
+        return number
 
 
 def env_option(*param_decls: str, envvar: str, **attrs: Any) -> Callable[[F], F]:  # noqa: ANN401 - click's

@@ -7,6 +7,7 @@ plain columns; ``--json`` prints the same data for scripts.
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 import time
@@ -16,15 +17,18 @@ from typing import Any, TypeVar
 import anyio
 import click
 
-from ..backends.base import WorkerInfo
-from ..jobs import JobState
+from ..backends.base import Backend, WorkerInfo
+from ..errors import InvalidName
+from ..jobs import JobState, check_job_id
 from ..queues import Queue
 from ..settings import get_settings
+from ..tasks import TASK_REGISTRY
 from ._backend import BackendChoice, backend_options, close_backend, open_backend, probe_or_exit
 from ._exit import CLIError, ExitCode, translate_errors
+from ._options import PRIORITY_BOUND, Seconds
 from ._output import format_age, format_table, paint
 
-__all__ = ["dlq", "enqueue", "job", "queue", "queues", "workers"]
+__all__ = ["dlq", "enqueue", "job", "queue", "queues", "queues_with_job", "workers"]
 
 T = TypeVar("T")
 _PAGE = 500
@@ -41,8 +45,13 @@ def _run(
     prefix: str | None,
     connect_timeout: float,
     action: Callable[[BackendChoice], Awaitable[T]],
+    *,
+    idempotent: bool = False,
 ) -> T:
-    """Build the backend, check that it answers (exit 3 if not), run ``action``, close the backend."""
+    """Build the backend, check that it answers (exit 3 if not), run ``action``, close the backend.
+
+    ``idempotent``: an unreachable backend's message says that running the command again is safe.
+    """
 
     async def main(choice: BackendChoice) -> T:
         try:
@@ -51,7 +60,7 @@ def _run(
         finally:
             await close_backend(choice)
 
-    with translate_errors(backend_url):
+    with translate_errors(backend_url, idempotent=idempotent):
         get_settings()
         choice = open_backend(backend_url, prefix)
         if not choice.shared:
@@ -102,11 +111,50 @@ def _json_of(kind: type, example: str) -> Callable[[click.Context, click.Paramet
     return parse
 
 
+def _job_id_argument(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:  # noqa: ANN401 - str or tuple
+    """Validate job ids as the backends do, so a bad one is a usage error (exit 2), not a lookup."""
+    try:
+        for job_id in value if isinstance(value, tuple) else (value,):
+            check_job_id(job_id)
+    except InvalidName as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _task_argument(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("give the task's dotted name, e.g. myapp.tasks.send_email")
+    return value
+
+
+async def _no_such_queue(target: Queue, next_step: str = "") -> CLIError:
+    known = await target.backend.list_queues()
+    close = difflib.get_close_matches(target.name, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return CLIError(
+        f"no such queue {target.name!r}: {hint}list the queues with `asyncmq-otel queues`{next_step}",
+        ExitCode.USAGE,
+    )
+
+
+async def _require_queue(target: Queue) -> None:
+    """Exit 2 when the queue does not exist.
+
+    An admin command never creates one: a typo would stay in ``queues`` and the exporter's gauges forever.
+    """
+    if not await target.exists():
+        raise await _no_such_queue(target)
+
+
 # -- enqueue -------------------------------------------------------------------------------------------
 @click.command("enqueue")
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK", callback=_task_argument)
 @click.option(
-    "--queue", "-q", "queue_name", default="default", show_default=True, help="Queue to add the job to."
+    "--queue",
+    "-q",
+    "queue_name",
+    help="Queue to add the job to [default: the queue TASK declares, as this process or a live worker's "
+    "registration knows it; else default].",
 )
 @click.option(
     "--args",
@@ -124,26 +172,32 @@ def _json_of(kind: type, example: str) -> Callable[[click.Context, click.Paramet
     callback=_json_of(dict, '\'{"key": "value"}\''),
     help="Keyword arguments, a JSON object.",
 )
-@click.option("--delay", type=click.FloatRange(min=0), help="Seconds before the job may run.")
-@click.option("--priority", type=int, default=5, show_default=True, help="Lower runs first.")
+@click.option("--delay", type=Seconds(allow_zero=True), help="Seconds before the job may run.")
+@click.option(
+    "--priority",
+    type=click.IntRange(-PRIORITY_BOUND, PRIORITY_BOUND),
+    default=5,
+    show_default=True,
+    help=f"Lower runs first ({-PRIORITY_BOUND}..{PRIORITY_BOUND}).",
+)
 @click.option("--job-id", help="Idempotency key: a second enqueue with this id returns the same job.")
 @click.option(
-    "--retries", type=click.IntRange(min=0), default=0, show_default=True, help="Retries after a failure."
+    "--retries",
+    type=click.IntRange(min=0),
+    help="Retries after a failure [default: the task's own, applied by the worker that runs it].",
 )
-@click.option(
-    "--ttl", type=click.FloatRange(min=0, min_open=True), help="Seconds after which an unstarted job expires."
-)
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds an attempt may run.")
+@click.option("--ttl", type=Seconds(), help="Seconds after which an unstarted job expires.")
+@click.option("--timeout", type=Seconds(), help="Seconds an attempt may run.")
 @backend_options
 def enqueue(
     task_id: str,
-    queue_name: str,
+    queue_name: str | None,
     args: list[Any],
     kwargs: dict[str, Any],
     delay: float | None,
     priority: int,
     job_id: str | None,
-    retries: int,
+    retries: int | None,
     ttl: float | None,
     timeout: float | None,
     backend_url: str | None,
@@ -153,7 +207,11 @@ def enqueue(
     """Add a job for TASK and print its id."""
 
     async def action(choice: BackendChoice) -> str:
-        return await Queue(queue_name, backend=choice.backend).add(
+        if queue_name is None:
+            queue = await Queue.for_task(task_id, choice.backend)
+        else:
+            queue = Queue(queue_name, backend=choice.backend)
+        return await queue.add(
             task_id,
             args,
             kwargs,
@@ -165,7 +223,7 @@ def enqueue(
             timeout=timeout,
         )
 
-    click.echo(_run(backend_url, prefix, connect_timeout, action))
+    click.echo(_run(backend_url, prefix, connect_timeout, action, idempotent=True))
 
 
 # -- queues --------------------------------------------------------------------------------------------
@@ -240,15 +298,28 @@ def queue() -> None:
 
 @queue.command("pause")
 @click.argument("name")
+@click.option(
+    "--create",
+    is_flag=True,
+    help="Create NAME paused when it does not exist yet (to pause it before any worker starts).",
+)
 @backend_options
-def queue_pause(name: str, backend_url: str | None, prefix: str | None, connect_timeout: float) -> None:
+def queue_pause(
+    name: str, create: bool, backend_url: str | None, prefix: str | None, connect_timeout: float
+) -> None:
     """Stop workers from claiming jobs of NAME (running jobs finish; enqueueing goes on)."""
 
-    async def action(choice: BackendChoice) -> None:
-        await Queue(name, backend=choice.backend).pause()
+    async def action(choice: BackendChoice) -> bool:
+        target = Queue(name, backend=choice.backend)
+        existed = await target.exists()
+        if not existed and not create:
+            raise await _no_such_queue(target, ", or pass --create to create it paused")
+        await target.pause()
+        return existed
 
-    _run(backend_url, prefix, connect_timeout, action)
-    click.echo(f"queue {name} paused: resume it with `asyncmq-otel queue resume {name}`")
+    existed = _run(backend_url, prefix, connect_timeout, action)
+    created = "" if existed else " (created)"
+    click.echo(f"queue {name} paused{created}: resume it with `asyncmq-otel queue resume {name}`")
 
 
 @queue.command("resume")
@@ -258,7 +329,9 @@ def queue_resume(name: str, backend_url: str | None, prefix: str | None, connect
     """Let workers claim jobs of NAME again."""
 
     async def action(choice: BackendChoice) -> None:
-        await Queue(name, backend=choice.backend).resume()
+        target = Queue(name, backend=choice.backend)
+        await _require_queue(target)
+        await target.resume()
 
     _run(backend_url, prefix, connect_timeout, action)
     click.echo(f"queue {name} resumed")
@@ -276,6 +349,7 @@ def queue_drain(
 
     async def action(choice: BackendChoice) -> int:
         target = Queue(name, backend=choice.backend)
+        await _require_queue(target)
         cancelled = 0
         for state in (JobState.WAITING.value, JobState.DELAYED.value):
             while True:
@@ -304,7 +378,7 @@ def queue_drain(
 )
 @click.option(
     "--older-than",
-    type=click.FloatRange(min=0),
+    type=Seconds(allow_zero=True),
     default=0.0,
     show_default=True,
     help="Only jobs that finished more than this many seconds ago.",
@@ -324,7 +398,9 @@ def queue_clean(
     _confirm(yes, f"{state} jobs of queue {name} older than {older_than:g}s will be deleted")
 
     async def action(choice: BackendChoice) -> int:
-        return await Queue(name, backend=choice.backend).clean(state, older_than)
+        target = Queue(name, backend=choice.backend)
+        await _require_queue(target)
+        return await target.clean(state, older_than)
 
     count = _run(backend_url, prefix, connect_timeout, action)
     click.echo(f"queue {name}: {count} {state} job(s) deleted")
@@ -337,7 +413,45 @@ def job() -> None:
 
 
 def _queue_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--queue", "-q", "queue_name", required=True, help="The job's queue.")(func)
+    return click.option(
+        "--queue",
+        "-q",
+        "queue_name",
+        help="The job's queue [default: found from the id; needed only when two queues hold the id].",
+    )(func)
+
+
+async def queues_with_job(backend: Backend, job_id: str) -> list[str]:
+    """The queues that hold a job with this id, reading only (no queue is created)."""
+    locate = getattr(backend, "queues_with_job", None)
+    if callable(locate):  # an optional capability: Redis answers in one pipelined round trip
+        found: list[str] = await locate(job_id)
+        return found
+    return [name for name in await backend.list_queues() if await backend.get_job(name, job_id) is not None]
+
+
+async def _job_queue(choice: BackendChoice, job_id: str, queue_name: str | None) -> Queue | None:
+    """The queue holding ``job_id``: ``queue_name`` when given (it must exist), else found from the id.
+
+    Returns None when no queue holds the job. Ids are unique within a queue; an id that two queues
+    hold (a ``--job-id`` reused across queues) needs ``--queue``.
+    """
+    if queue_name is not None:
+        target = Queue(queue_name, backend=choice.backend)
+        await _require_queue(target)
+        return target
+    holders = await queues_with_job(choice.backend, job_id)
+    if len(holders) > 1:
+        raise CLIError(
+            f"queues {', '.join(holders)} each hold a job {job_id}: pass --queue to pick one", ExitCode.USAGE
+        )
+    return Queue(holders[0], backend=choice.backend) if holders else None
+
+
+def _no_such_job(job_id: str, queue_name: str | None) -> str:
+    if queue_name:
+        return f"there is no job {job_id} in queue {queue_name}: check the id and --queue"
+    return f"there is no job {job_id} in any queue: check the id"
 
 
 def _when(value: object) -> str:
@@ -347,14 +461,42 @@ def _when(value: object) -> str:
     return f"{stamp} ({format_age(time.time() - float(value))} ago)"
 
 
+def _count(raw: dict[str, Any], name: str) -> int:
+    value = raw.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _describe_attempts(raw: dict[str, Any]) -> tuple[str, str]:
+    """The ``attempts`` and ``retries`` rows of ``job show``.
+
+    ``attempts`` counts every claim; only a failure uses a retry (``retries`` of ``max_retries``).
+    An interrupted attempt (the worker shut down) or a lost one (the worker died) is requeued
+    without using a retry, so attempts can exceed ``max_retries + 1``: they are shown apart.
+    """
+    attempts = _count(raw, "attempts")
+    extra = []
+    if interrupted := _count(raw, "interrupts"):
+        extra.append(f"{interrupted} interrupted")
+    if lost := _count(raw, "stalls"):
+        extra.append(f"{lost} lost with a worker")
+    attempt_text = f"{attempts} ({', '.join(extra)})" if extra else str(attempts)
+    used = _count(raw, "retries")
+    if raw.get("max_retries") is None:  # left to the task's declaration, which the worker applies
+        declared = TASK_REGISTRY.get(str(raw.get("task", "")))
+        limit = str(declared.retries) if declared is not None else "the task's declared retries"
+    else:
+        limit = str(_count(raw, "max_retries"))
+    return attempt_text, f"{used} of {limit} used"
+
+
 @job.command("show")
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", callback=_job_id_argument)
 @_queue_option
 @_json_option
 @backend_options
 def job_show(
     job_id: str,
-    queue_name: str,
+    queue_name: str | None,
     as_json: bool,
     backend_url: str | None,
     prefix: str | None,
@@ -363,27 +505,29 @@ def job_show(
     """Show a job: state, attempts, timings, error and result."""
 
     async def action(choice: BackendChoice) -> dict[str, Any] | None:
-        return await Queue(queue_name, backend=choice.backend).get_job(job_id)
+        target = await _job_queue(choice, job_id, queue_name)
+        return None if target is None else await target.get_job(job_id)
 
     raw = _run(backend_url, prefix, connect_timeout, action)
     if raw is None:
-        raise CLIError(f"no job {job_id} in queue {queue_name}: check the id and --queue", ExitCode.CRASH)
+        raise CLIError(_no_such_job(job_id, queue_name), ExitCode.CRASH)
     if as_json:
         _echo_json(raw)
         return
-    attempts = f"{raw.get('attempts', 0)} of {int(raw.get('max_retries') or 0) + 1}"
+    attempts, retries = _describe_attempts(raw)
     rows = [
         ("id", raw.get("id")),
         ("task", raw.get("task")),
         ("queue", raw.get("queue", queue_name)),
         ("state", raw.get("state")),
         ("attempts", attempts),
+        ("retries", retries),
         ("priority", raw.get("priority")),
         ("enqueued", _when(raw.get("enqueued_at"))),
         ("eligible", _when(raw.get("eligible_at"))),
         ("finished", _when(raw.get("finished_at"))),
     ]
-    if raw.get("progress") is not None:
+    if isinstance(raw.get("progress"), int | float):
         rows.append(("progress", f"{raw['progress']:g}%"))
     if raw.get("dlq_reason"):
         rows.append(("dlq reason", raw["dlq_reason"]))
@@ -402,16 +546,18 @@ def job_show(
 
 
 @job.command("cancel")
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", callback=_job_id_argument)
 @_queue_option
 @backend_options
 def job_cancel(
-    job_id: str, queue_name: str, backend_url: str | None, prefix: str | None, connect_timeout: float
+    job_id: str, queue_name: str | None, backend_url: str | None, prefix: str | None, connect_timeout: float
 ) -> None:
     """Cancel a job: a queued one never runs; a running one is stopped at its next await."""
 
     async def action(choice: BackendChoice) -> tuple[bool, str | None]:
-        target = Queue(queue_name, backend=choice.backend)
+        target = await _job_queue(choice, job_id, queue_name)
+        if target is None:
+            return False, None
         done = await target.cancel_job(job_id)
         return done, await target.get_job_state(job_id)
 
@@ -419,7 +565,7 @@ def job_cancel(
     if not done:
         raise CLIError(
             f"job {job_id} was not cancelled: "
-            + (f"it is already {state}" if state else f"there is no such job in queue {queue_name}"),
+            + (f"it is already {state}" if state else _no_such_job(job_id, queue_name)),
             ExitCode.CRASH,
         )
     if state == JobState.CANCELLED.value:
@@ -429,23 +575,23 @@ def job_cancel(
 
 
 @job.command("retry")
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", callback=_job_id_argument)
 @_queue_option
 @backend_options
 def job_retry(
-    job_id: str, queue_name: str, backend_url: str | None, prefix: str | None, connect_timeout: float
+    job_id: str, queue_name: str | None, backend_url: str | None, prefix: str | None, connect_timeout: float
 ) -> None:
     """Move a dead-lettered job back to waiting with fresh retries."""
 
     async def action(choice: BackendChoice) -> tuple[bool, str | None]:
-        target = Queue(queue_name, backend=choice.backend)
+        target = await _job_queue(choice, job_id, queue_name)
+        if target is None:
+            return False, None
         return await target.retry_job(job_id), await target.get_job_state(job_id)
 
     done, state = _run(backend_url, prefix, connect_timeout, action)
     if not done:
-        where = (
-            f"it is {state}, not dead-lettered" if state else f"there is no such job in queue {queue_name}"
-        )
+        where = f"it is {state}, not dead-lettered" if state else _no_such_job(job_id, queue_name)
         raise CLIError(f"job {job_id} was not retried: {where}", ExitCode.CRASH)
     click.echo(f"job {job_id} is waiting again")
 
@@ -474,7 +620,9 @@ def dlq_list(
     """Dead-lettered jobs of NAME, newest first."""
 
     async def action(choice: BackendChoice) -> list[dict[str, Any]]:
-        return await Queue(name, backend=choice.backend).dlq(offset, limit)
+        target = Queue(name, backend=choice.backend)
+        await _require_queue(target)
+        return await target.dlq(offset, limit)
 
     rows = _run(backend_url, prefix, connect_timeout, action)
     if as_json:
@@ -507,7 +655,7 @@ def dlq_list(
 
 @dlq.command("retry")
 @click.argument("name")
-@click.argument("job_ids", nargs=-1, metavar="[ID]...")
+@click.argument("job_ids", nargs=-1, metavar="[ID]...", callback=_job_id_argument)
 @click.option("--all", "retry_all", is_flag=True, help="Retry every dead-lettered job of NAME.")
 @backend_options
 def dlq_retry(
@@ -526,6 +674,7 @@ def dlq_retry(
 
     async def action(choice: BackendChoice) -> tuple[int, list[str]]:
         target = Queue(name, backend=choice.backend)
+        await _require_queue(target)
         if job_ids:
             missed = [job_id for job_id in job_ids if not await target.retry_job(job_id)]
             return len(job_ids) - len(missed), missed
@@ -558,7 +707,9 @@ def dlq_purge(
     _confirm(yes, f"every dead-lettered job of queue {name} will be deleted")
 
     async def action(choice: BackendChoice) -> int:
-        return await Queue(name, backend=choice.backend).purge_dlq()
+        target = Queue(name, backend=choice.backend)
+        await _require_queue(target)
+        return await target.purge_dlq()
 
     count = _run(backend_url, prefix, connect_timeout, action)
     click.echo(f"{count} dead-lettered job(s) of {name} deleted")

@@ -19,7 +19,7 @@ from ..settings import get_settings
 from ._backend import BackendChoice, backend_options, close_backend, open_backend, probe_or_exit
 from ._banner import Banner
 from ._exit import CLIError, ExitCode, translate_errors
-from ._options import env_option, log_format_option, metrics_addr_option
+from ._options import Seconds, env_option, log_format_option, metrics_addr_option
 from ._output import Reporter, json_logs
 from ._signals import StopSignals
 from ._telemetry import start_telemetry
@@ -39,7 +39,7 @@ DEFAULT_EXPORTER_ADDR = "127.0.0.1:9465"
 @env_option(
     "--interval",
     envvar="ASYNCMQ_QUEUE_SAMPLE_INTERVAL",
-    type=click.FloatRange(min=0.1),
+    type=Seconds(minimum=0.1),
     default=10.0,
     show_default=True,
     help="Seconds between samples of every queue.",

@@ -42,7 +42,7 @@ from ._backend import (
 )
 from ._banner import Banner
 from ._exit import CLIError, ExitCode, cli_error_for, translate_errors
-from ._options import env_option, log_format_option, metrics_addr_option, otlp_endpoint_option
+from ._options import Seconds, env_option, log_format_option, metrics_addr_option, otlp_endpoint_option
 from ._output import Reporter, json_logs
 from ._signals import StopSignals
 from ._telemetry import TelemetryHandle, start_telemetry
@@ -175,7 +175,7 @@ class _Options:
 @env_option(
     "--rate-interval",
     envvar="ASYNCMQ_RATE_INTERVAL",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(),
     help="Seconds of the rate-limit window [default: settings.rate_interval, 1.0].",
 )
 @metrics_addr_option(
@@ -190,7 +190,7 @@ class _Options:
 @env_option(
     "--shutdown-timeout",
     envvar="ASYNCMQ_SHUTDOWN_TIMEOUT",
-    type=click.FloatRange(min=0),
+    type=Seconds(allow_zero=True),
     help="Seconds in-flight jobs get after the first SIGTERM [default: settings.shutdown_timeout, 25].",
 )
 @env_option(

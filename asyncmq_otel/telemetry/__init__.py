@@ -138,7 +138,11 @@ class _Instrumentation:
                 version=__version__,
             )
             self.metrics = MetricsAdapter(
-                self.sinks, bus=self.bus, error_type_limit=config.error_type_limit, warn=self._warn
+                self.sinks,
+                bus=self.bus,
+                error_type_limit=config.error_type_limit,
+                warn=self._warn,
+                exemplars=config.traces,
             )
             if config.queue_sampler != "off":
                 self.gauges = QueueGauges(config.queue_sample_interval_s)

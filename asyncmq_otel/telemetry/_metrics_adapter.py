@@ -1,17 +1,19 @@
 """The metrics adapter: lifecycle events and backend writes → the rows of the definition table.
 
 It is an inline bus listener (CPU work only), a write observer (#1, #4, #21, #24) and a drop
-observer (#20). Label children are bound once per (queue, task, group) and cached, and at
-``worker:started`` every (queue, registered task) served is pre-bound (§3.5), so the job path never
-calls ``.labels()`` and ``rate()`` is defined before the first job.
+observer (#20). Label children are bound once per (queue, task, group) and cached. At
+``worker:started`` the pairs that can meet are pre-bound: the served queue × the tasks declared for
+it (§3.6), and any other pair the moment its first job is seen. So the job path never calls
+``.labels()``, ``rate()`` is defined before the first job, and no phantom series crowd out real ones.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
@@ -20,9 +22,10 @@ from ..jobs import error_type_name, priority_class
 from ..settings import get_settings
 from ..tasks import TASK_REGISTRY, list_tasks
 from .metrics import (
+    ATTEMPT_OUTCOMES,
     DROP_REASONS,
     OTHER,
-    OUTCOMES,
+    OUTCOME_REASONS,
     PRIORITY_CLASSES,
     SENT_OPERATIONS,
     SIGNALS,
@@ -41,38 +44,85 @@ if TYPE_CHECKING:
 __all__ = ["MetricsAdapter"]
 
 _DEFAULT_GROUP = "default"
+_DEFAULT_PRIORITY = 5  # priority_class "normal": most jobs, so it skips the call
 _STALE_STATUSES = frozenset({"STALE", "GONE"})
+_WRITE_OPERATIONS = frozenset(WRITE_OPERATIONS)
+_SENT_OPERATIONS = frozenset(SENT_OPERATIONS)
+_STALE_OPERATIONS = frozenset(STALE_OPERATIONS)
+_OPERATION_DURATION = 4  # the row numbers of §3.4 whose recent error types are tracked apart
+_JOB_ERRORS = 26
+_FAILED_REASONS = frozenset(reason for outcome, reason in OUTCOME_REASONS if outcome == "failed")
 
 
 class _JobSeries:
     """The pre-bound children of one (queue, task, group)."""
 
     __slots__ = (
-        "attempts",
+        "completed",
         "consumed",
-        "e2e",
         "errors",
         "group",
         "outcomes",
         "process",
         "queue",
         "task",
+        "terminal",
         "wait",
+        "worker",
     )
 
     def __init__(self, sinks: MetricSinks, queue: str, task: str, group: str) -> None:
         self.queue = queue
         self.task = task
         self.group = group
-        self.consumed = sinks.counter(2, queue, task, group)
-        self.process = sinks.histogram(3, queue, task, group, "")
-        self.wait = {pc: sinks.histogram(5, queue, task, group, pc) for pc in PRIORITY_CLASSES}
-        self.outcomes = {
-            outcome: sinks.counter(7, queue, task, group, outcome, "", "") for outcome in OUTCOMES
+        self.consumed = sinks.counter(2, queue, task, group, "process")
+        self.process = {
+            outcome: sinks.histogram(3, queue, task, group, "process", outcome)
+            for outcome in ATTEMPT_OUTCOMES
         }
-        self.e2e: dict[str, HistogramSeries] = {}
-        self.attempts: dict[str, HistogramSeries] = {}
-        self.errors: dict[tuple[int, str, str, str], Any] = {}
+        self.wait = {pc: sinks.histogram(5, queue, task, group, pc) for pc in PRIORITY_CLASSES}
+        # Every pair an outcome can record, so the first failure after a start counts from 0 (§3.4 #7).
+        self.outcomes = {
+            (outcome, reason): sinks.counter(7, queue, task, group, outcome, reason)
+            for outcome, reason in OUTCOME_REASONS
+        }
+        self.completed = self.outcomes["completed", ""]
+        self.terminal: dict[str, tuple[HistogramSeries, HistogramSeries]] = {}  # #6, #8 by outcome
+        self.worker: _WorkerSeries | None = None  # the (queue, group) series its attempts run under
+        self.errors: dict[tuple[str, str], CounterSeries] = {}
+
+
+class _RecentErrorTypes:
+    """The ``limit`` most recently seen ``error_type`` values per (metric, task), least recent evicted.
+
+    A new incident on a long-lived worker must show under its own name (§3.6); ``evict`` is told
+    which value left so its series can be removed from the scrape sink.
+    """
+
+    __slots__ = ("_evict", "_limit", "_seen")
+
+    def __init__(self, limit: int, evict: Callable[[int, str, str], None]) -> None:
+        self._limit = limit
+        self._evict = evict
+        self._seen: dict[tuple[int, str], OrderedDict[str, None]] = {}
+
+    def use(self, number: int, task: str, error_type: str) -> str:
+        """The label value for ``error_type`` on row ``number`` of ``task``, marked as just seen."""
+        if not error_type:
+            return ""
+        if self._limit <= 0:
+            return OTHER
+        seen = self._seen.get((number, task))
+        if seen is None:
+            seen = self._seen[number, task] = OrderedDict()
+        elif error_type in seen:
+            seen.move_to_end(error_type)
+            return error_type
+        if len(seen) >= self._limit:
+            evicted, _ = seen.popitem(last=False)
+            self._evict(number, task, evicted)
+        seen[error_type] = None
+        return error_type
 
 
 class _WorkerSeries:
@@ -91,6 +141,10 @@ class _WorkerSeries:
         self.concurrency = sinks.gauge(16, queue, group)
 
 
+def _no_trace_id() -> None:
+    """No exemplar: traces are off."""
+
+
 def _trace_id() -> str | None:
     """The current span's trace id when it is valid and sampled (the exemplar of #3, #5, #6)."""
     ctx = trace.get_current_span().get_span_context()
@@ -105,9 +159,11 @@ class MetricsAdapter:
     Args:
         sinks: the two sinks.
         bus: the event bus (cardinality drops are recorded on it, so they reach #20 like the others).
-        error_type_limit: distinct ``error_type`` values kept per (metric, task); later ones are ``_OTHER``.
+        error_type_limit: ``error_type`` values kept per (metric, task), the most recently seen ones;
+            the series of an evicted value are removed from the scrape sink.
         group: the consumer group used when an event carries none.
         warn: how a one-off telemetry warning is logged: ``warn(event_name, fields)``.
+        exemplars: attach the sampled attempt's trace id to #3, #5 and #6 (off when traces are off).
 
     """
 
@@ -121,16 +177,28 @@ class MetricsAdapter:
         error_type_limit: int = 20,
         group: str = _DEFAULT_GROUP,
         warn: Callable[[str, Mapping[str, object]], None] | None = None,
+        exemplars: bool = True,
     ) -> None:
         self.sinks = sinks
+        # Without the trace adapter no attempt span is ever current, so looking one up is wasted work.
+        self._trace_id = _trace_id if exemplars else _no_trace_id
         self._bus = bus
-        self._error_type_limit = error_type_limit
         self._group = group
         self._warn = warn
         self._jobs: dict[tuple[str, str, str], _JobSeries] = {}
+        # The same series by the event's own (queue, task, group), registered tasks only: one lookup
+        # per event on the hot path instead of a registry check and a key rebuilt from it.
+        self._by_event: dict[tuple[str | None, str | None, str | None], _JobSeries] = {}
+        self._stalled: dict[tuple[str, str], CounterSeries] = {}
         self._workers: dict[tuple[str, str], _WorkerSeries] = {}
-        self._error_types: dict[tuple[int, str], set[str]] = {}
-        self._inflight: dict[tuple[str | None, str | None, int | None], tuple[_WorkerSeries, float]] = {}
+        self._worker_by_event: dict[tuple[str | None, str | None], _WorkerSeries] = {}
+        self._error_types = _RecentErrorTypes(error_type_limit, self._evict_error_type)
+        # Per running attempt: its worker series, start (monotonic), exemplar trace id and job series.
+        self._inflight: dict[
+            tuple[str | None, str | None, int | None], tuple[_WorkerSeries, float, str | None, _JobSeries]
+        ] = {}
+        # #4 of the writes that succeeded, by (queue, operation): one lookup per write.
+        self._writes: dict[tuple[str | None, str], HistogramSeries] = {}
         self._served: set[tuple[str, str]] = set()
         self._lost_queues: set[str] = set()
         self._overflow_warned: set[str] = set()
@@ -146,7 +214,7 @@ class MetricsAdapter:
             "job:cancelled": self._cancelled,
             "job:interrupted": self._interrupted,
             "job:throttled": self._throttled,
-            "job:stalled": self._stalled,
+            "job:stalled": self._stalled_job,
             "worker:started": self._worker_started,
             "worker:heartbeat": self._worker_heartbeat,
             "worker:stopped": self._worker_stopped,
@@ -165,165 +233,180 @@ class MetricsAdapter:
         self.sinks.set_observer(25, None if gauges is None else gauges.consumers)
 
     # -- label helpers ----------------------------------------------------------------------------------
-    def _job(self, event: LifecycleEvent) -> _JobSeries:
-        task = event.task if event.task in TASK_REGISTRY else OTHER
-        key = (event.queue or OTHER, task, event.group or self._group)
+    def _pair(self, queue: str, task: str, group: str) -> _JobSeries:
+        """The series of a (queue, task) pair that can meet, bound (at 0) the first time it is seen."""
+        key = (queue, task, group)
         series = self._jobs.get(key)
         if series is None:
-            series = _JobSeries(self.sinks, *key)
-            self._jobs[key] = series
+            series = self._jobs[key] = _JobSeries(self.sinks, queue, task, group)
+            if (queue, task) not in self._stalled:
+                self._stalled[queue, task] = self.sinks.counter(9, queue, task)
+        return series
+
+    def _job(self, event: LifecycleEvent) -> _JobSeries:
+        raw = (event.queue, event.task, event.group)
+        series = self._by_event.get(raw)
+        if series is not None:
+            return series
+        registered = event.task in TASK_REGISTRY
+        task = event.task if registered and event.task is not None else OTHER
+        series = self._pair(event.queue or OTHER, task, event.group or self._group)
+        if registered:  # unknown names stay off this cache, which would otherwise grow with them
+            self._by_event[raw] = series
         return series
 
     def _worker(self, event: LifecycleEvent) -> _WorkerSeries:
-        key = (event.queue or OTHER, event.group or self._group)
-        series = self._workers.get(key)
+        raw = (event.queue, event.group)
+        series = self._worker_by_event.get(raw)
         if series is None:
-            series = _WorkerSeries(self.sinks, *key)
-            self._workers[key] = series
+            key = (event.queue or OTHER, event.group or self._group)
+            series = self._workers.get(key)
+            if series is None:
+                series = self._workers[key] = _WorkerSeries(self.sinks, *key)
+            self._worker_by_event[raw] = series
         return series
 
-    def _error_type(self, number: int, task: str, error_type: str) -> str:
-        """Top-N per (metric, task): the first ``error_type_limit`` values are kept, later ones ``_OTHER``."""
-        if not error_type:
-            return ""
-        seen = self._error_types.setdefault((number, task), set())
-        if error_type in seen:
-            return error_type
-        if len(seen) >= self._error_type_limit:
-            return OTHER
-        seen.add(error_type)
-        return error_type
+    def _evict_error_type(self, number: int, task: str, error_type: str) -> None:
+        """An ``error_type`` left the recent set of (``number``, ``task``): remove its series."""
+        if number == _OPERATION_DURATION:  # no task label: its recent set is per metric
+            self.sinks.remove(number, error_type=error_type)
+            return
+        self.sinks.remove(number, asyncmq_task_name=task, error_type=error_type)
+        if number == _JOB_ERRORS:
+            for js in self._jobs.values():
+                if js.task == task:
+                    for key in [key for key in js.errors if key[0] == error_type]:
+                        del js.errors[key]
 
-    def _outcome(self, js: _JobSeries, outcome: str, error_type: str = "", reason: str = "") -> CounterSeries:
-        if not error_type and not reason:
-            return js.outcomes[outcome]
-        error_type = self._error_type(7, js.task, error_type)
-        key = (7, outcome, error_type, reason)
-        series = js.errors.get(key)
+    def _count_error(self, js: _JobSeries, error_type: str, outcome: str) -> None:
+        """#26: one attempt that raised (or failed without an exception), by its recent error type."""
+        label = self._error_types.use(26, js.task, error_type)
+        series = js.errors.get((label, outcome))
         if series is None:
-            series = self.sinks.counter(7, js.queue, js.task, js.group, outcome, error_type, reason)
-            js.errors[key] = series
-        return series
-
-    def _process(self, js: _JobSeries, error_type: str) -> HistogramSeries:
-        if not error_type:
-            return js.process
-        error_type = self._error_type(3, js.task, error_type)
-        key = (3, "", error_type, "")
-        series = js.errors.get(key)
-        if series is None:
-            series = self.sinks.histogram(3, js.queue, js.task, js.group, error_type)
-            js.errors[key] = series
-        return series
+            series = js.errors[label, outcome] = self.sinks.counter(26, js.queue, js.task, label, outcome)
+        series.inc()
 
     # -- job events ------------------------------------------------------------------------------------
     def _started(self, event: LifecycleEvent) -> None:
         js = self._job(event)
         js.consumed.inc()
-        if event.wait_s is not None:
-            cls = priority_class(event.priority if event.priority is not None else 5)
-            js.wait[cls].observe(max(event.wait_s, 0.0), _trace_id())
-        ws = self._worker(event)
+        # The attempt's span, if sampled, is current now: its trace id serves every exemplar of the attempt.
+        trace_id = self._trace_id()
+        wait = event.wait_s
+        if wait is not None:
+            priority = event.priority
+            cls = "normal" if priority is None or priority == _DEFAULT_PRIORITY else priority_class(priority)
+            js.wait[cls].observe(wait if wait > 0.0 else 0.0, trace_id)  # noqa: FURB136 - hot path: no call
+        ws = js.worker
+        if ws is None:
+            ws = js.worker = self._worker(event)
         ws.active.add(1)
         started = event.started_monotonic if event.started_monotonic is not None else time.perf_counter()
-        self._inflight[event.queue, event.job_id, event.attempt] = (ws, started)
+        self._inflight[event.queue, event.job_id, event.attempt] = (ws, started, trace_id, js)
 
-    def _end_attempt(self, event: LifecycleEvent) -> None:
+    def _end_attempt(self, event: LifecycleEvent) -> tuple[_JobSeries, str | None]:
+        """The attempt leaves the in-flight set: its series and its exemplar trace id, as at its start."""
         entry = self._inflight.pop((event.queue, event.job_id, event.attempt), None)
-        if entry is not None:
-            entry[0].active.add(-1)
+        if entry is None:  # nothing ran here: a pickup settle, the reaper's worker_lost, another process
+            return self._job(event), self._trace_id()
+        entry[0].active.add(-1)
+        return entry[3], entry[2]
 
-    def _ran(self, js: _JobSeries, event: LifecycleEvent, error_type: str, trace_id: str | None) -> None:
-        if event.duration_s is not None:
-            self._process(js, error_type).observe(max(event.duration_s, 0.0), trace_id)
+    @staticmethod
+    def _ran(js: _JobSeries, event: LifecycleEvent, outcome: str, trace_id: str | None) -> None:
+        duration = event.duration_s
+        if duration is not None:
+            js.process[outcome].observe(duration if duration > 0.0 else 0.0, trace_id)  # noqa: FURB136 - as above
 
     def _terminal(
         self, js: _JobSeries, event: LifecycleEvent, outcome: str, runs: int, trace_id: str | None
     ) -> None:
-        e2e = js.e2e.get(outcome)
-        if e2e is None:
-            e2e = js.e2e[outcome] = self.sinks.histogram(6, js.queue, js.task, outcome)
-        attempts = js.attempts.get(outcome)
-        if attempts is None:
-            attempts = js.attempts[outcome] = self.sinks.histogram(8, js.queue, js.task, outcome)
+        bound = js.terminal.get(outcome)
+        if bound is None:
+            bound = js.terminal[outcome] = (
+                self.sinks.histogram(6, js.queue, js.task, outcome),
+                self.sinks.histogram(8, js.queue, js.task, outcome),
+            )
+        e2e, attempts = bound
         if event.enqueued_at:
             finished = event.finished_at if event.finished_at is not None else event.ts
             e2e.observe(max(finished - event.enqueued_at, 0.0), trace_id)
-        attempts.observe(float(max(runs, 0)))
+        attempts.observe(float(runs) if runs > 0 else 0.0)
 
     def _completed(self, event: LifecycleEvent) -> None:
-        js = self._job(event)
-        trace_id = _trace_id()
-        self._ran(js, event, "", trace_id)
-        js.outcomes["completed"].inc()
+        js, trace_id = self._end_attempt(event)
+        duration = event.duration_s
+        if duration is not None:  # _ran, inlined: the most frequent outcome
+            js.process["completed"].observe(duration if duration > 0.0 else 0.0, trace_id)  # noqa: FURB136
+        js.completed.inc()
         self._terminal(js, event, "completed", event.attempt or 0, trace_id)
-        self._end_attempt(event)
 
     def _retried(self, event: LifecycleEvent) -> None:
-        js = self._job(event)
+        js, trace_id = self._end_attempt(event)
         error_type = event.error_type or (error_type_name(event.exception) if event.exception else "")
-        self._ran(js, event, error_type, _trace_id())
-        self._outcome(js, "retried", error_type).inc()
-        self._end_attempt(event)
+        self._ran(js, event, "retried", trace_id)
+        js.outcomes["retried", ""].inc()
+        self._count_error(js, error_type or OTHER, "retried")
 
     def _failed(self, event: LifecycleEvent) -> None:
-        js = self._job(event)
-        reason = event.reason or "failed"
+        js, trace_id = self._end_attempt(event)
+        reason = event.reason if event.reason in _FAILED_REASONS else "failed"
         error_type = event.error_type or (error_type_name(event.exception) if event.exception else reason)
-        trace_id = _trace_id()
         if reason in {"failed", "interrupted"}:  # after a run
-            self._ran(js, event, error_type, trace_id)
+            self._ran(js, event, "failed", trace_id)
             runs = event.attempt or 0
         elif reason == "worker_lost":  # by the reaper: the lost attempt had started
             runs = event.attempt or 0
         else:  # unknown_task, malformed_payload: at pickup, nothing ran
             js.consumed.inc()
             runs = _runs_before_pickup(event)
-        self._outcome(js, "failed", error_type, reason).inc()
+        js.outcomes["failed", reason].inc()
+        self._count_error(js, error_type, "failed")
         self._terminal(js, event, "failed", runs, trace_id)
-        self._end_attempt(event)
 
     def _expired(self, event: LifecycleEvent) -> None:
         js = self._job(event)
         js.consumed.inc()
-        self._outcome(js, "expired", "", "expired").inc()
-        self._terminal(js, event, "expired", _runs_before_pickup(event), _trace_id())
+        js.outcomes["expired", "expired"].inc()
+        self._terminal(js, event, "expired", _runs_before_pickup(event), self._trace_id())
 
     def _cancelled(self, event: LifecycleEvent) -> None:
-        js = self._job(event)
-        trace_id = _trace_id()
+        js, trace_id = self._end_attempt(event)
         if event.reason == "running":
-            self._ran(js, event, "", trace_id)
+            self._ran(js, event, "cancelled", trace_id)
             runs = event.attempt or 0
         else:
             js.consumed.inc()
             runs = _runs_before_pickup(event)
-        js.outcomes["cancelled"].inc()
+        js.outcomes["cancelled", ""].inc()
         self._terminal(js, event, "cancelled", runs, trace_id)
-        self._end_attempt(event)
 
     def _interrupted(self, event: LifecycleEvent) -> None:
-        js = self._job(event)
-        self._ran(js, event, "", _trace_id())
-        js.outcomes["interrupted"].inc()
-        self._end_attempt(event)
+        js, trace_id = self._end_attempt(event)
+        self._ran(js, event, "interrupted", trace_id)
+        js.outcomes["interrupted", ""].inc()
 
     def _throttled(self, event: LifecycleEvent) -> None:
         ws = self._worker(event)
         ws.throttled.inc()
         ws.throttle_wait.observe(max(event.ratelimit_wait_s or 0.0, 0.0))
 
-    def _stalled(self, event: LifecycleEvent) -> None:
+    def _stalled_job(self, event: LifecycleEvent) -> None:
+        queue = event.queue or OTHER
         task = event.task if event.task in TASK_REGISTRY else OTHER
-        self.sinks.counter(9, event.queue or OTHER, task).inc()
+        series = self._stalled.get((queue, task))
+        if series is None:
+            series = self._stalled[queue, task] = self.sinks.counter(9, queue, task)
+        series.inc()
 
     # -- worker and backend events ----------------------------------------------------------------------
     def _worker_started(self, event: LifecycleEvent) -> None:
         queue = event.queue or OTHER
         group = event.group or self._group
-        for task in list_tasks():
-            self._jobs.setdefault((queue, task, group), _JobSeries(self.sinks, queue, task, group))
-            self.sinks.counter(9, queue, task)
+        # Only the pairs that can meet: the tasks declared for this queue (§3.6 pre-binding); a job of
+        # another task binds its pair when it is first seen.
+        for task in list_tasks(queue):
+            self._pair(queue, task, group)
         ws = self._worker(event)
         ws.up.set(1)
         ws.heartbeat.set(event.ts)  # registering the worker was its first heartbeat write
@@ -356,7 +439,7 @@ class MetricsAdapter:
     def _running_max_age(self) -> Iterable[tuple[tuple[str, ...], float]]:
         now = time.perf_counter()
         ages: dict[tuple[str, str], float] = dict.fromkeys(list(self._served), 0.0)
-        for ws, started in list(self._inflight.values()):
+        for ws, started, *_ in list(self._inflight.values()):
             key = (ws.queue, ws.group)
             ages[key] = max(ages.get(key, 0.0), now - started)
         return ages.items()
@@ -401,19 +484,28 @@ class MetricsAdapter:
         queue = operation.queue or OTHER
         error = operation.error
         error_type = "" if error is None else error_type_name(error)
-        if name in WRITE_OPERATIONS and operation.duration_s is not None:
-            label = self._error_type(4, "", error_type)
-            self.sinks.histogram(4, queue, name, label).observe(max(operation.duration_s, 0.0))
-        if name in SENT_OPERATIONS:
+        duration = operation.duration_s
+        if duration is not None and name in _WRITE_OPERATIONS:
+            if error is None:
+                series = self._writes.get((queue, name))
+                if series is None:
+                    series = self._writes[queue, name] = self.sinks.histogram(4, queue, name, "")
+            else:
+                label = self._error_types.use(4, "", error_type)
+                series = self.sinks.histogram(4, queue, name, label)
+            series.observe(duration if duration > 0.0 else 0.0)  # noqa: FURB136 - hot path: no call
+        if name in _SENT_OPERATIONS:
             for job in operation.jobs:
                 task = job.task if job.task in TASK_REGISTRY else OTHER
                 sent = "schedule" if name == "schedule" or job.delay_until is not None else "send"
-                label = self._error_type(1, task, error_type)
+                label = self._error_types.use(1, task, error_type)
                 self.sinks.counter(1, queue, task, sent, label).inc()
-        if name in STALE_OPERATIONS and operation.outcome in _STALE_STATUSES:
+        if operation.outcome in _STALE_STATUSES and name in _STALE_OPERATIONS:
             self.sinks.counter(24, queue, name).inc()
         if error is None:
-            self._set_backend_up(up=True)
+            self._last_success = time.monotonic()
+            if self._backend_up is not True:
+                self._set_backend_up(up=True)
         elif isinstance(error, BackendUnavailable):
             self._set_backend_up(up=False)
 

@@ -109,14 +109,21 @@ class _Encoder:
     """Encodes span batches; remembers encoded key/value pairs, resources and scopes between batches."""
 
     def __init__(self) -> None:
-        self._pairs: dict[tuple[str, type, object], bytes] = {}
+        self._pairs: dict[tuple[bytes, str, type, object], bytes] = {}
         self._keys: dict[str, bytes] = {}
         self._resources: dict[int, tuple[Any, bytes]] = {}
         self._scopes: dict[int, tuple[Any, bytes]] = {}
 
-    def _key_value(self, key: str, value: object) -> bytes:
-        """A ``KeyValue`` message; pairs with a short str, int or bool value that repeats are encoded once."""
+    def _key_value(self, tag: bytes, key: str, value: object) -> bytes:
+        """A tagged ``KeyValue`` field; a short str, int or bool value that repeats is encoded once."""
         kind = type(value)
+        cache_key = (tag, key, kind, value)
+        try:
+            pair = self._pairs.get(cache_key)  # most pairs repeat: look them up before classifying
+        except TypeError:  # an unhashable value (a list from a non-SDK span): never cached
+            pair = None
+        if pair is not None:
+            return pair
         if (
             kind is float
             or kind not in (str, int, bool)
@@ -126,20 +133,19 @@ class _Encoder:
             encoded_key = self._keys.get(key)
             if encoded_key is None:
                 encoded_key = self._keys[key] = _string(b"\x0a", key)
-            return encoded_key + _field(b"\x12", _any_value(value))
-        cache_key = (key, kind, value)
-        pair = self._pairs.get(cache_key)
-        if pair is None:
-            if len(self._pairs) >= _CACHE_LIMIT:
-                self._pairs.clear()
-            pair = self._pairs[cache_key] = _string(b"\x0a", key) + _field(b"\x12", _any_value(value))
+            return _field(tag, encoded_key + _field(b"\x12", _any_value(value)))
+        if len(self._pairs) >= _CACHE_LIMIT:
+            self._pairs.clear()
+        pair = self._pairs[cache_key] = _field(
+            tag, _string(b"\x0a", key) + _field(b"\x12", _any_value(value))
+        )
         return pair
 
     def _attributes(self, tag: bytes, attributes: Attributes) -> bytes:
         if not attributes:
             return b""
         pair = self._key_value
-        return b"".join([_field(tag, pair(key, value)) for key, value in attributes.items()])
+        return b"".join([pair(tag, key, value) for key, value in _items(attributes)])
 
     def span(self, span: ReadableSpan) -> bytes:
         """One ``Span`` message (without its tag in ``ScopeSpans``)."""
@@ -167,7 +173,7 @@ class _Encoder:
             parts.append(b"\x39" + _FIXED64(span.start_time))
         if span.end_time:
             parts.append(b"\x41" + _FIXED64(span.end_time))
-        parts.append(self._attributes(b"\x4a", span.attributes))
+        parts.append(self._attributes(b"\x4a", getattr(span, "_attributes", None) or span.attributes))
         if span.dropped_attributes:
             parts.append(b"\x50" + _varint(span.dropped_attributes))
         for event in span.events:
@@ -239,6 +245,15 @@ class _Encoder:
                 body.append(_string(b"\x1a", resource.schema_url))
             out.append(_field(b"\x0a", b"".join(body)))
         return b"".join(out)
+
+
+def _items(attributes: Attributes) -> Any:  # noqa: ANN401 - an items view
+    """The attribute pairs, from the SDK's plain dict when there is one.
+
+    A Python-level ``ItemsView`` over ``BoundedAttributes`` costs about a microsecond per pair.
+    """
+    mapping = getattr(attributes, "_dict", None)  # BoundedAttributes keeps its pairs in a dict
+    return (mapping if isinstance(mapping, dict) else attributes).items()  # type: ignore[union-attr]
 
 
 def _flags(is_remote: bool) -> int:

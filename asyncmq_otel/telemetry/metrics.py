@@ -8,9 +8,11 @@ defined, so the two sinks cannot drift. The dashboards (``dashboards/panel_catal
 the names from here.
 
 The hot path records through :class:`CounterSeries`, :class:`HistogramSeries` and
-:class:`GaugeSeries`: one label set bound in both sinks once, then reused. Binding past
-``metric_cardinality_limit`` label sets yields the overflow series of that metric, whose every label
-but ``messaging_system`` is ``_OTHER``, and each record on it is counted as dropped telemetry.
+:class:`GaugeSeries`: one label set bound in both sinks once, then reused. In one process the scrape
+sink keeps plain accumulators (``_accumulators``) that a collector reads at scrape time; with the
+scrape sink alone the bound series is that accumulator itself, so a record costs one call. Binding
+past ``metric_cardinality_limit`` label sets yields the overflow series of that metric, whose every
+label but ``messaging_system`` is ``_OTHER``, and each record on it is counted as dropped telemetry.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge as PromGauge
@@ -28,7 +30,8 @@ from prometheus_client import Histogram as PromHistogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from . import _multiprocess
+from . import _accumulators, _multiprocess
+from ._accumulators import CounterValue, GaugeValue, HistogramValue
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
@@ -58,12 +61,12 @@ OTHER: Final = "_OTHER"
 """The label value of the overflow series and of values past a top-N limit."""
 
 # -- buckets (§3.2) --------------------------------------------------------------------------------
-B_OP: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-B_PROC: Final = (*B_OP, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-B_WAIT: Final = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+# Rev. 2 starts at 0.1 ms: semconv's 5 ms floor hid every loopback Redis round trip and pickup.
+B_OP: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+B_PROC: Final = (*B_OP, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+B_WAIT: Final = B_PROC  # the same boundaries (§3.2 lists them separately)
 B_E2E: Final = (*B_WAIT, 7200.0, 21600.0, 86400.0)
 B_ATT: Final = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 13.0, 21.0)
 
@@ -88,9 +91,18 @@ WRITE_OPERATIONS: Final = (
     "send", "schedule", "ack", "retry", "dead_letter", "expire", "cancel", "requeue", "pause", "resume",
 )  # fmt: skip
 STALE_OPERATIONS: Final = ("ack", "retry", "dead_letter", "cancel", "requeue")
+PROCESS_OPERATIONS: Final = ("process",)
 OUTCOMES: Final = ("completed", "retried", "interrupted", "failed", "expired", "cancelled")
+ATTEMPT_OUTCOMES: Final = ("completed", "retried", "interrupted", "failed", "cancelled")
+ERROR_OUTCOMES: Final = ("retried", "failed")
 TERMINAL_OUTCOMES: Final = ("completed", "failed", "expired", "cancelled")
 DLQ_REASONS: Final = ("failed", "expired", "unknown_task", "malformed_payload", "worker_lost", "interrupted")
+OUTCOME_REASONS: Final = (
+    ("completed", ""), ("retried", ""), ("interrupted", ""), ("cancelled", ""), ("expired", "expired"),
+    ("failed", "failed"), ("failed", "worker_lost"), ("failed", "interrupted"), ("failed", "unknown_task"),
+    ("failed", "malformed_payload"),
+)  # fmt: skip
+"""Every (outcome, reason) pair #7 can record: each is pre-initialised, so its first increment is visible."""
 STATES: Final = ("ready", "scheduled", "active", "dead")
 PRIORITY_CLASSES: Final = ("high", "normal", "low")
 SIGNALS: Final = ("event", "span", "metric", "log")
@@ -132,7 +144,7 @@ class MetricDef:
     """One row of the definition table (§3.4).
 
     Attributes:
-        number: the row number the contract refers to (#1 … #24).
+        number: the row number the contract refers to (#1 … #26).
         name: the OTel instrument name.
         kind: the OTel instrument.
         unit: ``s`` or an annotation such as ``{job}``.
@@ -229,10 +241,11 @@ METRICS: Final = (
          (_Q, _T, OPERATION, ERROR_TYPE), "Jobs sent by producers (one per job; failed stores included).",
          values={OPERATION: SENT_OPERATIONS}),
     _row(2, "messaging.client.consumed.messages", _C, "{message}", "messaging_client_consumed_messages_total",
-         (_Q, _T, _GR), "Jobs delivered to a worker: at job start, or at a pickup settle."),
+         (_Q, _T, _GR, OPERATION), "Jobs delivered to a worker: at job start, or at a pickup settle.", None,
+         {OPERATION: PROCESS_OPERATIONS}),
     _row(3, "messaging.process.duration", _H, "s", "messaging_process_duration_seconds",
-         (_Q, _T, _GR, ERROR_TYPE), "Duration of each attempt that ran (the process span).", B_PROC,
-         exemplars=True),
+         (_Q, _T, _GR, OPERATION, OUTCOME), "Duration of each attempt that ran (the process span).", B_PROC,
+         {OPERATION: PROCESS_OPERATIONS, OUTCOME: ATTEMPT_OUTCOMES}, exemplars=True),
     _row(4, "messaging.client.operation.duration", _H, "s", "messaging_client_operation_duration_seconds",
          (_Q, OPERATION, ERROR_TYPE), "Backend round trip of each lifecycle write.", B_OP,
          {OPERATION: WRITE_OPERATIONS}),
@@ -243,7 +256,7 @@ METRICS: Final = (
          (_Q, _T, OUTCOME), "Time from first enqueue to the terminal outcome, retries and delays included.",
          B_E2E, {OUTCOME: TERMINAL_OUTCOMES}, exemplars=True),
     _row(7, "asyncmq.job.outcomes", _C, "{job}", "asyncmq_job_outcomes_total",
-         (_Q, _T, _GR, OUTCOME, ERROR_TYPE, REASON), "Outcome of every attempt or settle.", None,
+         (_Q, _T, _GR, OUTCOME, REASON), "Outcome of every attempt or settle.", None,
          {OUTCOME: OUTCOMES, REASON: ("", *DLQ_REASONS)}),
     _row(8, "asyncmq.job.attempts", _H, "{attempt}", "asyncmq_job_attempts",
          (_Q, _T, OUTCOME), "Handler runs started per finished job.", B_ATT, {OUTCOME: TERMINAL_OUTCOMES}),
@@ -281,15 +294,21 @@ METRICS: Final = (
     _row(24, "asyncmq.stale_writes.rejected", _C, "{write}", "asyncmq_stale_writes_rejected_total",
          (_Q, OPERATION), "Settles rejected because the lease was lost (STALE) or the job was gone.", None,
          {OPERATION: STALE_OPERATIONS}),
-    # An extension to the contract's table, asked for by the operations issue: worker liveness seen
-    # from the registry, per queue, from the queue sampler like #17–#19 (asyncmq_worker_up would count
-    # workers twice once the exporter reported it too).
+    # Worker liveness seen from the registry, per queue, from the queue sampler like #17–#19
+    # (asyncmq_worker_up would count workers twice once the exporter reported it too).
     _row(25, "asyncmq.queue.consumers", _OG, "{worker}", "asyncmq_queue_consumers",
          (_Q,), "Live workers consuming the queue, from the worker registry (queue sampler)."),
+    _row(26, "asyncmq.job.errors", _C, "{attempt}", "asyncmq_job_errors_total",
+         (_Q, _T, ERROR_TYPE, OUTCOME),
+         "Attempts that raised (or failed without an exception), by error type.", None,
+         {OUTCOME: ERROR_OUTCOMES}),
 )  # fmt: skip
 """The definition table: both sinks are built from these rows and nothing else."""
 
 METRICS_BY_NUMBER: Final = {row.number: row for row in METRICS}
+_VALUES: Final[Mapping[InstrumentKind, type[CounterValue]]] = {
+    _C: CounterValue, _G: GaugeValue, _UDC: GaugeValue,
+}  # fmt: skip
 METRICS_BY_NAME: Final = {row.name: row for row in METRICS}
 
 ObserveFn = Callable[[], Iterable[tuple[tuple[str, ...], float]]]
@@ -297,12 +316,43 @@ ObserveFn = Callable[[], Iterable[tuple[tuple[str, ...], float]]]
 
 
 # -- series: one label set, bound in both sinks -------------------------------------------------------
+class CounterSeries(Protocol):
+    """A bound counter: ``inc()``."""
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount``."""
+        ...
+
+
+class HistogramSeries(Protocol):
+    """A bound histogram: ``observe()``, with an optional trace id exemplar."""
+
+    def observe(self, value: float, trace_id: str | None = None) -> None:
+        """Record ``value``; ``trace_id`` becomes the scrape sink's exemplar where the row has exemplars."""
+        ...
+
+
+class GaugeSeries(Protocol):
+    """A bound gauge (``set``) or up-down counter (``add``)."""
+
+    def set(self, value: float) -> None:
+        """Set the gauge."""
+        ...
+
+    def add(self, amount: float = 1.0) -> None:
+        """Move the up-down counter by ``amount``."""
+        ...
+
+
+# With the scrape sink alone, a bound series is its accumulator itself (one call per record). These
+# wrappers serve the other cases: the OTLP sink too, an overflow series (each record is counted as
+# dropped), or multi-process mode (prometheus_client's children).
 class _Series:
     __slots__ = ("_attrs", "_otel", "_overflow", "_prom")
 
     def __init__(
         self,
-        prom: Any,  # noqa: ANN401 - a prometheus_client child of any of three classes
+        prom: Any,  # noqa: ANN401 - an accumulator, or a prometheus_client child in multi-process mode
         otel: Any,  # noqa: ANN401 - an OTel instrument of any of four classes
         attrs: Mapping[str, str],
         overflow: Callable[[], None] | None,
@@ -314,10 +364,7 @@ class _Series:
 
 
 def _add(self: _Series, amount: float = 1.0) -> None:
-    """Add ``amount`` in both sinks (negative to subtract, on an up-down counter).
-
-    ``CounterSeries.inc`` and ``GaugeSeries.add`` are this function itself, not wrappers: it is the hot path.
-    """
+    """Add ``amount`` in both sinks (negative to subtract, on an up-down counter)."""
     if self._overflow is not None:
         self._overflow()
     if self._prom is not None:
@@ -326,39 +373,28 @@ def _add(self: _Series, amount: float = 1.0) -> None:
         self._otel.add(amount, self._attrs)
 
 
-class CounterSeries(_Series):
-    """A bound counter: ``inc()``."""
-
+class _Counter(_Series):
     __slots__ = ()
 
     inc = _add
 
 
-class HistogramSeries(_Series):
-    """A bound histogram: ``observe()``, with an optional trace id exemplar."""
-
+class _Histogram(_Series):
     __slots__ = ()
 
     def observe(self, value: float, trace_id: str | None = None) -> None:
-        """Record ``value``; ``trace_id`` becomes the scrape sink's exemplar where the row has exemplars."""
         if self._overflow is not None:
             self._overflow()
         if self._prom is not None:
-            if trace_id is None:
-                self._prom.observe(value)
-            else:
-                self._prom.observe(value, {"trace_id": trace_id})
+            self._prom.observe(value, trace_id)
         if self._otel is not None:
             self._otel.record(value, self._attrs)
 
 
-class GaugeSeries(_Series):
-    """A bound gauge (``set``) or up-down counter (``add``)."""
-
+class _Gauge(_Series):
     __slots__ = ()
 
     def set(self, value: float) -> None:
-        """Set the gauge in both sinks."""
         if self._overflow is not None:
             self._overflow()
         if self._prom is not None:
@@ -367,6 +403,26 @@ class GaugeSeries(_Series):
             self._otel.set(value, self._attrs)
 
     add = _add  # the up-down counter's operation
+
+
+class _SharedFileHistogram:
+    """A multi-process histogram child: its files hold no exemplars, so the trace id is dropped (§3.7)."""
+
+    __slots__ = ("_child",)
+
+    def __init__(self, child: Any) -> None:  # noqa: ANN401 - a prometheus_client histogram child
+        self._child = child
+
+    def observe(self, value: float, _trace_id: str | None = None) -> None:
+        self._child.observe(value)
+
+
+_WRAPPERS: Final[Mapping[InstrumentKind, type[_Series]]] = {
+    InstrumentKind.COUNTER: _Counter,
+    InstrumentKind.HISTOGRAM: _Histogram,
+    InstrumentKind.GAUGE: _Gauge,
+    InstrumentKind.UP_DOWN_COUNTER: _Gauge,
+}
 
 
 class _FilteredCollector(Collector):
@@ -389,8 +445,8 @@ class _Bindings:
     def __init__(self, row: MetricDef, limit: int) -> None:
         self.row = row
         self.limit = limit
-        self.series: dict[tuple[str, ...], _Series] = {}
-        self._overflow: _Series | None = None
+        self.series: dict[tuple[str, ...], Any] = {}  # an accumulator, or a _Series wrapper
+        self._overflow: Any = None
         self._overflow_warned = False
         self._lock = threading.Lock()
 
@@ -446,12 +502,12 @@ class MetricSinks:
         # Multi-process mode (§3.7): observable rows become plain gauges, refreshed every second.
         self.multiprocess = registry is not None and _multiprocess.enabled()
         self._refresher: _multiprocess.ObservableRefresher | None = None
+        # One process: plain accumulators read at scrape time (the job path's cost, §6). Several:
+        # prometheus_client's children, the only ones that write the shared multi-process files.
+        self._accumulate = registry is not None and not self.multiprocess
         if registry is not None:
-            self._prom = {
-                row.number: self._make_prom(row)
-                for row in METRICS
-                if row.kind is not _OG or self.multiprocess
-            }
+            if self.multiprocess:
+                self._prom = {row.number: self._make_prom(row) for row in METRICS}
             self._collector = _FilteredCollector(self)
             registry.register(self._collector)
         self._otel: dict[int, Any] = {}
@@ -510,7 +566,7 @@ class MetricSinks:
         """Whether the OTLP sink is on."""
         return bool(self._otel)
 
-    def _bind(self, number: int, values: tuple[str, ...], cls: type[_Series]) -> Any:  # noqa: ANN401
+    def _bind(self, number: int, values: tuple[str, ...]) -> Any:  # noqa: ANN401 - one of the series types
         bindings = self._bindings[number]
         series = bindings.series.get(values)
         if series is not None:
@@ -525,23 +581,29 @@ class MetricSinks:
             if len(bindings.series) >= bindings.limit:
                 overflow = bindings._overflow  # noqa: SLF001 - as above
                 if overflow is None:
-                    overflow = self._make_series(row, (OTHER,) * len(values), cls, overflow=True)
+                    overflow = self._make_series(row, (OTHER,) * len(values), overflow=True)
                     bindings._overflow = overflow  # noqa: SLF001 - as above
                 return overflow
-            series = self._make_series(row, values, cls, overflow=False)
+            series = self._make_series(row, values, overflow=False)
             bindings.series[values] = series
             return series
 
-    def _make_series(
-        self, row: MetricDef, values: tuple[str, ...], cls: type[_Series], *, overflow: bool
-    ) -> _Series:
+    def _make_series(self, row: MetricDef, values: tuple[str, ...], *, overflow: bool) -> Any:  # noqa: ANN401
         full = (("asyncmq",) if row.system_label else ()) + values
-        prom = self._prom.get(row.number)
-        prom_child = None if prom is None else (prom.labels(*full) if full else prom)
+        otel = self._otel.get(row.number)
+        value: Any = None
+        if self._accumulate:
+            value = HistogramValue(self.buckets[row.number]) if row.kind is _H else _VALUES[row.kind]()
+            if otel is None and not overflow:
+                return value  # the hot path: one call per record
+        elif (prom := self._prom.get(row.number)) is not None:
+            value = prom.labels(*full) if full else prom
+            if row.kind is _H:
+                value = _SharedFileHistogram(value)
         attrs = {
-            key: value
-            for key, value in zip(row.attribute_keys, full, strict=True)
-            if not (key == ERROR_TYPE and value == "")
+            key: label
+            for key, label in zip(row.attribute_keys, full, strict=True)
+            if not (key == ERROR_TYPE and label == "")
         }
         callback = None
         if overflow and self._on_overflow is not None:
@@ -550,19 +612,42 @@ class MetricSinks:
             def callback() -> None:
                 on_overflow(row)
 
-        return cls(prom_child, self._otel.get(row.number), attrs, callback)
+        return _WRAPPERS[row.kind](value, otel, attrs, callback)
 
     def counter(self, number: int, *values: str) -> CounterSeries:
         """The bound series of counter row ``number`` for ``values`` (its labels, in row order)."""
-        return self._bind(number, values, CounterSeries)  # type: ignore[no-any-return]
+        return self._bind(number, values)  # type: ignore[no-any-return]
 
     def histogram(self, number: int, *values: str) -> HistogramSeries:
         """The bound series of histogram row ``number``."""
-        return self._bind(number, values, HistogramSeries)  # type: ignore[no-any-return]
+        return self._bind(number, values)  # type: ignore[no-any-return]
 
     def gauge(self, number: int, *values: str) -> GaugeSeries:
         """The bound series of gauge or up-down counter row ``number``."""
-        return self._bind(number, values, GaugeSeries)  # type: ignore[no-any-return]
+        return self._bind(number, values)  # type: ignore[no-any-return]
+
+    def remove(self, number: int, **match: str) -> int:
+        """Unbind every series of row ``number`` whose labels equal ``match`` (attribute keys with ``_``).
+
+        The scrape sink stops exposing them; the OTLP sink cannot forget a cumulative series, so its
+        instruments are left alone. Returns how many series were removed.
+        """
+        bindings = self._bindings[number]
+        row = bindings.row
+        index = {label_key(key): i for i, key in enumerate(row.labels)}
+        unknown = set(match) - set(index)
+        if unknown:
+            raise ValueError(f"metric {row.name} has no labels {sorted(unknown)}")
+        prom = self._prom.get(number)
+        removed = 0
+        with bindings._lock:  # noqa: SLF001 - the bindings record is private to this class
+            for values in [v for v in bindings.series if all(v[index[k]] == m for k, m in match.items())]:
+                del bindings.series[values]
+                if prom is not None and not self._accumulate:
+                    full = (("asyncmq",) if row.system_label else ()) + values
+                    prom.remove(*full)
+                removed += 1
+        return removed
 
     def bound(self, number: int) -> int:
         """Label sets bound so far for row ``number`` (the overflow series excluded)."""
@@ -599,6 +684,8 @@ class MetricSinks:
             prom = self._prom.get(row.number)
             if prom is not None:
                 yield from prom.collect()
+            elif self._accumulate and row.kind is not _OG:
+                yield self._accumulated(row)
             elif row.kind is _OG and self.registry is not None:
                 family = GaugeMetricFamily(
                     row.prometheus_name, row.description, labels=row.label_keys,
@@ -607,6 +694,26 @@ class MetricSinks:
                 for labels, value in self._observe(row, otel=False):
                     family.add_metric([labels[key] for key in row.label_keys], value)
                 yield family
+
+    def _accumulated(self, row: MetricDef) -> Metric:
+        bindings = self._bindings[row.number]
+        prefix = ("asyncmq",) if row.system_label else ()
+        # A copy: the event loop may bind a new series while the scrape thread reads.
+        bound = list(bindings.series.items())
+        overflow = bindings._overflow  # noqa: SLF001 - the bindings record is private to this class
+        if overflow is not None:
+            bound.append(((OTHER,) * len(row.labels), overflow))
+        return _accumulators.families(
+            row.prometheus_type,
+            row.prometheus_name,
+            row.description,
+            row.label_keys,
+            "seconds" if row.unit == "s" else "",
+            [
+                (prefix + values, series._prom if isinstance(series, _Series) else series)  # noqa: SLF001
+                for values, series in bound
+            ],
+        )
 
     def close(self) -> None:
         """Unregister the scrape sink's collector (OTel instruments die with their provider)."""

@@ -3,12 +3,19 @@
 * Producer writes (``send``/``schedule`` operations) open ``send {queue}`` (PRODUCER; or a bulk
   CLIENT span with one ``create {queue}`` PRODUCER child per job) before the store write, and the
   creation context is injected into each job's ``trace_context`` with the global propagator.
-* ``job:started`` opens ``process {queue}`` (CONSUMER) with an explicit parent (the extracted
-  creation context, or none), links it to the creation context and the previous attempt, and
-  makes it current in the emitting task, so spans of the user's handler nest under it. The
-  attempt's outcome event closes it in the same task.
+* ``job:started`` decides sampling first, from the sampler's ratio and the stored ``traceparent``'s
+  sampled flag, without the SDK when the sampler is one it can reproduce (§6). A sampled attempt
+  opens ``process {queue}`` (CONSUMER) with an explicit parent (the extracted creation context, or
+  none), its attributes passed once at creation, links to the creation context and the previous
+  attempt. An unsampled attempt creates no SDK span: a non-recording span carrying the stored
+  context stands in, so the handler's own spans inherit the decision and the trace id, and its
+  log line carries the stored ids. Either is made current in the emitting task (the handler's)
+  and the attempt's outcome event closes it in the same task.
 * A job settled without a run (expired, cancelled while queued, unknown task, malformed payload,
-  worker lost) gets a short ``settle {queue}`` (CLIENT) span.
+  worker lost) gets a short ``settle {queue}`` (CLIENT) span; with ``settle_spans=True`` every
+  worker settle write (ack, retry, ...) gets one too, as a child of the attempt's span.
+* Bookkeeping writes get no context of their own unless a Redis instrumentor is installed; then
+  they run under OTel's suppress-instrumentation key, so it adds no worker-internal spans.
 * ``pause``/``resume`` operations are INTERNAL spans covering the flag write.
 
 The adapter registers two listeners: :meth:`TracingAdapter.before` runs ahead of the metrics and
@@ -19,25 +26,33 @@ log adapters (so they see the attempt's span as current, for exemplars and log c
 from __future__ import annotations
 
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..jobs import error_type_name
+from ._trace_sampling import (
+    LinkAwareSampler,
+    flag_sampled,
+    is_default_propagator,
+    random_span_id,
+    random_trace_id,
+    redis_instrumented,
+    sampling_policy,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
-    from opentelemetry.trace import Span, SpanContext, Tracer
-    from opentelemetry.trace.span import TraceState
-    from opentelemetry.util.types import Attributes, AttributeValue
+    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.util.types import AttributeValue
 
     from ..events import LifecycleEvent, Operation
+    from ..jobs import Job
 
 __all__ = [
     "AFTER_EVENTS",
@@ -76,6 +91,7 @@ _OPEN_LIMIT: Final = 100_000  # attempts whose outcome never comes (lease lost) 
 _STATIC_LIMIT: Final = 4096  # cached attribute sets (queue × task × worker × ...); cleared when full
 _SUPPRESS: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # noqa: SLF001 - the API's documented key
 _TRACEPARENT: Final = TraceContextTextMapPropagator()
+_EMPTY: Final = otel_context.Context()
 
 
 def _ns(seconds: float | None) -> int | None:
@@ -110,37 +126,6 @@ def _attrs(**values: AttributeValue | None) -> dict[str, AttributeValue]:
     return {key.replace("__", "."): value for key, value in values.items() if value is not None}
 
 
-class LinkAwareSampler(Sampler):
-    """Samples a root span that carries a sampled link, and asks ``root`` otherwise (§2.3).
-
-    In ``link`` mode the job trace then follows the producer's decision instead of being sampled
-    independently, so links rarely point at dropped traces.
-    """
-
-    def __init__(self, root: Sampler) -> None:
-        self._root = root
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: TraceState | None = None,
-    ) -> SamplingResult:
-        """Sample when any link is sampled; otherwise delegate to the root sampler."""
-        for link in links or ():
-            if link.context.is_valid and link.context.trace_flags.sampled:
-                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
-        return self._root.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
-
-    def get_description(self) -> str:
-        """``LinkAware{<root>}``."""
-        return f"LinkAware{{{self._root.get_description()}}}"
-
-
 @dataclass(slots=True)
 class _Attached:
     """A context this adapter attached in the current task, detached only from that same context."""
@@ -159,10 +144,11 @@ class _Attached:
 
 @dataclass(slots=True)
 class _Open:
-    """A span this adapter opened and made current, until its outcome closes it."""
+    """The span of an attempt or settle (an SDK span, or a non-recording stand-in), until its outcome."""
 
     span: Span
     attached: _Attached | None
+    recording: bool
     progress: int = 0
 
 
@@ -170,7 +156,15 @@ class _Open:
 class _Producer:
     span: Span
     children: list[Span]
-    attached: _Attached
+    attached: _Attached | None
+
+
+@dataclass(slots=True)
+class _WorkerWrite:
+    """A worker settle write: its ``settle`` spans (``settle_spans=True``) and suppression context."""
+
+    spans: list[Span]
+    attached: _Attached | None
 
 
 class TracingAdapter:
@@ -182,6 +176,8 @@ class TracingAdapter:
         span_name_style: ``"{op} {queue}"`` or ``"{op} {queue} {task}"`` (§2.2).
         bulk_create_spans: one ``create`` span per job of a bulk enqueue.
         progress_events_per_span: progress reports bridged to span events per attempt.
+        settle_spans: a ``settle`` span for every worker settle write, not only for jobs settled
+            without a handler run (§6; off by default: it doubles the spans per job).
 
     """
 
@@ -195,6 +191,7 @@ class TracingAdapter:
         span_name_style: str = "{op} {queue}",
         bulk_create_spans: bool = True,
         progress_events_per_span: int = 10,
+        settle_spans: bool = False,
     ) -> None:
         if propagation not in PROPAGATION_MODES:
             raise ValueError(f"propagation must be one of {PROPAGATION_MODES}, not {propagation!r}")
@@ -205,6 +202,14 @@ class TracingAdapter:
         self._per_task = span_name_style == SPAN_NAME_STYLES[1]
         self._bulk_create = bulk_create_spans
         self._progress_cap = progress_events_per_span
+        self._settle_spans = settle_spans
+        self._policy = sampling_policy(tracer)
+        self._is_enabled = getattr(tracer, "_is_enabled", None)
+        id_generator = getattr(tracer, "id_generator", None)
+        self._new_trace_id = getattr(id_generator, "generate_trace_id", None) or random_trace_id
+        self._new_span_id = getattr(id_generator, "generate_span_id", None) or random_span_id
+        self._propagator: object = None
+        self._default_propagator = False
         self._open: dict[tuple[str | None, str | None, int | None], _Open] = {}
         self._throttle_starts: dict[tuple[str | None, str | None], float] = {}
         self._settle_starts: dict[tuple[str, str], int] = {}
@@ -294,27 +299,139 @@ class TracingAdapter:
         del self._workers[worker]
         held[0].detach()
 
-    # -- consumer spans -----------------------------------------------------------------------------------
-    def _parent(self, event: LifecycleEvent) -> tuple[Context, list[Link]]:
-        carrier = event.trace_context
-        if self.propagation == "none" or not carrier:
-            return otel_context.Context(), []
-        extracted = propagate.extract(carrier, context=otel_context.Context())
+    # -- propagation -----------------------------------------------------------------------------------
+    def _default_propagation(self) -> bool:
+        """Whether the global propagator is the SDK default (checked again when it is replaced)."""
+        propagator = propagate.get_global_textmap()
+        if propagator is not self._propagator:
+            self._propagator = propagator
+            self._default_propagator = is_default_propagator(propagator)
+        return self._default_propagator
+
+    def _extract(self, carrier: Mapping[str, str]) -> Context:
+        """The stored creation context; W3C trace context read directly when no other propagator applies."""
+        if "baggage" not in carrier and self._default_propagation():
+            return _TRACEPARENT.extract(carrier, context=_EMPTY)
+        return propagate.extract(carrier, context=_EMPTY)
+
+    def _inject(self, span: Span) -> dict[str, str] | None:
+        if self.propagation == "none":
+            return None
+        span_context = span.get_span_context()
+        if self._default_propagation() and not span_context.trace_state and not baggage.get_all():
+            # What the W3C propagator writes, without its per-call context and lookups.
+            if not span_context.is_valid:
+                return None
+            return {
+                "traceparent": (
+                    f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+                    f"{span_context.trace_flags:02x}"
+                )
+            }
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        return {key: value for key, value in carrier.items() if value} or None
+
+    # -- sampling --------------------------------------------------------------------------------------
+    def _decide(self, creation: SpanContext | None, carrier: Mapping[str, str] | None) -> bool | None:
+        """Sampled, unsampled, or ``None`` when only the SDK's sampler can tell (§6: decide first).
+
+        ``creation`` is the stored creation context when it is valid and propagation is not ``none``.
+        """
+        policy = self._policy
+        if policy is None or (self._is_enabled is not None and not self._is_enabled()):
+            return None
+        if creation is not None and policy.parent_based and self.propagation == "child":
+            return creation.trace_flags.sampled
+        # A root span: LinkAwareSampler samples it when a link is sampled, else the ratio decides.
+        linked = (
+            policy.link_aware
+            and carrier is not None
+            and (
+                (creation is not None and creation.trace_flags.sampled)
+                or flag_sampled(carrier.get("prev_attempt"))
+            )
+        )
+        if linked or policy.ratio >= 1.0:
+            return True
+        return False if policy.ratio <= 0.0 else None
+
+    def _links(self, creation: SpanContext | None, carrier: Mapping[str, str] | None) -> list[Link]:
         links: list[Link] = []
-        creation = trace.get_current_span(extracted).get_span_context()
-        if creation.is_valid:
+        if carrier is None:
+            return links
+        if creation is not None:
             links.append(Link(creation, {"asyncmq.link.type": "creation"}))
         previous = carrier.get("prev_attempt")
         if previous:
             prev_ctx = trace.get_current_span(
-                _TRACEPARENT.extract({"traceparent": previous}, context=otel_context.Context())
+                _TRACEPARENT.extract({"traceparent": previous}, context=_EMPTY)
             ).get_span_context()
             if prev_ctx.is_valid:
                 links.append(Link(prev_ctx, {"asyncmq.link.type": "previous_attempt"}))
-        if self.propagation == "link":
-            extracted = trace.set_span_in_context(trace.INVALID_SPAN, extracted)
-        return extracted, links
+        return links
 
+    def _begin(
+        self,
+        event: LifecycleEvent,
+        op_type: str,
+        op_name: str,
+        kind: SpanKind,
+        start_time: int | None = None,
+    ) -> _Open:
+        """Open the span of an attempt or settle and make it current in the emitting task.
+
+        Sampling is decided first; an unsampled one gets a non-recording span that carries the stored
+        context (or fresh ids for a root), and no SDK call at all when the sampler is reproducible.
+        """
+        carrier = event.trace_context if self.propagation != "none" and event.trace_context else None
+        stored = _EMPTY
+        creation: SpanContext | None = None
+        if carrier is not None:
+            stored = self._extract(carrier)
+            span_context = trace.get_current_span(stored).get_span_context()
+            creation = span_context if span_context.is_valid else None
+        if self._decide(creation, carrier) is False:
+            if creation is None or self.propagation != "child":
+                creation = SpanContext(self._new_trace_id(), self._new_span_id(), is_remote=False)
+            stand_in = NonRecordingSpan(creation)
+            return _Open(
+                stand_in, _Attached.attach(trace.set_span_in_context(stand_in, stored)), recording=False
+            )
+        parent = stored
+        if self.propagation == "link" and creation is not None:
+            parent = trace.set_span_in_context(trace.INVALID_SPAN, stored)
+        span = self._tracer.start_span(
+            self._name(op_type, event.queue, event.task),
+            context=parent,
+            kind=kind,
+            attributes=self._span_attributes(event, op_type, op_name),
+            links=self._links(creation, carrier),
+            start_time=start_time,
+        )
+        recording = span.is_recording()
+        throttle_start = self._throttle_starts.pop((event.queue, event.job_id), None)
+        wait = _throttle_wait(event) if recording else None
+        if wait:  # when the wait began is not among the attributes: the one queue-side event kept
+            start = throttle_start if throttle_start is not None else event.ts - wait
+            span.add_event("asyncmq.job.throttled", {"asyncmq.ratelimit.wait_s": wait}, timestamp=_ns(start))
+        return _Open(span, _Attached.attach(trace.set_span_in_context(span, parent)), recording=recording)
+
+    def _span_attributes(
+        self, event: LifecycleEvent, op_type: str, op_name: str
+    ) -> dict[str, AttributeValue]:
+        """Every S attribute of a process or settle span, passed once at creation (§2.4)."""
+        attributes = self._job_attributes(event, op_type, op_name)
+        if op_type == "process":
+            if event.wait_s is not None:
+                attributes["asyncmq.job.wait_s"] = event.wait_s
+        elif op_name == "dead_letter":
+            attributes["error.type"] = event.error_type or event.reason or "failed"
+        elif op_name == "expire":
+            attributes["error.type"] = "expired"
+        return attributes
+
+    # -- consumer spans -----------------------------------------------------------------------------------
     def _static_attributes(
         self, event: LifecycleEvent, op_type: str, op_name: str
     ) -> dict[str, AttributeValue]:
@@ -348,8 +465,10 @@ class TracingAdapter:
         out = self._static_attributes(event, op_type, op_name).copy()
         if event.job_id is not None:
             out["messaging.message.id"] = event.job_id
-        if event.attempt is not None:
-            out["asyncmq.job.attempt"] = event.attempt
+        attempt = event.attempt
+        # A job cancelled while queued has no attempt; neither has one that never reached a claim (§2.6).
+        if attempt is not None and attempt > 0 and op_name != "cancel":
+            out["asyncmq.job.attempt"] = attempt
         if event.enqueued_at is not None:
             out["asyncmq.job.enqueued_at"] = event.enqueued_at
         if event.eligible_at is not None:
@@ -359,66 +478,24 @@ class TracingAdapter:
             out["asyncmq.ratelimit.wait_s"] = wait
         return out
 
-    def _queue_events(self, span: Span, event: LifecycleEvent) -> None:
-        throttle_start = self._throttle_starts.pop((event.queue, event.job_id), None)
-        if not span.is_recording():  # sampled out: the span drops events anyway, so build none
-            return
-        if event.enqueued_at:
-            span.add_event("asyncmq.job.enqueued", timestamp=int(event.enqueued_at * 1e9))
-        if event.eligible_at:
-            span.add_event(
-                "asyncmq.job.eligible",
-                None if event.attempt is None else {"asyncmq.job.attempt": event.attempt},
-                timestamp=int(event.eligible_at * 1e9),
-            )
-        wait = _throttle_wait(event)
-        if wait:
-            start = throttle_start if throttle_start is not None else event.ts - wait
-            span.add_event("asyncmq.job.throttled", {"asyncmq.ratelimit.wait_s": wait}, timestamp=_ns(start))
-
     def _remember(self, key: tuple[str | None, str | None, int | None], opened: _Open) -> None:
         if len(self._open) >= _OPEN_LIMIT:
             del self._open[next(iter(self._open))]
         self._open[key] = opened
 
     def _open_process(self, event: LifecycleEvent) -> None:
-        parent, links = self._parent(event)
-        attributes = self._job_attributes(event, "process", "process")
-        if event.wait_s is not None:
-            attributes["asyncmq.job.wait_s"] = event.wait_s
-        span = self._tracer.start_span(
-            self._name("process", event.queue, event.task),
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            links=links,
-        )
-        self._queue_events(span, event)
-        attached = _Attached.attach(trace.set_span_in_context(span, parent))
-        self._remember((event.queue, event.job_id, event.attempt), _Open(span, attached))
+        opened = self._begin(event, "process", "process", SpanKind.CONSUMER)
+        self._remember((event.queue, event.job_id, event.attempt), opened)
 
     def _open_settle(self, event: LifecycleEvent) -> None:
         op_name = self._settle_op(event) or "dead_letter"
-        parent, links = self._parent(event)
-        attributes = self._job_attributes(event, "settle", op_name)
-        if op_name == "dead_letter":
-            attributes["error.type"] = event.error_type or event.reason or "failed"
         start = self._settle_starts.pop((event.queue or "", event.job_id or ""), None)
-        span = self._tracer.start_span(
-            self._name("settle", event.queue, event.task),
-            context=parent,
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            links=links,
-            start_time=start,
-        )
-        self._queue_events(span, event)
-        attached = _Attached.attach(trace.set_span_in_context(span, parent))
-        self._remember((event.queue, event.job_id, event.attempt), _Open(span, attached))
+        opened = self._begin(event, "settle", op_name, SpanKind.CLIENT, start)
+        self._remember((event.queue, event.job_id, event.attempt), opened)
 
     def _progress(self, event: LifecycleEvent) -> None:
         opened = self._open.get((event.queue, event.job_id, event.attempt))
-        if opened is None or opened.progress >= self._progress_cap:
+        if opened is None or not opened.recording or opened.progress >= self._progress_cap:
             return
         opened.progress += 1
         opened.span.add_event(
@@ -429,12 +506,16 @@ class TracingAdapter:
         opened = self._open.pop((event.queue, event.job_id, event.attempt), None)
         if opened is None:
             return
-        span = opened.span
-        if not span.is_recording():  # sampled out: nothing to record, only the context to detach
-            span.end()
+        if not opened.recording:  # unsampled: nothing to record (an SDK stand-in still ends), only detach
+            if not isinstance(opened.span, NonRecordingSpan):
+                opened.span.end()
             self._detach(opened)
             return
+        span = opened.span
         at = _ns(event.finished_at if event.finished_at is not None else event.ts)
+        start = getattr(span, "start_time", None)
+        if at is not None and start is not None and at < start:  # stamped inside its span, never before
+            at = start
         name = event.name
         outcome = name.split(":", 1)[1]
         if name == "job:retried":
@@ -458,6 +539,8 @@ class TracingAdapter:
             self._error(span, error_type, event.error_message or reason)
         elif name == "job:expired":
             span.add_event("asyncmq.job.dead_lettered", {"asyncmq.dlq.reason": "expired"}, timestamp=at)
+            # error.type was set at creation; a Jaeger error=true search must find expiries (§2.6).
+            span.set_status(Status(StatusCode.ERROR, "expired"))
         elif name == "job:cancelled":
             stage = event.reason or "queued"
             span.add_event("asyncmq.job.cancelled", {"asyncmq.cancel.stage": stage}, timestamp=at)
@@ -519,14 +602,18 @@ class TracingAdapter:
                 )
                 | _server(operation),
             )
-            operation.scratch[id(self)] = _Producer(
-                span, [], _Attached.attach(trace.set_span_in_context(span))
-            )
+            operation.scratch[id(self)] = _Producer(span, [], self._attach_for_write(span))
         elif name in _WORKER_OPS:
             self._start_worker_write(operation)
 
+    @staticmethod
+    def _attach_for_write(span: Span) -> _Attached | None:
+        """Make a producer span current around its store write only when a Redis client span could nest."""
+        return _Attached.attach(trace.set_span_in_context(span)) if redis_instrumented() else None
+
     def _start_worker_write(self, operation: Operation) -> None:
         name = operation.name
+        settles: list[Span] = []
         for job in operation.jobs:
             opened = self._open.get((operation.queue, job.id, job.attempts))
             if opened is None:
@@ -534,42 +621,78 @@ class TracingAdapter:
                     if len(self._settle_starts) > _OPEN_LIMIT:
                         self._settle_starts.clear()
                     self._settle_starts[operation.queue, job.id] = int(operation.started_at * 1e9)
-            elif name == "retry" and self.propagation != "none":
+                continue
+            if not opened.recording:
+                continue
+            if name == "retry" and self.propagation != "none":
                 job.trace_context = {
                     **(job.trace_context or {}),
                     "prev_attempt": traceparent(opened.span.get_span_context()),
                 }
-        operation.scratch[id(self)] = _Attached.attach(otel_context.set_value(_SUPPRESS, value=True))
+            if self._settle_spans:
+                settles.append(self._start_settle_write(operation, job.id, job.attempts, opened.span))
+        # Only an installed Redis instrumentor would make spans of these writes; nothing else reads it.
+        suppress = (
+            _Attached.attach(otel_context.set_value(_SUPPRESS, value=True)) if redis_instrumented() else None
+        )
+        if settles or suppress is not None:
+            operation.scratch[id(self)] = _WorkerWrite(settles, suppress)
 
-    def _inject(self, span: Span) -> dict[str, str] | None:
-        if self.propagation == "none":
-            return None
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
-        return {key: value for key, value in carrier.items() if value} or None
+    def _start_settle_write(self, operation: Operation, job_id: str, attempt: int, parent: Span) -> Span:
+        """The ``settle`` span of one job's settle write after a run (``settle_spans=True``)."""
+        return self._tracer.start_span(
+            self._name("settle", operation.queue),
+            context=trace.set_span_in_context(parent, _EMPTY),
+            kind=SpanKind.CLIENT,
+            attributes={
+                "messaging.system": SYSTEM,
+                "messaging.operation.type": "settle",
+                "messaging.operation.name": operation.name,
+                "messaging.destination.name": operation.queue,
+                "messaging.message.id": job_id,
+                "asyncmq.job.attempt": attempt,
+                **_server(operation),
+            },
+            start_time=int(operation.started_at * 1e9),
+        )
 
-    def _start_send(self, operation: Operation) -> None:
-        job = operation.jobs[0]
-        schedule = operation.name == "schedule"
-        eligible = job.delay_until if job.delay_until is not None else (job.eligible_at or None)
-        span = self._tracer.start_span(
-            self._name("send", operation.queue, job.task),
-            kind=SpanKind.PRODUCER,
-            attributes=_attrs(
+    def _send_attributes(self, operation: Operation, job: Job) -> dict[str, AttributeValue]:
+        """The S attributes of a single ``send``: the shared part built once per (queue, task, ...)."""
+        key = (
+            "send", operation.name, operation.queue, job.task, job.max_attempts, job.priority,
+            operation.server_address, operation.server_port,
+        )  # fmt: skip
+        cached = self._static.get(key)
+        if cached is None:
+            cached = _attrs(
                 messaging__system=SYSTEM,
                 messaging__operation__type="send",
                 messaging__operation__name=operation.name,
                 messaging__destination__name=operation.queue,
-                messaging__message__id=job.id,
                 asyncmq__task__name=job.task,
                 asyncmq__job__max_attempts=job.max_attempts,
                 asyncmq__job__priority=job.priority,
-                asyncmq__job__eligible_at=eligible if schedule else None,
-            )
-            | _server(operation),
+            ) | _server(operation)
+            if len(self._static) >= _STATIC_LIMIT:
+                self._static.clear()
+            self._static[key] = cached
+        attributes = cached.copy()
+        attributes["messaging.message.id"] = job.id
+        if operation.name == "schedule":
+            eligible = job.delay_until if job.delay_until is not None else (job.eligible_at or None)
+            if eligible is not None:
+                attributes["asyncmq.job.eligible_at"] = eligible
+        return attributes
+
+    def _start_send(self, operation: Operation) -> None:
+        job = operation.jobs[0]
+        span = self._tracer.start_span(
+            self._name("send", operation.queue, job.task),
+            kind=SpanKind.PRODUCER,
+            attributes=self._send_attributes(operation, job),
         )
         job.trace_context = self._inject(span)
-        operation.scratch[id(self)] = _Producer(span, [], _Attached.attach(trace.set_span_in_context(span)))
+        operation.scratch[id(self)] = _Producer(span, [], self._attach_for_write(span))
 
     def _start_bulk(self, operation: Operation) -> None:
         jobs = operation.jobs
@@ -613,9 +736,7 @@ class TracingAdapter:
             shared = self._inject(span)
             for job in jobs:
                 job.trace_context = None if shared is None else dict(shared)
-        operation.scratch[id(self)] = _Producer(
-            span, children, _Attached.attach(trace.set_span_in_context(span))
-        )
+        operation.scratch[id(self)] = _Producer(span, children, self._attach_for_write(span))
 
     def operation_finished(self, operation: Operation) -> None:
         """End the operation's span (ERROR with ``error.type`` when the write raised)."""
@@ -623,19 +744,26 @@ class TracingAdapter:
         if isinstance(state, _Producer):
             self._finish_producer(state, operation.error)
             return
-        if isinstance(state, _Attached):
-            state.detach()
+        if isinstance(state, _WorkerWrite):
+            if state.attached is not None:
+                state.attached.detach()
+            for span in state.spans:
+                if operation.error is not None:
+                    self._error(span, error_type_name(operation.error), str(operation.error))
+                span.end()
         if operation.outcome in _STALE:
             for (
                 job
             ) in operation.jobs:  # the write was fenced off, no outcome event follows: end the span here
                 opened = self._open.pop((operation.queue, job.id, job.attempts), None)
                 if opened is not None:
-                    opened.span.end()
+                    if opened.recording or not isinstance(opened.span, NonRecordingSpan):
+                        opened.span.end()
                     self._detach(opened)
 
     def _finish_producer(self, state: _Producer, error: BaseException | None) -> None:
-        state.attached.detach()
+        if state.attached is not None:
+            state.attached.detach()
         for span in (*state.children, state.span):
             if error is not None:
                 self._error(span, error_type_name(error), str(error))

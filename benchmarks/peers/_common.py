@@ -39,7 +39,12 @@ N_W3 = 5_000
 N_OVERHEAD = 20_000
 OVERHEAD_RUNS = 5
 
-WORKLOADS = ("enqueue_single", "W1", "enqueue_bulk", "W3", "W2", "overhead")
+WORKLOADS = ("enqueue_single", "W1", "W1r", "enqueue_bulk", "W3", "W2", "overhead")
+# The overhead workload's telemetry configurations (the worker side; the driver maps each to its
+# library's options): everything on with every attempt sampled, the same at sampling ratio 0, and
+# each signal alone (traces with every attempt sampled).
+TELEMETRY_CONFIGS = ("off", "full", "ratio0", "metrics", "logs", "traces")
+N_PRODUCER = 5_000  # single enqueues per producer-cost run (full run; --quick divides by ten)
 
 
 # --------------------------------------------------------------------------- Redis probes
@@ -170,10 +175,15 @@ class Recorder:
     A lock guards the counters because dramatiq runs handlers on many threads.
     """
 
-    def __init__(self, expected: int, sleep_s: float, ready_file: str | None) -> None:
+    def __init__(
+        self, expected: int, sleep_s: float, ready_file: str | None, io_url: str | None = None
+    ) -> None:
         self.expected = expected
         self.sleep_s = sleep_s
         self.ready_file = ready_file
+        # W1r: the job body makes one Redis round trip of its own (an INCR on a key of this process).
+        self.io_url = io_url
+        self.io_key = f"bench-io-{os.getpid()}"
         self.count = 0
         self.first_start: float | None = None
         self.last_finish: float | None = None
@@ -206,6 +216,60 @@ class Recorder:
 _RECORDER: Recorder | None = None
 
 
+class AsyncRedisIncr:
+    """The W1r job body's own Redis client: asyncio streams, one connection per concurrent job.
+
+    Deliberately not the peer's client (each venv has its own redis-py, or none): every peer's job
+    pays the same round trip. Connections are opened on first need and reused.
+    """
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 6379
+        self.db = int(parts.path.lstrip("/") or 0)
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        if self.db:
+            db = str(self.db).encode()
+            writer.write(b"*2\r\n$6\r\nSELECT\r\n$%d\r\n%s\r\n" % (len(db), db))
+            await reader.readline()
+        return reader, writer
+
+    async def incr(self, key: str) -> int:
+        conn = self._idle.pop() if self._idle else await self._connect()
+        reader, writer = conn
+        data = key.encode()
+        writer.write(b"*2\r\n$4\r\nINCR\r\n$%d\r\n%s\r\n" % (len(data), data))
+        line = await reader.readline()
+        if not line.startswith(b":"):
+            writer.close()
+            raise RuntimeError(f"INCR answered {line!r}")
+        self._idle.append(conn)
+        return int(line[1:-2])
+
+
+_ASYNC_IO: dict[int, AsyncRedisIncr] = {}  # per event loop (a peer could run handlers on several)
+_SYNC_IO = threading.local()  # per thread, for thread-based peers
+
+
+async def _job_io(rec: Recorder) -> None:
+    loop_id = id(asyncio.get_running_loop())
+    client = _ASYNC_IO.get(loop_id)
+    if client is None:
+        client = _ASYNC_IO[loop_id] = AsyncRedisIncr(rec.io_url or "")
+    await client.incr(rec.io_key)
+
+
+def _job_io_sync(rec: Recorder) -> None:
+    client = getattr(_SYNC_IO, "client", None)
+    if client is None:
+        client = _SYNC_IO.client = RawRedis(rec.io_url or "")
+    client.command("INCR", rec.io_key)
+
+
 async def handle(ts: float) -> None:
     """The benchmark job: every peer's task calls this with the timestamp it was given."""
     rec = _RECORDER
@@ -213,14 +277,18 @@ async def handle(ts: float) -> None:
         return
     if rec.sleep_s:
         await asyncio.sleep(rec.sleep_s)
+    if rec.io_url:
+        await _job_io(rec)
     rec.end()
 
 
 def handle_sync(ts: float) -> None:
-    """The no-op job for thread-based peers (dramatiq's sync actors)."""
+    """The no-op job for thread-based peers (dramatiq's sync actors); W1r's round trip is a blocking one."""
     rec = _RECORDER
     if rec is None or not rec.begin(ts):
         return
+    if rec.io_url:
+        _job_io_sync(rec)
     rec.end()
 
 
@@ -232,7 +300,7 @@ class Unavailable(Exception):
 
 
 class Peer:
-    """What a driver implements. ``mode`` is ``noop`` or ``sleep`` (W3)."""
+    """What a driver implements. ``mode`` is ``noop``, ``sleep`` (W3) or ``redis`` (W1r's job body)."""
 
     name = "?"
     dists: tuple[str, ...] = ()
@@ -288,7 +356,12 @@ async def maybe_await(value: object) -> None:
 
 async def _worker_role(peer: Peer, args: argparse.Namespace) -> dict[str, Any]:
     global _RECORDER  # noqa: PLW0603 - the handler is a plain function registered with each library
-    rec = Recorder(args.expected, SLEEP_S if args.mode == "sleep" else 0.0, args.ready_file)
+    rec = Recorder(
+        args.expected,
+        SLEEP_S if args.mode == "sleep" else 0.0,
+        args.ready_file,
+        io_url=args.url if args.mode == "redis" else None,
+    )
     _RECORDER = rec
     probe = RawRedis(args.url)
     result: dict[str, Any] = {"expected": args.expected}
@@ -327,6 +400,33 @@ async def _worker_role(peer: Peer, args: argparse.Namespace) -> dict[str, Any]:
         python_cpu_us_per_job=round(cpu * 1e6 / rec.count, 1) if rec.count else None,
     )
     return result
+
+
+async def _producer_role(peer: Peer, args: argparse.Namespace) -> dict[str, Any]:
+    """Single enqueues with the producer's telemetry on or off: the cost of one ``send`` (span + metric)."""
+    if args.telemetry != "off":
+        peer.setup_telemetry(args.telemetry, args.otlp_endpoint)
+    await peer.open_producer("noop")
+    try:
+        for _ in range(100):  # warm-up: connections, first-use caches
+            await peer.enqueue(0.0)
+        n = args.expected
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await peer.enqueue(0.0)
+        elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+    finally:
+        await peer.close_producer()
+        if args.telemetry != "off":
+            with contextlib.suppress(Exception):
+                peer.teardown_telemetry()
+    return {
+        "jobs": n,
+        "jobs_per_s": round(n / elapsed, 1),
+        "cpu_us_per_enqueue": round(cpu * 1e6 / n, 1),
+    }
 
 
 # --------------------------------------------------------------------------- producer role
@@ -569,21 +669,41 @@ class Bench:
             )
         return result
 
+    async def _producer_cost(self, telemetry: str, n: int, endpoint: str) -> dict[str, Any]:
+        """One producer process doing ``n`` single enqueues with its telemetry ``telemetry``."""
+        self.probe.flushdb()
+        out = self.tmp / f"producer-{telemetry}-{time.monotonic_ns()}.json"
+        cmd = [
+            sys.executable, self.driver, "producer", "--url", self.args.url, "--out", str(out),
+            "--expected", str(n), "--telemetry", telemetry, "--otlp-endpoint", endpoint,
+        ]  # fmt: skip
+        with (self.tmp / f"producer-{telemetry}.log").open("ab") as log:
+            proc = await asyncio.create_subprocess_exec(*cmd, stderr=log)
+            res = await self.wait_worker(proc, out, 300)
+        self.probe.flushdb()
+        return res
+
     async def overhead_workload(self) -> dict[str, Any]:
-        """Issue 4's overhead check: W1 with telemetry off, fully on, and at sampling ratio 0."""
+        """Telemetry overhead (telemetry contract §6, rev. 2): W1 per configuration, and the producer.
+
+        Every configuration of TELEMETRY_CONFIGS drains the same no-op jobs, interleaved run by run
+        so that drift in the machine's load hits all alike; the producer's single enqueues run with
+        telemetry off and fully on in the same loop.
+        """
         missing = self.peer.telemetry_missing()
         if missing:
             return {"na": missing}
         n = self.n(N_OVERHEAD)
+        n_producer = self.n(N_PRODUCER)
         runs = OVERHEAD_RUNS if self.scale >= 1 else 1
-        configs = ("off", "full", "ratio0")
         sink = OtlpSink()
-        rates: dict[str, list[float]] = {c: [] for c in configs}
+        rates: dict[str, list[float]] = {c: [] for c in TELEMETRY_CONFIGS}
+        cpu: dict[str, list[float]] = {c: [] for c in TELEMETRY_CONFIGS}
+        producer: dict[str, list[float]] = {"off": [], "full": []}
         errors: dict[str, str] = {}
         try:
-            # Interleaved so that drift in the machine's load hits every configuration alike.
             for _ in range(runs):
-                for config in configs:
+                for config in TELEMETRY_CONFIGS:
                     res = await self.drain_workload(
                         f"overhead-{config}",
                         n,
@@ -594,22 +714,19 @@ class Bench:
                     )
                     if res.get("jobs_per_s"):
                         rates[config].append(res["jobs_per_s"])
+                        if res.get("python_cpu_us_per_job") is not None:
+                            cpu[config].append(res["python_cpu_us_per_job"])
                     elif "error" in res:
                         errors[config] = res["error"]
+                for config, samples in producer.items():
+                    res = await self._producer_cost(config, n_producer, sink.endpoint)
+                    if "cpu_us_per_enqueue" in res:
+                        samples.append(res["cpu_us_per_enqueue"])
+                    elif "error" in res:
+                        errors[f"producer {config}"] = res["error"]
         finally:
             sink.close()
-        out: dict[str, Any] = {"jobs": n, "runs": runs, "rates": rates, "otlp_requests": sink.requests}
-        if errors:
-            out["error"] = "; ".join(f"{k}: {v}" for k, v in errors.items())
-        med = {c: sorted(v)[len(v) // 2] for c, v in rates.items() if v}
-        out["median_jobs_per_s"] = med
-        if "off" in med:
-            for config in ("full", "ratio0"):
-                if config in med:
-                    out[f"{config}_vs_off"] = round(med[config] / med["off"], 3)
-                    # Wall time the telemetry adds to each job in one worker process.
-                    out[f"{config}_us_per_job"] = round(1e6 / med[config] - 1e6 / med["off"], 1)
-        return out
+        return _overhead_summary(n, runs, rates, cpu, producer, sink.requests, errors, n_producer=n_producer)
 
     async def repeated(self, run_once: Any) -> dict[str, Any]:
         """Run a drain ``--repeat`` times; keep the run with the median rate and list all rates."""
@@ -658,6 +775,10 @@ class Bench:
                     )
                 ),
             )
+        await step(
+            "W1r",
+            lambda: self.repeated(lambda _first: self.drain_workload("W1r", n, mode="redis", concurrency=50)),
+        )
         if self.peer.has_bulk:
             await step("enqueue_bulk", lambda: self.enqueue_workload(n, bulk=True, keep=False))
         elif "enqueue_bulk" in only:
@@ -672,6 +793,58 @@ class Bench:
         if self.peer.has_telemetry:
             await step("overhead", self.overhead_workload)
         return res
+
+
+def _median(values: list[float]) -> float:
+    """The median run (the upper one of an even count)."""
+    return sorted(values)[len(values) // 2]
+
+
+def _overhead_summary(
+    n: int,
+    runs: int,
+    rates: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+    producer: dict[str, list[float]],
+    otlp_requests: int,
+    errors: dict[str, str],
+    *,
+    n_producer: int,
+) -> dict[str, Any]:
+    """Medians per configuration, and each one against ``off`` of the same sitting.
+
+    ``<config>_us_per_job`` is the wall time added per job in one worker process
+    (``1e6 / rate_on - 1e6 / rate_off``); ``<config>_cpu_us_added`` the worker's CPU time added per
+    job (all threads), the figure the budget bounds.
+    """
+    out: dict[str, Any] = {
+        "jobs": n,
+        "runs": runs,
+        "rates": rates,
+        "cpu_us_per_job": cpu,
+        "otlp_requests": otlp_requests,
+    }
+    if errors:
+        out["error"] = "; ".join(f"{k}: {v}" for k, v in errors.items())
+    med = {c: _median(v) for c, v in rates.items() if v}
+    med_cpu = {c: _median(v) for c, v in cpu.items() if v}
+    out["median_jobs_per_s"] = med
+    out["median_cpu_us_per_job"] = med_cpu
+    for config in TELEMETRY_CONFIGS[1:]:
+        if config in med and "off" in med:
+            out[f"{config}_vs_off"] = round(med[config] / med["off"], 3)
+            out[f"{config}_us_per_job"] = round(1e6 / med[config] - 1e6 / med["off"], 1)
+        if config in med_cpu and "off" in med_cpu:
+            out[f"{config}_cpu_us_added"] = round(med_cpu[config] - med_cpu["off"], 1)
+    if producer["off"] and producer["full"]:
+        off, full = _median(producer["off"]), _median(producer["full"])
+        out["producer"] = {
+            "enqueues": n_producer,
+            "cpu_us_per_enqueue": {"off": off, "full": full},
+            "runs": producer,
+            "added_us_per_enqueue": round(full - off, 1),
+        }
+    return out
 
 
 class OtlpSink:
@@ -714,19 +887,19 @@ class OtlpSink:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="benchmark driver (started by benchmarks/run.py)")
-    p.add_argument("role", choices=["bench", "worker"])
+    p.add_argument("role", choices=["bench", "worker", "producer"])
     p.add_argument("--url", required=True, help="redis:// URL of the benchmark's private server")
     p.add_argument("--out", required=True)
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--only", default=",".join(WORKLOADS))
-    p.add_argument("--mode", choices=["noop", "sleep"], default="noop")
+    p.add_argument("--mode", choices=["noop", "sleep", "redis"], default="noop")
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--expected", type=int, default=0)
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--ready-file")
     p.add_argument("--keep-latencies", action="store_true")
-    p.add_argument("--telemetry", choices=["off", "full", "ratio0"], default="off")
+    p.add_argument("--telemetry", choices=TELEMETRY_CONFIGS, default="off")
     p.add_argument("--otlp-endpoint")
     return p.parse_args(argv)
 
@@ -740,10 +913,11 @@ def _write(path: str, data: dict[str, Any]) -> None:
 def main(factory: Any) -> None:
     args = _parse(sys.argv[1:])
     peer_name = getattr(factory, "name", "?")
-    if args.role == "worker":
+    if args.role in {"worker", "producer"}:
         try:
             peer = factory(args.url)
-            result = asyncio.run(_worker_role(peer, args))
+            role = _worker_role if args.role == "worker" else _producer_role
+            result = asyncio.run(role(peer, args))
         except Exception as exc:
             traceback.print_exc()
             result = {"error": f"{type(exc).__name__}: {exc}"}

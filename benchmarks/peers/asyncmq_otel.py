@@ -1,8 +1,10 @@
 """asyncmq_otel driver: this repository's queue on its RedisBackend, installed editable in its venv.
 
-Besides the common workloads it runs issue 4's overhead check: W1 with telemetry off, fully on
-(traces always sampled, metrics, JSON logs at INFO to a file, spans exported over OTLP/HTTP to a
-receiver in another process, /metrics scraped every second) and with a sampling ratio of 0.
+Besides the common workloads it runs the telemetry overhead check (telemetry contract §6, rev. 2):
+W1 with telemetry off, fully on (every attempt sampled, metrics, JSON logs at INFO to a file, spans
+exported over OTLP/HTTP to a receiver in another process, /metrics scraped every second), the same
+at sampling ratio 0, and each signal alone; and the producer's single enqueue with telemetry off and
+fully on.
 """
 
 import asyncio
@@ -93,16 +95,27 @@ class AsyncMQOtelPeer(_common.Peer):
     def setup_telemetry(self, config: str, otlp_endpoint: str | None) -> None:
         import asyncmq_otel
 
-        instrument = asyncmq_otel.instrument
-        instrument(
-            service_name="asyncmq-bench",
-            otlp_endpoint=otlp_endpoint,
-            sampling_ratio=1.0 if config == "full" else 0.0,
-            log_format="json",
-            log_level="INFO",
-            metrics_addr="127.0.0.1:0",
-        )
-        threading.Thread(target=self._scrape, args=(asyncmq_otel.metrics_url(),), daemon=True).start()
+        signals = {
+            "full": {},
+            "ratio0": {"sampling_ratio": 0.0},
+            "metrics": {"traces": False, "logs": False},
+            "logs": {"traces": False, "metrics": False},
+            "traces": {"metrics": False, "logs": False},
+        }[config]
+        options = {
+            "service_name": "asyncmq-bench",
+            "otlp_endpoint": otlp_endpoint,
+            "sampling_ratio": 1.0,
+            "log_format": "json",
+            "log_level": "INFO",
+            # Without the scrape sink there is no /metrics to serve or scrape.
+            "metrics_addr": "127.0.0.1:0" if signals.get("metrics", True) else "",
+            **signals,
+        }
+        asyncmq_otel.instrument(**options)
+        url = asyncmq_otel.metrics_url()
+        if url:
+            threading.Thread(target=self._scrape, args=(url,), daemon=True).start()
 
     def _scrape(self, url: str) -> None:
         # A Prometheus server would scrape every second; the scrape's cost is part of the budget.

@@ -48,7 +48,8 @@ class DramatiqPeer(_common.Peer):
         async def sleeper(ts: float) -> None:
             await _common.handle(ts)
 
-        self.actors = {"noop": noop, "sleep": sleeper}
+        # W1r's job body makes its Redis round trip from the sync actor's thread (a blocking client).
+        self.actors = {"noop": noop, "sleep": sleeper, "redis": noop}
         self.actor = noop
 
     async def open_producer(self, mode: str) -> None:

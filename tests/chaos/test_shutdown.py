@@ -139,3 +139,73 @@ async def test_row10_duplicate_signal_is_ignored_and_a_later_second_one_stops_at
 
     release.touch()
     await finish_and_check(queue, worker_proc, ledger, redis_url, redis_prefix, enqueued)
+
+
+def hook_env(ledger: Ledger, marks: Path, block: str) -> dict[str, str]:
+    marks.mkdir(exist_ok=True)
+    return {
+        **ledger.env,
+        "ASYNCMQ_SETTINGS_MODULE": "tests.chaos.hook_settings",
+        "HOOK_MARK_DIR": str(marks),
+        "HOOK_BLOCK": block,
+    }
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+async def test_a_second_signal_ends_a_worker_stuck_in_a_sync_shutdown_hook(
+    queue: Queue,
+    worker_proc: StartWorker,
+    ledger: Ledger,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
+    second: signal.Signals,
+) -> None:
+    marks = tmp_path / "marks"
+    job_id = await queue.add("chaos.noop", [1])
+    worker = worker_proc(QUEUE, redis_url, redis_prefix, env=hook_env(ledger, marks, "shutdown"))
+    await eventually(lambda: bool(ledger.records("end")), timeout=15, what="the job ran")
+    worker.signal(second)
+    await eventually((marks / "shutdown").exists, timeout=15, what="the shutdown hook runs")
+    await anyio.sleep(1.2)  # the scenario: a second signal counts only 1 s or more after the first
+    stopped = time.monotonic()
+    worker.signal(second)
+    assert await exit_code(worker, 15) == 0, worker.text()[-2000:]
+    assert time.monotonic() - stopped < 8  # not the hook's 1000 s, nor the tail's whole budget
+    assert worker.logged("worker.shutdown_hooks_abandoned")
+    assert await queue.get_job_state(job_id) == "completed"
+
+
+@pytest.mark.timeout(90)
+async def test_the_tail_budget_ends_a_worker_stuck_in_a_sync_shutdown_hook(
+    queue: Queue, worker_proc: StartWorker, ledger: Ledger, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    worker = worker_proc(QUEUE, redis_url, redis_prefix, env=hook_env(ledger, marks, "shutdown"))
+    signalled = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert await exit_code(worker, 40) == 0, worker.text()[-2000:]
+    assert (marks / "shutdown").exists()
+    assert time.monotonic() - signalled < 30  # the tail's 10 s budget, with room for a loaded machine
+    assert worker.logged("worker.shutdown_hooks_abandoned")
+
+
+@pytest.mark.timeout(90)
+async def test_sigterm_during_a_blocked_sync_startup_hook_is_a_graceful_stop(
+    queue: Queue, worker_proc: StartWorker, ledger: Ledger, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    job_id = await queue.add("chaos.noop", [1])
+    worker = worker_proc(
+        QUEUE, redis_url, redis_prefix, shutdown_timeout=1, env=hook_env(ledger, marks, "startup"), wait=False
+    )
+    await eventually((marks / "startup").exists, timeout=30, what="the startup hook runs")
+    worker.signal(signal.SIGTERM)
+    # the startup hook is in-flight work: it gets the 1 s drain timeout, then the worker stops
+    assert await exit_code(worker, 30) == 0, worker.text()[-2000:]
+    assert worker.events("shutdown.draining")
+    assert worker.logged("worker.startup_abandoned")
+    assert (marks / "shutdown").exists()  # the shutdown hooks still ran
+    assert await queue.get_job_state(job_id) == "waiting"  # nothing was claimed
+    assert ledger.starts() == []

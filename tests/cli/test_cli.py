@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from asyncmq_otel.backends.memory import InMemoryBackend
-from asyncmq_otel.cli import main
+from asyncmq_otel.cli import COMMANDS, main
 from asyncmq_otel.cli._banner import Banner
 from asyncmq_otel.cli._exit import CLIError, ExitCode, cli_error_for, exit_code_for
 from asyncmq_otel.cli._output import Reporter, format_age, format_table, json_logs, mask_url, paint, use_color
@@ -73,6 +75,121 @@ def test_usage_errors_exit_2(runner: CliRunner, args: list[str]) -> None:
     assert result.exit_code == ExitCode.USAGE, result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["enqueue", ""], "give the task's dotted name"),
+        (["enqueue", "t.t", "--delay", "nan"], "'nan' is not a finite number of seconds"),
+        (["enqueue", "t.t", "--delay", "inf"], "'inf' is not a finite number of seconds"),
+        (["enqueue", "t.t", "--delay", "-1"], "'-1' must be >= 0 seconds"),
+        (["enqueue", "t.t", "--ttl", "nan"], "'nan' is not a finite number of seconds"),
+        (["enqueue", "t.t", "--ttl", "-1"], "'-1' must be > 0 seconds"),
+        (["enqueue", "t.t", "--timeout", "inf"], "'inf' is not a finite number of seconds"),
+        (["enqueue", "t.t", "--timeout", "0"], "'0' must be > 0 seconds"),
+        (["enqueue", "t.t", "--priority", "1e23"], "--priority"),
+        (["enqueue", "t.t", "--priority", str(10**23)], "--priority"),
+        (["job", "show", "bad id!"], "must match [A-Za-z0-9._-]"),
+        (["job", "retry", "bad id!"], "must match [A-Za-z0-9._-]"),
+        (["job", "cancel", "bad id!"], "must match [A-Za-z0-9._-]"),
+        (["dlq", "retry", "q", "ok-id", "bad id!"], "must match [A-Za-z0-9._-]"),
+        (["queue", "clean", "q", "--older-than", "nan"], "'nan' is not a finite number of seconds"),
+        (["queues", "--connect-timeout", "inf"], "'inf' is not a finite number of seconds"),
+        (["worker", "q", "--shutdown-timeout", "nan"], "'nan' is not a finite number of seconds"),
+        (["worker", "q", "--rate-interval", "inf"], "'inf' is not a finite number of seconds"),
+        (["exporter", "--interval", "nan"], "'nan' is not a finite number of seconds"),
+    ],
+)
+def test_bad_values_are_usage_errors_before_the_backend_is_asked(
+    runner: CliRunner, closed_url: str, args: list[str], says: str
+) -> None:
+    # with a backend that does not answer, anything that got past validation would exit 3
+    quick = [] if "--connect-timeout" in args else ["--connect-timeout", "0.2"]
+    result = runner.invoke(main, [*args, "--backend", closed_url, *quick])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert says in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_only_enqueue_says_that_running_it_again_is_safe(runner: CliRunner, closed_url: str) -> None:
+    listing = runner.invoke(main, ["queues", "--backend", closed_url, "--connect-timeout", "0.2"])
+    assert listing.exit_code == ExitCode.BACKEND_UNREACHABLE
+    assert "cannot reach Redis" in listing.stderr
+    assert "retrying enqueue" not in listing.stderr
+    assert "safe" not in listing.stderr
+
+
+def test_help_summaries_are_the_commands_own_first_lines(runner: CliRunner) -> None:
+    context = click.Context(main)
+    for name, (_module, _attribute, summary) in COMMANDS.items():
+        command = main.get_command(context, name)
+        assert command is not None
+        assert command.name == name
+        first_line = (command.help or "").strip().splitlines()[0]
+        assert re.sub(r" \([^)]*\)", "", first_line) == summary, name
+
+
+def _modules_after(code: str) -> set[str]:
+    """Top-level packages imported by a fresh interpreter that runs ``code``."""
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return set(proc.stdout.split())
+
+
+_HEAVY = {"opentelemetry", "prometheus_client", "redis", "structlog"}
+
+
+def test_help_and_the_admin_commands_do_not_import_the_telemetry_sdks_or_redis() -> None:
+    # start-up time is what these imports cost (≈ 0.6 s): guard the import set, not the wall time
+    helped = _modules_after(
+        "from click.testing import CliRunner\nfrom asyncmq_otel.cli import main\n"
+        "assert CliRunner().invoke(main, ['--help']).exit_code == 0"
+    )
+    assert not helped & _HEAVY, helped & _HEAVY
+    admin = _modules_after("import asyncmq_otel.cli.admin")
+    assert not admin & _HEAVY, admin & _HEAVY
+    deep = _modules_after(
+        "import sys\nimport asyncmq_otel.cli\n"
+        "assert not [m for m in sys.modules if m.startswith(('asyncmq_otel.cli.worker', 'asyncmq_otel.cli.demo', "
+        "'asyncmq_otel._worker', 'asyncmq_otel.telemetry'))], 'a command module was imported eagerly'"
+    )
+    assert "asyncmq_otel" in deep
+
+
+def test_settings_module_imports_from_the_current_directory(tmp_path: Path, closed_url: str) -> None:
+    # the console script (unlike python -m) does not put the current directory on sys.path
+    app = tmp_path / "cwd_settings_app"
+    app.mkdir()
+    (app / "__init__.py").write_text("")
+    (app / "settings.py").write_text(f"backend = {closed_url!r}\nworker_concurency = 3\n")
+    script = Path(sys.executable).with_name("asyncmq-otel")
+    proc = subprocess.run(
+        [str(script), "queues", "--connect-timeout", "0.2"],
+        cwd=tmp_path,
+        env=cli_env(ASYNCMQ_SETTINGS_MODULE="cwd_settings_app.settings"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # the module was read: its backend is the one that does not answer
+    assert proc.returncode == ExitCode.BACKEND_UNREACHABLE, proc.stderr
+    assert closed_url.rsplit(":", 1)[1].split("/", maxsplit=1)[0] in proc.stderr
+    # a misspelt setting is one plain line naming the setting it resembles
+    assert (
+        "warning: cwd_settings_app.settings: 'worker_concurency' is not a setting and is ignored; "
+        "did you mean 'worker_concurrency'?\n"
+    ) in proc.stderr
+    assert "SettingsWarning" not in proc.stderr
+
+
 def test_bad_json_says_what_is_wrong(runner: CliRunner) -> None:
     result = runner.invoke(main, ["enqueue", "t.t", "--args", '{"a": 1}'])
     assert result.exit_code == 2
@@ -92,11 +209,20 @@ def test_app_that_raises_on_import_exits_2(runner: CliRunner) -> None:
     assert "RuntimeError: this module is broken on purpose" in result.stderr
 
 
-def test_config_error_in_the_environment_exits_2() -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("ASYNCMQ_LEASE", "soon", "ASYNCMQ_LEASE"),
+        ("ASYNCMQ_LEASE", "nan", "lease must be a finite number of seconds"),
+        ("ASYNCMQ_BLOCK_TIMEOUT", "nan", "block_timeout must be a finite number of seconds"),
+        ("ASYNCMQ_KEEP_FAILED_AGE", "inf", "keep_failed_age must be a finite number of seconds"),
+    ],
+)
+def test_config_error_in_the_environment_exits_2(variable: str, value: str, says: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "asyncmq_otel", "worker", "q", "--burst", *NO_TELEMETRY],
         cwd=REPO,
-        env=cli_env(ASYNCMQ_LEASE="soon"),
+        env=cli_env(**{variable: value}),
         capture_output=True,
         text=True,
         timeout=30,
@@ -104,7 +230,8 @@ def test_config_error_in_the_environment_exits_2() -> None:
     )
     assert proc.returncode == ExitCode.USAGE, proc.stderr
     assert "invalid configuration" in proc.stderr
-    assert "ASYNCMQ_LEASE" in proc.stderr
+    assert says in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_admin_commands_refuse_the_private_memory_backend(runner: CliRunner) -> None:

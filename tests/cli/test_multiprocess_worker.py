@@ -185,6 +185,52 @@ async def test_past_the_restart_limit_a_crash_stops_the_instance_with_the_crash_
     assert list(base.iterdir()) == []
 
 
+@pytest.mark.anyio
+@pytest.mark.timeout(150)
+async def test_a_process_that_exits_0_unasked_is_replaced_and_never_leaves_the_instance_empty(
+    spawn: Spawn, redis_url: str, redis_prefix: str, unique_name: str, tmp_path: Path
+) -> None:
+    """A child stopped by a signal sent to it alone exits 0: the supervisor replaces it (not --burst),
+    and past the restart limit it stops the instance with a non-zero code instead of exiting 0.
+    """
+    base = tmp_path / "multiproc"
+    base.mkdir()
+    address = f"127.0.0.1:{free_port()}"
+    proc, log = spawn(
+        "worker", unique_name, "--processes", "2", "--max-restarts", "1", "--app", "tests.cli.multiprocess_app",
+        "--backend", redis_url, "--prefix", redis_prefix, "--metrics-addr", address, "--log-format", "console",
+        "--shutdown-timeout", "5", env=cli_env(PROMETHEUS_MULTIPROC_DIR=str(base)),
+    )  # fmt: skip
+    children: set[int] = set()
+
+    async def up(pids_excluded: set[int]) -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            text = await anyio.to_thread.run_sync(scrape, f"http://{address}/metrics")
+        except OSError:
+            return False
+        instances = [path for path in base.iterdir() if path.is_dir()]
+        live = {int(path.stem.rsplit("_", 1)[1]) for d in instances for path in d.glob("gauge_livesum_*.db")}
+        children.clear()
+        children.update(live)
+        return _total(text, "asyncmq_worker_up") == 2 and len(live) == 2 and not live & pids_excluded
+
+    await eventually(lambda: up(set()), timeout=60, interval=0.05, what="both processes up")
+    first_victim = min(children)
+    os.kill(first_victim, signal.SIGTERM)  # to the child alone: it drains and exits 0
+    await eventually(lambda: up({first_victim}), timeout=60, interval=0.05, what="a replacement up")
+    assert "without being asked to stop; restarting it" in log.read_text()
+
+    second_victim = min(children)
+    os.kill(second_victim, signal.SIGTERM)  # past --max-restarts 1: the instance stops
+    code = await anyio.to_thread.run_sync(lambda: proc.wait(timeout=60))
+    text = log.read_text()
+    assert code == 1, text
+    assert "1 restart(s) within 60s already" in text
+    assert not any(_alive(pid) for pid in children)
+    assert list(base.iterdir()) == []
+
+
 def test_processes_need_a_shared_backend(runner: CliRunner) -> None:
     result = runner.invoke(main, ["worker", "q", "--processes", "2", "--backend", "memory://"])
     assert result.exit_code == 2, result.output

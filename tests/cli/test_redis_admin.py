@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+import redis
 from click.testing import CliRunner, Result
 
 from asyncmq_otel.backends.redis import RedisBackend
@@ -102,7 +103,87 @@ def test_enqueue_queues_job_and_dlq_round_trip(cli: _CLI, unique_name: str) -> N
     assert "is empty" in cli("dlq", "list", unique_name).stdout
 
     assert "2 completed job(s) deleted" in cli("queue", "clean", unique_name, "--yes").stdout
-    assert cli("job", "show", ok_id, "--queue", unique_name, code=1).stderr.startswith("error: no job")
+    gone = cli("job", "show", ok_id, "--queue", unique_name, code=1).stderr
+    assert gone.startswith(f"error: there is no job {ok_id} in queue {unique_name}")
+    assert cli("job", "show", ok_id, code=1).stderr.startswith(f"error: there is no job {ok_id} in any queue")
+
+
+def _keys(url: str, prefix: str) -> list[str]:
+    client = redis.Redis.from_url(url)
+    try:
+        return sorted(key.decode() for key in client.scan_iter(match=f"{prefix}:*"))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["job", "show", "abc", "-q", "{queue}"],
+        ["job", "cancel", "abc", "-q", "{queue}"],
+        ["job", "retry", "abc", "-q", "{queue}"],
+        ["dlq", "list", "{queue}"],
+        ["dlq", "retry", "{queue}", "--all"],
+        ["dlq", "retry", "{queue}", "abc"],
+        ["dlq", "purge", "{queue}", "--yes"],
+        ["queue", "clean", "{queue}", "--yes"],
+        ["queue", "drain", "{queue}", "--yes"],
+        ["queue", "pause", "{queue}"],
+        ["queue", "resume", "{queue}"],
+    ],
+)
+def test_commands_on_an_unknown_queue_create_nothing(
+    cli: _CLI, redis_url: str, redis_prefix: str, unique_name: str, args: list[str]
+) -> None:
+    cli("enqueue", "clitest.echo", "-q", f"{unique_name}-real")
+    before = _keys(redis_url, redis_prefix)
+    result = cli(*[arg.format(queue=f"{unique_name}-rea") for arg in args], code=2)
+    assert f"no such queue '{unique_name}-rea': did you mean '{unique_name}-real'?" in result.stderr
+    assert "Traceback" not in result.output
+    assert _keys(redis_url, redis_prefix) == before
+    assert [row["queue"] for row in cli.json("queues")] == [f"{unique_name}-real"]
+
+
+def test_pause_of_an_unknown_queue_needs_create(cli: _CLI, unique_name: str) -> None:
+    refused = cli("queue", "pause", unique_name, code=2)
+    assert "pass --create to create it paused" in refused.stderr
+    assert cli.json("queues") == []
+    assert "(created)" in cli("queue", "pause", unique_name, "--create").stdout
+    assert [(row["queue"], row["paused"]) for row in cli.json("queues")] == [(unique_name, True)]
+    assert "(created)" not in cli("queue", "pause", unique_name).stdout
+
+
+def test_job_commands_find_the_queue_from_the_id(cli: _CLI, unique_name: str) -> None:
+    job_id = cli("enqueue", "clitest.echo", "-q", unique_name).stdout.strip()
+    shown = cli.json("job", "show", job_id)
+    assert (shown["queue"], shown["state"]) == (unique_name, "waiting")
+    assert f"job {job_id} cancelled" in cli("job", "cancel", job_id).stdout
+    cli("enqueue", "clitest.echo", "-q", f"{unique_name}-a", "--job-id", "twice")
+    cli("enqueue", "clitest.echo", "-q", f"{unique_name}-b", "--job-id", "twice")
+    ambiguous = cli("job", "show", "twice", code=2)
+    assert "pass --queue to pick one" in ambiguous.stderr
+    assert cli.json("job", "show", "twice", "-q", f"{unique_name}-b")["queue"] == f"{unique_name}-b"
+
+
+def test_job_show_counts_an_interrupted_attempt_apart(
+    cli: _CLI, redis_url: str, redis_prefix: str, unique_name: str
+) -> None:
+    job_id = cli("enqueue", "clitest.echo", "-q", unique_name, "--retries", "0").stdout.strip()
+
+    async def interrupt_then_claim_again() -> None:
+        backend = RedisBackend(redis_url, prefix=redis_prefix, retry_timeout=5.0)
+        try:
+            first = await backend.claim(unique_name, "w1", 1, 30.0)
+            await backend.requeue(unique_name, job_id, first.jobs[0]["token"], 5)
+            second = await backend.claim(unique_name, "w2", 1, 30.0)
+            assert [raw["id"] for raw in second.jobs] == [job_id]
+        finally:
+            await backend.close()
+
+    anyio.run(interrupt_then_claim_again)
+    shown = cli("job", "show", job_id).stdout
+    assert re.search(r"attempts\s+2 \(1 interrupted\)\n", shown), shown
+    assert re.search(r"retries\s+0 of 0 used\n", shown), shown
 
 
 def test_drain_cancels_waiting_and_delayed_jobs(cli: _CLI, unique_name: str) -> None:
@@ -227,3 +308,25 @@ def test_check_is_healthy_while_a_worker_runs(
     assert proc.wait(timeout=30) == 0, log.read_text()
     gone = cli("worker", unique_name, "--check", "--metrics-addr", found[0], code=1)
     assert gone.stdout.startswith("unhealthy: no worker answers on")
+
+
+def test_enqueue_by_name_takes_the_tasks_queue_and_leaves_its_retries_to_the_worker(
+    cli: _CLI, unique_name: str, redis_url: str, redis_prefix: str
+) -> None:
+    from asyncmq_otel.tasks import TASK_REGISTRY, task
+
+    @task(unique_name, retries=2, name=f"{unique_name}.crunch")
+    async def crunch() -> None:
+        return None
+
+    try:
+        job_id = cli("enqueue", f"{unique_name}.crunch").stdout.strip()
+        shown = cli("job", "show", job_id).stdout
+    finally:
+        TASK_REGISTRY.pop(f"{unique_name}.crunch", None)
+    assert _counts(redis_url, redis_prefix, unique_name)["waiting"] == 1
+    assert f"queue         {unique_name}" in shown
+    assert "retries       0 of 2 used" in shown  # the task's declaration, not a stored 0
+    unknown = cli("enqueue", "other.task", "-q", unique_name).stdout.strip()
+    assert _counts(redis_url, redis_prefix, unique_name)["waiting"] == 2
+    assert "retries       0 of the task's declared retries used" in cli("job", "show", unknown).stdout

@@ -305,6 +305,36 @@ async def test_malformed_stored_job_is_claimed_with_payload_error(backend: Backe
     assert [job["id"] for job in await backend.list_dlq(queue)] == ["bad"]
 
 
+@pytest.mark.parametrize("depth", [600, 4000])
+async def test_a_payload_nested_too_deep_is_claimed_malformed_alone(
+    backend: Backend, queue: str, depth: int
+) -> None:
+    deep = envelope("deep", queue)[:-1] + ', "extra": ' + "[" * depth + "]" * depth + "}"
+    await backend.enqueue_bulk(
+        queue,
+        [
+            EnqueueItem("a", envelope("a", queue)),
+            EnqueueItem("deep", deep),
+            EnqueueItem("b", envelope("b", queue)),
+        ],
+    )
+    by_id = {job["id"]: job for job in (await backend.claim(queue, "w1", 5, 30.0)).jobs}
+    assert set(by_id) == {"a", "deep", "b"}
+    assert "deeper than" in by_id["deep"]["payload_error"]
+    assert "payload_error" not in by_id["a"] and "payload_error" not in by_id["b"]
+    shown = await backend.get_job(queue, "deep")
+    assert shown is not None and shown["payload_error"] == by_id["deep"]["payload_error"]
+    assert (await backend.fail(queue, "deep", by_id["deep"]["token"], "malformed_payload")).ok
+
+
+async def test_nan_and_infinity_in_a_stored_payload_are_not_json(backend: Backend, queue: str) -> None:
+    nan = envelope("nan", queue)[:-1] + ', "timeout": NaN}'
+    inf = envelope("inf", queue)[:-1] + ', "ttl": -Infinity}'
+    await backend.enqueue_bulk(queue, [EnqueueItem("nan", nan), EnqueueItem("inf", inf)])
+    by_id = {job["id"]: job for job in (await backend.claim(queue, "w1", 5, 30.0)).jobs}
+    assert by_id["nan"]["payload_error"] and by_id["inf"]["payload_error"]
+
+
 # -- settling and fencing -----------------------------------------------------------------------------------
 async def test_complete_is_fenced_and_replays(backend: Backend, queue: str) -> None:
     await put(backend, queue, "a")

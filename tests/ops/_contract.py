@@ -72,9 +72,8 @@ def _unescape(cell: str) -> str:
     return cell.replace("\\|", "|")
 
 
-# Extensions to the contract that an issue asked for (an issue wins over the design file; the README's
-# telemetry section lists them): issue 6's worker liveness per queue, seen from the worker registry.
-EXTENSION_METRICS = {"asyncmq.queue.consumers": "asyncmq_queue_consumers"}
+# A panel beyond §7 that an issue asked for (an issue wins over the design file; the README's telemetry
+# section describes it): issue 6's worker liveness per queue, from #25 (in the table since rev. 2).
 EXTENSION_PANELS = (
     (
         "Saturation",
@@ -85,9 +84,8 @@ EXTENSION_PANELS = (
 
 
 def metric_names() -> dict[str, str]:
-    """§3.4: OTel name -> Prometheus name (plus the extensions)."""
-    table = {_CODE.findall(row[1])[0]: _CODE.findall(row[4])[0] for row in _table(_section("### 3.4"))}
-    return {**table, **EXTENSION_METRICS}
+    """§3.4: OTel name -> Prometheus name."""
+    return {_CODE.findall(row[1])[0]: _CODE.findall(row[4])[0] for row in _table(_section("### 3.4"))}
 
 
 def _expand_dashboard(expr: str) -> str:

@@ -139,6 +139,9 @@ def test_the_stack_has_every_component_of_the_issue(model: dict[str, Any]) -> No
         assert "--backend redis://redis:6379/0" in command(services[name]), name
     for name in [*workers, *producers]:
         assert "--otlp-endpoint http://jaeger:4318" in command(services[name]), name
+    # The exporter is the stack's queue sampler (it outlives the workers, so AsyncMQNoConsumers can fire).
+    for name in workers:
+        assert command(services[name]).endswith(" --queue-sampler off"), name
 
 
 def test_redis_persists_with_aof(model: dict[str, Any]) -> None:

@@ -26,13 +26,8 @@ EXTERNAL_METRICS = {
     "scrape_duration_seconds",
     "scrape_samples_scraped",
 }
-VARIABLES = ["datasource", "job", "queue", "task", "group"]
-VARIABLE_LABELS = {
-    "queue": "messaging_destination_name",
-    "task": "asyncmq_task_name",
-    "group": "messaging_consumer_group_name",
-    "job": "job",
-}
+VARIABLES = ["datasource", "job", "queue", "task"]
+VARIABLE_LABELS = {"queue": "messaging_destination_name", "task": "asyncmq_task_name", "job": "job"}
 
 
 def committed_dashboards() -> dict[str, dict[str, Any]]:
@@ -210,11 +205,24 @@ def test_metric_name_block_agrees_with_the_contract(dashboards_generator: Module
     assert set(dashboards_generator.METRICS.values()) - set(contract.values()) == EXTERNAL_METRICS
 
 
-def test_template_variables_are_datasource_job_queue_task_group() -> None:
+def _variables_read(dashboard: dict[str, Any]) -> set[str]:
+    """Variables that the panels' queries and the variables' own queries read."""
+    texts = [target["expr"] for panel in panels(dashboard) for target in panel["targets"]]
+    texts += [variable.get("query", "") for variable in dashboard["templating"]["list"]]
+    return {name for text in texts for name in re.findall(r"\$\{?(\w+)", text) if not name.startswith("__")}
+
+
+def test_template_variables_are_datasource_and_the_ones_the_queries_read() -> None:
+    """Issue 11: `$group` and most `$job` variables were read by no query, so selecting them did nothing."""
     known = set(_contract.metric_names().values())
     for name, dashboard in committed_dashboards().items():
         variables = dashboard["templating"]["list"]
-        assert [variable["name"] for variable in variables] == VARIABLES, name
+        names = [variable["name"] for variable in variables]
+        assert names[0] == "datasource", name
+        assert names[1:] == [v for v in VARIABLES if v in _variables_read(dashboard) and v != "datasource"], (
+            name
+        )
+        assert set(names[1:]) == _variables_read(dashboard) - {"datasource"}, name
         datasource = variables[0]
         assert (datasource["type"], datasource["query"]) == ("datasource", "prometheus")
         for variable in variables[1:]:
@@ -269,7 +277,9 @@ def _links(panel: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_error_panels_link_to_failed_spans_in_jaeger(dashboards_generator: ModuleType) -> None:
-    error_query = re.compile(r'outcome=~"failed|outcome="retried"|outcome=~"retried\|failed"|error_type!=""')
+    error_query = re.compile(
+        r'outcome=~"failed|outcome="retried"|outcome=~"retried\|failed"|asyncmq_job_errors_total'
+    )
     error_panels = [
         panel for _, panel in all_panels() if any(error_query.search(t["expr"]) for t in panel["targets"])
     ]
@@ -362,7 +372,7 @@ def test_render_query_substitutes_selected_values_and_rejects_unknown_variables(
 ) -> None:
     rendered = dashboards_generator.render_query(
         'rate(x{messaging_destination_name=~"$queue",job=~"${job}"}[$__rate_interval])',
-        variables={"queue": "orders", "job": "asyncmq", "task": ".*", "group": ".*"},
+        variables={"queue": "orders", "job": "asyncmq", "task": ".*"},
         rate_interval="4s",
     )
     assert rendered == 'rate(x{messaging_destination_name=~"orders",job=~"asyncmq"}[4s])'

@@ -256,7 +256,7 @@ def test_every_panel_query_returns_data_from_a_live_worker(
     selections = {
         "All": dashboards_generator.ALL_VALUES,
         # demo.flaky_lookup retries, then completes: it has data on every task-filtered panel.
-        "one value each": {"job": job, "queue": DEMO_QUEUE, "task": "demo.flaky_lookup", "group": "default"},
+        "one value each": {"job": job, "queue": DEMO_QUEUE, "task": "demo.flaky_lookup"},
     }
     checks = _panel_checks(dashboards_generator, selections)
     assert checks

@@ -117,7 +117,9 @@ def test_every_alert_carries_severity_summary_description_runbook_and_dashboard(
     assert len(alerts) == len(_contract.alerts())
     runbook = (PROMETHEUS_DIR / "runbooks.md").read_text(encoding="utf-8")
     anchors = {heading.lower() for heading in re.findall(r"^## (\S+)$", runbook, re.MULTILINE)}
-    dashboards = {spec.uid for spec in dashboards_generator.DASHBOARDS}
+    dashboards = {
+        spec.uid: dashboards_generator.used_variables(spec) for spec in dashboards_generator.DASHBOARDS
+    }
     for alert in alerts:
         assert alert["labels"]["severity"] in {"critical", "warning"}
         annotations = alert["annotations"]
@@ -129,8 +131,9 @@ def test_every_alert_carries_severity_summary_description_runbook_and_dashboard(
         assert anchor in anchors, f"runbooks.md has no section for {alert['alert']}"
         url = urlsplit(annotations["dashboard_url"])
         assert url.path.removeprefix("/d/") in dashboards, annotations["dashboard_url"]
+        # Every variable the link sets exists on that dashboard, where a query reads it.
         for variable, _value in parse_qsl(url.query):
-            assert variable.removeprefix("var-") in {"job", "queue", "task", "group"}
+            assert variable.removeprefix("var-") in dashboards[url.path.removeprefix("/d/")], alert["alert"]
 
 
 # --- promtool --------------------------------------------------------------------------------------------
@@ -226,3 +229,123 @@ def test_rules_document_is_what_the_file_holds(rules_generator: ModuleType) -> N
             assert f"\n          {rule['expr']}\n" in text
             for value in rule.get("annotations", {}).values():
                 assert json.dumps(value, ensure_ascii=False) in text
+
+
+# --- first events (§8 rev. 2) ----------------------------------------------------------------------------
+
+FIRST_EVENT_TESTS = PROMETHEUS_DIR / "tests" / "first_event.test.yml"
+_CASE = re.compile(r"^  - name: (\S+) first event\b.*?(?=^  - name: |\Z)", re.MULTILINE | re.DOTALL)
+_SERIES = re.compile(r"- series: '([a-z_:]+)\{([^}]*)\}'\n\s+values: \"([^\"]+)\"")
+# Its 0.05/s volume floor needs dozens of finished jobs in the window, so when it fires does not depend on
+# whether the first of them was counted; its case still starts from the pre-initialised zero.
+_FIRES_ON_VOLUME = {"AsyncMQFailureRatioHigh"}
+
+
+def _counting_alerts(rules_generator: ModuleType) -> set[str]:
+    """Alerts that count events: they read increase()/rate() of a counter, directly or via a recording rule."""
+    config = rules_generator.Config()
+    return {
+        rule.alert
+        for rule in rules_generator.alert_rules(config)
+        if re.search(r"\b(increase|rate)\(", rule.expr) or "asyncmq:" in rule.expr
+    }
+
+
+def _first_event_cases() -> dict[str, str]:
+    text = FIRST_EVENT_TESTS.read_text(encoding="utf-8")
+    return {match.group(1): match.group(0) for match in _CASE.finditer(text)}
+
+
+def test_every_counting_alert_has_a_first_event_case(rules_generator: ModuleType) -> None:
+    counting = _counting_alerts(rules_generator)
+    assert {"AsyncMQDeadLetterInflow", "AsyncMQJobsExpiring", "AsyncMQJobsStalled"} <= counting
+    cases = _first_event_cases()
+    assert set(cases) == counting
+    for alert, case in cases.items():
+        kinds = {
+            "silent" if empty else "firing"
+            for name, empty in re.findall(r"alertname: (\S+)\n\s+exp_alerts:( \[\])?", case)
+            if name == alert
+        }
+        assert kinds == {"firing", "silent"}, alert
+        # Every series exists at 0 before the first event, as the process pre-initialises it.
+        for _name, _labels, values in _SERIES.findall(case):
+            assert values.startswith("0x"), (alert, values)
+
+
+def test_first_event_series_are_the_ones_a_worker_pre_initialises() -> None:
+    """The cases' zeros are not an assumption: a worker exports exactly these series at 0 on start."""
+    from asyncmq_otel.events import LifecycleEvent, bus
+    from asyncmq_otel.tasks import TASK_REGISTRY, task
+    from asyncmq_otel.testing import capture_telemetry
+
+    task("orders", name="shop.charge")(lambda: None)
+    try:
+        with capture_telemetry() as captured:
+            started = LifecycleEvent(
+                "worker:started", 0.0, queue="orders", worker_id="w", group="default", concurrency=1, active=0
+            )
+            bus.emit(started)
+            exported = {
+                (sample.name, tuple(sorted(sample.labels.items())))
+                for sample in captured.metrics
+                if sample.sink == "prometheus" and sample.value == 0
+            }
+    finally:
+        TASK_REGISTRY.pop("shop.charge", None)
+    for alert, case in _first_event_cases().items():
+        for name, labels, _values in _SERIES.findall(case):
+            pairs = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            pairs = {key: value for key, value in pairs.items() if key not in {"job", "instance"}}
+            assert (name, tuple(sorted(pairs.items()))) in exported, f"{alert}: {name}{{{labels}}}"
+
+
+def test_a_series_born_at_its_first_event_leaves_the_alert_silent(promtool: str, tmp_path: Path) -> None:
+    """Rev. 1's shape: the (failed, failed) series was created by the first failure, at 1, so increase()
+    saw nothing and AsyncMQDeadLetterInflow stayed silent. The first-event cases catch exactly that."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "rules" / RULES.name).write_text(RULES.read_text(encoding="utf-8"), encoding="utf-8")
+    text = FIRST_EVENT_TESTS.read_text(encoding="utf-8")
+    header = text[: text.index("tests:\n") + len("tests:\n")]
+    for alert, case in _first_event_cases().items():
+        # "0x5 1..." (pre-initialised) becomes "_x6 1..." (absent until the first event, born at 1).
+        born_late = re.sub(r'values: "0x5 ', 'values: "_x6 ', case)
+        assert born_late != case, alert
+        path = tmp_path / "tests" / "born_late.test.yml"
+        path.write_text(header + born_late, encoding="utf-8")
+        result = run(promtool, "test", "rules", Path("tests") / path.name, cwd=tmp_path)
+        if alert in _FIRES_ON_VOLUME:
+            assert result.returncode == 0, result.stdout + result.stderr
+            continue
+        assert result.returncode == 1, alert
+        assert alert in result.stdout + result.stderr
+    dead_letter = _first_event_cases()["AsyncMQDeadLetterInflow"]
+    path.write_text(header + re.sub(r'values: "0x5 ', 'values: "_x6 ', dead_letter), encoding="utf-8")
+    result = run(promtool, "test", "rules", Path("tests") / path.name, cwd=tmp_path)
+    assert "got:[]" in result.stdout + result.stderr
+
+
+def test_links_are_relative_by_default_and_absolute_when_asked(tmp_path: Path) -> None:
+    output = tmp_path / "absolute.rules.yml"
+    result = run(
+        sys.executable,
+        GENERATOR,
+        "--grafana-url",
+        "https://grafana.example.com/",
+        "--runbook-base-url",
+        "https://github.com/acme/asyncmq_otel/blob/main",
+        "--output",
+        output,
+    )
+    assert result.returncode == 0, result.stderr
+    text = output.read_text(encoding="utf-8")
+    assert (
+        'runbook_url: "https://github.com/acme/asyncmq_otel/blob/main/exporters/prometheus/runbooks.md'
+        '#asyncmqdeadletterinflow"'
+    ) in text
+    assert 'dashboard_url: "https://grafana.example.com/d/asyncmq-overview"' in text
+    relative = RULES.read_text(encoding="utf-8")
+    assert 'runbook_url: "exporters/prometheus/runbooks.md#asyncmqdeadletterinflow"' in relative
+    assert 'dashboard_url: "/d/asyncmq-overview"' in relative
+    assert "http" not in "".join(re.findall(r"(?:runbook|dashboard)_url: .*", relative))

@@ -66,6 +66,9 @@ async def test_the_documented_acl_user_runs_every_operation(redis_server: RedisS
         assert await backend.clean("q", "completed", 0.0) == 1
         assert await backend.purge_dlq("q") == 0
         assert await backend.list_queues() == ["q"]
+        assert await backend.has_queue("q")
+        assert not await backend.has_queue("nowhere")
+        assert await backend.queues_with_job("b") == ["q"]
         info = WorkerInfo("w", ["q"], "host", 1, 1)
         await backend.register_worker(info, 10.0)
         assert [worker.worker_id for worker in await backend.list_workers()] == ["w"]
@@ -82,3 +85,24 @@ async def test_the_documented_acl_user_runs_every_operation(redis_server: RedisS
     finally:
         await backend.close()
         await other.close()
+
+
+async def test_the_acl_user_quarantines_job_keys_of_another_type(redis_server: RedisServer) -> None:
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "asyncmq", *ACL_RULES.split())
+    url = f"redis://asyncmq:app-secret@127.0.0.1:{redis_server.port}/0"
+    backend = RedisBackend(url, prefix="asyncmq", retry_timeout=3.0)
+    try:
+        await backend.enqueue_bulk("q", [item("a"), item("s"), item("l"), item("b")])
+        keys = backend.keys.queue("q")
+        admin.delete(keys.job("s"), keys.job("l"))
+        admin.set(keys.job("s"), b"text")
+        admin.rpush(keys.job("l"), b"x")
+        jobs = {job["id"]: job for job in (await backend.claim("q", "w", 4, 30.0)).jobs}
+        assert sorted(jobs) == ["a", "b", "l", "s"]
+        assert "kept" in jobs["s"]["payload_error"]
+        assert "deleted" in jobs["l"]["payload_error"]
+        assert admin.hget(keys.job("s"), "quarantined") == b"text"
+    finally:
+        admin.close()
+        await backend.close()

@@ -18,6 +18,11 @@ the Redis data of one queue, once the run is quiescent, and checks:
 5. **Counters agree.** Rejected settles in the ledger equal the stale-write counter when one is
    given; ``job:stalled`` events equal the ``stalls`` totals (or are at most that, when a reaper may
    have been killed between its reap and its event).
+
+Every job read back must also sit in the index of its state and in no other: a ``waiting`` job
+outside ``ready`` is never claimed, an ``active`` one without a ``leases`` entry is never reaped
+(a script that failed halfway leaves such jobs). :func:`stuck_jobs` finds them among every job hash
+of a queue, including jobs no producer acknowledged (written straight into Redis by a test).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from asyncmq_otel.backends.redis._keys import Keys, QueueKeys
 from tests.support.ledger import Execution, Ledger
 from tests.support.poll import wait_until
 
-__all__ = ["Enqueued", "LeaseSampler", "Report", "check_invariants", "wait_quiescent"]
+__all__ = ["Enqueued", "LeaseSampler", "Report", "check_invariants", "stuck_jobs", "wait_quiescent"]
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _INDEX_OF_STATE = {
@@ -208,7 +213,11 @@ def _text(value: bytes | None) -> str | None:
 
 
 def _int(value: bytes | None) -> int:
-    return int(value) if value else 0
+    """A stored count; one that is not an integer (a corrupt job, dead-lettered as such) reads as 0."""
+    try:
+        return int(value) if value else 0
+    except ValueError:
+        return 0
 
 
 def _read_jobs(url: str, keys: QueueKeys, ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -253,7 +262,7 @@ def _read_jobs(url: str, keys: QueueKeys, ids: list[str]) -> dict[str, dict[str,
 def _max_retries(payload: bytes | None) -> int | None:
     try:
         envelope = json.loads(payload or b"")
-    except ValueError:
+    except (ValueError, RecursionError):  # a malformed payload, dead-lettered as such
         return None
     value = envelope.get("max_retries") if isinstance(envelope, dict) else None
     return value if isinstance(value, int) else None
@@ -297,6 +306,11 @@ class _Checker:
             if job_id in self.enqueued.acknowledged or workers_stopped:
                 report.lost.append(job_id)
                 self.problems.append(f"{job_id}: state {state}, not terminal")
+            expected_index = _INDEX_OF_STATE.get(state)
+            if job["indexes"] != ({expected_index} if expected_index else set()):
+                self.problems.append(
+                    f"{job_id}: state {state} but in indexes {sorted(job['indexes'])} (stuck)"
+                )
             return
         expected = {_INDEX_OF_STATE[state]} | ({"dlq"} if state in {"failed", "expired"} else set())
         if job["indexes"] != expected:
@@ -447,3 +461,54 @@ def check_invariants(
         if leased:
             report.problems.append(f"{leased} leases left after the workers stopped")
     return report
+
+
+_STUCK_LUA = """
+local problems = {}
+for _, key in ipairs(KEYS) do
+  local kind = redis.call('TYPE', key)['ok']
+  local id = string.sub(key, #ARGV[1] + 5)
+  if kind ~= 'hash' then
+    problems[#problems + 1] = id .. ': job key holds a ' .. kind
+  else
+    local state = redis.call('HGET', key, 'state')
+    -- a hash without a known state is malformed; it must sit in ready, where a claim hands it over
+    local index = ({waiting = 'ready', delayed = 'delayed', active = 'leases', completed = 'completed',
+      cancelled = 'cancelled', failed = 'failed', expired = 'expired'})[state or ''] or 'ready'
+    state = tostring(state)
+    do
+      for _, other in ipairs({'ready', 'delayed', 'leases', 'completed', 'cancelled', 'failed', 'expired'}) do
+        local member = redis.call('ZSCORE', ARGV[1] .. other, id) ~= false
+        if member ~= (other == index) then
+          problems[#problems + 1] = id .. ': state ' .. state .. (member and ' but in ' or ' but not in ') .. other
+        end
+      end
+      local dead = redis.call('ZSCORE', ARGV[1] .. 'dlq', id) ~= false
+      if dead ~= (state == 'failed' or state == 'expired') then
+        problems[#problems + 1] = id .. ': state ' .. state .. ' and in dlq: ' .. tostring(dead)
+      end
+    end
+  end
+end
+return problems
+"""
+
+
+def stuck_jobs(url: str, prefix: str, queue: str) -> list[str]:
+    """Every job hash of ``queue`` whose index memberships disagree with its state, or no hash at all.
+
+    A test-only ``SCAN`` of the queue's keys (the product never scans); also finds jobs that no
+    producer acknowledged. An empty list means every job is reachable by its next transition.
+    """
+    keys = queue_keys(prefix, queue)
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    problems: list[str] = []
+    try:
+        found = list(client.scan_iter(match=f"{keys.base}job:*", count=1000))
+        for start in range(0, len(found), 500):
+            chunk = found[start : start + 500]
+            reply = client.eval(_STUCK_LUA, len(chunk), *chunk, keys.base)
+            problems.extend(item.decode("utf-8", "replace") for item in reply)
+    finally:
+        client.close()
+    return problems

@@ -14,6 +14,7 @@ from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.queues import Queue
 from asyncmq_otel.settings import override_settings
 from asyncmq_otel.tasks import task
+from asyncmq_otel.telemetry import tracing
 from asyncmq_otel.testing import Captured
 from asyncmq_otel.workers import Worker
 from tests.support.poll import eventually
@@ -200,15 +201,15 @@ async def test_retry_then_success_gives_linked_sibling_attempts(
     assert scheduled["error.type"] == error_type
     assert scheduled["asyncmq.job.eligible_at"] == attrs(second)["asyncmq.job.eligible_at"]
 
-    retried = {"outcome": "retried", "error_type": error_type, "reason": ""}
-    assert captured.metric_value("asyncmq_job_outcomes_total", **retried) == 1
+    assert captured.metric_value("asyncmq_job_outcomes_total", outcome="retried", reason="") == 1
+    assert captured.metric_value("asyncmq_job_errors_total", outcome="retried", error_type=error_type) == 1
     assert (
         captured.metric_value(
             "asyncmq_job_outcomes_total", outcome="completed", asyncmq_task_name="tel.flaky"
         )
         == 1
     )
-    assert captured.metric_value("messaging_process_duration_seconds_count", error_type=error_type) == 1
+    assert captured.metric_value("messaging_process_duration_seconds_count", outcome="retried") == 1
     assert captured.metric_value("asyncmq_job_attempts_sum", outcome="completed") == 2
     assert captured.metric_value(
         "messaging_client_operation_duration_seconds_count", messaging_operation_name="retry"
@@ -235,8 +236,8 @@ async def test_retries_exhausted_dead_letter_with_one_exception_event(
     assert links(last)["previous_attempt"] == ids(attempts[1])
 
     error_type = f"{__name__}.FlakyError"
-    failed = {"outcome": "failed", "error_type": error_type, "reason": "failed"}
-    assert captured.metric_value("asyncmq_job_outcomes_total", **failed) == 1
+    assert captured.metric_value("asyncmq_job_outcomes_total", outcome="failed", reason="failed") == 1
+    assert captured.metric_value("asyncmq_job_errors_total", outcome="failed", error_type=error_type) == 1
     assert captured.metric_value("asyncmq_job_e2e_duration_seconds_count", outcome="failed") == 1
     assert captured.metric_value("asyncmq_job_attempts_sum", outcome="failed") == 3
     assert captured.metric_value(
@@ -260,8 +261,10 @@ async def test_expired_job_gets_a_settle_span(captured: Captured, unique_name) -
     (settle,) = for_job(captured.spans, job_id, "settle")
     (send,) = captured.spans_named(f"send {unique_name}")
     assert_settle(settle, queue=unique_name, job_id=job_id, op_name="expire", outcome="expired")
-    assert settle.status.status_code is StatusCode.UNSET
-    assert "error.type" not in attrs(settle)
+    # Rev. 2 (§2.6): an expiry is an error a Jaeger error=true search must find.
+    assert settle.status.status_code is StatusCode.ERROR
+    assert settle.status.description == "expired"
+    assert attrs(settle)["error.type"] == "expired"
     assert event(settle, "asyncmq.job.dead_lettered") == {"asyncmq.dlq.reason": "expired"}
     assert parent_id(settle) == ctx(send).span_id
     assert links(settle) == {"creation": ids(send)}
@@ -423,13 +426,9 @@ async def test_unknown_task_is_settled_as_a_dead_letter(captured: Captured, back
     assert attrs(settle)["error.type"] == "unknown_task"
     assert event(settle, "asyncmq.job.dead_lettered") == {"asyncmq.dlq.reason": "unknown_task"}
     assert "exception" not in event_names(settle)
-    failed = {
-        "outcome": "failed",
-        "error_type": "unknown_task",
-        "reason": "unknown_task",
-        "asyncmq_task_name": "_OTHER",
-    }
+    failed = {"outcome": "failed", "reason": "unknown_task", "asyncmq_task_name": "_OTHER"}
     assert captured.metric_value("asyncmq_job_outcomes_total", **failed) == 1
+    assert captured.metric_value("asyncmq_job_errors_total", outcome="failed", error_type="unknown_task") == 1
     assert captured.metric_value("messaging_client_consumed_messages_total", asyncmq_task_name="_OTHER") == 1
 
 
@@ -457,9 +456,7 @@ async def test_timeout_is_a_failed_attempt_with_the_timeout_type(
     assert attrs(process)["error.type"] == "asyncmq_otel.errors.JobTimeout"
     assert process.status.status_code is StatusCode.ERROR
     assert event(process, "exception")["exception.type"] == "asyncmq_otel.errors.JobTimeout"
-    assert (
-        captured.metric_value("asyncmq_job_outcomes_total", error_type="asyncmq_otel.errors.JobTimeout") == 1
-    )
+    assert captured.metric_value("asyncmq_job_errors_total", error_type="asyncmq_otel.errors.JobTimeout") == 1
 
 
 async def test_progress_events_are_capped_per_span(backend, unique_name) -> None:
@@ -497,7 +494,7 @@ async def test_sandboxed_task_runs_under_its_process_span(captured: Captured, ba
     assert_process(bad_span, queue=unique_name, job_id=bad, task="sandbox.fail", attempt=1, outcome="failed")
     assert attrs(bad_span)["error.type"] == error_type
     assert event(bad_span, "exception")["exception.type"] == error_type
-    assert captured.metric_value("asyncmq_job_outcomes_total", outcome="failed", error_type=error_type) == 1
+    assert captured.metric_value("asyncmq_job_errors_total", outcome="failed", error_type=error_type) == 1
 
 
 async def test_bulk_enqueue_with_and_without_create_spans(backend, unique_name) -> None:
@@ -678,8 +675,11 @@ instrumented_backends: list[InstrumentedBackend] = []
 
 
 async def test_worker_bookkeeping_runs_under_suppressed_instrumentation(
-    captured: Captured, unique_name
+    captured: Captured, unique_name, monkeypatch
 ) -> None:
+    # The adapter looks for OTel's Redis instrumentor before it spends a context on a write (§6);
+    # InstrumentedBackend plays that instrumentor here.
+    monkeypatch.setattr(tracing, "redis_instrumented", lambda: True)
     backend = InstrumentedBackend()
     instrumented_backends.append(backend)
     q = Queue(unique_name, backend=backend)

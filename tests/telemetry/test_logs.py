@@ -131,7 +131,8 @@ async def test_ids_are_present_at_sampling_ratio_zero(backend, unique_name, caps
         assert TRACE_ID.fullmatch(line["trace_id"])
         assert SPAN_ID.fullmatch(line["span_id"])
         assert line["trace_flags"] == "00"
-    assert len({line["span_id"] for line in started}) == 2
+    # Rev. 2 (§6): an unsampled attempt makes no span; its lines carry the stored (producer's) ids.
+    assert len({(line["trace_id"], line["span_id"]) for line in started}) == 1
     for line in lines:
         if line["event"].startswith("worker."):
             assert "trace_id" not in line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -10,7 +11,7 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from prometheus_client import CollectorRegistry
 
 from asyncmq_otel.events import LifecycleEvent, bus
-from asyncmq_otel.tasks import task
+from asyncmq_otel.tasks import TASK_REGISTRY, task
 from asyncmq_otel.telemetry.metrics import (
     B_ATT,
     B_E2E,
@@ -19,6 +20,7 @@ from asyncmq_otel.telemetry.metrics import (
     B_WAIT,
     METRICS,
     METRICS_BY_NUMBER,
+    OTHER,
     InstrumentKind,
     MetricDef,
     MetricSinks,
@@ -33,12 +35,12 @@ OP = "messaging_operation_name"
 # §3.4, transcribed independently of the implementation: number → (Prometheus name, type, labels, buckets).
 CONTRACT: dict[int, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] = {
     1: ("messaging_client_sent_messages_total", "counter", (Q, T, OP, "error_type"), None),
-    2: ("messaging_client_consumed_messages_total", "counter", (Q, T, G), None),
-    3: ("messaging_process_duration_seconds", "histogram", (Q, T, G, "error_type"), B_PROC),
+    2: ("messaging_client_consumed_messages_total", "counter", (Q, T, G, OP), None),
+    3: ("messaging_process_duration_seconds", "histogram", (Q, T, G, OP, "outcome"), B_PROC),
     4: ("messaging_client_operation_duration_seconds", "histogram", (Q, OP, "error_type"), B_OP),
     5: ("asyncmq_job_wait_duration_seconds", "histogram", (Q, T, G, "priority_class"), B_WAIT),
     6: ("asyncmq_job_e2e_duration_seconds", "histogram", (Q, T, "outcome"), B_E2E),
-    7: ("asyncmq_job_outcomes_total", "counter", (Q, T, G, "outcome", "error_type", "reason"), None),
+    7: ("asyncmq_job_outcomes_total", "counter", (Q, T, G, "outcome", "reason"), None),
     8: ("asyncmq_job_attempts", "histogram", (Q, T, "outcome"), B_ATT),
     9: ("asyncmq_job_stalled_total", "counter", (Q, T), None),
     10: ("asyncmq_job_running_max_age_seconds", "gauge", (Q, G), None),
@@ -56,38 +58,33 @@ CONTRACT: dict[int, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] 
     22: ("asyncmq_backend_data_loss_total", "counter", (Q,), None),
     23: ("asyncmq_backend_data_loss_detected", "gauge", (Q,), None),
     24: ("asyncmq_stale_writes_rejected_total", "counter", (Q, OP), None),
-    # An extension the operations issue asks for (worker liveness from the registry, per queue).
     25: ("asyncmq_queue_consumers", "gauge", (Q,), None),
+    26: ("asyncmq_job_errors_total", "counter", (Q, T, "error_type", "outcome"), None),
 }
 
-B_PROC_DOC = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1,
-    2.5,
-    5,
-    7.5,
-    10,
-    15,
-    30,
-    60,
-    120,
-    300,
-    600,
+# §3.2 rev. 2, transcribed: the sets start at 0.1 ms so sub-5 ms latencies are readable.
+B_OP_DOC = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+B_PROC_DOC = (*B_OP_DOC, 30, 60, 120, 300, 600, 1800, 3600)
+B_WAIT_DOC = (
+    *(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    *(30, 60, 120, 300, 600, 1800, 3600),
 )
-B_PROC_DOC += (1800, 3600)
+B_E2E_DOC = (*B_WAIT_DOC, 7200, 21600, 86400)
 
 
 @task("metrics-q", name="metrics.known")
 async def known() -> None:
     """A registered task: metric labels keep its name."""
+
+
+@task("metrics-q", name="metrics.other")
+async def other() -> None:
+    """A second task of the same queue."""
+
+
+@task("pre", name="metrics.pre")
+async def pre() -> None:
+    """The task declared for the queue the pre-initialisation test serves."""
 
 
 def _sample_values(row: MetricDef) -> tuple[str, ...]:
@@ -96,8 +93,8 @@ def _sample_values(row: MetricDef) -> tuple[str, ...]:
 
 
 def test_table_matches_the_contract_row_by_row() -> None:
-    assert sorted(row.number for row in METRICS) == list(range(1, 26))
-    assert B_PROC == B_PROC_DOC
+    assert sorted(row.number for row in METRICS) == list(range(1, 27))
+    assert (B_OP, B_PROC, B_WAIT, B_E2E) == (B_OP_DOC, B_PROC_DOC, B_WAIT_DOC, B_E2E_DOC)
     for row in METRICS:
         name, kind, labels, buckets = CONTRACT[row.number]
         assert row.prometheus_name == name
@@ -193,14 +190,42 @@ def test_bucket_overrides_apply_to_both_sinks_and_unknown_names_raise() -> None:
         MetricSinks(registry=None, histogram_buckets={"asyncmq.nope": [1]})
 
 
-def test_success_has_no_error_type_attribute_in_otlp_and_an_empty_label_in_prometheus(
-    captured: Captured,
-) -> None:
-    bus.emit(_event("job:stalled", task="metrics.known"))
-    bus.emit(_event("job:completed", task="metrics.known", duration_s=0.1, finished_at=time.time()))
-    prom = [s for s in captured.metrics if s.name == "asyncmq_job_outcomes_total" and s.value]
-    assert [s.labels["error_type"] for s in prom if s.sink == "prometheus"] == [""]
-    assert ["error_type" in s.labels for s in prom if s.sink == "otlp"] == [False]
+def test_success_has_no_error_type_attribute_in_otlp_and_an_empty_label_in_prometheus() -> None:
+    registry = CollectorRegistry()
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    sinks = MetricSinks(registry=registry, meter_provider=provider)
+    sinks.counter(1, "q", "metrics.known", "send", "").inc()
+    family = next(f for f in registry.collect() if f.name == "messaging_client_sent_messages")
+    assert [s.labels["error_type"] for s in family.samples if s.name.endswith("_total")] == [""]
+    data = reader.get_metrics_data()
+    assert data is not None
+    point = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points[0]
+    assert "error.type" not in point.attributes
+    provider.shutdown()
+    sinks.close()
+
+
+def _bucket_counts(registry: CollectorRegistry, name: str) -> dict[float, float]:
+    family = next(f for f in registry.collect() if f.name == name)
+    return {float(s.labels["le"]): s.value for s in family.samples if s.name.endswith("_bucket")}
+
+
+@pytest.mark.parametrize("number", [3, 4, 5])
+def test_a_sub_millisecond_and_a_two_millisecond_observation_land_in_distinct_buckets(number: int) -> None:
+    """§3.2 rev. 2: with a 5 ms first bucket both read as "under 5 ms" and every p95 said 4.75 ms."""
+    registry = CollectorRegistry()
+    sinks = MetricSinks(registry=registry)
+    row = METRICS_BY_NUMBER[number]
+    series = sinks.histogram(number, *_sample_values(row))
+    series.observe(0.0003)
+    before = _bucket_counts(registry, row.prometheus_name)
+    series.observe(0.002)
+    after = _bucket_counts(registry, row.prometheus_name)
+    first = min(le for le, count in before.items() if count == 1)
+    second = min(le for le, count in after.items() if count - before[le] == 1)
+    assert first < second <= 0.0025
+    sinks.close()
 
 
 def test_no_created_series_in_either_format(captured: Captured) -> None:
@@ -240,18 +265,56 @@ def test_cardinality_cap_overflows_to_other_counts_drops_and_warns_once() -> Non
         assert warnings[0]["level"] == "warning"
 
 
-def test_error_type_keeps_the_first_n_values_per_metric_and_task() -> None:
-    with capture_telemetry(error_type_limit=2) as cap:
-        for error_type in ("A", "B", "C", "D", "A"):
-            bus.emit(_event("job:retried", task="metrics.known", error_type=error_type, duration_s=0.01))
-        outcomes = {
-            s.labels["error_type"]: s.value
-            for s in cap.metrics
-            if s.name == "asyncmq_job_outcomes_total"
-            and s.sink == "prometheus"
-            and s.labels["outcome"] == "retried"
-        }
-        assert outcomes == {"": 0.0, "A": 2.0, "B": 1.0, "_OTHER": 2.0}
+def _errors(cap: Captured, **labels: str) -> dict[str, float]:
+    return {
+        s.labels["error_type"]: s.value
+        for s in cap.metrics
+        if s.name == "asyncmq_job_errors_total"
+        and s.sink == "prometheus"
+        and all(s.labels[k] == v for k, v in labels.items())
+    }
+
+
+def test_error_type_keeps_the_most_recently_seen_values_per_metric_and_task() -> None:
+    """§3.6 rev. 2: a new incident after 20 other error types shows under its own name (LRU, not first-N)."""
+    with capture_telemetry() as cap:  # the default error_type_limit, 20
+        for n in range(20):
+            bus.emit(_event("job:retried", task="metrics.known", error_type=f"old.E{n}", duration_s=0.01))
+        bus.emit(_event("job:retried", task="metrics.known", error_type="old.E0", duration_s=0.01))
+        bus.emit(_event("job:retried", task="metrics.known", error_type="shop.NewIncident", duration_s=0.01))
+        errors = _errors(cap, outcome="retried")
+        assert errors["shop.NewIncident"] == 1
+        assert OTHER not in errors
+        # E0 was seen again, so E1 was the least recently seen: its series left the scrape sink.
+        assert errors["old.E0"] == 2
+        assert "old.E1" not in errors
+        assert len(errors) == 20
+        # The evicted type comes back under its own name, from 0 (its old count left with its series).
+        bus.emit(_event("job:failed", task="metrics.known", error_type="old.E1", reason="failed"))
+        assert _errors(cap, outcome="failed") == {"old.E1": 1.0}
+        assert "old.E2" not in _errors(cap)
+
+
+def test_error_types_are_kept_per_task() -> None:
+    with capture_telemetry(error_type_limit=1) as cap:
+        bus.emit(_event("job:retried", task="metrics.known", error_type="A", duration_s=0.01))
+        bus.emit(_event("job:retried", task="metrics.other", error_type="B", duration_s=0.01))
+        assert _errors(cap, asyncmq_task_name="metrics.known") == {"A": 1.0}
+        assert _errors(cap, asyncmq_task_name="metrics.other") == {"B": 1.0}
+        bus.emit(_event("job:retried", task="metrics.known", error_type="C", duration_s=0.01))
+        assert _errors(cap, asyncmq_task_name="metrics.known") == {"C": 1.0}
+        assert _errors(cap, asyncmq_task_name="metrics.other") == {"B": 1.0}
+
+
+def test_outcomes_carry_no_error_type_and_failures_count_by_reason(captured: Captured) -> None:
+    bus.emit(_event("job:failed", task="metrics.known", error_type="ValueError", reason="failed"))
+    bus.emit(_event("job:failed", task="metrics.known", reason="worker_lost"))
+    assert captured.metric_value("asyncmq_job_outcomes_total", outcome="failed", reason="failed") == 1
+    assert captured.metric_value("asyncmq_job_outcomes_total", outcome="failed", reason="worker_lost") == 1
+    assert _errors(captured, outcome="failed") == {"ValueError": 1.0, "worker_lost": 1.0}
+    outcomes = [s for s in captured.metrics if s.name == "asyncmq_job_outcomes_total"]
+    assert outcomes
+    assert all("error_type" not in s.labels for s in outcomes)
 
 
 def test_worker_started_pre_initialises_series_at_zero(captured: Captured) -> None:
@@ -260,7 +323,7 @@ def test_worker_started_pre_initialises_series_at_zero(captured: Captured) -> No
             "worker:started", time.time(), queue="pre", worker_id="w1", group="g1", concurrency=7, active=0
         )
     )
-    labels = {Q: "pre", T: "metrics.known"}
+    labels = {Q: "pre", T: "metrics.pre"}
     samples = [s for s in captured.metrics if s.sink == "prometheus"]
 
     def present(name: str, **wanted: str) -> list[float]:
@@ -270,12 +333,28 @@ def test_worker_started_pre_initialises_series_at_zero(captured: Captured) -> No
             if s.name == name and all(s.labels.get(k) == v for k, v in wanted.items())
         ]
 
-    assert present("messaging_client_consumed_messages_total", **labels, **{G: "g1"}) == [0.0]
-    assert present("messaging_process_duration_seconds_count", **labels, error_type="") == [0.0]
-    for outcome in ("completed", "retried", "interrupted", "failed", "expired", "cancelled"):
-        assert present("asyncmq_job_outcomes_total", **labels, outcome=outcome, error_type="", reason="") == [
-            0.0
-        ]
+    assert present("messaging_client_consumed_messages_total", **labels, **{G: "g1", OP: "process"}) == [0.0]
+    for outcome in ("completed", "retried", "interrupted", "failed", "cancelled"):
+        count = "messaging_process_duration_seconds_count"
+        assert present(count, **labels, **{OP: "process"}, outcome=outcome) == [0.0]
+    # Every (outcome, reason) pair a job can record (§3.4 #7), so the first failure counts from 0.
+    outcomes = {
+        (s.labels["outcome"], s.labels["reason"]): s.value
+        for s in samples
+        if s.name == "asyncmq_job_outcomes_total" and s.labels[Q] == "pre" and s.labels[T] == "metrics.pre"
+    }
+    assert outcomes == {
+        ("completed", ""): 0.0,
+        ("retried", ""): 0.0,
+        ("interrupted", ""): 0.0,
+        ("cancelled", ""): 0.0,
+        ("expired", "expired"): 0.0,
+        ("failed", "failed"): 0.0,
+        ("failed", "worker_lost"): 0.0,
+        ("failed", "interrupted"): 0.0,
+        ("failed", "unknown_task"): 0.0,
+        ("failed", "malformed_payload"): 0.0,
+    }
     for cls in ("high", "normal", "low"):
         assert present("asyncmq_job_wait_duration_seconds_count", **labels, priority_class=cls) == [0.0]
     assert present("asyncmq_job_stalled_total", **labels) == [0.0]
@@ -349,3 +428,118 @@ def _event(name: str, **fields: object) -> LifecycleEvent:
     }
     base.update(fields)
     return LifecycleEvent(name, time.time(), **base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def twenty_queues() -> Iterator[list[str]]:
+    """10 tasks declared on each of 20 queues (the shape of the phantom-series report), unregistered after."""
+    queues = [f"fleet-q{n}" for n in range(20)]
+    names = [f"fleet.q{q}.t{t}" for q in range(20) for t in range(10)]
+    for name in names:
+        task(f"fleet-q{name.split('.')[1][1:]}", name=name)(known.info.func)
+    yield queues
+    for name in names:
+        TASK_REGISTRY.pop(name, None)
+
+
+def _worker_started(queue: str) -> LifecycleEvent:
+    return LifecycleEvent(
+        "worker:started", time.time(), queue=queue, worker_id="w", group="default", concurrency=5, active=0
+    )
+
+
+def _pairs(cap: Captured) -> set[tuple[str, str]]:
+    return {
+        (s.labels[Q], s.labels[T])
+        for s in cap.metrics
+        if s.sink == "prometheus" and s.labels.get(T, "").startswith("fleet.")
+    }
+
+
+def test_a_worker_pre_binds_only_the_pairs_of_the_queues_it_serves(twenty_queues: list[str]) -> None:
+    """§3.6 rev. 2: serving one of 20 queues binds that queue's 10 tasks, not 20 × 200 phantom pairs."""
+    with capture_telemetry() as cap:
+        bus.emit(_worker_started(twenty_queues[0]))
+        assert _pairs(cap) == {("fleet-q0", f"fleet.q0.t{t}") for t in range(10)}
+        per_pair = sum(1 for s in cap.metrics if s.sink == "prometheus" and s.labels.get(T) == "fleet.q0.t0")
+        fleet = sum(
+            1 for s in cap.metrics if s.sink == "prometheus" and s.labels.get(T, "").startswith("fleet.")
+        )
+        assert fleet == 10 * per_pair
+        # A job of a task declared elsewhere binds its own pair the moment it is seen.
+        bus.emit(_event("job:started", queue="fleet-q0", task="fleet.q7.t3", wait_s=0.001))
+        assert ("fleet-q0", "fleet.q7.t3") in _pairs(cap)
+        assert len(_pairs(cap)) == 11
+
+
+def test_serving_five_queues_keeps_real_completions_out_of_other(twenty_queues: list[str]) -> None:
+    """Rev. 1 spent the cardinality cap on phantom pairs: completions of q2–q4 went to ``_OTHER``."""
+    with capture_telemetry() as cap:
+        for queue in twenty_queues[:5]:
+            bus.emit(_worker_started(queue))
+        for q in (2, 3, 4):
+            job = {"queue": f"fleet-q{q}", "task": f"fleet.q{q}.t9", "job_id": f"j{q}", "group": "default"}
+            bus.emit(_event("job:started", **job, wait_s=0.002, started_monotonic=time.perf_counter()))
+            bus.emit(_event("job:completed", **job, duration_s=0.001, finished_at=time.time()))
+        for q in (2, 3, 4):
+            labels = {Q: f"fleet-q{q}", T: f"fleet.q{q}.t9"}
+            assert cap.metric_value("asyncmq_job_outcomes_total", outcome="completed", **labels) == 1
+            assert cap.metric_value("asyncmq_job_wait_duration_seconds_count", **labels) == 1
+            assert cap.metric_value("messaging_process_duration_seconds_count", **labels) == 1
+        assert not [s for s in cap.metrics if s.labels.get(Q) == OTHER]
+        assert cap.metric_value("asyncmq_telemetry_dropped_total", signal="metric", reason="cardinality") == 0
+
+
+def test_the_accumulators_expose_what_prometheus_client_children_would() -> None:
+    """The scrape sink records into plain accumulators (the job path's cost); its output must not change."""
+    from prometheus_client import Counter, Gauge, Histogram
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    ours = CollectorRegistry()
+    sinks = MetricSinks(registry=ours)
+    reference = CollectorRegistry()
+    process, outcomes, up = METRICS_BY_NUMBER[3], METRICS_BY_NUMBER[7], METRICS_BY_NUMBER[13]
+    ref_process = Histogram(
+        process.prometheus_name, process.description, process.label_keys, registry=reference,
+        unit="seconds", buckets=B_PROC,
+    )  # fmt: skip
+    ref_outcomes = Counter(
+        outcomes.prometheus_name, outcomes.description, outcomes.label_keys, registry=reference
+    )
+    ref_up = Gauge(up.prometheus_name, up.description, up.label_keys, registry=reference)
+    values = ("q", "metrics.known", "g", "process", "completed")
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    for value in (0.0003, 0.002, 0.002, 7.0, 5000.0):
+        sinks.histogram(3, *values).observe(value, trace_id)
+        ref_process.labels("asyncmq", *values).observe(value, {"trace_id": trace_id})
+    sinks.counter(7, "q", "metrics.known", "g", "failed", "failed").inc(3)
+    ref_outcomes.labels("asyncmq", "q", "metrics.known", "g", "failed", "failed").inc(3)
+    sinks.gauge(13, "q", "g").set(1)
+    ref_up.labels("asyncmq", "q", "g").set(1)
+
+    def lines(text: bytes, names: tuple[str, ...]) -> list[str]:
+        return [
+            line
+            for line in text.decode().splitlines()
+            if line.split("{")[0].split(" ")[0] in names and "_created" not in line
+        ]
+
+    names = (
+        *(f"{process.prometheus_name}{suffix}" for suffix in ("", "_bucket", "_count", "_sum")),
+        "asyncmq_job_outcomes", outcomes.prometheus_name, up.prometheus_name,
+    )  # fmt: skip
+    text = lines(generate_latest(ours), names)
+    assert len(text) == (len(B_PROC) + 1) + 2 + 2  # buckets with +Inf, count, sum, the counter, the gauge
+    assert text == lines(generate_latest(reference), names)
+    ours_om = [
+        line.split(" # ")[0] + (" #" if " # " in line else "")
+        for line in lines(generate_openmetrics(ours), names)
+    ]
+    ref_om = [
+        line.split(" # ")[0] + (" #" if " # " in line else "")
+        for line in lines(generate_openmetrics(reference), names)
+    ]
+    assert ours_om == ref_om  # exemplar timestamps differ; their presence and buckets must not
+    assert sum(line.endswith(" #") for line in ours_om) == 4  # 0.3 ms, 2 ms, 7 s and +Inf buckets
+    sinks.close()

@@ -134,5 +134,5 @@ def test_values_that_do_not_repeat_are_not_cached() -> None:
     encoder = _Encoder()
     assert _parse(encoder.request(spans)) == encode_spans(spans)
     cached = encoder._pairs  # the cache is what this test checks
-    assert {key for key, _kind, _value in cached} == {"messaging.system", "exception.type"}
+    assert {key for _tag, key, _kind, _value in cached} == {"messaging.system", "exception.type"}
     assert len(cached) == 2

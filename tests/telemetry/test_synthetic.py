@@ -111,9 +111,9 @@ def test_failed_after_interrupts_is_an_error_without_exception_event(captured: C
     assert attrs(process)["asyncmq.job.outcome"] == "failed"
     assert "exception" not in event_names(process)
     assert event(process, "asyncmq.job.dead_lettered") == {"asyncmq.dlq.reason": "interrupted"}
-    labels = {"outcome": "failed", "reason": "interrupted", "error_type": "interrupted"}
-    assert captured.metric_value("asyncmq_job_outcomes_total", **labels) == 1
-    assert captured.metric_value("messaging_process_duration_seconds_count", error_type="interrupted") == 1
+    assert captured.metric_value("asyncmq_job_outcomes_total", outcome="failed", reason="interrupted") == 1
+    assert captured.metric_value("asyncmq_job_errors_total", outcome="failed", error_type="interrupted") == 1
+    assert captured.metric_value("messaging_process_duration_seconds_count", outcome="failed") == 1
 
 
 def test_invalid_stored_context_gives_a_root_span_without_creation_link(captured: Captured) -> None:

@@ -24,6 +24,9 @@ def on_failed(event: LifecycleEvent) -> None:
 async def main() -> None:
     job_id: str = await resize.using(priority=1, delay=2.0).enqueue("a.png", 640)
     same: str = await resize.enqueue("b.png", width=320, priority=3)
+    overridden: str = await resize.using(retries=0, ttl=60.0, timeout=1.0).enqueue("c.png", 1)
+    aliases: list[str] = [await resize.delay("d.png", 2), await resize.send("e.png", 3)]
+    declared: Queue = await Queue.for_task("typed_usage.resize")
     direct: int = total([1, 2, 3])
     event_emitter.on("job:failed", on_failed)
     queue = Queue("typed")
@@ -33,4 +36,4 @@ async def main() -> None:
     async with anyio.create_task_group() as group:
         group.start_soon(worker.run)
         worker.stop()
-    print(same, direct, state, counts)
+    print(same, direct, state, counts, overridden, aliases, declared)

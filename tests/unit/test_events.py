@@ -144,6 +144,35 @@ async def test_raising_queued_listener_does_not_stop_dispatch():
     assert bus.dropped["event", "adapter_error"] == 2
 
 
+async def test_a_dispatcher_cancelled_mid_delivery_leaves_the_rest_to_drain_in_order():
+    bus = EventBus()
+    got: list[tuple[str, str | None]] = []
+    in_first = threading.Event()
+    release = threading.Event()
+
+    def first(event):
+        got.append(("first", event.job_id))
+        if event.job_id == "0":
+            in_first.set()
+            release.wait(10)
+
+    async def second(event):
+        got.append(("second", event.job_id))
+
+    bus.on("job:*", first)
+    bus.on("job:*", second)
+    for i in range(3):
+        bus.emit(ev("job:enqueued", job_id=str(i)))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(bus.run_dispatcher)
+        await anyio.to_thread.run_sync(in_first.wait, 10)
+        tg.cancel_scope.cancel()  # the dispatcher stops while "first" holds event 0
+        release.set()
+    assert got == [("first", "0")]
+    await bus.drain(5.0)
+    assert got == [(name, str(i)) for i in range(3) for name in ("first", "second")]
+
+
 async def test_emitter_compat_emit_with_asyncmq_dict_and_mapping_access():
     bus = EventBus()
     emitter = EventEmitter(bus)
@@ -184,3 +213,44 @@ async def test_wants_says_whether_an_event_would_reach_anyone():
     assert not bus.wants("job:enqueued")
     bus.on("*", listener, inline=True)
     assert bus.wants("queue:paused")
+
+
+class _Recorder:
+    """A callable object listener (no ``async def``): the dispatcher runs it in a worker thread."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __call__(self, event: LifecycleEvent) -> None:
+        self.names.append(event.name)
+
+
+@pytest.mark.usefixtures("fast_settings")
+async def test_a_graceful_stop_delivers_every_event_to_every_queued_listener_in_order(unique_name):
+    """Stopping the worker cancels its dispatcher; an event it had taken but not delivered is not lost."""
+    from asyncmq_otel import Queue, Worker, task
+    from asyncmq_otel.backends.memory import InMemoryBackend
+    from asyncmq_otel.events import bus
+
+    @task(unique_name, name=f"{unique_name}.quick")
+    async def quick() -> str:
+        return "done"
+
+    started, completed, everything = _Recorder(), _Recorder(), _Recorder()
+    bus.on("job:started", started)
+    bus.on("job:completed", completed)
+    bus.on("*", everything)
+    backend = InMemoryBackend()
+    queue = Queue(unique_name, backend=backend)
+    job_id = await queue.add(f"{unique_name}.quick")
+    worker = Worker(unique_name, backend=backend)
+    # stop as soon as the job has started (inline, so before its job:started reaches a queued listener)
+    bus.on("job:started", lambda _event: worker.stop(), inline=True)
+    with anyio.fail_after(20):
+        await worker.run()
+    assert await queue.get_job_state(job_id) == "completed"
+    assert started.names == ["job:started"]
+    assert completed.names == ["job:completed"]
+    assert everything.names == [
+        "job:enqueued", "worker:started", "job:started", "job:completed", "worker:stopped"
+    ]  # fmt: skip

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import threading
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 from asyncmq_otel import Queue, Worker, run_hooks, run_hooks_safely
+from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.hooks import normalize_hooks
 from asyncmq_otel.settings import override_settings
 from asyncmq_otel.tasks import TASK_REGISTRY
@@ -89,6 +92,33 @@ async def test_shutdown_hooks_run_when_the_worker_is_cancelled_from_outside(back
             tg.cancel_scope.cancel()
     assert ran == [worker.worker_id]
     assert await backend.list_workers() == []  # deregistered in the tail too
+
+
+@pytest.mark.timeout(60)
+async def test_a_blocked_sync_shutdown_hook_runs_in_a_thread_and_a_second_stop_abandons_it(unique_name):
+    loop_thread = threading.get_ident()
+    hook_threads: list[int] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(backend, worker_id, queue):
+        hook_threads.append(threading.get_ident())
+        entered.set()
+        release.wait(20)
+
+    worker = Worker(unique_name, backend=InMemoryBackend())
+    try:
+        with override_settings(worker_on_shutdown=stuck), anyio.fail_after(15):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(worker.run)
+                await eventually(lambda: worker.state == "running")
+                worker.stop()
+                await anyio.to_thread.run_sync(entered.wait, 10)
+                assert worker.state == "stopping"  # the loop is free while the hook blocks
+                worker.stop()
+    finally:
+        release.set()
+    assert worker.state == "stopped"
+    assert hook_threads and hook_threads[0] != loop_thread
 
 
 async def test_run_hooks_helpers_directly():

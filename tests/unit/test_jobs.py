@@ -7,7 +7,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asyncmq_otel.errors import InvalidName, JobArgumentError, MalformedJob
-from asyncmq_otel.jobs import Backoff, Job, check_job_id, check_json, check_queue_name, dumps, error_type_name
+from asyncmq_otel.jobs import (
+    MAX_NESTING,
+    MAX_SECONDS,
+    Backoff,
+    Job,
+    check_int_option,
+    check_job_id,
+    check_json,
+    check_queue_name,
+    check_seconds,
+    dumps,
+    encode_payload,
+    error_type_name,
+)
 
 
 @pytest.mark.parametrize(
@@ -148,3 +161,58 @@ def test_the_fast_decode_of_a_stored_job_agrees_with_the_validating_one(raw):
         assert str(got) == str(expected)
     else:
         assert got == expected, raw
+
+
+# -- producer bounds (reliability: bad input) --------------------------------------------------------
+def test_a_cycle_is_refused_naming_where_it_closes():
+    loop: list[object] = [1, {"a": 2}]
+    loop[1]["back"] = loop  # type: ignore[index]
+    with pytest.raises(JobArgumentError, match="contains itself") as info:
+        check_json([loop], "args")
+    assert info.value.path == 'args[0][1]["back"]'
+
+
+def test_nesting_is_bounded_without_recursion_errors():
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(JobArgumentError, match=f"more than {MAX_NESTING} levels"):
+        check_json(deep, "args")
+    within: list[object] = []
+    for _ in range(MAX_NESTING - 1):
+        within = [within]
+    assert check_json(within, "args") == within
+
+
+@pytest.mark.parametrize(
+    "value", [math.nan, math.inf, 1e300, MAX_SECONDS + 0.5, 0, -1, "5", True, None, 2**2000]
+)
+def test_durations_are_finite_positive_numbers_within_ten_years(value):
+    with pytest.raises(JobArgumentError) as info:
+        check_seconds("ttl", value)
+    assert info.value.path == "ttl"
+
+
+def test_a_delay_may_be_zero_and_ints_are_bounded():
+    assert check_seconds("delay", 0, zero_ok=True) == 0.0
+    assert check_seconds("delay", MAX_SECONDS, zero_ok=True) == float(MAX_SECONDS)
+    assert check_int_option("priority", -500, -500, 500) == -500
+    for bad in (2**70, 501, True, 5.0, "5"):
+        with pytest.raises(JobArgumentError, match="priority"):
+            check_int_option("priority", bad, -500, 500)
+
+
+def test_backoff_is_bounded_and_never_overflows():
+    with pytest.raises(ValueError, match="backoff delay"):
+        Backoff("fixed", 1e300)
+    with pytest.raises(ValueError, match="max_delay"):
+        Backoff("fixed", 1, max_delay=math.nan)
+    # 2.0 ** 4999 raised OverflowError; every delay now stays a storable time
+    assert Backoff("exponential", 1.0).delay_for(5000) == MAX_SECONDS
+
+
+def test_a_lone_surrogate_is_refused_naming_its_path():
+    envelope = Job(id="j", task="t", queue="q", args=["fine", {"x": "bad \ud800"}]).envelope()
+    with pytest.raises(JobArgumentError, match="lone surrogate") as info:
+        encode_payload(envelope, 1 << 20)
+    assert info.value.path == 'args[1]["x"]'

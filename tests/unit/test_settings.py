@@ -1,9 +1,20 @@
+import importlib
+import math
 import textwrap
+import warnings
 
+import anyio
 import pytest
 
 from asyncmq_otel.errors import ConfigError
-from asyncmq_otel.settings import Settings, override_settings, reload_settings, settings
+from asyncmq_otel.settings import (
+    Settings,
+    SettingsWarning,
+    get_settings,
+    override_settings,
+    reload_settings,
+    settings,
+)
 
 
 def test_documented_defaults():
@@ -114,3 +125,135 @@ def test_override_settings_restores():
     assert settings.worker_concurrency == before
     settings.worker_concurrency = 5  # plain assignment works like AsyncMQ's settings object
     assert settings.worker_concurrency == 5
+
+
+# -- every number is checked: type, finite, range ---------------------------------------------------
+_NUMBERS = [
+    ("worker_concurrency", 0),
+    ("rate_limit", 0),
+    ("sandbox_processes", 0),
+    ("max_payload_bytes", 0),
+    ("max_result_bytes", -1),
+    ("max_stalls", -1),
+    ("max_interrupts", -1),
+    ("event_queue_size", 0),
+    ("keep_completed", -1),
+    ("keep_failed", -1),
+    ("rate_interval", 0.0),
+    ("sandbox_default_timeout", 0.0),
+    ("sandbox_term_grace", -1.0),
+    ("lease", 0.0),
+    ("renew_interval", 0.0),
+    ("reaper_interval", 0.0),
+    ("block_timeout", 0.0),
+    ("loop_block_limit", 0.0),
+    ("shutdown_timeout", -1.0),
+    ("heartbeat_interval", 0.0),
+    ("keep_completed_age", -1.0),
+    ("keep_failed_age", -1.0),
+]
+
+
+@pytest.mark.parametrize(("name", "out_of_range"), _NUMBERS)
+@pytest.mark.parametrize("kind", ["nan", "inf", "out of range", "wrong type"])
+def test_every_number_is_finite_typed_and_in_range(name: str, out_of_range: float, kind: str) -> None:
+    value = {"nan": math.nan, "inf": math.inf, "out of range": out_of_range, "wrong type": "5"}[kind]
+    with pytest.raises(ConfigError, match=name):
+        Settings(**{name: value}).validate()
+
+
+@pytest.mark.parametrize("variable", ["ASYNCMQ_LEASE", "ASYNCMQ_BLOCK_TIMEOUT", "ASYNCMQ_HEARTBEAT_INTERVAL"])
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf", "-1"])
+def test_nan_inf_and_negative_seconds_in_the_environment_are_config_errors(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=variable.removeprefix("ASYNCMQ_").lower()):
+        Settings.load({variable: raw})
+
+
+def test_size_limits_of_none_mean_no_limit() -> None:
+    assert Settings(max_payload_bytes=None).validate().max_payload_bytes >= 2**62  # type: ignore[arg-type]
+    assert Settings.load({"ASYNCMQ_MAX_RESULT_BYTES": "none"}).max_result_bytes >= 2**62
+    with override_settings(max_payload_bytes=None):
+        assert settings.max_payload_bytes >= 2**62
+    settings.max_payload_bytes = None  # type: ignore[assignment]
+    assert settings.max_payload_bytes >= 2**62
+
+
+async def _add_big_job() -> str:
+    from asyncmq_otel import Queue
+    from asyncmq_otel.backends._default import memory_backend
+
+    return await Queue("big", backend=memory_backend()).add("t.big", ["x" * (2 * 1024 * 1024)])
+
+
+def test_a_payload_over_the_default_limit_is_accepted_with_no_limit() -> None:
+    with override_settings(max_payload_bytes=None):
+        assert anyio.run(_add_big_job)
+
+
+# -- settings modules and classes ----------------------------------------------------------------------
+def test_settings_class_holding_a_backend_that_reads_the_settings(tmp_path, monkeypatch):
+    # building the backend reads the settings while the settings module is still importing
+    _write_module(
+        tmp_path,
+        "mysettings_backend_cls",
+        """
+        from asyncmq_otel.backends.redis import RedisBackend
+        from asyncmq_otel.settings import Settings
+
+        class AppSettings(Settings):
+            backend = RedisBackend("redis://127.0.0.1:6379/0", prefix="mysettings")
+            worker_concurrency = 3
+        """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("ASYNCMQ_SETTINGS_MODULE", "mysettings_backend_cls.AppSettings")
+    monkeypatch.setenv("ASYNCMQ_KEEP_FAILED", "77")
+    # a process's first use of the settings (conftest restores them); the package exports the
+    # settings object under the module's name, so the module is fetched from sys.modules
+    importlib.import_module("asyncmq_otel.settings")._lazy._set(None)
+    loaded = get_settings()
+    assert type(loaded.backend).__name__ == "RedisBackend"
+    assert loaded.backend.prefix == "mysettings"
+    # the backend built during the import took its defaults from the environment and the defaults
+    assert loaded.backend.keep_failed == 77
+    assert loaded.worker_concurrency == 3  # class attributes of a subclass without @dataclass count
+    assert settings.worker_concurrency == 3
+
+
+def test_a_misspelt_setting_in_a_module_or_class_warns_with_the_closest_name(tmp_path, monkeypatch):
+    _write_module(
+        tmp_path,
+        "mysettings_typo",
+        """
+        import os
+        from asyncmq_otel.settings import Settings
+
+        worker_concurency = 3
+        SHUTDOWN_TIMEOUT = 4.0
+        unrelated_helper = os.path.join
+
+        class Typo(Settings):
+            lese = 40.0
+        """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("ASYNCMQ_SETTINGS_MODULE", "mysettings_typo")
+    with pytest.warns(
+        SettingsWarning, match="'worker_concurency' is not a setting.*did you mean 'worker_concurrency'"
+    ):
+        loaded = reload_settings()
+    assert (loaded.worker_concurrency, loaded.shutdown_timeout) == (10, 4.0)
+    monkeypatch.setenv("ASYNCMQ_SETTINGS_MODULE", "mysettings_typo.Typo")
+    with pytest.warns(SettingsWarning, match="'lese' is not a setting.*did you mean 'lease'"):
+        reload_settings()
+
+
+def test_a_misspelt_variable_warns_with_the_closest_name():
+    with pytest.warns(
+        SettingsWarning, match="ASYNCMQ_WORKER_CONCURENCY.*did you mean ASYNCMQ_WORKER_CONCURRENCY"
+    ):
+        Settings.load({"ASYNCMQ_WORKER_CONCURENCY": "3"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # the commands' own variables and names nowhere near a setting are not reported
+        Settings.load({"ASYNCMQ_METRICS_ADDR": ":9000", "ASYNCMQ_APP": "x", "ASYNCMQ_ZZZ": "1"})

@@ -470,7 +470,7 @@ async def test_add_bulk_validates_everything_first(backend, unique_name):
 
 async def test_admin_listing_retry_from_dlq_and_clean(backend, unique_name):
     q = Queue(unique_name, backend=backend)
-    failing = await q.add("t.flaky", ["k9", 1])  # no retries: the first failure dead-letters it
+    failing = await q.add("t.flaky", ["k9", 1], retries=0)  # an explicit 0 wins over the task's 2
     ok = await q.add("t.record", ["fine"])
     async with running_worker(unique_name, backend):
         await wait_state(q, failing, "failed")
@@ -594,24 +594,58 @@ def test_start_blocks_and_stop_works_from_another_thread(unique_name):
     assert worker.state == "stopped"
 
 
-async def test_stop_gives_back_jobs_still_waiting_for_a_rate_token(backend, unique_name, events):
+async def test_a_rate_limited_worker_claims_nothing_it_has_no_token_for(backend, unique_name):
+    """With its one token spent, the worker leaves the other jobs waiting (not held ``active``)."""
     q = Queue(unique_name, backend=backend)
     first = await q.add("t.block", ["r1"])
-    throttled = [await q.add("t.record", [str(i)]) for i in range(2)]
+    others = [await q.add("t.record", [str(i)]) for i in range(2)]
     worker = Worker(
         unique_name, backend=backend, concurrency=3, rate_limit=1, rate_interval=30, shutdown_timeout=0.2
     )
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker.run)
         await eventually(lambda: attempts.get("r1") == 1)
-
-        async def all_claimed() -> bool:
-            return (await q.counts())["active"] == 3
-
-        await eventually(all_claimed)
+        # the claim loop now waits for a token, holding nothing: no wake-up can make it claim more
+        await q.add("t.record", ["wake"])
+        counts = await q.counts()
+        assert (counts["active"], counts["waiting"]) == (1, 3)
         worker.stop()
-    for job_id in throttled:
+    for job_id in others:
         stored = await q.get_job(job_id)
         assert (stored["state"], stored["attempts"], stored["stalls"]) == ("waiting", 0, 0)
     assert (await q.get_job(first))["interrupts"] == 1
     assert log == []
+
+
+async def test_jobs_a_rate_limited_worker_has_no_token_for_go_to_another_worker(backend, unique_name, events):
+    q = Queue(unique_name, backend=backend)
+    ids = [await q.add("t.record", [str(i)]) for i in range(3)]
+
+    def started_by() -> dict[str, str | None]:
+        return {e.job_id: e.worker_id for e in events if e.name == "job:started" and e.job_id}
+
+    async with running_worker(unique_name, backend, concurrency=3, rate_limit=1, rate_interval=60) as limited:
+        await eventually(lambda: ids[0] in started_by(), what="the first job started")
+        async with running_worker(unique_name, backend) as unlimited:
+            for job_id in ids:
+                await wait_state(q, job_id, "completed", timeout=10)
+    assert started_by() == {
+        ids[0]: limited.worker_id,
+        ids[1]: unlimited.worker_id,
+        ids[2]: unlimited.worker_id,
+    }
+
+
+async def test_a_burst_worker_on_several_queues_ends_with_its_last_job(unique_name):
+    """Each queue's claim loop waits on the same idle signal, so none sleeps through the end."""
+    backend = InMemoryBackend()
+    cpu, web = f"{unique_name}-cpu", f"{unique_name}-web"
+    job_id = await Queue(cpu, backend=backend).add("t.gauge", [0.2])
+    with override_settings(block_timeout=30.0):
+        worker = Worker([cpu, web], backend=backend, burst=True)
+        began = time.monotonic()
+        with anyio.fail_after(20):  # far below block_timeout: the run must not wait for it
+            await worker.run()
+    assert time.monotonic() - began < 15
+    assert await Queue(cpu, backend=backend).get_job_state(job_id) == "completed"
+    assert worker.state == "stopped"

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...errors import BackendError, PayloadTooLarge
-from ...jobs import DLQ_REASONS, TERMINAL_STATES, JobState, check_job_id
+from ...jobs import DLQ_REASONS, check_job_id
 from ...settings import get_settings
 from ..base import (
     CancelStatus,
@@ -26,16 +26,23 @@ from ..base import (
     DataLossCallback,
     EnqueueItem,
     EnqueueReply,
-    QueueStats,
-    RawJob,
     ReapReply,
     RenewStatus,
     SettleReply,
 )
 from . import _scripts
+from ._admin import AdminMixin
 from ._batch import CompleteBatcher, PendingComplete
 from ._connection import AsyncClient, Connections, ConnectionSettings, mask_url, probe_server
-from ._decode import JOB_FIELDS, decode_batch_settle, decode_jobs, decode_settle, decode_values, dumps, loads
+from ._decode import (
+    claimed_attempts,
+    decode_batch_settle,
+    decode_jobs,
+    decode_settle,
+    decode_values,
+    dumps,
+    loads,
+)
 from ._events import CancelHints, EventsMixin, hint
 from ._keys import Keys, QueueKeys
 from ._registry import RegistryMixin, server_of
@@ -47,10 +54,7 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _PROMOTE_LIMIT = 100
 _REAP_LIMIT = 100
 _BULK_CHUNK = 500  # jobs per enqueue script call: long enough to amortise, short enough not to stall Redis
-_DELETE_PAGE = 500
-_MAX_QUEUES = 10_000  # list_queues reads queue names, never jobs; bounded all the same
 _PRIORITY_BOUND = 500  # |priority| past this would lose FIFO precision in the ready score (2^44 per step)
-_STATES = tuple(state.value for state in JobState)
 
 _log = logging.getLogger("asyncmq_otel.backends.redis")
 
@@ -73,14 +77,14 @@ def _envelope_priority_ttl(payload: str) -> tuple[object, object]:
     """
     try:
         envelope = loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # a malformed payload is stored as is (see above)
         return 5, None
     if not isinstance(envelope, dict):
         return 5, None
     return envelope.get("priority", 5), envelope.get("ttl")
 
 
-class RedisBackend(RegistryMixin, EventsMixin):
+class RedisBackend(AdminMixin, RegistryMixin, EventsMixin):
     """Jobs in Redis (or a Redis Cluster), shared by every worker and producer that uses the prefix.
 
     Args:
@@ -102,6 +106,7 @@ class RedisBackend(RegistryMixin, EventsMixin):
         ssl_keyfile: client key (mTLS).
         max_connections: bound of the connection pool.
         client_name: ``CLIENT SETNAME`` of every connection.
+        redis_url: the same as ``url`` (AsyncMQ's name for it).
 
     Defaults not given come from :func:`asyncmq_otel.settings.get_settings`.
 
@@ -128,8 +133,13 @@ class RedisBackend(RegistryMixin, EventsMixin):
         ssl_keyfile: str | None = None,
         max_connections: int | None = None,
         client_name: str | None = None,
+        redis_url: str | None = None,
     ) -> None:
         settings = get_settings()
+        if redis_url is not None:  # AsyncMQ's spelling of ``url``
+            if url not in {DEFAULT_URL, redis_url}:
+                raise TypeError("pass the URL once: as url or as redis_url (AsyncMQ's name)")
+            url = redis_url
         self.url = url
         self.keys = Keys(prefix if prefix is not None else settings.redis_prefix)
         self.prefix = self.keys.prefix
@@ -346,6 +356,12 @@ class RedisBackend(RegistryMixin, EventsMixin):
         for chunk, reply in zip(chunks, replies, strict=True):
             if reply[0] == b"TOO_LARGE":  # only when max_payload_bytes differs between producers
                 raise PayloadTooLarge(int(reply[2]), self.max_payload_bytes)
+            if reply[0] == b"NOT_A_HASH":  # another program wrote over the key: nothing was stored
+                job_id = chunk[int(reply[1]) - 1][0]
+                raise BackendError(
+                    f"the key of job {job_id!r} holds another Redis type, not a job hash; nothing of "
+                    "this batch was stored (delete the key or use another id)"
+                )
             now = int(reply[1])
             held = {int(other[0]): other for other in reply[2]}
             for index, (job_id, _payload, delay_ms, _spec) in enumerate(chunk, start=1):
@@ -402,7 +418,7 @@ class RedisBackend(RegistryMixin, EventsMixin):
                 "state": "active",
                 "token": f"{nonce}.{index}",
                 "owner": worker_id,
-                "attempts": int(values[2] or 0) + 1,
+                "attempts": claimed_attempts(values[2]),
                 "cancel_requested": False,
             }
             jobs.append(decode_values(queue, job_id.decode("utf-8", "replace"), values, overlay))
@@ -649,122 +665,3 @@ class RedisBackend(RegistryMixin, EventsMixin):
         if code == b"FINISHED":
             return CancelStatus.FINISHED
         return CancelStatus.GONE
-
-    # -- inspection and admin -------------------------------------------------------------------------
-    async def get_job(self, queue: str, job_id: str) -> RawJob | None:
-        """The stored job with its state, or ``None``."""
-        keys = self.keys.queue(queue)
-        await self._epoch(keys)
-        values = await self.connections.run(lambda client: client.hmget(keys.job(job_id), JOB_FIELDS))
-        return decode_values(queue, job_id, values) if any(v is not None for v in values) else None
-
-    async def counts(self, queue: str) -> dict[str, int]:
-        """Jobs per state: one ``ZCARD`` per state index, in one pipeline."""
-        keys = self.keys.queue(queue)
-        await self._epoch(keys)
-
-        async def op(client: AsyncClient) -> list[int]:
-            pipe = client.pipeline(transaction=False)
-            for state in _STATES:
-                pipe.zcard(keys.state_index(state))
-            found: list[int] = await pipe.execute()
-            return found
-
-        return dict(zip(_STATES, await self.connections.run(op), strict=True))
-
-    async def _page(
-        self, queue: str, index: str, offset: int, limit: int, *, newest_first: bool
-    ) -> list[RawJob]:
-        keys = self.keys.queue(queue)
-        await self._epoch(keys)
-        if limit <= 0 or offset < 0:
-            return []
-        end = offset + limit - 1
-
-        async def op(client: AsyncClient) -> list[RawJob]:
-            if newest_first:
-                ids = await client.zrevrange(index, offset, end)
-            else:
-                ids = await client.zrange(index, offset, end)
-            if not ids:
-                return []
-            pipe = client.pipeline(transaction=False)
-            for job_id in ids:
-                pipe.hmget(keys.job(_scripts.text(job_id)), JOB_FIELDS)
-            found = await pipe.execute()
-            return [
-                decode_values(queue, _scripts.text(job_id), values)
-                for job_id, values in zip(ids, found, strict=True)
-                if any(v is not None for v in values)
-            ]
-
-        return await self.connections.run(op)
-
-    async def list_jobs(self, queue: str, state: str, offset: int = 0, limit: int = 100) -> list[RawJob]:
-        """A page of jobs in ``state``: ready order, due order, lease order, or newest first when finished."""
-        wanted = JobState(state)
-        index = self.keys.queue(queue).state_index(wanted.value)
-        return await self._page(queue, index, offset, limit, newest_first=wanted in TERMINAL_STATES)
-
-    async def list_dlq(self, queue: str, offset: int = 0, limit: int = 100) -> list[RawJob]:
-        """A page of dead-lettered jobs, newest first, with ``dlq_reason``."""
-        return await self._page(queue, self.keys.queue(queue).dlq, offset, limit, newest_first=True)
-
-    async def retry_dead(self, queue: str, job_id: str) -> bool:
-        """Move a dead-lettered job back to ``waiting`` (at the back) with fresh counters."""
-        keys = self.keys.queue(queue)
-        reply = await self._transition(
-            keys,
-            "retry_dead",
-            [keys.meta, keys.job(job_id), keys.ready, keys.signal, keys.dlq, keys.failed, keys.expired],
-            [job_id],
-        )
-        return bool(reply[0] == b"OK")
-
-    async def _delete_finished(self, keys: QueueKeys, indexes: Sequence[str], older_than_ms: str) -> int:
-        deleted = 0
-        while True:
-            reply = await self._transition(
-                keys, "delete_finished", [keys.meta, *indexes], [older_than_ms, _DELETE_PAGE]
-            )
-            deleted += int(reply[1])
-            if not int(reply[2]):
-                return deleted
-
-    async def purge_dlq(self, queue: str) -> int:
-        """Delete every dead-lettered job, 500 per script call; return how many."""
-        keys = self.keys.queue(queue)
-        return await self._delete_finished(keys, [keys.dlq, keys.failed, keys.expired], "")
-
-    async def clean(self, queue: str, state: str, older_than: float) -> int:
-        """Delete jobs in a finished ``state`` that finished at least ``older_than`` seconds ago."""
-        wanted = JobState(state)
-        if wanted not in TERMINAL_STATES:
-            raise ValueError(
-                f"clean takes a finished state (completed, failed, expired, cancelled), not {state!r}"
-            )
-        keys = self.keys.queue(queue)
-        indexes = [keys.state_index(wanted.value)]
-        if wanted in {JobState.FAILED, JobState.EXPIRED}:
-            indexes.append(keys.dlq)
-        return await self._delete_finished(keys, indexes, str(max(round(older_than * 1000), 0)))
-
-    async def queue_stats(self, queue: str) -> QueueStats:
-        """Depths, the age of the job at the head of the ready order, and the paused flag (one script)."""
-        keys = self.keys.queue(queue)
-        await self._epoch(keys)
-        reply = await self.connections.run(
-            lambda client: _scripts.call(
-                client, "stats", [keys.meta, keys.ready, keys.delayed, keys.leases, keys.dlq], []
-            )
-        )
-        _, now, ready, delayed, active, dead, paused, eligible = reply
-        age = 0.0 if int(eligible) < 0 else max((int(now) - int(eligible)) / 1000.0, 0.0)
-        return QueueStats(int(ready), int(delayed), int(active), int(dead), age, bool(int(paused)))
-
-    async def list_queues(self) -> list[str]:
-        """Every queue registered under the prefix (a sorted set of names: the §11 ACL has no ``@set``)."""
-        members = await self.connections.run(
-            lambda client: client.zrange(self.keys.queues, 0, _MAX_QUEUES - 1)
-        )
-        return sorted(_scripts.text(member) for member in members)

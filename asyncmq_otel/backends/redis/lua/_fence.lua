@@ -58,12 +58,68 @@ local function fence_values(st, token)
   return nil
 end
 
-local function fence(job, token)
-  return fence_values(redis.call('HMGET', job, 'state', 'token', 'settled_token', 'owner'), token)
+-- A counter or millisecond field as a number, or nil when it is absent or not a plain integer
+-- (reliability §2: hand-written values such as 'abc', '1e+303', 'nan' or 'inf' must not make a
+-- script fail after its first write): ASCII digits and an optional '-', at most 15 digits, so the
+-- value is exact in a double. The Python decode (_count in _decode.py) accepts exactly these.
+local function int_field(value)
+  if type(value) == 'number' then
+    return value
+  end
+  if value then
+    local digits = string.match(value, '^%-?(%d+)$')
+    if digits and #digits <= 15 then
+      return tonumber(value)
+    end
+  end
+  return nil
 end
 
+-- The ready score of a stored priority and seq. Either may be hand-written garbage: a priority
+-- outside [-500, 500] or not a number reads as the default 5, a bad seq as 0 (the front of its
+-- priority), so the job stays claimable and the worker's decode judges the rest.
 local function ready_score(priority, seq)
-  return (tonumber(priority) or 5) * PRIORITY_WEIGHT + tonumber(seq)
+  local p = tonumber(priority)
+  if not p or p ~= p or p > 500 or p < -500 then
+    p = 5
+  end
+  return p * PRIORITY_WEIGHT + (int_field(seq) or 0)
+end
+
+-- The states a stored job can be in; any other value (or none) marks a malformed job hash.
+local JOB_STATES = {waiting = true, delayed = true, active = true, completed = true, failed = true,
+  expired = true, cancelled = true}
+
+-- A job key that holds something other than a hash (written over by another program) cannot be
+-- read or fenced. It is quarantined by itself (§8): a string value is kept in the `quarantined`
+-- field (other types cannot be read by the documented ACL user, so they are deleted), and the key
+-- becomes a job hash with no payload and no state whose `error` says what happened. The next claim
+-- hands it to a worker as malformed, which dead-letters it as malformed_payload with its event.
+-- Returns the error JSON.
+local function quarantine(job)
+  local kept = redis.pcall('GET', job)
+  local message
+  if type(kept) == 'string' then
+    message = 'the job key held a string, not a hash; its value is kept in the field quarantined'
+  else
+    message = 'the job key held a list, set, sorted set or stream, not a hash; it was deleted'
+    kept = ''
+  end
+  local error = '{"type":"malformed_payload","message":"' .. message .. '","traceback":""}'
+  redis.call('DEL', job)
+  redis.call('HSET', job, 'error', error, 'quarantined', kept)
+  return error
+end
+
+-- fence_values on the job hash. A key written over with another type is quarantined and answers
+-- GONE: its lease entry stays, so the reaper puts it in ready and a claim dead-letters it.
+local function fence(job, token)
+  local st = redis.pcall('HMGET', job, 'state', 'token', 'settled_token', 'owner')
+  if st.err then
+    quarantine(job)
+    return {'GONE'}
+  end
+  return fence_values(st, token)
 end
 
 -- Push `n` wake tokens for idle workers blocked in BLPOP; the list never grows past SIGNAL_CAP

@@ -9,7 +9,11 @@ local bad = epoch_reply(meta, ARGV[1])
 if bad then
   return bad
 end
-local state = redis.call('HGET', job, 'state')
+local state = redis.pcall('HGET', job, 'state')
+if type(state) == 'table' then -- written over with another type: quarantined, a claim dead-letters it
+  quarantine(job)
+  state = false
+end
 if not state then
   return {'GONE'}
 end

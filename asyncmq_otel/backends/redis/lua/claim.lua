@@ -9,6 +9,10 @@
 --            applies what the claim wrote: state, token, owner, attempts + 1); with 0 (a replay) after.
 -- Replay: redis-py re-sends the call after a lost reply with the same nonce; the claim key
 -- (PX = lease) then answers with the same jobs, so no lease is orphaned (§13 row 15).
+-- Malformed entries (§2, §8): a job key that is not a hash is quarantined, and a hash without a
+-- known state or with an attempts count that is not an integer is claimed as it is (attempts
+-- untouched); both are handed over like any claimed job, and the worker's decode dead-letters them
+-- as malformed_payload. No job entry can make the script fail after its first write (§2).
 local meta, ready, delayed, leases, signal, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local worker, count, lease, nonce = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local bad, flags = epoch_and(meta, ARGV[1], 'paused')
@@ -24,7 +28,7 @@ if previous then
   local i = 0
   for id in string.gmatch(previous, '[^,]+') do
     local job = base .. 'job:' .. id
-    local values = redis.call('HMGET', job, unpack(JOB_FIELDS))
+    local values = redis.pcall('HMGET', job, unpack(JOB_FIELDS))
     if values[2] == 'active' and values[7] == nonce .. '.' .. i then -- JOB_FIELDS[2] is state, [7] token
       jobs[#jobs + 1] = {id, values}
     end
@@ -39,10 +43,20 @@ if #due > 0 then
   local promoted = 0
   for _, id in ipairs(due) do
     local job = base .. 'job:' .. id
-    local st = redis.call('HMGET', job, 'state', 'priority')
+    local st = redis.pcall('HMGET', job, 'state', 'priority')
+    if st.err then
+      quarantine(job)
+      st = {false, false}
+    end
     if st[1] == 'delayed' then
       local seq = next_seq(meta)
       redis.call('HSET', job, 'state', 'waiting', 'seq', seq)
+      redis.call('ZADD', ready, ready_score(st[2], seq), id)
+      promoted = promoted + 1
+    elseif not JOB_STATES[st[1] or ''] and redis.call('EXISTS', job) == 1 then
+      -- no known state: into ready as it is, for the claim below to hand over as malformed
+      local seq = next_seq(meta)
+      redis.call('HSET', job, 'seq', seq)
       redis.call('ZADD', ready, ready_score(st[2], seq), id)
       promoted = promoted + 1
     end
@@ -64,14 +78,40 @@ local deadline = now + lease
 for k = 1, #popped, 2 do
   local id = popped[k]
   local job = base .. 'job:' .. id
-  local values = redis.call('HMGET', job, unpack(JOB_FIELDS))
-  if values[2] == 'waiting' then -- JOB_FIELDS[2] is state
+  local values = redis.pcall('HMGET', job, unpack(JOB_FIELDS))
+  local state, attempts = false, nil
+  if values.err then -- not a hash: quarantined, then claimed with no payload (the worker dead-letters it)
+    local error = quarantine(job)
+    values = {}
+    for i = 1, #JOB_FIELDS do
+      values[i] = false
+    end
+    values[11] = error -- JOB_FIELDS[11] is error
+    state, attempts = 'malformed', 0
+  else
+    state = values[2] -- JOB_FIELDS[2] is state, [3] attempts
+    if state ~= 'waiting' and not JOB_STATES[state or ''] and (values[1] or redis.call('EXISTS', job) == 1) then
+      state = 'malformed'
+    end
+    if not values[3] then
+      attempts = 0
+    else
+      attempts = int_field(values[3])
+      if not attempts and state == 'waiting' then
+        state = 'malformed' -- 'attempts + 1' cannot be computed
+      end
+    end
+  end
+  if state == 'waiting' or state == 'malformed' then
     local token = nonce .. '.' .. #ids
-    if values[3] then -- JOB_FIELDS[3] is attempts: claimed before, so clear what that attempt left
+    if not attempts then -- malformed attempts: left as found, for the dead letter to show
       redis.call('HSET', job, 'state', 'active', 'token', token, 'owner', worker, 'settled_token', '',
-        'cancel_requested', '', 'attempts', tonumber(values[3]) + 1)
+        'cancel_requested', '')
+    elseif values[3] then -- claimed before, so clear what that attempt left
+      redis.call('HSET', job, 'state', 'active', 'token', token, 'owner', worker, 'settled_token', '',
+        'cancel_requested', '', 'attempts', attempts + 1)
     else -- never claimed: no settle or cancel request to clear (cancel flags only active jobs)
-      redis.call('HSET', job, 'state', 'active', 'token', token, 'owner', worker, 'attempts', 1)
+      redis.call('HSET', job, 'state', 'active', 'token', token, 'owner', worker, 'attempts', attempts + 1)
     end
     ids[#ids + 1] = id
     leased[#leased + 1] = deadline

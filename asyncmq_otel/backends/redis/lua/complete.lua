@@ -5,7 +5,7 @@
 --       token, result, want ('1': the reply carries the job, '': it does not)
 -- Replies: {'EPOCH', current epoch or false}: nothing was written
 --          {'BATCH', reply per job}, a job's reply being {'GONE'}, {'STALE', state, owner},
---            {'TOO_LARGE'}, {'ERR', message} (its key is not a job hash), or on success (also for
+--            {'TOO_LARGE'} or on success (also for
 --            a replay: this settle was applied already) {'OK', {id, packed JOB_FIELDS values}}
 --            when wanted, else the string 'OK'
 local meta, leases, completed = KEYS[1], KEYS[2], KEYS[3]
@@ -21,11 +21,12 @@ local out, done, scores = {'BATCH'}, {}, {}
 for i = 1, #KEYS - 3 do
   local job = KEYS[3 + i]
   local token, result, want = ARGV[2 + i * 3], ARGV[3 + i * 3], ARGV[4 + i * 3] == '1'
-  -- a key that is not a job hash fails this job alone, before anything is written for it
+  -- a key that is not a job hash is quarantined alone and answers GONE (see fence in _fence.lua)
   local st = redis.pcall('HMGET', job, 'state', 'token', 'settled_token', 'owner')
   local reply
   if st.err then
-    reply = {'ERR', st.err}
+    quarantine(job)
+    reply = {'GONE'}
   else
     reply = fence_values(st, token)
   end

@@ -15,11 +15,15 @@ if bad then
 end
 -- nothing above wrote; everything below writes
 local now = now_ms()
+local st = redis.call('HMGET', job, 'delay_until', 'priority', 'seq', 'attempts')
+-- fields that are not integers are left as found, for the next claim's decode to report (§2)
+local attempts = int_field(st[4])
 redis.call('ZREM', leases, id)
-redis.call('HINCRBY', job, 'attempts', -1)
+if attempts then
+  redis.call('HSET', job, 'attempts', attempts - 1)
+end
 redis.call('HSET', job, 'settled_token', token, 'token', '', 'owner', '')
-local st = redis.call('HMGET', job, 'delay_until', 'priority', 'seq')
-local until_ms = tonumber(st[1])
+local until_ms = int_field(st[1])
 if until_ms and until_ms > now then
   redis.call('HSET', job, 'state', 'delayed', 'eligible_at', until_ms)
   redis.call('ZADD', delayed, until_ms, id)

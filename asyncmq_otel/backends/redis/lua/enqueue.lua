@@ -4,6 +4,7 @@
 --       (ttl_ms is empty when the job has no TTL; the id is the job key's suffix)
 -- Replies: {'EPOCH', current epoch or false}
 --          {'TOO_LARGE', index (1-based), size}: nothing was written
+--          {'NOT_A_HASH', index (1-based)}: that job's key holds another type; nothing was written
 --          {'OK', now, {{index, code, state, enqueued_at, eligible_at} per job NOT stored now}}, where
 --            code is 'REPLAY' (stored earlier by the same nonce: redis-py re-sent the call) or
 --            'DUPLICATE' (the id is held by another enqueue; state is its state). Every job not
@@ -23,6 +24,18 @@ local bad, counters = epoch_and(meta, ARGV[1], 'seq')
 if bad then
   return bad
 end
+-- a batch whose ids are all new (one EXISTS says so) skips the per-job lookups; otherwise every
+-- existing id is read here, before the first write, so a key that is not a hash fails the call whole
+local found = {}
+if redis.call('EXISTS', unpack(KEYS, 5)) > 0 then
+  for i = 1, n do
+    local held = redis.pcall('HMGET', KEYS[4 + i], 'state', 'nonce', 'enqueued_at', 'eligible_at')
+    if held.err then
+      return {'NOT_A_HASH', i}
+    end
+    found[i] = held
+  end
+end
 
 local now = now_ms()
 local base_len = #base_of(meta) + 5 -- '<base>job:'
@@ -31,24 +44,19 @@ local seq = tonumber(counters[1] or '0')
 local first_seq = seq
 local waiting, scheduled = {}, {} -- ZADD arguments (score, id, ...) for the ready and delayed sets
 local stored = {} -- job key -> {state, nonce, enqueued_at, eligible_at} of the jobs stored by this call
--- a batch whose ids are all new (one EXISTS says so) skips the per-job lookups
-local lookup = redis.call('EXISTS', unpack(KEYS, 5)) > 0
 for i = 1, n do
   local job = KEYS[4 + i]
   local id = string.sub(job, base_len)
   local payload = ARGV[1 + i * 2]
   local delay, priority, ttl, nonce = string.match(ARGV[2 + i * 2], '^(%d+),(-?%d+),(-?%d*),(.*)$')
   delay = tonumber(delay)
-  local held = stored[job] -- the same id twice in one call: the first was stored by it
-  if not held and lookup then
-    held = redis.call('HMGET', job, 'state', 'nonce', 'enqueued_at', 'eligible_at')
-  end
+  local held = stored[job] or found[i] -- the same id twice in one call: the first was stored by it
   if held and held[1] then
     local code = 'DUPLICATE'
     if nonce ~= '' and held[2] == nonce then
       code = 'REPLAY'
     end
-    others[#others + 1] = {i, code, held[1], tonumber(held[3]) or 0, tonumber(held[4]) or 0}
+    others[#others + 1] = {i, code, held[1], int_field(held[3]) or 0, int_field(held[4]) or 0}
   else
     seq = seq + 1
     local fields

@@ -7,7 +7,11 @@ local bad = epoch_reply(meta, ARGV[1])
 if bad then
   return bad
 end
-local st = redis.call('HMGET', job, 'state', 'token', 'owner')
+local st = redis.pcall('HMGET', job, 'state', 'token', 'owner')
+if st.err then -- written over with another type: quarantined (see fence in _fence.lua)
+  quarantine(job)
+  return {'GONE'}
+end
 if not st[1] then
   return {'GONE'}
 end

@@ -1,6 +1,9 @@
 -- reap.lua: recover expired leases, for the holder of the reaper role only.
 -- An expired lease's job goes back to waiting at its original place (stalls + 1) while
 -- stalls <= max_stalls, else to failed with DLQ reason 'worker_lost' (P1).
+-- A job key that is not a hash is quarantined and put in ready without a state, and a job whose
+-- stalls count is not an integer goes back to waiting as it is: the next claim hands either to a
+-- worker, whose decode dead-letters it as malformed_payload (§2: nothing here fails after a write).
 -- KEYS: meta, leases, ready, signal, reaper, dlq, failed, expired
 -- ARGV: epoch, worker_id, hold_ms, max_stalls, limit, keep_failed, keep_failed_age_ms,
 --       sent_at_ms (the caller's estimate of TIME when it sent this call, or ''), max_delay_ms
@@ -32,16 +35,29 @@ if #expired > limit then
   expired[#expired] = nil
 end
 local stalled, dead = {}, {}
+local malformed = 0
 for _, id in ipairs(expired) do
   redis.call('ZREM', leases, id)
   local job = base .. 'job:' .. id
-  local st = redis.call('HMGET', job, 'state', 'priority', 'seq')
-  if st[1] == 'active' then
-    local stalls = redis.call('HINCRBY', job, 'stalls', 1)
+  local st = redis.pcall('HMGET', job, 'state', 'priority', 'seq', 'stalls')
+  if st.err then
+    quarantine(job)
+    st = {false}
+  end
+  if not JOB_STATES[st[1] or ''] and redis.call('EXISTS', job) == 1 then
+    -- no known state: into ready as it is, for the next claim to hand over as malformed
+    redis.call('ZADD', ready, ready_score(st[2], next_seq(meta)), id)
+    malformed = malformed + 1
+  elseif st[1] == 'active' then
+    local stalls = int_field(st[4] or '0')
+    if stalls then -- an unreadable count stays as found (the decode reports it)
+      stalls = stalls + 1
+      redis.call('HSET', job, 'stalls', stalls)
+    end
     redis.call('HSET', job, 'token', '', 'owner', '')
     -- the lost attempt's span never ended, so the redelivery links to no previous attempt
     redis.call('HDEL', job, 'prev_attempt')
-    if stalls > max_stalls then
+    if stalls and stalls > max_stalls then
       finish(job, id, 'failed', now, base, {'dlq_reason', 'worker_lost'}, KEYS[7], tonumber(ARGV[6]),
         tonumber(ARGV[7]), KEYS[6], KEYS[7], KEYS[8])
       dead[#dead + 1] = flat_job(job, id)
@@ -52,5 +68,5 @@ for _, id in ipairs(expired) do
     end
   end
 end
-wake(signal, #stalled)
+wake(signal, #stalled + malformed)
 return {'OK', more, stalled, dead, now}

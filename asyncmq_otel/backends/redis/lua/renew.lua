@@ -15,8 +15,9 @@ local deadline = now_ms() + tonumber(ARGV[2])
 local out = {}
 for i = 3, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
-  local st = redis.call('HMGET', base .. 'job:' .. id, 'state', 'token', 'cancel_requested')
-  if st[1] ~= 'active' or st[2] ~= token then
+  -- pcall: a job key written over with another type answers LOST alone (§2)
+  local st = redis.pcall('HMGET', base .. 'job:' .. id, 'state', 'token', 'cancel_requested')
+  if st.err or st[1] ~= 'active' or st[2] ~= token then
     out[#out + 1] = 'LOST'
   else
     redis.call('ZADD', leases, 'XX', deadline, id)

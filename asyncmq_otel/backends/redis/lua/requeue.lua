@@ -15,14 +15,19 @@ if bad then
 end
 -- nothing above wrote; everything below writes
 local now = now_ms()
+local st = redis.call('HMGET', job, 'priority', 'seq', 'interrupts')
+-- an interrupts count that is not an integer is left as found, for the next claim's decode (§2)
+local interrupts = int_field(st[3] or '0')
 redis.call('ZREM', leases, id)
-local interrupts = redis.call('HINCRBY', job, 'interrupts', 1)
+if interrupts then
+  interrupts = interrupts + 1
+  redis.call('HSET', job, 'interrupts', interrupts)
+end
 redis.call('HSET', job, 'settled_token', token, 'token', '', 'owner', '')
-if interrupts > tonumber(ARGV[4]) then
+if interrupts and interrupts > tonumber(ARGV[4]) then
   finish(job, id, 'failed', now, base_of(meta), {'dlq_reason', 'interrupted'}, KEYS[7], tonumber(ARGV[5]),
     tonumber(ARGV[6]), KEYS[6], KEYS[7], KEYS[8])
 else
-  local st = redis.call('HMGET', job, 'priority', 'seq')
   redis.call('HSET', job, 'state', 'waiting', 'eligible_at', now)
   redis.call('ZADD', ready, ready_score(st[1], st[2]), id)
   wake(signal, 1)

@@ -14,8 +14,13 @@ if bad then
 end
 -- nothing above wrote; everything below writes
 local now = now_ms()
+local st = redis.call('HMGET', job, 'retries', 'priority')
+-- a retries count that is not an integer is left as found, for the next claim's decode (§2)
+local retries = int_field(st[1] or '0')
 redis.call('ZREM', leases, id)
-redis.call('HINCRBY', job, 'retries', 1)
+if retries then
+  redis.call('HSET', job, 'retries', retries + 1)
+end
 redis.call('HSET', job, 'settled_token', token, 'token', '', 'owner', '', 'error', ARGV[5])
 if ARGV[6] ~= '' then
   redis.call('HSET', job, 'prev_attempt', ARGV[6])
@@ -28,7 +33,7 @@ else
   -- a retried job goes to the back of its priority (reliability contract §1)
   local seq = next_seq(meta)
   redis.call('HSET', job, 'state', 'waiting', 'eligible_at', now, 'seq', seq)
-  redis.call('ZADD', ready, ready_score(redis.call('HGET', job, 'priority'), seq), id)
+  redis.call('ZADD', ready, ready_score(st[2], seq), id)
 end
 wake(signal, 1)
 return {'OK', flat_job(job, id)}

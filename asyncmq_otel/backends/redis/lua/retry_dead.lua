@@ -11,6 +11,12 @@ end
 if not redis.call('ZSCORE', dlq, id) or redis.call('EXISTS', job) == 0 then
   return {'NO'}
 end
+local priority = redis.pcall('HGET', job, 'priority')
+local quarantined = false
+if type(priority) == 'table' then -- not a hash: quarantined, so the next claim dead-letters it alone
+  quarantined = quarantine(job)
+  priority = false
+end
 local now = now_ms()
 local seq = next_seq(meta)
 redis.call('ZREM', dlq, id)
@@ -19,6 +25,9 @@ redis.call('ZREM', KEYS[7], id)
 redis.call('HSET', job, 'state', 'waiting', 'seq', seq, 'eligible_at', now, 'attempts', 0, 'retries', 0,
   'stalls', 0, 'interrupts', 0, 'error', '', 'dlq_reason', '', 'finished_at', '', 'result', '',
   'settled_token', '', 'token', '', 'owner', '')
-redis.call('ZADD', ready, ready_score(redis.call('HGET', job, 'priority'), seq), id)
+if quarantined then
+  redis.call('HSET', job, 'error', quarantined)
+end
+redis.call('ZADD', ready, ready_score(priority, seq), id)
 wake(signal, 1)
 return {'OK'}

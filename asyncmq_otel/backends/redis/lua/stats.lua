@@ -8,7 +8,9 @@ local meta, ready = KEYS[1], KEYS[2]
 local head = redis.call('ZRANGE', ready, 0, 0)
 local eligible = -1
 if head[1] then
-  eligible = tonumber(redis.call('HGET', base_of(meta) .. 'job:' .. head[1], 'eligible_at')) or -1
+  -- pcall and int_field: a head job key of the wrong type or a bad time must not break the sampler
+  local found = redis.pcall('HGET', base_of(meta) .. 'job:' .. head[1], 'eligible_at')
+  eligible = type(found) == 'string' and int_field(found) or -1
 end
 local paused = 0
 if redis.call('HGET', meta, 'paused') == '1' then
