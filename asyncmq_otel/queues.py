@@ -14,7 +14,6 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ._context import server_fields
 from ._lifecycle import emit_job_event
 from .backends._default import default_backend
 from .backends.base import Backend, CancelStatus, EnqueueItem, EnqueueReply, QueueStats, WorkerInfo
@@ -38,6 +37,7 @@ from .jobs import (
 )
 from .settings import settings
 from .tasks import TASK_REGISTRY, UNSUPPORTED_OPTIONS
+from .worker.context import server_fields
 
 __all__ = ["Queue"]
 

@@ -25,12 +25,12 @@ import anyio
 import anyio.to_thread
 import click
 
-from .._worker import Worker
 from ..backends._default import default_backend
 from ..backends.base import Backend
 from ..events import LifecycleEvent, bus
 from ..queues import Queue
 from ..settings import get_settings
+from ..worker.worker import Worker
 from ._backend import BackendChoice, backend_options, close_backend, open_backend, probe_or_exit
 from ._demo_report import OUTCOMES, SpanCapture, render_lifecycle, render_trace, summary_lines
 from ._exit import CLIError, ExitCode, translate_errors

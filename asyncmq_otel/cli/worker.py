@@ -26,12 +26,12 @@ import anyio
 import anyio.to_thread
 import click
 
-from .._worker import Worker
 from ..errors import BackendUnavailable
 from ..events import LifecycleEvent, bus
 from ..jobs import check_queue_name
 from ..settings import get_settings
 from ..tasks import autodiscover_tasks, list_tasks
+from ..worker.worker import Worker
 from ._backend import (
     BackendChoice,
     backend_options,

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import pytest
 
 from asyncmq_otel import Queue, task
-from asyncmq_otel._event_relay import event_message
 from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.events import LifecycleEvent, bus
 from asyncmq_otel.settings import override_settings
+from asyncmq_otel.worker.relay import event_message
 from tests.support.poll import eventually
 from tests.support.running import running_worker
 

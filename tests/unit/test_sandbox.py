@@ -16,7 +16,6 @@ import psutil
 import pytest
 
 from asyncmq_otel._exit_status import describe_exit
-from asyncmq_otel._sandbox_child import Oversize, read_frame, write_frame
 from asyncmq_otel.errors import (
     JobArgumentError,
     JobTimeout,
@@ -27,7 +26,8 @@ from asyncmq_otel.errors import (
     SandboxTimeout,
     UnknownTask,
 )
-from asyncmq_otel.sandbox import SandboxPool, SandboxTaskError, _ReplyPipe, run_handler, shutdown_sandbox
+from asyncmq_otel.sandbox.child import Oversize, read_frame, write_frame
+from asyncmq_otel.sandbox.pool import SandboxPool, SandboxTaskError, _ReplyPipe, run_handler, shutdown_sandbox
 from asyncmq_otel.settings import Settings, override_settings
 from asyncmq_otel.tasks import TASK_REGISTRY, TaskInfo, task
 from tests import sandbox_tasks
@@ -43,7 +43,7 @@ def sandbox_children() -> list[psutil.Process]:
     found = []
     for proc in psutil.Process().children(recursive=True):
         try:
-            if proc.status() == psutil.STATUS_ZOMBIE or "asyncmq_otel._sandbox_child" in proc.cmdline():
+            if proc.status() == psutil.STATUS_ZOMBIE or "asyncmq_otel.sandbox.child" in proc.cmdline():
                 found.append(proc)
         except psutil.NoSuchProcess:
             continue

@@ -1,6 +1,6 @@
 """Run task handlers in warm child processes that can be stopped hard (reliability contract §9).
 
-Each child is ``python -m asyncmq_otel._sandbox_child`` in a session of its own, so ``killpg`` also reaches
+Each child is ``python -m asyncmq_otel.sandbox.child`` in a session of its own, so ``killpg`` also reaches
 whatever the handler started. Parent and child exchange length-prefixed JSON frames over two dedicated pipes;
 the child's stdout and stderr become log lines on ``asyncmq_otel.sandbox`` and never touch the protocol.
 
@@ -13,7 +13,7 @@ escaped process could hold the reply pipe open for as long as it likes. Dead or 
 never reused.
 
 A child dies with its worker: it watches a third pipe whose only writer is the parent (see
-``_sandbox_child``). Not ``PR_SET_PDEATHSIG``: that fires when the *thread* that started the child exits,
+``sandbox.child``). Not ``PR_SET_PDEATHSIG``: that fires when the *thread* that started the child exits,
 and children are started from worker threads.
 
 POSIX only: the sandbox relies on sessions, process groups and ``os.waitid``; finding the processes that left
@@ -43,10 +43,8 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 import anyio
 from anyio.lowlevel import RunVar, checkpoint_if_cancelled
 
-from ._exit_status import describe_exit
-from ._process_tree import ProcessTree
-from ._sandbox_child import FRAME_HEADER, Oversize, encode_message, write_frame
-from .errors import (
+from .._exit_status import describe_exit
+from ..errors import (
     JobArgumentError,
     ResultSerializationError,
     ResultTooLarge,
@@ -55,9 +53,11 @@ from .errors import (
     SandboxTimeout,
     UnknownTask,
 )
-from .jobs import dumps
-from .settings import settings
-from .tasks import TASK_REGISTRY, get_task
+from ..jobs import dumps
+from ..settings import settings
+from ..tasks import TASK_REGISTRY, get_task
+from ._process_tree import ProcessTree
+from .child import FRAME_HEADER, Oversize, encode_message, write_frame
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11; annotations are not evaluated
@@ -282,7 +282,7 @@ def _start_child() -> _Child:
             [
                 sys.executable,
                 "-m",
-                "asyncmq_otel._sandbox_child",
+                "asyncmq_otel.sandbox.child",
                 "--requests",
                 str(request_read),
                 "--replies",

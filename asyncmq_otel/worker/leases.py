@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .backends.base import Backend, RenewStatus
+from ..backends.base import Backend, RenewStatus
 
 __all__ = ["LeaseKeeper"]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import anyio
 
-from .backends.base import RawJob
-from .settings import Settings, get_settings
+from ..backends.base import RawJob
+from ..settings import Settings, get_settings
 
 _REQUEUE_BUDGET = 3.0
 
@@ -48,6 +48,7 @@ class WorkerContext:
     handlers: anyio.abc.TaskGroup | None = None
 
     def hold(self, queue: str, raw_job: RawJob) -> _Attempt:
+        """Record a claimed job as held by this worker until :meth:`release`."""
         attempt = _Attempt(queue, str(raw_job.get("id")), str(raw_job.get("token")))
         self.held[queue, attempt.job_id] = attempt
         return attempt
@@ -64,6 +65,7 @@ class WorkerContext:
         return idle
 
     def release(self, queue: str, job_id: str) -> None:
+        """Forget a held job; the last release sets the idle event."""
         self.held.pop((queue, job_id), None)
         if not self.held and self.idle is not None:
             self.idle.set()

@@ -1,6 +1,6 @@
 """The sandbox child: import the task modules, then run one job per request frame.
 
-The parent starts it as ``python -m asyncmq_otel._sandbox_child --requests FD --replies FD --parent-watch FD``
+The parent starts it as ``python -m asyncmq_otel.sandbox.child --requests FD --replies FD --parent-watch FD``
 in a session of its own. Requests and replies are length-prefixed JSON frames (4-byte big-endian length, then
 UTF-8 JSON) on two dedicated pipes, so whatever task code prints to stdout or stderr cannot corrupt the
 protocol: the parent turns those streams into log lines.
@@ -36,10 +36,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import JobArgumentError
+from ..jobs import check_json, dumps, error_type_name
+from ..tasks import TASK_REGISTRY, TaskInfo, autodiscover_tasks
 from ._process_tree import ProcessTree, become_subreaper
-from .errors import JobArgumentError
-from .jobs import check_json, dumps, error_type_name
-from .tasks import TASK_REGISTRY, TaskInfo, autodiscover_tasks
 
 __all__ = [
     "FRAME_HEADER",
@@ -298,7 +298,7 @@ def _die_with_parent(watch: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve requests until the parent closes the request pipe; return the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m asyncmq_otel._sandbox_child", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m asyncmq_otel.sandbox.child", description=__doc__)
     parser.add_argument("--requests", type=int, required=True, help="fd to read request frames from")
     parser.add_argument("--replies", type=int, required=True, help="fd to write reply frames to")
     parser.add_argument(

@@ -24,22 +24,22 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._event_relay import EventRelay, relay_to
-from ._leases import LeaseKeeper
-from ._lifecycle import emit_job_event
-from ._processing import WorkerContext, process_job, server_fields
-from .backends._default import default_backend
-from .backends.base import Backend, RenewStatus, WorkerInfo
-from .errors import DataLossDetected
-from .events import LifecycleEvent, Service, bus
-from .hooks import Hook, run_hooks, run_hooks_safely
-from .jobs import Job, check_queue_name
-from .limiters import RateLimiter
-from .settings import get_settings
-from .tasks import TASK_REGISTRY, autodiscover_tasks
+from .._lifecycle import emit_job_event
+from ..backends._default import default_backend
+from ..backends.base import Backend, RenewStatus, WorkerInfo
+from ..errors import DataLossDetected
+from ..events import LifecycleEvent, Service, bus
+from ..hooks import Hook, run_hooks, run_hooks_safely
+from ..jobs import Job, check_queue_name
+from ..limiters import RateLimiter
+from ..settings import get_settings
+from ..tasks import TASK_REGISTRY, autodiscover_tasks
+from .claim_loop import WorkerContext, process_job, server_fields
+from .leases import LeaseKeeper
+from .relay import EventRelay, relay_to
 
 if TYPE_CHECKING:
-    from .queues import Queue
+    from ..queues import Queue
 
 __all__ = ["Worker"]
 

@@ -19,11 +19,9 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from ._context import _REQUEUE_BUDGET, WorkerContext, _Attempt
-from ._lifecycle import emit_job_event, emit_job_fields
-from ._progress import ProgressWriter
-from .backends.base import Backend, RawJob, SettleReply, SettleStatus
-from .errors import (
+from .._lifecycle import emit_job_event, emit_job_fields
+from ..backends.base import Backend, RawJob, SettleReply, SettleStatus
+from ..errors import (
     BackendOutOfMemory,
     BackendUnavailable,
     JobArgumentError,
@@ -33,9 +31,11 @@ from .errors import (
     ResultTooLarge,
     UnknownTask,
 )
-from .events import Operation, bus
-from .jobs import Job, check_json, dumps, error_type_name
-from .tasks import TaskInfo, get_task
+from ..events import Operation, bus
+from ..jobs import Job, check_json, dumps, error_type_name
+from ..tasks import TaskInfo, get_task
+from .context import _REQUEUE_BUDGET, WorkerContext, _Attempt
+from .progress import ProgressWriter
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport on 3.10
     from exceptiongroup import BaseExceptionGroup

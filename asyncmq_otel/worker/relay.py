@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
-from .events import EventBus, LifecycleEvent
+from ..events import EventBus, LifecycleEvent
 
 __all__ = ["EventPublisher", "EventRelay", "event_message", "relay_to"]
 
