@@ -8,7 +8,7 @@ from typing import Any
 from .events import LifecycleEvent, bus, make_event, make_event_unchecked
 from .jobs import Job
 
-__all__ = ["emit_job_event", "emit_job_fields", "job_event"]
+__all__ = ["emit_job_event", "emit_job_fields", "job_event", "server_fields"]
 
 
 def job_event(name: str, job: Job, *, attempt: int | None = None, **fields: Any) -> LifecycleEvent:  # noqa: ANN401
@@ -48,3 +48,11 @@ def emit_job_fields(name: str, job: Job, fields: dict[str, Any], attempt: int | 
     """
     if bus.wants(name):
         bus.emit(_job_event(name, job, attempt, fields, checked=False))
+
+
+def server_fields(backend: object) -> dict[str, Any]:
+    """``server_address``/``server_port`` of a networked backend (none for the in-memory one)."""
+    address = getattr(backend, "server_address", None)
+    if not address:
+        return {}
+    return {"server_address": str(address), "server_port": getattr(backend, "server_port", None)}

@@ -37,7 +37,7 @@ from .jobs import (
 )
 from .settings import settings
 from .tasks import TASK_REGISTRY, UNSUPPORTED_OPTIONS
-from .worker.context import server_fields
+from ._lifecycle import server_fields
 
 __all__ = ["Queue"]
 

@@ -19,14 +19,14 @@ import time
 import anyio
 import anyio.lowlevel
 
-from .._lifecycle import emit_job_event
+from .._lifecycle import emit_job_event, server_fields
 from ..backends._default import default_backend
 from ..backends.base import Backend, ClaimReply, RawJob
 from ..errors import MalformedJob
 from ..jobs import Job
 from ..limiters import RateLimiter
 from .attempt import _JobRun
-from .context import _REQUEUE_BUDGET, WorkerContext, _Attempt, server_fields
+from .context import _REQUEUE_BUDGET, WorkerContext, _Attempt
 
 __all__ = ["WorkerContext", "_run_with_limits", "handle_job", "process_job", "server_fields"]
 

@@ -1,4 +1,4 @@
-"""What a worker holds while it runs jobs: ``WorkerContext``, each claimed ``_Attempt``, ``server_fields``."""
+"""What a worker holds while it runs jobs: ``WorkerContext`` and each claimed ``_Attempt``."""
 
 from __future__ import annotations
 
@@ -90,11 +90,3 @@ class WorkerContext:
             if attempt.queue == queue and attempt.started_monotonic is not None
         ]
         return max(ages, default=0.0)
-
-
-def server_fields(backend: object) -> dict[str, Any]:
-    """``server_address``/``server_port`` of a networked backend (none for the in-memory one)."""
-    address = getattr(backend, "server_address", None)
-    if not address:
-        return {}
-    return {"server_address": str(address), "server_port": getattr(backend, "server_port", None)}
