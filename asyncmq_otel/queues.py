@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ._lifecycle import emit_job_event
+from ._lifecycle import emit_job_event, server_fields
 from .backends._default import default_backend
 from .backends.base import Backend, CancelStatus, EnqueueItem, EnqueueReply, QueueStats, WorkerInfo
 from .errors import DuplicateJob, JobArgumentError, TaskNameWarning, UnsupportedOption
@@ -37,7 +37,6 @@ from .jobs import (
 )
 from .settings import settings
 from .tasks import TASK_REGISTRY, UNSUPPORTED_OPTIONS
-from ._lifecycle import server_fields
 
 __all__ = ["Queue"]
 

@@ -30,6 +30,8 @@ SETTINGS_MODULE_VARIABLE = "ASYNCMQ_SETTINGS_MODULE"
 ENV_PREFIX = "ASYNCMQ_"
 MIB = 1024 * 1024
 NO_SIZE_LIMIT = 2**63 - 1
+DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
+"""Where a worker serves ``/metrics`` unless told otherwise (``ASYNCMQ_METRICS_ADDR``, ``--metrics-addr``)."""
 """What ``max_payload_bytes=None`` / ``max_result_bytes=None`` ("no limit") is stored as: the backends
 compare sizes with an int (Redis strings still stop at 512 MiB)."""
 

@@ -6,14 +6,13 @@ Tables are plain aligned columns, so they read the same in a terminal, a pipe an
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlsplit
 
-import click
+from .._terminal import format_table, is_tty, paint, use_color
 
 __all__ = [
     "Reporter",
@@ -30,22 +29,6 @@ _MINUTE = 60
 _DAY_HOURS = 24
 
 
-def _is_tty(stream: IO[str]) -> bool:
-    """Whether ``stream`` is a terminal (a closed stream, or one without ``isatty``, is not)."""
-    isatty = getattr(stream, "isatty", None)
-    try:
-        return bool(callable(isatty) and isatty())
-    except ValueError:  # a closed stream
-        return False
-
-
-def use_color(stream: IO[str] | None = None) -> bool:
-    """Whether to colour ``stream``: a TTY, and ``NO_COLOR`` unset or empty (https://no-color.org)."""
-    if os.environ.get("NO_COLOR"):
-        return False
-    return _is_tty(stream if stream is not None else sys.stdout)
-
-
 def json_logs(log_format: str | None, stream: IO[str] | None = None) -> bool:
     """Whether ``--log-format`` means JSON lines: ``json``, or ``auto``/unset when stderr is not a TTY.
 
@@ -53,14 +36,7 @@ def json_logs(log_format: str | None, stream: IO[str] | None = None) -> bool:
     """
     if log_format in {"json", "console"}:
         return log_format == "json"
-    return not _is_tty(stream if stream is not None else sys.stderr)
-
-
-def paint(text: str, color: str, stream: IO[str] | None = None, *, bold: bool = False) -> str:
-    """``text`` in ``color`` when ``stream`` takes colour, else unchanged."""
-    if not use_color(stream):
-        return text
-    return click.style(text, fg=color, bold=bold)
+    return not is_tty(stream if stream is not None else sys.stderr)
 
 
 def mask_url(url: str) -> str:
@@ -98,29 +74,6 @@ def format_age(seconds: float | None) -> str:
         return f"{hours}h{minutes:02d}m"
     days, hours = divmod(hours, _DAY_HOURS)
     return f"{days}d{hours:02d}h"
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, indent: str = "") -> list[str]:
-    """Rows under ``headers`` as aligned lines; numbers are right-aligned."""
-    cells = [[str(cell) for cell in row] for row in rows]
-    widths = [len(header) for header in headers]
-    for row in cells:
-        for index, cell in enumerate(row):
-            widths[index] = max(widths[index], len(cell))
-    numeric = [all(_is_number(row[index]) for row in rows) and bool(rows) for index in range(len(headers))]
-
-    def line(values: Sequence[str]) -> str:
-        out = [
-            value.rjust(widths[index]) if numeric[index] else value.ljust(widths[index])
-            for index, value in enumerate(values)
-        ]
-        return (indent + "  ".join(out)).rstrip()
-
-    return [line(list(headers)), *(line(row) for row in cells)]
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class Reporter:

@@ -29,7 +29,7 @@ import click
 from ..errors import BackendUnavailable
 from ..events import LifecycleEvent, bus
 from ..jobs import check_queue_name
-from ..settings import get_settings
+from ..settings import DEFAULT_METRICS_ADDR, get_settings
 from ..tasks import autodiscover_tasks, list_tasks
 from ..worker.worker import Worker
 from ._backend import (
@@ -49,7 +49,6 @@ from ._telemetry import TelemetryHandle, start_telemetry
 
 __all__ = ["import_apps", "parse_rate_limit", "worker_command"]
 
-DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
 _OUTCOMES = frozenset(
     {"job:completed", "job:retried", "job:failed", "job:cancelled", "job:interrupted", "job:expired"}
 )

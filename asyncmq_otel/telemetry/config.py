@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._version import __version__
 from ..errors import TelemetryConfigError
+from ..settings import DEFAULT_METRICS_ADDR
 from .log_adapter import LOG_FORMATS, LOG_OUTPUTS
 from .tracing import PROPAGATION_MODES, SPAN_NAME_STYLES
 
@@ -38,7 +39,6 @@ __all__ = [
 
 _log = logging.getLogger("asyncmq_otel.telemetry")
 
-DEFAULT_METRICS_ADDR: Final = "127.0.0.1:9464"
 DEFAULT_SERVICE_NAME: Final = "asyncmq-worker"
 QUEUE_SAMPLER_MODES: Final = ("elected", "off")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})

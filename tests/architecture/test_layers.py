@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "asyncmq_otel"
 ADAPTER_LIBRARIES = {"redis", "opentelemetry", "prometheus_client", "click"}
 # Adapters may import their library; everything else is core.
-ADAPTER_PREFIXES = ("backends/redis/", "telemetry/", "cli/", "exporter.py", "testing.py", "logs.py")
+ADAPTER_PREFIXES = ("backends/redis/", "telemetry/", "cli/", "demo/", "testing.py", "logs.py")
 BANNED_EVERYWHERE = {"pickle", "marshal", "shelve"}
 
 

@@ -27,7 +27,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "telemetry": {"worker", "sandbox", "cli", "queues", "backends.memory", "backends.redis"},
 }
 # Modules of the package root that wire layers together rather than sit in one.
-FACADES = {"__init__", "__main__", "workers", "testing", "pytest_plugin", "logs", "demo_app"}
+FACADES = {"__init__", "__main__", "workers", "testing", "pytest_plugin", "logs"}
 
 
 def _module_name(path: Path) -> str:

@@ -506,12 +506,13 @@ def test_demo_serves_metrics_while_it_runs(runner: CliRunner, monkeypatch: pytes
 
     from asyncmq_otel import telemetry
     from asyncmq_otel.cli import demo as demo_module
+    from asyncmq_otel.demo.run import DemoResult
     from tests.support.scrape import scrape
 
     scraped: list[str] = []
     original = demo_module.run_demo
 
-    async def scraping_run_demo(**kwargs: object) -> demo_module.DemoResult:
+    async def scraping_run_demo(**kwargs: object) -> DemoResult:
         url = telemetry.metrics_url()
         assert url is not None
         scraped.append(await anyio.to_thread.run_sync(scrape, url))

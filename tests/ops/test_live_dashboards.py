@@ -203,7 +203,7 @@ def _live_stack(
         backend = ["--backend", url, "--prefix", prefix, "--log-format", "json"]
         worker = processes.start(
             "worker",
-            [sys.executable, "-m", "asyncmq_otel", "worker", DEMO_QUEUE, "--app", "asyncmq_otel.demo_app",
+            [sys.executable, "-m", "asyncmq_otel", "worker", DEMO_QUEUE, "--app", "asyncmq_otel.demo.app",
              *backend, "--metrics-addr", f"127.0.0.1:{worker_port}", "--concurrency", "8",
              "--rate-limit", WORKER_RATE_LIMIT],
         )  # fmt: skip

@@ -1,4 +1,4 @@
-"""What ``asyncmq-otel demo`` prints at the end: the summary table and one retried job's trace tree.
+"""What the demo prints at the end: the summary table and one retried job's trace tree.
 
 The trace tree comes from the spans the demo recorded in memory (next to the OTLP exporter when
 ``--otlp-endpoint`` is given); without telemetry, the job's lifecycle events are shown instead.
@@ -12,8 +12,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from ._exit import CLIError, ExitCode
-from ._output import format_table, paint
+from .._terminal import format_table, paint
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -120,7 +120,7 @@ class SpanCapture:
             ``OTEL_EXPORTER_OTLP_*`` when set, else nothing is exported.
 
     Raises:
-        CLIError: exit 2 when an OTLP endpoint is configured but the OTLP exporter is not installed.
+        ConfigError: an OTLP endpoint is configured but the OTLP exporter is not installed.
 
     """
 
@@ -148,9 +148,8 @@ class SpanCapture:
                     OTLPSpanExporter,
                 )
             except ImportError as exc:
-                raise CLIError(
-                    f"--otlp-endpoint needs the OTLP exporter ({exc}): pip install 'asyncmq-otel[otlp]'",
-                    ExitCode.USAGE,
+                raise ConfigError(
+                    f"--otlp-endpoint needs the OTLP exporter ({exc}): pip install 'asyncmq-otel[otlp]'"
                 ) from exc
             target = f"{otlp_endpoint.rstrip('/')}/v1/traces" if otlp_endpoint else None
             self.delivery = _CountingExporter(OTLPSpanExporter(endpoint=target))

@@ -1,7 +1,7 @@
 """The demo workload's tasks: fast and slow successes, flaky retries, terminal failures, progress.
 
-``asyncmq-otel worker demo --app asyncmq_otel.demo_app`` serves them; the demo producer
-(``asyncmq_otel.cli.demo``) enqueues the mixed workload.
+``asyncmq-otel worker demo --app asyncmq_otel.demo.app`` serves them; the demo producer
+(``asyncmq_otel.demo.run``) enqueues the mixed workload.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import anyio
 
-from .tasks import task
+from ..tasks import task
 
 __all__ = ["DEMO_QUEUE", "charge_card", "flaky_lookup", "render_report", "resize_image", "send_email"]
 
