@@ -67,7 +67,6 @@ __all__ = [
     "UnknownTask",
     "Worker",
     "__version__",
-    "_run_with_limits",
     "autodiscover_tasks",
     "bus",
     "event_emitter",

@@ -20,8 +20,9 @@ import typing
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast
 
+from .backends.base import Backend
 from .errors import ConfigError
 
 __all__ = ["Settings", "SettingsWarning", "get_settings", "override_settings", "reload_settings", "settings"]
@@ -133,7 +134,7 @@ class Settings:
 
     """
 
-    backend: Any = "memory://"
+    backend: str | Backend = "memory://"
     tasks: list[str] = field(default_factory=list)
     worker_concurrency: int = 10
     rate_limit: int | None = None
@@ -157,8 +158,8 @@ class Settings:
     heartbeat_interval: float = 5.0
     worker_group: str = "default"
     event_queue_size: int = 10_000
-    on_duplicate: str = "return"
-    on_data_loss: str = "report"
+    on_duplicate: Literal["return", "raise"] = "return"
+    on_data_loss: Literal["report", "halt"] = "report"
     publish_events: bool = True
     keep_completed: int = 1000
     keep_completed_age: float = 86_400.0
