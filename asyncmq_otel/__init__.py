@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .queues import Queue
     from .tasks import autodiscover_tasks, task
     from .telemetry import AsyncMQInstrumentor, instrument, metrics_url, uninstrument
-    from .workers import Worker, _run_with_limits, handle_job, process_job
+    from .workers import Worker, handle_job, process_job
 
 __all__ = [
     "AsyncMQError",
