@@ -28,6 +28,7 @@ from ._event_relay import EventRelay, relay_to
 from ._leases import LeaseKeeper
 from ._lifecycle import emit_job_event
 from ._processing import WorkerContext, process_job, server_fields
+from ._scheduler import run_scheduler
 from .backends._default import default_backend
 from .backends.base import Backend, RenewStatus, WorkerInfo
 from .errors import DataLossDetected
@@ -243,6 +244,7 @@ class Worker:
                 services.start_soon(self._tick, keeper)
                 services.start_soon(self._heartbeat, backend, info, ctx, concurrency)
                 services.start_soon(self._reaper, backend, ctx)
+                services.start_soon(run_scheduler, backend, list(self.queues), self.worker_id)
                 for service in bus.services():
                     services.start_soon(_isolated_service, service, backend, list(self.queues))
                 await self._serve(ctx, limiter, rate_limiter, backend)

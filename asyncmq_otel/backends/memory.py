@@ -22,6 +22,7 @@ import anyio
 
 from ..errors import PayloadTooLarge
 from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState
+from ._memory_schedules import MemorySchedulesMixin
 from .base import (
     CancelStatus,
     ClaimReply,
@@ -155,7 +156,7 @@ class _Renewer:
         """Nothing to release."""
 
 
-class InMemoryBackend:
+class InMemoryBackend(MemorySchedulesMixin):
     """The embedded backend: zero set-up, one process, not durable.
 
     Args:

@@ -40,6 +40,7 @@ from ._events import CancelHints, EventsMixin, hint
 from ._keys import Keys, QueueKeys
 from ._registry import RegistryMixin, server_of
 from ._renewer import RedisLeaseRenewer
+from ._schedules import SchedulesMixin
 
 __all__ = ["DEFAULT_URL", "RedisBackend"]
 
@@ -80,7 +81,7 @@ def _envelope_priority_ttl(payload: str) -> tuple[object, object]:
     return envelope.get("priority", 5), envelope.get("ttl")
 
 
-class RedisBackend(RegistryMixin, EventsMixin):
+class RedisBackend(RegistryMixin, EventsMixin, SchedulesMixin):
     """Jobs in Redis (or a Redis Cluster), shared by every worker and producer that uses the prefix.
 
     Args:
