@@ -1,8 +1,8 @@
 """The ``asyncmq-otel`` command line (also ``python -m asyncmq_otel``).
 
 Commands: ``worker``, ``enqueue``, ``queues``, ``queue``, ``job``, ``dlq``, ``workers``,
-``exporter`` and ``demo``. Every option that has an ``ASYNCMQ_*`` variable shows it in ``--help``;
-precedence is flag > variable > settings module (``ASYNCMQ_SETTINGS_MODULE``) > default.
+``schedules``, ``exporter`` and ``demo``. Every option that has an ``ASYNCMQ_*`` variable shows it
+in ``--help``; precedence is flag > variable > settings module (``ASYNCMQ_SETTINGS_MODULE``) > default.
 Exit codes are listed in :class:`asyncmq_otel.cli._exit.ExitCode`.
 """
 
@@ -15,6 +15,7 @@ from ._exit import ExitCode
 from .admin import dlq, enqueue, job, queue, queues, workers
 from .demo import demo_command
 from .exporter import exporter_command
+from .schedules import schedules
 from .worker import worker_command
 
 __all__ = ["ExitCode", "main"]
@@ -34,5 +35,16 @@ def main() -> None:
     """asyncmq-otel: an observability-first async job queue."""
 
 
-for _command in (worker_command, enqueue, queues, queue, job, dlq, workers, exporter_command, demo_command):
+for _command in (
+    worker_command,
+    enqueue,
+    queues,
+    queue,
+    job,
+    dlq,
+    workers,
+    schedules,
+    exporter_command,
+    demo_command,
+):
     main.add_command(_command)

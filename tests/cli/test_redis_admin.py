@@ -227,3 +227,38 @@ def test_check_is_healthy_while_a_worker_runs(
     assert proc.wait(timeout=30) == 0, log.read_text()
     gone = cli("worker", unique_name, "--check", "--metrics-addr", found[0], code=1)
     assert gone.stdout.startswith("unhealthy: no worker answers on")
+
+
+def test_schedules_list_pause_resume_remove(
+    cli: _CLI, redis_url: str, redis_prefix: str, unique_name: str
+) -> None:
+    async def upsert() -> None:
+        from asyncmq_otel.queues import Queue
+
+        backend = RedisBackend(redis_url, prefix=redis_prefix, retry_timeout=5.0)
+        try:
+            await Queue(unique_name, backend=backend).upsert_repeatable(
+                "clitest.echo", cron="0 7 * * 1", timezone="Europe/Paris", key="weekly"
+            )
+        finally:
+            await backend.close()
+
+    anyio.run(upsert)
+    [row] = cli.json("schedules", "list", "--queue", unique_name)
+    assert (row["key"], row["task"], row["cron"], row["paused"]) == (
+        "weekly",
+        "clitest.echo",
+        "0 7 * * 1",
+        False,
+    )
+    table = cli("schedules", "list").stdout.splitlines()
+    assert table[0].split()[:3] == ["QUEUE", "KEY", "TASK"]
+    assert any("weekly" in line and "0 7 * * 1 Europe/Paris" in line for line in table[1:])
+    cli("schedules", "pause", "weekly", "-q", unique_name)
+    assert cli.json("schedules", "list", "-q", unique_name)[0]["paused"] is True
+    cli("schedules", "resume", "weekly", "-q", unique_name)
+    assert cli.json("schedules", "list", "-q", unique_name)[0]["paused"] is False
+    cli("schedules", "remove", "weekly", "-q", unique_name)
+    assert cli.json("schedules", "list", "-q", unique_name) == []
+    missing = cli("schedules", "remove", "weekly", "-q", unique_name, code=2)
+    assert "no schedule 'weekly'" in missing.output

@@ -399,3 +399,24 @@ def test_both_backends_store_schedules() -> None:
     from asyncmq_otel.backends.redis import RedisBackend
 
     assert isinstance(RedisBackend(), ScheduleStore)
+
+
+async def test_a_worker_upserts_its_declared_schedules_and_fires_them(harness: Harness) -> None:
+    queue = unique_prefix()
+    name = f"{queue}.every"
+    runs: list[int] = []
+
+    @task(queue=queue, every=0.2, name=name)
+    def every() -> None:
+        """Counts its runs."""
+        runs.append(1)
+
+    backend = InMemoryBackend() if harness.kind == "memory" else harness.backend
+    try:
+        async with running_worker(queue, backend):
+            await eventually(lambda: len(runs) >= 2, timeout=30, what="two ticks ran")
+        [listed] = await Queue(queue, backend=backend).list_repeatables()
+        assert listed["key"] == name
+        assert listed["last_job_id"].startswith(f"sch.{name}.")
+    finally:
+        TASK_REGISTRY.pop(name, None)
