@@ -115,6 +115,8 @@ class LifecycleEvent:
     started_monotonic: float | None = None
     server_address: str | None = None
     server_port: int | None = None
+    schedule_key: str | None = None  # a job fired by a schedule: its key and due time (unix seconds)
+    schedule_due: float | None = None
 
     @property
     def id(self) -> str | None:

@@ -391,4 +391,6 @@ def schedule_job(spec: ScheduleSpec, due_ms: int) -> Job:
         backoff=opts.get("backoff"),
         priority=int(opts.get("priority", 5)),
         timeout=opts.get("timeout"),
+        schedule=spec.key,
+        schedule_due=due_ms / 1000,
     )

@@ -420,3 +420,27 @@ async def test_a_worker_upserts_its_declared_schedules_and_fires_them(harness: H
         assert listed["last_job_id"].startswith(f"sch.{name}.")
     finally:
         TASK_REGISTRY.pop(name, None)
+
+
+async def test_a_fired_job_carries_its_schedule_key_and_due_time(harness: Harness, queue: str) -> None:
+    from asyncmq_otel.events import LifecycleEvent, bus
+
+    seen: list[LifecycleEvent] = []
+    bus.on("job:enqueued", seen.append, inline=True)
+    try:
+        q = Queue(queue, backend=harness.backend)
+        key = await q.upsert_repeatable("app.seen", every=1)
+        harness.elapse(queue, key, 1)
+        [fired] = await _fire_all(harness, queue)
+    finally:
+        bus.off("job:enqueued", seen.append)
+    [due] = fired.dues
+    job = await harness.backend.get_job(queue, schedule_job_id(key, due))
+    assert job is not None
+    assert (job["schedule"], job["schedule_due"]) == (key, due / 1000)
+    [event] = [e for e in seen if e.queue == queue]
+    assert (event.schedule_key, event.schedule_due, event.job_id) == (
+        key,
+        due / 1000,
+        schedule_job_id(key, due),
+    )
