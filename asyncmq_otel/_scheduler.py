@@ -175,7 +175,8 @@ class Scheduler:
         jobs = [schedule_job(spec, due) for due in plan.dues]
         if jobs and bus.observed:
             # observers set each job's trace context when the operation starts: encode after that
-            with bus.operation(Operation("send", queue, jobs, **server_fields(self.backend))):
+            operation = Operation("send", queue, jobs, bulk=len(jobs) > 1, **server_fields(self.backend))
+            with bus.operation(operation):
                 reply = await self._fire(queue, record, plan.dues, jobs, plan.next_due_ms)
         else:
             reply = await self._fire(queue, record, plan.dues, jobs, plan.next_due_ms)

@@ -357,6 +357,10 @@ class TracingAdapter:
         wait = _throttle_wait(event)
         if wait is not None:
             out["asyncmq.ratelimit.wait_s"] = wait
+        if event.schedule_key is not None:
+            out["asyncmq.schedule.key"] = event.schedule_key
+            if event.schedule_due is not None:
+                out["asyncmq.schedule.due"] = event.schedule_due
         return out
 
     def _queue_events(self, span: Span, event: LifecycleEvent) -> None:
@@ -552,8 +556,11 @@ class TracingAdapter:
         job = operation.jobs[0]
         schedule = operation.name == "schedule"
         eligible = job.delay_until if job.delay_until is not None else (job.eligible_at or None)
+        # a tick's job belongs to no caller: its send span is a root span, whatever context fired it
+        parent = otel_context.Context() if job.schedule is not None else None
         span = self._tracer.start_span(
             self._name("send", operation.queue, job.task),
+            context=parent,
             kind=SpanKind.PRODUCER,
             attributes=_attrs(
                 messaging__system=SYSTEM,
@@ -565,6 +572,8 @@ class TracingAdapter:
                 asyncmq__job__max_attempts=job.max_attempts,
                 asyncmq__job__priority=job.priority,
                 asyncmq__job__eligible_at=eligible if schedule else None,
+                asyncmq__schedule__key=job.schedule,
+                asyncmq__schedule__due=job.schedule_due,
             )
             | _server(operation),
         )
@@ -574,8 +583,11 @@ class TracingAdapter:
     def _start_bulk(self, operation: Operation) -> None:
         jobs = operation.jobs
         tasks = {job.task for job in jobs}
+        schedules = {job.schedule for job in jobs}
         span = self._tracer.start_span(
             self._name("send", operation.queue),
+            # a schedule's catch-up ticks: a root span, like one tick's (see _start_send)
+            context=otel_context.Context() if None not in schedules else None,
             kind=SpanKind.CLIENT if self._bulk_create else SpanKind.PRODUCER,
             attributes=_attrs(
                 messaging__system=SYSTEM,
@@ -584,6 +596,7 @@ class TracingAdapter:
                 messaging__destination__name=operation.queue,
                 messaging__batch__message_count=len(jobs),
                 asyncmq__task__name=next(iter(tasks)) if len(tasks) == 1 else None,
+                asyncmq__schedule__key=next(iter(schedules)) if len(schedules) == 1 else None,
             )
             | _server(operation),
         )
