@@ -217,6 +217,8 @@ class Scheduler:
             job.enqueued_at = job.eligible_at = reply.now_ms / 1000
             if job.id in stored:
                 emit_job_event("job:enqueued", job, attempt=0)
+                # fire time and due time are both backend time, so the lag ignores host clock skew
+                emit_job_event("schedule:fired", job, attempt=0, worker_id=self.worker_id or None)
             else:
                 emit_job_event("job:duplicated", job, attempt=0)
         if skipped:

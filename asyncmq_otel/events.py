@@ -66,8 +66,9 @@ EVENT_NAMES = (
     "worker:heartbeat",
     "worker:stopped",
     "backend:data_loss",
+    "schedule:fired",
 )
-_FAMILIES = ("job:*", "queue:*", "worker:*", "backend:*")
+_FAMILIES = ("job:*", "queue:*", "worker:*", "backend:*", "schedule:*")
 
 Signal = Literal["event", "span", "metric", "log"]
 DropReason = Literal["queue_full", "adapter_error", "cardinality"]
@@ -299,7 +300,7 @@ class EventBus:
         if pattern != "*" and pattern not in _FAMILIES and pattern not in EVENT_NAMES:
             raise ValueError(
                 f"unknown event pattern {pattern!r}; use one of {', '.join(EVENT_NAMES)}, a family "
-                "wildcard (job:*, queue:*, worker:*, backend:*) or '*'"
+                "wildcard (job:*, queue:*, worker:*, backend:*, schedule:*) or '*'"
             )
         is_async = inspect.iscoroutinefunction(listener) or inspect.iscoroutinefunction(
             getattr(listener, "__call__", None)  # noqa: B004 - callable objects with async __call__
