@@ -570,7 +570,8 @@ SCHEDULES_ROW: Final = RowSpec(
             units.OpsPerSecond,
             (
                 _q(
-                    "sum by (messaging_destination_name, schedule) (rate(%(asyncmq.schedule.fired)s{<Q>}[$ri]))",
+                    "sum by (messaging_destination_name, schedule) "
+                    "(rate(%(asyncmq.schedule.fired)s{<Q>}[$ri]))",
                     _BY_QS,
                 ),
             ),
