@@ -444,3 +444,22 @@ async def test_a_fired_job_carries_its_schedule_key_and_due_time(harness: Harnes
         due / 1000,
         schedule_job_id(key, due),
     )
+
+
+@pytest.mark.parametrize("skew", [-300.0, 300.0])
+async def test_host_clock_skew_neither_fires_early_nor_moves_ticks(
+    harness: Harness, queue: str, skew: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if harness.kind == "memory":
+        pytest.skip("the in-memory backend's clock is the host's: skew is a shared-backend concern")
+    import time as time_module
+
+    q = Queue(queue, backend=harness.backend)
+    key = await q.upsert_repeatable("app.skewed", every=60)
+    [before] = await q.list_repeatables()
+    real = time_module.time
+    monkeypatch.setattr(time_module, "time", lambda: real() + skew)  # every host clock reads off by 5 min
+    assert await _fire_all(harness, queue) == []  # Redis TIME says not due, whatever the hosts think
+    harness.elapse(queue, key, 60)
+    [fired] = await _fire_all(harness, queue)
+    assert fired.dues == [round(before["next_run"] * 1000) - 60_000]  # the stored tick, not a host's guess
