@@ -35,6 +35,7 @@ _PEEK_LIMIT = 100  # due schedules read per round trip
 _ROUNDS = 5  # peeks per queue per round: fire, then read the next due time again
 _MIN_PAUSE = 0.01  # seconds: the floor of a sleep when a due schedule could not be fired
 _BACKOFF_CAP = 2.0
+_HOLD_BROKEN = 60.0  # seconds a schedule whose fire raised (not a backend error) is left alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,7 @@ class Scheduler:
         self._wake = anyio.Event()
         self._loop_thread = threading.get_ident()
         self._token: Any = None
+        self._held_until: dict[tuple[str, str], float] = {}  # broken schedules, monotonic time
 
     def wake(self) -> None:
         """Re-read the schedules now (a schedule was upserted, paused or resumed)."""
@@ -154,17 +156,46 @@ class Scheduler:
             due: list[ScheduleRecord] = []
             for _ in range(_ROUNDS):
                 now, due, earliest = await self.store.schedule_peek(queue, _PEEK_LIMIT)
+                due = [record for record in due if not self._held(queue, record.spec.key)]
                 if not due:
                     break
                 for record in due:
-                    await self.fire(queue, record, now)
+                    await self._fire_isolated(queue, record, now)
             if earliest is None:
                 continue
             wait = max((earliest - now) / 1000, 0.0)
             if due:  # still due after every round (the backend said not yet): do not spin
                 wait = max(wait, _MIN_PAUSE)
+            elif wait == 0.0 and self._held_until:  # only held schedules are due: wake when one is free
+                wait = max(min(self._held_until.values()) - self.clock.monotonic(), _MIN_PAUSE)
             delay = wait if delay is None else min(delay, wait)
         return delay
+
+    def _held(self, queue: str, key: str) -> bool:
+        until = self._held_until.get((queue, key))
+        if until is None:
+            return False
+        if self.clock.monotonic() >= until:
+            del self._held_until[queue, key]
+            return False
+        return True
+
+    async def _fire_isolated(self, queue: str, record: ScheduleRecord, now_ms: int) -> None:
+        """Fire one schedule; a schedule that breaks is held back for a while, never the scheduler.
+
+        Backend errors pass (the loop backs off for every schedule); anything else is this
+        schedule's own fault (a bug, a definition the cron library cannot evaluate) and is logged.
+        """
+        try:
+            await self.fire(queue, record, now_ms)
+        except (AsyncMQError, OSError):
+            raise
+        except Exception:  # noqa: BLE001 - isolation boundary: one schedule never stops the others
+            key = record.spec.key
+            self._held_until[queue, key] = self.clock.monotonic() + _HOLD_BROKEN
+            _log.exception(
+                "schedule.fire_failed: %s on queue %s (held back for %ss)", key, queue, _HOLD_BROKEN
+            )
 
     async def fire(self, queue: str, record: ScheduleRecord, now_ms: int) -> FireReply | None:
         """Fire one schedule as its catch-up policy says; None when it is not due at ``now_ms``."""

@@ -463,3 +463,36 @@ async def test_host_clock_skew_neither_fires_early_nor_moves_ticks(
     harness.elapse(queue, key, 60)
     [fired] = await _fire_all(harness, queue)
     assert fired.dues == [round(before["next_run"] * 1000) - 60_000]  # the stored tick, not a host's guess
+
+
+async def test_a_schedule_that_breaks_is_held_back_and_never_stops_the_others(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncmq_otel._scheduler as scheduler_module
+
+    clock = FakeClock(start=START)
+    backend = InMemoryBackend(clock=clock.time)
+    queue = unique_prefix()
+    q = Queue(queue, backend=backend)
+    await q.upsert_repeatable("app.good", every=10, key="good")
+    await q.upsert_repeatable("app.bad", every=10, key="broken")
+    real_plan = scheduler_module.plan_fire
+
+    def plan(record: Any, now_ms: int) -> Any:
+        if record.spec.key == "broken":
+            raise OverflowError("a definition the cron library cannot evaluate")
+        return real_plan(record, now_ms)
+
+    monkeypatch.setattr(scheduler_module, "plan_fire", plan)
+    fired: list[Fired] = []
+    scheduler = Scheduler(backend, [queue], clock=clock, on_fired=fired.append)
+    clock.advance(10)
+    delay = await scheduler.run_once()
+    assert [f.key for f in fired] == ["good"]
+    assert "schedule.fire_failed: broken" in caplog.text
+    assert delay is not None
+    assert delay >= 9  # the next good tick, not a spin on the broken one
+    monkeypatch.setattr(scheduler_module, "plan_fire", real_plan)
+    clock.advance(60)  # the hold is over: the repaired schedule fires (its latest tick)
+    await scheduler.run_once()
+    assert sorted(f.key for f in fired) == ["broken", "good", "good"]
