@@ -496,3 +496,18 @@ async def test_a_schedule_that_breaks_is_held_back_and_never_stops_the_others(
     clock.advance(60)  # the hold is over: the repaired schedule fires (its latest tick)
     await scheduler.run_once()
     assert sorted(f.key for f in fired) == ["broken", "good", "good"]
+
+
+async def test_wait_for_result_on_redis_says_so_when_events_are_not_published(harness: Harness) -> None:
+    from asyncmq_otel.errors import ConfigError
+    from asyncmq_otel.settings import override_settings
+
+    q = Queue(unique_prefix(), backend=harness.backend)
+    job_id = await q.add("tests.schedules.double", args=[1])
+    with override_settings(publish_events=False):
+        if harness.kind == "memory":  # the in-process bus needs no publisher: it just times out
+            with pytest.raises(TimeoutError):
+                await q.wait_for_result(job_id, timeout=0.01)
+        else:
+            with pytest.raises(ConfigError, match="publish_events"):
+                await q.wait_for_result(job_id, timeout=5)
