@@ -30,7 +30,9 @@ from asyncmq_otel.schedules import schedule_job_id
 from asyncmq_otel.tasks import TASK_REGISTRY
 from tests.support.poll import eventually
 from tests.support.redis_server import (  # noqa: F401 - fixtures are registered by import
+    RedisServer,
     delete_prefix,
+    redis_cluster_server,
     redis_url,
     unique_prefix,
 )
@@ -79,7 +81,13 @@ class Harness:
             client.close()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.cluster]),
+    ]
+)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     """Four handles on one store: a single in-memory backend, or four Redis clients on one prefix."""
     if request.param == "memory":
@@ -88,9 +96,16 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         return
     from asyncmq_otel.backends.redis import RedisBackend
 
-    url = request.getfixturevalue("redis_url")
+    cluster = request.param == "cluster"
+    if cluster:
+        server: RedisServer = request.getfixturevalue("redis_cluster_server")
+        url = server.url
+    else:
+        url = request.getfixturevalue("redis_url")
     prefix = unique_prefix()
-    backends: list[Backend] = [RedisBackend(url, prefix=prefix, retry_timeout=5.0) for _ in range(4)]
+    backends: list[Backend] = [
+        RedisBackend(url, prefix=prefix, retry_timeout=5.0, cluster=cluster) for _ in range(4)
+    ]
     try:
         yield Harness("redis", backends, None, url, prefix)
     finally:
