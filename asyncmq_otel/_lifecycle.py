@@ -32,6 +32,9 @@ def _job_event(
     fields["enqueued_at"] = job.enqueued_at
     fields["eligible_at"] = job.eligible_at
     fields["trace_context"] = dict(context) if context else None
+    if job.schedule is not None:
+        fields["schedule_key"] = job.schedule
+        fields["schedule_due"] = job.schedule_due
     return make_event(fields) if checked else make_event_unchecked(fields)
 
 

@@ -13,8 +13,11 @@ __all__ = [
     "DataLossDetected",
     "DuplicateJob",
     "InvalidName",
+    "InvalidSchedule",
     "JobArgumentError",
     "JobCancelled",
+    "JobExpired",
+    "JobFailed",
     "JobTimeout",
     "MalformedJob",
     "PayloadTooLarge",
@@ -23,6 +26,7 @@ __all__ = [
     "SandboxCrashed",
     "SandboxError",
     "SandboxTimeout",
+    "ScheduleNotFound",
     "TaskNameWarning",
     "TelemetryConfigError",
     "UnknownTask",
@@ -166,3 +170,34 @@ class DataLossDetected(BackendError):
 
 class BackendOutOfMemory(BackendError):
     """The backend refused the write because it is out of memory; nothing was stored."""
+
+
+class InvalidSchedule(AsyncMQError, ValueError):
+    """A schedule definition is invalid (key, interval, cron expression, timezone, catch-up, options)."""
+
+
+class ScheduleNotFound(AsyncMQError, LookupError):
+    """No schedule is stored under this key on this queue."""
+
+
+class JobFailed(AsyncMQError):
+    """The awaited job failed for good (retries exhausted, non-retryable, or dead-lettered).
+
+    ``error_type`` and ``error_message`` are the handler's error as the job stores it, ``reason``
+    the dead-letter reason.
+    """
+
+    def __init__(self, job_id: str, error_type: str, error_message: str, reason: str | None = None) -> None:
+        self.job_id = job_id
+        self.error_type = error_type
+        self.error_message = error_message
+        self.reason = reason
+        super().__init__(f"job {job_id} failed ({reason or 'failed'}): {error_type}: {error_message}")
+
+
+class JobExpired(AsyncMQError):
+    """The awaited job expired (its TTL passed before it started) and never ran."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id} expired before it ran")

@@ -66,8 +66,9 @@ EVENT_NAMES = (
     "worker:heartbeat",
     "worker:stopped",
     "backend:data_loss",
+    "schedule:fired",
 )
-_FAMILIES = ("job:*", "queue:*", "worker:*", "backend:*")
+_FAMILIES = ("job:*", "queue:*", "worker:*", "backend:*", "schedule:*")
 _DRAIN_POLL_INTERVAL = 0.01  # drain waiting for another worker's dispatcher (shutdown only)
 
 Signal = Literal["event", "span", "metric", "log"]
@@ -116,6 +117,8 @@ class LifecycleEvent:
     started_monotonic: float | None = None
     server_address: str | None = None
     server_port: int | None = None
+    schedule_key: str | None = None  # a job fired by a schedule: its key and due time (unix seconds)
+    schedule_due: float | None = None
 
     @property
     def id(self) -> str | None:
@@ -302,7 +305,7 @@ class EventBus:
         if pattern != "*" and pattern not in _FAMILIES and pattern not in EVENT_NAMES:
             raise ValueError(
                 f"unknown event pattern {pattern!r}; use one of {', '.join(EVENT_NAMES)}, a family "
-                "wildcard (job:*, queue:*, worker:*, backend:*) or '*'"
+                "wildcard (job:*, queue:*, worker:*, backend:*, schedule:*) or '*'"
             )
         is_async = inspect.iscoroutinefunction(listener) or inspect.iscoroutinefunction(
             getattr(listener, "__call__", None)  # noqa: B004 - callable objects with async __call__

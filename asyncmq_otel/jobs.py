@@ -439,6 +439,8 @@ class Job:
     dlq_reason: str | None = None
     finished_at: float | None = None
     progress: float | None = None
+    schedule: str | None = None  # the key of the schedule that fired this job, with its due time
+    schedule_due: float | None = None
 
     @property
     def max_attempts(self) -> int:
@@ -472,6 +474,9 @@ class Job:
             out["timeout"] = self.timeout
         if self.trace_context:
             out["trace_context"] = self.trace_context
+        if self.schedule is not None:
+            out["schedule"] = self.schedule
+            out["schedule_due"] = self.schedule_due
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -506,6 +511,8 @@ class Job:
             "dlq_reason": self.dlq_reason,
             "finished_at": self.finished_at,
             "progress": self.progress,
+            "schedule": self.schedule,
+            "schedule_due": self.schedule_due,
         }
 
     @classmethod
@@ -559,6 +566,8 @@ class Job:
                 dlq_reason=_typed(raw, "dlq_reason", str, None),
                 finished_at=_number_or_none(raw, "finished_at"),
                 progress=_number_or_none(raw, "progress"),
+                schedule=_typed(raw, "schedule", str, None),
+                schedule_due=_number_or_none(raw, "schedule_due"),
             )
         except (TypeError, ValueError) as exc:
             raise MalformedJob(f"stored job has a bad field: {exc}") from exc
@@ -673,6 +682,8 @@ def _decode_well_formed(cls: type[Job], raw: dict[str, Any]) -> Job | None:
             dlq_reason=_opt(get("dlq_reason"), str),
             finished_at=_opt_number(get("finished_at")),
             progress=_opt_number(get("progress")),
+            schedule=_opt(get("schedule"), str),
+            schedule_due=_opt_number(get("schedule_due")),
         )
     except (_Unusual, TypeError):
         return None

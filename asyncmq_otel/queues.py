@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from . import _repeatables, _results
 from ._lifecycle import emit_job_event, server_fields
 from .backends._default import default_backend
 from .backends.base import Backend, CancelStatus, EnqueueItem, EnqueueReply, QueueStats, WorkerInfo
@@ -524,3 +525,76 @@ class Queue:
         if not await self.exists():
             return QueueStats(0, 0, 0, 0, 0.0, paused=False)
         return await self.backend.queue_stats(self.name)
+
+    # -- schedules and results (the logic lives in _repeatables and _results) ---------------------
+    async def upsert_repeatable(
+        self,
+        task_id: str,
+        *,
+        every: float | None = None,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        key: str | None = None,
+        catch_up: str = "latest",
+        max_catch_up: int = 100,
+        **job_options: Any,  # noqa: ANN401 - retries, ttl, backoff, priority, timeout
+    ) -> str:
+        """Create or redefine a periodic job and return its key (the task id unless ``key`` is given).
+
+        Exactly one job per tick, whatever the number of workers: the tick's due time is the job's
+        idempotency key. ``catch_up`` says what happens to ticks missed while no worker ran:
+        ``"latest"`` fires once, ``"all"`` fires each (at most ``max_catch_up``), ``"none"`` skips
+        them. Upserting the same definition again changes nothing.
+
+        Raises:
+            InvalidSchedule: a bad key, interval, cron expression, timezone, policy or option.
+            ConfigError: the backend cannot store schedules.
+
+        """
+        return await _repeatables.upsert_repeatable(
+            self.backend,
+            self.name,
+            task_id,
+            every=every,
+            cron=cron,
+            timezone=timezone,
+            args=args,
+            kwargs=kwargs,
+            key=key,
+            catch_up=catch_up,
+            max_catch_up=max_catch_up,
+            job_options=job_options,
+        )
+
+    async def remove_repeatable(self, key: str) -> None:
+        """Delete a schedule (jobs it already fired stay); ``ScheduleNotFound`` when absent."""
+        await _repeatables.remove_repeatable(self.backend, self.name, key)
+
+    async def pause_repeatable(self, key: str) -> None:
+        """Stop a schedule from firing until :meth:`resume_repeatable`."""
+        await _repeatables.pause_repeatable(self.backend, self.name, key)
+
+    async def resume_repeatable(self, key: str) -> None:
+        """Fire a paused schedule again, from its first tick after now."""
+        await _repeatables.resume_repeatable(self.backend, self.name, key)
+
+    async def list_repeatables(self) -> list[dict[str, Any]]:
+        """Every schedule: key, task, every/cron, timezone, next and last run, last job id, paused."""
+        return await _repeatables.list_repeatables(self.backend, self.name)
+
+    async def wait_for_result(self, job_id: str, timeout: float | None = None) -> Any:  # noqa: ANN401
+        """Wait for a job to settle and return its result, without polling.
+
+        Returns at once for a job that finished already (while its result is retained).
+
+        Raises:
+            JobFailed: the job failed for good (``error_type``, ``error_message``, ``reason``).
+            JobCancelled: the job was cancelled.
+            JobExpired: the job's TTL passed before it ran.
+            TimeoutError: ``timeout`` seconds passed first.
+            ConfigError: on Redis, when ``settings.publish_events`` is off.
+
+        """
+        return await _results.wait_for_result(self.backend, self.name, job_id, timeout)

@@ -16,6 +16,7 @@ from .settings import settings
 
 if TYPE_CHECKING:
     from .backends.base import Backend
+    from .schedules import ScheduleSpec
 
 __all__ = [
     "TASK_REGISTRY",
@@ -54,6 +55,10 @@ class TaskInfo:
     backoff: dict[str, Any] | None = None
     timeout: float | None = None
     progress: bool = False
+    cron: str | None = None
+    every: float | None = None
+    timezone: str = "UTC"
+    catch_up: str = "latest"
     # read for every job: computed once (inspect.iscoroutinefunction is slow)
     _is_async: bool = field(init=False, repr=False, compare=False)
 
@@ -64,6 +69,24 @@ class TaskInfo:
     def is_async(self) -> bool:
         """Whether the handler is a coroutine function (run directly, not in a thread)."""
         return self._is_async
+
+    def schedule_spec(self) -> ScheduleSpec | None:
+        """The schedule declared with ``cron=`` or ``every=`` (key = task id), or None."""
+        if self.cron is None and self.every is None:
+            return None
+        from .schedules import ScheduleSpec  # noqa: PLC0415 - schedules imports jobs, like this module
+
+        options = {"retries": self.retries, "ttl": self.ttl, "backoff": self.backoff, "timeout": self.timeout}
+        return ScheduleSpec.build(
+            self.queue,
+            self.task_id,
+            every=self.every,
+            cron=self.cron,
+            timezone=self.timezone,
+            key=self.task_id,
+            catch_up=self.catch_up,
+            options={k: v for k, v in options.items() if v},
+        )
 
     @property
     def module(self) -> str:
@@ -267,6 +290,10 @@ def task(
     timeout: float | None = None,
     name: str | None = None,
     progress: bool = False,
+    cron: str | None = None,
+    every: float | None = None,
+    timezone: str = "UTC",
+    catch_up: str = "latest",
 ) -> Callable[[Callable[P, R]], TaskWrapper[P, R]]:
     """Register a sync or async function as a task of ``queue``.
 
@@ -279,6 +306,11 @@ def task(
         timeout: seconds an attempt may run before it fails with ``JobTimeout``.
         name: the task id; ``"{module}.{function}"`` when omitted.
         progress: pass ``report_progress(pct, data=None)`` to the handler.
+        cron: run the task periodically on this cron expression (in ``timezone``); a worker of
+            ``queue`` upserts the schedule at start-up, with the task id as its key.
+        every: run the task every this many seconds (instead of ``cron``).
+        timezone: the IANA timezone ``cron`` is evaluated in (DST as the cron library rules).
+        catch_up: ticks missed while no worker ran: ``"latest"``, ``"all"`` or ``"none"``.
 
     """
     check_queue_name(queue)
@@ -300,7 +332,12 @@ def task(
             backoff=None if parsed_backoff is None else parsed_backoff.to_dict(),
             timeout=timeout,
             progress=progress,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            catch_up=catch_up,
         )
+        info.schedule_spec()  # a bad cron, interval or timezone fails at import, not at start-up
         TASK_REGISTRY[task_id] = info
         return TaskWrapper(info)
 

@@ -560,6 +560,54 @@ RELIABILITY_ROW: Final = RowSpec(
     ),
 )
 
+_BY_QS: Final = "{{messaging_destination_name}} {{schedule}}"
+
+SCHEDULES_ROW: Final = RowSpec(
+    "Schedules",
+    (
+        PanelSpec(
+            "Schedule fires/s",
+            "timeseries",
+            units.OpsPerSecond,
+            (
+                _q(
+                    "sum by (messaging_destination_name, schedule) "
+                    "(rate(%(asyncmq.schedule.fired)s{<Q>}[$ri]))",
+                    _BY_QS,
+                ),
+            ),
+            "Jobs fired by each schedule (periodic job) per second; a catch-up fires several at once.",
+        ),
+        PanelSpec(
+            "Schedule lag p95",
+            "timeseries",
+            units.Seconds,
+            (
+                _q(
+                    "histogram_quantile(0.95, sum by (le, messaging_destination_name, schedule) "
+                    "(rate(%(asyncmq.schedule.lag)s_bucket{<Q>}[$ri])))",
+                    _BY_QS,
+                ),
+            ),
+            "How late ticks fire: fire time minus due time (backend clock). High after an outage.",
+        ),
+        PanelSpec(
+            "Next run in",
+            "table",
+            units.Seconds,
+            (
+                _q(
+                    "max by (messaging_destination_name, schedule) "
+                    "(%(asyncmq.schedule.next_run.timestamp)s{<Q>}) - time()",
+                    fmt="table",
+                ),
+            ),
+            "Seconds until each active schedule's next run; negative means it is late (nobody fires it).",
+            thresholds=((0.0, "red"),),
+        ),
+    ),
+)
+
 WORKERS_ROW: Final = RowSpec(
     "Workers",
     (
@@ -649,7 +697,7 @@ DASHBOARDS: Final[tuple[DashboardSpec, ...]] = (
         "asyncmq-queue-detail",
         "AsyncMQ / Queue and task detail",
         "Backlog, wait, rate limiting, retries and dead letters per queue and task.",
-        (SATURATION_ROW, RELIABILITY_ROW),
+        (SATURATION_ROW, RELIABILITY_ROW, SCHEDULES_ROW),
     ),
     DashboardSpec(
         "asyncmq-workers",

@@ -53,6 +53,7 @@ _B: Final = "messaging_destination_name"
 _BT: Final = "messaging_destination_name, asyncmq_task_name"
 _QUEUE: Final = "{{ $labels.messaging_destination_name }}"
 _TASK: Final = "{{ $labels.asyncmq_task_name }}"
+_SCHEDULE: Final = "{{ $labels.schedule }}"
 _INSTANCE: Final = "{{ $labels.instance }}"
 _JOB: Final = "{{ $labels.job }}"
 
@@ -103,6 +104,8 @@ class Config:
     backend_down_for: str = "2m"
     telemetry_window: str = "5m"
     telemetry_for: str = "10m"
+    schedule_late_intervals: float = 2
+    schedule_late_for: str = "2m"
 
     def __post_init__(self) -> None:
         """Refuse a configuration whose burn-rate alerts would read a recording rule nobody writes."""
@@ -433,6 +436,25 @@ def alert_rules(config: Config) -> list[AlertRule]:
             f"A script on queue {_QUEUE} found a new dataset epoch: Redis restarted without its data, and "
             "jobs stored before then may be gone.",
             OVERVIEW,
+            queue_detail,
+        )
+    )
+    add(
+        AlertRule(
+            "AsyncMQScheduleLate",
+            "warning",
+            c.schedule_late_for,
+            # a stale sample is exported as 0 in multi-process mode: never read it as "late since 1970"
+            _m(
+                f"time() - max by ({_B}, schedule) (%(asyncmq.schedule.next_run.timestamp)s > 0) > "
+                f"{_num(c.schedule_late_intervals)} * max by ({_B}, schedule) (%(asyncmq.schedule.interval)s)"
+            ),
+            f"Schedule {_SCHEDULE} on queue {_QUEUE}: not firing",
+            f"The next run of schedule {_SCHEDULE} on queue {_QUEUE} is "
+            "{{ $value | humanizeDuration }} "
+            f"in the past, more than {_num(c.schedule_late_intervals)} of its intervals: no worker of the "
+            "queue is firing it.",
+            QUEUE_DETAIL,
             queue_detail,
         )
     )

@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ..schedules import ScheduleRecord
 
 __all__ = [
     "Backend",
@@ -20,10 +23,12 @@ __all__ = [
     "DataLossCallback",
     "EnqueueItem",
     "EnqueueReply",
+    "FireReply",
     "LeaseRenewer",
     "QueueStats",
     "ReapReply",
     "RenewStatus",
+    "ScheduleStore",
     "SettleReply",
     "SettleStatus",
     "WorkerInfo",
@@ -391,4 +396,74 @@ class Backend(Protocol):
 
     def remove_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
         """Undo :meth:`add_cancel_listener`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FireReply:
+    """The answer to :meth:`ScheduleStore.schedule_fire`.
+
+    ``status``: ``OK`` (fired: the jobs are stored and the next due time too), ``CHANGED`` (another
+    caller fired it first, or it was redefined), ``NOT_DUE`` (the backend's clock says not yet),
+    ``PAUSED`` or ``GONE``; nothing was written unless ``OK``. ``stored`` lists the job ids this call
+    stored; ``duplicates`` the ids that existed already (a tick never makes two jobs).
+    """
+
+    status: str
+    now_ms: int
+    stored: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class ScheduleStore(Protocol):
+    """An optional backend capability: durable schedules (periodic jobs) and firing their ticks.
+
+    Both built-in backends have it; a backend without it still runs every other job. Times are
+    integer milliseconds of the backend's clock.
+    """
+
+    async def schedule_upsert(self, queue: str, record: ScheduleRecord) -> bool:
+        """Store a schedule unless one with the same key and revision exists; True when written.
+
+        A redefined schedule keeps its paused flag and its last run.
+        """
+        ...
+
+    async def schedule_get(self, queue: str, key: str) -> ScheduleRecord | None:
+        """One stored schedule."""
+        ...
+
+    async def schedule_list(self, queue: str) -> list[ScheduleRecord]:
+        """Every schedule of the queue, soonest first (paused ones last)."""
+        ...
+
+    async def schedule_remove(self, queue: str, key: str) -> bool:
+        """Delete a schedule (its fired jobs stay); False when absent."""
+        ...
+
+    async def schedule_set_paused(
+        self, queue: str, key: str, *, paused: bool, next_due_ms: int | None
+    ) -> bool:
+        """Pause, or resume with a new next due time; False when absent."""
+        ...
+
+    async def schedule_peek(self, queue: str, limit: int) -> tuple[int, list[ScheduleRecord], int | None]:
+        """The backend's time, up to ``limit`` due schedules, and the earliest next due time."""
+        ...
+
+    async def schedule_fire(
+        self,
+        queue: str,
+        key: str,
+        rev: str,
+        expected_due_ms: int,
+        jobs: Sequence[tuple[int, EnqueueItem]],
+        next_due_ms: int,
+    ) -> FireReply:
+        """Fire a tick: store the jobs (skipping ids that exist) and the next due time, atomically.
+
+        Only if ``key`` still has revision ``rev`` and next due ``expected_due_ms``, and every job's
+        due time has passed on the backend's clock; otherwise nothing is written.
+        """
         ...

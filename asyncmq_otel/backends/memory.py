@@ -22,6 +22,7 @@ import anyio
 
 from ..errors import PayloadTooLarge
 from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState, decode_stored_envelope
+from ._memory_schedules import MemorySchedulesMixin
 from .base import (
     CancelStatus,
     ClaimReply,
@@ -156,7 +157,7 @@ class _Renewer:
         """Nothing to release."""
 
 
-class InMemoryBackend:
+class InMemoryBackend(MemorySchedulesMixin):
     """The embedded backend: zero set-up, one process, not durable.
 
     Args:

@@ -1,8 +1,8 @@
 """The ``asyncmq-otel`` command line (also ``python -m asyncmq_otel``).
 
 Commands: ``worker``, ``enqueue``, ``queues``, ``queue``, ``job``, ``dlq``, ``workers``,
-``exporter`` and ``demo``. Every option that has an ``ASYNCMQ_*`` variable shows it in ``--help``;
-precedence is flag > variable > settings module (``ASYNCMQ_SETTINGS_MODULE``) > default.
+``schedules``, ``exporter`` and ``demo``. Every option that has an ``ASYNCMQ_*`` variable shows it in
+``--help``; precedence is flag > variable > settings module (``ASYNCMQ_SETTINGS_MODULE``) > default.
 Exit codes are listed in :class:`asyncmq_otel.cli._exit.ExitCode`.
 
 A command's module is imported only when that command runs, so ``--help`` and the admin commands
@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "job": ("admin", "job", "Show, cancel or retry one job."),
     "queue": ("admin", "queue", "Pause, resume, drain or clean one queue."),
     "queues": ("admin", "queues", "List queues: depth by state, oldest waiting job's age, paused, workers."),
+    "schedules": ("schedules", "schedules", "List, pause, resume or remove periodic jobs."),
     "worker": ("worker", "worker_command", "Run a worker on one or more QUEUES."),
     "workers": (
         "admin",

@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -25,6 +26,7 @@ import anyio
 from .._terminal import paint
 from ..backends._default import default_backend
 from ..backends.base import Backend
+from ..errors import BackendUnavailable, ScheduleNotFound
 from ..events import LifecycleEvent, bus
 from ..queues import Queue
 from ..worker.worker import Worker
@@ -41,6 +43,9 @@ __all__ = [
     "run_producer",
 ]
 
+DEMO_SCHEDULE = "demo-ticks"
+"""The schedule the producer role keeps while it runs (removed when it stops)."""
+DEMO_SCHEDULE_EVERY = 2.0
 TERMINAL_EVENTS = {"job:completed", "job:failed", "job:expired", "job:cancelled"}
 _REFRESH = 0.1  # seconds between redraws of the progress line (a display refresh, not a wait for a result)
 _WAVE_GAP = 2.0  # seconds between waves with --serve, so the dashboards show each wave's rise and fall
@@ -302,6 +307,30 @@ async def run_producer(
     """
     _register_demo_tasks()  # metric labels name registered tasks only (telemetry contract §3.6)
     halt = stop or anyio.Event()
+    # one schedule fires beside the waves while the producer runs (the dashboards' Schedules row)
+    ticks = await queue.upsert_repeatable(
+        "demo.send_email", every=DEMO_SCHEDULE_EVERY, kwargs={"to": "ticks@example.com"}, key=DEMO_SCHEDULE
+    )
+    try:
+        return await _waves(queue, jobs, duration, say, halt, poll_interval)
+    finally:
+        # another producer may have removed it, or Redis be gone: neither may hide how the waves ended
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(5),
+            suppress(ScheduleNotFound, BackendUnavailable),
+        ):
+            await queue.remove_repeatable(ticks)
+
+
+async def _waves(
+    queue: Queue,
+    jobs: int,
+    duration: float,
+    say: Callable[[str], None],
+    halt: anyio.Event,
+    poll_interval: float,
+) -> int:
     total = 0
     wave = 0
     with anyio.move_on_after(duration):

@@ -21,6 +21,7 @@ from ..errors import BackendUnavailable
 from ..jobs import error_type_name, priority_class
 from ..settings import get_settings
 from ..tasks import TASK_REGISTRY, list_tasks
+from ._schedule_metrics import declared_schedule_keys, schedule_labels
 from .metrics import (
     ATTEMPT_OUTCOMES,
     DROP_REASONS,
@@ -219,6 +220,7 @@ class MetricsAdapter:
             "worker:heartbeat": self._worker_heartbeat,
             "worker:stopped": self._worker_stopped,
             "backend:data_loss": self._data_loss,
+            "schedule:fired": self._schedule_fired,
         }
         for signal in SIGNALS:
             for reason in DROP_REASONS:
@@ -231,6 +233,9 @@ class MetricsAdapter:
         self.sinks.set_observer(18, None if gauges is None else gauges.oldest_age)
         self.sinks.set_observer(19, None if gauges is None else gauges.paused)
         self.sinks.set_observer(25, None if gauges is None else gauges.consumers)
+        schedules = None if gauges is None else gauges.schedules
+        self.sinks.set_observer(29, None if schedules is None else schedules.next_run)
+        self.sinks.set_observer(30, None if schedules is None else schedules.intervals)
 
     # -- label helpers ----------------------------------------------------------------------------------
     def _pair(self, queue: str, task: str, group: str) -> _JobSeries:
@@ -414,6 +419,8 @@ class MetricsAdapter:
             ws.concurrency.set(event.concurrency)
         self._served.add((queue, group))
         self.sinks.counter(22, queue)
+        for key in declared_schedule_keys(queue):  # a declared schedule's first fire counts from 0
+            self.sinks.counter(27, queue, schedule_labels(key))
         if queue not in self._lost_queues:
             self.sinks.gauge(23, queue).set(0)
         self._set_backend_up(up=True)
@@ -429,6 +436,12 @@ class MetricsAdapter:
         ws = self._worker(event)
         ws.up.set(0)
         self._served.discard((ws.queue, ws.group))
+
+    def _schedule_fired(self, event: LifecycleEvent) -> None:
+        queue, label = event.queue or OTHER, schedule_labels(event.schedule_key)
+        self.sinks.counter(27, queue, label).inc()
+        if event.enqueued_at and event.schedule_due is not None:
+            self.sinks.histogram(28, queue, label).observe(max(event.enqueued_at - event.schedule_due, 0.0))
 
     def _data_loss(self, event: LifecycleEvent) -> None:
         queue = event.queue or OTHER

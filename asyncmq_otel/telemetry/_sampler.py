@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import anyio
 
+from ..backends.base import ScheduleStore
+from ._schedule_metrics import ScheduleGauges
+
 if TYPE_CHECKING:
     from ..backends.base import QueueStats
 
@@ -90,6 +93,7 @@ class QueueGauges:
         self._lock = threading.Lock()
         self._values: dict[str, tuple[float, QueueStats]] = {}
         self._consumers: dict[str, tuple[float, int]] = {}
+        self.schedules = ScheduleGauges(interval, clock)  # #29 and #30, as fresh as the rest
 
     def update(self, queue: str, stats: QueueStats) -> None:
         """Store a fresh sample of ``queue``."""
@@ -108,6 +112,7 @@ class QueueGauges:
         with self._lock:
             self._values.clear()
             self._consumers.clear()
+        self.schedules.clear()
 
     def fresh(self) -> list[tuple[str, QueueStats]]:
         """The samples younger than three intervals, by queue."""
@@ -203,6 +208,8 @@ class QueueSampler:
                 self.gauges.update(queue, await self.backend.queue_stats(queue))
             if isinstance(self.backend, ConsumerCounter) and queues:
                 await self._sample_consumers(self.backend, queues)
+            if isinstance(self.backend, ScheduleStore):
+                await self._sample_schedules(self.backend, queues)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:  # noqa: BLE001 - isolation boundary: the sampler never stops a worker
@@ -226,6 +233,16 @@ class QueueSampler:
             _log.debug("queue consumer count failed: %s", exc)
             return
         self.gauges.update_consumers(counts)
+
+    async def _sample_schedules(self, backend: ScheduleStore, queues: Sequence[str]) -> None:
+        """Next runs and intervals of the schedules (#29, #30); a failure keeps the other gauges."""
+        try:
+            for queue in queues:
+                self.gauges.schedules.update(queue, await backend.schedule_list(queue))
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # noqa: BLE001 - #29/#30 are optional; old values go stale by themselves
+            _log.debug("schedule sampling failed: %s", exc)
 
     def _report(self, *, ok: bool) -> None:
         if self._on_result is not None:

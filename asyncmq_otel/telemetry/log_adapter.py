@@ -648,6 +648,8 @@ _OPTIONAL: Final = (
     ("active", "asyncmq.worker.active"),
     ("old_epoch", "asyncmq.backend.old_epoch"),
     ("new_epoch", "asyncmq.backend.new_epoch"),
+    ("schedule_key", "asyncmq.schedule.key"),
+    ("schedule_due", "asyncmq.schedule.due"),
 )
 
 

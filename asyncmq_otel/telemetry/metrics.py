@@ -82,8 +82,9 @@ REASON: Final = "reason"
 STATE: Final = "state"
 PRIORITY_CLASS: Final = "priority_class"
 SIGNAL: Final = "signal"
+SCHEDULE: Final = "schedule"
 _LABEL_KEYS: Final = frozenset(
-    {QUEUE, TASK, GROUP, OPERATION, ERROR_TYPE, OUTCOME, REASON, STATE, PRIORITY_CLASS, SIGNAL}
+    {QUEUE, TASK, GROUP, OPERATION, ERROR_TYPE, OUTCOME, REASON, STATE, PRIORITY_CLASS, SIGNAL, SCHEDULE}
 )
 
 SENT_OPERATIONS: Final = ("send", "schedule")
@@ -302,6 +303,15 @@ METRICS: Final = (
          (_Q, _T, ERROR_TYPE, OUTCOME),
          "Attempts that raised (or failed without an exception), by error type.", None,
          {OUTCOME: ERROR_OUTCOMES}),
+    # Schedules (periodic jobs). #26 is the contract's asyncmq.job.errors; these follow it.
+    _row(27, "asyncmq.schedule.fired", _C, "{job}", "asyncmq_schedule_fired_total",
+         (_Q, SCHEDULE), "Jobs fired by schedules: one per tick fired (each catch-up tick counts)."),
+    _row(28, "asyncmq.schedule.lag", _H, "s", "asyncmq_schedule_lag_seconds",
+         (_Q, SCHEDULE), "Fire time minus due time of each fired tick (backend clock).", B_WAIT),
+    _row(29, "asyncmq.schedule.next_run.timestamp", _OG, "s", "asyncmq_schedule_next_run_timestamp_seconds",
+         (_Q, SCHEDULE), "Unix time of each active schedule's next run, from the queue sampler."),
+    _row(30, "asyncmq.schedule.interval", _OG, "s", "asyncmq_schedule_interval_seconds",
+         (_Q, SCHEDULE), "Seconds between a schedule's ticks (cron: its next two), from the queue sampler."),
 )  # fmt: skip
 """The definition table: both sinks are built from these rows and nothing else."""
 

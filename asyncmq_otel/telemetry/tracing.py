@@ -476,6 +476,10 @@ class TracingAdapter:
         wait = _throttle_wait(event)
         if wait is not None:
             out["asyncmq.ratelimit.wait_s"] = wait
+        if event.schedule_key is not None:
+            out["asyncmq.schedule.key"] = event.schedule_key
+            if event.schedule_due is not None:
+                out["asyncmq.schedule.due"] = event.schedule_due
         return out
 
     def _remember(self, key: tuple[str | None, str | None, int | None], opened: _Open) -> None:
@@ -682,12 +686,18 @@ class TracingAdapter:
             eligible = job.delay_until if job.delay_until is not None else (job.eligible_at or None)
             if eligible is not None:
                 attributes["asyncmq.job.eligible_at"] = eligible
+        if job.schedule is not None:
+            attributes["asyncmq.schedule.key"] = job.schedule
+            if job.schedule_due is not None:
+                attributes["asyncmq.schedule.due"] = job.schedule_due
         return attributes
 
     def _start_send(self, operation: Operation) -> None:
         job = operation.jobs[0]
         span = self._tracer.start_span(
             self._name("send", operation.queue, job.task),
+            # a tick's job belongs to no caller: its send span is a root span, whatever context fired it
+            context=otel_context.Context() if job.schedule is not None else None,
             kind=SpanKind.PRODUCER,
             attributes=self._send_attributes(operation, job),
         )
@@ -697,8 +707,11 @@ class TracingAdapter:
     def _start_bulk(self, operation: Operation) -> None:
         jobs = operation.jobs
         tasks = {job.task for job in jobs}
+        schedules = {job.schedule for job in jobs}
         span = self._tracer.start_span(
             self._name("send", operation.queue),
+            # a schedule's catch-up ticks: a root span, like one tick's (see _start_send)
+            context=otel_context.Context() if None not in schedules else None,
             kind=SpanKind.CLIENT if self._bulk_create else SpanKind.PRODUCER,
             attributes=_attrs(
                 messaging__system=SYSTEM,
@@ -707,6 +720,7 @@ class TracingAdapter:
                 messaging__destination__name=operation.queue,
                 messaging__batch__message_count=len(jobs),
                 asyncmq__task__name=next(iter(tasks)) if len(tasks) == 1 else None,
+                asyncmq__schedule__key=next(iter(schedules)) if len(schedules) == 1 else None,
             )
             | _server(operation),
         )

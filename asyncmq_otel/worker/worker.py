@@ -37,6 +37,7 @@ from ..tasks import TASK_REGISTRY, autodiscover_tasks
 from .claim_loop import WorkerContext, process_job, server_fields
 from .leases import LeaseKeeper
 from .relay import EventRelay, relay_to
+from .scheduler import run_scheduler
 
 if TYPE_CHECKING:
     from ..queues import Queue
@@ -252,6 +253,7 @@ class Worker:
                 services.start_soon(self._tick, keeper)
                 services.start_soon(self._heartbeat, backend, info, ctx, concurrency)
                 services.start_soon(self._reaper, backend, ctx)
+                services.start_soon(run_scheduler, backend, list(self.queues), self.worker_id)
                 for service in bus.services():
                     services.start_soon(_isolated_service, service, backend, list(self.queues))
                 await self._serve(ctx, limiter, rate_limiter, backend)

@@ -330,3 +330,38 @@ def test_enqueue_by_name_takes_the_tasks_queue_and_leaves_its_retries_to_the_wor
     unknown = cli("enqueue", "other.task", "-q", unique_name).stdout.strip()
     assert _counts(redis_url, redis_prefix, unique_name)["waiting"] == 2
     assert "retries       0 of the task's declared retries used" in cli("job", "show", unknown).stdout
+
+
+def test_schedules_list_pause_resume_remove(
+    cli: _CLI, redis_url: str, redis_prefix: str, unique_name: str
+) -> None:
+    async def upsert() -> None:
+        from asyncmq_otel.queues import Queue
+
+        backend = RedisBackend(redis_url, prefix=redis_prefix, retry_timeout=5.0)
+        try:
+            await Queue(unique_name, backend=backend).upsert_repeatable(
+                "clitest.echo", cron="0 7 * * 1", timezone="Europe/Paris", key="weekly"
+            )
+        finally:
+            await backend.close()
+
+    anyio.run(upsert)
+    [row] = cli.json("schedules", "list", "--queue", unique_name)
+    assert (row["key"], row["task"], row["cron"], row["paused"]) == (
+        "weekly",
+        "clitest.echo",
+        "0 7 * * 1",
+        False,
+    )
+    table = cli("schedules", "list").stdout.splitlines()
+    assert table[0].split()[:3] == ["QUEUE", "KEY", "TASK"]
+    assert any("weekly" in line and "0 7 * * 1 Europe/Paris" in line for line in table[1:])
+    cli("schedules", "pause", "weekly", "-q", unique_name)
+    assert cli.json("schedules", "list", "-q", unique_name)[0]["paused"] is True
+    cli("schedules", "resume", "weekly", "-q", unique_name)
+    assert cli.json("schedules", "list", "-q", unique_name)[0]["paused"] is False
+    cli("schedules", "remove", "weekly", "-q", unique_name)
+    assert cli.json("schedules", "list", "-q", unique_name) == []
+    missing = cli("schedules", "remove", "weekly", "-q", unique_name, code=2)
+    assert "no schedule 'weekly'" in missing.output

@@ -23,6 +23,12 @@ Every job read back must also sit in the index of its state and in no other: a `
 outside ``ready`` is never claimed, an ``active`` one without a ``leases`` entry is never reaped
 (a script that failed halfway leaves such jobs). :func:`stuck_jobs` finds them among every job hash
 of a queue, including jobs no producer acknowledged (written straight into Redis by a test).
+
+:func:`check_schedules` adds the schedule invariants: one job per (schedule, due time); each fired
+job's stored schedule and due time match its id; dues lie on the schedule's tick grid; the stored
+next due time is strictly after the last fired due and the last run names that job; with
+``catch_up="all"`` no tick between the first and the last fired one is missing; with another
+policy a missing tick lies inside an outage window the test names.
 """
 
 from __future__ import annotations
@@ -40,7 +46,16 @@ from asyncmq_otel.backends.redis._keys import Keys, QueueKeys
 from tests.support.ledger import Execution, Ledger
 from tests.support.poll import wait_until
 
-__all__ = ["Enqueued", "LeaseSampler", "Report", "check_invariants", "stuck_jobs", "wait_quiescent"]
+__all__ = [
+    "Enqueued",
+    "LeaseSampler",
+    "Report",
+    "ScheduleReport",
+    "check_invariants",
+    "check_schedules",
+    "stuck_jobs",
+    "wait_quiescent",
+]
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _INDEX_OF_STATE = {
@@ -512,3 +527,104 @@ def stuck_jobs(url: str, prefix: str, queue: str) -> list[str]:
     finally:
         client.close()
     return problems
+
+
+@dataclass
+class ScheduleReport:
+    """What :func:`check_schedules` found: fired due times per schedule key, and problems."""
+
+    dues: dict[str, list[int]] = field(default_factory=dict)
+    job_ids: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+    def check(self) -> ScheduleReport:
+        """Raise AssertionError listing the problems, if any."""
+        if self.problems:
+            raise AssertionError("schedule invariants violated:\n" + "\n".join(self.problems[:40]))
+        return self
+
+
+def _scheduled_ids(client: redis.Redis, keys: QueueKeys, report: ScheduleReport) -> set[str]:
+    """Every fired job's id, read from every index once; an id in two indexes is a problem.
+
+    ``dlq`` is the exception: it indexes ``failed`` and ``expired`` jobs a second time.
+    """
+    seen: dict[str, str] = {}
+    for index in _INDEXES:
+        if index == "dlq":
+            continue
+        for raw in client.zrange(f"{keys.base}{index}", 0, -1):
+            job_id = raw.decode()
+            if job_id.startswith("sch.") and job_id in seen:
+                report.problems.append(f"{job_id} is in {seen[job_id]} and {index}")
+            seen.setdefault(job_id, index)
+    return {job_id for job_id in seen if job_id.startswith("sch.")}
+
+
+def _check_schedule(
+    client: redis.Redis,
+    keys: QueueKeys,
+    key: str,
+    ids: set[str],
+    every_ms: int,
+    policy: str,
+    outages: list[tuple[int, int]],
+    report: ScheduleReport,
+) -> None:
+    stem = f"sch.{key}."
+    dues: list[int] = []
+    for job_id in sorted(i for i in ids if i.startswith(stem)):
+        due = int(job_id[len(stem) :])
+        stored = client.hmget(keys.job(job_id), "schedule", "schedule_due")
+        if _text(stored[0]) != key or _text(stored[1]) != str(due):
+            report.problems.append(f"{job_id}: stored schedule/due {stored} do not match its id")
+        dues.append(due)
+        report.job_ids.add(job_id)
+    dues.sort()
+    report.dues[key] = dues
+    if not dues:
+        report.problems.append(f"{key}: nothing fired")
+        return
+    off_grid = [d for d in dues if (d - dues[0]) % every_ms]
+    if off_grid:
+        report.problems.append(f"{key}: dues off the {every_ms} ms grid: {off_grid[:5]}")
+    fired = set(dues)
+    missing = [t for t in range(dues[0], dues[-1], every_ms) if t not in fired]
+    if policy == "all" and missing:
+        report.problems.append(f"{key} (catch_up=all): ticks never fired: {missing[:10]}")
+    unexplained = [t for t in missing if not any(a <= t <= b for a, b in outages)]
+    if unexplained:
+        report.problems.append(f"{key}: ticks missing outside any outage: {unexplained[:10]}")
+    state = client.hmget(f"{keys.base}schedule:{key}", "next_due", "last_due", "last_job")
+    next_due, last_due, last_job = _int(state[0]), _int(state[1]), _text(state[2])
+    if next_due <= dues[-1]:
+        report.problems.append(f"{key}: next due {next_due} is not after the last fired due {dues[-1]}")
+    if last_due != dues[-1] or last_job != f"{stem}{dues[-1]}":
+        report.problems.append(f"{key}: last run {last_due}/{last_job} is not the last fired {dues[-1]}")
+
+
+def check_schedules(
+    url: str,
+    prefix: str,
+    queue: str,
+    schedules: dict[str, tuple[int, str]],
+    *,
+    outages: Iterable[tuple[int, int]] = (),
+) -> ScheduleReport:
+    """Check the jobs fired for ``schedules`` (key -> (interval ms, catch_up)) on ``queue``.
+
+    ``outages`` are ``(start_ms, end_ms)`` windows of Redis time in which ticks may be missing for
+    a schedule whose policy is not ``all``. Job ids are unique per (schedule, due) by construction,
+    so "fired twice" shows as an id in two indexes or a stored due that does not match the id.
+    """
+    keys = queue_keys(prefix, queue)
+    report = ScheduleReport()
+    windows = list(outages)
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        ids = _scheduled_ids(client, keys, report)
+        for key, (every_ms, policy) in schedules.items():
+            _check_schedule(client, keys, key, ids, every_ms, policy, windows, report)
+    finally:
+        client.close()
+    return report

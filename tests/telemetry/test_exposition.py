@@ -68,6 +68,7 @@ async def demo_workload(unique_name: str) -> str:
     cancelled = await q.add("demo.ok", args=[100], delay=30)
     assert await q.cancel_job(cancelled)
     offset[0] += 1.0  # the TTL of `expiring` has passed
+    await q.upsert_repeatable("demo.ok", every=0.2, args=[7], key="demo-tick")  # the Schedules row
     url = telemetry.metrics_url()
     assert url is not None
     async with anyio.create_task_group() as group:
@@ -84,6 +85,18 @@ async def demo_workload(unique_name: str) -> str:
                 lambda: "asyncmq_worker_heartbeat_timestamp_seconds{" in scrape(url), what="heartbeat"
             )
             await eventually(lambda: 'state="ready"' in scrape(url), what="queue gauges sampled")
+            await eventually(
+                lambda: (
+                    re.search(
+                        r'^asyncmq_schedule_fired_total\{[^}]*schedule="demo-tick"\} [1-9]',
+                        scrape(url),
+                        re.MULTILINE,
+                    )
+                    is not None
+                    and "asyncmq_schedule_next_run_timestamp_seconds{" in scrape(url)
+                ),
+                what="a schedule fired and sampled",
+            )
             assert await q.cancel_job(running)
             await eventually(lambda: 'outcome="cancelled"' in scrape(url), what="the running job cancelled")
             text = await anyio.to_thread.run_sync(scrape, url)

@@ -47,6 +47,7 @@ from ._events import CancelHints, EventsMixin, hint
 from ._keys import Keys, QueueKeys
 from ._registry import RegistryMixin, server_of
 from ._renewer import RedisLeaseRenewer
+from ._schedules import SchedulesMixin
 
 __all__ = ["DEFAULT_URL", "RedisBackend"]
 
@@ -84,7 +85,7 @@ def _envelope_priority_ttl(payload: str) -> tuple[object, object]:
     return envelope.get("priority", 5), envelope.get("ttl")
 
 
-class RedisBackend(AdminMixin, RegistryMixin, EventsMixin):
+class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin):
     """Jobs in Redis (or a Redis Cluster), shared by every worker and producer that uses the prefix.
 
     Args:
