@@ -35,7 +35,8 @@ R = TypeVar("R")
 # Enqueue options of AsyncMQ that are refused, not stored as handler arguments, until supported.
 UNSUPPORTED_OPTIONS: dict[str, str] = {
     "depends_on": "job dependencies (depends_on)",
-    "repeat_every": "repeating jobs (repeat_every)",
+    "repeat_every": "repeating jobs (repeat_every: declare a schedule with Queue.upsert_repeatable(task, "
+    "every=...) or @task(every=...) instead)",
 }
 # Per-job options of Queue.add and .using(...): as keywords of .enqueue they are handler arguments
 # only when the handler declares them.
