@@ -46,6 +46,9 @@ __all__ = [
 DEMO_SCHEDULE = "demo-ticks"
 """The schedule the producer role keeps while it runs (removed when it stops)."""
 DEMO_SCHEDULE_EVERY = 2.0
+DEMO_TICKS = "demo-ticks-local"
+"""The schedule ``run_demo`` keeps while it runs, so a single run shows a schedule firing too."""
+DEMO_TICKS_EVERY = 0.25
 TERMINAL_EVENTS = {"job:completed", "job:failed", "job:expired", "job:cancelled"}
 _REFRESH = 0.1  # seconds between redraws of the progress line (a display refresh, not a wait for a result)
 _WAVE_GAP = 2.0  # seconds between waves with --serve, so the dashboards show each wave's rise and fall
@@ -70,6 +73,7 @@ class DemoResult:
         delayed: jobs enqueued with a ``delay`` (they wait in ``delayed`` until due).
         throttled: job starts that waited for a rate-limit token.
         pauses: how many times the queue was paused (and resumed) while the workload was enqueued.
+        ticks: ids of the jobs the demo's schedule fired (they count among :attr:`enqueued`).
 
     """
 
@@ -84,13 +88,17 @@ class DemoResult:
     delayed: int = 0
     throttled: int = 0
     pauses: int = 0
+    ticks: list[str] = field(default_factory=list)
 
     def on_event(self, event: LifecycleEvent) -> None:
         """Inline bus listener: record outcomes and timings."""
         if event.job_id is None:
             return
         if event.job_id not in self.timeline:
-            if not self.track_all or event.queue != DEMO_QUEUE:
+            if event.name == "job:enqueued" and event.schedule_key == DEMO_TICKS:
+                self.enqueued.append(event.job_id)
+                self.ticks.append(event.job_id)
+            elif not self.track_all or event.queue != DEMO_QUEUE:
                 return
             self.timeline[event.job_id] = []
         self.timeline[event.job_id].append(event)
@@ -229,35 +237,67 @@ async def run_demo(
     halt = stop or anyio.Event()
     started = time.monotonic()
     live = stream.isatty() if progress is None else progress
+    # a schedule fires beside the workload: its jobs are ordinary jobs, counted with the others
+    ticks = await queue.upsert_repeatable(
+        "demo.send_email", every=DEMO_TICKS_EVERY, kwargs={"to": "ticks@example.com"}, key=DEMO_TICKS
+    )
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(worker.run)
             await _enqueue_wave(queue, jobs, result)
             if serve:
                 group.start_soon(_next_waves, queue, jobs, result, halt)
-            with anyio.move_on_after(math.inf if serve else duration):
-                while (serve or not result.settled) and not halt.is_set():
-                    if live:
-                        running = worker.context.running() if worker.context is not None else 0
-                        _progress(
-                            stream,
-                            f"{len(result.outcomes)}/{len(result.enqueued)} jobs settled · "
-                            f"{running} running · "
-                            f"{time.monotonic() - started:.1f}s",
-                        )
-                    with anyio.move_on_after(_REFRESH):
-                        await halt.wait()
-            # serving: Ctrl-C drains what runs; otherwise every job has settled or the time is up
+            deadline = time.monotonic() + (math.inf if serve else duration)
+            await _watch(result, worker, halt, deadline, stream if live else None, started, serve=serve)
+            await _remove_ticks(queue, ticks)
+            # ticks fired before the removal are waited for too; with --serve, Ctrl-C drains what runs
+            await _watch(result, worker, halt, deadline, stream if live else None, started, serve=False)
             worker.stop(now=not serve)
         result.backend_counts = await queue.counts()
     finally:
         bus.off("job:*", result.on_event)
+        await _remove_ticks(queue, ticks)
     if live:
         _progress(stream, f"{len(result.outcomes)}/{len(result.enqueued)} jobs settled\n")
     _print_summary(
         stream, result, time.monotonic() - started, backend_label or repr(chosen), trace_renderer, rate_limit
     )
     return result
+
+
+async def _watch(
+    result: DemoResult,
+    worker: Worker,
+    halt: anyio.Event,
+    deadline: float,
+    stream: TextIO | None,
+    started: float,
+    *,
+    serve: bool,
+) -> None:
+    """Until every job settled (with ``serve``: until ``halt``), redrawing the progress line on ``stream``."""
+    with anyio.move_on_after(max(deadline - time.monotonic(), 0)):
+        while (serve or not result.settled) and not halt.is_set():
+            if stream is not None:
+                running = worker.context.running() if worker.context is not None else 0
+                _progress(
+                    stream,
+                    f"{len(result.outcomes)}/{len(result.enqueued)} jobs settled · "
+                    f"{running} running · "
+                    f"{time.monotonic() - started:.1f}s",
+                )
+            with anyio.move_on_after(_REFRESH):
+                await halt.wait()
+
+
+async def _remove_ticks(queue: Queue, key: str) -> None:
+    """Remove the demo's schedule (once: a second call finds it gone), even from a cancelled run."""
+    with (
+        anyio.CancelScope(shield=True),
+        anyio.move_on_after(5),
+        suppress(ScheduleNotFound, BackendUnavailable),
+    ):
+        await queue.remove_repeatable(key)
 
 
 async def _enqueue_wave(queue: Queue, jobs: int, result: DemoResult) -> None:
@@ -467,6 +507,11 @@ def _what_happened(result: DemoResult, counts: Counter[str], rate_limit: int | N
         )
     if result.delayed:
         lines.append(f"  delayed   {result.delayed} jobs waited 0.5 s or more for their delay before running")
+    if result.ticks:
+        lines.append(
+            f"  scheduled {len(result.ticks)} jobs fired by the schedule {DEMO_TICKS!r} (every "
+            f"{DEMO_TICKS_EVERY:g} s) while it ran: ordinary jobs, one per tick"
+        )
     if rate_limit is not None:
         lines.append(
             f"  limited   the worker starts at most {rate_limit} jobs a second: "
