@@ -22,6 +22,7 @@ import anyio
 
 from ..errors import PayloadTooLarge
 from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState
+from ._memory_flows import MemoryFlows, MemoryFlowsMixin
 from .base import (
     CancelStatus,
     ClaimReply,
@@ -122,6 +123,7 @@ class _Record:
 
 @dataclass(slots=True)
 class _Queue:
+    name: str = ""
     epoch: str = field(default_factory=lambda: uuid.uuid4().hex)
     paused: bool = False
     seq: int = 0
@@ -155,7 +157,7 @@ class _Renewer:
         """Nothing to release."""
 
 
-class InMemoryBackend:
+class InMemoryBackend(MemoryFlowsMixin):
     """The embedded backend: zero set-up, one process, not durable.
 
     Args:
@@ -191,6 +193,7 @@ class InMemoryBackend:
         self._queues: dict[str, _Queue] = {}
         self._workers: dict[str, tuple[WorkerInfo, float]] = {}
         self._cancel_listeners: list[Callable[[str, str], None]] = []
+        self._flows = MemoryFlows(self)
 
     def __repr__(self) -> str:
         return f"InMemoryBackend(queues={len(self._queues)})"
@@ -198,7 +201,7 @@ class InMemoryBackend:
     def _queue(self, name: str) -> _Queue:
         queue = self._queues.get(name)
         if queue is None:
-            queue = self._queues[name] = _Queue()
+            queue = self._queues[name] = _Queue(name)
         return queue
 
     def _wake(self, queue: _Queue, tokens: int) -> None:
@@ -219,14 +222,14 @@ class InMemoryBackend:
     # -- producer ------------------------------------------------------------------------------------
     async def enqueue(self, queue: str, item: EnqueueItem) -> EnqueueReply:
         """Store one job, idempotently by id and nonce."""
-        with self._lock:
-            return self._enqueue(self._queue(queue), item)
+        return (await self.enqueue_bulk(queue, [item]))[0]
 
     async def enqueue_bulk(self, queue: str, items: Sequence[EnqueueItem]) -> list[EnqueueReply]:
         """Store several jobs at once."""
         for item in items:
             self._check_size(item)
         with self._lock:
+            self._flows.check(queue, items)
             state = self._queue(queue)
             return [self._enqueue(state, item) for item in items]
 
@@ -268,6 +271,8 @@ class InMemoryBackend:
         if isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
             record.expires_at = now + float(ttl)
         queue.jobs[item.job_id] = record
+        if item.depends_on and self._flows.block(queue, record, item):
+            return EnqueueReply(item.job_id, record.state, duplicate=False, enqueued_at=now, eligible_at=now)
         if item.delay > 0:
             record.delay_until = record.eligible_at = record.due = now + item.delay
             self._set_state(queue, record, "delayed")
@@ -335,6 +340,7 @@ class InMemoryBackend:
             self._trim(queue, index, self.keep_failed, self.keep_failed_age, now)
         else:
             self._trim(queue, index, self.keep_completed, self.keep_completed_age, now)
+        self._flows.finished(queue, record, state)
 
     def _trim(
         self, queue: _Queue, index: collections.OrderedDict[str, float], keep: int, age: float, now: float
@@ -700,6 +706,7 @@ class InMemoryBackend:
             if isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
                 record.expires_at = record.eligible_at + float(ttl)  # a fresh start gets a fresh TTL
             self._make_ready(q, record)
+            self._flows.retried(q, record)
             return True
 
     async def purge_dlq(self, queue: str) -> int:

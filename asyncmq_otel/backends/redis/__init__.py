@@ -37,6 +37,7 @@ from ._batch import CompleteBatcher, PendingComplete
 from ._connection import AsyncClient, Connections, ConnectionSettings, mask_url, probe_server
 from ._decode import JOB_FIELDS, decode_batch_settle, decode_jobs, decode_settle, decode_values, dumps, loads
 from ._events import CancelHints, EventsMixin, hint
+from ._flows import FlowsMixin
 from ._keys import Keys, QueueKeys
 from ._registry import RegistryMixin, server_of
 from ._renewer import RedisLeaseRenewer
@@ -80,7 +81,7 @@ def _envelope_priority_ttl(payload: str) -> tuple[object, object]:
     return envelope.get("priority", 5), envelope.get("ttl")
 
 
-class RedisBackend(RegistryMixin, EventsMixin):
+class RedisBackend(RegistryMixin, EventsMixin, FlowsMixin):
     """Jobs in Redis (or a Redis Cluster), shared by every worker and producer that uses the prefix.
 
     Args:
@@ -310,6 +311,8 @@ class RedisBackend(RegistryMixin, EventsMixin):
 
     async def enqueue_bulk(self, queue: str, items: Sequence[EnqueueItem]) -> list[EnqueueReply]:
         """Store several jobs in one round trip (script calls of up to 500 jobs, pipelined)."""
+        if any(item.depends_on for item in items):  # parents are checked and linked first
+            return await self.add_flow([(queue, item) for item in items])
         keys = self.keys.queue(queue)
         # a nonce of the call only for items without their own (Queue gives every item one)
         call_nonce = "" if all(item.nonce for item in items) else os.urandom(16).hex()
@@ -612,6 +615,7 @@ class RedisBackend(RegistryMixin, EventsMixin):
             return ReapReply(is_reaper=False, late=True)
         if reply[0] == b"NOT_REAPER":
             return ReapReply(is_reaper=False)
+        await self.reconcile_flows(queue)  # the reaper also delivers parents' outcomes to other queues
         return ReapReply(
             is_reaper=True,
             stalled=decode_jobs(queue, reply[2]),

@@ -21,4 +21,5 @@ redis.call('HSET', job, 'state', 'waiting', 'seq', seq, 'eligible_at', now, 'att
   'settled_token', '', 'token', '', 'owner', '')
 redis.call('ZADD', ready, ready_score(redis.call('HGET', job, 'priority'), seq), id)
 wake(signal, 1)
+flow_retried(base_of(meta), id, now) -- descendants dead-lettered only for this job: blocked again
 return {'OK'}
