@@ -50,7 +50,7 @@ _INDEX_OF_STATE = {
     "failed": "failed",
     "expired": "expired",
 }
-_INDEXES = ("ready", "delayed", "leases", "completed", "cancelled", "failed", "expired", "dlq")
+_INDEXES = ("ready", "delayed", "blocked", "leases", "completed", "cancelled", "failed", "expired", "dlq")
 _FIELDS = ("state", "attempts", "retries", "stalls", "interrupts", "result", "dlq_reason", "payload", "token")
 _TERMINAL_OPS = {"complete", "fail", "settle_cancelled"}
 
