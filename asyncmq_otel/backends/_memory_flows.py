@@ -52,6 +52,15 @@ class MemoryFlows:
         self._work: collections.deque[tuple[Ref, str]] = collections.deque()
         self._draining = False
 
+    def _name(self, queue: _Queue) -> str:
+        """The name of a queue of the backend (a backend holds a handful of queues)."""
+        return next(name for name, each in self._backend._queues.items() if each is queue)  # noqa: SLF001
+
+    def stats(self, queue: _Queue, now: float) -> dict[str, Any]:
+        """The flow fields of ``QueueStats``: blocked jobs and the age of the longest-blocked one."""
+        stored = [record.enqueued_at for record in queue.jobs.values() if record.state == "blocked"]
+        return {"blocked": len(stored), "oldest_blocked_age": max(now - min(stored), 0.0) if stored else 0.0}
+
     def _record(self, ref: Ref) -> _Record | None:
         queue = self._backend._queues.get(ref[0])  # noqa: SLF001 - this module is the backend's own
         return None if queue is None else queue.jobs.get(ref[1])
@@ -80,7 +89,7 @@ class MemoryFlows:
         A completed parent counts as done; a dead one dead-letters the job at once, unless it was
         enqueued with ``on_parent_failure="run"``.
         """
-        ref = (queue.name, record.job_id)
+        ref = (self._name(queue), record.job_id)
         if item.delay > 0:  # counted from the enqueue, applied at the release
             record.delay_until = record.enqueued_at + item.delay
         self.parents[ref] = item.depends_on
@@ -109,7 +118,7 @@ class MemoryFlows:
 
     def finished(self, queue: _Queue, record: _Record, state: str) -> None:
         """A job reached a terminal state: release or dead-letter its blocked children."""
-        self._work.append(((queue.name, record.job_id), state))
+        self._work.append(((self._name(queue), record.job_id), state))
         if self._draining:
             return  # the outer call drains the work list
         self._draining = True
@@ -160,7 +169,7 @@ class MemoryFlows:
             backend._make_ready(queue, record)  # noqa: SLF001
 
     def _dead_letter(self, queue: _Queue, record: _Record, parents: set[Ref]) -> None:
-        ref = (queue.name, record.job_id)
+        ref = (self._name(queue), record.job_id)
         self.failed_for.setdefault(ref, set()).update(parents)
         record.dlq_reason = "dependency_failed"
         names = ", ".join(f"{q}/{job_id}" for q, job_id in sorted(parents))
@@ -172,7 +181,7 @@ class MemoryFlows:
 
     def retried(self, queue: _Queue, record: _Record) -> None:
         """A parent left the DLQ: re-block the descendants that were dead-lettered only for it."""
-        work = collections.deque([(queue.name, record.job_id)])
+        work = collections.deque([(self._name(queue), record.job_id)])
         while work:
             parent = work.popleft()
             for child in sorted(self.children.get(parent, ())):

@@ -147,6 +147,8 @@ class QueueStats:
     dead: int
     oldest_ready_age: float
     paused: bool
+    blocked: int = 0  # jobs waiting for their parents (flows)
+    oldest_blocked_age: float = 0.0  # seconds since the longest-blocked job was stored (0 when none)
 
 
 @dataclass(slots=True)

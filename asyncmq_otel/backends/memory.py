@@ -123,7 +123,6 @@ class _Record:
 
 @dataclass(slots=True)
 class _Queue:
-    name: str = ""
     epoch: str = field(default_factory=lambda: uuid.uuid4().hex)
     paused: bool = False
     seq: int = 0
@@ -201,7 +200,7 @@ class InMemoryBackend(MemoryFlowsMixin):
     def _queue(self, name: str) -> _Queue:
         queue = self._queues.get(name)
         if queue is None:
-            queue = self._queues[name] = _Queue(name)
+            queue = self._queues[name] = _Queue()
         return queue
 
     def _wake(self, queue: _Queue, tokens: int) -> None:
@@ -753,6 +752,7 @@ class InMemoryBackend(MemoryFlowsMixin):
                 dead=len(q.dlq),
                 oldest_ready_age=0.0 if oldest is None else max(now - oldest, 0.0),
                 paused=q.paused,
+                **self._flows.stats(q, now),
             )
 
     async def list_queues(self) -> list[str]:

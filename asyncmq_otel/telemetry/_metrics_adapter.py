@@ -158,11 +158,12 @@ class MetricsAdapter:
         sinks.set_observer(10, self._running_max_age)
 
     def attach_queue_gauges(self, gauges: QueueGauges | None) -> None:
-        """Export #17–#19 and #25 from ``gauges`` (the sampler's cache); ``None`` stops exporting them."""
+        """Export #17–#19, #25 and #27 from ``gauges`` (the sampler's cache); ``None`` stops them."""
         self.sinks.set_observer(17, None if gauges is None else gauges.depth)
         self.sinks.set_observer(18, None if gauges is None else gauges.oldest_age)
         self.sinks.set_observer(19, None if gauges is None else gauges.paused)
         self.sinks.set_observer(25, None if gauges is None else gauges.consumers)
+        self.sinks.set_observer(27, None if gauges is None else gauges.blocked_oldest_age)
 
     # -- label helpers ----------------------------------------------------------------------------------
     def _job(self, event: LifecycleEvent) -> _JobSeries:

@@ -90,8 +90,11 @@ WRITE_OPERATIONS: Final = (
 STALE_OPERATIONS: Final = ("ack", "retry", "dead_letter", "cancel", "requeue")
 OUTCOMES: Final = ("completed", "retried", "interrupted", "failed", "expired", "cancelled")
 TERMINAL_OUTCOMES: Final = ("completed", "failed", "expired", "cancelled")
-DLQ_REASONS: Final = ("failed", "expired", "unknown_task", "malformed_payload", "worker_lost", "interrupted")
-STATES: Final = ("ready", "scheduled", "active", "dead")
+DLQ_REASONS: Final = (
+    "failed", "expired", "unknown_task", "malformed_payload", "worker_lost", "interrupted",
+    "dependency_failed",
+)  # fmt: skip
+STATES: Final = ("ready", "scheduled", "active", "dead", "blocked")
 PRIORITY_CLASSES: Final = ("high", "normal", "low")
 SIGNALS: Final = ("event", "span", "metric", "log")
 DROP_REASONS: Final = ("queue_full", "adapter_error", "cardinality")
@@ -286,6 +289,9 @@ METRICS: Final = (
     # workers twice once the exporter reported it too).
     _row(25, "asyncmq.queue.consumers", _OG, "{worker}", "asyncmq_queue_consumers",
          (_Q,), "Live workers consuming the queue, from the worker registry (queue sampler)."),
+    # Flows (issue 15): how long the longest-blocked job has waited for its parents.
+    _row(27, "asyncmq.queue.blocked.oldest_age", _OG, "s", "asyncmq_queue_blocked_oldest_age_seconds",
+         (_Q,), "Age of the job blocked longest on its parents (0 when none), from the queue sampler."),
 )  # fmt: skip
 """The definition table: both sinks are built from these rows and nothing else."""
 

@@ -114,6 +114,9 @@ async def test_fan_out_fan_in(backend: Backend, queue: Queue) -> None:
     assert counts["blocked"] == 3
     assert counts["waiting"] == 1
     assert {job["id"] for job in await queue.list_jobs("blocked")} == {"b", "c", "d"}
+    stats = await queue.stats()
+    assert stats.blocked == 3
+    assert 0 <= stats.oldest_blocked_age < 60
 
     await run(backend, queue.name, "a", result={"rows": 3})
     assert await states(queue, "b", "c", "d") == {"b": "waiting", "c": "waiting", "d": "blocked"}

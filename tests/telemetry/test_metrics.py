@@ -58,6 +58,7 @@ CONTRACT: dict[int, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] 
     24: ("asyncmq_stale_writes_rejected_total", "counter", (Q, OP), None),
     # An extension the operations issue asks for (worker liveness from the registry, per queue).
     25: ("asyncmq_queue_consumers", "gauge", (Q,), None),
+    27: ("asyncmq_queue_blocked_oldest_age_seconds", "gauge", (Q,), None),  # flows (issue 15)
 }
 
 B_PROC_DOC = (
@@ -96,7 +97,7 @@ def _sample_values(row: MetricDef) -> tuple[str, ...]:
 
 
 def test_table_matches_the_contract_row_by_row() -> None:
-    assert sorted(row.number for row in METRICS) == list(range(1, 26))
+    assert sorted(row.number for row in METRICS) == sorted(CONTRACT)
     assert B_PROC == B_PROC_DOC
     for row in METRICS:
         name, kind, labels, buckets = CONTRACT[row.number]

@@ -205,6 +205,19 @@ class FlowsMixin:
                 delivered += 1
         return delivered
 
+    async def _blocked_stats(self, keys: QueueKeys, now_ms: int) -> tuple[int, float]:
+        """Blocked jobs of a queue and the age in seconds of the longest-blocked one (0 when none)."""
+
+        async def op(client: AsyncClient) -> tuple[int, list[tuple[bytes, float]]]:
+            pipe = client.pipeline(transaction=False)
+            pipe.zcard(keys.blocked)
+            pipe.zrange(keys.blocked, 0, 0, withscores=True)
+            count, oldest = await pipe.execute()
+            return int(count), list(oldest)
+
+        count, oldest = await self.connections.run(op)
+        return count, max((now_ms - oldest[0][1]) / 1000, 0.0) if oldest else 0.0
+
     async def get_flow(self, queue: str, job_id: str) -> list[RawJob] | None:
         """Every job linked to ``queue/job_id`` through parents and children (up to 10,000)."""
         start = (queue, job_id)
