@@ -9,6 +9,7 @@ must not reach Python's recursion limit.
 from __future__ import annotations
 
 import collections
+import functools
 import heapq
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -26,6 +27,8 @@ __all__ = ["MemoryFlows", "MemoryFlowsMixin"]
 Ref = tuple[str, str]  # (queue, job id)
 _DEAD = frozenset({"failed", "expired", "cancelled"})
 _MAX_FLOW_NODES = 10_000
+_MAX_REPORTED = 10_000  # dead-lettered children awaiting their job:failed event, per queue
+_REPORT_PAGE = 100
 
 
 class MemoryFlows:
@@ -34,6 +37,7 @@ class MemoryFlows:
     __slots__ = (
         "_backend",
         "_draining",
+        "_failed",
         "_work",
         "children",
         "failed_for",
@@ -51,6 +55,8 @@ class MemoryFlows:
         self.run_anyway: set[Ref] = set()  # children enqueued with on_parent_failure="run"
         self._work: collections.deque[tuple[Ref, str]] = collections.deque()
         self._draining = False
+        # children dead-lettered for a parent, by queue, until the queue's reaper reports them
+        self._failed: dict[str, collections.deque[str]] = {}
 
     def _name(self, queue: _Queue) -> str:
         """The name of a queue of the backend (a backend holds a handful of queues)."""
@@ -171,6 +177,7 @@ class MemoryFlows:
     def _dead_letter(self, queue: _Queue, record: _Record, parents: set[Ref]) -> None:
         ref = (self._name(queue), record.job_id)
         self.failed_for.setdefault(ref, set()).update(parents)
+        self._failed.setdefault(ref[0], collections.deque(maxlen=_MAX_REPORTED)).append(ref[1])
         record.dlq_reason = "dependency_failed"
         names = ", ".join(f"{q}/{job_id}" for q, job_id in sorted(parents))
         record.error = {
@@ -178,6 +185,16 @@ class MemoryFlows:
             "message": f"parent {names} did not complete; retry the parent from the DLQ to run this job",
         }
         self._backend._finish(queue, record, "failed", queue.dlq)  # noqa: SLF001 - cascades through finished()
+
+    def drain_failed(self, queue: _Queue, name: str) -> list[RawJob]:
+        """Up to 100 children dead-lettered for a parent since the last call (their ``job:failed`` is due)."""
+        pending = self._failed.get(name)
+        out: list[RawJob] = []
+        while pending and len(out) < _REPORT_PAGE:
+            record = queue.jobs.get(pending.popleft())
+            if record is not None and record.dlq_reason == "dependency_failed":
+                out.append(record.raw(name))
+        return out
 
     def retried(self, queue: _Queue, record: _Record) -> None:
         """A parent left the DLQ: re-block the descendants that were dead-lettered only for it."""
@@ -236,8 +253,12 @@ class MemoryFlows:
 class MemoryFlowsMixin:
     """The flow methods of ``InMemoryBackend``: one lock, so a whole flow is stored in one step."""
 
-    _flows: MemoryFlows
     _lock: threading.Lock
+
+    @functools.cached_property
+    def _flows(self) -> MemoryFlows:
+        """The backend's dependency edges (made on first use, under the backend's lock)."""
+        return MemoryFlows(cast("InMemoryBackend", self))
 
     async def add_flow(self, items: Sequence[tuple[str, EnqueueItem]]) -> list[EnqueueReply]:
         """Store jobs of any queues, parents first: every parent is checked before any write."""

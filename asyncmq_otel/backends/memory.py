@@ -22,7 +22,7 @@ import anyio
 
 from ..errors import PayloadTooLarge
 from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState
-from ._memory_flows import MemoryFlows, MemoryFlowsMixin
+from ._memory_flows import MemoryFlowsMixin
 from .base import (
     CancelStatus,
     ClaimReply,
@@ -192,7 +192,6 @@ class InMemoryBackend(MemoryFlowsMixin):
         self._queues: dict[str, _Queue] = {}
         self._workers: dict[str, tuple[WorkerInfo, float]] = {}
         self._cancel_listeners: list[Callable[[str, str], None]] = []
-        self._flows = MemoryFlows(self)
 
     def __repr__(self) -> str:
         return f"InMemoryBackend(queues={len(self._queues)})"
@@ -616,6 +615,7 @@ class InMemoryBackend(MemoryFlowsMixin):
                     record.eligible_at = now
                     self._make_ready(state, record, keep_place=True)
                     stalled.append(record.raw(queue))
+            dead += self._flows.drain_failed(state, queue)  # children dead-lettered for a parent (flows)
             return ReapReply(is_reaper=True, stalled=stalled, dead=dead, more=len(expired) > _REAP_LIMIT)
 
     # -- queue control -------------------------------------------------------------------------------

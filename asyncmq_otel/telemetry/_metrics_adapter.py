@@ -275,7 +275,7 @@ class MetricsAdapter:
         if reason in {"failed", "interrupted"}:  # after a run
             self._ran(js, event, error_type, trace_id)
             runs = event.attempt or 0
-        elif reason == "worker_lost":  # by the reaper: the lost attempt had started
+        elif reason in {"worker_lost", "dependency_failed"}:  # by the reaper: no pickup of this delivery
             runs = event.attempt or 0
         else:  # unknown_task, malformed_payload: at pickup, nothing ran
             js.consumed.inc()

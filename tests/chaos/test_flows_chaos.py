@@ -124,12 +124,17 @@ async def test_a_thousand_job_flow_survives_worker_kills_and_a_redis_restart(
 
 
 def started_after_parents(jobs: list[dict[str, object]], ledger: Ledger) -> list[str]:
-    """Jobs whose handler started before a parent's accepted run had ended (the ledger's clocks)."""
+    """Jobs whose handler started before any run of a parent had returned (the ledger's clocks).
+
+    A parent completes only after one of its handler runs returned, so a child starting earlier ran
+    too soon. (A run's accepted settle can be missing from the ledger when its worker was killed
+    right after the settle, so the earliest return is the bound that holds in every case.)
+    """
     executions = ledger.executions()
     done_at = {
-        job_id: min(run.finish for run in runs if run.accepted)
+        job_id: min(run.end for run in runs if run.end is not None)
         for job_id, runs in executions.items()
-        if any(run.accepted for run in runs)
+        if any(run.end is not None for run in runs)
     }
     early = []
     for job in jobs:

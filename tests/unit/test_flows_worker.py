@@ -7,6 +7,7 @@ import pytest
 from asyncmq_otel import FlowProducer, Queue, parent_results, task
 from asyncmq_otel.backends.base import Backend
 from asyncmq_otel.errors import JobArgumentError
+from asyncmq_otel.events import LifecycleEvent
 from tests.support.poll import eventually
 from tests.support.running import running_worker
 
@@ -59,7 +60,9 @@ async def test_task_enqueue_refuses_a_missing_parent(backend: Backend, unique_na
         await total.enqueue(backend=backend, depends_on=[f"{unique_name}-missing"])
 
 
-async def test_a_failing_parent_dead_letters_the_flow_below_it(backend: Backend, unique_name: str) -> None:
+async def test_a_failing_parent_dead_letters_the_flow_below_it(
+    backend: Backend, unique_name: str, events: list[LifecycleEvent]
+) -> None:
     ids = await FlowProducer(backend).add_flow(
         unique_name,
         [
@@ -74,10 +77,17 @@ async def test_a_failing_parent_dead_letters_the_flow_below_it(backend: Backend,
         ],
     )
     queue = Queue(unique_name, backend)
+
+    def reported() -> bool:  # the reaper reports children dead-lettered for a parent
+        return any(e.name == "job:failed" and e.job_id == ids[1] for e in events)
+
     async with running_worker(unique_name, backend):
         await eventually(
             lambda: state_is(queue, ids[2], "completed"), timeout=20, what="run-anyway child ran"
         )
+        await eventually(reported, timeout=20, what="job:failed for the dead-lettered child")
+    failed = next(e for e in events if e.name == "job:failed" and e.job_id == ids[1])
+    assert (failed.reason, failed.error_type) == ("dependency_failed", "dependency_failed")
     raw = await queue.get_job(ids[1])
     assert raw is not None
     assert (raw["state"], raw["dlq_reason"]) == ("failed", "dependency_failed")

@@ -584,6 +584,7 @@ class RedisBackend(RegistryMixin, EventsMixin, FlowsMixin):
         sent_at: int | str = ""
         if max_delay is not None and self._reap_clock is not None:
             sent_at = round(self._reap_clock + time.monotonic() * 1000)
+        flow_dead = await self._flow_pass(keys, queue)  # first, so the reap's reply is never delayed
         reply = await self._transition(
             keys,
             "reap",
@@ -614,12 +615,13 @@ class RedisBackend(RegistryMixin, EventsMixin, FlowsMixin):
         if reply[0] == b"LATE":
             return ReapReply(is_reaper=False, late=True)
         if reply[0] == b"NOT_REAPER":
-            return ReapReply(is_reaper=False)
-        await self.reconcile_flows(queue)  # the reaper also delivers parents' outcomes to other queues
+            self._flow_reapers.discard(queue)
+            return ReapReply(is_reaper=False, dead=flow_dead)
+        self._flow_reapers.add(queue)
         return ReapReply(
             is_reaper=True,
             stalled=decode_jobs(queue, reply[2]),
-            dead=decode_jobs(queue, reply[3]),
+            dead=decode_jobs(queue, reply[3]) + flow_dead,
             more=bool(reply[1]),
         )
 

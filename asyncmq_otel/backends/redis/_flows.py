@@ -14,6 +14,7 @@ stores it; a parent that finishes in between leaves an outbox entry that waits f
 from __future__ import annotations
 
 import collections
+import functools
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import JobArgumentError, PayloadTooLarge
 from ..base import EnqueueItem, EnqueueReply, RawJob
 from . import _scripts
-from ._decode import loads
+from ._decode import JOB_FIELDS, decode_values, loads
 
 if TYPE_CHECKING:
     from ._connection import AsyncClient, Connections
@@ -34,6 +35,7 @@ _ORPHAN_GRACE_MS = (
     10 * 60 * 1000
 )  # an entry for a child never stored (its producer died) is dropped after this
 _MAX_FLOW_NODES = 10_000
+_REPORT_PAGE = 100
 
 
 class FlowsMixin:
@@ -204,6 +206,45 @@ class FlowsMixin:
                 await self.connections.run(remove)
                 delivered += 1
         return delivered
+
+    @functools.cached_property
+    def _flow_reapers(self) -> set[str]:
+        """The queues whose reaper role this backend held at its last reap."""
+        return set()
+
+    async def _flow_pass(self, keys: QueueKeys, queue: str) -> list[RawJob]:
+        """The reaper's flow work, done at the start of its next reap (so the reap's reply never waits).
+
+        Delivers up to 100 outbox entries and returns up to 100 children dead-lettered for a parent
+        since the last pass: their ``job:failed`` is due.
+        """
+        if queue not in self._flow_reapers:
+            return []
+        await self.reconcile_flows(queue)
+        return await self._drain_flow_failed(keys, queue)
+
+    async def _drain_flow_failed(self, keys: QueueKeys, queue: str) -> list[RawJob]:
+        """Up to 100 children dead-lettered for a parent since the last call (their ``job:failed`` is due).
+
+        The scripts that dead-letter them append their ids to ``flow_failed`` (capped); the reaper
+        reports them. A reaper killed between this read and its events loses those events only.
+        """
+
+        async def op(client: AsyncClient) -> list[tuple[str, list[Any]]]:
+            ids = await client.lpop(keys.flow_failed, _REPORT_PAGE) or []
+            if not ids:
+                return []
+            pipe = client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(keys.job(_scripts.text(job_id)), JOB_FIELDS)
+            found = await pipe.execute()
+            return [(_scripts.text(job_id), values) for job_id, values in zip(ids, found, strict=True)]
+
+        return [
+            decode_values(queue, job_id, values)
+            for job_id, values in await self.connections.run(op)
+            if any(value is not None for value in values)
+        ]
 
     async def _blocked_stats(self, keys: QueueKeys, now_ms: int) -> tuple[int, float]:
         """Blocked jobs of a queue and the age in seconds of the longest-blocked one (0 when none)."""

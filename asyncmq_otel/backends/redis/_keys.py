@@ -24,6 +24,7 @@ class QueueKeys:
         "dlq",
         "expired",
         "failed",
+        "flow_failed",
         "leases",
         "meta",
         "name",
@@ -49,6 +50,7 @@ class QueueKeys:
         self.dlq = self.base + "dlq"
         self.blocked = self.base + "blocked"  # jobs waiting for their parents (flows)
         self.outbox = self.base + "outbox"  # parents' outcomes for children in other queues (flows)
+        self.flow_failed = self.base + "flow_failed"  # children dead-lettered for a parent, to report
 
     def job(self, job_id: str) -> str:
         """The hash of one job."""

@@ -143,6 +143,13 @@ local function flow_fields(refs)
   return out
 end
 
+-- A child dead-lettered for a parent: the reaper reports it (job:failed); the list is capped.
+local function flow_report(base, cid)
+  local failed = base .. 'flow_failed'
+  redis.call('RPUSH', failed, cid)
+  redis.call('LTRIM', failed, -10000, -1)
+end
+
 local function flow_queue(base)
   return string.match(base, '{(.*)}:$')
 end
@@ -180,6 +187,7 @@ local function flow_apply(base, cid, pref, outcome, now)
       'error', FLOW_ERROR)
     redis.call('ZADD', base .. 'failed', now, cid)
     redis.call('ZADD', base .. 'dlq', now, cid)
+    flow_report(base, cid)
     return true
   end
   if st[1] == 'failed' and st[3] == 'dependency_failed' then

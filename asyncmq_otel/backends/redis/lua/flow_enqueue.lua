@@ -120,6 +120,7 @@ for i = 1, n do
       fields[#fields + 1] = now
       redis.call('ZADD', failed, now, id)
       redis.call('ZADD', dlq, now, id)
+      flow_report(base, id)
     elseif #pending > 0 then
       redis.call('ZADD', blocked, now, id)
     elseif delay > 0 then
