@@ -124,6 +124,8 @@ class MemoryFlows:
 
     def finished(self, queue: _Queue, record: _Record, state: str) -> None:
         """A job reached a terminal state: release or dead-letter its blocked children."""
+        if not self.children:
+            return  # no job of this backend ever had a parent: the common case costs nothing more
         self._work.append(((self._name(queue), record.job_id), state))
         if self._draining:
             return  # the outer call drains the work list
