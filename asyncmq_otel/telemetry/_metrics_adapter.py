@@ -72,7 +72,12 @@ class _JobSeries:
         }
         self.e2e: dict[str, HistogramSeries] = {}
         self.attempts: dict[str, HistogramSeries] = {}
-        self.errors: dict[tuple[int, str, str, str], Any] = {}
+        # flows: reported by a reaper, not a run, so pre-bound here like the outcomes above
+        self.errors: dict[tuple[int, str, str, str], Any] = {
+            (7, "failed", "dependency_failed", "dependency_failed"): sinks.counter(
+                7, queue, task, group, "failed", "dependency_failed", "dependency_failed"
+            )
+        }
 
 
 class _WorkerSeries:
