@@ -301,3 +301,19 @@ async def settle_flows(backend: Backend, queue: str, job_id: str, want: str) -> 
         return raw is not None and raw["state"] == want
 
     await eventually(reached, timeout=10)
+
+
+async def test_add_bulk_children_may_name_parents_of_the_same_call(backend: Backend, queue: Queue) -> None:
+    ids = await queue.add_bulk(
+        [
+            {"task_id": TASK, "job_id": "root"},
+            {"task_id": TASK, "job_id": "leaf", "depends_on": ["root"], "delay": 3600},
+        ]
+    )
+    assert ids == ["root", "leaf"]
+    assert await states(queue, "root", "leaf") == {"root": "waiting", "leaf": "blocked"}
+    await run(backend, queue.name, "root")
+    assert await queue.get_job_state("leaf") == "delayed"  # released, then its delay applies
+    with pytest.raises(JobArgumentError, match=r"depends_on"):
+        await queue.add_bulk([{"task_id": TASK, "job_id": "x"}, {"task_id": TASK, "depends_on": ["gone"]}])
+    assert await queue.get_job("x") is None  # the whole call was refused
