@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .backends.memory import InMemoryBackend
     from .backends.redis import RedisBackend
     from .events import EventBus, LifecycleEvent, bus, event_emitter
+    from .flows import FlowCycleError, FlowProducer, parent_results
     from .hooks import run_hooks, run_hooks_safely
     from .jobs import Backoff, Job, JobState
     from .limiters import RateLimiter
@@ -56,6 +57,8 @@ __all__ = [
     "ConfigError",
     "DuplicateJob",
     "EventBus",
+    "FlowCycleError",
+    "FlowProducer",
     "InMemoryBackend",
     "InvalidSchedule",
     "Job",
@@ -83,6 +86,7 @@ __all__ = [
     "handle_job",
     "instrument",
     "metrics_url",
+    "parent_results",
     "process_job",
     "run_hooks",
     "run_hooks_safely",
@@ -102,6 +106,9 @@ _LAZY: dict[str, str] = {
     "LifecycleEvent": ".events",
     "bus": ".events",
     "event_emitter": ".events",
+    "FlowCycleError": ".flows",
+    "FlowProducer": ".flows",
+    "parent_results": ".flows",
     "run_hooks": ".hooks",
     "run_hooks_safely": ".hooks",
     "Backoff": ".jobs",

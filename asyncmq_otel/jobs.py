@@ -52,10 +52,11 @@ _JOB_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class JobState(str, Enum):
-    """Where a job is in its life. The last four are terminal."""
+    """Where a job is in its life. The last four are terminal; ``blocked`` waits for its parents."""
 
     WAITING = "waiting"
     DELAYED = "delayed"
+    BLOCKED = "blocked"
     ACTIVE = "active"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -68,9 +69,25 @@ class JobState(str, Enum):
 
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.EXPIRED, JobState.CANCELLED})
 
-DLQReason = Literal["failed", "expired", "unknown_task", "malformed_payload", "worker_lost", "interrupted"]
+DLQReason = Literal[
+    "failed",
+    "expired",
+    "unknown_task",
+    "malformed_payload",
+    "worker_lost",
+    "interrupted",
+    "dependency_failed",
+]
 DLQ_REASONS: frozenset[str] = frozenset(
-    {"failed", "expired", "unknown_task", "malformed_payload", "worker_lost", "interrupted"}
+    {
+        "failed",
+        "expired",
+        "unknown_task",
+        "malformed_payload",
+        "worker_lost",
+        "interrupted",
+        "dependency_failed",
+    }
 )
 
 

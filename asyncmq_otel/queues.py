@@ -12,9 +12,10 @@ import time
 import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _repeatables, _results
+from ._dependencies import OnParentFailure, ParentRef, check_parents
 from ._lifecycle import emit_job_event, server_fields
 from .backends._default import default_backend
 from .backends.base import Backend, CancelStatus, EnqueueItem, EnqueueReply, QueueStats, WorkerInfo
@@ -39,6 +40,9 @@ from .jobs import (
 from .settings import settings
 from .tasks import TASK_REGISTRY, UNSUPPORTED_OPTIONS
 
+if TYPE_CHECKING:
+    from .flows import FlowNode
+
 __all__ = ["Queue"]
 
 _BULK_KEYS = frozenset(
@@ -54,6 +58,8 @@ _BULK_KEYS = frozenset(
         "delay",
         "job_id",
         "timeout",
+        "depends_on",
+        "on_parent_failure",
     }
 )
 _LIVE_TASKS_TTL = 5.0  # seconds a producer reuses its view of the live workers' task names
@@ -72,12 +78,21 @@ def _provisional_times(job: Job, delay_s: float) -> None:
 class _Built:
     """A validated job, its delay, and whether the caller set its retries (else the task's apply)."""
 
-    __slots__ = ("delay_s", "job", "retries_set")
+    __slots__ = ("delay_s", "depends_on", "job", "on_parent_failure", "retries_set")
 
-    def __init__(self, job: Job, delay_s: float, retries_set: bool) -> None:
+    def __init__(
+        self,
+        job: Job,
+        delay_s: float,
+        retries_set: bool,
+        depends_on: tuple[ParentRef, ...] = (),
+        on_parent_failure: str = "fail",
+    ) -> None:
         self.job = job
         self.delay_s = delay_s
         self.retries_set = retries_set
+        self.depends_on = depends_on
+        self.on_parent_failure = on_parent_failure
 
     def item(self, limit: int) -> EnqueueItem:
         """The backend's view of the job.
@@ -91,8 +106,20 @@ class _Built:
         envelope = job.envelope()
         if not self.retries_set:
             del envelope["max_retries"]
+        if self.depends_on:  # the worker reads them for parent_results() and the span links
+            envelope["depends_on"] = [list(parent) for parent in self.depends_on]
+            if self.on_parent_failure != "fail":
+                envelope["on_parent_failure"] = self.on_parent_failure
         payload = encode_payload(envelope, limit)
-        return EnqueueItem(job.id, payload, self.delay_s, priority=job.priority, ttl=job.ttl)
+        return EnqueueItem(
+            job.id,
+            payload,
+            self.delay_s,
+            priority=job.priority,
+            ttl=job.ttl,
+            depends_on=self.depends_on,
+            on_parent_failure=self.on_parent_failure,
+        )
 
 
 def _did_you_mean(task_id: str, known: Iterable[str]) -> str:
@@ -156,6 +183,8 @@ class Queue:
         delay: float | None,
         job_id: str | None,
         timeout: float | None,
+        depends_on: Sequence[Any] | None = None,
+        on_parent_failure: object = "fail",
     ) -> _Built:
         """Validate one job before anything is sent (reliability: bad input is refused at enqueue)."""
         if type(task_id) is not str or not task_id:
@@ -195,7 +224,8 @@ class Queue:
             priority=priority,
             timeout=timeout,
         )
-        return _Built(job, delay_s, retries is not None)
+        parents = check_parents(depends_on, self.name, job.id, on_parent_failure)
+        return _Built(job, delay_s, retries is not None, parents, str(on_parent_failure))
 
     async def add(
         self,
@@ -210,6 +240,8 @@ class Queue:
         delay: float | None = None,
         job_id: str | None = None,
         timeout: float | None = None,
+        depends_on: Sequence[str | tuple[str, str]] | None = None,
+        on_parent_failure: OnParentFailure = "fail",
     ) -> str:
         """Store a job and return its id (also for delayed jobs and duplicates).
 
@@ -219,9 +251,15 @@ class Queue:
         argument called ``depends_on`` goes here). The job goes to this queue: :meth:`for_task`
         finds the queue a task declares.
 
+        ``depends_on`` lists parent jobs, as ids of this queue or ``(queue, job_id)`` pairs: the job
+        is ``blocked`` until every parent has completed (one already completed counts as done),
+        then ``waiting``. When a parent is dead-lettered (failed, expired or cancelled) the job is
+        dead-lettered too with reason ``dependency_failed``, unless ``on_parent_failure="run"``.
+
         Raises:
             JobArgumentError: an argument is not JSON (the message names its path) or an option is
-                out of bounds (the message names it); nothing is sent.
+                out of bounds (the message names it), or a parent in ``depends_on`` does not exist;
+                nothing is stored.
             PayloadTooLarge: the encoded job is over ``settings.max_payload_bytes``; nothing is sent.
             DuplicateJob: ``job_id`` exists and ``settings.on_duplicate == "raise"``.
             BackendUnavailable: the backend cannot be reached (retrying is safe: enqueue is idempotent).
@@ -238,6 +276,8 @@ class Queue:
             delay=delay,
             job_id=job_id,
             timeout=timeout,
+            depends_on=depends_on,
+            on_parent_failure=on_parent_failure,
         )
         job, delay_s = built.job, built.delay_s
         backend = self.backend
@@ -315,6 +355,8 @@ class Queue:
                 delay=spec.get("delay"),
                 job_id=spec.get("job_id"),
                 timeout=spec.get("timeout"),
+                depends_on=spec.get("depends_on"),
+                on_parent_failure=spec.get("on_parent_failure", "fail"),
             )
         except JobArgumentError as exc:
             # name the job as well: jobs[3].ttl, jobs[0].args[1]
@@ -476,6 +518,23 @@ class Queue:
         if raw is None or raw.get("state") != JobState.COMPLETED.value:
             return None
         return raw.get("result")
+
+    async def get_flow(self, job_id: str) -> list[FlowNode]:
+        """The flow around a job: every job linked to it by ``depends_on``, each with its state.
+
+        Raises:
+            JobArgumentError: no job ``job_id`` in this queue, or a backend without flows.
+
+        """
+        from .flows import FlowBackend, flow_nodes  # noqa: PLC0415 - flows builds on this module
+
+        backend = self.backend
+        if not isinstance(backend, FlowBackend):
+            raise JobArgumentError("backend", f"{type(backend).__name__} does not store flows")
+        raw = await backend.get_flow(self.name, check_job_id(job_id))
+        if raw is None:
+            raise JobArgumentError("job_id", f"no job {job_id!r} in queue {self.name!r}")
+        return flow_nodes(raw)
 
     async def counts(self) -> dict[str, int]:
         """How many jobs are in each state."""

@@ -6,10 +6,11 @@ import functools
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from ._dependencies import OnParentFailure
 from .errors import JobArgumentError, UnknownTask, UnsupportedOption
 from .jobs import MAX_RETRIES, Backoff, BackoffSpec, Job, check_int_option, check_queue_name, check_seconds
 from .settings import settings
@@ -34,7 +35,6 @@ R = TypeVar("R")
 
 # Enqueue options of AsyncMQ that are refused, not stored as handler arguments, until supported.
 UNSUPPORTED_OPTIONS: dict[str, str] = {
-    "depends_on": "job dependencies (depends_on)",
     "repeat_every": "repeating jobs (repeat_every: declare a schedule with Queue.upsert_repeatable(task, "
     "every=...) or @task(every=...) instead)",
 }
@@ -159,12 +159,15 @@ class TaskWrapper(Generic[P, R]):
         delay: float | None = None,
         priority: int = 5,
         job_id: str | None = None,
+        depends_on: Sequence[str | tuple[str, str]] | None = None,
         **kwargs: Any,  # noqa: ANN401 - as above
     ) -> str:
         """Queue a job for this task and return its id (delayed jobs included).
 
-        Keywords other than the four options are the handler's. AsyncMQ's ``depends_on`` and
-        ``repeat_every`` raise :class:`~asyncmq_otel.errors.UnsupportedOption`, and ``retries``,
+        Keywords other than the five options are the handler's. ``depends_on`` lists the parent
+        jobs (ids of this task's queue or ``(queue, job_id)`` pairs) that must complete first, as in
+        :meth:`Queue.add <asyncmq_otel.queues.Queue.add>`. AsyncMQ's ``repeat_every`` raises
+        :class:`~asyncmq_otel.errors.UnsupportedOption`, and ``retries``,
         ``ttl``, ``backoff``, ``timeout``, ``queue`` raise :class:`JobArgumentError` unless the
         handler declares them: set them with ``.using(...)``. A handler argument of any name passes
         through ``.using().enqueue(...)``, which takes the handler's arguments only. AsyncMQ's
@@ -175,9 +178,9 @@ class TaskWrapper(Generic[P, R]):
         if args and backend is None and type(args[0]) not in _JSON_TYPES and _is_backend(args[0]):
             # AsyncMQ's spelling enqueue(backend, *args): a backend is never a JSON argument
             backend, args = args[0], args[1:]
-        return await self.using(backend=backend, delay=delay, priority=priority, job_id=job_id).enqueue(
-            *args, **kwargs
-        )
+        return await self.using(
+            backend=backend, delay=delay, priority=priority, job_id=job_id, depends_on=depends_on
+        ).enqueue(*args, **kwargs)
 
     # AsyncMQ's spellings of enqueue
     delay = enqueue
@@ -195,13 +198,18 @@ class TaskWrapper(Generic[P, R]):
         ttl: float | None = None,
         backoff: BackoffSpec = None,
         timeout: float | None = None,
+        depends_on: Sequence[str | tuple[str, str]] | None = None,
+        on_parent_failure: OnParentFailure = "fail",
     ) -> BoundEnqueue[P]:
         """Fix the job options, then ``await .enqueue(*args, **kwargs)`` with the handler's own signature.
 
         ``retries``, ``ttl``, ``backoff`` and ``timeout`` override the task's declared values for
-        this job; left as None, the worker applies the task's.
+        this job; left as None, the worker applies the task's. ``depends_on`` and
+        ``on_parent_failure`` are those of :meth:`Queue.add <asyncmq_otel.queues.Queue.add>`.
         """
-        options = _JobOptions(delay, priority, job_id, retries, ttl, backoff, timeout)
+        options = _JobOptions(
+            delay, priority, job_id, retries, ttl, backoff, timeout, depends_on, on_parent_failure
+        )
         return BoundEnqueue(self.info, backend, queue, options)
 
     def __repr__(self) -> str:
@@ -246,6 +254,8 @@ class _JobOptions:
     ttl: float | None
     backoff: BackoffSpec
     timeout: float | None
+    depends_on: Sequence[str | tuple[str, str]] | None = None
+    on_parent_failure: OnParentFailure = "fail"
 
 
 class BoundEnqueue(Generic[P]):
@@ -279,6 +289,8 @@ class BoundEnqueue(Generic[P]):
             priority=options.priority,
             delay=options.delay,
             job_id=options.job_id,
+            depends_on=options.depends_on,
+            on_parent_failure=options.on_parent_failure,
         )
 
 

@@ -608,6 +608,57 @@ SCHEDULES_ROW: Final = RowSpec(
     ),
 )
 
+
+FLOWS_ROW: Final = RowSpec(
+    "Flows",
+    (
+        PanelSpec(
+            "Blocked jobs",
+            "timeseries",
+            units.Short,
+            (
+                _q(
+                    'max by (messaging_destination_name) (%(asyncmq.queue.depth)s{state="blocked",<Q>})',
+                    _BY_Q,
+                ),
+            ),
+            "Jobs waiting for their parents (depends_on, flows), per queue.",
+            width=8,
+        ),
+        PanelSpec(
+            "Longest-blocked job",
+            "timeseries",
+            units.Seconds,
+            (
+                _q(
+                    "max by (messaging_destination_name) (%(asyncmq.queue.blocked.oldest_age)s{<Q>})",
+                    _BY_Q,
+                ),
+            ),
+            "How long the job blocked longest has waited for its parents; it grows when a parent "
+            "does not run (its queue has no worker, is paused, or the parent hangs).",
+            thresholds=((3600.0, "orange"),),
+            width=8,
+        ),
+        PanelSpec(
+            "Dependency failures",
+            "timeseries",
+            units.Short,
+            (
+                _q(
+                    "sum by (messaging_destination_name, asyncmq_task_name) "
+                    '(increase(%(asyncmq.job.outcomes)s{outcome="failed",reason="dependency_failed",<QT>}[$ri]))',
+                    _BY_QT,
+                ),
+            ),
+            "Jobs dead-lettered because a parent was dead-lettered or cancelled; retrying the parent "
+            "from the DLQ blocks them again.",
+            error_link=True,
+            width=8,
+        ),
+    ),
+)
+
 WORKERS_ROW: Final = RowSpec(
     "Workers",
     (
@@ -696,8 +747,8 @@ DASHBOARDS: Final[tuple[DashboardSpec, ...]] = (
     DashboardSpec(
         "asyncmq-queue-detail",
         "AsyncMQ / Queue and task detail",
-        "Backlog, wait, rate limiting, retries and dead letters per queue and task.",
-        (SATURATION_ROW, RELIABILITY_ROW, SCHEDULES_ROW),
+        "Backlog, wait, rate limiting, retries, dead letters, schedules and flows per queue and task.",
+        (SATURATION_ROW, RELIABILITY_ROW, SCHEDULES_ROW, FLOWS_ROW),
     ),
     DashboardSpec(
         "asyncmq-workers",

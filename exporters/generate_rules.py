@@ -106,6 +106,8 @@ class Config:
     telemetry_for: str = "10m"
     schedule_late_intervals: float = 2
     schedule_late_for: str = "2m"
+    blocked_age_seconds: float = 3600  # flows: a job waiting this long for its parents
+    blocked_for: str = "10m"
 
     def __post_init__(self) -> None:
         """Refuse a configuration whose burn-rate alerts would read a recording rule nobody writes."""
@@ -475,6 +477,21 @@ def alert_rules(config: Config) -> list[AlertRule]:
             "dashboards, traces and logs are incomplete.",
             TELEMETRY_HEALTH,
             f"var-job={_JOB}",
+        )
+    )
+    add(
+        AlertRule(
+            "AsyncMQJobsBlockedTooLong",
+            "warning",
+            c.blocked_for,
+            _m(f"max by ({_B}) (%(asyncmq.queue.blocked.oldest_age)s) > {_num(c.blocked_age_seconds)}"),
+            f"Queue {_QUEUE}: a job has waited too long for its parents",
+            f"A job on queue {_QUEUE} has been blocked on its parents for "
+            "{{ $value | humanizeDuration }} "
+            f"(threshold {_num(c.blocked_age_seconds)}s). A parent is not running: its queue has no "
+            "worker, is paused or backed up, or the parent is stuck.",
+            QUEUE_DETAIL,
+            queue_detail,
         )
     )
     return rules

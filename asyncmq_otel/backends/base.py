@@ -47,6 +47,9 @@ class EnqueueItem:
     so the backend need not decode the payload to find them. With ``priority`` None the backend
     reads both from the payload (``ttl`` is then ignored). An empty ``nonce`` makes the backend
     give the item one of its call (a re-send of the call replays, anything else is a duplicate).
+    ``depends_on`` names the parents as ``(queue, job_id)``: the job is stored ``blocked`` until they
+    have all completed; ``on_parent_failure`` is ``"fail"`` (dead-letter it when a parent dies) or
+    ``"run"`` (a dead parent counts as finished).
     """
 
     job_id: str
@@ -55,6 +58,8 @@ class EnqueueItem:
     nonce: str = ""
     priority: int | None = None
     ttl: float | None = None
+    depends_on: tuple[tuple[str, str], ...] = ()
+    on_parent_failure: str = "fail"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +152,8 @@ class QueueStats:
     dead: int
     oldest_ready_age: float
     paused: bool
+    blocked: int = 0  # jobs waiting for their parents (flows)
+    oldest_blocked_age: float = 0.0  # seconds since the longest-blocked job was stored (0 when none)
 
 
 @dataclass(slots=True)

@@ -22,6 +22,8 @@ import anyio
 
 from ..errors import PayloadTooLarge
 from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState, decode_stored_envelope
+from ._memory_flows import MemoryFlowsMixin
+from ._memory_registry import MemoryRegistryMixin
 from ._memory_schedules import MemorySchedulesMixin
 from .base import (
     CancelStatus,
@@ -157,7 +159,7 @@ class _Renewer:
         """Nothing to release."""
 
 
-class InMemoryBackend(MemorySchedulesMixin):
+class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixin):
     """The embedded backend: zero set-up, one process, not durable.
 
     Args:
@@ -221,14 +223,14 @@ class InMemoryBackend(MemorySchedulesMixin):
     # -- producer ------------------------------------------------------------------------------------
     async def enqueue(self, queue: str, item: EnqueueItem) -> EnqueueReply:
         """Store one job, idempotently by id and nonce."""
-        with self._lock:
-            return self._enqueue(self._queue(queue), item)
+        return (await self.enqueue_bulk(queue, [item]))[0]
 
     async def enqueue_bulk(self, queue: str, items: Sequence[EnqueueItem]) -> list[EnqueueReply]:
         """Store several jobs at once."""
         for item in items:
             self._check_size(item)
         with self._lock:
+            self._flows.check(queue, items)
             state = self._queue(queue)
             return [self._enqueue(state, item) for item in items]
 
@@ -268,6 +270,8 @@ class InMemoryBackend(MemorySchedulesMixin):
         if isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
             record.expires_at = now + float(ttl)
         queue.jobs[item.job_id] = record
+        if item.depends_on and self._flows.block(queue, record, item):
+            return EnqueueReply(item.job_id, record.state, duplicate=False, enqueued_at=now, eligible_at=now)
         if item.delay > 0:
             record.delay_until = record.eligible_at = record.due = now + item.delay
             self._set_state(queue, record, "delayed")
@@ -335,6 +339,7 @@ class InMemoryBackend(MemorySchedulesMixin):
             self._trim(queue, index, self.keep_failed, self.keep_failed_age, now)
         else:
             self._trim(queue, index, self.keep_completed, self.keep_completed_age, now)
+        self._flows.finished(queue, record, state)
 
     def _trim(
         self, queue: _Queue, index: collections.OrderedDict[str, float], keep: int, age: float, now: float
@@ -611,6 +616,7 @@ class InMemoryBackend(MemorySchedulesMixin):
                     record.eligible_at = now
                     self._make_ready(state, record, keep_place=True)
                     stalled.append(record.raw(queue))
+            dead += self._flows.drain_failed(state, queue)  # children dead-lettered for a parent (flows)
             return ReapReply(is_reaper=True, stalled=stalled, dead=dead, more=len(expired) > _REAP_LIMIT)
 
     # -- queue control -------------------------------------------------------------------------------
@@ -700,6 +706,7 @@ class InMemoryBackend(MemorySchedulesMixin):
             if isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
                 record.expires_at = record.eligible_at + float(ttl)  # a fresh start gets a fresh TTL
             self._make_ready(q, record)
+            self._flows.retried(q, record)
             return True
 
     async def purge_dlq(self, queue: str) -> int:
@@ -746,6 +753,7 @@ class InMemoryBackend(MemorySchedulesMixin):
                 dead=len(q.dlq),
                 oldest_ready_age=0.0 if oldest is None else max(now - oldest, 0.0),
                 paused=q.paused,
+                **self._flows.stats(q, now),
             )
 
     async def list_queues(self) -> list[str]:
@@ -756,42 +764,3 @@ class InMemoryBackend(MemorySchedulesMixin):
     async def has_queue(self, queue: str) -> bool:
         """Whether the queue exists; never creates it (one dict lookup: no lock needed)."""
         return queue in self._queues
-
-    # -- workers -------------------------------------------------------------------------------------
-    async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
-        """Record a live worker."""
-        await self.heartbeat(info, ttl)
-
-    async def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
-        """Refresh a worker's registration."""
-        with self._lock:
-            now = self.clock()
-            info.heartbeat_at = now
-            self._workers[info.worker_id] = (WorkerInfo.from_dict(info.to_dict()), now + ttl)
-
-    async def deregister_worker(self, worker_id: str) -> None:
-        """Remove a worker's registration."""
-        with self._lock:
-            self._workers.pop(worker_id, None)
-
-    async def list_workers(self) -> list[WorkerInfo]:
-        """Workers whose registration has not expired."""
-        with self._lock:
-            now = self.clock()
-            return [info for info, deadline in self._workers.values() if deadline > now]
-
-    async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]:
-        """Live workers registered here that consume each of ``queues``."""
-        with self._lock:
-            now = self.clock()
-            live = [info for info, deadline in self._workers.values() if deadline > now]
-        return {queue: sum(queue in info.queues for info in live) for queue in queues}
-
-    def add_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
-        """Call ``listener(queue, job_id)`` when a running job's cancellation is requested."""
-        self._cancel_listeners.append(listener)
-
-    def remove_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
-        """Undo :meth:`add_cancel_listener`."""
-        if listener in self._cancel_listeners:
-            self._cancel_listeners.remove(listener)

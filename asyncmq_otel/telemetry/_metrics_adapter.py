@@ -228,7 +228,7 @@ class MetricsAdapter:
         sinks.set_observer(10, self._running_max_age)
 
     def attach_queue_gauges(self, gauges: QueueGauges | None) -> None:
-        """Export #17–#19 and #25 from ``gauges`` (the sampler's cache); ``None`` stops exporting them."""
+        """Export #17–#19, #25 and #29–#31 from ``gauges`` (the sampler's cache); ``None`` stops them."""
         self.sinks.set_observer(17, None if gauges is None else gauges.depth)
         self.sinks.set_observer(18, None if gauges is None else gauges.oldest_age)
         self.sinks.set_observer(19, None if gauges is None else gauges.paused)
@@ -236,6 +236,7 @@ class MetricsAdapter:
         schedules = None if gauges is None else gauges.schedules
         self.sinks.set_observer(29, None if schedules is None else schedules.next_run)
         self.sinks.set_observer(30, None if schedules is None else schedules.intervals)
+        self.sinks.set_observer(31, None if gauges is None else gauges.blocked_oldest_age)
 
     # -- label helpers ----------------------------------------------------------------------------------
     def _pair(self, queue: str, task: str, group: str) -> _JobSeries:
@@ -360,7 +361,7 @@ class MetricsAdapter:
         if reason in {"failed", "interrupted"}:  # after a run
             self._ran(js, event, "failed", trace_id)
             runs = event.attempt or 0
-        elif reason == "worker_lost":  # by the reaper: the lost attempt had started
+        elif reason in {"worker_lost", "dependency_failed"}:  # by the reaper: no pickup of this delivery
             runs = event.attempt or 0
         else:  # unknown_task, malformed_payload: at pickup, nothing ran
             js.consumed.inc()

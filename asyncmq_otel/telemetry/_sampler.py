@@ -127,11 +127,17 @@ class QueueGauges:
             yield (queue, "scheduled"), float(s.scheduled)
             yield (queue, "active"), float(s.active)
             yield (queue, "dead"), float(s.dead)
+            yield (queue, "blocked"), float(s.blocked)
 
     def oldest_age(self) -> Iterable[tuple[tuple[str, ...], float]]:
         """Observations of ``asyncmq.queue.oldest_age`` (#18)."""
         for queue, s in self.fresh():
             yield (queue,), max(float(s.oldest_ready_age), 0.0)
+
+    def blocked_oldest_age(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        """Observations of ``asyncmq.queue.blocked.oldest_age`` (#31, flows)."""
+        for queue, s in self.fresh():
+            yield (queue,), max(float(s.oldest_blocked_age), 0.0)
 
     def paused(self) -> Iterable[tuple[tuple[str, ...], float]]:
         """Observations of ``asyncmq.queue.paused`` (#19)."""

@@ -97,14 +97,17 @@ OUTCOMES: Final = ("completed", "retried", "interrupted", "failed", "expired", "
 ATTEMPT_OUTCOMES: Final = ("completed", "retried", "interrupted", "failed", "cancelled")
 ERROR_OUTCOMES: Final = ("retried", "failed")
 TERMINAL_OUTCOMES: Final = ("completed", "failed", "expired", "cancelled")
-DLQ_REASONS: Final = ("failed", "expired", "unknown_task", "malformed_payload", "worker_lost", "interrupted")
+DLQ_REASONS: Final = (
+    "failed", "expired", "unknown_task", "malformed_payload", "worker_lost", "interrupted",
+    "dependency_failed",
+)  # fmt: skip
 OUTCOME_REASONS: Final = (
     ("completed", ""), ("retried", ""), ("interrupted", ""), ("cancelled", ""), ("expired", "expired"),
     ("failed", "failed"), ("failed", "worker_lost"), ("failed", "interrupted"), ("failed", "unknown_task"),
-    ("failed", "malformed_payload"),
+    ("failed", "malformed_payload"), ("failed", "dependency_failed"),
 )  # fmt: skip
 """Every (outcome, reason) pair #7 can record: each is pre-initialised, so its first increment is visible."""
-STATES: Final = ("ready", "scheduled", "active", "dead")
+STATES: Final = ("ready", "scheduled", "active", "dead", "blocked")
 PRIORITY_CLASSES: Final = ("high", "normal", "low")
 SIGNALS: Final = ("event", "span", "metric", "log")
 DROP_REASONS: Final = ("queue_full", "adapter_error", "cardinality")
@@ -312,6 +315,9 @@ METRICS: Final = (
          (_Q, SCHEDULE), "Unix time of each active schedule's next run, from the queue sampler."),
     _row(30, "asyncmq.schedule.interval", _OG, "s", "asyncmq_schedule_interval_seconds",
          (_Q, SCHEDULE), "Seconds between a schedule's ticks (cron: its next two), from the queue sampler."),
+    # Flows: how long the longest-blocked job has waited for its parents.
+    _row(31, "asyncmq.queue.blocked.oldest_age", _OG, "s", "asyncmq_queue_blocked_oldest_age_seconds",
+         (_Q,), "Age of the job blocked longest on its parents (0 when none), from the queue sampler."),
 )  # fmt: skip
 """The definition table: both sinks are built from these rows and nothing else."""
 

@@ -19,6 +19,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
+from .._dependencies import current_job
 from .._lifecycle import emit_job_event, emit_job_fields
 from ..backends.base import Backend, RawJob, SettleReply, SettleStatus
 from ..errors import (
@@ -197,6 +198,7 @@ class _JobRun:
         self.attempt.started_monotonic = self.started_mono
         outcome: tuple[str, Any] = ("error", None)
         emit_job_fields("job:started", job, self._fields(ratelimit_wait_s=self.ratelimit_wait_s))
+        current_job.set((self.backend, self.raw))  # for flows.parent_results(); each job runs in its own task
         try:
             with anyio.CancelScope() as scope:
                 self.attempt.scope = scope

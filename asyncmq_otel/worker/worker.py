@@ -422,10 +422,9 @@ class Worker:
             more = reply.is_reaper and reply.more
             for raw in reply.stalled:
                 self._emit_reaped("job:stalled", queue, raw, ctx, reason="lease_lost")
-            for raw in reply.dead:
-                self._emit_reaped(
-                    "job:failed", queue, raw, ctx, reason="worker_lost", error_type="worker_lost"
-                )
+            for raw in reply.dead:  # worker_lost, or dependency_failed: a flow's child whose parent died
+                reason = str(raw.get("dlq_reason") or "worker_lost")
+                self._emit_reaped("job:failed", queue, raw, ctx, reason=reason, error_type=reason)
         return True
 
     def _emit_reaped(

@@ -688,6 +688,7 @@ async def test_counts_cover_every_state(backend: Backend, queue: str) -> None:
     assert await backend.counts(queue) == {
         "waiting": 0,
         "delayed": 1,
+        "blocked": 0,
         "active": 1,
         "completed": 1,
         "failed": 1,

@@ -18,6 +18,9 @@ the Redis data of one queue, once the run is quiescent, and checks:
 5. **Counters agree.** Rejected settles in the ledger equal the stale-write counter when one is
    given; ``job:stalled`` events equal the ``stalls`` totals (or are at most that, when a reaper may
    have been killed between its reap and its event).
+6. **Flows** (:func:`check_flows`). No job is blocked while all its parents have completed (beyond
+   undelivered outbox entries); no job ran before its parents finished; a ``dependency_failed`` job
+   has a dead parent.
 
 Every job read back must also sit in the index of its state and in no other: a ``waiting`` job
 outside ``ready`` is never claimed, an ``active`` one without a ``leases`` entry is never reaped
@@ -67,7 +70,7 @@ _INDEX_OF_STATE = {
     "failed": "failed",
     "expired": "expired",
 }
-_INDEXES = ("ready", "delayed", "leases", "completed", "cancelled", "failed", "expired", "dlq")
+_INDEXES = ("ready", "delayed", "blocked", "leases", "completed", "cancelled", "failed", "expired", "dlq")
 _FIELDS = ("state", "attempts", "retries", "stalls", "interrupts", "result", "dlq_reason", "payload", "token")
 _TERMINAL_OPS = {"complete", "fail", "settle_cancelled"}
 
@@ -489,10 +492,11 @@ for _, key in ipairs(KEYS) do
     local state = redis.call('HGET', key, 'state')
     -- a hash without a known state is malformed; it must sit in ready, where a claim hands it over
     local index = ({waiting = 'ready', delayed = 'delayed', active = 'leases', completed = 'completed',
-      cancelled = 'cancelled', failed = 'failed', expired = 'expired'})[state or ''] or 'ready'
+      cancelled = 'cancelled', failed = 'failed', expired = 'expired', blocked = 'blocked'})[state or ''] or 'ready'
     state = tostring(state)
     do
-      for _, other in ipairs({'ready', 'delayed', 'leases', 'completed', 'cancelled', 'failed', 'expired'}) do
+      for _, other in ipairs({'ready', 'delayed', 'leases', 'completed', 'cancelled', 'failed', 'expired',
+          'blocked'}) do
         local member = redis.call('ZSCORE', ARGV[1] .. other, id) ~= false
         if member ~= (other == index) then
           problems[#problems + 1] = id .. ': state ' .. state .. (member and ' but in ' or ' but not in ') .. other
@@ -628,3 +632,59 @@ def check_schedules(
     finally:
         client.close()
     return report
+
+
+_DEAD_STATES = frozenset({"failed", "expired", "cancelled"})
+
+
+def check_flows(url: str, prefix: str, jobs: Iterable[tuple[str, str]], *, max_outbox: int = 0) -> list[str]:
+    """The flows invariant: every job of ``jobs`` (``(queue, id)``) is consistent with its parents.
+
+    Once the run is quiescent and the reaper has had a pass, no job is ``blocked`` while all its
+    parents have completed (the only allowance is an undelivered outbox entry naming it, at most
+    ``max_outbox`` of them in all); a completed job's parents all completed (or, for a job enqueued
+    with ``on_parent_failure="run"``, finished); a job dead-lettered with ``dependency_failed`` has
+    a dead parent. Returns the problems found (empty: the check passed).
+    """
+    client = redis.Redis.from_url(url, socket_timeout=30)
+    problems: list[str] = []
+    try:
+        wanted = list(jobs)
+        states: dict[tuple[str, str], tuple[str | None, list[tuple[str, str]], str | None, str | None]] = {}
+        pipe = client.pipeline(transaction=False)
+        for queue, job_id in wanted:
+            pipe.hmget(
+                queue_keys(prefix, queue).job(job_id), ["state", "parents", "dlq_reason", "on_parent_failure"]
+            )
+        for (queue, job_id), (state, parents, reason, on_failure) in zip(wanted, pipe.execute(), strict=True):
+            refs = [ref.split("/", 1) for ref in (_text(parents) or "").split(",") if ref]
+            states[queue, job_id] = (
+                _text(state),
+                [(q, i) for q, i in refs],
+                _text(reason),
+                _text(on_failure),
+            )
+        outbox: list[str] = []
+        for queue in sorted({queue for queue, _ in wanted}):
+            outbox += [_text(entry) or "" for entry in client.zrange(queue_keys(prefix, queue).outbox, 0, -1)]
+    finally:
+        client.close()
+    if len(outbox) > max_outbox:
+        problems.append(f"{len(outbox)} outbox entries undelivered (allowed {max_outbox}): {outbox[:5]}")
+    for (queue, job_id), (state, parents, reason, on_failure) in states.items():
+        parent_states = [states.get(parent, (None,))[0] for parent in parents]
+        name = f"{queue}/{job_id}"
+        if state is None:
+            problems.append(f"{name}: missing")
+        elif state == "blocked" and all(found == "completed" for found in parent_states):
+            if not any(entry.endswith("|" + name) for entry in outbox):
+                problems.append(f"{name}: blocked although every parent completed: {parents}")
+        elif state == "completed" and on_failure != "run" and any(p != "completed" for p in parent_states):
+            problems.append(
+                f"{name}: completed before its parents: {list(zip(parents, parent_states, strict=True))}"
+            )
+        elif state == "completed" and any(p not in _DEAD_STATES | {"completed"} for p in parent_states):
+            problems.append(f"{name}: ran while a parent was unfinished: {parent_states}")
+        elif reason == "dependency_failed" and not any(p in _DEAD_STATES for p in parent_states):
+            problems.append(f"{name}: dead-lettered for a parent, but none is dead: {parent_states}")
+    return problems

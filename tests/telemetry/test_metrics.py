@@ -64,6 +64,7 @@ CONTRACT: dict[int, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] 
     28: ("asyncmq_schedule_lag_seconds", "histogram", (Q, "schedule"), B_WAIT),
     29: ("asyncmq_schedule_next_run_timestamp_seconds", "gauge", (Q, "schedule"), None),
     30: ("asyncmq_schedule_interval_seconds", "gauge", (Q, "schedule"), None),
+    31: ("asyncmq_queue_blocked_oldest_age_seconds", "gauge", (Q,), None),
 }
 
 # §3.2 rev. 2, transcribed: the sets start at 0.1 ms so sub-5 ms latencies are readable.

@@ -68,14 +68,14 @@ async def test_one_holder_among_samplers_and_hand_over_on_lock_loss(unique_name)
     ]
     assert [s.elected for s in samplers] == [True, True]
     assert [await s.sample_once() for s in samplers] == [True, False]
-    assert [len(list(g.depth())) for g in gauges] == [4, 0]
+    assert [len(list(g.depth())) for g in gauges] == [5, 0]  # ready, scheduled, active, dead, blocked
 
     lock.owner, lock.until = "someone-else", time.monotonic() + 60  # w0 lost its lock (e.g. a long pause)
     assert await samplers[0].sample_once() is False
     assert list(gauges[0].depth()) == []  # a process that lost the lock exports nothing
     lock.until = 0.0  # the other holder's lease ran out
     assert [await s.sample_once() for s in (samplers[1], samplers[0])] == [True, False]
-    assert [len(list(g.depth())) for g in gauges] == [0, 4]
+    assert [len(list(g.depth())) for g in gauges] == [0, 5]
 
 
 async def test_backends_without_a_lock_always_hold_the_role(backend, unique_name) -> None:

@@ -44,6 +44,7 @@ from ._decode import (
     loads,
 )
 from ._events import CancelHints, EventsMixin, hint
+from ._flows import FlowsMixin
 from ._keys import Keys, QueueKeys
 from ._registry import RegistryMixin, server_of
 from ._renewer import RedisLeaseRenewer
@@ -85,7 +86,7 @@ def _envelope_priority_ttl(payload: str) -> tuple[object, object]:
     return envelope.get("priority", 5), envelope.get("ttl")
 
 
-class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin):
+class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, FlowsMixin):
     """Jobs in Redis (or a Redis Cluster), shared by every worker and producer that uses the prefix.
 
     Args:
@@ -315,6 +316,8 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin):
 
     async def enqueue_bulk(self, queue: str, items: Sequence[EnqueueItem]) -> list[EnqueueReply]:
         """Store several jobs in one round trip (script calls of up to 500 jobs, pipelined)."""
+        if any(item.depends_on for item in items):  # parents are checked and linked first
+            return await self.add_flow([(queue, item) for item in items])
         keys = self.keys.queue(queue)
         # a nonce of the call only for items without their own (Queue gives every item one)
         call_nonce = "" if all(item.nonce for item in items) else os.urandom(16).hex()
@@ -592,6 +595,7 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin):
         sent_at: int | str = ""
         if max_delay is not None and self._reap_clock is not None:
             sent_at = round(self._reap_clock + time.monotonic() * 1000)
+        flow_dead = await self._flow_pass(keys, queue)  # first, so the reap's reply is never delayed
         reply = await self._transition(
             keys,
             "reap",
@@ -622,11 +626,13 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin):
         if reply[0] == b"LATE":
             return ReapReply(is_reaper=False, late=True)
         if reply[0] == b"NOT_REAPER":
-            return ReapReply(is_reaper=False)
+            self._flow_reapers.discard(queue)
+            return ReapReply(is_reaper=False, dead=flow_dead)
+        self._flow_reapers.add(queue)
         return ReapReply(
             is_reaper=True,
             stalled=decode_jobs(queue, reply[2]),
-            dead=decode_jobs(queue, reply[3]),
+            dead=decode_jobs(queue, reply[3]) + flow_dead,
             more=bool(reply[1]),
         )
 

@@ -38,6 +38,9 @@ class AdminMixin:
         async def _epoch(self, keys: QueueKeys) -> str:
             raise NotImplementedError
 
+        async def _blocked_stats(self, keys: QueueKeys, now_ms: int) -> tuple[int, float]:
+            raise NotImplementedError
+
         async def _transition(
             self,
             keys: QueueKeys,
@@ -169,7 +172,8 @@ class AdminMixin:
         )
         _, now, ready, delayed, active, dead, paused, eligible = reply
         age = 0.0 if int(eligible) < 0 else max((int(now) - int(eligible)) / 1000.0, 0.0)
-        return QueueStats(int(ready), int(delayed), int(active), int(dead), age, bool(int(paused)))
+        blocked = await self._blocked_stats(keys, int(now))  # flows: one more read, at sampling pace only
+        return QueueStats(int(ready), int(delayed), int(active), int(dead), age, bool(int(paused)), *blocked)
 
     async def list_queues(self) -> list[str]:
         """Every queue registered under the prefix (a sorted set of names: the §11 ACL has no ``@set``)."""

@@ -17,15 +17,18 @@ class QueueKeys:
 
     __slots__ = (
         "base",
+        "blocked",
         "cancelled",
         "completed",
         "delayed",
         "dlq",
         "expired",
         "failed",
+        "flow_failed",
         "leases",
         "meta",
         "name",
+        "outbox",
         "ready",
         "reaper",
         "signal",
@@ -45,10 +48,17 @@ class QueueKeys:
         self.failed = self.base + "failed"
         self.expired = self.base + "expired"
         self.dlq = self.base + "dlq"
+        self.blocked = self.base + "blocked"  # jobs waiting for their parents (flows)
+        self.outbox = self.base + "outbox"  # parents' outcomes for children in other queues (flows)
+        self.flow_failed = self.base + "flow_failed"  # children dead-lettered for a parent, to report
 
     def job(self, job_id: str) -> str:
         """The hash of one job."""
         return f"{self.base}job:{job_id}"
+
+    def children(self, job_id: str) -> str:
+        """The refs (``<queue>/<id>``) of a job's children (flows)."""
+        return f"{self.base}children:{job_id}"
 
     def claim(self, nonce: str) -> str:
         """The replay record of one claim call."""
@@ -59,6 +69,7 @@ class QueueKeys:
         return {
             "waiting": self.ready,
             "delayed": self.delayed,
+            "blocked": self.blocked,
             "active": self.leases,
             "completed": self.completed,
             "cancelled": self.cancelled,

@@ -165,8 +165,11 @@ local function trim(index, keep, cutoff, base, budget, others)
   end
   local ids = redis.call('ZRANGE', index, 0, n - 1)
   local jobs = {}
-  for i, id in ipairs(ids) do
-    jobs[i] = base .. 'job:' .. id
+  for _, id in ipairs(ids) do
+    -- a job's flow sets go with it (absent for jobs without parents or children)
+    for _, name in ipairs({'job:', 'children:', 'deps:', 'failed_for:'}) do
+      jobs[#jobs + 1] = base .. name .. id
+    end
   end
   redis.call('DEL', unpack(jobs))
   redis.call('ZREMRANGEBYRANK', index, 0, n - 1)
@@ -176,6 +179,137 @@ local function trim(index, keep, cutoff, base, budget, others)
     end
   end
   return n
+end
+
+-- Flows: a job with parents is 'blocked' (in the `blocked` index) while `deps:<id>` holds the refs
+-- ('<queue>/<id>') of parents that have not completed; `children:<id>` holds the refs of a job's
+-- children; `failed_for:<id>` the parents a child was dead-lettered for. These are hashes used as
+-- sets (field = ref, value 1): the documented ACL user has the hash commands and not the set ones. A child in another queue
+-- (another hash tag, so another slot) is reached through the `outbox` of the parent's queue, which
+-- the reaper delivers with flow_deliver.lua: every step here is idempotent, so a redelivery is harmless.
+local FLOW_ERROR = '{"type":"DependencyFailed","message":"a parent did not complete; '
+  .. 'retry the parent from the DLQ to run this job"}'
+
+local function flow_fields(refs)
+  local out = {}
+  for _, ref in ipairs(refs) do
+    out[#out + 1] = ref
+    out[#out + 1] = 1
+  end
+  return out
+end
+
+-- A child dead-lettered for a parent: the reaper reports it (job:failed); the list is capped.
+local function flow_report(base, cid)
+  local failed = base .. 'flow_failed'
+  redis.call('RPUSH', failed, cid)
+  redis.call('LTRIM', failed, -10000, -1)
+end
+
+local function flow_queue(base)
+  return string.match(base, '{(.*)}:$')
+end
+
+-- One parent's outcome ('done' or 'dead') applied to child `cid` of this queue; true when it
+-- dead-lettered the child (its own children follow).
+local function flow_apply(base, cid, pref, outcome, now)
+  local job = base .. 'job:' .. cid
+  local st = redis.call('HMGET', job, 'state', 'on_parent_failure', 'dlq_reason', 'priority', 'delay_until')
+  if not st[1] then
+    return false
+  end
+  local deps = base .. 'deps:' .. cid
+  if outcome == 'done' or st[2] == 'run' then
+    if redis.call('HDEL', deps, pref) == 0 or st[1] ~= 'blocked' or redis.call('HLEN', deps) > 0 then
+      return false
+    end
+    redis.call('ZREM', base .. 'blocked', cid)
+    local seq = next_seq(base .. 'meta')
+    local due = tonumber(st[5] or '')
+    if due and due > now then
+      redis.call('HSET', job, 'state', 'delayed', 'seq', seq, 'eligible_at', due)
+      redis.call('ZADD', base .. 'delayed', due, cid)
+    else
+      redis.call('HSET', job, 'state', 'waiting', 'seq', seq, 'eligible_at', now)
+      redis.call('ZADD', base .. 'ready', ready_score(st[4], seq), cid)
+    end
+    wake(base .. 'signal', 1)
+    return false
+  end
+  if st[1] == 'blocked' then
+    redis.call('HSET', base .. 'failed_for:' .. cid, pref, 1)
+    redis.call('ZREM', base .. 'blocked', cid)
+    redis.call('HSET', job, 'state', 'failed', 'finished_at', now, 'dlq_reason', 'dependency_failed',
+      'error', FLOW_ERROR)
+    redis.call('ZADD', base .. 'failed', now, cid)
+    redis.call('ZADD', base .. 'dlq', now, cid)
+    flow_report(base, cid)
+    return true
+  end
+  if st[1] == 'failed' and st[3] == 'dependency_failed' then
+    redis.call('HSET', base .. 'failed_for:' .. cid, pref, 1) -- dead already: one more reason
+  end
+  return false
+end
+
+-- Job `id` of this queue finished: 'done' (completed) or 'dead' (dead-lettered or cancelled).
+-- Children here are released or dead-lettered now, in this script; children elsewhere get an
+-- outbox entry. Dead-lettering cascades through a work list (no recursion limit on long chains).
+local function flow_settled(base, id, outcome, now)
+  local me = flow_queue(base)
+  local work, i = {{id, outcome}}, 1
+  while i <= #work do
+    local pid, out = work[i][1], work[i][2]
+    i = i + 1
+    local pref = me .. '/' .. pid
+    local children = base .. 'children:' .. pid
+    for _, ref in ipairs(redis.call('HKEYS', children)) do
+      local q, cid = string.match(ref, '^(.*)/(.*)$')
+      if q ~= me then
+        redis.call('ZADD', base .. 'outbox', now, out .. '|' .. pref .. '|' .. ref)
+      elseif flow_apply(base, cid, pref, out, now) then
+        work[#work + 1] = {cid, 'dead'}
+      end
+    end
+  end
+end
+
+-- Child `cid` of this queue was dead-lettered for `pref`, which left the DLQ: blocked again when
+-- that was its only dead parent; true when it was.
+local function flow_reblock(base, cid, pref)
+  local job = base .. 'job:' .. cid
+  local st = redis.call('HMGET', job, 'state', 'dlq_reason')
+  if st[1] ~= 'failed' or st[2] ~= 'dependency_failed' then
+    return false
+  end
+  local reasons = base .. 'failed_for:' .. cid
+  if redis.call('HDEL', reasons, pref) == 0 or redis.call('HLEN', reasons) > 0 then
+    return false
+  end
+  redis.call('ZREM', base .. 'dlq', cid)
+  redis.call('ZREM', base .. 'failed', cid)
+  redis.call('HSET', job, 'state', 'blocked', 'dlq_reason', '', 'error', '', 'finished_at', '')
+  redis.call('ZADD', base .. 'blocked', now_ms(), cid)
+  return true
+end
+
+-- Job `id` of this queue left the DLQ: re-block the descendants dead-lettered only for it.
+local function flow_retried(base, id, now)
+  local me = flow_queue(base)
+  local work, i = {id}, 1
+  while i <= #work do
+    local pid = work[i]
+    i = i + 1
+    local pref = me .. '/' .. pid
+    for _, ref in ipairs(redis.call('HKEYS', base .. 'children:' .. pid)) do
+      local q, cid = string.match(ref, '^(.*)/(.*)$')
+      if q ~= me then
+        redis.call('ZADD', base .. 'outbox', now, 'retried|' .. pref .. '|' .. ref)
+      elseif flow_reblock(base, cid, pref) then
+        work[#work + 1] = cid
+      end
+    end
+  end
 end
 
 -- A finished job goes into its state index (`completed`, `cancelled`, `failed` or `expired`), and
@@ -188,6 +322,7 @@ local function finish(job, id, state, now, base, fields, index, keep, age_ms, dl
   end
   redis.call(unpack(hset))
   redis.call('ZADD', index, now, id)
+  flow_settled(base, id, 'dead', now) -- finish() only dead-letters or cancels: children must know
   if dlq then
     redis.call('ZADD', dlq, now, id)
     trim(dlq, keep, now - age_ms, base, 10, {failed, expired})

@@ -1,4 +1,4 @@
--- cancel.lua: waiting / delayed → cancelled (it never runs); active → cancel_requested.
+-- cancel.lua: waiting / delayed / blocked → cancelled (it never runs); active → cancel_requested.
 -- KEYS: meta, job, ready, delayed, cancelled
 -- ARGV: epoch, job_id, keep_cancelled, keep_cancelled_age_ms
 -- Replies: {'EPOCH', current epoch or false}, {'GONE'}, {'FINISHED'} (already terminal),
@@ -25,6 +25,8 @@ if state == 'waiting' then
   redis.call('ZREM', ready, id)
 elseif state == 'delayed' then
   redis.call('ZREM', delayed, id)
+elseif state == 'blocked' then
+  redis.call('ZREM', base_of(meta) .. 'blocked', id)
 else
   return {'FINISHED'}
 end

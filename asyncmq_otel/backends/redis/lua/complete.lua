@@ -41,6 +41,7 @@ for i = 1, #KEYS - 3 do
       local id = string.sub(job, base_len)
       redis.call('HSET', job, 'state', 'completed', 'finished_at', now, 'result', result,
         'settled_token', token, 'token', '')
+      flow_settled(base, id, 'done', now) -- blocked children whose last parent this was: waiting now
       done[#done + 1] = id
       scores[#scores + 1] = now
       scores[#scores + 1] = id

@@ -30,4 +30,5 @@ if quarantined then
 end
 redis.call('ZADD', ready, ready_score(priority, seq), id)
 wake(signal, 1)
+flow_retried(base_of(meta), id, now) -- descendants dead-lettered only for this job: blocked again
 return {'OK'}

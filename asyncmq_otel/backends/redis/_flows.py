@@ -1,0 +1,307 @@
+"""Job dependencies on Redis: storing jobs with parents, flows, the flow graph and the outbox pass.
+
+A parent and its child in one queue share a hash tag, so the script that settles the parent
+releases or dead-letters the child in the same step. A child in another queue lives in another
+slot: the settling script records ``<outcome>|<parent ref>|<child ref>`` in the parent queue's
+``outbox`` (atomically with the settle), and the reaper's pass delivers each entry to the child's
+queue with ``flow_deliver`` (idempotent) and only then removes it. A crash between the two steps
+leaves the entry in place, so the next pass delivers it again: no child stays blocked.
+
+Storing a child whose parent is in another queue links it there first (``flow_link``), then
+stores it; a parent that finishes in between leaves an outbox entry that waits for the child.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ...errors import JobArgumentError, PayloadTooLarge
+from ..base import EnqueueItem, EnqueueReply, RawJob
+from . import _scripts
+from ._decode import JOB_FIELDS, decode_values, loads
+
+if TYPE_CHECKING:
+    from ._connection import AsyncClient, Connections
+    from ._keys import Keys, QueueKeys
+
+__all__ = ["FlowsMixin"]
+
+_OUTBOX_PAGE = 100  # entries delivered per queue per reaper pass: the pass stays short
+_ORPHAN_GRACE_MS = (
+    10 * 60 * 1000
+)  # an entry for a child never stored (its producer died) is dropped after this
+_MAX_FLOW_NODES = 10_000
+_REPORT_PAGE = 100
+
+
+class FlowsMixin:
+    """The flow methods of ``RedisBackend`` (it provides the members declared here)."""
+
+    keys: Keys
+    max_payload_bytes: int
+    connections: Connections
+
+    if TYPE_CHECKING:
+
+        async def _transition(
+            self,
+            keys: QueueKeys,
+            name: str,
+            script_keys: Sequence[str],
+            args: Sequence[Any],
+            *,
+            retry: bool = True,
+        ) -> Any:  # noqa: ANN401 - a RESP reply
+            ...
+
+        async def list_queues(self) -> list[str]: ...
+
+    async def add_flow(self, items: Sequence[tuple[str, EnqueueItem]]) -> list[EnqueueReply]:
+        """Store jobs with parents, parents first: one script call per run of jobs of one queue.
+
+        Every parent outside ``items`` is checked to exist before anything is written. Within a
+        queue the jobs are stored atomically; jobs of several queues are stored queue after queue,
+        parents first, so an interruption leaves a prefix of the graph that runs normally.
+        """
+        for _queue, item in items:
+            size = len(item.payload.encode("utf-8"))
+            if size > self.max_payload_bytes:
+                raise PayloadTooLarge(size, self.max_payload_bytes)
+        ours = {(queue, item.job_id) for queue, item in items}
+        outside = {parent for _queue, item in items for parent in item.depends_on if parent not in ours}
+        for parent_queue, parent_id in sorted(outside):
+            key = self.keys.queue(parent_queue).job(parent_id)
+
+            async def exists(client: AsyncClient, key: str = key) -> int:
+                found: int = await client.exists(key)
+                return found
+
+            if not await self.connections.run(exists):
+                raise JobArgumentError(
+                    "depends_on",
+                    f"parent job {parent_id!r} does not exist in queue {parent_queue!r}; "
+                    "enqueue the parent first (or use FlowProducer.add_flow for a whole graph)",
+                )
+        replies: list[EnqueueReply] = []
+        start = 0
+        while start < len(items):
+            end = start
+            while end < len(items) and items[end][0] == items[start][0]:
+                end += 1
+            replies += await self._store_run(items[start][0], [item for _q, item in items[start:end]])
+            start = end
+        return replies
+
+    async def _store_run(self, queue: str, items: Sequence[EnqueueItem]) -> list[EnqueueReply]:
+        keys = self.keys.queue(queue)
+        script_keys = [keys.meta, keys.ready, keys.delayed, keys.signal, keys.blocked, keys.dlq, keys.failed]
+        args: list[Any] = [self.max_payload_bytes]
+        nonce = f"{time.time_ns():x}"
+        for index, item in enumerate(items):
+            parents = []
+            for parent_queue, parent_id in item.depends_on:
+                found = ""
+                if parent_queue != queue:
+                    found = await self._link(parent_queue, parent_id, f"{queue}/{item.job_id}")
+                parents.append(f"{parent_queue}/{parent_id}={found}")
+            priority = item.priority if item.priority is not None else 5
+            ttl_ms = "" if item.ttl is None else max(int(item.ttl * 1000), 1)
+            delay_ms = max(int(item.delay * 1000 + 0.999), 0) if item.delay else 0
+            spec = (
+                f"{delay_ms},{priority},{ttl_ms},{item.on_parent_failure},{item.nonce or f'{nonce}.{index}'}"
+            )
+            script_keys.append(keys.job(item.job_id))
+            args += (item.payload, spec, ",".join(parents))
+        reply = await self._transition(keys, "flow_enqueue", script_keys, args)
+        code = reply[0]
+        if code == b"TOO_LARGE":
+            raise PayloadTooLarge(int(reply[2]), self.max_payload_bytes)
+        if code == b"MISSING":
+            ref = _scripts.text(reply[2])
+            parent_queue, _, parent_id = ref.partition("/")
+            raise JobArgumentError(
+                "depends_on",
+                f"parent job {parent_id!r} does not exist in queue {parent_queue!r}; enqueue the parent "
+                "first (or use FlowProducer.add_flow for a whole graph)",
+            )
+        now = int(reply[1]) / 1000
+        others = {int(other[0]): other for other in reply[2]}
+        stored = {int(entry[0]): _scripts.text(entry[1]) for entry in reply[3]}
+        out = []
+        for index, item in enumerate(items, start=1):
+            other = others.get(index)
+            if other is not None:
+                out.append(
+                    EnqueueReply(
+                        item.job_id,
+                        _scripts.text(other[2]),
+                        other[1] == b"DUPLICATE",
+                        int(other[3]) / 1000,
+                        int(other[4]) / 1000,
+                    )
+                )
+                continue
+            state = stored[index]
+            eligible = now + item.delay if state == "delayed" else now
+            out.append(
+                EnqueueReply(item.job_id, state, duplicate=False, enqueued_at=now, eligible_at=eligible)
+            )
+        return out
+
+    async def _link(self, parent_queue: str, parent_id: str, child_ref: str) -> str:
+        """Tell a parent of another queue about its child; what the parent is: done, dead or pending."""
+        keys = self.keys.queue(parent_queue)
+        reply = await self._transition(
+            keys, "flow_link", [keys.meta, keys.job(parent_id)], [parent_id, child_ref]
+        )
+        if reply[0] == b"MISSING":
+            raise JobArgumentError(
+                "depends_on", f"parent job {parent_id!r} does not exist in queue {parent_queue!r}"
+            )
+        return _scripts.text(reply[1])
+
+    async def reconcile_flows(self, queue: str | None = None, limit: int = _OUTBOX_PAGE) -> int:
+        """Deliver up to ``limit`` outbox entries of ``queue`` (every queue when None); return how many.
+
+        The reaper calls it after each reap. Each entry is applied to the child's queue first and
+        removed second, so a crash in between redelivers it (``flow_deliver`` is idempotent).
+        """
+        delivered = 0
+        for name in [queue] if queue is not None else await self.list_queues():
+            keys = self.keys.queue(name)
+
+            async def page(client: AsyncClient, keys: QueueKeys = keys) -> list[tuple[bytes, float]]:
+                found: list[tuple[bytes, float]] = await client.zrange(
+                    keys.outbox, 0, limit - 1, withscores=True
+                )
+                return found
+
+            entries = await self.connections.run(page)
+            if not entries:
+                continue
+            now_ms = time.time() * 1000
+            for raw, score in entries:
+                entry = _scripts.text(raw)
+                outcome, parent_ref, child_ref = entry.split("|")
+                child_queue, _, child_id = child_ref.partition("/")
+                child_keys = self.keys.queue(child_queue)
+                reply = await self._transition(
+                    child_keys,
+                    "flow_deliver",
+                    [child_keys.meta, child_keys.job(child_id)],
+                    [child_id, parent_ref, outcome],
+                )
+                # a child not stored yet is waited for (its producer links before it stores);
+                # one never stored (the producer died in between) is given up after the grace
+                if reply[0] == b"MISSING" and now_ms - float(score) < _ORPHAN_GRACE_MS:
+                    continue
+
+                async def remove(client: AsyncClient, keys: QueueKeys = keys, raw: bytes = raw) -> None:
+                    await client.zrem(keys.outbox, raw)
+
+                await self.connections.run(remove)
+                delivered += 1
+        return delivered
+
+    @functools.cached_property
+    def _flow_reapers(self) -> set[str]:
+        """The queues whose reaper role this backend held at its last reap."""
+        return set()
+
+    async def _flow_pass(self, keys: QueueKeys, queue: str) -> list[RawJob]:
+        """The reaper's flow work, done at the start of its next reap (so the reap's reply never waits).
+
+        Delivers up to 100 outbox entries and returns up to 100 children dead-lettered for a parent
+        since the last pass: their ``job:failed`` is due.
+        """
+        if queue not in self._flow_reapers:
+            return []
+        await self.reconcile_flows(queue)
+        return await self._drain_flow_failed(keys, queue)
+
+    async def _drain_flow_failed(self, keys: QueueKeys, queue: str) -> list[RawJob]:
+        """Up to 100 children dead-lettered for a parent since the last call (their ``job:failed`` is due).
+
+        The scripts that dead-letter them append their ids to ``flow_failed`` (capped); the reaper
+        reports them. A reaper killed between this read and its events loses those events only.
+        """
+
+        async def op(client: AsyncClient) -> list[tuple[str, list[Any]]]:
+            ids = await client.lpop(keys.flow_failed, _REPORT_PAGE) or []
+            if not ids:
+                return []
+            pipe = client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(keys.job(_scripts.text(job_id)), JOB_FIELDS)
+            found = await pipe.execute()
+            return [(_scripts.text(job_id), values) for job_id, values in zip(ids, found, strict=True)]
+
+        return [
+            decode_values(queue, job_id, values)
+            for job_id, values in await self.connections.run(op)
+            if any(value is not None for value in values)
+        ]
+
+    async def _blocked_stats(self, keys: QueueKeys, now_ms: int) -> tuple[int, float]:
+        """Blocked jobs of a queue and the age in seconds of the longest-blocked one (0 when none)."""
+
+        async def op(client: AsyncClient) -> tuple[int, list[tuple[bytes, float]]]:
+            pipe = client.pipeline(transaction=False)
+            pipe.zcard(keys.blocked)
+            pipe.zrange(keys.blocked, 0, 0, withscores=True)
+            count, oldest = await pipe.execute()
+            return int(count), list(oldest)
+
+        count, oldest = await self.connections.run(op)
+        return count, max((now_ms - oldest[0][1]) / 1000, 0.0) if oldest else 0.0
+
+    async def get_flow(self, queue: str, job_id: str) -> list[RawJob] | None:
+        """Every job linked to ``queue/job_id`` through parents and children (up to 10,000)."""
+        start = (queue, job_id)
+        seen = {start}
+        work = collections.deque([start])
+        nodes: list[RawJob] = []
+        while work:
+            node_queue, node_id = work.popleft()
+            keys = self.keys.queue(node_queue)
+
+            async def op(client: Any, keys: QueueKeys = keys, node_id: str = node_id) -> Any:  # noqa: ANN401 - RESP
+                values = await client.hmget(keys.job(node_id), ["state", "parents", "payload", "dlq_reason"])
+                children = await client.hkeys(keys.children(node_id))
+                return values, children
+
+            (state, parents, payload, dlq_reason), children = await self.connections.run(op)
+            if (node_queue, node_id) == start and state is None:
+                return None
+            parent_refs = [ref for ref in _scripts.text(parents or b"").split(",") if ref]
+            nodes.append(
+                {
+                    "queue": node_queue,
+                    "id": node_id,
+                    "state": None if state is None else _scripts.text(state),
+                    "task": _task_of(payload),
+                    "parents": [list(ref.split("/", 1)) for ref in parent_refs],
+                    "dlq_reason": _scripts.text(dlq_reason) if dlq_reason else None,
+                }
+            )
+            for ref in [*parent_refs, *(_scripts.text(child) for child in children)]:
+                other_queue, _, other_id = ref.partition("/")
+                if (other_queue, other_id) not in seen and len(seen) < _MAX_FLOW_NODES:
+                    seen.add((other_queue, other_id))
+                    work.append((other_queue, other_id))
+        return sorted(nodes, key=lambda node: (node["queue"], node["id"]))
+
+
+def _task_of(payload: bytes | None) -> str | None:
+    if not payload:
+        return None
+    try:
+        envelope = loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    task = envelope.get("task") if isinstance(envelope, dict) else None
+    return task if isinstance(task, str) else None

@@ -1,0 +1,143 @@
+-- flow_enqueue.lua: ∅ → blocked (or waiting / delayed when every parent has completed, or failed with
+-- DLQ reason 'dependency_failed' when a parent is dead) for jobs with parents: one job of add(), or
+-- the jobs of one queue of a flow, parents before children, all stored or none.
+-- KEYS: meta, ready, delayed, signal, blocked, dlq, failed, then job:<id> for each job, in ARGV order
+-- ARGV: epoch, max_payload_bytes, then 3 per job: payload,
+--       '<delay_ms>,<priority>,<ttl_ms>,<on_parent_failure>,<nonce>' (ttl_ms empty without a TTL),
+--       the parents joined by ',', each '<queue>/<id>=<found>': <found> is empty for a parent of this
+--       queue (looked up here) and, for a parent in another queue, what flow_link.lua answered there:
+--       'done', 'dead' or 'pending'
+-- Replies: {'EPOCH', current epoch or false}, {'TOO_LARGE', index, size}, {'MISSING', index, parent ref}:
+--            nothing was written
+--          {'OK', now, {{index, code, state, enqueued_at, eligible_at} per job NOT stored now}, as in
+--            enqueue.lua, {{index, state} per job stored now}}
+local meta, ready, delayed, signal, blocked = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local dlq, failed = KEYS[6], KEYS[7]
+local limit = tonumber(ARGV[2])
+local n = (#ARGV - 2) / 3
+local DEAD = {failed = true, expired = true, cancelled = true}
+
+local bad = epoch_reply(meta, ARGV[1])
+if bad then
+  return bad
+end
+local base = base_of(meta)
+local me = flow_queue(base)
+local base_len = #base + 5 -- '<base>job:'
+-- validate everything before the first write: sizes, and every parent of this queue exists
+-- (stored before, or by an earlier job of this call)
+local parsed, new_here = {}, {}
+for i = 1, n do
+  local payload, spec, parents = ARGV[i * 3], ARGV[i * 3 + 1], ARGV[i * 3 + 2]
+  if #payload > limit then
+    return {'TOO_LARGE', i, #payload}
+  end
+  local job = KEYS[7 + i]
+  local id = string.sub(job, base_len)
+  local refs = {}
+  for ref, found in string.gmatch(parents, '([^,=]+)=([^,]*)') do
+    local q, pid = string.match(ref, '^(.*)/(.*)$')
+    if q == me and not new_here[pid] and redis.call('EXISTS', base .. 'job:' .. pid) == 0 then
+      return {'MISSING', i, ref}
+    end
+    refs[#refs + 1] = {ref, q, pid, found}
+  end
+  new_here[id] = true
+  parsed[i] = {job, id, payload, spec, refs}
+end
+
+-- nothing above wrote; everything below writes
+local now = now_ms()
+local others, stored = {}, {}
+for i = 1, n do
+  local job, id, payload, spec, refs = unpack(parsed[i])
+  local delay, priority, ttl, on_failure, nonce = string.match(spec, '^(%d+),(-?%d+),(-?%d*),(%a*),(.*)$')
+  delay = tonumber(delay)
+  local held = redis.call('HMGET', job, 'state', 'nonce', 'enqueued_at', 'eligible_at')
+  if held[1] then
+    local code = 'DUPLICATE'
+    if nonce ~= '' and held[2] == nonce then
+      code = 'REPLAY'
+    end
+    others[#others + 1] = {i, code, held[1], tonumber(held[3]) or 0, tonumber(held[4]) or 0}
+  else
+    local pending, dead, names = {}, {}, {}
+    for _, parent in ipairs(refs) do
+      local ref, q, pid, found = parent[1], parent[2], parent[3], parent[4]
+      names[#names + 1] = ref
+      if q == me then
+        found = redis.call('HGET', base .. 'job:' .. pid, 'state')
+        if found ~= 'completed' then
+          redis.call('HSET', base .. 'children:' .. pid, me .. '/' .. id, 1)
+        end
+        if found == 'completed' then
+          found = 'done'
+        elseif DEAD[found] then
+          found = 'dead'
+        end
+      end
+      if found == 'dead' and on_failure == 'run' then
+        found = 'done'
+      end
+      if found ~= 'done' then
+        pending[#pending + 1] = ref
+        if found == 'dead' then
+          dead[#dead + 1] = ref
+        end
+      end
+    end
+    local seq = next_seq(meta)
+    local fields = {'payload', payload, 'seq', seq, 'nonce', nonce, 'enqueued_at', now,
+      'parents', table.concat(names, ',')}
+    if on_failure ~= 'fail' then
+      fields[#fields + 1] = 'on_parent_failure'
+      fields[#fields + 1] = on_failure
+    end
+    if priority ~= '5' then
+      fields[#fields + 1] = 'priority'
+      fields[#fields + 1] = priority
+    end
+    if ttl ~= '' then
+      fields[#fields + 1] = 'expires_at'
+      fields[#fields + 1] = now + tonumber(ttl)
+    end
+    local state, eligible = 'blocked', now
+    if delay > 0 then
+      fields[#fields + 1] = 'delay_until'
+      fields[#fields + 1] = now + delay
+    end
+    if #pending > 0 then
+      redis.call('HSET', base .. 'deps:' .. id, unpack(flow_fields(pending)))
+    end
+    if #dead > 0 then
+      state = 'failed'
+      redis.call('HSET', base .. 'failed_for:' .. id, unpack(flow_fields(dead)))
+      fields[#fields + 1] = 'dlq_reason'
+      fields[#fields + 1] = 'dependency_failed'
+      fields[#fields + 1] = 'error'
+      fields[#fields + 1] = FLOW_ERROR
+      fields[#fields + 1] = 'finished_at'
+      fields[#fields + 1] = now
+      redis.call('ZADD', failed, now, id)
+      redis.call('ZADD', dlq, now, id)
+      flow_report(base, id)
+    elseif #pending > 0 then
+      redis.call('ZADD', blocked, now, id)
+    elseif delay > 0 then
+      state, eligible = 'delayed', now + delay
+      redis.call('ZADD', delayed, eligible, id)
+      wake(signal, 1)
+    else
+      state = 'waiting'
+      redis.call('ZADD', ready, ready_score(priority, seq), id)
+      wake(signal, 1)
+    end
+    fields[#fields + 1] = 'state'
+    fields[#fields + 1] = state
+    fields[#fields + 1] = 'eligible_at'
+    fields[#fields + 1] = eligible
+    redis.call('HSET', job, unpack(fields))
+    stored[#stored + 1] = {i, state}
+  end
+end
+return {'OK', now, others, stored}

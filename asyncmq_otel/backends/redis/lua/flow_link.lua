@@ -1,0 +1,25 @@
+-- flow_link.lua: record a child (in another queue) of a parent of this queue, before the child is
+-- stored there; the child's queue learns the parent's outcome through this queue's outbox.
+-- KEYS: meta, job:<parent>
+-- ARGV: epoch, parent_id, child ref '<queue>/<id>'
+-- Replies: {'EPOCH', current epoch or false}, {'MISSING'} (no such parent: nothing was written),
+--          {'OK', found}: 'done' (completed: the child need not wait), 'dead' (dead-lettered or
+--          cancelled) or 'pending'
+local meta, job = KEYS[1], KEYS[2]
+local bad = epoch_reply(meta, ARGV[1])
+if bad then
+  return bad
+end
+local state = redis.call('HGET', job, 'state')
+if not state then
+  return {'MISSING'}
+end
+-- nothing above wrote
+if state == 'completed' then
+  return {'OK', 'done'}
+end
+redis.call('HSET', base_of(meta) .. 'children:' .. ARGV[2], ARGV[3], 1)
+if state == 'failed' or state == 'expired' or state == 'cancelled' then
+  return {'OK', 'dead'}
+end
+return {'OK', 'pending'}
