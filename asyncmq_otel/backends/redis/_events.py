@@ -30,9 +30,12 @@ from ._keys import Keys
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; annotations are never evaluated
 
-__all__ = ["CANCEL_HINT", "CancelHints", "Channel", "EventSubscription", "EventsMixin"]
+__all__ = ["CANCEL_HINT", "SCHEDULES_CHANGED", "CancelHints", "Channel", "EventSubscription", "EventsMixin"]
 
 CANCEL_HINT = "control:cancel"
+SCHEDULES_CHANGED = "control:schedules"
+"""Published on the control channel when a schedule is stored, paused, resumed or removed, so every
+worker's scheduler re-reads at once instead of at its longest sleep."""
 """The ``name`` of the cancel hint on the control channel (not a lifecycle event)."""
 
 Channel = Literal["events", "control"]
@@ -165,7 +168,7 @@ def _decode(data: object) -> dict[str, Any] | None:
 
 
 class CancelHints:
-    """Delivers cancel hints from other processes to the registered listeners.
+    """Delivers cancel hints (and schedule changes) from other processes to the registered listeners.
 
     A reader task subscribes in the event loop that first needs it (listeners then run in that
     loop, as the in-memory backend runs them), and is started again if the loop changes.
@@ -176,12 +179,13 @@ class CancelHints:
         self._channel = channel
         self.origin = origin
         self.listeners: list[Callable[[str, str], None]] = []
+        self.schedule_watchers: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def ensure_reader(self) -> None:
         """Start the reader in the running loop if listeners exist and none runs there."""
-        if not self.listeners:
+        if not self.listeners and not self.schedule_watchers:
             return
         try:
             loop = asyncio.get_running_loop()
@@ -202,16 +206,29 @@ class CancelHints:
                     "backend.cancel_listener_failed: listener %r failed for job %s", listener, job_id
                 )
 
+    def schedules_changed(self) -> None:
+        """Call every schedule watcher; one that raises is logged and never stops the others."""
+        for watcher in list(self.schedule_watchers):
+            try:
+                watcher()
+            except Exception:  # noqa: BLE001 - isolation boundary, as for cancel listeners
+                _log.exception("backend.schedule_watcher_failed: watcher %r failed", watcher)
+
     async def _read(self) -> None:
         attempt = 0
         while True:
-            subscription = EventSubscription(self._settings, self._channel, names=(CANCEL_HINT,))
+            subscription = EventSubscription(
+                self._settings, self._channel, names=(CANCEL_HINT, SCHEDULES_CHANGED)
+            )
             try:
                 await subscription.open()
                 attempt = 0
                 async for event in subscription:
                     if event.get("origin") == self.origin:
-                        continue  # this process told its listeners when it cancelled
+                        continue  # this process told its listeners when it cancelled or changed
+                    if event.get("name") == SCHEDULES_CHANGED:
+                        self.schedules_changed()
+                        continue
                     queue, job_id = event.get("queue"), event.get("job_id")
                     if isinstance(queue, str) and isinstance(job_id, str):
                         self.notify(queue, job_id)
@@ -233,6 +250,11 @@ class CancelHints:
         if self._loop is asyncio.get_running_loop():
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def schedules_changed_message(queue: str, origin: str) -> Mapping[str, Any]:
+    """The control message published after a schedule of ``queue`` changed."""
+    return {"name": SCHEDULES_CHANGED, "queue": queue, "origin": origin}
 
 
 def hint(queue: str, job_id: str, origin: str) -> Mapping[str, Any]:

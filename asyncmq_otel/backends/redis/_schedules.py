@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ...errors import InvalidSchedule, PayloadTooLarge
+from ...errors import BackendError, InvalidSchedule, PayloadTooLarge
 from ...schedules import ScheduleRecord, ScheduleSpec, check_schedule_key
 from ..base import EnqueueItem, FireReply
 from . import _scripts
 from ._connection import AsyncClient
+from ._events import CancelHints, Channel, schedules_changed_message
 
 if TYPE_CHECKING:
     from ._connection import Connections
@@ -72,6 +73,8 @@ class SchedulesMixin:
     keys: Keys
     connections: Connections
     max_payload_bytes: int
+    origin: str
+    _hints: CancelHints
 
     if TYPE_CHECKING:  # provided by RedisBackend
 
@@ -87,6 +90,31 @@ class SchedulesMixin:
 
         async def _epoch(self, keys: QueueKeys) -> str: ...
 
+        async def publish_event(self, event: Mapping[str, Any], *, channel: Channel = "events") -> int: ...
+
+    def watch_schedules(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` after every change of a schedule, here or in another process.
+
+        Returns a function that stops it. Other processes' changes arrive on the control channel,
+        read in the event loop of this call.
+        """
+        self._hints.schedule_watchers.append(callback)
+        self._hints.ensure_reader()
+
+        def stop() -> None:
+            if callback in self._hints.schedule_watchers:
+                self._hints.schedule_watchers.remove(callback)
+
+        return stop
+
+    async def _schedules_changed(self, queue: str) -> None:
+        """Tell this process's schedulers at once and the other processes' through the control channel."""
+        self._hints.schedules_changed()
+        try:
+            await self.publish_event(schedules_changed_message(queue, self.origin), channel="control")
+        except (BackendError, OSError):  # best effort: their longest sleep still bounds how late they see it
+            _log.warning("backend.schedules_changed_not_published: queue %s", queue, exc_info=True)
+
     def _schedule_keys(self, queue: str, key: str | None = None) -> tuple[QueueKeys, str, str]:
         keys = self.keys.queue(queue)
         schedule = "" if key is None else f"{keys.base}schedule:{check_schedule_key(key)}"
@@ -101,7 +129,10 @@ class SchedulesMixin:
             [keys.meta, index, schedule],
             [record.spec.key, record.rev, record.spec.to_json(), record.anchor_ms, record.next_due_ms],
         )
-        return bool(reply[0] == b"OK")
+        written = bool(reply[0] == b"OK")
+        if written:
+            await self._schedules_changed(queue)
+        return written
 
     async def schedule_get(self, queue: str, key: str) -> ScheduleRecord | None:
         """One stored schedule."""
@@ -135,7 +166,10 @@ class SchedulesMixin:
             [keys.meta, index, schedule],
             [op, key, "" if next_due_ms is None else next_due_ms],
         )
-        return bool(reply[0] == b"OK")
+        changed = bool(reply[0] == b"OK")
+        if changed:
+            await self._schedules_changed(queue)
+        return changed
 
     async def schedule_remove(self, queue: str, key: str) -> bool:
         """Delete a schedule; False when absent."""
