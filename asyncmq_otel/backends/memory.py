@@ -20,8 +20,9 @@ from typing import Any
 
 import anyio
 
+from .._stored import decode_stored_envelope
 from ..errors import PayloadTooLarge
-from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState, decode_stored_envelope
+from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState
 from ._memory_flows import MemoryFlowsMixin
 from ._memory_registry import MemoryRegistryMixin
 from ._memory_schedules import MemorySchedulesMixin

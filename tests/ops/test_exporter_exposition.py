@@ -92,4 +92,4 @@ async def test_exporter_metrics_pass_promtool_and_report_depth_by_state(
     assert 0 <= gauges[(OLDEST_AGE, other.name, "")] < 60
     # It holds no job data and runs no worker: of the table's metrics it exports the queue gauges (live
     # consumers included) and its own health (backend reachable, telemetry dropped), nothing about jobs.
-    assert _rows_with_samples(text) == {17, 18, 19, 20, 21, 25, 27}
+    assert _rows_with_samples(text) == {17, 18, 19, 20, 21, 25, 31}

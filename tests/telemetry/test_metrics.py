@@ -359,6 +359,7 @@ def test_worker_started_pre_initialises_series_at_zero(captured: Captured) -> No
         ("failed", "interrupted"): 0.0,
         ("failed", "unknown_task"): 0.0,
         ("failed", "malformed_payload"): 0.0,
+        ("failed", "dependency_failed"): 0.0,
     }
     for cls in ("high", "normal", "low"):
         assert present("asyncmq_job_wait_duration_seconds_count", **labels, priority_class=cls) == [0.0]

@@ -10,7 +10,7 @@ builds it, so ``Job.from_dict`` decodes it. A payload that is not a JSON object 
 further: the job comes back as ``{id, queue, token, attempts, state, payload_error,
 payload_preview}`` and the worker dead-letters it as ``malformed_payload`` (P8). The same holds for
 a job whose bookkeeping cannot be decoded (no known state, a count or time that is not an integer
-of at most 15 digits, a payload nested deeper than :data:`~asyncmq_otel.jobs.MAX_STORED_DEPTH`): decoding
+of at most 15 digits, a payload nested deeper than :data:`~asyncmq_otel._stored.MAX_STORED_DEPTH`): decoding
 is total, so one such job never raises in a claim, a reap or ``job show`` (reliability §8).
 """
 
@@ -22,8 +22,9 @@ import math
 from collections.abc import Sequence
 from typing import Any, cast
 
+from ..._stored import MAX_STORED_DEPTH, nested_too_deep, reject_constant
 from ...errors import BackendError
-from ...jobs import MAX_STORED_DEPTH, JobState, nested_too_deep, reject_constant
+from ...jobs import JobState
 from ..base import RawJob, SettleReply, SettleStatus
 from ._scripts import text
 
