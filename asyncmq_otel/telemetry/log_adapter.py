@@ -291,12 +291,21 @@ class LogOutput:
             if parent is not None:
                 parent.callHandlers(record)
 
+    def _line_sink(self) -> _RenderedLines | None:
+        """The writer's short path, when our renderer's stream is the only place a line goes."""
+        handlers = self.handlers
+        if self.output != "stderr" or len(handlers) != 1 or not isinstance(handlers[0], _RenderHandler):
+            return None
+        return _RenderedLines(handlers[0])
+
     def install(self) -> None:
         """Start the writer, add the handlers to ``asyncmq_otel`` and set its level (old state kept)."""
         target = logging.getLogger(LOGGER_NAME)
         self._saved = (target.level, target.propagate)
         if self.handlers or self.output == "stdlib":
-            self.writer = LogWriter(self._deliver, max_lines=self._max_lines, on_drop=self._on_drop)
+            self.writer = LogWriter(
+                self._deliver, max_lines=self._max_lines, on_drop=self._on_drop, lines=self._line_sink()
+            )
             self._queue_handler = LogQueueHandler(self.writer)
             target.addHandler(self._queue_handler)
         for handler in self.sync_handlers:
@@ -529,15 +538,58 @@ class _RenderHandler(logging.StreamHandler):  # type: ignore[type-arg] # any tex
 
     def __init__(self, stream: IO[str] | None, renderer: Processor) -> None:
         super().__init__(stream)
-        self._renderer = renderer
+        self.renderer = renderer
 
     def format(self, record: logging.LogRecord) -> str:
         """Render a structlog record's event dict directly; hand any other record to the formatter."""
         msg = record.msg
         name = record.__dict__.get("_name")
         if name is not None and type(msg) is dict and "_logger" in record.__dict__:
-            return cast("str", self._renderer(None, name, msg.copy()))
+            return cast("str", self.renderer(None, name, msg.copy()))
         return super().format(record)
+
+
+class _RenderedLines:
+    """The writer's short path (:class:`LineSink`) to the render handler's stream.
+
+    The adapter's lines are rendered from their event dict and written in batches, without a
+    ``LogRecord`` per line or a flush per line.
+
+    It applies while the render handler is as :class:`LogOutput` built it (no filters, its level met);
+    anything else goes through the handler as a record.
+    """
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: _RenderHandler) -> None:
+        self._handler = handler
+
+    def render(self, line: PendingLine) -> str | None:
+        """The line's text, or ``None`` when it must go through the handler as a record."""
+        handler = self._handler
+        msg = line.msg
+        extra = line.extra
+        if (
+            type(msg) is not dict
+            or extra is None
+            or "_logger" not in extra
+            or line.exc_info is not None
+            or line.level < handler.level
+            or handler.filters
+        ):
+            return None
+        if line.finish is not None:
+            line.finish(msg, line.created)
+        # The dict is this line's own and nothing else reads it: rendered without the handler's copy.
+        return cast("str", handler.renderer(None, extra["_name"], msg))
+
+    def write(self, texts: list[str]) -> None:
+        """Write the lines in one call and flush once."""
+        handler = self._handler
+        with handler.lock or contextlib.nullcontext():
+            stream = handler.stream
+            stream.write("\n".join(texts) + "\n")
+            stream.flush()
 
 
 class _StderrHandler(_RenderHandler):
