@@ -25,6 +25,7 @@ DEFAULT_LOG_QUEUE_SIZE: Final = 10_000
 _QUEUE_FULL_EVERY_S: Final = 60.0
 _PACKAGE_LOGGER: Final = "asyncmq_otel"
 _BATCH_LINES: Final = 256
+_LINGER_S: Final = 0.01  # how late a line may be written, at most, for the sake of batching
 
 
 class _Marker:
@@ -137,8 +138,14 @@ class LogWriter:
                     text = lines.render(item)
                     if text is not None:
                         batch.append(text)
-                        if len(batch) >= _BATCH_LINES or empty():
+                        if len(batch) >= _BATCH_LINES:
                             self._write(lines, batch)
+                        elif empty():
+                            self._write(lines, batch)
+                            # Caught up: let lines gather before waiting on the queue again. A put that
+                            # finds the writer waiting wakes its thread (a futex call and a GIL hand-off
+                            # per line, on the event loop's CPU); one that does not is a plain append.
+                            time.sleep(_LINGER_S)
                         continue
                 if batch:  # what came before this item is written before it
                     self._write(lines, batch)

@@ -453,3 +453,25 @@ def test_the_writer_outlives_a_handler_that_raises(capsys) -> None:
     assert writer.close(10)
     assert delivered == ["after"]
     assert "RuntimeError: handler bug" in capsys.readouterr().err
+
+
+def test_batched_lines_and_plain_records_keep_their_order(capsys) -> None:
+    # The adapter's lines are written in batches; a plain stdlib record between them goes through the
+    # handler as a record, and must still come out between the same two lines.
+    telemetry.instrument(traces=False, metrics=False, log_format="json", log_level="INFO")
+    plain = logging.getLogger("asyncmq_otel.order_test")
+    for n in range(300):
+        bus.emit(LifecycleEvent("queue:paused", time.time(), queue=f"q{n}"))
+        if n % 7 == 0:
+            plain.warning("between %d", n)
+    telemetry.uninstrument()
+    order: list[str] = []
+    for text in capsys.readouterr().err.splitlines():
+        line = json.loads(text)
+        order.append(line.get("messaging.destination.name") or line["event"])
+    expected: list[str] = []
+    for n in range(300):
+        expected.append(f"q{n}")
+        if n % 7 == 0:
+            expected.append(f"between {n}")
+    assert order == expected
