@@ -629,9 +629,10 @@ class LoggingAdapter:
         self._logger = logger
         self._direct = direct
         self._stdlib = logging.getLogger(LOGGER_NAME)
-        self._bound: dict[
-            tuple[str | None, str | None, int | None], Mapping[str, contextvars.Token[Any]]
-        ] = {}
+        self._bound: dict[tuple[str | None, str | None, int | None], list[contextvars.Token[Any]]] = {}
+        # structlog's context variable of each key bound per attempt, found by its first bind: later
+        # binds set it directly (structlog's bind builds the name and looks the variable up per key).
+        self._vars: dict[str, contextvars.ContextVar[Any]] = {}
 
     def __call__(self, event: LifecycleEvent) -> None:
         """Log ``event`` (and bind or reset the attempt's fields)."""
@@ -652,16 +653,25 @@ class LoggingAdapter:
     def _bind(self, event: LifecycleEvent) -> None:
         if len(self._bound) >= _ATTEMPT_LIMIT:
             del self._bound[next(iter(self._bound))]
-        self._bound[event.queue, event.job_id, event.attempt] = structlog.contextvars.bind_contextvars(
-            **_attempt_fields(event)
-        )
+        known = self._vars
+        tokens: list[contextvars.Token[Any]] = []
+        for key, value in _attempt_fields(event).items():
+            var = known.get(key)
+            if var is None:
+                token = structlog.contextvars.bind_contextvars(**{key: value})[key]
+                known[key] = token.var
+            else:
+                token = var.set(value)
+            tokens.append(token)
+        self._bound[event.queue, event.job_id, event.attempt] = tokens
 
     def _reset(self, event: LifecycleEvent) -> None:
         tokens = self._bound.pop((event.queue, event.job_id, event.attempt), None)
         if tokens is None:
             return
         try:
-            structlog.contextvars.reset_contextvars(**tokens)
+            for token in tokens:
+                token.var.reset(token)
         except ValueError:  # another task: its context dies with it
             return
 
