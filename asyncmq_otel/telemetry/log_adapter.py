@@ -629,7 +629,10 @@ class LoggingAdapter:
         self._logger = logger
         self._direct = direct
         self._stdlib = logging.getLogger(LOGGER_NAME)
-        self._bound: dict[tuple[str | None, str | None, int | None], list[contextvars.Token[Any]]] = {}
+        # Per running attempt: the tokens of its bound fields, and the fields (its outcome line reuses them).
+        self._bound: dict[
+            tuple[str | None, str | None, int | None], tuple[list[contextvars.Token[Any]], dict[str, Any]]
+        ] = {}
         # structlog's context variable of each key bound per attempt, found by its first bind: later
         # binds set it directly (structlog's bind builds the name and looks the variable up per key).
         self._vars: dict[str, contextvars.ContextVar[Any]] = {}
@@ -641,7 +644,8 @@ class LoggingAdapter:
             self._bind(event)
         spec = EVENT_LOG_LEVELS.get(name)
         if spec is not None and self._stdlib.isEnabledFor(spec[1]):
-            fields = _fields(event)
+            bound = self._bound.get((event.queue, event.job_id, event.attempt)) if name in _OUTCOMES else None
+            fields = _fields(event, None if bound is None else bound[1])
             if name == "job:failed" and event.exception is not None:
                 fields["exc_info"] = event.exception
             direct = self._direct
@@ -655,7 +659,8 @@ class LoggingAdapter:
             del self._bound[next(iter(self._bound))]
         known = self._vars
         tokens: list[contextvars.Token[Any]] = []
-        for key, value in _attempt_fields(event).items():
+        fields = _attempt_fields(event)
+        for key, value in fields.items():
             var = known.get(key)
             if var is None:
                 token = structlog.contextvars.bind_contextvars(**{key: value})[key]
@@ -663,14 +668,14 @@ class LoggingAdapter:
             else:
                 token = var.set(value)
             tokens.append(token)
-        self._bound[event.queue, event.job_id, event.attempt] = tokens
+        self._bound[event.queue, event.job_id, event.attempt] = (tokens, fields)
 
     def _reset(self, event: LifecycleEvent) -> None:
-        tokens = self._bound.pop((event.queue, event.job_id, event.attempt), None)
-        if tokens is None:
+        bound = self._bound.pop((event.queue, event.job_id, event.attempt), None)
+        if bound is None:
             return
         try:
-            for token in tokens:
+            for token in bound[0]:
                 token.var.reset(token)
         except ValueError:  # another task: its context dies with it
             return
@@ -732,9 +737,10 @@ def _base_fields(event: LifecycleEvent) -> dict[str, Any]:
     return fields
 
 
-def _fields(event: LifecycleEvent) -> dict[str, Any]:
+def _fields(event: LifecycleEvent, attempt_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The line's fields; ``attempt_fields`` are those its attempt bound at ``job:started`` (reused)."""
     name = event.name
-    fields = _base_fields(event)
+    fields = _base_fields(event) if attempt_fields is None else attempt_fields.copy()
     for attr, key in _OPTIONAL:
         value = getattr(event, attr)
         if value is not None:
