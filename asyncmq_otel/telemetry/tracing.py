@@ -318,18 +318,12 @@ class TracingAdapter:
         return propagate.extract(carrier, context=_EMPTY)
 
     def _plain_creation(self, carrier: Mapping[str, str]) -> SpanContext | None:
-        """The creation context of a carrier holding a plain W3C ``traceparent`` only, read directly.
-
-        ``None`` when anything else is there (``tracestate``, ``baggage``, another propagator, an
-        unusual or invalid header): then the propagator reads it, with its own rules.
-        """
+        """A plain W3C ``traceparent``, read directly; ``None``: the propagator reads the carrier."""
         if "tracestate" in carrier or "baggage" in carrier or not self._default_propagation():
             return None
         match = _PLAIN_TRACEPARENT.fullmatch(carrier.get("traceparent") or "")
-        if match is None:
-            return None
-        trace_id, span_id = int(match[1], 16), int(match[2], 16)
-        if not trace_id or not span_id:
+        trace_id, span_id = (int(match[1], 16), int(match[2], 16)) if match else (0, 0)
+        if not trace_id or not span_id or match is None:  # all-zero ids: invalid, the propagator says so
             return None
         return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16)))
 
