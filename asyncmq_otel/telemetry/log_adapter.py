@@ -21,6 +21,7 @@ import contextvars
 import datetime as dt
 import functools
 import logging
+import math
 import sys
 from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, cast
@@ -381,8 +382,27 @@ _METHOD_NAMES: Final = {
 
 
 def _iso_utc(created: float) -> str:
-    """``TimeStamper(fmt="iso", utc=True)``'s text, for a time taken earlier."""
-    return dt.datetime.fromtimestamp(created, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    """``TimeStamper(fmt="iso", utc=True)``'s text, for a time taken earlier.
+
+    The text of the whole second is kept from the previous line (the writer formats thousands of lines
+    a second); the microseconds are rounded as ``datetime.fromtimestamp`` rounds them (half to even).
+    """
+    global _LAST_SECOND  # noqa: PLW0603 - a one-entry cache, replaced as a whole (a tuple)
+    fraction, whole = math.modf(created)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:  # noqa: PLR2004 - rounded up into the next second
+        micros -= 1_000_000
+        whole += 1.0
+    second, prefix = _LAST_SECOND
+    if whole != second or fraction < 0.0:
+        if fraction < 0.0:  # before 1970: not worth a fast path
+            return dt.datetime.fromtimestamp(created, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        prefix = dt.datetime.fromtimestamp(whole, tz=dt.timezone.utc).isoformat().replace("+00:00", "")
+        _LAST_SECOND = (whole, prefix)
+    return f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
+
+
+_LAST_SECOND: tuple[float, str] = (-1.0, "")
 
 
 class DirectLines:
