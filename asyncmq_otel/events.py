@@ -200,24 +200,22 @@ def _swap_supported() -> bool:
 _SWAP = _swap_supported()
 
 
-def _store(name: str, value: str) -> str:
-    """One line that sets field ``name`` of ``event`` to the expression ``value``."""
-    return f"    event.{name} = {value}" if _SWAP else f"    set_{name}(event, {value})"
-
-
 def _compile_event_builder(
-    function: str, params: str, prologue: list[str], values: Mapping[str, str]
+    function: str, params: str, prologue: list[str], values: Mapping[str, str], *, swap: bool = _SWAP
 ) -> Callable[..., LifecycleEvent]:
     """A function filling every field of a new event.
 
-    ``values`` gives the expression of some fields; the others are ``get(name)`` (``prologue`` binds ``get``).
+    ``values`` gives the expression of some fields; the others are ``get(name)`` (``prologue`` binds
+    ``get``). Without ``swap`` each field is written through its descriptor (slower, no twin class).
     """
     namespace: dict[str, Any] = {"new": object.__new__, "builder": _EventBuilder, "cls": LifecycleEvent}
     for name in EVENT_FIELD_NAMES:
         namespace[f"set_{name}"] = getattr(LifecycleEvent, name).__set__
-    lines = [f"def {function}({params}):", f"    event = new({'builder' if _SWAP else 'cls'})", *prologue]
-    lines += [_store(name, values.get(name, f"get({name!r})")) for name in EVENT_FIELD_NAMES]
-    if _SWAP:
+    lines = [f"def {function}({params}):", f"    event = new({'builder' if swap else 'cls'})", *prologue]
+    for name in EVENT_FIELD_NAMES:
+        value = values.get(name, f"get({name!r})")
+        lines.append(f"    event.{name} = {value}" if swap else f"    set_{name}(event, {value})")
+    if swap:
         lines.append("    event.__class__ = cls")
     lines.append("    return event")
     built: Callable[..., LifecycleEvent] = _compile(lines, namespace, function)
@@ -228,6 +226,17 @@ make_event_unchecked: Callable[[dict[str, Any]], LifecycleEvent] = _compile_even
     "make_event", "values", ["    get = values.get"], {}
 )
 """``make_event`` for trusted callers: keys that are not fields are ignored, absent ones are ``None``."""
+
+
+def make_event(values: dict[str, Any]) -> LifecycleEvent:
+    """``LifecycleEvent(**values)``, faster: the same event, the same ``TypeError`` for an unknown field.
+
+    ``name`` and ``ts`` are required; absent fields are ``None``.
+    """
+    if not values.keys() <= _EVENT_FIELDS or "name" not in values or "ts" not in values:
+        return LifecycleEvent(**values)  # raises the dataclass's own TypeError
+    return make_event_unchecked(values)
+
 
 JOB_FIELD_NAMES = frozenset(
     {"name", "ts", "queue", "job_id", "task", "attempt", "max_attempts", "priority", "enqueued_at",

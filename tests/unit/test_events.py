@@ -280,3 +280,22 @@ def test_job_events_are_built_as_frozen_lifecycle_events_equal_to_the_dataclass_
         job_event("job:started", job, bogus=1)
     bare = make_event_unchecked({"name": "worker:heartbeat", "ts": 1.0})
     assert bare == LifecycleEvent("worker:heartbeat", 1.0)
+
+
+def test_events_built_through_the_field_descriptors_are_the_same_events():
+    # The path taken where a builder cannot become a LifecycleEvent by class assignment.
+    from asyncmq_otel.events import _compile_event_builder, make_event
+
+    values = {
+        "name": "job:completed",
+        "ts": 2.0,
+        "queue": "q",
+        "job_id": "j",
+        "attempt": 1,
+        "duration_s": 0.5,
+    }
+    slow = _compile_event_builder("make_event", "values", ["    get = values.get"], {}, swap=False)
+    assert slow(dict(values)) == make_event(dict(values)) == LifecycleEvent(**values)
+    assert type(slow(dict(values))) is LifecycleEvent
+    with pytest.raises(TypeError):
+        make_event({"name": "job:completed", "ts": 2.0, "bogus": 1})
