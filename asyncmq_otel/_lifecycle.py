@@ -5,52 +5,46 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .events import LifecycleEvent, bus, make_event, make_event_unchecked
+from .events import _EVENT_FIELDS, JOB_FIELD_NAMES, LifecycleEvent, bus, make_job_event
 from .jobs import Job
 
 __all__ = ["emit_job_event", "emit_job_fields", "job_event", "server_fields"]
 
+_EXTRA_FIELDS = _EVENT_FIELDS - JOB_FIELD_NAMES
+
 
 def job_event(name: str, job: Job, *, attempt: int | None = None, **fields: Any) -> LifecycleEvent:  # noqa: ANN401
     """An event about ``job`` carrying every field the contract puts on ``job:*`` events."""
-    return _job_event(name, job, attempt, fields)
+    _check(fields)
+    return make_job_event(name, time.time(), job, job.attempts if attempt is None else attempt, fields)
 
 
-def _job_event(
-    name: str, job: Job, attempt: int | None, fields: dict[str, Any], *, checked: bool = True
-) -> LifecycleEvent:
-    """``job_event`` on a dict of fields it may fill in (the caller's own)."""
-    context = job.trace_context
-    fields["name"] = name
-    fields["ts"] = time.time()
-    fields["queue"] = job.queue
-    fields["job_id"] = job.id
-    fields["task"] = job.task
-    fields["attempt"] = job.attempts if attempt is None else attempt
-    fields["max_attempts"] = job.max_attempts
-    fields["priority"] = job.priority
-    fields["enqueued_at"] = job.enqueued_at
-    fields["eligible_at"] = job.eligible_at
-    fields["trace_context"] = dict(context) if context else None
-    if job.schedule is not None:
-        fields["schedule_key"] = job.schedule
-        fields["schedule_due"] = job.schedule_due
-    return make_event(fields) if checked else make_event_unchecked(fields)
+def _check(fields: dict[str, Any]) -> None:
+    """The ``TypeError`` ``LifecycleEvent(**fields)`` would raise for a key that is not a field."""
+    if not fields.keys() <= _EXTRA_FIELDS:
+        unknown = sorted(fields.keys() - _EVENT_FIELDS)
+        if unknown:
+            raise TypeError(f"LifecycleEvent.__init__() got an unexpected keyword argument {unknown[0]!r}")
 
 
 def emit_job_event(name: str, job: Job, *, attempt: int | None = None, **fields: Any) -> None:  # noqa: ANN401
     """Build and emit a job event on the process bus (nothing is built when nobody listens)."""
-    if bus.wants(name):
-        bus.emit(_job_event(name, job, attempt, fields))
+    route = bus.route(name)
+    if route is not None:
+        _check(fields)
+        number = job.attempts if attempt is None else attempt
+        bus.deliver(route, make_job_event(name, time.time(), job, number, fields))
 
 
 def emit_job_fields(name: str, job: Job, fields: dict[str, Any], attempt: int | None = None) -> None:
-    """:func:`emit_job_event` with the extra fields in a dict it may fill in (the worker's hot path).
+    """:func:`emit_job_event` with the extra fields in a dict (the worker's hot path).
 
     The field names are not checked: every key must be a :class:`LifecycleEvent` field.
     """
-    if bus.wants(name):
-        bus.emit(_job_event(name, job, attempt, fields, checked=False))
+    route = bus.route(name)
+    if route is not None:
+        number = job.attempts if attempt is None else attempt
+        bus.deliver(route, make_job_event(name, time.time(), job, number, fields))
 
 
 def server_fields(backend: object) -> dict[str, Any]:

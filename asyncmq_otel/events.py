@@ -20,7 +20,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol
 
@@ -168,26 +168,66 @@ def _compile_set_fields() -> Callable[[LifecycleEvent], dict[str, Any]]:
 _set_fields = _compile_set_fields()
 
 
-def _compile_event_factory() -> Callable[[dict[str, Any]], LifecycleEvent]:
-    """A function building a :class:`LifecycleEvent` from a dict of field values.
+EVENT_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(LifecycleEvent))
+"""The fields of :class:`LifecycleEvent`, in declaration order."""
 
-    It writes each slot through its descriptor in straight-line code, half the cost of the
-    dataclass ``__init__`` (keyword parsing and ``object.__setattr__`` for 34 fields), and the
-    worker builds two or more events per job.
+
+class _EventBuilder:
+    """A mutable twin of :class:`LifecycleEvent`: the same slots, in the same order, and no checks.
+
+    The frozen dataclass can only be filled through ``object.__setattr__`` or each slot's descriptor,
+    a C call per field (34 of them, two events or more per job). An instance of this class is filled
+    with plain attribute stores instead, then becomes a ``LifecycleEvent`` by ``__class__`` assignment,
+    which CPython allows between classes of identical layout. What listeners receive is an ordinary
+    frozen ``LifecycleEvent``; the builder class never escapes this module.
     """
-    names = [f.name for f in fields(LifecycleEvent)]
-    namespace: dict[str, Any] = {"new": object.__new__, "cls": LifecycleEvent}
-    lines = ["def make_event(values):", "    event = new(cls)", "    get = values.get"]
-    for index, name in enumerate(names):
-        namespace[f"set{index}"] = getattr(LifecycleEvent, name).__set__
-        lines.append(f"    set{index}(event, get({name!r}))")
+
+    __slots__ = EVENT_FIELD_NAMES
+
+
+def _compile(source: list[str], namespace: dict[str, Any], name: str) -> Any:  # noqa: ANN401 - a compiled function
+    exec(compile("\n".join(source), f"<asyncmq_otel {name}>", "exec"), namespace)  # noqa: S102 - field names only
+    return namespace[name]
+
+
+def _swap_supported() -> bool:
+    """Whether this interpreter lets a builder become a ``LifecycleEvent`` (checked once, at import)."""
+    probe = object.__new__(_EventBuilder)
+    try:
+        probe.__class__ = LifecycleEvent  # type: ignore[assignment] # the point of the probe
+    except TypeError:  # pragma: no cover - an interpreter without layout-compatible class assignment
+        return False
+    return True
+
+
+_SWAP = _swap_supported()
+
+
+def _compile_event_builder(
+    function: str, params: str, prologue: list[str], values: Mapping[str, str], *, swap: bool = _SWAP
+) -> Callable[..., LifecycleEvent]:
+    """A function filling every field of a new event.
+
+    ``values`` gives the expression of some fields; the others are ``get(name)`` (``prologue`` binds
+    ``get``). Without ``swap`` each field is written through its descriptor (slower, no twin class).
+    """
+    namespace: dict[str, Any] = {"new": object.__new__, "builder": _EventBuilder, "cls": LifecycleEvent}
+    for name in EVENT_FIELD_NAMES:
+        namespace[f"set_{name}"] = getattr(LifecycleEvent, name).__set__
+    lines = [f"def {function}({params}):", f"    event = new({'builder' if swap else 'cls'})", *prologue]
+    for name in EVENT_FIELD_NAMES:
+        value = values.get(name, f"get({name!r})")
+        lines.append(f"    event.{name} = {value}" if swap else f"    set_{name}(event, {value})")
+    if swap:
+        lines.append("    event.__class__ = cls")
     lines.append("    return event")
-    exec(compile("\n".join(lines), "<asyncmq_otel event factory>", "exec"), namespace)  # noqa: S102 - field names only
-    factory: Callable[[dict[str, Any]], LifecycleEvent] = namespace["make_event"]
-    return factory
+    built: Callable[..., LifecycleEvent] = _compile(lines, namespace, function)
+    return built
 
 
-make_event_unchecked = _compile_event_factory()
+make_event_unchecked: Callable[[dict[str, Any]], LifecycleEvent] = _compile_event_builder(
+    "make_event", "values", ["    get = values.get"], {}
+)
 """``make_event`` for trusted callers: keys that are not fields are ignored, absent ones are ``None``."""
 
 
@@ -199,6 +239,39 @@ def make_event(values: dict[str, Any]) -> LifecycleEvent:
     if not values.keys() <= _EVENT_FIELDS or "name" not in values or "ts" not in values:
         return LifecycleEvent(**values)  # raises the dataclass's own TypeError
     return make_event_unchecked(values)
+
+
+JOB_FIELD_NAMES = frozenset(
+    {"name", "ts", "queue", "job_id", "task", "attempt", "max_attempts", "priority", "enqueued_at",
+     "eligible_at", "trace_context", "schedule_key", "schedule_due"}
+)  # fmt: skip
+"""The fields :func:`make_job_event` takes from the job; the others come from its ``extra`` dict."""
+
+make_job_event: Callable[[str, float, Job, int, dict[str, Any]], LifecycleEvent] = _compile_event_builder(
+    "make_job_event",
+    "name, ts, job, attempt, extra",
+    ["    get = extra.get", "    context = job.trace_context"],
+    {
+        "name": "name",
+        "ts": "ts",
+        "queue": "job.queue",
+        "job_id": "job.id",
+        "task": "job.task",
+        "attempt": "attempt",
+        "max_attempts": "job.max_attempts",
+        "priority": "job.priority",
+        "enqueued_at": "job.enqueued_at",
+        "eligible_at": "job.eligible_at",
+        "trace_context": "dict(context) if context else None",
+        "schedule_key": "job.schedule",
+        "schedule_due": "job.schedule_due",
+    },
+)
+"""An event about ``job`` (the fields every ``job:*`` event carries) plus the other fields from ``extra``.
+
+The job's own fields win over the same keys in ``extra``; other keys of ``extra`` that are not fields
+are ignored (callers check them: :func:`asyncmq_otel._lifecycle.job_event`).
+"""
 
 
 Listener = Callable[[LifecycleEvent], Any]
@@ -214,6 +287,10 @@ class _Subscription:
     signal: Signal
     once: bool
     is_async: bool = False
+
+
+Route = tuple[tuple[_Subscription, ...], tuple[_Subscription, ...]]
+"""The inline and the queued subscriptions an event name reaches."""
 
 
 @dataclass(slots=True)
@@ -258,7 +335,7 @@ class EventBus:
 
     def __init__(self, queue_size: int = 10_000) -> None:
         self._subscriptions: list[_Subscription] = []
-        self._routes: dict[str, tuple[tuple[_Subscription, ...], tuple[_Subscription, ...]]] = {}
+        self._routes: dict[str, Route] = {}
         self._lock = threading.Lock()
         self._pending: collections.deque[LifecycleEvent] = collections.deque()
         # The event being delivered and the index of its next queued listener: kept on the bus so a
@@ -316,7 +393,7 @@ class EventBus:
             self._subscriptions.append(_Subscription(pattern, listener, inline, signal, once, is_async))
             self._routes.clear()
 
-    def _route(self, name: str) -> tuple[tuple[_Subscription, ...], tuple[_Subscription, ...]]:
+    def _route(self, name: str) -> Route:
         route = self._routes.get(name)
         if route is None:
             family = name.split(":", 1)[0] + ":*"
@@ -334,12 +411,24 @@ class EventBus:
     # -- emission ------------------------------------------------------------------------------------
     def wants(self, name: str) -> bool:
         """Whether any listener would receive an event called ``name`` (so it is worth building)."""
-        inline, queued = self._route(name)
-        return bool(inline or queued)
+        return self.route(name) is not None
+
+    def route(self, name: str) -> Route | None:
+        """The listeners of events called ``name``, or ``None`` when there are none (nothing to build).
+
+        Hot paths look the route up once, build the event only when it is not ``None`` and pass it to
+        :meth:`deliver`; :meth:`emit` does both lookups' work for one event.
+        """
+        route = self._routes.get(name) or self._route(name)
+        return route if route[0] or route[1] else None
 
     def emit(self, event: LifecycleEvent) -> None:
         """Deliver ``event`` to inline listeners now and queue it for the others. Never awaits."""
-        inline, queued = self._route(event.name)
+        self.deliver(self._route(event.name), event)
+
+    def deliver(self, route: Route, event: LifecycleEvent) -> None:
+        """:meth:`emit` along a route from :meth:`route` (looked up for ``event.name`` just before)."""
+        inline, queued = route
         for sub in inline:
             if sub.once:
                 self._drop_once(sub)
@@ -525,29 +614,12 @@ class EventBus:
         """Whether any observer is installed (lets hot paths skip building an :class:`Operation`)."""
         return bool(self._observers)
 
-    @contextlib.contextmanager
-    def operation(self, operation: Operation) -> Iterator[Operation]:
-        """Run a backend write under the observers: started in order, finished in reverse."""
-        observers = list(self._observers)
-        operation.started_at = time.time()
-        operation.started_monotonic = time.perf_counter()
-        for observer in observers:
-            try:
-                observer.operation_started(operation)
-            except Exception as exc:  # noqa: BLE001 - isolation boundary: telemetry never breaks a write
-                self._observer_failed(observer, operation, exc)
-        try:
-            yield operation
-        except BaseException as exc:
-            operation.error = exc
-            raise
-        finally:
-            operation.duration_s = time.perf_counter() - operation.started_monotonic
-            for observer in reversed(observers):
-                try:
-                    observer.operation_finished(operation)
-                except Exception as exc:  # noqa: BLE001 - isolation boundary, as above
-                    self._observer_failed(observer, operation, exc)
+    def operation(self, operation: Operation) -> _ObservedWrite:
+        """Run a backend write under the observers: started in order, finished in reverse.
+
+        Use as ``with bus.operation(op):``; ``operation.error`` is set when the write raises.
+        """
+        return _ObservedWrite(self, operation, list(self._observers))
 
     def _observer_failed(self, observer: OperationObserver, operation: Operation, exc: Exception) -> None:
         key = (id(observer), operation.name)
@@ -557,6 +629,42 @@ class EventBus:
                 "telemetry.adapter_error: observer %r failed on %s", observer, operation.name, exc_info=exc
             )
         self.record_drop(str(getattr(observer, "signal", "span")), "adapter_error")
+
+
+class _ObservedWrite:
+    """The context manager of :meth:`EventBus.operation`.
+
+    A class: a generator-based one costs a generator and its frames on every settle write.
+    """
+
+    __slots__ = ("_bus", "_observers", "_operation")
+
+    def __init__(self, event_bus: EventBus, operation: Operation, observers: list[OperationObserver]) -> None:
+        self._bus = event_bus
+        self._operation = operation
+        self._observers = observers
+
+    def __enter__(self) -> Operation:
+        operation = self._operation
+        operation.started_at = time.time()
+        operation.started_monotonic = time.perf_counter()
+        for observer in self._observers:
+            try:
+                observer.operation_started(operation)
+            except Exception as exc:  # noqa: BLE001 - isolation boundary: telemetry never breaks a write
+                self._bus._observer_failed(observer, operation, exc)  # noqa: SLF001 - its own bus
+        return operation
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        operation = self._operation
+        if exc is not None:
+            operation.error = exc
+        operation.duration_s = time.perf_counter() - operation.started_monotonic
+        for observer in reversed(self._observers):
+            try:
+                observer.operation_finished(operation)
+            except Exception as error:  # noqa: BLE001 - isolation boundary, as above
+                self._bus._observer_failed(observer, operation, error)  # noqa: SLF001 - its own bus
 
 
 @dataclass(slots=True)

@@ -2,14 +2,16 @@
 
     python benchmarks/profile_telemetry.py [--jobs N] [--runs R] [--backend memory|redis]
         [--configs off,all,ratio0,parent_unsampled,metrics,logs,traces,traces_ratio0,send_off,send_on,...]
-        [--cprofile CONFIG] [--otlp-endpoint URL]
+        [--cprofile CONFIG [--timer wall|cpu]] [--otlp-endpoint URL]
 
 Each configuration drains ``--jobs`` preloaded no-op jobs with one worker at concurrency 50 and
 reads the process's CPU time (``time.process_time()``, every thread: the span exporter and log
 writer threads share the GIL with the event loop) per job. The configurations run interleaved,
 ``--runs`` times, and the median is kept, so drift in the machine's load hits all alike; the cost of
 a configuration is its CPU per job minus that of ``off`` in the same sitting. ``send_on`` /
-``send_off`` time single enqueues instead (the producer's ``send`` span + metric).
+``send_off`` time single enqueues instead (the producer's ``send`` span + metric). The CPU is also
+split by thread (Linux per-thread clocks): the event loop, the span exporter (batch processor), the
+log writer and any other thread, so each signal's off-loop cost shows where it is spent.
 
 Spans still in the batch processor's queue when the last job finishes (fewer than one batch of 512)
 are exported after the measured window: use thousands of jobs so that this remainder is small.
@@ -31,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -142,7 +145,41 @@ class _Counter:
 
 
 _COUNTER: _Counter | None = None
-_LOOP_CPU: list[float] = []  # the event-loop thread's share of the last drain's CPU per job
+_LOOP_CPU: list[float] = []  # the event-loop thread's share of the last run's CPU per job
+_THREAD_CPU: list[dict[str, float]] = []  # the last run's CPU per job by thread group (see _thread_group)
+
+
+def _thread_group(name: str) -> str:
+    """Which column a thread's CPU is reported in."""
+    if name == "MainThread":
+        return "loop"
+    if "Span" in name:
+        return "span export"
+    if "log-writer" in name:
+        return "log writer"
+    return "other"
+
+
+def _thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of every live thread of this process, by thread id."""
+    out: dict[int, tuple[str, float]] = {}
+    for thread in threading.enumerate():
+        if thread.ident is None:
+            continue
+        try:
+            out[thread.ident] = (thread.name, time.clock_gettime(time.pthread_getcpuclockid(thread.ident)))
+        except (OSError, AttributeError):  # a thread that just ended; or no per-thread clocks here
+            continue
+    return out
+
+
+def _thread_split(before: dict[int, tuple[str, float]], jobs: int) -> dict[str, float]:
+    """µs per job by thread group between ``before`` and now (threads started meanwhile count from 0)."""
+    split: dict[str, float] = {}
+    for ident, (name, cpu) in _thread_cpu().items():
+        group = _thread_group(name)
+        split[group] = split.get(group, 0.0) + (cpu - before.get(ident, (name, 0.0))[1]) * 1e6 / jobs
+    return split
 
 
 def _register() -> None:
@@ -189,6 +226,7 @@ async def drain_once(
         _instrument(config, endpoint, log_path)
     worker = Worker(QUEUE, backend=backend, concurrency=50)
     try:
+        threads0 = _thread_cpu()
         cpu0 = time.process_time()
         loop0 = time.thread_time()
         if profile is not None:
@@ -197,6 +235,7 @@ async def drain_once(
         await asyncio.wait_for(counter.done.wait(), max(60.0, args.jobs / 200))
         cpu = time.process_time() - cpu0
         _LOOP_CPU.append((time.thread_time() - loop0) * 1e6 / args.jobs)
+        _THREAD_CPU.append(_thread_split(threads0, args.jobs))
         if profile is not None:
             profile.disable()
         worker.stop()
@@ -227,7 +266,9 @@ async def send_once(
         queue = Queue(QUEUE, backend=backend)
         for _ in range(100):  # warm-up: first-use caches and connections
             await queue.add(TASK)
+        threads0 = _thread_cpu()
         cpu0 = time.process_time()
+        loop0 = time.thread_time()
         if profile is not None:
             profile.enable()
         for _ in range(args.jobs):
@@ -235,6 +276,8 @@ async def send_once(
         if profile is not None:
             profile.disable()
         cpu = time.process_time() - cpu0
+        _LOOP_CPU.append((time.thread_time() - loop0) * 1e6 / args.jobs)
+        _THREAD_CPU.append(_thread_split(threads0, args.jobs))
     finally:
         if instrumented is not None:
             asyncmq_otel.uninstrument()
@@ -244,7 +287,9 @@ async def send_once(
 
 async def _profile(args: argparse.Namespace, endpoint: str, log_path: str, saved_stderr: int) -> None:
     """cProfile one configuration (after a warm-up run) and print the top functions."""
-    profile = cProfile.Profile()
+    # Wall time charges a GIL wait (another thread's work) to whatever the loop was running; the loop
+    # thread's CPU clock does not, at the price of a slower clock read per call.
+    profile = cProfile.Profile(time.thread_time) if args.timer == "cpu" else cProfile.Profile()
     if args.cprofile in SEND_CONFIGS:
         await send_once(args.cprofile, args, endpoint, log_path)
         await send_once(args.cprofile, args, endpoint, log_path, profile)
@@ -271,11 +316,15 @@ async def _measure(
                 value = await send_once(config, args, endpoint, log_path)
             else:
                 value = await drain_once(config, args, endpoint, log_path, None)
-                if not warm_up:
-                    loop_cpu.setdefault(config, []).append(_LOOP_CPU[-1])
             if not warm_up:
                 results[config].append(value)
+                loop_cpu.setdefault(config, []).append(_LOOP_CPU[-1])
+                for group, cpu in _THREAD_CPU[-1].items():
+                    _SPLITS.setdefault(config, {}).setdefault(group, []).append(cpu)
     return results, loop_cpu
+
+
+_SPLITS: dict[str, dict[str, list[float]]] = {}  # config → thread group → µs per job, per run
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -298,14 +347,22 @@ async def main_async(args: argparse.Namespace) -> None:
             receiver.close()
     med = {c: statistics.median(v) for c, v in results.items() if v}
     print(f"{args.jobs} jobs x {args.runs} runs, backend {args.backend}, load {os.getloadavg()[0]:.2f}")
-    print("| configuration | CPU µs/job (median) | added vs off | event-loop thread µs/job | runs |")
-    print("|---|--:|--:|--:|---|")
+    print(
+        "| configuration | CPU µs/job (median) | added vs off | event-loop thread µs/job "
+        "| span export thread | log writer thread | other threads | runs |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|---|")
     for config, value in med.items():
         base = med.get("send_off" if config in SEND_CONFIGS else "off")
         added = "" if base is None else f"{value - base:.1f}"
         runs = ", ".join(f"{v:.0f}" for v in results[config])
         loop = f"{statistics.median(loop_cpu[config]):.1f}" if config in loop_cpu else ""
-        print(f"| {config} | {value:.1f} | {added} | {loop} | {runs} |")
+        split = _SPLITS.get(config, {})
+        threads = " | ".join(
+            f"{statistics.median(split[group]):.1f}" if group in split else "0"
+            for group in ("span export", "log writer", "other")
+        )
+        print(f"| {config} | {value:.1f} | {added} | {loop} | {threads} | {runs} |")
 
 
 def main() -> None:
@@ -321,6 +378,12 @@ def main() -> None:
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--sort", default="tottime", help="pstats sort key: tottime or cumulative")
     p.add_argument("--filter", help="only functions whose path matches this regular expression")
+    p.add_argument(
+        "--timer",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="--cprofile clock: wall time, or the event-loop thread's CPU time (no GIL waits)",
+    )
     p.add_argument("--otlp-endpoint")
     asyncio.run(main_async(p.parse_args()))
 

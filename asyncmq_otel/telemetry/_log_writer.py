@@ -15,15 +15,17 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from opentelemetry import trace
 
-__all__ = ["DEFAULT_LOG_QUEUE_SIZE", "LogQueueHandler", "LogWriter", "PendingLine"]
+__all__ = ["DEFAULT_LOG_QUEUE_SIZE", "LineSink", "LogQueueHandler", "LogWriter", "PendingLine"]
 
 DEFAULT_LOG_QUEUE_SIZE: Final = 10_000
 _QUEUE_FULL_EVERY_S: Final = 60.0
 _PACKAGE_LOGGER: Final = "asyncmq_otel"
+_BATCH_LINES: Final = 256
+_LINGER_S: Final = 0.01  # how late a line may be written, at most, for the sake of batching
 
 
 class _Marker:
@@ -86,6 +88,9 @@ class LogWriter:
         max_lines: records allowed to wait.
         on_drop: called for each dropped record.
         clock: monotonic seconds (the once-a-minute rule reads it).
+        lines: renders a pending line straight to text (``None`` when it needs a record) and writes
+            a batch of rendered lines; the writer writes a batch whenever it has caught up with the
+            queue (or has ``_BATCH_LINES``), one write for many lines instead of one per line.
 
     """
 
@@ -96,8 +101,10 @@ class LogWriter:
         max_lines: int = DEFAULT_LOG_QUEUE_SIZE,
         on_drop: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        lines: LineSink | None = None,
     ) -> None:
         self._deliver = deliver
+        self._lines = lines
         self.max_lines = max_lines
         self._on_drop = on_drop
         self._clock = clock
@@ -122,21 +129,44 @@ class LogWriter:
         return False
 
     def _run(self) -> None:
-        get, deliver = self._queue.get, self._deliver
+        get, empty, deliver, lines = self._queue.get, self._queue.empty, self._deliver, self._lines
+        batch: list[str] = []
         while True:
             item = get()
-            if item is _STOP:
-                return
-            if isinstance(item, _Marker):
-                item.done.set()
-                continue
             try:
+                if lines is not None and isinstance(item, PendingLine):
+                    text = lines.render(item)
+                    if text is not None:
+                        batch.append(text)
+                        if len(batch) >= _BATCH_LINES:
+                            self._write(lines, batch)
+                        elif empty():
+                            self._write(lines, batch)
+                            # Caught up: let lines gather before waiting on the queue again. A put that
+                            # finds the writer waiting wakes its thread (a futex call and a GIL hand-off
+                            # per line, on the event loop's CPU); one that does not is a plain append.
+                            time.sleep(_LINGER_S)
+                        continue
+                if batch:  # what came before this item is written before it
+                    self._write(lines, batch)
+                if item is _STOP:
+                    return
+                if isinstance(item, _Marker):
+                    item.done.set()
+                    continue
                 deliver(item.record() if isinstance(item, PendingLine) else cast("logging.LogRecord", item))
             except Exception:  # noqa: BLE001 - the writer outlives any one broken record or handler
-                if logging.raiseExceptions:  # reported as logging's own handleError does
-                    with contextlib.suppress(Exception):
-                        sys.stderr.write("--- asyncmq_otel log writer: a line could not be written ---\n")
-                        traceback.print_exc(file=sys.stderr)
+                _report_failure()
+
+    @staticmethod
+    def _write(lines: LineSink | None, batch: list[str]) -> None:
+        try:
+            if lines is not None:
+                lines.write(batch)
+        except Exception:  # noqa: BLE001 - as in _run: the lines are lost, the writer goes on
+            _report_failure()
+        finally:
+            batch.clear()
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every record queued before this call is written; False after ``timeout_s``."""
@@ -153,6 +183,26 @@ class LogWriter:
         if flushed:
             self._thread.join(timeout=max(timeout_s, 0.0) or None)
         return flushed
+
+
+def _report_failure() -> None:
+    """Report the exception being handled as logging's own ``handleError`` does."""
+    if logging.raiseExceptions:
+        with contextlib.suppress(Exception):
+            sys.stderr.write("--- asyncmq_otel log writer: a line could not be written ---\n")
+            traceback.print_exc(file=sys.stderr)
+
+
+class LineSink(Protocol):
+    """The writer's short path for lines that only one text stream will see (see :class:`LogWriter`)."""
+
+    def render(self, line: PendingLine) -> str | None:
+        """The line's text without its newline, or ``None`` when it must become a record."""
+        ...
+
+    def write(self, texts: list[str]) -> None:
+        """Write rendered lines, in order, one per line."""
+        ...
 
 
 def _queue_full_record(size: int) -> logging.LogRecord:

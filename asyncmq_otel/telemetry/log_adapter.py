@@ -21,6 +21,7 @@ import contextvars
 import datetime as dt
 import functools
 import logging
+import math
 import sys
 from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, cast
@@ -291,12 +292,21 @@ class LogOutput:
             if parent is not None:
                 parent.callHandlers(record)
 
+    def _line_sink(self) -> _RenderedLines | None:
+        """The writer's short path, when our renderer's stream is the only place a line goes."""
+        handlers = self.handlers
+        if self.output != "stderr" or len(handlers) != 1 or not isinstance(handlers[0], _RenderHandler):
+            return None
+        return _RenderedLines(handlers[0])
+
     def install(self) -> None:
         """Start the writer, add the handlers to ``asyncmq_otel`` and set its level (old state kept)."""
         target = logging.getLogger(LOGGER_NAME)
         self._saved = (target.level, target.propagate)
         if self.handlers or self.output == "stdlib":
-            self.writer = LogWriter(self._deliver, max_lines=self._max_lines, on_drop=self._on_drop)
+            self.writer = LogWriter(
+                self._deliver, max_lines=self._max_lines, on_drop=self._on_drop, lines=self._line_sink()
+            )
             self._queue_handler = LogQueueHandler(self.writer)
             target.addHandler(self._queue_handler)
         for handler in self.sync_handlers:
@@ -372,8 +382,27 @@ _METHOD_NAMES: Final = {
 
 
 def _iso_utc(created: float) -> str:
-    """``TimeStamper(fmt="iso", utc=True)``'s text, for a time taken earlier."""
-    return dt.datetime.fromtimestamp(created, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    """``TimeStamper(fmt="iso", utc=True)``'s text, for a time taken earlier.
+
+    The text of the whole second is kept from the previous line (the writer formats thousands of lines
+    a second); the microseconds are rounded as ``datetime.fromtimestamp`` rounds them (half to even).
+    """
+    global _LAST_SECOND  # noqa: PLW0603 - a one-entry cache, replaced as a whole (a tuple)
+    fraction, whole = math.modf(created)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:  # noqa: PLR2004 - rounded up into the next second
+        micros -= 1_000_000
+        whole += 1.0
+    second, prefix = _LAST_SECOND
+    if whole != second or fraction < 0.0:
+        if fraction < 0.0:  # before 1970: not worth a fast path
+            return dt.datetime.fromtimestamp(created, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        prefix = dt.datetime.fromtimestamp(whole, tz=dt.timezone.utc).isoformat().replace("+00:00", "")
+        _LAST_SECOND = (whole, prefix)
+    return f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
+
+
+_LAST_SECOND: tuple[float, str] = (-1.0, "")
 
 
 class DirectLines:
@@ -529,15 +558,58 @@ class _RenderHandler(logging.StreamHandler):  # type: ignore[type-arg] # any tex
 
     def __init__(self, stream: IO[str] | None, renderer: Processor) -> None:
         super().__init__(stream)
-        self._renderer = renderer
+        self.renderer = renderer
 
     def format(self, record: logging.LogRecord) -> str:
         """Render a structlog record's event dict directly; hand any other record to the formatter."""
         msg = record.msg
         name = record.__dict__.get("_name")
         if name is not None and type(msg) is dict and "_logger" in record.__dict__:
-            return cast("str", self._renderer(None, name, msg.copy()))
+            return cast("str", self.renderer(None, name, msg.copy()))
         return super().format(record)
+
+
+class _RenderedLines:
+    """The writer's short path (:class:`LineSink`) to the render handler's stream.
+
+    The adapter's lines are rendered from their event dict and written in batches, without a
+    ``LogRecord`` per line or a flush per line.
+
+    It applies while the render handler is as :class:`LogOutput` built it (no filters, its level met);
+    anything else goes through the handler as a record.
+    """
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: _RenderHandler) -> None:
+        self._handler = handler
+
+    def render(self, line: PendingLine) -> str | None:
+        """The line's text, or ``None`` when it must go through the handler as a record."""
+        handler = self._handler
+        msg = line.msg
+        extra = line.extra
+        if (
+            type(msg) is not dict
+            or extra is None
+            or "_logger" not in extra
+            or line.exc_info is not None
+            or line.level < handler.level
+            or handler.filters
+        ):
+            return None
+        if line.finish is not None:
+            line.finish(msg, line.created)
+        # The dict is this line's own and nothing else reads it: rendered without the handler's copy.
+        return cast("str", handler.renderer(None, extra["_name"], msg))
+
+    def write(self, texts: list[str]) -> None:
+        """Write the lines in one call and flush once."""
+        handler = self._handler
+        with handler.lock or contextlib.nullcontext():
+            stream = handler.stream
+            stream.write("\n".join(texts) + "\n")
+            stream.flush()
 
 
 class _StderrHandler(_RenderHandler):
@@ -577,9 +649,13 @@ class LoggingAdapter:
         self._logger = logger
         self._direct = direct
         self._stdlib = logging.getLogger(LOGGER_NAME)
+        # Per running attempt: the tokens of its bound fields, and the fields (its outcome line reuses them).
         self._bound: dict[
-            tuple[str | None, str | None, int | None], Mapping[str, contextvars.Token[Any]]
+            tuple[str | None, str | None, int | None], tuple[list[contextvars.Token[Any]], dict[str, Any]]
         ] = {}
+        # structlog's context variable of each key bound per attempt, found by its first bind: later
+        # binds set it directly (structlog's bind builds the name and looks the variable up per key).
+        self._vars: dict[str, contextvars.ContextVar[Any]] = {}
 
     def __call__(self, event: LifecycleEvent) -> None:
         """Log ``event`` (and bind or reset the attempt's fields)."""
@@ -588,7 +664,8 @@ class LoggingAdapter:
             self._bind(event)
         spec = EVENT_LOG_LEVELS.get(name)
         if spec is not None and self._stdlib.isEnabledFor(spec[1]):
-            fields = _fields(event)
+            bound = self._bound.get((event.queue, event.job_id, event.attempt)) if name in _OUTCOMES else None
+            fields = _fields(event, None if bound is None else bound[1])
             if name == "job:failed" and event.exception is not None:
                 fields["exc_info"] = event.exception
             direct = self._direct
@@ -600,16 +677,26 @@ class LoggingAdapter:
     def _bind(self, event: LifecycleEvent) -> None:
         if len(self._bound) >= _ATTEMPT_LIMIT:
             del self._bound[next(iter(self._bound))]
-        self._bound[event.queue, event.job_id, event.attempt] = structlog.contextvars.bind_contextvars(
-            **_attempt_fields(event)
-        )
+        known = self._vars
+        tokens: list[contextvars.Token[Any]] = []
+        fields = _attempt_fields(event)
+        for key, value in fields.items():
+            var = known.get(key)
+            if var is None:
+                token = structlog.contextvars.bind_contextvars(**{key: value})[key]
+                known[key] = token.var
+            else:
+                token = var.set(value)
+            tokens.append(token)
+        self._bound[event.queue, event.job_id, event.attempt] = (tokens, fields)
 
     def _reset(self, event: LifecycleEvent) -> None:
-        tokens = self._bound.pop((event.queue, event.job_id, event.attempt), None)
-        if tokens is None:
+        bound = self._bound.pop((event.queue, event.job_id, event.attempt), None)
+        if bound is None:
             return
         try:
-            structlog.contextvars.reset_contextvars(**tokens)
+            for token in bound[0]:
+                token.var.reset(token)
         except ValueError:  # another task: its context dies with it
             return
 
@@ -672,9 +759,10 @@ def _base_fields(event: LifecycleEvent) -> dict[str, Any]:
     return fields
 
 
-def _fields(event: LifecycleEvent) -> dict[str, Any]:
+def _fields(event: LifecycleEvent, attempt_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The line's fields; ``attempt_fields`` are those its attempt bound at ``job:started`` (reused)."""
     name = event.name
-    fields = _base_fields(event)
+    fields = _base_fields(event) if attempt_fields is None else attempt_fields.copy()
     for attr, key in _OPTIONAL:
         value = getattr(event, attr)
         if value is not None:

@@ -25,14 +25,15 @@ log adapters (so they see the attempt's span as current, for exemplars and log c
 
 from __future__ import annotations
 
+import re
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, cast
 
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..jobs import error_type_name
@@ -91,6 +92,8 @@ _OPEN_LIMIT: Final = 100_000  # attempts whose outcome never comes (lease lost) 
 _STATIC_LIMIT: Final = 4096  # cached attribute sets (queue × task × worker × ...); cleared when full
 _SUPPRESS: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # noqa: SLF001 - the API's documented key
 _TRACEPARENT: Final = TraceContextTextMapPropagator()
+# A version-00 traceparent and nothing around it: what the W3C propagator accepts, read without it.
+_PLAIN_TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _EMPTY: Final = otel_context.Context()
 
 
@@ -314,6 +317,16 @@ class TracingAdapter:
             return _TRACEPARENT.extract(carrier, context=_EMPTY)
         return propagate.extract(carrier, context=_EMPTY)
 
+    def _plain_creation(self, carrier: Mapping[str, str]) -> SpanContext | None:
+        """A plain W3C ``traceparent``, read directly; ``None``: the propagator reads the carrier."""
+        if "tracestate" in carrier or "baggage" in carrier or not self._default_propagation():
+            return None
+        match = _PLAIN_TRACEPARENT.fullmatch(carrier.get("traceparent") or "")
+        trace_id, span_id = (int(match[1], 16), int(match[2], 16)) if match else (0, 0)
+        if not trace_id or not span_id or match is None:  # all-zero ids: invalid, the propagator says so
+            return None
+        return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16)))
+
     def _inject(self, span: Span) -> dict[str, str] | None:
         if self.propagation == "none":
             return None
@@ -385,19 +398,24 @@ class TracingAdapter:
         context (or fresh ids for a root), and no SDK call at all when the sampler is reproducible.
         """
         carrier = event.trace_context if self.propagation != "none" and event.trace_context else None
-        stored = _EMPTY
+        stored: Context | None = _EMPTY  # None: the creation span alone, built only if a span needs it
         creation: SpanContext | None = None
         if carrier is not None:
-            stored = self._extract(carrier)
-            span_context = trace.get_current_span(stored).get_span_context()
-            creation = span_context if span_context.is_valid else None
+            creation = self._plain_creation(carrier)
+            if creation is not None:
+                stored = None
+            else:
+                stored = self._extract(carrier)
+                span_context = trace.get_current_span(stored).get_span_context()
+                creation = span_context if span_context.is_valid else None
         if self._decide(creation, carrier) is False:
             if creation is None or self.propagation != "child":
                 creation = SpanContext(self._new_trace_id(), self._new_span_id(), is_remote=False)
             stand_in = NonRecordingSpan(creation)
-            return _Open(
-                stand_in, _Attached.attach(trace.set_span_in_context(stand_in, stored)), recording=False
-            )
+            context = trace.set_span_in_context(stand_in, _EMPTY if stored is None else stored)
+            return _Open(stand_in, _Attached.attach(context), recording=False)
+        if stored is None:
+            stored = trace.set_span_in_context(NonRecordingSpan(cast("SpanContext", creation)), _EMPTY)
         parent = stored
         if self.propagation == "link" and creation is not None:
             parent = trace.set_span_in_context(trace.INVALID_SPAN, stored)

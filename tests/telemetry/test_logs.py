@@ -453,3 +453,42 @@ def test_the_writer_outlives_a_handler_that_raises(capsys) -> None:
     assert writer.close(10)
     assert delivered == ["after"]
     assert "RuntimeError: handler bug" in capsys.readouterr().err
+
+
+def test_batched_lines_and_plain_records_keep_their_order(capsys) -> None:
+    # The adapter's lines are written in batches; a plain stdlib record between them goes through the
+    # handler as a record, and must still come out between the same two lines.
+    telemetry.instrument(traces=False, metrics=False, log_format="json", log_level="INFO")
+    plain = logging.getLogger("asyncmq_otel.order_test")
+    for n in range(300):
+        bus.emit(LifecycleEvent("queue:paused", time.time(), queue=f"q{n}"))
+        if n % 7 == 0:
+            plain.warning("between %d", n)
+    telemetry.uninstrument()
+    order: list[str] = []
+    for text in capsys.readouterr().err.splitlines():
+        line = json.loads(text)
+        order.append(line.get("messaging.destination.name") or line["event"])
+    expected: list[str] = []
+    for n in range(300):
+        expected.append(f"q{n}")
+        if n % 7 == 0:
+            expected.append(f"between {n}")
+    assert order == expected
+
+
+def test_the_writers_timestamps_are_the_time_stampers_text() -> None:
+    import datetime as dt
+
+    from asyncmq_otel.telemetry.log_adapter import _iso_utc
+
+    def reference(created: float) -> str:  # TimeStamper(fmt="iso", utc=True) for a given time
+        return dt.datetime.fromtimestamp(created, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+    second = 1796559369.0
+    times = [second, second + 0.9999996, second + 0.0000004, second + 0.0000005, second + 0.5, 1.0000005]
+    times += [
+        second + micros / 1e6 + nudge for micros in range(0, 3000, 7) for nudge in (0.0, 4.9e-7, 5.1e-7)
+    ]
+    times += [second + 86_399.9999995, -1.25]  # a carry into the next day; before 1970
+    assert [_iso_utc(created) for created in times] == [reference(created) for created in times]

@@ -165,3 +165,39 @@ def test_server_address_and_port_are_set_when_the_backend_reports_them(captured:
     pause, process = sorted(captured.spans, key=lambda s: s.start_time or 0)
     for span in (pause, process):
         assert (attrs(span)["server.address"], attrs(span)["server.port"]) == ("redis.internal", 6380)
+
+
+def test_stored_contexts_are_read_as_the_w3c_propagator_reads_them(captured: Captured) -> None:
+    # Plain traceparents are read by a short path; every carrier must give the parent and creation
+    # link the propagator gives (tracestate kept, whitespace accepted, invalid headers make a root).
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    carriers = [
+        {"traceparent": f"00-{trace_id}-{span_id}-01"},
+        {"traceparent": f"00-{trace_id}-{span_id}-01", "tracestate": "vendor=opaque"},
+        {"traceparent": f" 00-{trace_id}-{span_id}-01\t"},
+        {"traceparent": f"00-{trace_id.upper()}-{span_id}-01"},
+        {"traceparent": f"00-{'0' * 32}-{span_id}-01"},
+        {"traceparent": f"00-{trace_id}-{'0' * 16}-01"},
+        {"traceparent": f"ff-{trace_id}-{span_id}-01"},
+        {"traceparent": f"00-{trace_id}-{span_id}-01-extra"},
+        {"traceparent": f"01-{trace_id}-{span_id}-01-extra"},
+    ]
+    for number, carrier in enumerate(carriers):
+        job = {"job_id": f"w3c-{number}", "trace_context": carrier}
+        bus.emit(job_event("job:started", wait_s=0.0, **job))
+        bus.emit(job_event("job:completed", finished_at=time.time(), **job))
+    assert len(captured.spans) == len(carriers)
+    for carrier, span in zip(
+        carriers, sorted(captured.spans, key=lambda s: attrs(s)["messaging.message.id"]), strict=True
+    ):
+        expected = trace.get_current_span(TraceContextTextMapPropagator().extract(carrier)).get_span_context()
+        if expected.is_valid:
+            assert span.parent == expected, carrier
+            assert span.context.trace_id == expected.trace_id
+            assert [link.context for link in span.links] == [expected]
+            assert span.links[0].context.trace_state == expected.trace_state
+        else:
+            assert span.parent is None, carrier
+            assert span.links == ()

@@ -254,3 +254,48 @@ async def test_a_graceful_stop_delivers_every_event_to_every_queued_listener_in_
     assert everything.names == [
         "job:enqueued", "worker:started", "job:started", "job:completed", "worker:stopped"
     ]  # fmt: skip
+
+
+def test_job_events_are_built_as_frozen_lifecycle_events_equal_to_the_dataclass_constructor():
+    import dataclasses
+
+    from asyncmq_otel._lifecycle import job_event
+    from asyncmq_otel.events import make_event_unchecked
+    from asyncmq_otel.jobs import Job
+
+    job = Job(id="j1", task="t.x", queue="q", max_retries=2, priority=3)
+    job.trace_context = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+    built = job_event("job:started", job, attempt=1, worker_id="w", wait_s=0.5, queue="ignored")
+    expected = LifecycleEvent(
+        name="job:started", ts=built.ts, queue="q", job_id="j1", task="t.x", attempt=1, max_attempts=3,
+        priority=3, enqueued_at=job.enqueued_at, eligible_at=job.eligible_at, worker_id="w", wait_s=0.5,
+        trace_context=job.trace_context,
+    )  # fmt: skip
+    assert type(built) is LifecycleEvent
+    assert built == expected
+    assert built.trace_context is not job.trace_context  # a copy: listeners cannot change the job's
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.task = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        job_event("job:started", job, bogus=1)
+    bare = make_event_unchecked({"name": "worker:heartbeat", "ts": 1.0})
+    assert bare == LifecycleEvent("worker:heartbeat", 1.0)
+
+
+def test_events_built_through_the_field_descriptors_are_the_same_events():
+    # The path taken where a builder cannot become a LifecycleEvent by class assignment.
+    from asyncmq_otel.events import _compile_event_builder, make_event
+
+    values = {
+        "name": "job:completed",
+        "ts": 2.0,
+        "queue": "q",
+        "job_id": "j",
+        "attempt": 1,
+        "duration_s": 0.5,
+    }
+    slow = _compile_event_builder("make_event", "values", ["    get = values.get"], {}, swap=False)
+    assert slow(dict(values)) == make_event(dict(values)) == LifecycleEvent(**values)
+    assert type(slow(dict(values))) is LifecycleEvent
+    with pytest.raises(TypeError):
+        make_event({"name": "job:completed", "ts": 2.0, "bogus": 1})
