@@ -7,12 +7,12 @@ the backend store the result in one atomic call.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .backends.base import Backend, ScheduleStore
 from .errors import ConfigError, InvalidSchedule, ScheduleNotFound
-from .schedules import DEFAULT_MAX_CATCH_UP, ScheduleRecord, ScheduleSpec, check_schedule_key
+from .schedules import ScheduleRecord, ScheduleSpec, check_schedule_key
 from .tasks import TASK_REGISTRY
 
 __all__ = [
@@ -39,37 +39,10 @@ async def backend_now_ms(backend: Backend) -> int:
     return math.floor(await backend.now() * 1000)
 
 
-async def upsert_repeatable(
-    backend: Backend,
-    queue: str,
-    task_id: str,
-    *,
-    every: float | None = None,
-    cron: str | None = None,
-    timezone: str = "UTC",
-    args: Sequence[Any] | None = None,
-    kwargs: Mapping[str, Any] | None = None,
-    key: str | None = None,
-    catch_up: str = "latest",
-    max_catch_up: int = DEFAULT_MAX_CATCH_UP,
-    job_options: Mapping[str, Any] | None = None,
-) -> str:
-    """Store (or redefine) a schedule and return its key; the same definition twice changes nothing."""
-    spec = ScheduleSpec.build(
-        queue,
-        task_id,
-        every=every,
-        cron=cron,
-        timezone=timezone,
-        args=args,
-        kwargs=kwargs,
-        key=key,
-        catch_up=catch_up,
-        max_catch_up=max_catch_up,
-        options=job_options,
-    )
+async def upsert_repeatable(backend: Backend, spec: ScheduleSpec) -> str:
+    """Store (or redefine) a built schedule and return its key; the same definition twice changes nothing."""
     store = schedule_store(backend)
-    await store.schedule_upsert(queue, ScheduleRecord.new(spec, await backend_now_ms(backend)))
+    await store.schedule_upsert(spec.queue, ScheduleRecord.new(spec, await backend_now_ms(backend)))
     return spec.key
 
 
