@@ -86,6 +86,32 @@ local function ready_score(priority, seq)
   return p * PRIORITY_WEIGHT + (int_field(seq) or 0)
 end
 
+-- The TOO_LARGE reply for the first of `n` payloads (ARGV[first], ARGV[first + 2], ...) longer
+-- than `limit` bytes, else nil: a batch is checked whole before its first write.
+local function too_large(limit, first, n)
+  for i = 1, n do
+    local size = #ARGV[first + (i - 1) * 2]
+    if size > limit then
+      return {'TOO_LARGE', i, size}
+    end
+  end
+  return nil
+end
+
+-- Append a new job's optional fields to its HSET arguments `fields`: its priority unless the
+-- default 5 (an absent priority reads as 5, see ready_score), and expires_at for a TTL in ms
+-- (the empty string: no TTL).
+local function add_job_options(fields, priority, ttl, now)
+  if priority ~= '5' then
+    fields[#fields + 1] = 'priority'
+    fields[#fields + 1] = priority
+  end
+  if ttl ~= '' then
+    fields[#fields + 1] = 'expires_at'
+    fields[#fields + 1] = now + tonumber(ttl)
+  end
+end
+
 -- The states a stored job can be in; any other value (or none) marks a malformed job hash.
 local JOB_STATES = {waiting = true, delayed = true, active = true, completed = true, failed = true,
   expired = true, cancelled = true}

@@ -14,11 +14,9 @@ local limit = tonumber(ARGV[2])
 local n = (#ARGV - 2) / 2
 
 -- validate everything before the first write
-for i = 1, n do
-  local size = #ARGV[1 + i * 2]
-  if size > limit then
-    return {'TOO_LARGE', i, size}
-  end
+local oversized = too_large(limit, 3, n)
+if oversized then
+  return oversized
 end
 local bad, counters = epoch_and(meta, ARGV[1], 'seq')
 if bad then
@@ -74,14 +72,7 @@ for i = 1, n do
       waiting[#waiting + 1] = id
       stored[job] = {'waiting', nonce, now, now}
     end
-    if priority ~= '5' then -- an absent priority reads as the default 5 (ready_score)
-      fields[#fields + 1] = 'priority'
-      fields[#fields + 1] = priority
-    end
-    if ttl ~= '' then
-      fields[#fields + 1] = 'expires_at'
-      fields[#fields + 1] = now + tonumber(ttl)
-    end
+    add_job_options(fields, priority, ttl, now)
     redis.call('HSET', job, unpack(fields))
   end
 end
