@@ -17,7 +17,7 @@ from ..queues import Queue
 from ._backend import BackendChoice, backend_options
 from ._exit import CLIError, ExitCode
 from ._output import format_age, format_table
-from .admin import _echo_json, _json_option, _run
+from .admin import _echo_json_or_empty, _json_option, _run
 
 __all__ = ["schedules"]
 
@@ -56,11 +56,9 @@ def schedules_list(
         return rows
 
     rows = _run(backend_url, prefix, connect_timeout, action)
-    if as_json:
-        _echo_json(rows)
-        return
-    if not rows:
-        click.echo("no schedules: declare one with @task(..., cron=...) or Queue.upsert_repeatable()")
+    if _echo_json_or_empty(
+        rows, as_json, "no schedules: declare one with @task(..., cron=...) or Queue.upsert_repeatable()"
+    ):
         return
     headers = ["QUEUE", "KEY", "TASK", "WHEN", "NEXT RUN", "LAST RUN", "LAST JOB", "PAUSED"]
     table = [
