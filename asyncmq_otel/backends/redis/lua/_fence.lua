@@ -86,16 +86,19 @@ local function ready_score(priority, seq)
   return p * PRIORITY_WEIGHT + (int_field(seq) or 0)
 end
 
--- The TOO_LARGE reply for the first of `n` payloads (ARGV[first], ARGV[first + 2], ...) longer
--- than `limit` bytes, else nil: a batch is checked whole before its first write.
-local function too_large(limit, first, n)
+-- The checks before a batch of new jobs writes anything. The script's ARGV starts with the epoch and
+-- max_payload_bytes, and holds `n` payloads at ARGV[first], ARGV[first + 2], ...: returns the reply
+-- {'TOO_LARGE', index, size} for the first payload over the limit, or epoch_and's (the EPOCH reply
+-- or nil, then the queue's seq counter).
+local function check_new_jobs(meta, first, n)
+  local limit = tonumber(ARGV[2])
   for i = 1, n do
     local size = #ARGV[first + (i - 1) * 2]
     if size > limit then
       return {'TOO_LARGE', i, size}
     end
   end
-  return nil
+  return epoch_and(meta, ARGV[1], 'seq')
 end
 
 -- Append a new job's optional fields to its HSET arguments `fields`: its priority unless the

@@ -10,15 +10,10 @@
 --            'DUPLICATE' (the id is held by another enqueue; state is its state). Every job not
 --            listed was stored now: enqueued_at = now, eligible_at = now + delay_ms.
 local meta, ready, delayed, signal = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local limit = tonumber(ARGV[2])
 local n = (#ARGV - 2) / 2
 
 -- validate everything before the first write
-local oversized = too_large(limit, 3, n)
-if oversized then
-  return oversized
-end
-local bad, counters = epoch_and(meta, ARGV[1], 'seq')
+local bad, counters = check_new_jobs(meta, 3, n)
 if bad then
   return bad
 end

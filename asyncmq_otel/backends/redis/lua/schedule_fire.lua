@@ -10,16 +10,11 @@
 --          {'REPLAY', now}: this call was applied already (redis-py re-sent it);
 --          {'OK', now, {ids stored}, {ids that existed already}}
 local meta, ready, signal, schedules, schedule = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local limit = tonumber(ARGV[2])
 local key, rev, expected, next_due, nonce = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local n = (#ARGV - 7) / 2
 
 -- validate everything before the first write
-local oversized = too_large(limit, 8, n)
-if oversized then
-  return oversized
-end
-local bad, counters = epoch_and(meta, ARGV[1], 'seq')
+local bad, counters = check_new_jobs(meta, 8, n)
 if bad then
   return bad
 end
