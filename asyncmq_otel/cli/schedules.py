@@ -27,10 +27,6 @@ def schedules() -> None:
     """List, pause, resume or remove periodic jobs."""
 
 
-def _queue_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--queue", "-q", "queue_name", required=True, help="The schedule's queue.")(func)
-
-
 def _when(value: object) -> str:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "-"
@@ -85,7 +81,7 @@ def _change_command(
 
     @schedules.command(verb, help=summary)
     @click.argument("key")
-    @_queue_option
+    @click.option("--queue", "-q", "queue_name", required=True, help="The schedule's queue.")
     @backend_options
     def command(
         key: str, queue_name: str, backend_url: str | None, prefix: str | None, connect_timeout: float
