@@ -34,6 +34,10 @@ def schedule_store(backend: Backend) -> ScheduleStore:
     return backend
 
 
+def _not_found(queue: str, key: str) -> ScheduleNotFound:
+    return ScheduleNotFound(f"no schedule {key!r} on queue {queue!r}")
+
+
 async def backend_now_ms(backend: Backend) -> int:
     """The backend's clock (Redis ``TIME``) in whole milliseconds."""
     return math.floor(await backend.now() * 1000)
@@ -49,7 +53,7 @@ async def upsert_repeatable(backend: Backend, spec: ScheduleSpec) -> str:
 async def remove_repeatable(backend: Backend, queue: str, key: str) -> None:
     """Delete a schedule (jobs it fired stay); :class:`ScheduleNotFound` when absent."""
     if not await schedule_store(backend).schedule_remove(queue, check_schedule_key(key)):
-        raise ScheduleNotFound(f"no schedule {key!r} on queue {queue!r}")
+        raise _not_found(queue, key)
 
 
 async def pause_repeatable(backend: Backend, queue: str, key: str) -> None:
@@ -57,7 +61,7 @@ async def pause_repeatable(backend: Backend, queue: str, key: str) -> None:
     if not await schedule_store(backend).schedule_set_paused(
         queue, check_schedule_key(key), paused=True, next_due_ms=None
     ):
-        raise ScheduleNotFound(f"no schedule {key!r} on queue {queue!r}")
+        raise _not_found(queue, key)
 
 
 async def resume_repeatable(backend: Backend, queue: str, key: str) -> None:
@@ -65,10 +69,10 @@ async def resume_repeatable(backend: Backend, queue: str, key: str) -> None:
     store = schedule_store(backend)
     record = await store.schedule_get(queue, check_schedule_key(key))
     if record is None:
-        raise ScheduleNotFound(f"no schedule {key!r} on queue {queue!r}")
+        raise _not_found(queue, key)
     next_due = record.spec.next_after(await backend_now_ms(backend), record.anchor_ms)
     if not await store.schedule_set_paused(queue, key, paused=False, next_due_ms=next_due):
-        raise ScheduleNotFound(f"no schedule {key!r} on queue {queue!r}")
+        raise _not_found(queue, key)
 
 
 async def list_repeatables(backend: Backend, queue: str) -> list[dict[str, Any]]:
