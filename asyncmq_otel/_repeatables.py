@@ -7,12 +7,12 @@ the backend store the result in one atomic call.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .backends.base import Backend, ScheduleStore
 from .errors import ConfigError, InvalidSchedule, ScheduleNotFound
-from .schedules import DEFAULT_MAX_CATCH_UP, ScheduleRecord, ScheduleSpec, check_schedule_key
+from .schedules import ScheduleRecord, ScheduleSpec, check_schedule_key
 from .tasks import TASK_REGISTRY
 
 __all__ = [
@@ -34,49 +34,26 @@ def schedule_store(backend: Backend) -> ScheduleStore:
     return backend
 
 
+def _not_found(queue: str, key: str) -> ScheduleNotFound:
+    return ScheduleNotFound(f"no schedule {key!r} on queue {queue!r}")
+
+
 async def backend_now_ms(backend: Backend) -> int:
     """The backend's clock (Redis ``TIME``) in whole milliseconds."""
     return math.floor(await backend.now() * 1000)
 
 
-async def upsert_repeatable(
-    backend: Backend,
-    queue: str,
-    task_id: str,
-    *,
-    every: float | None = None,
-    cron: str | None = None,
-    timezone: str = "UTC",
-    args: Sequence[Any] | None = None,
-    kwargs: Mapping[str, Any] | None = None,
-    key: str | None = None,
-    catch_up: str = "latest",
-    max_catch_up: int = DEFAULT_MAX_CATCH_UP,
-    job_options: Mapping[str, Any] | None = None,
-) -> str:
-    """Store (or redefine) a schedule and return its key; the same definition twice changes nothing."""
-    spec = ScheduleSpec.build(
-        queue,
-        task_id,
-        every=every,
-        cron=cron,
-        timezone=timezone,
-        args=args,
-        kwargs=kwargs,
-        key=key,
-        catch_up=catch_up,
-        max_catch_up=max_catch_up,
-        options=job_options,
-    )
+async def upsert_repeatable(backend: Backend, spec: ScheduleSpec) -> str:
+    """Store (or redefine) a built schedule and return its key; the same definition twice changes nothing."""
     store = schedule_store(backend)
-    await store.schedule_upsert(queue, ScheduleRecord.new(spec, await backend_now_ms(backend)))
+    await store.schedule_upsert(spec.queue, ScheduleRecord.new(spec, await backend_now_ms(backend)))
     return spec.key
 
 
 async def remove_repeatable(backend: Backend, queue: str, key: str) -> None:
     """Delete a schedule (jobs it fired stay); :class:`ScheduleNotFound` when absent."""
     if not await schedule_store(backend).schedule_remove(queue, check_schedule_key(key)):
-        raise ScheduleNotFound(f"no schedule {key!r} on queue {queue!r}")
+        raise _not_found(queue, key)
 
 
 async def pause_repeatable(backend: Backend, queue: str, key: str) -> None:
@@ -84,7 +61,7 @@ async def pause_repeatable(backend: Backend, queue: str, key: str) -> None:
     if not await schedule_store(backend).schedule_set_paused(
         queue, check_schedule_key(key), paused=True, next_due_ms=None
     ):
-        raise ScheduleNotFound(f"no schedule {key!r} on queue {queue!r}")
+        raise _not_found(queue, key)
 
 
 async def resume_repeatable(backend: Backend, queue: str, key: str) -> None:
@@ -92,10 +69,10 @@ async def resume_repeatable(backend: Backend, queue: str, key: str) -> None:
     store = schedule_store(backend)
     record = await store.schedule_get(queue, check_schedule_key(key))
     if record is None:
-        raise ScheduleNotFound(f"no schedule {key!r} on queue {queue!r}")
+        raise _not_found(queue, key)
     next_due = record.spec.next_after(await backend_now_ms(backend), record.anchor_ms)
     if not await store.schedule_set_paused(queue, key, paused=False, next_due_ms=next_due):
-        raise ScheduleNotFound(f"no schedule {key!r} on queue {queue!r}")
+        raise _not_found(queue, key)
 
 
 async def list_repeatables(backend: Backend, queue: str) -> list[dict[str, Any]]:

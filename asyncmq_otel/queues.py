@@ -37,6 +37,7 @@ from .jobs import (
     encode_payload,
     new_job_id,
 )
+from .schedules import ScheduleSpec
 from .settings import settings
 from .tasks import TASK_REGISTRY, UNSUPPORTED_OPTIONS
 
@@ -612,8 +613,7 @@ class Queue:
             ConfigError: the backend cannot store schedules.
 
         """
-        return await _repeatables.upsert_repeatable(
-            self.backend,
+        spec = ScheduleSpec.build(
             self.name,
             task_id,
             every=every,
@@ -624,8 +624,9 @@ class Queue:
             key=key,
             catch_up=catch_up,
             max_catch_up=max_catch_up,
-            job_options=job_options,
+            options=job_options,
         )
+        return await _repeatables.upsert_repeatable(self.backend, spec)
 
     async def remove_repeatable(self, key: str) -> None:
         """Delete a schedule (jobs it already fired stay); ``ScheduleNotFound`` when absent."""

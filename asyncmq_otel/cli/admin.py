@@ -11,7 +11,7 @@ import difflib
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -82,6 +82,17 @@ def _yes_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _echo_json(value: object) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _echo_json_or_empty(rows: Sequence[object], as_json: bool, empty: str) -> bool:
+    """Print ``rows`` as JSON, or ``empty`` when there are none; True when nothing more is to print."""
+    if as_json:
+        _echo_json(rows)
+        return True
+    if not rows:
+        click.echo(empty)
+        return True
+    return False
 
 
 def _confirm(yes: bool, what: str) -> None:
@@ -253,11 +264,9 @@ def queues(as_json: bool, backend_url: str | None, prefix: str | None, connect_t
         return rows
 
     rows = _run(backend_url, prefix, connect_timeout, action)
-    if as_json:
-        _echo_json(rows)
-        return
-    if not rows:
-        click.echo("no queues yet: enqueue a job (asyncmq-otel enqueue TASK --queue NAME) to create one")
+    if _echo_json_or_empty(
+        rows, as_json, "no queues yet: enqueue a job (asyncmq-otel enqueue TASK --queue NAME) to create one"
+    ):
         return
     headers = [
         "QUEUE",
@@ -627,11 +636,7 @@ def dlq_list(
         return await target.dlq(offset, limit)
 
     rows = _run(backend_url, prefix, connect_timeout, action)
-    if as_json:
-        _echo_json(rows)
-        return
-    if not rows:
-        click.echo(f"the dead-letter queue of {name} is empty")
+    if _echo_json_or_empty(rows, as_json, f"the dead-letter queue of {name} is empty"):
         return
     now = time.time()
     table = []

@@ -7,7 +7,7 @@ inspect them and pause, resume or remove one without a deploy.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
@@ -17,7 +17,7 @@ from ..queues import Queue
 from ._backend import BackendChoice, backend_options
 from ._exit import CLIError, ExitCode
 from ._output import format_age, format_table
-from .admin import _echo_json, _json_option, _run
+from .admin import _echo_json_or_empty, _json_option, _run
 
 __all__ = ["schedules"]
 
@@ -25,10 +25,6 @@ __all__ = ["schedules"]
 @click.group("schedules")
 def schedules() -> None:
     """List, pause, resume or remove periodic jobs."""
-
-
-def _queue_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--queue", "-q", "queue_name", required=True, help="The schedule's queue.")(func)
 
 
 def _when(value: object) -> str:
@@ -56,11 +52,9 @@ def schedules_list(
         return rows
 
     rows = _run(backend_url, prefix, connect_timeout, action)
-    if as_json:
-        _echo_json(rows)
-        return
-    if not rows:
-        click.echo("no schedules: declare one with @task(..., cron=...) or Queue.upsert_repeatable()")
+    if _echo_json_or_empty(
+        rows, as_json, "no schedules: declare one with @task(..., cron=...) or Queue.upsert_repeatable()"
+    ):
         return
     headers = ["QUEUE", "KEY", "TASK", "WHEN", "NEXT RUN", "LAST RUN", "LAST JOB", "PAUSED"]
     table = [
@@ -80,57 +74,48 @@ def schedules_list(
         click.echo(line)
 
 
-def _change(
-    verb: str, key: str, queue_name: str, backend_url: str | None, prefix: str | None, timeout: float
+def _change_command(
+    verb: str, change: Callable[[Queue, str], Awaitable[None]], summary: str, done: str
 ) -> None:
-    async def action(choice: BackendChoice) -> None:
-        queue = Queue(queue_name, backend=choice.backend)
-        change = {
-            "pause": queue.pause_repeatable,
-            "resume": queue.resume_repeatable,
-            "remove": queue.remove_repeatable,
-        }[verb]
-        try:
-            await change(key)
-        except ScheduleNotFound as exc:
-            raise CLIError(
-                f"{exc}: see `asyncmq-otel schedules list --queue {queue_name}`", ExitCode.USAGE
-            ) from exc
+    """Add ``schedules VERB KEY -q QUEUE``, which calls ``change`` and then prints ``done``."""
 
-    _run(backend_url, prefix, timeout, action)
+    @schedules.command(verb, help=summary)
+    @click.argument("key")
+    @click.option("--queue", "-q", "queue_name", required=True, help="The schedule's queue.")
+    @backend_options
+    def command(
+        key: str, queue_name: str, backend_url: str | None, prefix: str | None, connect_timeout: float
+    ) -> None:
+        async def action(choice: BackendChoice) -> None:
+            try:
+                await change(Queue(queue_name, backend=choice.backend), key)
+            except ScheduleNotFound as exc:
+                raise CLIError(
+                    f"{exc}: see `asyncmq-otel schedules list --queue {queue_name}`", ExitCode.USAGE
+                ) from exc
 
-
-@schedules.command("pause")
-@click.argument("key")
-@_queue_option
-@backend_options
-def schedules_pause(
-    key: str, queue_name: str, backend_url: str | None, prefix: str | None, connect_timeout: float
-) -> None:
-    """Stop schedule KEY from firing (until resumed)."""
-    _change("pause", key, queue_name, backend_url, prefix, connect_timeout)
-    click.echo(f"schedule {key} paused: resume it with `asyncmq-otel schedules resume {key} -q {queue_name}`")
+        _run(backend_url, prefix, connect_timeout, action)
+        click.echo(done.format(key=key, queue=queue_name))
 
 
-@schedules.command("resume")
-@click.argument("key")
-@_queue_option
-@backend_options
-def schedules_resume(
-    key: str, queue_name: str, backend_url: str | None, prefix: str | None, connect_timeout: float
-) -> None:
-    """Fire schedule KEY again from its next tick (ticks while paused are skipped)."""
-    _change("resume", key, queue_name, backend_url, prefix, connect_timeout)
-    click.echo(f"schedule {key} resumed")
-
-
-@schedules.command("remove")
-@click.argument("key")
-@_queue_option
-@backend_options
-def schedules_remove(
-    key: str, queue_name: str, backend_url: str | None, prefix: str | None, connect_timeout: float
-) -> None:
-    """Delete schedule KEY (jobs it fired stay; a declared one comes back at the next worker start)."""
-    _change("remove", key, queue_name, backend_url, prefix, connect_timeout)
-    click.echo(f"schedule {key} removed")
+for _verb, _change, _summary, _done in (
+    (
+        "pause",
+        Queue.pause_repeatable,
+        "Stop schedule KEY from firing (until resumed).",
+        "schedule {key} paused: resume it with `asyncmq-otel schedules resume {key} -q {queue}`",
+    ),
+    (
+        "resume",
+        Queue.resume_repeatable,
+        "Fire schedule KEY again from its next tick (ticks while paused are skipped).",
+        "schedule {key} resumed",
+    ),
+    (
+        "remove",
+        Queue.remove_repeatable,
+        "Delete schedule KEY (jobs it fired stay; a declared one comes back at the next worker start).",
+        "schedule {key} removed",
+    ),
+):
+    _change_command(_verb, _change, _summary, _done)

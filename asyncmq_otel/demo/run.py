@@ -291,7 +291,11 @@ async def _watch(
 
 
 async def _remove_ticks(queue: Queue, key: str) -> None:
-    """Remove the demo's schedule (once: a second call finds it gone), even from a cancelled run."""
+    """Remove the demo's schedule, even from a cancelled run.
+
+    Found gone (a second call, another producer removed it) or Redis gone: neither may hide how the
+    run ended.
+    """
     with (
         anyio.CancelScope(shield=True),
         anyio.move_on_after(5),
@@ -354,13 +358,7 @@ async def run_producer(
     try:
         return await _waves(queue, jobs, duration, say, halt, poll_interval)
     finally:
-        # another producer may have removed it, or Redis be gone: neither may hide how the waves ended
-        with (
-            anyio.CancelScope(shield=True),
-            anyio.move_on_after(5),
-            suppress(ScheduleNotFound, BackendUnavailable),
-        ):
-            await queue.remove_repeatable(ticks)
+        await _remove_ticks(queue, ticks)
 
 
 async def _waves(

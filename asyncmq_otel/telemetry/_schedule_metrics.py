@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..tasks import TASK_REGISTRY
@@ -91,18 +91,22 @@ class ScheduleGauges:
 
     def next_run(self) -> Iterable[tuple[tuple[str, ...], float]]:
         """Observations of #29: the earliest next run per (queue, schedule label)."""
-        for queue, rows in self._fresh():
-            best: dict[str, float] = {}
-            for label, next_run, _ in rows:
-                best[label] = min(next_run, best.get(label, next_run))
-            for label, value in best.items():
-                yield (queue, label), value
+        return self._per_label(lambda row: row[1], min)
 
     def intervals(self) -> Iterable[tuple[tuple[str, ...], float]]:
         """Observations of #30: the longest interval per (queue, schedule label)."""
+        return self._per_label(lambda row: row[2], max)
+
+    def _per_label(
+        self,
+        value_of: Callable[[tuple[str, float, float]], float],
+        keep: Callable[[float, float], float],
+    ) -> Iterator[tuple[tuple[str, ...], float]]:
+        """One observation per (queue, label): ``keep`` (min or max) of its rows' values."""
         for queue, rows in self._fresh():
-            worst: dict[str, float] = {}
-            for label, _, gap in rows:
-                worst[label] = max(gap, worst.get(label, gap))
-            for label, value in worst.items():
+            kept: dict[str, float] = {}
+            for row in rows:
+                value = value_of(row)
+                kept[row[0]] = keep(value, kept.get(row[0], value))
+            for label, value in kept.items():
                 yield (queue, label), value

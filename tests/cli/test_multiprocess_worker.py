@@ -60,6 +60,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _start_two(
+    spawn: Spawn, tmp_path: Path, unique_name: str, redis_url: str, redis_prefix: str, *options: str
+) -> tuple[subprocess.Popen[bytes], Path, Path, str]:
+    """``worker --processes 2`` on the test app, with a multiprocess directory and a metrics address of its own.
+
+    Returns the supervisor, its log, the directory and the address.
+    """
+    base = tmp_path / "multiproc"
+    base.mkdir()
+    address = f"127.0.0.1:{free_port()}"
+    proc, log = spawn(
+        "worker", unique_name, "--processes", "2", "--app", "tests.cli.multiprocess_app",
+        "--backend", redis_url, "--prefix", redis_prefix, "--metrics-addr", address, "--log-format", "console",
+        *options, env=cli_env(PROMETHEUS_MULTIPROC_DIR=str(base)),
+    )  # fmt: skip
+    return proc, log, base, address
+
+
 @pytest.mark.anyio
 @pytest.mark.timeout(180)
 async def test_two_processes_drain_once_merge_metrics_survive_a_kill_and_stop_cleanly(
@@ -69,16 +87,10 @@ async def test_two_processes_drain_once_merge_metrics_survive_a_kill_and_stop_cl
     ledger = tmp_path / "ledger"
     for number in range(JOBS):
         await queue.add("mptest.record", [str(ledger), number])
-    base = tmp_path / "multiproc"
-    base.mkdir()
-    address = f"127.0.0.1:{free_port()}"
-    url = f"http://{address}/metrics"
-    proc, log = spawn(
-        "worker", unique_name, "--processes", "2", "--app", "tests.cli.multiprocess_app",
-        "--backend", redis_url, "--prefix", redis_prefix, "--concurrency", "4",
-        "--metrics-addr", address, "--log-format", "console", "--shutdown-timeout", "20",
-        env=cli_env(PROMETHEUS_MULTIPROC_DIR=str(base)),
+    proc, log, base, address = _start_two(
+        spawn, tmp_path, unique_name, redis_url, redis_prefix, "--concurrency", "4", "--shutdown-timeout", "20"
     )  # fmt: skip
+    url = f"http://{address}/metrics"
 
     def output() -> str:
         return log.read_text(encoding="utf-8", errors="replace")
@@ -153,14 +165,9 @@ async def test_two_processes_drain_once_merge_metrics_survive_a_kill_and_stop_cl
 async def test_past_the_restart_limit_a_crash_stops_the_instance_with_the_crash_code(
     spawn: Spawn, redis_url: str, redis_prefix: str, unique_name: str, tmp_path: Path
 ) -> None:
-    base = tmp_path / "multiproc"
-    base.mkdir()
-    address = f"127.0.0.1:{free_port()}"
-    proc, log = spawn(
-        "worker", unique_name, "--processes", "2", "--max-restarts", "0", "--app", "tests.cli.multiprocess_app",
-        "--backend", redis_url, "--prefix", redis_prefix, "--metrics-addr", address, "--log-format", "console",
-        env=cli_env(PROMETHEUS_MULTIPROC_DIR=str(base)),
-    )  # fmt: skip
+    proc, log, base, address = _start_two(
+        spawn, tmp_path, unique_name, redis_url, redis_prefix, "--max-restarts", "0"
+    )
 
     async def both_up() -> bool:
         assert proc.poll() is None, log.read_text()
@@ -193,13 +200,8 @@ async def test_a_process_that_exits_0_unasked_is_replaced_and_never_leaves_the_i
     """A child stopped by a signal sent to it alone exits 0: the supervisor replaces it (not --burst),
     and past the restart limit it stops the instance with a non-zero code instead of exiting 0.
     """
-    base = tmp_path / "multiproc"
-    base.mkdir()
-    address = f"127.0.0.1:{free_port()}"
-    proc, log = spawn(
-        "worker", unique_name, "--processes", "2", "--max-restarts", "1", "--app", "tests.cli.multiprocess_app",
-        "--backend", redis_url, "--prefix", redis_prefix, "--metrics-addr", address, "--log-format", "console",
-        "--shutdown-timeout", "5", env=cli_env(PROMETHEUS_MULTIPROC_DIR=str(base)),
+    proc, log, base, address = _start_two(
+        spawn, tmp_path, unique_name, redis_url, redis_prefix, "--max-restarts", "1", "--shutdown-timeout", "5"
     )  # fmt: skip
     children: set[int] = set()
 

@@ -26,6 +26,7 @@ from asyncmq_otel.backends.base import (
 from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.errors import PayloadTooLarge
 from asyncmq_otel.jobs import Job, JobState
+from tests.conformance import BACKEND_KINDS
 from tests.support.poll import eventually
 from tests.support.redis_server import (  # noqa: F401 - fixtures are registered by import
     RedisServer,
@@ -48,13 +49,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(
-    params=[
-        "memory",
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.cluster]),
-    ]
-)
+@pytest.fixture(params=BACKEND_KINDS)
 async def make_backend(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
     """A factory of backends of one kind sharing one namespace; closed and cleaned afterwards."""
     kind = str(request.param)

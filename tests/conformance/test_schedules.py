@@ -28,6 +28,7 @@ from asyncmq_otel.queues import Queue
 from asyncmq_otel.schedules import schedule_job_id
 from asyncmq_otel.tasks import TASK_REGISTRY
 from asyncmq_otel.worker.scheduler import Fired, Scheduler
+from tests.conformance import BACKEND_KINDS
 from tests.support.poll import eventually
 from tests.support.redis_server import (  # noqa: F401 - fixtures are registered by import
     RedisServer,
@@ -81,13 +82,7 @@ class Harness:
             client.close()
 
 
-@pytest.fixture(
-    params=[
-        "memory",
-        pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.cluster]),
-    ]
-)
+@pytest.fixture(params=BACKEND_KINDS)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     """Four handles on one store: a single in-memory backend, or four Redis clients on one prefix."""
     if request.param == "memory":

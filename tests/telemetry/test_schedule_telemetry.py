@@ -8,10 +8,11 @@ from opentelemetry import trace
 from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.clock import FakeClock
 from asyncmq_otel.queues import Queue
-from asyncmq_otel.schedules import schedule_job_id
+from asyncmq_otel.schedules import ScheduleRecord, ScheduleSpec, schedule_job_id
 from asyncmq_otel.tasks import TASK_REGISTRY, task
+from asyncmq_otel.telemetry import _schedule_metrics
 from asyncmq_otel.telemetry._sampler import QueueGauges, QueueSampler
-from asyncmq_otel.telemetry._schedule_metrics import ScheduleLabels
+from asyncmq_otel.telemetry._schedule_metrics import ScheduleGauges, ScheduleLabels
 from asyncmq_otel.testing import Captured
 from asyncmq_otel.worker.scheduler import Fired, Scheduler
 from tests.support.poll import eventually
@@ -124,3 +125,18 @@ async def test_the_queue_sampler_exports_next_run_and_interval(unique_name: str)
         (unique_name, "five-min"): 300.0,
         (unique_name, "weekly"): 604800.0,
     }
+
+
+def test_schedules_sharing_the_other_label_export_the_earliest_next_run_and_the_longest_interval(
+    unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_schedule_metrics, "schedule_labels", ScheduleLabels(limit=0))
+    now_ms = 1_000_000
+    records = [
+        ScheduleRecord.new(ScheduleSpec.build(unique_name, "app.sampled", every=every, key=key), now_ms)
+        for key, every in (("slow", 60), ("fast", 5), ("middle", 30))
+    ]
+    gauges = ScheduleGauges(interval=10.0)
+    gauges.update(unique_name, records)
+    assert dict(gauges.next_run()) == {(unique_name, "_OTHER"): min(r.next_due_ms for r in records) / 1000}
+    assert dict(gauges.intervals()) == {(unique_name, "_OTHER"): 60.0}

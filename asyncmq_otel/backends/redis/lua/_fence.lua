@@ -86,6 +86,35 @@ local function ready_score(priority, seq)
   return p * PRIORITY_WEIGHT + (int_field(seq) or 0)
 end
 
+-- The checks before a batch of new jobs writes anything. The script's ARGV starts with the epoch and
+-- max_payload_bytes, and holds `n` payloads at ARGV[first], ARGV[first + 2], ...: returns the reply
+-- {'TOO_LARGE', index, size} for the first payload over the limit, or epoch_and's (the EPOCH reply
+-- or nil, then the queue's seq counter).
+local function check_new_jobs(meta, first, n)
+  local limit = tonumber(ARGV[2])
+  for i = 1, n do
+    local size = #ARGV[first + (i - 1) * 2]
+    if size > limit then
+      return {'TOO_LARGE', i, size}
+    end
+  end
+  return epoch_and(meta, ARGV[1], 'seq')
+end
+
+-- Append a new job's optional fields to its HSET arguments `fields`: its priority unless the
+-- default 5 (an absent priority reads as 5, see ready_score), and expires_at for a TTL in ms
+-- (the empty string: no TTL).
+local function add_job_options(fields, priority, ttl, now)
+  if priority ~= '5' then
+    fields[#fields + 1] = 'priority'
+    fields[#fields + 1] = priority
+  end
+  if ttl ~= '' then
+    fields[#fields + 1] = 'expires_at'
+    fields[#fields + 1] = now + tonumber(ttl)
+  end
+end
+
 -- The states a stored job can be in; any other value (or none) marks a malformed job hash.
 local JOB_STATES = {waiting = true, delayed = true, active = true, completed = true, failed = true,
   expired = true, cancelled = true}

@@ -10,17 +10,10 @@
 --            'DUPLICATE' (the id is held by another enqueue; state is its state). Every job not
 --            listed was stored now: enqueued_at = now, eligible_at = now + delay_ms.
 local meta, ready, delayed, signal = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local limit = tonumber(ARGV[2])
 local n = (#ARGV - 2) / 2
 
 -- validate everything before the first write
-for i = 1, n do
-  local size = #ARGV[1 + i * 2]
-  if size > limit then
-    return {'TOO_LARGE', i, size}
-  end
-end
-local bad, counters = epoch_and(meta, ARGV[1], 'seq')
+local bad, counters = check_new_jobs(meta, 3, n)
 if bad then
   return bad
 end
@@ -74,14 +67,7 @@ for i = 1, n do
       waiting[#waiting + 1] = id
       stored[job] = {'waiting', nonce, now, now}
     end
-    if priority ~= '5' then -- an absent priority reads as the default 5 (ready_score)
-      fields[#fields + 1] = 'priority'
-      fields[#fields + 1] = priority
-    end
-    if ttl ~= '' then
-      fields[#fields + 1] = 'expires_at'
-      fields[#fields + 1] = now + tonumber(ttl)
-    end
+    add_job_options(fields, priority, ttl, now)
     redis.call('HSET', job, unpack(fields))
   end
 end

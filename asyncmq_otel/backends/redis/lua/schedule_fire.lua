@@ -10,18 +10,11 @@
 --          {'REPLAY', now}: this call was applied already (redis-py re-sent it);
 --          {'OK', now, {ids stored}, {ids that existed already}}
 local meta, ready, signal, schedules, schedule = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local limit = tonumber(ARGV[2])
 local key, rev, expected, next_due, nonce = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local n = (#ARGV - 7) / 2
 
 -- validate everything before the first write
-for i = 1, n do
-  local size = #ARGV[6 + i * 2]
-  if size > limit then
-    return {'TOO_LARGE', i, size}
-  end
-end
-local bad, counters = epoch_and(meta, ARGV[1], 'seq')
+local bad, counters = check_new_jobs(meta, 8, n)
 if bad then
   return bad
 end
@@ -71,14 +64,7 @@ for i = 1, n do
     seq = seq + 1
     local fields = {'payload', ARGV[6 + i * 2], 'state', 'waiting', 'seq', seq, 'nonce', nonce,
       'enqueued_at', now, 'eligible_at', now, 'schedule', key, 'schedule_due', due}
-    if priority ~= '5' then
-      fields[#fields + 1] = 'priority'
-      fields[#fields + 1] = priority
-    end
-    if ttl ~= '' then
-      fields[#fields + 1] = 'expires_at'
-      fields[#fields + 1] = now + tonumber(ttl)
-    end
+    add_job_options(fields, priority, ttl, now)
     redis.call('HSET', job, unpack(fields))
     waiting[#waiting + 1] = ready_score(priority, seq)
     waiting[#waiting + 1] = id
