@@ -283,7 +283,6 @@ class Queue:
         job, delay_s = built.job, built.delay_s
         backend = self.backend
         limit = settings.max_payload_bytes
-        await self._check_task_names((task_id,))
         if bus.observed:
             _provisional_times(job, delay_s)
             operation = Operation(
@@ -294,6 +293,8 @@ class Queue:
         else:
             reply = await backend.enqueue(self.name, built.item(limit))
         self._after_store(job, reply, delay_s)
+        # after the store: a job refused for its size or arguments sends nothing, not even this look-up
+        await self._check_task_names((task_id,))
         return job.id
 
     async def add_bulk(self, jobs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -305,7 +306,6 @@ class Queue:
         if not built:
             return []
         limit = settings.max_payload_bytes
-        await self._check_task_names({one.job.task for one in built})
 
         def items() -> list[EnqueueItem]:
             return [one.item(limit) for one in built]
@@ -326,6 +326,7 @@ class Queue:
                 self._after_store(one.job, reply, one.delay_s)
             except DuplicateJob as exc:
                 duplicates.append(exc)
+        await self._check_task_names({one.job.task for one in built})  # after the store, as in add
         if duplicates:
             raise duplicates[0]
         return [one.job.id for one in built]

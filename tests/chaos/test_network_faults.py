@@ -22,6 +22,7 @@ import anyio
 import pytest
 import redis
 
+from asyncmq_otel.backends.redis._keys import Keys
 from asyncmq_otel.errors import JobArgumentError, PayloadTooLarge
 from asyncmq_otel.events import LifecycleEvent, bus
 from asyncmq_otel.jobs import Job, dumps
@@ -229,8 +230,11 @@ async def test_rows15_16_lost_claim_or_complete_reply_is_replayed_once(
 
 
 def _envelope_size(queue: str, blob: str) -> int:
+    """The stored size of the job the test enqueues: retries left unset store no ``max_retries``."""
     job = Job(id="x" * 32, task="chaos.payload_size", queue=queue, args=[blob])
-    return len(dumps(job.envelope()).encode())
+    envelope = job.envelope()
+    del envelope["max_retries"]  # the task's declared retries apply (the producer leaves them out)
+    return len(dumps(envelope).encode())
 
 
 @pytest.mark.timeout(60)
@@ -262,6 +266,9 @@ async def test_row20_oversized_and_non_json_payloads_send_nothing_and_the_limit_
         with pytest.raises(PayloadTooLarge):
             await queue.add("chaos.payload_size", [largest + "y"], job_id="x" * 32)
         job_id = await queue.add("chaos.payload_size", [largest], job_id="x" * 32)
+        stored = admin.hget(Keys(redis_prefix).queue(QUEUE).job(job_id), "payload")
+        assert isinstance(stored, bytes)
+        assert len(stored) == limit  # the size computed above is the size stored
         worker = worker_proc(QUEUE, redis_url, redis_prefix, concurrency=1, env=ledger.env)
         await wait_counts(queue, completed=1, timeout=20, workers=[worker])
         assert await queue.get_job_result(job_id) == len(largest)

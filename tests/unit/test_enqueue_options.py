@@ -17,8 +17,9 @@ import pytest
 
 from asyncmq_otel import Queue, task
 from asyncmq_otel.backends.base import Backend, WorkerInfo
-from asyncmq_otel.errors import JobArgumentError, TaskNameWarning, UnsupportedOption
+from asyncmq_otel.errors import JobArgumentError, PayloadTooLarge, TaskNameWarning, UnsupportedOption
 from asyncmq_otel.jobs import MAX_SECONDS
+from asyncmq_otel.settings import get_settings
 from tests.support.poll import eventually
 from tests.support.running import running_worker
 
@@ -140,6 +141,32 @@ async def test_unstorable_arguments_are_refused_naming_the_path(backend, unique_
         await queue.add("ptest.echo", args, kwargs)
     assert info.value.path == path
     assert await _stored(queue) == 0
+
+
+async def test_a_job_refused_for_its_size_sends_nothing_not_even_the_task_name_look_up(
+    backend, unique_name, monkeypatch
+):
+    """Reliability row 20: ``PayloadTooLarge`` before any round trip; the task-name check runs after the store."""
+    look_ups: list[str] = []
+    list_workers = backend.list_workers
+
+    async def counted_list_workers() -> list[WorkerInfo]:
+        look_ups.append("list_workers")
+        return await list_workers()
+
+    monkeypatch.setattr(backend, "list_workers", counted_list_workers)
+    queue = Queue(unique_name, backend=backend)
+    oversized = "x" * (get_settings().max_payload_bytes + 1)
+    unregistered = "remote.tasks.render"  # not declared here: only the live workers could say who serves it
+    with pytest.raises(PayloadTooLarge):
+        await queue.add(unregistered, [oversized])
+    with pytest.raises(PayloadTooLarge):
+        await queue.add_bulk([{"task_id": unregistered}, {"task_id": unregistered, "args": [oversized]}])
+    assert look_ups == []
+    assert await _stored(queue) == 0
+    await queue.add(unregistered, ["fits"])
+    assert look_ups == ["list_workers"]  # the stored job was checked
+    assert await _stored(queue) == 1
 
 
 async def test_the_largest_accepted_values_round_trip_and_run(backend, unique_name):
