@@ -37,6 +37,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..jobs import error_type_name
+from ._span_parts import _Attached, _attrs, _ns, _server, traceparent
 from ._trace_sampling import (
     LinkAwareSampler,
     flag_sampled,
@@ -97,52 +98,10 @@ _PLAIN_TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a
 _EMPTY: Final = otel_context.Context()
 
 
-def _ns(seconds: float | None) -> int | None:
-    return None if seconds is None else int(seconds * 1e9)
-
-
-def traceparent(ctx: SpanContext) -> str:
-    """The W3C ``traceparent`` of a span context (version 00: only the sampled flag is kept)."""
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{'01' if ctx.trace_flags.sampled else '00'}"
-
-
 def _throttle_wait(event: LifecycleEvent) -> float | None:
     """The rate-limit wait when the job was throttled (held over 1 ms, §1.2), else ``None``."""
     wait = event.ratelimit_wait_s
     return wait if wait is not None and wait > THROTTLE_THRESHOLD_S else None
-
-
-def _server(source: object) -> dict[str, AttributeValue]:
-    """``server.address`` / ``server.port`` of the backend, when the event or write carries them (§2.4)."""
-    address = getattr(source, "server_address", None)
-    if not address:
-        return {}
-    port = getattr(source, "server_port", None)
-    return (
-        {"server.address": str(address)}
-        if port is None
-        else {"server.address": str(address), "server.port": int(port)}
-    )
-
-
-def _attrs(**values: AttributeValue | None) -> dict[str, AttributeValue]:
-    return {key.replace("__", "."): value for key, value in values.items() if value is not None}
-
-
-@dataclass(slots=True)
-class _Attached:
-    """A context this adapter attached in the current task, detached only from that same context."""
-
-    token: object
-    ctx: Context
-
-    @classmethod
-    def attach(cls, ctx: Context) -> _Attached:
-        return cls(otel_context.attach(ctx), ctx)
-
-    def detach(self) -> None:
-        if otel_context.get_current() is self.ctx:
-            otel_context.detach(self.token)  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)
