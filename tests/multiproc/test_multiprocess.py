@@ -87,6 +87,7 @@ async def test_worker_processes_complete_ten_thousand_jobs_exactly_once(
     assert counts == {
         "waiting": 0,
         "delayed": 0,
+        "blocked": 0,
         "active": 0,
         "completed": total,
         "failed": 0,
