@@ -93,14 +93,7 @@ for i = 1, n do
       fields[#fields + 1] = 'on_parent_failure'
       fields[#fields + 1] = on_failure
     end
-    if priority ~= '5' then
-      fields[#fields + 1] = 'priority'
-      fields[#fields + 1] = priority
-    end
-    if ttl ~= '' then
-      fields[#fields + 1] = 'expires_at'
-      fields[#fields + 1] = now + tonumber(ttl)
-    end
+    add_job_options(fields, priority, ttl, now)
     local state, eligible = 'blocked', now
     if delay > 0 then
       fields[#fields + 1] = 'delay_until'
