@@ -128,6 +128,19 @@ async def test_fan_out_fan_in(backend: Backend, queue: Queue) -> None:
     assert (await queue.counts())["blocked"] == 0
 
 
+async def test_a_blocked_child_keeps_its_priority_and_ttl(backend: Backend, queue: Queue) -> None:
+    await add(queue, "a")
+    await add(queue, "low", "a", priority=9)
+    await add(queue, "high", "a", priority=1, ttl=3600)
+    await run(backend, queue.name, "a")
+    held = await claim_all(backend, queue.name)
+    assert list(held) == ["high", "low"]  # released in priority order, not enqueue order
+    stored = await backend.get_job(queue.name, "high")
+    assert stored is not None
+    assert stored["priority"] == 1
+    assert stored["expires_at"] is not None
+
+
 async def test_completed_parent_counts_as_done(backend: Backend, queue: Queue) -> None:
     await add(queue, "a")
     await run(backend, queue.name, "a")
