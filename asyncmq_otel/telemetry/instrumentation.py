@@ -23,9 +23,9 @@ import anyio.lowlevel
 from .. import events
 from .._version import __version__
 from ._metrics_adapter import MetricsAdapter
-from ._sampler import QueueGauges, QueueSampler, SamplerLock, StatsSource
+from ._sampler import QueueGauges, QueueSampler, StatsSource
 from .config import TelemetryConfig
-from .log_adapter import AddTraceContext, LoggingAdapter, LogOutput
+from .log_adapter import LoggingAdapter, LogOutput
 from .metrics import MetricSinks
 from .providers import (
     MetricsServer,
@@ -36,19 +36,14 @@ from .providers import (
     flush_and_shutdown,
     shutdown_providers,
 )
-from .tracing import AFTER_EVENTS, BEFORE_EVENTS, LinkAwareSampler, TracingAdapter
+from .tracing import AFTER_EVENTS, BEFORE_EVENTS, TracingAdapter
 
 if TYPE_CHECKING:
     from ..events import LifecycleEvent
 
+# What this module defines; ``asyncmq_otel.telemetry`` re-exports it with the adapters' public names.
 __all__ = [
-    "AddTraceContext",
     "AsyncMQInstrumentor",
-    "LinkAwareSampler",
-    "QueueGauges",
-    "QueueSampler",
-    "SamplerLock",
-    "TelemetryConfig",
     "active_config",
     "flush",
     "instrument",
