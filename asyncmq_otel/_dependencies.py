@@ -10,7 +10,7 @@ from .errors import JobArgumentError
 from .jobs import check_job_id, check_queue_name
 
 if TYPE_CHECKING:
-    from .backends.base import Backend, RawJob
+    from .backends.base import Backend, ClaimedJob
 
 __all__ = [
     "MAX_PARENTS",
@@ -27,7 +27,7 @@ OnParentFailure = Literal["fail", "run"]
 ON_PARENT_FAILURE = frozenset({"fail", "run"})
 MAX_PARENTS = 1000  # one job's fan-in; a bigger join is a sign of a missing intermediate step
 
-current_job: contextvars.ContextVar[tuple[Backend, RawJob] | None] = contextvars.ContextVar(
+current_job: contextvars.ContextVar[tuple[Backend, ClaimedJob] | None] = contextvars.ContextVar(
     "asyncmq_otel_current_job", default=None
 )
 """The job whose handler runs in this task, for ``flows.parent_results()`` (set by the worker)."""

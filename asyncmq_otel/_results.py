@@ -16,7 +16,7 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
-from .backends.base import Backend, RawJob
+from .backends.base import Backend, StoredJob
 from .errors import ConfigError, JobCancelled, JobExpired, JobFailed
 from .events import LifecycleEvent, bus
 from .jobs import check_job_id
@@ -30,26 +30,19 @@ SETTLE_EVENTS = ("job:completed", "job:failed", "job:cancelled", "job:expired")
 _RECHECK = 10.0
 
 
-def _outcome(job_id: str, raw: RawJob | None) -> tuple[bool, Any]:
+def _outcome(job_id: str, stored: StoredJob | None) -> tuple[bool, Any]:
     """``(True, result)`` for a completed job; raises for the other terminal states; ``(False, None)``."""
-    state = None if raw is None else raw.get("state")
-    if raw is None or state not in {"completed", "failed", "cancelled", "expired"}:
+    state = None if stored is None else stored.state
+    if stored is None or state not in {"completed", "failed", "cancelled", "expired"}:
         return False, None
     if state == "completed":
-        return True, raw.get("result")
+        return True, stored.result
     if state == "cancelled":
         raise JobCancelled(f"job {job_id} was cancelled")
     if state == "expired":
         raise JobExpired(job_id)
-    error = raw.get("error")
-    if not isinstance(error, dict):
-        error = {}
-    raise JobFailed(
-        job_id,
-        str(error.get("type", "")),
-        str(error.get("message", "")),
-        raw.get("dlq_reason") if isinstance(raw.get("dlq_reason"), str) else None,
-    )
+    error = stored.error if isinstance(stored.error, dict) else {}
+    raise JobFailed(job_id, str(error.get("type", "")), str(error.get("message", "")), stored.dlq_reason)
 
 
 async def wait_for_result(

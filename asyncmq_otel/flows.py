@@ -181,10 +181,10 @@ async def parent_results() -> dict[str, Any]:
     current = current_job.get()
     if current is None:
         raise RuntimeError("parent_results() reads the running job's parents: call it from a handler")
-    backend, raw = current
+    backend, claimed = current
     out: dict[str, Any] = {}
-    for parent_queue, parent_id in raw.get("depends_on") or ():
-        stored = await backend.get_job(str(parent_queue), str(parent_id))
-        completed = stored is not None and stored.get("state") == "completed"
-        out[str(parent_id)] = stored.get("result") if completed and stored is not None else None
+    for parent_queue, parent_id in claimed.parents:
+        stored = await backend.get_job(parent_queue, parent_id)
+        completed = stored is not None and stored.state == "completed"
+        out[parent_id] = stored.result if completed and stored is not None else None
     return out

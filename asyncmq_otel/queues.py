@@ -18,7 +18,15 @@ from . import _repeatables, _results
 from ._dependencies import OnParentFailure, ParentRef, check_parents
 from ._lifecycle import emit_job_event, server_fields
 from .backends._default import default_backend
-from .backends.base import Backend, CancelStatus, EnqueueItem, EnqueueReply, QueueStats, WorkerInfo
+from .backends.base import (
+    Backend,
+    CancelStatus,
+    EnqueueItem,
+    EnqueueReply,
+    QueueStats,
+    StoredJob,
+    WorkerInfo,
+)
 from .errors import DuplicateJob, JobArgumentError, TaskNameWarning, UnsupportedOption
 from .events import LifecycleEvent, Operation, bus
 from .jobs import (
@@ -492,11 +500,11 @@ class Queue:
             return False
         status = await self.backend.cancel(self.name, job_id)
         if status is CancelStatus.CANCELLED:
-            raw = await self.backend.get_job(self.name, job_id)
-            if raw is not None and "payload_error" not in raw:
+            stored = await self.backend.get_job(self.name, job_id)
+            job = None if stored is None else stored.job
+            if job is not None:
                 # The transition is immediate, so the event is emitted here rather than at a pickup
                 # that will never happen (a delayed job could be due in days).
-                job = Job.from_dict(raw)
                 job.queue = self.name  # not the envelope's field: a job cannot mint label values
                 emit_job_event("job:cancelled", job, reason="queued", finished_at=job.finished_at)
         return status in {CancelStatus.CANCELLED, CancelStatus.RUNNING}
@@ -504,6 +512,11 @@ class Queue:
     # -- inspection and admin ------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> dict[str, Any] | None:
         """The stored job (envelope, state, counters, result, error), or ``None``."""
+        stored = await self._stored(job_id)
+        return None if stored is None else stored.to_dict()
+
+    async def _stored(self, job_id: str) -> StoredJob | None:
+        """The typed stored job, or ``None`` (nothing is created when the queue does not exist)."""
         check_job_id(job_id)
         if not await self.exists():
             return None
@@ -511,15 +524,15 @@ class Queue:
 
     async def get_job_state(self, job_id: str) -> str | None:
         """The job's state (``waiting``, ``delayed``, ``active``, ``completed``, ``failed``, ...)."""
-        raw = await self.get_job(job_id)
-        return None if raw is None else str(raw.get("state"))
+        stored = await self._stored(job_id)
+        return None if stored is None else stored.state
 
     async def get_job_result(self, job_id: str) -> Any:  # noqa: ANN401 - whatever the handler returned
         """The result of a completed job (``None`` otherwise)."""
-        raw = await self.get_job(job_id)
-        if raw is None or raw.get("state") != JobState.COMPLETED.value:
+        stored = await self._stored(job_id)
+        if stored is None or stored.state != JobState.COMPLETED.value:
             return None
-        return raw.get("result")
+        return stored.result
 
     async def get_flow(self, job_id: str) -> list[FlowNode]:
         """The flow around a job: every job linked to it by ``depends_on``, each with its state.
@@ -549,13 +562,13 @@ class Queue:
         wanted = JobState(state).value
         if not await self.exists():
             return []
-        return await self.backend.list_jobs(self.name, wanted, offset, limit)
+        return [stored.to_dict() for stored in await self.backend.list_jobs(self.name, wanted, offset, limit)]
 
     async def dlq(self, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Dead-lettered jobs, newest first; each has ``dlq_reason`` and ``error``."""
         if not await self.exists():
             return []
-        return await self.backend.list_dlq(self.name, offset, limit)
+        return [stored.to_dict() for stored in await self.backend.list_dlq(self.name, offset, limit)]
 
     async def retry_job(self, job_id: str) -> bool:
         """Move a dead-lettered job back to ``waiting`` with fresh retries."""

@@ -94,14 +94,14 @@ class TaskInfo:
         """The module the handler is defined in (the sandbox child imports it)."""
         return str(getattr(self.func, "__module__", ""))
 
-    def fill_unset(self, job: Job, stored: Mapping[str, Any]) -> None:
+    def fill_unset(self, job: Job, *, retries_set: bool) -> None:
         """Give ``job`` the retries, backoff, ttl and timeout this task declares where the job set none.
 
-        A value the producer stored wins. ``stored`` is the job as the backend returned it: a job
-        without ``max_retries`` left its retries unset (0 is a value); a ttl set here counts from
-        the job's enqueue time.
+        A value the producer stored wins. ``retries_set`` is whether the stored job has
+        ``max_retries`` (0 is a value; see :attr:`ClaimedJob.retries_set`); a ttl set here counts
+        from the job's enqueue time.
         """
-        if "max_retries" not in stored:
+        if not retries_set:
             job.max_retries = self.retries
         if job.backoff is None:
             job.backoff = self.backoff

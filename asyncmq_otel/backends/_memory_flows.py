@@ -19,7 +19,7 @@ from ..errors import JobArgumentError
 if TYPE_CHECKING:
     import threading
 
-    from .base import EnqueueItem, EnqueueReply, RawJob
+    from .base import EnqueueItem, EnqueueReply, RawJob, StoredJob
     from .memory import InMemoryBackend, _Queue, _Record
 
 __all__ = ["MemoryFlows", "MemoryFlowsMixin"]
@@ -188,14 +188,14 @@ class MemoryFlows:
         }
         self._backend._finish(queue, record, "failed", queue.dlq)  # noqa: SLF001 - cascades through finished()
 
-    def drain_failed(self, queue: _Queue, name: str) -> list[RawJob]:
+    def drain_failed(self, queue: _Queue, name: str) -> list[StoredJob]:
         """Up to 100 children dead-lettered for a parent since the last call (their ``job:failed`` is due)."""
         pending = self._failed.get(name)
-        out: list[RawJob] = []
+        out: list[StoredJob] = []
         while pending and len(out) < _REPORT_PAGE:
             record = queue.jobs.get(pending.popleft())
             if record is not None and record.dlq_reason == "dependency_failed":
-                out.append(record.raw(name))
+                out.append(record.stored(name))
         return out
 
     def retried(self, queue: _Queue, record: _Record) -> None:

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ..errors import MalformedJob
+from ..jobs import Job
+
 if TYPE_CHECKING:
     from ..schedules import ScheduleRecord
 
@@ -20,6 +23,7 @@ __all__ = [
     "Backend",
     "CancelStatus",
     "ClaimReply",
+    "ClaimedJob",
     "DataLossCallback",
     "EnqueueItem",
     "EnqueueReply",
@@ -31,10 +35,12 @@ __all__ = [
     "ScheduleStore",
     "SettleReply",
     "SettleStatus",
+    "StoredJob",
     "WorkerInfo",
 ]
 
 RawJob = dict[str, Any]
+"""The stored form an adapter builds internally (envelope plus bookkeeping); never crosses the port."""
 DataLossCallback = Callable[[str, "str | None", str], None]
 """Called as ``(queue, old_epoch, new_epoch)`` when a backend finds that a queue's data was lost."""
 
@@ -73,16 +79,166 @@ class EnqueueReply:
     eligible_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimReply:
-    """Jobs moved to ``active`` for this worker, each a raw stored job with ``token`` set.
+def _decode(fields: Mapping[str, Any]) -> tuple[Job | None, str | None]:
+    """The job and ``None``, or ``None`` and why the stored form cannot be decoded (never raises)."""
+    why = fields.get("payload_error")
+    if why is not None:  # the adapter found no envelope at all
+        return None, str(why)
+    try:
+        return Job.from_dict(fields), None
+    except MalformedJob as exc:
+        return None, str(exc)
 
-    A raw job whose envelope could not be decoded carries ``id``, ``queue``, ``token``,
-    ``attempts`` and ``payload_error`` only. With nothing ready, ``next_due_in`` is the number of
-    seconds until the next delayed job is due (``None`` when there is none).
+
+def _optional_float(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _optional_text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _parents(value: object) -> tuple[tuple[str, str], ...]:
+    """The envelope's ``depends_on`` as ``(queue, job_id)`` pairs (entries of another shape are skipped)."""
+    if not isinstance(value, (list, tuple)):
+        return ()
+    return tuple(
+        (str(item[0]), str(item[1]))
+        for item in value
+        if isinstance(item, (list, tuple)) and len(item) == 2  # noqa: PLR2004 - a pair
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job a claim moved to ``active`` for this worker, decoded by the backend.
+
+    ``job`` is ``None`` when the stored job cannot be decoded; ``decode_error`` then says why, and
+    the worker dead-letters it as ``malformed_payload`` without running it. ``task`` is the
+    envelope's task name when it has one (telemetry names it even for a malformed job);
+    ``retries_set`` is whether the producer stored ``max_retries`` (0 is a value: a task's default
+    applies only when it is unset); ``parents`` are the envelope's ``depends_on`` (flows).
     """
 
-    jobs: list[RawJob]
+    id: str
+    token: str
+    attempts: int
+    claimed_at: float
+    job: Job | None
+    decode_error: str | None = None
+    task: str = ""
+    retries_set: bool = False
+    parents: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any], claimed_at: float) -> ClaimedJob:
+        """Decode a claimed job from its stored form (envelope plus bookkeeping); never raises.
+
+        Adapters call it at the port; ``handle_job`` calls it for a raw job dict passed by hand.
+        """
+        job, why = _decode(fields)
+        task = fields.get("task")
+        return cls(
+            id=str(fields.get("id")),
+            token=str(fields.get("token") or ""),
+            attempts=_count(fields.get("attempts")),
+            claimed_at=claimed_at,
+            job=job,
+            decode_error=why,
+            task=task if isinstance(task, str) else "",
+            retries_set="max_retries" in fields,
+            parents=_parents(fields.get("depends_on")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    """A stored job as a backend returns it from a settle, a reap or an admin read.
+
+    ``job`` is the decoded job (``None`` when the stored job cannot be decoded: ``decode_error``
+    says why and ``payload_preview`` shows the start of what is stored). The other fields are the
+    backend's bookkeeping, typed. :meth:`to_dict` gives the stored form (the envelope with the
+    bookkeeping merged on top) that ``Queue.get_job`` and the admin commands show.
+    """
+
+    id: str
+    queue: str
+    state: str
+    job: Job | None
+    decode_error: str | None = None
+    attempts: int = 0
+    retries: int = 0
+    stalls: int = 0
+    interrupts: int = 0
+    token: str | None = None
+    owner: str | None = None
+    cancel_requested: bool = False
+    result: object = None
+    error: object = None
+    dlq_reason: str | None = None
+    enqueued_at: float = 0.0
+    eligible_at: float = 0.0
+    delay_until: float | None = None
+    expires_at: float | None = None
+    finished_at: float | None = None
+    progress: float | None = None
+    payload_preview: str | None = None
+    parents: tuple[tuple[str, str], ...] = ()
+    _fields: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_fields(cls, queue: str, fields: Mapping[str, Any]) -> StoredJob:
+        """Decode a stored job from its stored form; never raises (adapters call it at the port)."""
+        job, why = _decode(fields)
+        return cls(
+            id=str(fields.get("id")),
+            queue=queue,
+            state=str(fields.get("state") or ""),
+            job=job,
+            decode_error=why,
+            attempts=_count(fields.get("attempts")),
+            retries=_count(fields.get("retries")),
+            stalls=_count(fields.get("stalls")),
+            interrupts=_count(fields.get("interrupts")),
+            token=_optional_text(fields.get("token")),
+            owner=_optional_text(fields.get("owner")),
+            cancel_requested=fields.get("cancel_requested") is True,
+            result=fields.get("result"),
+            error=fields.get("error"),
+            dlq_reason=_optional_text(fields.get("dlq_reason")),
+            enqueued_at=_optional_float(fields.get("enqueued_at")) or 0.0,
+            eligible_at=_optional_float(fields.get("eligible_at")) or 0.0,
+            delay_until=_optional_float(fields.get("delay_until")),
+            expires_at=_optional_float(fields.get("expires_at")),
+            finished_at=_optional_float(fields.get("finished_at")),
+            progress=_optional_float(fields.get("progress")),
+            payload_preview=_optional_text(fields.get("payload_preview")),
+            parents=_parents(fields.get("depends_on")),
+            _fields=fields,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form, as ``Queue.get_job`` returns it: the envelope with the bookkeeping on top.
+
+        A job that cannot be decoded has ``id``, ``queue``, ``token``, ``attempts``, ``state``,
+        ``dlq_reason``, ``error``, ``finished_at``, ``payload_error`` and ``payload_preview``.
+        """
+        return dict(self._fields)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimReply:
+    """Jobs moved to ``active`` for this worker, each decoded, with its claim ``token``.
+
+    With nothing ready, ``next_due_in`` is the number of seconds until the next delayed job is
+    due (``None`` when there is none).
+    """
+
+    jobs: list[ClaimedJob]
     paused: bool = False
     next_due_in: float | None = None
     now: float = 0.0
@@ -102,7 +258,7 @@ class SettleReply:
     """``job``: the job as stored after the transition (on ``OK``); ``owner``: the owner on ``STALE``."""
 
     status: SettleStatus
-    job: RawJob | None = None
+    job: StoredJob | None = None
     owner: str | None = None
     state: str | None = None
 
@@ -134,8 +290,8 @@ class ReapReply:
     """Expired leases recovered by the reaper: back to ``waiting`` (stalled) or dead-lettered."""
 
     is_reaper: bool
-    stalled: list[RawJob] = field(default_factory=list)
-    dead: list[RawJob] = field(default_factory=list)
+    stalled: list[StoredJob] = field(default_factory=list)
+    dead: list[StoredJob] = field(default_factory=list)
     more: bool = False
     late: bool = False
     """The request reached the backend later than ``max_delay`` after it was sent (it was held up by
@@ -336,7 +492,7 @@ class Backend(Protocol):
         ...
 
     # -- inspection and admin --------------------------------------------------------------------
-    async def get_job(self, queue: str, job_id: str) -> RawJob | None:
+    async def get_job(self, queue: str, job_id: str) -> StoredJob | None:
         """The stored job with its state, or ``None``."""
         ...
 
@@ -344,11 +500,11 @@ class Backend(Protocol):
         """The number of jobs in each state (O(1) per state)."""
         ...
 
-    async def list_jobs(self, queue: str, state: str, offset: int = 0, limit: int = 100) -> list[RawJob]:
+    async def list_jobs(self, queue: str, state: str, offset: int = 0, limit: int = 100) -> list[StoredJob]:
         """A page of jobs in ``state``: ready order if waiting, due order if delayed, else newest first."""
         ...
 
-    async def list_dlq(self, queue: str, offset: int = 0, limit: int = 100) -> list[RawJob]:
+    async def list_dlq(self, queue: str, offset: int = 0, limit: int = 100) -> list[StoredJob]:
         """A page of dead-lettered jobs (``failed`` and ``expired``), newest first, with ``dlq_reason``."""
         ...
 

@@ -28,6 +28,7 @@ from ._memory_registry import MemoryRegistryMixin
 from ._memory_schedules import MemorySchedulesMixin
 from .base import (
     CancelStatus,
+    ClaimedJob,
     ClaimReply,
     DataLossCallback,
     EnqueueItem,
@@ -38,6 +39,7 @@ from .base import (
     RenewStatus,
     SettleReply,
     SettleStatus,
+    StoredJob,
     WorkerInfo,
 )
 
@@ -123,6 +125,10 @@ class _Record:
             context["prev_attempt"] = self.prev_attempt
             out["trace_context"] = context
         return out
+
+    def stored(self, queue: str) -> StoredJob:
+        """The job decoded for the port."""
+        return StoredJob.from_fields(queue, self.raw(queue))
 
 
 @dataclass(slots=True)
@@ -319,7 +325,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         if record is None:
             return None, SettleReply(SettleStatus.GONE)
         if token and record.settled_token == token:
-            return None, SettleReply(SettleStatus.OK, record.raw(name))
+            return None, SettleReply(SettleStatus.OK, record.stored(name))
         if record.state != "active" or record.token != token:
             return None, SettleReply(SettleStatus.STALE, owner=record.owner, state=record.state)
         return record, None
@@ -369,7 +375,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             if state.paused:
                 return ClaimReply([], paused=True, now=now)
             nonce = uuid.uuid4().hex
-            jobs: list[RawJob] = []
+            jobs: list[ClaimedJob] = []
             while state.ready and len(jobs) < count:
                 _priority, seq, job_id = heapq.heappop(state.ready)
                 record = state.jobs.get(job_id)
@@ -382,7 +388,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
                 record.cancel_requested = False
                 self._set_state(state, record, "active")
                 state.leases[job_id] = now + lease
-                jobs.append(record.raw(queue))
+                jobs.append(ClaimedJob.from_fields(record.raw(queue), now))
             next_due = None
             if not jobs:
                 next_due = self._next_due(state, now)
@@ -443,7 +449,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             record.result = result
             self._release(state, record, token)
             self._finish(state, record, "completed", state.completed)
-            return SettleReply(SettleStatus.OK, record.raw(queue) if want_job else None)
+            return SettleReply(SettleStatus.OK, record.stored(queue) if want_job else None)
 
     async def retry(
         self,
@@ -475,7 +481,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             else:
                 record.eligible_at = now
                 self._make_ready(state, record)
-            return SettleReply(SettleStatus.OK, record.raw(queue))
+            return SettleReply(SettleStatus.OK, record.stored(queue))
 
     async def fail(
         self, queue: str, job_id: str, token: str, reason: str, error: Mapping[str, Any] | None = None
@@ -493,7 +499,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             if error is not None:
                 record.error = dict(error)
             self._finish(state, record, "expired" if reason == "expired" else "failed", state.dlq)
-            return SettleReply(SettleStatus.OK, record.raw(queue))
+            return SettleReply(SettleStatus.OK, record.stored(queue))
 
     async def defer(self, queue: str, job_id: str, token: str) -> SettleReply:
         """Give back a job picked before its ``delay_until``: ``delayed`` again, attempt returned."""
@@ -512,7 +518,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
                 heapq.heappush(state.delayed, (record.due, record.seq, record.job_id))
             else:
                 self._make_ready(state, record, keep_place=True)
-            return SettleReply(SettleStatus.OK, record.raw(queue))
+            return SettleReply(SettleStatus.OK, record.stored(queue))
 
     async def settle_cancelled(self, queue: str, job_id: str, token: str) -> SettleReply:
         """``active`` → ``cancelled``."""
@@ -523,7 +529,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
                 return reply or SettleReply(SettleStatus.GONE)
             self._release(state, record, token)
             self._finish(state, record, "cancelled", state.cancelled)
-            return SettleReply(SettleStatus.OK, record.raw(queue))
+            return SettleReply(SettleStatus.OK, record.stored(queue))
 
     async def requeue(self, queue: str, job_id: str, token: str, max_interrupts: int) -> SettleReply:
         """Return an interrupted job to its original place; past ``max_interrupts``, DLQ ``interrupted``."""
@@ -540,7 +546,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             else:
                 record.eligible_at = self.clock()
                 self._make_ready(state, record, keep_place=True)
-            return SettleReply(SettleStatus.OK, record.raw(queue))
+            return SettleReply(SettleStatus.OK, record.stored(queue))
 
     async def report_progress(self, queue: str, job_id: str, token: str, progress: float) -> SettleReply:
         """Record the running job's progress."""
@@ -598,8 +604,8 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             expired = sorted(
                 (deadline, job_id) for job_id, deadline in state.leases.items() if deadline <= now
             )
-            stalled: list[RawJob] = []
-            dead: list[RawJob] = []
+            stalled: list[StoredJob] = []
+            dead: list[StoredJob] = []
             for _deadline, job_id in expired[:_REAP_LIMIT]:
                 state.leases.pop(job_id, None)
                 record = state.jobs.get(job_id)
@@ -612,11 +618,11 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
                     record.dlq_reason = "worker_lost"
                     record.owner = None
                     self._finish(state, record, "failed", state.dlq)
-                    dead.append(record.raw(queue))
+                    dead.append(record.stored(queue))
                 else:
                     record.eligible_at = now
                     self._make_ready(state, record, keep_place=True)
-                    stalled.append(record.raw(queue))
+                    stalled.append(record.stored(queue))
             dead += self._flows.drain_failed(state, queue)  # children dead-lettered for a parent (flows)
             return ReapReply(is_reaper=True, stalled=stalled, dead=dead, more=len(expired) > _REAP_LIMIT)
 
@@ -658,11 +664,11 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         return CancelStatus.RUNNING
 
     # -- inspection and admin ------------------------------------------------------------------------
-    async def get_job(self, queue: str, job_id: str) -> RawJob | None:
+    async def get_job(self, queue: str, job_id: str) -> StoredJob | None:
         """The stored job, or ``None``."""
         with self._lock:
             record = self._queue(queue).jobs.get(job_id)
-            return None if record is None else record.raw(queue)
+            return None if record is None else record.stored(queue)
 
     async def counts(self, queue: str) -> dict[str, int]:
         """Jobs per state."""
@@ -670,7 +676,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             counts = self._queue(queue).counts
             return {state.value: max(counts[state.value], 0) for state in JobState}
 
-    async def list_jobs(self, queue: str, state: str, offset: int = 0, limit: int = 100) -> list[RawJob]:
+    async def list_jobs(self, queue: str, state: str, offset: int = 0, limit: int = 100) -> list[StoredJob]:
         """A page of jobs in ``state``."""
         wanted = JobState(state).value
         with self._lock:
@@ -682,14 +688,14 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
                 records.sort(key=lambda r: r.due)
             elif wanted != "active":
                 records.sort(key=lambda r: r.finished_at or 0.0, reverse=True)
-            return [r.raw(queue) for r in records[offset : offset + limit]]
+            return [r.stored(queue) for r in records[offset : offset + limit]]
 
-    async def list_dlq(self, queue: str, offset: int = 0, limit: int = 100) -> list[RawJob]:
+    async def list_dlq(self, queue: str, offset: int = 0, limit: int = 100) -> list[StoredJob]:
         """Dead-lettered jobs, newest first."""
         with self._lock:
             q = self._queue(queue)
             ids = list(reversed(q.dlq))[offset : offset + limit]
-            return [q.jobs[job_id].raw(queue) for job_id in ids if job_id in q.jobs]
+            return [q.jobs[job_id].stored(queue) for job_id in ids if job_id in q.jobs]
 
     async def retry_dead(self, queue: str, job_id: str) -> bool:
         """DLQ → ``waiting`` with fresh counters."""

@@ -21,13 +21,12 @@ import anyio.to_thread
 
 from .._dependencies import current_job
 from .._lifecycle import emit_job_event, emit_job_fields
-from ..backends.base import Backend, RawJob, SettleReply, SettleStatus
+from ..backends.base import Backend, ClaimedJob, SettleReply, SettleStatus
 from ..errors import (
     BackendOutOfMemory,
     BackendUnavailable,
     JobArgumentError,
     JobTimeout,
-    MalformedJob,
     ResultSerializationError,
     ResultTooLarge,
     UnknownTask,
@@ -55,20 +54,20 @@ class _JobRun:
     def __init__(
         self,
         queue: str,
-        raw_job: RawJob,
+        claimed: ClaimedJob,
         backend: Backend,
         ctx: WorkerContext,
         ratelimit_wait_s: float,
         attempt: _Attempt | None,
     ) -> None:
         self.queue = queue
-        self.raw = raw_job
+        self.claimed = claimed
         self.backend = backend
         self.ctx = ctx
         self.ratelimit_wait_s = ratelimit_wait_s
-        self.job_id = str(raw_job.get("id"))
-        self.token = str(raw_job.get("token") or "")
-        self.attempt = attempt or ctx.held.get((queue, self.job_id)) or ctx.hold(queue, raw_job)
+        self.job_id = claimed.id
+        self.token = claimed.token
+        self.attempt = attempt or ctx.held.get((queue, self.job_id)) or ctx.hold(queue, claimed)
         self.job: Job | None = None
         self.started_at: float | None = None
         self.started_mono: float | None = None
@@ -89,11 +88,7 @@ class _JobRun:
         return self._fields(finished_at=finished, duration_s=duration, **extra)
 
     async def execute(self) -> None:  # noqa: PLR0911 - one return per pickup outcome
-        try:
-            job = Job.from_dict(self.raw) if "payload_error" not in self.raw else None
-        except MalformedJob as exc:
-            job = None
-            self.raw["payload_error"] = str(exc)
+        job = self.claimed.job
         if job is None:
             await self._malformed()
             return
@@ -107,7 +102,7 @@ class _JobRun:
         if self.attempt.reason == "shutdown":  # stopped before it started: not an interruption
             await self._retrying(lambda: self.backend.defer(self.queue, job.id, self.token))
             return
-        now = float(self.raw.get("claimed_at") or time.time())
+        now = self.claimed.claimed_at
         if job.expires_at is not None and now > job.expires_at:
             await self._dead_letter("expired", "expire", None)
             return
@@ -119,7 +114,8 @@ class _JobRun:
         except UnknownTask as exc:
             await self._dead_letter("unknown_task", "dead_letter", exc)
             return
-        task.fill_unset(job, self.raw)  # options the job left unset are the task's
+        # options the job left unset are the task's
+        task.fill_unset(job, retries_set=self.claimed.retries_set)
         if job.expires_at is not None and now > job.expires_at:  # by the task's ttl
             await self._dead_letter("expired", "expire", None)
             return
@@ -127,15 +123,10 @@ class _JobRun:
 
     # -- pickup settles ------------------------------------------------------------------------------
     async def _malformed(self) -> None:
-        task = self.raw.get("task")
-        job = Job(
-            id=self.job_id,
-            task=task if isinstance(task, str) else "",
-            queue=self.queue,
-            attempts=int(self.raw.get("attempts") or 1),
-        )
+        claimed = self.claimed
+        job = Job(id=self.job_id, task=claimed.task, queue=self.queue, attempts=claimed.attempts or 1)
         self.job = job
-        error = {"type": "malformed_payload", "message": str(self.raw.get("payload_error")), "traceback": ""}
+        error = {"type": "malformed_payload", "message": str(claimed.decode_error), "traceback": ""}
         _log.error(
             "job.malformed_payload: job %s on %s cannot be decoded (%s); dead-lettered without running",
             self.job_id,
@@ -155,7 +146,8 @@ class _JobRun:
         )
         if not reply.ok:
             return
-        job.attempts = int((reply.job or {}).get("attempts", job.attempts))
+        if reply.job is not None:
+            job.attempts = reply.job.attempts
         if reason == "expired":
             emit_job_event("job:expired", job, **self._finish_fields(reason="expired"))
             return
@@ -198,7 +190,7 @@ class _JobRun:
         self.attempt.started_monotonic = self.started_mono
         outcome: tuple[str, Any] = ("error", None)
         emit_job_fields("job:started", job, self._fields(ratelimit_wait_s=self.ratelimit_wait_s))
-        current_job.set((self.backend, self.raw))  # for flows.parent_results(); each job runs in its own task
+        current_job.set((self.backend, self.claimed))  # for flows.parent_results(); one task per job
         try:
             with anyio.CancelScope() as scope:
                 self.attempt.scope = scope
@@ -343,8 +335,8 @@ class _JobRun:
         reply = await self._write("retry", write, operation=operation)
         if not reply.ok:
             return
-        stored = reply.job or {}
-        job.eligible_at = float(stored.get("eligible_at") or time.time() + backoff)
+        stored = reply.job
+        job.eligible_at = (stored.eligible_at if stored is not None else 0.0) or time.time() + backoff
         emit_job_event(
             "job:retried",
             job,
@@ -385,8 +377,7 @@ class _JobRun:
             return
         if not reply.ok:  # STALE or GONE: the job is no longer ours to return (another worker owns it)
             return
-        stored = reply.job or {}
-        if stored.get("state") == "failed":
+        if reply.job is not None and reply.job.state == "failed":
             emit_job_event(
                 "job:failed", job, **self._finish_fields(reason="interrupted", error_type="interrupted")
             )

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 
 from .._lifecycle import emit_job_event, server_fields
 from ..backends._default import default_backend
-from ..backends.base import Backend, ClaimReply, RawJob
-from ..errors import MalformedJob
-from ..jobs import Job
+from ..backends.base import Backend, ClaimedJob, ClaimReply
 from ..limiters import RateLimiter
 from .attempt import _JobRun
 from .context import _REQUEUE_BUDGET, WorkerContext, _Attempt
@@ -149,14 +149,13 @@ def _start_claimed(
     first job reports that wait. The slots left over are released.
     """
     jobs = reply.jobs
-    for raw_job, slot in zip(jobs, slots, strict=False):
-        raw_job.setdefault("claimed_at", reply.now)
-        attempt = ctx.hold(queue_name, raw_job)
+    for claimed, slot in zip(jobs, slots, strict=False):
+        attempt = ctx.hold(queue_name, claimed)
         handlers.start_soon(
             functools.partial(
                 _run_with_limits,
                 queue_name,
-                raw_job,
+                claimed,
                 limiter,
                 None,  # its rate token was taken before the claim
                 backend,
@@ -225,7 +224,7 @@ async def _burst_wait(
 
 async def _run_with_limits(
     queue_name: str,
-    raw_job: RawJob,
+    raw_job: ClaimedJob | Mapping[str, Any],
     limiter: anyio.CapacityLimiter,
     rate_limiter: RateLimiter | None = None,
     backend: Backend | None = None,
@@ -239,8 +238,11 @@ async def _run_with_limits(
 
     ``reserved`` is a slot ``process_job`` already took on this job's behalf; without one, a
     slot is acquired here. ``process_job`` takes the rate token before it claims (and passes no
-    ``rate_limiter``); ``throttled`` is then its wait for it, ``(started, waited)``.
+    ``rate_limiter``); ``throttled`` is then its wait for it, ``(started, waited)``. A stored job
+    dict is decoded as :func:`handle_job` does.
     """
+    if not isinstance(raw_job, ClaimedJob):
+        raw_job = ClaimedJob.from_fields(raw_job, time.time())
     borrower = reserved if reserved is not None else object()
     backend = backend or default_backend()
     ctx = context or WorkerContext()
@@ -250,11 +252,10 @@ async def _run_with_limits(
             await limiter.acquire_on_behalf_of(borrower)
             holding = True
         waited = 0.0
-        attempt = attempt or ctx.held.get((queue_name, str(raw_job.get("id"))))
+        attempt = attempt or ctx.held.get((queue_name, raw_job.id))
         if throttled is not None:
             waited = throttled[1]
-            if "payload_error" not in raw_job:
-                _emit_throttled(queue_name, raw_job, ctx, *throttled)
+            _emit_throttled(queue_name, raw_job, ctx, *throttled)
         elif rate_limiter is not None:
             token_wait = await _wait_for_rate_token(queue_name, raw_job, rate_limiter, backend, ctx, attempt)
             if token_wait is None:
@@ -268,7 +269,7 @@ async def _run_with_limits(
 
 async def _wait_for_rate_token(
     queue: str,
-    raw_job: RawJob,
+    raw_job: ClaimedJob,
     rate_limiter: RateLimiter,
     backend: Backend,
     ctx: WorkerContext,
@@ -295,29 +296,27 @@ async def _wait_for_rate_token(
         return None
     if waited <= _THROTTLE_EVENT_THRESHOLD:
         return 0.0  # not throttled: §1.1 reports 0.0 unless the job was held over 1 ms
-    if "payload_error" not in raw_job:
-        _emit_throttled(queue, raw_job, ctx, throttle_started, waited)
+    _emit_throttled(queue, raw_job, ctx, throttle_started, waited)
     return waited
 
 
-async def _give_back(backend: Backend, queue: str, raw_job: RawJob, ctx: WorkerContext) -> None:
+async def _give_back(backend: Backend, queue: str, raw_job: ClaimedJob, ctx: WorkerContext) -> None:
     """Return a claimed job that never started (the worker is stopping) to its place, attempt included.
 
     Doing it now, rather than leaving it to the reaper, costs the job no stall.
     """
-    job_id = str(raw_job.get("id"))
+    job_id = raw_job.id
     try:
-        await backend.defer(queue, job_id, str(raw_job.get("token") or ""))
+        await backend.defer(queue, job_id, raw_job.token)
     finally:
         ctx.release(queue, job_id)
 
 
 def _emit_throttled(
-    queue: str, raw_job: RawJob, ctx: WorkerContext | None, started: float, waited: float
+    queue: str, raw_job: ClaimedJob, ctx: WorkerContext | None, started: float, waited: float
 ) -> None:
-    try:
-        job = Job.from_dict(raw_job)
-    except MalformedJob:
+    job = raw_job.job
+    if job is None:  # a malformed job has no event until it is dead-lettered
         return
     job.queue = queue  # the claimed queue, not the envelope's field (labels come from the claim)
     extra = {} if ctx is None else {"worker_id": ctx.worker_id, "group": ctx.group, **ctx.server}
@@ -327,7 +326,7 @@ def _emit_throttled(
 # -- one job's lifecycle -----------------------------------------------------------------------------
 async def handle_job(
     queue_name: str,
-    raw_job: RawJob,
+    raw_job: ClaimedJob | Mapping[str, Any],
     backend: Backend | None = None,
     *,
     context: WorkerContext | None = None,
@@ -339,10 +338,13 @@ async def handle_job(
     Order: cancelled → ``job:cancelled``; TTL passed → DLQ ``expired``; ``delay_until`` in the
     future → back to delayed; unknown task → DLQ ``unknown_task``; else ``job:started``, the
     handler, then ``job:completed``, ``job:retried`` (with backoff) or ``job:failed`` (DLQ).
+    ``raw_job`` is a job of a :class:`ClaimReply`; a stored job dict (as AsyncMQ passes it, with its
+    ``token``) is decoded first, claimed now.
     """
     backend = backend or default_backend()
     ctx = context or WorkerContext()
-    run = _JobRun(queue_name, raw_job, backend, ctx, ratelimit_wait_s, attempt)
+    claimed = raw_job if isinstance(raw_job, ClaimedJob) else ClaimedJob.from_fields(raw_job, time.time())
+    run = _JobRun(queue_name, claimed, backend, ctx, ratelimit_wait_s, attempt)
     try:
         await run.execute()
     finally:

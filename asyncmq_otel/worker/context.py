@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 
-from ..backends.base import RawJob
+from ..backends.base import ClaimedJob
 from ..settings import Settings, get_settings
 
 _REQUEUE_BUDGET = 3.0
@@ -47,9 +47,9 @@ class WorkerContext:
     idle: anyio.Event | None = None
     handlers: anyio.abc.TaskGroup | None = None
 
-    def hold(self, queue: str, raw_job: RawJob) -> _Attempt:
+    def hold(self, queue: str, claimed: ClaimedJob) -> _Attempt:
         """Record a claimed job as held by this worker until :meth:`release`."""
-        attempt = _Attempt(queue, str(raw_job.get("id")), str(raw_job.get("token")))
+        attempt = _Attempt(queue, claimed.id, claimed.token)
         self.held[queue, attempt.job_id] = attempt
         return attempt
 

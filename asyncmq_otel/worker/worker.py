@@ -26,11 +26,11 @@ import anyio.to_thread
 
 from .._lifecycle import emit_job_event
 from ..backends._default import default_backend
-from ..backends.base import Backend, RenewStatus, WorkerInfo
+from ..backends.base import Backend, RenewStatus, StoredJob, WorkerInfo
 from ..errors import DataLossDetected
 from ..events import LifecycleEvent, Service, bus
 from ..hooks import Hook, run_hooks, run_hooks_safely
-from ..jobs import Job, check_queue_name
+from ..jobs import check_queue_name
 from ..limiters import RateLimiter
 from ..settings import get_settings
 from ..tasks import TASK_REGISTRY, autodiscover_tasks
@@ -420,25 +420,24 @@ class Worker:
             if reply.late:
                 return False
             more = reply.is_reaper and reply.more
-            for raw in reply.stalled:
-                self._emit_reaped("job:stalled", queue, raw, ctx, reason="lease_lost")
-            for raw in reply.dead:  # worker_lost, or dependency_failed: a flow's child whose parent died
-                reason = str(raw.get("dlq_reason") or "worker_lost")
-                self._emit_reaped("job:failed", queue, raw, ctx, reason=reason, error_type=reason)
+            for stored in reply.stalled:
+                self._emit_reaped("job:stalled", queue, stored, ctx, reason="lease_lost")
+            for stored in reply.dead:  # worker_lost, or dependency_failed: a flow's child whose parent died
+                reason = stored.dlq_reason or "worker_lost"
+                self._emit_reaped("job:failed", queue, stored, ctx, reason=reason, error_type=reason)
         return True
 
     def _emit_reaped(
         self,
         name: str,
         queue: str,
-        raw: dict[str, Any],
+        stored: StoredJob,
         ctx: WorkerContext,
         **fields: Any,  # noqa: ANN401 - event fields
     ) -> None:
-        try:
-            job = Job.from_dict(raw)
-        except ValueError:
-            _log.warning("worker.reaped_malformed: job %s", raw.get("id"))
+        job = stored.job
+        if job is None:
+            _log.warning("worker.reaped_malformed: job %s", stored.id)
             return
         job.queue = queue  # the reaped queue, not the envelope's field: a job cannot mint label values
         extra: dict[str, Any] = {"worker_id": ctx.worker_id, "group": ctx.group, **ctx.server}

@@ -149,7 +149,7 @@ async def test_row34_counts_cost_the_same_at_scale_and_retention_keeps_memory_fl
         await backend.enqueue_bulk(QUEUE, _items(0, 1000))
         jobs = (await backend.claim(QUEUE, "w", 1000, 60.0)).jobs  # the queue exists, and is empty again
         for job in jobs:
-            assert (await backend.complete(QUEUE, job["id"], job["token"], "null")).ok
+            assert (await backend.complete(QUEUE, job.id, job.token, "null")).ok
         baseline = _used_memory(redis_server)
         await backend.enqueue_bulk(QUEUE, _items(1000, 1000))
         small = await _reads_cost(backend, redis_server)
@@ -165,7 +165,7 @@ async def test_row34_counts_cost_the_same_at_scale_and_retention_keeps_memory_fl
         while claimed := (await backend.claim(QUEUE, "w", 500, 60.0)).jobs:
             async with anyio.create_task_group() as group:  # concurrent completes share round trips
                 for job in claimed:
-                    group.start_soon(backend.complete, QUEUE, job["id"], job["token"], "null")
+                    group.start_soon(backend.complete, QUEUE, job.id, job.token, "null")
             done += len(claimed)
         drain_s = time.monotonic() - started
         counts = await backend.counts(QUEUE)

@@ -181,7 +181,7 @@ async def _stored(url: str, prefix: str, queue: str, job_id: str) -> dict[str, A
     finally:
         await backend.close()
     assert job is not None
-    return job
+    return job.to_dict()
 
 
 # -- rows 7 and 8 ---------------------------------------------------------------------------------------

@@ -174,9 +174,9 @@ def test_job_show_counts_an_interrupted_attempt_apart(
         backend = RedisBackend(redis_url, prefix=redis_prefix, retry_timeout=5.0)
         try:
             first = await backend.claim(unique_name, "w1", 1, 30.0)
-            await backend.requeue(unique_name, job_id, first.jobs[0]["token"], 5)
+            await backend.requeue(unique_name, job_id, first.jobs[0].token, 5)
             second = await backend.claim(unique_name, "w2", 1, 30.0)
-            assert [raw["id"] for raw in second.jobs] == [job_id]
+            assert [claimed.id for claimed in second.jobs] == [job_id]
         finally:
             await backend.close()
 

@@ -17,10 +17,12 @@ import pytest
 from asyncmq_otel.backends.base import (
     Backend,
     CancelStatus,
+    ClaimedJob,
     EnqueueItem,
     EnqueueReply,
     RenewStatus,
     SettleStatus,
+    StoredJob,
     WorkerInfo,
 )
 from asyncmq_otel.backends.memory import InMemoryBackend
@@ -120,10 +122,10 @@ async def claim_ids(
     backend: Backend, queue: str, count: int = 100, worker: str = "w1", lease: float = 30.0
 ) -> list[str]:
     reply = await backend.claim(queue, worker, count, lease)
-    return [job["id"] for job in reply.jobs]
+    return [job.id for job in reply.jobs]
 
 
-async def claim_one(backend: Backend, queue: str, worker: str = "w1", lease: float = 30.0) -> dict[str, Any]:
+async def claim_one(backend: Backend, queue: str, worker: str = "w1", lease: float = 30.0) -> ClaimedJob:
     reply = await backend.claim(queue, worker, 1, lease)
     assert len(reply.jobs) == 1, reply
     return reply.jobs[0]
@@ -142,7 +144,9 @@ async def test_claimed_job_decodes_with_its_bookkeeping(backend: Backend, queue:
     assert before - 0.01 <= reply.enqueued_at <= await backend.now() + 0.01
     claimed = await backend.claim(queue, "worker-1", 10, 30.0)
     assert len(claimed.jobs) == 1
-    job = Job.from_dict(claimed.jobs[0])
+    job = claimed.jobs[0].job
+    assert job is not None
+    assert claimed.jobs[0].claimed_at == claimed.now
     assert job.state is JobState.ACTIVE
     assert (job.id, job.task, job.args, job.attempts, job.owner) == ("a", "tests.noop", ["a"], 1, "worker-1")
     assert job.token is not None
@@ -210,8 +214,8 @@ async def test_claim_takes_at_most_count_with_one_token_each(backend: Backend, q
     for index in range(5):
         await put(backend, queue, f"j{index}")
     reply = await backend.claim(queue, "w1", 3, 30.0)
-    tokens = [job["token"] for job in reply.jobs]
-    assert [job["id"] for job in reply.jobs] == ["j0", "j1", "j2"]
+    tokens = [job.token for job in reply.jobs]
+    assert [job.id for job in reply.jobs] == ["j0", "j1", "j2"]
     nonces = {token.rsplit(".", 1)[0] for token in tokens}
     assert len(nonces) == 1
     assert [token.rsplit(".", 1)[1] for token in tokens] == ["0", "1", "2"]
@@ -235,9 +239,9 @@ async def test_delayed_job_is_never_claimed_early(backend: Backend, queue: str) 
     assert reply.eligible_at == pytest.approx(reply.enqueued_at + 0.3, abs=0.002)
     stored = await backend.get_job(queue, "d")
     assert stored is not None
-    assert stored["delay_until"] == pytest.approx(reply.eligible_at)
+    assert stored.delay_until == pytest.approx(reply.eligible_at)
     assert await claim_ids(backend, queue) == []
-    claimed: list[dict[str, Any]] = []
+    claimed: list[ClaimedJob] = []
 
     async def due() -> bool:
         got = await backend.claim(queue, "w1", 1, 30.0)
@@ -247,14 +251,14 @@ async def test_delayed_job_is_never_claimed_early(backend: Backend, queue: str) 
         return bool(got.jobs)
 
     await eventually(due, timeout=5, what="the delayed job becomes claimable")
-    assert claimed[0]["id"] == "d"
+    assert claimed[0].id == "d"
 
 
 async def test_ttl_sets_expires_at(backend: Backend, queue: str) -> None:
     reply = await put(backend, queue, "t", ttl=0.05)
     stored = await backend.get_job(queue, "t")
     assert stored is not None
-    assert stored["expires_at"] == pytest.approx(reply.enqueued_at + 0.05, abs=0.002)
+    assert stored.expires_at == pytest.approx(reply.enqueued_at + 0.05, abs=0.002)
 
 
 async def test_priority_and_ttl_carried_on_the_item_are_used_as_given(backend: Backend, queue: str) -> None:
@@ -267,11 +271,11 @@ async def test_priority_and_ttl_carried_on_the_item_are_used_as_given(backend: B
     stored = {job_id: await backend.get_job(queue, job_id) for job_id in ("low", "high", "payload")}
     high, from_payload = stored["high"], stored["payload"]
     assert high is not None and from_payload is not None
-    assert high["expires_at"] == pytest.approx(high["enqueued_at"] + 0.05, abs=0.002)
-    assert from_payload["expires_at"] == pytest.approx(from_payload["enqueued_at"] + 60.0, abs=0.002)
-    assert stored["low"] is not None and stored["low"]["expires_at"] is None
+    assert high.expires_at == pytest.approx(high.enqueued_at + 0.05, abs=0.002)
+    assert from_payload.expires_at == pytest.approx(from_payload.enqueued_at + 60.0, abs=0.002)
+    assert stored["low"] is not None and stored["low"].expires_at is None
     claimed = await backend.claim(queue, "w1", 3, 30.0)
-    assert [job["id"] for job in claimed.jobs] == ["high", "payload", "low"]
+    assert [job.id for job in claimed.jobs] == ["high", "payload", "low"]
 
 
 async def test_items_without_a_nonce_replay_within_their_call_only(backend: Backend, queue: str) -> None:
@@ -288,16 +292,16 @@ async def test_malformed_stored_job_is_claimed_with_payload_error(backend: Backe
     await backend.enqueue(queue, EnqueueItem("bad", "{not json"))
     await backend.enqueue(queue, EnqueueItem("list", "[1, 2]"))
     reply = await backend.claim(queue, "w1", 5, 30.0)
-    by_id = {job["id"]: job for job in reply.jobs}
+    by_id = {job.id: job for job in reply.jobs}
     assert set(by_id) == {"bad", "list"}
     for job in by_id.values():
-        assert job["payload_error"]
-        assert job["queue"] == queue
-        assert job["attempts"] == 1
-        assert job["token"]
-    settled = await backend.fail(queue, "bad", by_id["bad"]["token"], "malformed_payload")
+        assert job.decode_error
+        assert job.job is None
+        assert job.attempts == 1
+        assert job.token
+    settled = await backend.fail(queue, "bad", by_id["bad"].token, "malformed_payload")
     assert settled.ok
-    assert [job["id"] for job in await backend.list_dlq(queue)] == ["bad"]
+    assert [job.id for job in await backend.list_dlq(queue)] == ["bad"]
 
 
 @pytest.mark.parametrize("depth", [600, 4000])
@@ -313,21 +317,22 @@ async def test_a_payload_nested_too_deep_is_claimed_malformed_alone(
             EnqueueItem("b", envelope("b", queue)),
         ],
     )
-    by_id = {job["id"]: job for job in (await backend.claim(queue, "w1", 5, 30.0)).jobs}
+    by_id = {job.id: job for job in (await backend.claim(queue, "w1", 5, 30.0)).jobs}
     assert set(by_id) == {"a", "deep", "b"}
-    assert "deeper than" in by_id["deep"]["payload_error"]
-    assert "payload_error" not in by_id["a"] and "payload_error" not in by_id["b"]
+    assert "deeper than" in by_id["deep"].decode_error
+    assert by_id["a"].decode_error is None and by_id["b"].decode_error is None
+    assert by_id["a"].job is not None and by_id["b"].job is not None
     shown = await backend.get_job(queue, "deep")
-    assert shown is not None and shown["payload_error"] == by_id["deep"]["payload_error"]
-    assert (await backend.fail(queue, "deep", by_id["deep"]["token"], "malformed_payload")).ok
+    assert shown is not None and shown.decode_error == by_id["deep"].decode_error
+    assert (await backend.fail(queue, "deep", by_id["deep"].token, "malformed_payload")).ok
 
 
 async def test_nan_and_infinity_in_a_stored_payload_are_not_json(backend: Backend, queue: str) -> None:
     nan = envelope("nan", queue)[:-1] + ', "timeout": NaN}'
     inf = envelope("inf", queue)[:-1] + ', "ttl": -Infinity}'
     await backend.enqueue_bulk(queue, [EnqueueItem("nan", nan), EnqueueItem("inf", inf)])
-    by_id = {job["id"]: job for job in (await backend.claim(queue, "w1", 5, 30.0)).jobs}
-    assert by_id["nan"]["payload_error"] and by_id["inf"]["payload_error"]
+    by_id = {job.id: job for job in (await backend.claim(queue, "w1", 5, 30.0)).jobs}
+    assert by_id["nan"].decode_error and by_id["inf"].decode_error
 
 
 # -- settling and fencing -----------------------------------------------------------------------------------
@@ -336,28 +341,28 @@ async def test_complete_is_fenced_and_replays(backend: Backend, queue: str) -> N
     job = await claim_one(backend, queue, worker="owner-1")
     stale = await backend.complete(queue, "a", "not-the-token", '"x"')
     assert (stale.status, stale.owner, stale.state) == (SettleStatus.STALE, "owner-1", "active")
-    done = await backend.complete(queue, "a", job["token"], '{"answer": 42}')
+    done = await backend.complete(queue, "a", job.token, '{"answer": 42}')
     assert done.ok
     assert done.job is not None
-    assert (done.job["state"], done.job["result"]) == ("completed", {"answer": 42})
-    assert done.job["finished_at"] is not None
-    replay = await backend.complete(queue, "a", job["token"], '{"answer": 42}')
+    assert (done.job.state, done.job.result) == ("completed", {"answer": 42})
+    assert done.job.finished_at is not None
+    replay = await backend.complete(queue, "a", job.token, '{"answer": 42}')
     assert replay.ok
     assert (await backend.counts(queue))["completed"] == 1
     assert (await backend.complete(queue, "nope", "t", "1")).status is SettleStatus.GONE
-    after = await backend.retry(queue, "a", job["token"] + "x", 0.0, {"type": "E"})
+    after = await backend.retry(queue, "a", job.token + "x", 0.0, {"type": "E"})
     assert after.status is SettleStatus.STALE
 
 
 async def test_result_over_the_limit_is_refused(backend: Backend, queue: str) -> None:
     await put(backend, queue, "a")
     job = await claim_one(backend, queue)
-    reply = await backend.complete(queue, "a", job["token"], json.dumps("y" * MAX_RESULT))
+    reply = await backend.complete(queue, "a", job.token, json.dumps("y" * MAX_RESULT))
     assert reply.status is SettleStatus.TOO_LARGE
     stored = await backend.get_job(queue, "a")
     assert stored is not None
-    assert stored["state"] == "active"
-    assert (await backend.complete(queue, "a", job["token"], "null")).ok
+    assert stored.state == "active"
+    assert (await backend.complete(queue, "a", job.token, "null")).ok
 
 
 async def test_retry_schedules_after_backoff_from_backend_time(backend: Backend, queue: str) -> None:
@@ -365,22 +370,23 @@ async def test_retry_schedules_after_backoff_from_backend_time(backend: Backend,
     job = await claim_one(backend, queue)
     before = await backend.now()
     reply = await backend.retry(
-        queue, "a", job["token"], 0.3, {"type": "ValueError", "message": "boom"}, "span-1"
+        queue, "a", job.token, 0.3, {"type": "ValueError", "message": "boom"}, "span-1"
     )
     assert reply.ok
     assert reply.job is not None
     stored = reply.job
-    assert (stored["state"], stored["retries"], stored["attempts"]) == ("delayed", 1, 1)
-    assert stored["error"] == {"type": "ValueError", "message": "boom"}
-    assert stored["trace_context"] == {"traceparent": "00-1-2-01", "prev_attempt": "span-1"}
-    assert before + 0.29 <= stored["eligible_at"] <= await backend.now() + 0.31
-    assert (await backend.retry(queue, "a", job["token"], 0.3, {"type": "ValueError"})).ok  # a replay
+    assert (stored.state, stored.retries, stored.attempts) == ("delayed", 1, 1)
+    assert stored.error == {"type": "ValueError", "message": "boom"}
+    assert stored.job is not None
+    assert stored.job.trace_context == {"traceparent": "00-1-2-01", "prev_attempt": "span-1"}
+    assert before + 0.29 <= stored.eligible_at <= await backend.now() + 0.31
+    assert (await backend.retry(queue, "a", job.token, 0.3, {"type": "ValueError"})).ok  # a replay
     assert (await backend.counts(queue))["delayed"] == 1
     empty = await backend.claim(queue, "w1", 1, 30.0)
     assert empty.jobs == []
     assert empty.next_due_in is not None
     assert empty.next_due_in > 0
-    again: list[dict[str, Any]] = []
+    again: list[ClaimedJob] = []
 
     async def claimed() -> bool:
         got = await backend.claim(queue, "w1", 1, 30.0)
@@ -388,17 +394,18 @@ async def test_retry_schedules_after_backoff_from_backend_time(backend: Backend,
         return bool(got.jobs)
 
     await eventually(claimed, timeout=5, what="the retried job is due again")
-    assert (again[0]["attempts"], again[0]["retries"]) == (2, 1)
+    assert again[0].job is not None
+    assert (again[0].attempts, again[0].job.retries) == (2, 1)
 
 
 async def test_retry_without_backoff_goes_to_the_back(backend: Backend, queue: str) -> None:
     for job_id in ("a", "b"):
         await put(backend, queue, job_id)
     job = await claim_one(backend, queue)
-    reply = await backend.retry(queue, "a", job["token"], 0.0, {"type": "E"})
+    reply = await backend.retry(queue, "a", job.token, 0.0, {"type": "E"})
     assert reply.ok
     assert reply.job is not None
-    assert reply.job["state"] == "waiting"
+    assert reply.job.state == "waiting"
     assert await claim_ids(backend, queue) == ["b", "a"]
 
 
@@ -406,19 +413,19 @@ async def test_fail_dead_letters_with_reason(backend: Backend, queue: str) -> No
     for job_id in ("a", "b"):
         await put(backend, queue, job_id)
     jobs = (await backend.claim(queue, "w1", 2, 30.0)).jobs
-    first = await backend.fail(queue, "a", jobs[0]["token"], "unknown_task", {"type": "UnknownTask"})
+    first = await backend.fail(queue, "a", jobs[0].token, "unknown_task", {"type": "UnknownTask"})
     assert first.ok
     assert first.job is not None
-    assert (first.job["state"], first.job["dlq_reason"]) == ("failed", "unknown_task")
-    assert first.job["error"] == {"type": "UnknownTask"}
-    second = await backend.fail(queue, "b", jobs[1]["token"], "expired")
+    assert (first.job.state, first.job.dlq_reason) == ("failed", "unknown_task")
+    assert first.job.error == {"type": "UnknownTask"}
+    second = await backend.fail(queue, "b", jobs[1].token, "expired")
     assert second.job is not None
-    assert (second.job["state"], second.job["dlq_reason"]) == ("expired", "expired")
+    assert (second.job.state, second.job.dlq_reason) == ("expired", "expired")
     counts = await backend.counts(queue)
     assert (counts["failed"], counts["expired"], counts["active"]) == (1, 1, 0)
     dlq = await backend.list_dlq(queue)
-    assert {job["id"]: job["dlq_reason"] for job in dlq} == {"a": "unknown_task", "b": "expired"}
-    assert dlq[0]["finished_at"] >= dlq[1]["finished_at"]
+    assert {job.id: job.dlq_reason for job in dlq} == {"a": "unknown_task", "b": "expired"}
+    assert dlq[0].finished_at >= dlq[1].finished_at
     with pytest.raises(ValueError, match="unknown DLQ reason"):
         await backend.fail(queue, "a", "t", "because")
 
@@ -427,28 +434,28 @@ async def test_defer_gives_the_attempt_back(backend: Backend, queue: str) -> Non
     for job_id in ("a", "b"):
         await put(backend, queue, job_id)
     job = await claim_one(backend, queue)
-    reply = await backend.defer(queue, "a", job["token"])
+    reply = await backend.defer(queue, "a", job.token)
     assert reply.ok
     assert reply.job is not None
-    assert (reply.job["state"], reply.job["attempts"]) == ("waiting", 0)
+    assert (reply.job.state, reply.job.attempts) == ("waiting", 0)
     again = await claim_one(backend, queue)
-    assert (again["id"], again["attempts"]) == ("a", 1)
+    assert (again.id, again.attempts) == ("a", 1)
 
 
 async def test_requeue_keeps_the_original_place_then_dead_letters(backend: Backend, queue: str) -> None:
     for job_id in ("a", "b", "c"):
         await put(backend, queue, job_id)
     job = await claim_one(backend, queue)
-    reply = await backend.requeue(queue, "a", job["token"], max_interrupts=1)
+    reply = await backend.requeue(queue, "a", job.token, max_interrupts=1)
     assert reply.ok
     assert reply.job is not None
-    assert (reply.job["state"], reply.job["interrupts"]) == ("waiting", 1)
-    assert (await backend.requeue(queue, "a", job["token"], max_interrupts=1)).ok  # a replay
+    assert (reply.job.state, reply.job.interrupts) == ("waiting", 1)
+    assert (await backend.requeue(queue, "a", job.token, max_interrupts=1)).ok  # a replay
     job = await claim_one(backend, queue)
-    assert job["id"] == "a"
-    reply = await backend.requeue(queue, "a", job["token"], max_interrupts=1)
+    assert job.id == "a"
+    reply = await backend.requeue(queue, "a", job.token, max_interrupts=1)
     assert reply.job is not None
-    assert (reply.job["state"], reply.job["dlq_reason"], reply.job["interrupts"]) == (
+    assert (reply.job.state, reply.job.dlq_reason, reply.job.interrupts) == (
         "failed",
         "interrupted",
         2,
@@ -459,27 +466,27 @@ async def test_requeue_keeps_the_original_place_then_dead_letters(backend: Backe
 async def test_progress_is_fenced(backend: Backend, queue: str) -> None:
     await put(backend, queue, "a")
     job = await claim_one(backend, queue)
-    assert (await backend.report_progress(queue, "a", job["token"], 0.5)).ok
+    assert (await backend.report_progress(queue, "a", job.token, 0.5)).ok
     assert (await backend.report_progress(queue, "a", "other", 0.6)).status is SettleStatus.STALE
     assert (await backend.report_progress(queue, "zz", "other", 0.6)).status is SettleStatus.GONE
     stored = await backend.get_job(queue, "a")
     assert stored is not None
-    assert stored["progress"] == 0.5
+    assert stored.progress == 0.5
 
 
 # -- leases, renewal and the reaper ---------------------------------------------------------------------------
 async def test_renew_answers_per_lease(backend: Backend, queue: str) -> None:
     for job_id in ("a", "b"):
         await put(backend, queue, job_id)
-    jobs = {job["id"]: job for job in (await backend.claim(queue, "w1", 2, 30.0)).jobs}
+    jobs = {job.id: job for job in (await backend.claim(queue, "w1", 2, 30.0)).jobs}
     assert await backend.cancel(queue, "b") is CancelStatus.RUNNING
-    answers = await backend.renew(queue, {"a": jobs["a"]["token"], "b": jobs["b"]["token"], "zz": "t"}, 30.0)
+    answers = await backend.renew(queue, {"a": jobs["a"].token, "b": jobs["b"].token, "zz": "t"}, 30.0)
     assert answers == {"a": RenewStatus.OK, "b": RenewStatus.CANCEL, "zz": RenewStatus.LOST}
     assert await backend.renew(queue, {"a": "wrong"}, 30.0) == {"a": RenewStatus.LOST}
     assert await backend.renew(queue, {}, 30.0) == {}
     renewer = backend.lease_renewer()
     try:
-        found = await anyio.to_thread.run_sync(renewer.renew, queue, {"a": jobs["a"]["token"]}, 30.0)
+        found = await anyio.to_thread.run_sync(renewer.renew, queue, {"a": jobs["a"].token}, 30.0)
     finally:
         renewer.close()
     assert found == {"a": RenewStatus.OK}
@@ -495,7 +502,7 @@ async def test_expired_lease_stalls_back_to_its_place_then_worker_lost(backend: 
     for job_id in ("a", "b"):
         await put(backend, queue, job_id)
     zombie = await claim_one(backend, queue, worker="w-dead", lease=0.2)
-    stalled: list[dict[str, Any]] = []
+    stalled: list[StoredJob] = []
 
     async def reaped() -> bool:
         reply = await backend.reap(queue, "reaper", 1, 5.0)
@@ -504,14 +511,15 @@ async def test_expired_lease_stalls_back_to_its_place_then_worker_lost(backend: 
         return bool(reply.stalled)
 
     await eventually(reaped, timeout=5, what="the expired lease is reaped")
-    assert [(job["id"], job["state"], job["stalls"]) for job in stalled] == [("a", "waiting", 1)]
+    assert [(job.id, job.state, job.stalls) for job in stalled] == [("a", "waiting", 1)]
     second = await claim_one(backend, queue, worker="w2", lease=0.2)
-    assert (second["id"], second["attempts"], second["stalls"]) == ("a", 2, 1)
+    assert second.job is not None
+    assert (second.id, second.attempts, second.job.stalls) == ("a", 2, 1)
     # the zombie's late writes are rejected and name the current owner
-    late = await backend.complete(queue, "a", zombie["token"], "1")
+    late = await backend.complete(queue, "a", zombie.token, "1")
     assert (late.status, late.owner) == (SettleStatus.STALE, "w2")
-    assert await backend.renew(queue, {"a": zombie["token"]}, 30.0) == {"a": RenewStatus.LOST}
-    dead: list[dict[str, Any]] = []
+    assert await backend.renew(queue, {"a": zombie.token}, 30.0) == {"a": RenewStatus.LOST}
+    dead: list[StoredJob] = []
 
     async def dead_lettered() -> bool:
         reply = await backend.reap(queue, "reaper", 1, 5.0)
@@ -519,11 +527,11 @@ async def test_expired_lease_stalls_back_to_its_place_then_worker_lost(backend: 
         return bool(reply.dead)
 
     await eventually(dead_lettered, timeout=5, what="the second lease loss dead-letters the job")
-    assert [(job["id"], job["state"], job["dlq_reason"], job["stalls"]) for job in dead] == [
+    assert [(job.id, job.state, job.dlq_reason, job.stalls) for job in dead] == [
         ("a", "failed", "worker_lost", 2)
     ]
-    assert (await backend.complete(queue, "a", second["token"], "1")).status is SettleStatus.STALE
-    assert [job["id"] for job in await backend.list_dlq(queue)] == ["a"]
+    assert (await backend.complete(queue, "a", second.token, "1")).status is SettleStatus.STALE
+    assert [job.id for job in await backend.list_dlq(queue)] == ["a"]
     assert await claim_ids(backend, queue) == ["b"]
 
 
@@ -532,10 +540,10 @@ async def test_renewal_past_the_deadline_keeps_the_job(backend: Backend, queue: 
     job = await claim_one(backend, queue, lease=0.1)
     claimed_at = await backend.now()
     await eventually(lambda: _after(backend, claimed_at + 0.15), timeout=5, what="the lease deadline passes")
-    assert await backend.renew(queue, {"a": job["token"]}, 30.0) == {"a": RenewStatus.OK}
+    assert await backend.renew(queue, {"a": job.token}, 30.0) == {"a": RenewStatus.OK}
     reply = await backend.reap(queue, "reaper", 1, 5.0)
     assert (reply.stalled, reply.dead) == ([], [])
-    assert (await backend.complete(queue, "a", job["token"], "1")).ok
+    assert (await backend.complete(queue, "a", job.token, "1")).ok
 
 
 async def _after(backend: Backend, moment: float) -> bool:
@@ -552,14 +560,14 @@ async def test_cancel_in_each_state(backend: Backend, queue: str) -> None:
     assert await backend.cancel(queue, "waiting") is CancelStatus.CANCELLED
     assert await backend.cancel(queue, "delayed") is CancelStatus.CANCELLED
     running = await claim_one(backend, queue)
-    assert running["id"] == "running"
+    assert running.id == "running"
     assert await backend.cancel(queue, "running") is CancelStatus.RUNNING
     assert heard == [(queue, "running")]
-    assert await backend.renew(queue, {"running": running["token"]}, 30.0) == {"running": RenewStatus.CANCEL}
-    settled = await backend.settle_cancelled(queue, "running", running["token"])
+    assert await backend.renew(queue, {"running": running.token}, 30.0) == {"running": RenewStatus.CANCEL}
+    settled = await backend.settle_cancelled(queue, "running", running.token)
     assert settled.ok
     assert settled.job is not None
-    assert settled.job["state"] == "cancelled"
+    assert settled.job.state == "cancelled"
     assert await backend.cancel(queue, "running") is CancelStatus.FINISHED
     assert await backend.cancel(queue, "nope") is CancelStatus.GONE
     counts = await backend.counts(queue)
@@ -567,7 +575,7 @@ async def test_cancel_in_each_state(backend: Backend, queue: str) -> None:
     assert await claim_ids(backend, queue) == []
     stored = await backend.get_job(queue, "waiting")
     assert stored is not None
-    assert (stored["state"], stored["attempts"]) == ("cancelled", 0)
+    assert (stored.state, stored.attempts) == ("cancelled", 0)
 
 
 async def test_cancel_listener_can_be_removed(backend: Backend, queue: str) -> None:
@@ -623,9 +631,9 @@ async def test_every_transition_to_ready_pushes_a_wake_token(backend: Backend, q
     await put(backend, queue, "b")
     jobs = (await backend.claim(queue, "w1", 2, 30.0)).jobs
     await drain_tokens(backend, queue)
-    assert (await backend.requeue(queue, "a", jobs[0]["token"], 5)).ok
+    assert (await backend.requeue(queue, "a", jobs[0].token, 5)).ok
     assert await backend.wait_for_work(queue, 0)
-    assert (await backend.retry(queue, "b", jobs[1]["token"], 0.0, {"type": "E"})).ok
+    assert (await backend.retry(queue, "b", jobs[1].token, 0.0, {"type": "E"})).ok
     assert await backend.wait_for_work(queue, 0)
 
 
@@ -634,7 +642,7 @@ async def _complete_all(backend: Backend, queue: str, ids: list[str]) -> None:
     for job_id in ids:
         await put(backend, queue, job_id)
         job = await claim_one(backend, queue)
-        assert (await backend.complete(queue, job_id, job["token"], "null")).ok
+        assert (await backend.complete(queue, job_id, job.token, "null")).ok
 
 
 async def test_retention_trims_by_count_and_frees_the_id(make_backend: Factory, queue: str) -> None:
@@ -642,7 +650,7 @@ async def test_retention_trims_by_count_and_frees_the_id(make_backend: Factory, 
     await _complete_all(backend, queue, [f"j{i}" for i in range(6)])
     assert (await backend.counts(queue))["completed"] == 3
     assert await backend.get_job(queue, "j0") is None
-    assert [job["id"] for job in await backend.list_jobs(queue, "completed")] == ["j5", "j4", "j3"]
+    assert [job.id for job in await backend.list_jobs(queue, "completed")] == ["j5", "j4", "j3"]
     again = await put(backend, queue, "j0")
     assert (again.duplicate, again.state) == (False, "waiting")
 
@@ -650,7 +658,7 @@ async def test_retention_trims_by_count_and_frees_the_id(make_backend: Factory, 
 async def test_retention_trims_by_age(make_backend: Factory, queue: str) -> None:
     backend = make_backend(keep_completed_age=0.2)
     await _complete_all(backend, queue, ["old"])
-    finished = (await backend.get_job(queue, "old") or {})["finished_at"]
+    finished = (await backend.get_job(queue, "old") or {}).finished_at
     await eventually(lambda: _after(backend, finished + 0.25), timeout=5, what="the first job ages out")
     await _complete_all(backend, queue, ["new"])
     assert await backend.get_job(queue, "old") is None
@@ -662,8 +670,8 @@ async def test_dlq_retention_by_count(make_backend: Factory, queue: str) -> None
     for index in range(4):
         await put(backend, queue, f"j{index}")
         job = await claim_one(backend, queue)
-        assert (await backend.fail(queue, job["id"], job["token"], "failed")).ok
-    assert [job["id"] for job in await backend.list_dlq(queue)] == ["j3", "j2"]
+        assert (await backend.fail(queue, job.id, job.token, "failed")).ok
+    assert [job.id for job in await backend.list_dlq(queue)] == ["j3", "j2"]
     assert (await backend.counts(queue))["failed"] == 2
 
 
@@ -675,11 +683,11 @@ async def test_counts_cover_every_state(backend: Backend, queue: str) -> None:
     await put(backend, queue, "c")
     await put(backend, queue, "f")
     await put(backend, queue, "x")
-    jobs = {job["id"]: job for job in (await backend.claim(queue, "w1", 5, 30.0)).jobs}
-    await backend.complete(queue, "c", jobs["c"]["token"], "1")
-    await backend.fail(queue, "f", jobs["f"]["token"], "failed")
-    await backend.fail(queue, "x", jobs["x"]["token"], "expired")
-    await backend.settle_cancelled(queue, "w", jobs["w"]["token"])
+    jobs = {job.id: job for job in (await backend.claim(queue, "w1", 5, 30.0)).jobs}
+    await backend.complete(queue, "c", jobs["c"].token, "1")
+    await backend.fail(queue, "f", jobs["f"].token, "failed")
+    await backend.fail(queue, "x", jobs["x"].token, "expired")
+    await backend.settle_cancelled(queue, "w", jobs["w"].token)
     assert await backend.counts(queue) == {
         "waiting": 0,
         "delayed": 1,
@@ -707,18 +715,18 @@ async def test_list_jobs_pages_in_each_order(backend: Backend, queue: str) -> No
     for index in range(7):
         await put(backend, queue, f"w{index}", priority=9 if index == 0 else 5)
     pages = [await backend.list_jobs(queue, "waiting", offset, 3) for offset in (0, 3, 6)]
-    assert [[job["id"] for job in page] for page in pages] == [["w1", "w2", "w3"], ["w4", "w5", "w6"], ["w0"]]
+    assert [[job.id for job in page] for page in pages] == [["w1", "w2", "w3"], ["w4", "w5", "w6"], ["w0"]]
     assert await backend.list_jobs(queue, "waiting", 7, 3) == []
     for job_id, delay in [("d-late", 60.0), ("d-soon", 30.0)]:
         await put(backend, queue, job_id, delay=delay)
-    assert [job["id"] for job in await backend.list_jobs(queue, "delayed")] == ["d-soon", "d-late"]
+    assert [job.id for job in await backend.list_jobs(queue, "delayed")] == ["d-soon", "d-late"]
     jobs = (await backend.claim(queue, "w1", 3, 30.0)).jobs
-    assert {job["id"] for job in await backend.list_jobs(queue, "active")} == {"w1", "w2", "w3"}
+    assert {job.id for job in await backend.list_jobs(queue, "active")} == {"w1", "w2", "w3"}
     for job in jobs:
-        await backend.complete(queue, job["id"], job["token"], "1")
+        await backend.complete(queue, job.id, job.token, "1")
     finished = await backend.list_jobs(queue, "completed", 0, 10)
-    assert {job["id"] for job in finished} == {"w1", "w2", "w3"}
-    stamps = [job["finished_at"] for job in finished]
+    assert {job.id for job in finished} == {"w1", "w2", "w3"}
+    stamps = [job.finished_at for job in finished]
     assert stamps == sorted(stamps, reverse=True)
     with pytest.raises(ValueError, match="not a valid JobState"):
         await backend.list_jobs(queue, "nonsense")
@@ -729,18 +737,18 @@ async def test_retry_dead_and_purge(backend: Backend, queue: str) -> None:
     for job_id in ("a", "b"):
         await put(backend, queue, job_id)
     for job in (await backend.claim(queue, "w1", 2, 30.0)).jobs:
-        await backend.fail(queue, job["id"], job["token"], "failed", {"type": "E"})
+        await backend.fail(queue, job.id, job.token, "failed", {"type": "E"})
     assert await backend.retry_dead(queue, "a")
     assert not await backend.retry_dead(queue, "a")
     assert not await backend.retry_dead(queue, "nope")
     stored = await backend.get_job(queue, "a")
     assert stored is not None
     assert (
-        stored["state"],
-        stored["attempts"],
-        stored["retries"],
-        stored["dlq_reason"],
-        stored["error"],
+        stored.state,
+        stored.attempts,
+        stored.retries,
+        stored.dlq_reason,
+        stored.error,
     ) == (
         "waiting",
         0,
@@ -749,7 +757,7 @@ async def test_retry_dead_and_purge(backend: Backend, queue: str) -> None:
         None,
     )
     again = await claim_one(backend, queue)
-    assert (again["id"], again["attempts"]) == ("a", 1)
+    assert (again.id, again.attempts) == ("a", 1)
     assert await backend.purge_dlq(queue) == 1
     assert await backend.list_dlq(queue) == []
     assert await backend.get_job(queue, "b") is None

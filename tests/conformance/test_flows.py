@@ -76,7 +76,7 @@ async def add(queue: Queue, job_id: str, *parents: Any, **options: Any) -> str:
 async def claim_all(backend: Backend, queue: str) -> dict[str, str]:
     """Every job ready now, leased to one worker: id -> token."""
     reply = await backend.claim(queue, "w1", 100, 30.0)
-    return {str(job["id"]): str(job["token"]) for job in reply.jobs}
+    return {job.id: job.token for job in reply.jobs}
 
 
 async def run(backend: Backend, queue: str, job_id: str, *, result: Any = None, fail: bool = False) -> None:
@@ -137,8 +137,9 @@ async def test_a_blocked_child_keeps_its_priority_and_ttl(backend: Backend, queu
     assert list(held) == ["high", "low"]  # released in priority order, not enqueue order
     stored = await backend.get_job(queue.name, "high")
     assert stored is not None
-    assert stored["priority"] == 1
-    assert stored["expires_at"] is not None
+    assert stored.job is not None
+    assert stored.job.priority == 1
+    assert stored.expires_at is not None
 
 
 async def test_completed_parent_counts_as_done(backend: Backend, queue: Queue) -> None:
@@ -311,7 +312,7 @@ async def settle_flows(backend: Backend, queue: str, job_id: str, want: str) -> 
         if reconcile is not None:
             await reconcile()
         raw = await backend.get_job(queue, job_id)
-        return raw is not None and raw["state"] == want
+        return raw is not None and raw.state == want
 
     await eventually(reached, timeout=10)
 

@@ -126,7 +126,7 @@ async def _fire_all(harness: Harness, queue: str) -> list[Fired]:
 
 
 async def _job_ids(backend: Backend, queue: str) -> list[str]:
-    return sorted(str(job["id"]) for job in await backend.list_jobs(queue, "waiting", 0, 1000))
+    return sorted(str(job.id) for job in await backend.list_jobs(queue, "waiting", 0, 1000))
 
 
 async def test_upsert_is_idempotent_and_listed(harness: Harness, queue: str) -> None:
@@ -447,8 +447,8 @@ async def test_a_fired_job_carries_its_schedule_key_and_due_time(harness: Harnes
         bus.off("job:enqueued", seen.append)
     [due] = fired.dues
     job = await harness.backend.get_job(queue, schedule_job_id(key, due))
-    assert job is not None
-    assert (job["schedule"], job["schedule_due"]) == (key, due / 1000)
+    assert job is not None and job.job is not None
+    assert (job.job.schedule, job.job.schedule_due) == (key, due / 1000)
     [event] = [e for e in seen if e.queue == queue]
     assert (event.schedule_key, event.schedule_due, event.job_id) == (
         key,

@@ -81,8 +81,8 @@ async def _hooked_claim(
     reply = await _claim(self, queue, worker_id, count, lease)
     if not reply.jobs:
         return reply
-    ids = [str(job.get("id")) for job in reply.jobs]
-    tokens = [str(job.get("token")) for job in reply.jobs]
+    ids = [job.id for job in reply.jobs]
+    tokens = [job.token for job in reply.jobs]
     for job_id, token in zip(ids, tokens, strict=True):
         _TOKENS[queue, job_id] = token
     _record("claim", queue=queue, ids=ids, tokens=tokens, worker=worker_id)

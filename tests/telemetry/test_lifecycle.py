@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
@@ -703,10 +704,11 @@ async def test_picked_before_due_goes_back_without_a_span(captured: Captured, ba
     from asyncmq_otel.workers import handle_job
 
     job_id = await Queue(unique_name, backend=backend).add("tel.ok", args=[1])
-    raw = (await backend.claim(unique_name, "w", 1, 30)).jobs[0]
-    raw["delay_until"] = raw["claimed_at"] = time.time()
-    raw["delay_until"] += 60
-    await handle_job(unique_name, raw, backend)
+    claimed = (await backend.claim(unique_name, "w", 1, 30)).jobs[0]
+    assert claimed.job is not None
+    now = time.time()
+    claimed.job.delay_until = now + 60
+    await handle_job(unique_name, dataclasses.replace(claimed, claimed_at=now), backend)
     assert [s.name for s in for_job(captured.spans, job_id)] == [f"send {unique_name}"]
     (worker_line,) = [line for line in captured.logs_named("job.delayed") if "messaging.client.id" in line]
     assert worker_line["level"] == "debug"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -312,10 +313,11 @@ async def test_job_picked_before_delay_until_goes_back_to_delayed_without_firing
     # A stored job whose delay_until lies ahead of the claim time (e.g. written by another producer).
     q = Queue(unique_name, backend=backend)
     job_id = await q.add("t.record", ["early"])
-    raw = (await backend.claim(unique_name, "w", 1, 30)).jobs[0]
-    raw["delay_until"] = raw["claimed_at"] = time.time()
-    raw["delay_until"] += 60
-    await handle_job(unique_name, raw, backend)
+    claimed = (await backend.claim(unique_name, "w", 1, 30)).jobs[0]
+    assert claimed.job is not None
+    now = time.time()
+    claimed.job.delay_until = now + 60
+    await handle_job(unique_name, dataclasses.replace(claimed, claimed_at=now), backend)
     assert log == []
     assert await q.get_job_state(job_id) == "waiting"  # the backend's own delay_until had passed
     assert [e.name for e in events if e.job_id == job_id][-1] == "job:delayed"
@@ -520,7 +522,7 @@ async def test_a_dead_workers_job_is_redelivered_once_then_dead_lettered(backend
     q = Queue(unique_name, backend=backend)
     job_id = await q.add("t.record", ["redelivered"])
     ghost = await backend.claim(unique_name, "ghost-worker", 1, 0.2)  # claimed, never renewed: a crash
-    assert ghost.jobs[0]["id"] == job_id
+    assert ghost.jobs[0].id == job_id
     async with running_worker(unique_name, backend):
         await wait_state(q, job_id, "completed")
     stored = await q.get_job(job_id)
@@ -528,7 +530,7 @@ async def test_a_dead_workers_job_is_redelivered_once_then_dead_lettered(backend
     assert named(events, job_id) == ["job:enqueued", "job:stalled", "job:started", "job:completed"]
     assert next(e for e in events if e.name == "job:stalled").reason == "lease_lost"
     # The ghost's late write is fenced.
-    late = await backend.complete(unique_name, job_id, ghost.jobs[0]["token"], '"late"')
+    late = await backend.complete(unique_name, job_id, ghost.jobs[0].token, '"late"')
     assert late.status.value == "STALE"
     assert await q.get_job_result(job_id) == "redelivered"
 
@@ -542,7 +544,7 @@ async def test_lease_lost_more_than_max_stalls_goes_to_the_dlq_as_worker_lost(ba
         return bool((await backend.reap(unique_name, "reaper", 1, 1.0)).stalled)
 
     await eventually(first_loss_reaped)  # back to waiting, stalls = 1
-    assert [j["id"] for j in (await backend.claim(unique_name, "ghost-2", 1, 0.0)).jobs] == [job_id]
+    assert [j.id for j in (await backend.claim(unique_name, "ghost-2", 1, 0.0)).jobs] == [job_id]
     async with running_worker(unique_name, backend):
         await wait_state(q, job_id, "failed")
         # the state is visible when the reap script has run; its event follows the reply to the worker
@@ -571,9 +573,16 @@ async def test_process_job_and_handle_job_work_standalone(backend, unique_name):
     for job_id in ids:
         assert await q.get_job_state(job_id) == "completed"
     manual = await q.add("t.add", [1, 1])
-    raw = (await backend.claim(unique_name, "manual", 1, 30)).jobs[0]
-    await handle_job(unique_name, raw, backend)
+    claimed = (await backend.claim(unique_name, "manual", 1, 30)).jobs[0]
+    await handle_job(unique_name, claimed, backend)
     assert await q.get_job_result(manual) == 2
+    # AsyncMQ passes the stored job as a dict (with its claim token): decoded on the way in
+    by_hand = await q.add("t.add", [2, 3])
+    await backend.claim(unique_name, "manual", 1, 30)
+    raw = await q.get_job(by_hand)
+    assert raw is not None and raw["token"]
+    await handle_job(unique_name, raw, backend)
+    assert await q.get_job_result(by_hand) == 5
 
 
 def test_start_blocks_and_stop_works_from_another_thread(unique_name):

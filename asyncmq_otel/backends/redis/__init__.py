@@ -3,7 +3,7 @@
 Keys are ``<prefix>:{<queue>}:<name>`` (see ``_keys.py``), so a queue's scripts run unchanged on
 Redis Cluster. Each script checks the queue's epoch, validates, and only then writes; transitions
 of a claimed job are fenced on its claim token. Time comes from Redis ``TIME`` inside the
-scripts. Replies are decoded to the same raw job dicts as ``InMemoryBackend`` returns.
+scripts. Replies are decoded to the same typed records as ``InMemoryBackend`` returns.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ...jobs import DLQ_REASONS, check_job_id
 from ...settings import get_settings
 from ..base import (
     CancelStatus,
+    ClaimedJob,
     ClaimReply,
     DataLossCallback,
     EnqueueItem,
@@ -37,8 +38,8 @@ from ._connection import AsyncClient, Connections, ConnectionSettings, mask_url,
 from ._decode import (
     claimed_attempts,
     decode_batch_settle,
-    decode_jobs,
     decode_settle,
+    decode_stored,
     decode_values,
     dumps,
     loads,
@@ -413,7 +414,11 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
             return ClaimReply([], next_due_in=None if wait < 0 else wait / 1000.0, now=now)
         if not int(reply[3]):  # a replayed claim: the values are as stored after it
             return ClaimReply(
-                [decode_values(queue, _scripts.text(job_id), values) for job_id, values in reply[2]], now=now
+                [
+                    ClaimedJob.from_fields(decode_values(queue, _scripts.text(job_id), values), now)
+                    for job_id, values in reply[2]
+                ],
+                now=now,
             )
         jobs = []
         for index, (job_id, values) in enumerate(reply[2]):
@@ -425,7 +430,8 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
                 "attempts": claimed_attempts(values[2]),
                 "cancel_requested": False,
             }
-            jobs.append(decode_values(queue, job_id.decode("utf-8", "replace"), values, overlay))
+            raw = decode_values(queue, job_id.decode("utf-8", "replace"), values, overlay)
+            jobs.append(ClaimedJob.from_fields(raw, now))
         return ClaimReply(jobs, now=now)
 
     async def wait_for_work(self, queue: str, timeout: float) -> bool:
@@ -631,8 +637,8 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
         self._flow_reapers.add(queue)
         return ReapReply(
             is_reaper=True,
-            stalled=decode_jobs(queue, reply[2]),
-            dead=decode_jobs(queue, reply[3]) + flow_dead,
+            stalled=decode_stored(queue, reply[2]),
+            dead=decode_stored(queue, reply[3]) + flow_dead,
             more=bool(reply[1]),
         )
 

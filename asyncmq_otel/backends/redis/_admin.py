@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError
 
 from ...jobs import TERMINAL_STATES, JobState, check_job_id
-from ..base import QueueStats, RawJob
+from ..base import QueueStats, StoredJob
 from . import _scripts
 from ._connection import AsyncClient, Connections
 from ._decode import JOB_FIELDS, decode_values, not_a_hash
@@ -52,7 +52,7 @@ class AdminMixin:
         ) -> Any:  # noqa: ANN401 - a RESP reply
             raise NotImplementedError
 
-    async def get_job(self, queue: str, job_id: str) -> RawJob | None:
+    async def get_job(self, queue: str, job_id: str) -> StoredJob | None:
         """The stored job with its state, or ``None``."""
         keys = self.keys.queue(queue)
         await self._epoch(keys)
@@ -64,8 +64,10 @@ class AdminMixin:
 
         values = await self.connections.run(op)
         if isinstance(values, ResponseError):  # written over by another program: shown, not raised
-            return not_a_hash(queue, job_id)
-        return decode_values(queue, job_id, values) if any(v is not None for v in values) else None
+            return StoredJob.from_fields(queue, not_a_hash(queue, job_id))
+        if not any(v is not None for v in values):
+            return None
+        return StoredJob.from_fields(queue, decode_values(queue, job_id, values))
 
     async def counts(self, queue: str) -> dict[str, int]:
         """Jobs per state: one ``ZCARD`` per state index, in one pipeline."""
@@ -83,14 +85,14 @@ class AdminMixin:
 
     async def _page(
         self, queue: str, index: str, offset: int, limit: int, *, newest_first: bool
-    ) -> list[RawJob]:
+    ) -> list[StoredJob]:
         keys = self.keys.queue(queue)
         await self._epoch(keys)
         if limit <= 0 or offset < 0:
             return []
         end = offset + limit - 1
 
-        async def op(client: AsyncClient) -> list[RawJob]:
+        async def op(client: AsyncClient) -> list[StoredJob]:
             if newest_first:
                 ids = await client.zrevrange(index, offset, end)
             else:
@@ -103,22 +105,25 @@ class AdminMixin:
             # a key of another type answers an error for that job alone (shown as malformed)
             found = await pipe.execute(raise_on_error=False)
             return [
-                not_a_hash(queue, _scripts.text(job_id))
-                if isinstance(values, ResponseError)
-                else decode_values(queue, _scripts.text(job_id), values)
+                StoredJob.from_fields(
+                    queue,
+                    not_a_hash(queue, _scripts.text(job_id))
+                    if isinstance(values, ResponseError)
+                    else decode_values(queue, _scripts.text(job_id), values),
+                )
                 for job_id, values in zip(ids, found, strict=True)
                 if isinstance(values, ResponseError) or any(v is not None for v in values)
             ]
 
         return await self.connections.run(op)
 
-    async def list_jobs(self, queue: str, state: str, offset: int = 0, limit: int = 100) -> list[RawJob]:
+    async def list_jobs(self, queue: str, state: str, offset: int = 0, limit: int = 100) -> list[StoredJob]:
         """A page of jobs in ``state``: ready order, due order, lease order, or newest first when finished."""
         wanted = JobState(state)
         index = self.keys.queue(queue).state_index(wanted.value)
         return await self._page(queue, index, offset, limit, newest_first=wanted in TERMINAL_STATES)
 
-    async def list_dlq(self, queue: str, offset: int = 0, limit: int = 100) -> list[RawJob]:
+    async def list_dlq(self, queue: str, offset: int = 0, limit: int = 100) -> list[StoredJob]:
         """A page of dead-lettered jobs, newest first, with ``dlq_reason``."""
         return await self._page(queue, self.keys.queue(queue).dlq, offset, limit, newest_first=True)
 

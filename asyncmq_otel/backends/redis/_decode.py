@@ -25,7 +25,7 @@ from typing import Any, cast
 from ..._stored import MAX_STORED_DEPTH, nested_too_deep, reject_constant
 from ...errors import BackendError
 from ...jobs import JobState
-from ..base import RawJob, SettleReply, SettleStatus
+from ..base import RawJob, SettleReply, SettleStatus, StoredJob
 from ._scripts import text
 
 __all__ = [
@@ -33,8 +33,8 @@ __all__ = [
     "claimed_attempts",
     "decode_batch_settle",
     "decode_job",
-    "decode_jobs",
     "decode_settle",
+    "decode_stored",
     "decode_values",
     "loads",
     "ms_to_s",
@@ -322,9 +322,9 @@ def decode_job(queue: str, reply: Sequence[Any], overlay: dict[str, Any] | None 
     return decode_values(queue, job_id, unpack(reply[1]), overlay)
 
 
-def decode_jobs(queue: str, replies: Sequence[Any]) -> list[RawJob]:
-    """Decode a list of ``{id, values}`` replies."""
-    return [decode_job(queue, reply) for reply in replies]
+def decode_stored(queue: str, replies: Sequence[Any]) -> list[StoredJob]:
+    """Decode a list of ``{id, packed values}`` replies for the port."""
+    return [StoredJob.from_fields(queue, decode_job(queue, reply)) for reply in replies]
 
 
 _SETTLED_OK = SettleReply(SettleStatus.OK)
@@ -334,7 +334,8 @@ def decode_settle(queue: str, reply: Any) -> SettleReply:  # noqa: ANN401 - a RE
     """The reply of a fenced transition: ``OK`` (with the job when the script sent it), ``STALE``, ..."""
     code = reply[0]
     if code == b"OK":
-        return SettleReply(SettleStatus.OK, decode_job(queue, reply[1]) if len(reply) > 1 else None)
+        job = StoredJob.from_fields(queue, decode_job(queue, reply[1])) if len(reply) > 1 else None
+        return SettleReply(SettleStatus.OK, job)
     if code == b"STALE":
         return SettleReply(SettleStatus.STALE, owner=text(reply[2]) or None, state=text(reply[1]))
     if code == b"GONE":

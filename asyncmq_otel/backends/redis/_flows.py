@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...errors import JobArgumentError, PayloadTooLarge
-from ..base import EnqueueItem, EnqueueReply, RawJob
+from ..base import EnqueueItem, EnqueueReply, RawJob, StoredJob
 from . import _scripts
 from ._decode import JOB_FIELDS, decode_values, loads
 
@@ -212,7 +212,7 @@ class FlowsMixin:
         """The queues whose reaper role this backend held at its last reap."""
         return set()
 
-    async def _flow_pass(self, keys: QueueKeys, queue: str) -> list[RawJob]:
+    async def _flow_pass(self, keys: QueueKeys, queue: str) -> list[StoredJob]:
         """The reaper's flow work, done at the start of its next reap (so the reap's reply never waits).
 
         Delivers up to 100 outbox entries and returns up to 100 children dead-lettered for a parent
@@ -223,7 +223,7 @@ class FlowsMixin:
         await self.reconcile_flows(queue)
         return await self._drain_flow_failed(keys, queue)
 
-    async def _drain_flow_failed(self, keys: QueueKeys, queue: str) -> list[RawJob]:
+    async def _drain_flow_failed(self, keys: QueueKeys, queue: str) -> list[StoredJob]:
         """Up to 100 children dead-lettered for a parent since the last call (their ``job:failed`` is due).
 
         The scripts that dead-letter them append their ids to ``flow_failed`` (capped); the reaper
@@ -241,7 +241,7 @@ class FlowsMixin:
             return [(_scripts.text(job_id), values) for job_id, values in zip(ids, found, strict=True)]
 
         return [
-            decode_values(queue, job_id, values)
+            StoredJob.from_fields(queue, decode_values(queue, job_id, values))
             for job_id, values in await self.connections.run(op)
             if any(value is not None for value in values)
         ]
