@@ -37,22 +37,22 @@ async def test_the_documented_acl_user_runs_every_operation(redis_server: RedisS
         await backend.enqueue_bulk("q", [item("a"), item("b"), item("c")])
         await backend.enqueue("q", EnqueueItem("d", item("d").payload, delay=30.0))
         assert await backend.wait_for_work("q", 1.0)
-        jobs = {job["id"]: job for job in (await backend.claim("q", "w", 3, 30.0)).jobs}
+        jobs = {job.id: job for job in (await backend.claim("q", "w", 3, 30.0)).jobs}
         renewer = backend.lease_renewer()
         try:
-            renewed = await anyio.to_thread.run_sync(renewer.renew, "q", {"a": jobs["a"]["token"]}, 30.0)
+            renewed = await anyio.to_thread.run_sync(renewer.renew, "q", {"a": jobs["a"].token}, 30.0)
         finally:
             renewer.close()
         assert renewed == {"a": RenewStatus.OK}
-        assert (await backend.renew("q", {"b": jobs["b"]["token"]}, 30.0)) == {"b": RenewStatus.OK}
-        assert (await backend.report_progress("q", "a", jobs["a"]["token"], 0.5)).ok
-        assert (await backend.complete("q", "a", jobs["a"]["token"], "1")).ok
-        assert (await backend.retry("q", "b", jobs["b"]["token"], 0.0, {"type": "E"})).ok
-        assert (await backend.fail("q", "c", jobs["c"]["token"], "failed")).ok
+        assert (await backend.renew("q", {"b": jobs["b"].token}, 30.0)) == {"b": RenewStatus.OK}
+        assert (await backend.report_progress("q", "a", jobs["a"].token, 0.5)).ok
+        assert (await backend.complete("q", "a", jobs["a"].token, "1")).ok
+        assert (await backend.retry("q", "b", jobs["b"].token, 0.0, {"type": "E"})).ok
+        assert (await backend.fail("q", "c", jobs["c"].token, "failed")).ok
         backend.add_cancel_listener(lambda _q, _j: None)
         job_b = (await backend.claim("q", "w", 1, 30.0)).jobs[0]
         assert await backend.cancel("q", "b") is CancelStatus.RUNNING
-        assert (await backend.settle_cancelled("q", "b", job_b["token"])).ok
+        assert (await backend.settle_cancelled("q", "b", job_b.token)).ok
         assert await backend.cancel("q", "d") is CancelStatus.CANCELLED
         assert (await backend.reap("q", "w", 1, 1.0)).is_reaper
         await backend.pause("q")
@@ -98,10 +98,10 @@ async def test_the_acl_user_quarantines_job_keys_of_another_type(redis_server: R
         admin.delete(keys.job("s"), keys.job("l"))
         admin.set(keys.job("s"), b"text")
         admin.rpush(keys.job("l"), b"x")
-        jobs = {job["id"]: job for job in (await backend.claim("q", "w", 4, 30.0)).jobs}
+        jobs = {job.id: job for job in (await backend.claim("q", "w", 4, 30.0)).jobs}
         assert sorted(jobs) == ["a", "b", "l", "s"]
-        assert "kept" in jobs["s"]["payload_error"]
-        assert "deleted" in jobs["l"]["payload_error"]
+        assert "kept" in jobs["s"].decode_error
+        assert "deleted" in jobs["l"].decode_error
         assert admin.hget(keys.job("s"), "quarantined") == b"text"
     finally:
         admin.close()

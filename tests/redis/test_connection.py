@@ -83,7 +83,7 @@ async def test_tls_verifies_the_server_certificate(redis_server_factory: Callabl
     )
     try:
         assert (await good.enqueue("q", item("a"))).state == "waiting"
-        assert [job["id"] for job in (await mtls.claim("q", "w", 1, 30.0)).jobs] == ["a"]
+        assert [job.id for job in (await mtls.claim("q", "w", 1, 30.0)).jobs] == ["a"]
         started = time.monotonic()
         with pytest.raises(BackendTLSError):
             await wrong_ca.probe()
@@ -114,10 +114,10 @@ async def test_out_of_memory_refuses_whole_enqueues_and_keeps_leases(redis_serve
         with pytest.raises(BackendOutOfMemory):
             await backend.enqueue("q", item("refused"))
         assert admin.exists(backend.keys.queue("q").job("refused")) == 0
-        answers = await backend.renew("q", {"held": held["token"]}, 30.0)
+        answers = await backend.renew("q", {"held": held.token}, 30.0)
         assert answers == {"held": RenewStatus.OK}  # renew is allow-oom: leases survive at maxmemory
         admin.config_set("maxmemory", "0")
-        assert (await backend.complete("q", "held", held["token"], "1")).ok
+        assert (await backend.complete("q", "held", held.token, "1")).ok
         assert (await backend.enqueue("q", item("later"))).state == "waiting"
     finally:
         admin.close()
@@ -147,7 +147,7 @@ async def test_busy_script_is_ridden_out(redis_server: RedisServer) -> None:
         claimed = await backend.claim("q", "w", 1, 30.0)  # BUSY is retried with backoff
         busy.join(timeout=5)
         spinner.close()
-        assert [job["id"] for job in claimed.jobs] == ["a"]
+        assert [job.id for job in claimed.jobs] == ["a"]
     finally:
         admin.close()
         await backend.close()
@@ -210,7 +210,7 @@ async def test_a_cancelled_wait_leaves_the_backend_usable(backend: RedisBackend)
     assert scope.cancelled_caught
     await backend.enqueue("q", item("a"))
     assert await backend.wait_for_work("q", 1.0)
-    assert [job["id"] for job in (await backend.claim("q", "w", 1, 30.0)).jobs] == ["a"]
+    assert [job.id for job in (await backend.claim("q", "w", 1, 30.0)).jobs] == ["a"]
 
 
 def test_a_backend_moves_to_a_new_event_loop_cleanly(redis_url: str, redis_prefix: str) -> None:

@@ -60,7 +60,7 @@ async def test_retention_keeps_memory_flat(redis_server: RedisServer) -> None:
             await backend.enqueue_bulk("q", items(round_number * 500, 500))
             while jobs := (await backend.claim("q", "w", 100, 30.0)).jobs:
                 for job in jobs:
-                    assert (await backend.complete("q", job["id"], job["token"], "null")).ok
+                    assert (await backend.complete("q", job.id, job.token, "null")).ok
         counts = await backend.counts("q")
     finally:
         await backend.close()

@@ -43,13 +43,13 @@ async def test_lost_meta_is_reported_once_and_work_goes_on(
     held = (await backend.claim("q", "w", 1, 30.0)).jobs[0]
     old = backend.cached_epoch("q")
     delete_prefix(redis_url, redis_prefix)  # what FLUSHALL or a restart without persistence does
-    gone = await backend.complete("q", "a", held["token"], "1")
+    gone = await backend.complete("q", "a", held.token, "1")
     assert gone.status is SettleStatus.GONE
     new = backend.cached_epoch("q")
     assert losses.calls == [("q", old, new)]
     assert new != old
     await backend.enqueue("q", item("b"))
-    assert [job["id"] for job in (await backend.claim("q", "w", 5, 30.0)).jobs] == ["b"]
+    assert [job.id for job in (await backend.claim("q", "w", 5, 30.0)).jobs] == ["b"]
     assert len(losses.calls) == 1
 
 
@@ -78,10 +78,10 @@ async def test_the_renewer_thread_detects_the_loss(
     held = (await backend.claim("q", "w", 1, 30.0)).jobs[0]
     renewer = backend.lease_renewer()
     try:
-        ok = await anyio.to_thread.run_sync(renewer.renew, "q", {"a": held["token"]}, 30.0)
+        ok = await anyio.to_thread.run_sync(renewer.renew, "q", {"a": held.token}, 30.0)
         assert ok == {"a": RenewStatus.OK}
         delete_prefix(redis_url, redis_prefix)
-        lost = await anyio.to_thread.run_sync(renewer.renew, "q", {"a": held["token"]}, 30.0)
+        lost = await anyio.to_thread.run_sync(renewer.renew, "q", {"a": held.token}, 30.0)
     finally:
         renewer.close()
     assert lost == {"a": RenewStatus.LOST}
@@ -101,7 +101,7 @@ async def test_restart_without_persistence_reconnects_and_reports(redis_server: 
         redis_server.restart()
         await backend.enqueue("q", item("b"))
         assert len(losses.calls) == 1
-        assert [job["id"] for job in (await backend.claim("q", "w", 5, 30.0)).jobs] == ["b"]
+        assert [job.id for job in (await backend.claim("q", "w", 5, 30.0)).jobs] == ["b"]
     finally:
         await backend.close()
 

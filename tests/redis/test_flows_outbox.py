@@ -48,7 +48,7 @@ async def shared(redis_url: str) -> AsyncIterator[tuple[RedisBackend, str, str]]
 
 async def complete(backend: RedisBackend, queue: str, job_id: str) -> None:
     claimed = await backend.claim(queue, "w1", 100, 30.0)
-    tokens = {str(job["id"]): str(job["token"]) for job in claimed.jobs}
+    tokens = {str(job.id): str(job.token) for job in claimed.jobs}
     assert job_id in tokens
     assert (await backend.complete(queue, job_id, tokens[job_id], json.dumps(job_id))).ok
 
@@ -122,7 +122,7 @@ async def test_a_kill_between_delivery_and_removal_is_redelivered_harmlessly(
     counts = await queue.counts()
     assert (counts["waiting"], counts["blocked"]) == (2, 0)  # released once each, never twice
     claimed = await backend.claim(down, "w2", 100, 30.0)
-    assert sorted(job["id"] for job in claimed.jobs) == ["c", "c2"]
+    assert sorted(job.id for job in claimed.jobs) == ["c", "c2"]
     assert check_flows(url, prefix, [(up, "p"), (down, "c"), (down, "c2")]) == []
 
 
@@ -210,7 +210,7 @@ async def test_cross_queue_flow_on_a_three_master_cluster(three_masters: list[Re
         assert await Queue(third, backend).get_job_state("c") == "blocked"
         claimed = await backend.claim(second, "w1", 10, 30.0)
         job = claimed.jobs[0]
-        assert (await backend.fail(second, "b", str(job["token"]), "failed")).ok
+        assert (await backend.fail(second, "b", str(job.token), "failed")).ok
         await backend.reconcile_flows(second)  # c is dead for b; then d, in the first queue, for c
         await backend.reconcile_flows(third)
         assert await Queue(third, backend).get_job_state("c") == "failed"

@@ -23,7 +23,6 @@ from asyncmq_otel.backends.redis._keys import QueueKeys
 from asyncmq_otel.cli import main
 from asyncmq_otel.errors import BackendError
 from asyncmq_otel.events import LifecycleEvent, bus
-from asyncmq_otel.jobs import Job
 from asyncmq_otel.queues import Queue
 from asyncmq_otel.tasks import task
 from tests.support.invariants import stuck_jobs
@@ -72,7 +71,7 @@ def assert_consistent(redis_url: str, redis_prefix: str) -> None:
 
 
 async def claim_all(backend: RedisBackend, count: int = 20) -> dict[str, RawJob]:
-    return {str(job["id"]): job for job in (await backend.claim(QUEUE, "w", count, 30.0)).jobs}
+    return {str(job.id): job for job in (await backend.claim(QUEUE, "w", count, 30.0)).jobs}
 
 
 async def test_a_string_key_in_ready_is_quarantined_alone_and_the_others_are_claimed(
@@ -84,14 +83,14 @@ async def test_a_string_key_in_ready_is_quarantined_alone_and_the_others_are_cla
     claimed = await claim_all(backend)
     assert sorted(claimed) == sorted(ids)  # one claim, nothing left behind
     bad = claimed.pop("j4")
-    assert "not a hash" in bad["payload_error"]
-    assert (bad["state"], bad["attempts"]) == ("active", 1)
-    assert all("payload_error" not in job for job in claimed.values())
+    assert "not a hash" in bad.decode_error
+    assert bad.attempts == 1 and bad.job is None
+    assert all(job.decode_error is None for job in claimed.values())
     assert_consistent(redis_url, redis_prefix)
-    assert (await backend.fail(QUEUE, "j4", bad["token"], "malformed_payload")).ok
+    assert (await backend.fail(QUEUE, "j4", bad.token, "malformed_payload")).ok
     stored = await backend.get_job(QUEUE, "j4")
     assert stored is not None
-    assert (stored["state"], stored["dlq_reason"]) == ("failed", "malformed_payload")
+    assert (stored.state, stored.dlq_reason) == ("failed", "malformed_payload")
     assert admin.hget(keys_of(backend).job("j4"), "quarantined") == b"not a hash"  # kept for the operator
     counts = await backend.counts(QUEUE)
     assert (counts["active"], counts["failed"], counts["waiting"]) == (9, 1, 0)
@@ -115,11 +114,11 @@ async def test_a_hash_claim_lua_cannot_use_is_handed_over_malformed_alone(
     claimed = await claim_all(backend)
     assert sorted(claimed) == sorted(ids)
     bad = claimed.pop("j4")
-    assert bad["payload_error"]
-    assert bad["state"] == "active"
-    assert all("payload_error" not in job for job in claimed.values())
+    assert bad.decode_error
+    assert bad.job is None
+    assert all(job.decode_error is None for job in claimed.values())
     assert_consistent(redis_url, redis_prefix)
-    assert (await backend.fail(QUEUE, "j4", bad["token"], "malformed_payload")).ok
+    assert (await backend.fail(QUEUE, "j4", bad.token, "malformed_payload")).ok
     assert_consistent(redis_url, redis_prefix)
 
 
@@ -134,8 +133,8 @@ async def test_a_string_key_in_delayed_does_not_stop_claims(
     admin.zadd(keys.delayed, {"later": 0})  # due now
     claimed = await claim_all(backend)
     assert sorted(claimed) == ["good", "later"]
-    assert "not a hash" in claimed["later"]["payload_error"]
-    assert "payload_error" not in claimed["good"]
+    assert "not a hash" in claimed["later"].decode_error
+    assert claimed["good"].decode_error is None
     assert_consistent(redis_url, redis_prefix)
     await backend.enqueue(QUEUE, item("next"))
     assert list(await claim_all(backend)) == ["next"]  # later claims work
@@ -150,7 +149,7 @@ async def test_a_delayed_hash_without_state_is_handed_over_malformed(
     admin.zadd(keys.delayed, {"later": 0})
     claimed = await claim_all(backend)
     assert list(claimed) == ["later"]
-    assert claimed["later"]["payload_error"]
+    assert claimed["later"].decode_error
     assert_consistent(redis_url, redis_prefix)
 
 
@@ -186,16 +185,15 @@ async def test_a_field_that_cannot_be_decoded_makes_that_job_malformed_and_nothi
     claimed = await claim_all(backend)
     assert sorted(claimed) == sorted(ids)
     bad = claimed.pop("j4")
-    assert bad["payload_error"]
-    assert field in bad["payload_error"] or field == "payload"
-    assert all("payload_error" not in job for job in claimed.values())
-    for job in claimed.values():
-        Job.from_dict(job)  # the neighbours decode as usual
+    assert bad.decode_error
+    assert field in bad.decode_error or field == "payload"
+    assert all(job.decode_error is None for job in claimed.values())
+    assert all(job.job is not None for job in claimed.values())  # the neighbours decode as usual
     shown = await backend.get_job(QUEUE, "j4")  # what `job show` reads: no traceback
     assert shown is not None
-    assert shown["payload_error"] == bad["payload_error"]
-    assert (await backend.fail(QUEUE, "j4", bad["token"], "malformed_payload")).ok
-    assert [job["id"] for job in await backend.list_dlq(QUEUE)] == ["j4"]
+    assert shown.decode_error == bad.decode_error
+    assert (await backend.fail(QUEUE, "j4", bad.token, "malformed_payload")).ok
+    assert [job.id for job in await backend.list_dlq(QUEUE)] == ["j4"]
     assert_consistent(redis_url, redis_prefix)
 
 
@@ -217,12 +215,12 @@ async def test_the_reaper_recovers_the_others_past_a_string_key_and_a_bad_counte
         return len(stalled) >= 9
 
     await eventually(reaped, timeout=10, what="the reaper recovered the good leases")
-    assert sorted(str(job["id"]) for job in stalled) == sorted(set(ids) - {"j3"})
+    assert sorted(str(job.id) for job in stalled) == sorted(set(ids) - {"j3"})
     assert_consistent(redis_url, redis_prefix)
     again = await claim_all(backend)
     assert sorted(again) == sorted(ids)  # j3 is back in ready, quarantined; j6 too
-    assert "not a hash" in again["j3"]["payload_error"]
-    assert "stalls" in again["j6"]["payload_error"]
+    assert "not a hash" in again["j3"].decode_error
+    assert "stalls" in again["j6"].decode_error
     assert_consistent(redis_url, redis_prefix)
 
 
@@ -252,11 +250,11 @@ async def test_a_settle_on_a_bad_field_moves_the_job_whole_or_not_at_all(
     job = (await backend.claim(QUEUE, "w", 1, 30.0)).jobs[0]
     admin.hset(keys_of(backend).job("a"), field, value)
     if op == "requeue":
-        reply = await backend.requeue(QUEUE, "a", job["token"], 5)
+        reply = await backend.requeue(QUEUE, "a", job.token, 5)
     elif op == "retry":
-        reply = await backend.retry(QUEUE, "a", job["token"], 0.0, {"type": "X", "message": "m"})
+        reply = await backend.retry(QUEUE, "a", job.token, 0.0, {"type": "X", "message": "m"})
     else:
-        reply = await backend.defer(QUEUE, "a", job["token"])
+        reply = await backend.defer(QUEUE, "a", job.token)
     assert reply.ok
     assert_consistent(redis_url, redis_prefix)
     again = await claim_all(backend)
@@ -269,7 +267,7 @@ async def test_renew_answers_lost_for_a_string_key_and_renews_the_others(
 ) -> None:
     await enqueue_ten(backend)
     claimed = (await backend.claim(QUEUE, "w", 3, 30.0)).jobs
-    tokens = {str(job["id"]): str(job["token"]) for job in claimed}
+    tokens = {str(job.id): str(job.token) for job in claimed}
     admin.delete(keys_of(backend).job("j1"))
     admin.set(keys_of(backend).job("j1"), b"x")
     statuses = await backend.renew(QUEUE, tokens, 30.0)
@@ -281,13 +279,13 @@ async def test_retry_dead_of_a_string_key_keeps_the_indexes_truthful(
 ) -> None:
     await backend.enqueue(QUEUE, item("a"))
     job = (await backend.claim(QUEUE, "w", 1, 30.0)).jobs[0]
-    assert (await backend.fail(QUEUE, "a", job["token"], "failed")).ok
+    assert (await backend.fail(QUEUE, "a", job.token, "failed")).ok
     admin.delete(keys_of(backend).job("a"))
     admin.set(keys_of(backend).job("a"), b"x")
     assert await backend.retry_dead(QUEUE, "a")
     assert_consistent(redis_url, redis_prefix)
     claimed = await claim_all(backend)
-    assert "not a hash" in claimed["a"]["payload_error"]
+    assert "not a hash" in claimed["a"].decode_error
 
 
 async def test_enqueue_over_a_string_key_writes_nothing_and_says_which_job(
@@ -319,14 +317,14 @@ async def test_job_show_and_listings_read_a_key_of_another_type_without_raising(
 ) -> None:
     await backend.enqueue(QUEUE, item("a"))
     job = (await backend.claim(QUEUE, "w", 1, 30.0)).jobs[0]
-    assert (await backend.fail(QUEUE, "a", job["token"], "failed")).ok
+    assert (await backend.fail(QUEUE, "a", job.token, "failed")).ok
     admin.delete(keys_of(backend).job("a"))
     admin.rpush(keys_of(backend).job("a"), b"x")  # a list: not even readable as a string
     shown = await backend.get_job(QUEUE, "a")
     assert shown is not None
-    assert "not a job hash" in shown["payload_error"]
+    assert "not a job hash" in shown.decode_error
     listed = await backend.list_dlq(QUEUE)
-    assert [(job["id"], "not a job hash" in job["payload_error"]) for job in listed] == [("a", True)]
+    assert [(job.id, "not a job hash" in job.decode_error) for job in listed] == [("a", True)]
 
 
 @pytest.mark.parametrize(
@@ -337,7 +335,7 @@ async def test_a_settle_on_a_key_written_over_answers_gone_and_the_job_is_dead_l
 ) -> None:
     await backend.enqueue(QUEUE, item("a"))
     job = (await backend.claim(QUEUE, "w", 1, 0.001)).jobs[0]
-    token = str(job["token"])
+    token = str(job.token)
     admin.delete(keys_of(backend).job("a"))
     admin.set(keys_of(backend).job("a"), b"x")
     if op == "cancel":

@@ -42,7 +42,7 @@ async def test_a_default_priority_is_not_stored_and_reads_back_as_5(
     assert "priority" not in fields(backend, redis_url, queue, "plain")
     assert fields(backend, redis_url, queue, "urgent")["priority"] == "1"
     claimed = await backend.claim(queue, "w", 3, 30.0)
-    assert [job["id"] for job in claimed.jobs] == ["urgent", "plain", "late"]
+    assert [job.id for job in claimed.jobs] == ["urgent", "plain", "late"]
 
 
 async def test_a_first_claim_writes_no_settle_fields_and_a_later_one_clears_them(
@@ -52,17 +52,17 @@ async def test_a_first_claim_writes_no_settle_fields_and_a_later_one_clears_them
     await backend.enqueue(queue, EnqueueItem("a", payload("a", queue)))
     first = (await backend.claim(queue, "w", 1, 30.0)).jobs[0]
     stored = fields(backend, redis_url, queue, "a")
-    assert (stored["state"], stored["attempts"], stored["token"]) == ("active", "1", first["token"])
+    assert (stored["state"], stored["attempts"], stored["token"]) == ("active", "1", first.token)
     assert "settled_token" not in stored and "cancel_requested" not in stored
     assert (await backend.cancel(queue, "a")).value == "RUNNING"  # flags the running job
-    assert (await backend.requeue(queue, "a", first["token"], max_interrupts=5)).ok
+    assert (await backend.requeue(queue, "a", first.token, max_interrupts=5)).ok
     second = (await backend.claim(queue, "w", 1, 30.0)).jobs[0]
     stored = fields(backend, redis_url, queue, "a")
     assert (stored["attempts"], stored["settled_token"], stored["cancel_requested"]) == ("2", "", "")
-    assert second["cancel_requested"] is False
-    assert (await backend.complete(queue, "a", second["token"], "1")).ok
+    assert second.job is not None and second.job.cancel_requested is False
+    assert (await backend.complete(queue, "a", second.token, "1")).ok
     # the first attempt's settle is still fenced out
-    assert not (await backend.complete(queue, "a", first["token"], "2")).ok
+    assert not (await backend.complete(queue, "a", first.token, "2")).ok
 
 
 def test_each_script_carries_only_the_prelude_it_uses() -> None:

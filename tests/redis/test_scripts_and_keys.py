@@ -55,7 +55,7 @@ async def test_scripts_reload_after_script_flush(redis_server: RedisServer) -> N
         admin.script_flush()
         admin.close()
         claimed = await backend.claim("q", "w", 1, 5.0)
-        assert [job["id"] for job in claimed.jobs] == ["a"]
+        assert [job.id for job in claimed.jobs] == ["a"]
     finally:
         await backend.close()
 
@@ -68,8 +68,8 @@ async def test_every_key_of_a_queue_shares_one_slot(
         await backend.enqueue(queue, EnqueueItem(job_id, payload(job_id, queue)))
     await backend.enqueue(queue, EnqueueItem("later", payload("later", queue), delay=60))
     jobs = (await backend.claim(queue, "w", 2, 0.05)).jobs
-    await backend.complete(queue, jobs[0]["id"], jobs[0]["token"], "1")
-    await backend.fail(queue, jobs[1]["id"], jobs[1]["token"], "failed")
+    await backend.complete(queue, jobs[0].id, jobs[0].token, "1")
+    await backend.fail(queue, jobs[1].id, jobs[1].token, "failed")
     await backend.cancel(queue, "d")
     await backend.reap(queue, "w", 0, 5.0)
     admin = redis.Redis.from_url(redis_url)
@@ -112,7 +112,7 @@ async def test_a_resent_claim_returns_the_same_jobs(backend: RedisBackend) -> No
     assert (counts["active"], counts["waiting"]) == (2, 1)
     stored = await backend.get_job(queue, "a")
     assert stored is not None
-    assert (stored["token"], stored["attempts"]) == ("nonce-1.0", 1)
+    assert (stored.token, stored.attempts) == ("nonce-1.0", 1)
 
 
 async def test_raw_binary_job_is_claimed_as_malformed_and_never_decoded(
@@ -131,12 +131,15 @@ async def test_raw_binary_job_is_claimed_as_malformed_and_never_decoded(
     finally:
         admin.close()
     jobs = (await backend.claim(queue, "w", 5, 30.0)).jobs
-    assert [job["id"] for job in jobs] == ["evil", "ok"]
+    assert [job.id for job in jobs] == ["evil", "ok"]
     evil = jobs[0]
-    assert evil["payload_error"]
-    assert evil["payload_preview"].startswith("\ufffd")
-    assert (evil["attempts"], evil["state"]) == (1, "active")
-    assert (await backend.fail(queue, "evil", evil["token"], "malformed_payload")).ok
+    assert evil.decode_error
+    assert (evil.attempts, evil.job) == (1, None)
+    shown = await backend.get_job(queue, "evil")
+    assert shown is not None and shown.payload_preview is not None
+    assert shown.payload_preview.startswith("\ufffd")
+    assert (shown.state, shown.decode_error) == ("active", evil.decode_error)
+    assert (await backend.fail(queue, "evil", evil.token, "malformed_payload")).ok
 
 
 async def test_huge_priorities_keep_their_order(backend: RedisBackend) -> None:
@@ -144,7 +147,7 @@ async def test_huge_priorities_keep_their_order(backend: RedisBackend) -> None:
     for job_id, priority in [("low", 10**9), ("mid", 5), ("high", -(10**9)), ("low2", 10**9)]:
         await backend.enqueue(queue, EnqueueItem(job_id, payload(job_id, queue, priority)))
     jobs = (await backend.claim(queue, "w", 10, 30.0)).jobs
-    assert [job["id"] for job in jobs] == ["high", "mid", "low", "low2"]
+    assert [job.id for job in jobs] == ["high", "mid", "low", "low2"]
 
 
 async def test_names_that_could_break_the_hash_tag_are_refused(backend: RedisBackend) -> None:
@@ -179,7 +182,8 @@ async def test_stored_fields_use_redis_time(
     server_now = await backend.now()
     assert abs(server_now - reply.enqueued_at) < 1.0
     other = make_backend()
-    assert (await other.get_job("t", "a") or {})["enqueued_at"] == reply.enqueued_at
+    stored = await other.get_job("t", "a")
+    assert stored is not None and stored.enqueued_at == reply.enqueued_at
 
 
 def test_job_fields_agree_between_lua_and_python() -> None:
@@ -198,7 +202,7 @@ async def test_a_reap_held_in_transit_revokes_nothing_and_says_late(backend: Red
     queue = "held-reap"
     await backend.enqueue(queue, EnqueueItem("a", payload("a", queue)))
     claimed = (await backend.claim(queue, "w", 1, 0.05)).jobs
-    assert [job["id"] for job in claimed] == ["a"]
+    assert [job.id for job in claimed] == ["a"]
 
     async def lease_expired() -> bool:
         deadline = await backend.connections.run(
@@ -215,7 +219,7 @@ async def test_a_reap_held_in_transit_revokes_nothing_and_says_late(backend: Red
     held = await backend.reap(queue, "r", 1, 5.0, max_delay=1.0)
     assert (held.late, held.is_reaper, held.stalled, held.dead) == (True, False, [], [])
     job = await backend.get_job(queue, "a")
-    assert job is not None and job["state"] == "active" and job["stalls"] == 0
+    assert job is not None and job.state == "active" and job.stalls == 0
     # the reply re-measured the clock: the next, timely reap recovers the expired lease
     timely = await backend.reap(queue, "r", 1, 5.0, max_delay=1.0)
-    assert not timely.late and [raw["id"] for raw in timely.stalled] == ["a"]
+    assert not timely.late and [raw.id for raw in timely.stalled] == ["a"]
