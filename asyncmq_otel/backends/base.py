@@ -549,10 +549,6 @@ class Backend(Protocol):
         """The live workers."""
         ...
 
-    async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]:
-        """Live workers consuming each of ``queues`` (0 for none), O(log N) per queue, never a scan."""
-        ...
-
     def add_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
         """Call ``listener(queue, job_id)`` as soon as a running job's cancellation is requested."""
         ...

@@ -23,11 +23,12 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
 from ..backends.base import ScheduleStore
+from ..backends.capabilities import ConsumerCounter, SamplerLock  # still importable from here
 from ._schedule_metrics import ScheduleGauges
 
 if TYPE_CHECKING:
@@ -37,33 +38,6 @@ __all__ = ["ConsumerCounter", "QueueGauges", "QueueSampler", "SamplerLock", "Sta
 
 _log = logging.getLogger("asyncmq_otel.telemetry")
 _STALE_INTERVALS = 3.0
-
-
-@runtime_checkable
-class SamplerLock(Protocol):
-    """Optional backend capability: the lock that elects one queue sampler among processes.
-
-    ``acquire_sampler_lock(owner, ttl)`` takes the lock when it is free (``SET NX PX``) or extends it
-    when ``owner`` already holds it (compare-and-extend), and returns whether ``owner`` holds it now.
-    ``release_sampler_lock(owner)`` frees it only when ``owner`` holds it.
-    """
-
-    async def acquire_sampler_lock(self, owner: str, ttl: float) -> bool:
-        """Take or extend the sampler lock for ``ttl`` seconds; True when ``owner`` holds it."""
-        ...
-
-    async def release_sampler_lock(self, owner: str) -> None:
-        """Give the lock up if ``owner`` holds it."""
-        ...
-
-
-@runtime_checkable
-class ConsumerCounter(Protocol):
-    """Optional backend capability: how many live workers consume each queue (from its registry)."""
-
-    async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]:
-        """Live consumers per queue, 0 for a queue nobody consumes."""
-        ...
 
 
 class StatsSource(Protocol):

@@ -15,11 +15,10 @@ import collections
 import json
 import logging
 import threading
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
 
 import anyio
 
+from ..backends.capabilities import EventPublisher  # still importable from here, where it was defined
 from ..events import EventBus, LifecycleEvent
 
 __all__ = ["EventPublisher", "EventRelay", "event_message", "relay_to"]
@@ -34,15 +33,6 @@ _LINGER = 0.025
 _OFF_THREAD_LATENCY = 0.25  # events emitted off the event loop's thread wait at most this long
 _MAX_RESULT_CHARS = 64 * 1024  # a larger result is left out of the message (``result_omitted``)
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
-
-
-@runtime_checkable
-class EventPublisher(Protocol):
-    """A backend that can hand events to other processes."""
-
-    async def publish_events(self, messages: Sequence[str]) -> None:
-        """Publish JSON messages, in order, in one round trip where possible."""
-        ...
 
 
 def event_message(event: LifecycleEvent) -> str:

@@ -108,3 +108,4 @@ def test_the_map_reads_the_modules_it_names():
     assert _layer("asyncmq_otel.worker.claim_loop") == "worker"
     assert _layer("asyncmq_otel.backends._default") == "backends"
     assert _layer("asyncmq_otel.backends.redis._scripts") == "backends.redis"
+    assert _layer("asyncmq_otel.backends.capabilities") == "backends.base"  # optional parts of the port
