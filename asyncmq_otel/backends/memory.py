@@ -153,6 +153,15 @@ class _Queue:
         return self.seq
 
 
+def _owned(record: _Record | None, token: str) -> _Record | SettleReply:
+    """The record when ``token`` holds its lease; else ``GONE``, or ``STALE`` naming the owner."""
+    if record is None:
+        return SettleReply(SettleStatus.GONE)
+    if record.state != "active" or record.token != token:
+        return SettleReply(SettleStatus.STALE, owner=record.owner, state=record.state)
+    return record
+
+
 class _Renewer:
     """The renewer thread's channel: the same lock-guarded transition, called synchronously."""
 
@@ -319,16 +328,35 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         heapq.heappush(queue.ready, (record.priority, record.seq, record.job_id))
         self._wake(queue, 1)
 
-    def _fence(self, name: str, job_id: str, token: str) -> tuple[_Record | None, SettleReply | None]:
-        """The record when ``token`` owns it; else the reply: replayed ``OK``, ``STALE`` or ``GONE``."""
-        record = self._queue(name).jobs.get(job_id)
-        if record is None:
-            return None, SettleReply(SettleStatus.GONE)
-        if token and record.settled_token == token:
-            return None, SettleReply(SettleStatus.OK, record.stored(name))
-        if record.state != "active" or record.token != token:
-            return None, SettleReply(SettleStatus.STALE, owner=record.owner, state=record.state)
-        return record, None
+    def _settle(
+        self,
+        name: str,
+        job_id: str,
+        token: str,
+        apply: Callable[[_Queue, _Record], object],
+        *,
+        want_job: bool = True,
+        refuse: SettleStatus | None = None,
+    ) -> SettleReply:
+        """Every settle's fence, then its transition, under the lock: the one place a settle is judged.
+
+        A replay of the settle ``token`` already made answers ``OK`` again and writes nothing; a job
+        ``token`` does not own answers ``STALE`` (or ``GONE``). Otherwise ``refuse`` (a status) is
+        answered with nothing written, or the lease is released and ``apply(queue, record)`` runs.
+        """
+        with self._lock:
+            state = self._queue(name)
+            record = state.jobs.get(job_id)
+            if record is not None and token and record.settled_token == token:
+                return SettleReply(SettleStatus.OK, record.stored(name) if want_job else None)
+            owned = _owned(record, token)
+            if isinstance(owned, SettleReply):
+                return owned
+            if refuse is not None:
+                return SettleReply(refuse)
+            self._release(state, owned, token)
+            apply(state, owned)
+            return SettleReply(SettleStatus.OK, owned.stored(name) if want_job else None)
 
     def _release(self, queue: _Queue, record: _Record, token: str) -> None:
         queue.leases.pop(record.job_id, None)
@@ -439,17 +467,14 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         self, queue: str, job_id: str, token: str, result: str, *, want_job: bool = True
     ) -> SettleReply:
         """``active`` → ``completed``; the reply carries the job unless ``want_job`` is false."""
-        with self._lock:
-            state = self._queue(queue)
-            record, reply = self._fence(queue, job_id, token)
-            if record is None:
-                return reply or SettleReply(SettleStatus.GONE)
-            if len(result.encode("utf-8")) > self.max_result_bytes:
-                return SettleReply(SettleStatus.TOO_LARGE)
+        too_large = len(result.encode("utf-8")) > self.max_result_bytes
+
+        def apply(state: _Queue, record: _Record) -> None:
             record.result = result
-            self._release(state, record, token)
             self._finish(state, record, "completed", state.completed)
-            return SettleReply(SettleStatus.OK, record.stored(queue) if want_job else None)
+
+        refuse = SettleStatus.TOO_LARGE if too_large else None
+        return self._settle(queue, job_id, token, apply, want_job=want_job, refuse=refuse)
 
     async def retry(
         self,
@@ -461,13 +486,9 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         prev_attempt: str | None = None,
     ) -> SettleReply:
         """``active`` → ``delayed`` until now + ``backoff`` (straight to ``waiting`` when it is 0)."""
-        with self._lock:
-            state = self._queue(queue)
-            record, reply = self._fence(queue, job_id, token)
-            if record is None:
-                return reply or SettleReply(SettleStatus.GONE)
+
+        def apply(state: _Queue, record: _Record) -> None:
             now = self.clock()
-            self._release(state, record, token)
             record.retries += 1
             record.error = dict(error)
             if prev_attempt is not None:
@@ -481,7 +502,8 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             else:
                 record.eligible_at = now
                 self._make_ready(state, record)
-            return SettleReply(SettleStatus.OK, record.stored(queue))
+
+        return self._settle(queue, job_id, token, apply)
 
     async def fail(
         self, queue: str, job_id: str, token: str, reason: str, error: Mapping[str, Any] | None = None
@@ -489,26 +511,19 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         """``active`` → DLQ (``expired`` for reason ``expired``, else ``failed``)."""
         if reason not in DLQ_REASONS:
             raise ValueError(f"unknown DLQ reason {reason!r}; one of {sorted(DLQ_REASONS)}")
-        with self._lock:
-            state = self._queue(queue)
-            record, reply = self._fence(queue, job_id, token)
-            if record is None:
-                return reply or SettleReply(SettleStatus.GONE)
-            self._release(state, record, token)
+
+        def apply(state: _Queue, record: _Record) -> None:
             record.dlq_reason = reason
             if error is not None:
                 record.error = dict(error)
             self._finish(state, record, "expired" if reason == "expired" else "failed", state.dlq)
-            return SettleReply(SettleStatus.OK, record.stored(queue))
+
+        return self._settle(queue, job_id, token, apply)
 
     async def defer(self, queue: str, job_id: str, token: str) -> SettleReply:
         """Give back a job picked before its ``delay_until``: ``delayed`` again, attempt returned."""
-        with self._lock:
-            state = self._queue(queue)
-            record, reply = self._fence(queue, job_id, token)
-            if record is None:
-                return reply or SettleReply(SettleStatus.GONE)
-            self._release(state, record, token)
+
+        def apply(state: _Queue, record: _Record) -> None:
             record.attempts -= 1
             record.owner = None
             now = self.clock()
@@ -518,27 +533,21 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
                 heapq.heappush(state.delayed, (record.due, record.seq, record.job_id))
             else:
                 self._make_ready(state, record, keep_place=True)
-            return SettleReply(SettleStatus.OK, record.stored(queue))
+
+        return self._settle(queue, job_id, token, apply)
 
     async def settle_cancelled(self, queue: str, job_id: str, token: str) -> SettleReply:
         """``active`` → ``cancelled``."""
-        with self._lock:
-            state = self._queue(queue)
-            record, reply = self._fence(queue, job_id, token)
-            if record is None:
-                return reply or SettleReply(SettleStatus.GONE)
-            self._release(state, record, token)
+
+        def apply(state: _Queue, record: _Record) -> None:
             self._finish(state, record, "cancelled", state.cancelled)
-            return SettleReply(SettleStatus.OK, record.stored(queue))
+
+        return self._settle(queue, job_id, token, apply)
 
     async def requeue(self, queue: str, job_id: str, token: str, max_interrupts: int) -> SettleReply:
         """Return an interrupted job to its original place; past ``max_interrupts``, DLQ ``interrupted``."""
-        with self._lock:
-            state = self._queue(queue)
-            record, reply = self._fence(queue, job_id, token)
-            if record is None:
-                return reply or SettleReply(SettleStatus.GONE)
-            self._release(state, record, token)
+
+        def apply(state: _Queue, record: _Record) -> None:
             record.interrupts += 1
             if record.interrupts > max_interrupts:
                 record.dlq_reason = "interrupted"
@@ -546,18 +555,16 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             else:
                 record.eligible_at = self.clock()
                 self._make_ready(state, record, keep_place=True)
-            return SettleReply(SettleStatus.OK, record.stored(queue))
+
+        return self._settle(queue, job_id, token, apply)
 
     async def report_progress(self, queue: str, job_id: str, token: str, progress: float) -> SettleReply:
-        """Record the running job's progress."""
+        """Record the running job's progress (fenced on the owner alone: a progress is never replayed)."""
         with self._lock:
-            state = self._queue(queue)
-            record = state.jobs.get(job_id)
-            if record is None:
-                return SettleReply(SettleStatus.GONE)
-            if record.state != "active" or record.token != token:
-                return SettleReply(SettleStatus.STALE, owner=record.owner, state=record.state)
-            record.progress = progress
+            owned = _owned(self._queue(queue).jobs.get(job_id), token)
+            if isinstance(owned, SettleReply):
+                return owned
+            owned.progress = progress
             return SettleReply(SettleStatus.OK)
 
     async def renew(self, queue: str, leases: Mapping[str, str], lease: float) -> dict[str, RenewStatus]:
@@ -571,8 +578,8 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             deadline = self.clock() + lease
             out: dict[str, RenewStatus] = {}
             for job_id, token in leases.items():
-                record = state.jobs.get(job_id)
-                if record is None or record.state != "active" or record.token != token:
+                record = _owned(state.jobs.get(job_id), token)
+                if isinstance(record, SettleReply):
                     out[job_id] = RenewStatus.LOST
                     continue
                 state.leases[job_id] = deadline
