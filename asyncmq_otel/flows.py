@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from ._dependencies import ParentRef, current_job
 from .backends._default import default_backend
-from .backends.base import Backend, EnqueueItem, EnqueueReply, RawJob
+from .backends.base import Backend, FlowNode
+from .backends.capabilities import FlowBackend  # still importable from here, where it was defined
 from .errors import JobArgumentError
 from .jobs import check_job_id, check_queue_name, new_job_id
 from .queues import Queue
@@ -28,46 +28,6 @@ __all__ = ["FlowCycleError", "FlowNode", "FlowProducer", "parent_results"]
 
 class FlowCycleError(JobArgumentError):
     """A flow whose dependencies form a cycle: no job of it could ever run; nothing was stored."""
-
-
-@runtime_checkable
-class FlowBackend(Protocol):
-    """What a backend offers for flows, besides ``enqueue(..., depends_on)`` on the port."""
-
-    async def add_flow(self, items: Sequence[tuple[str, EnqueueItem]]) -> list[EnqueueReply]:
-        """Store every ``(queue, item)`` (parents before children) or none of them."""
-        ...
-
-    async def get_flow(self, queue: str, job_id: str) -> list[RawJob] | None:
-        """Every job connected to ``queue/job_id`` by dependencies, or ``None`` if it does not exist."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class FlowNode:
-    """One job of a flow as :meth:`Queue.get_flow <asyncmq_otel.queues.Queue.get_flow>` returns it."""
-
-    queue: str
-    id: str
-    state: str | None  # None: the job no longer exists (trimmed by retention)
-    task: str | None
-    parents: tuple[ParentRef, ...]
-    dlq_reason: str | None = None
-
-
-def flow_nodes(raw: Sequence[Mapping[str, Any]]) -> list[FlowNode]:
-    """Decode a backend's ``get_flow`` reply."""
-    return [
-        FlowNode(
-            queue=str(node["queue"]),
-            id=str(node["id"]),
-            state=None if node.get("state") is None else str(node["state"]),
-            task=None if node.get("task") is None else str(node["task"]),
-            parents=tuple((str(q), str(i)) for q, i in node.get("parents") or ()),
-            dlq_reason=node.get("dlq_reason") or None,
-        )
-        for node in raw
-    ]
 
 
 class FlowProducer:

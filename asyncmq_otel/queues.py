@@ -12,7 +12,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _repeatables, _results
 from ._dependencies import OnParentFailure, ParentRef, check_parents
@@ -23,10 +23,12 @@ from .backends.base import (
     CancelStatus,
     EnqueueItem,
     EnqueueReply,
+    FlowNode,
     QueueStats,
     StoredJob,
     WorkerInfo,
 )
+from .backends.capabilities import FlowBackend
 from .errors import DuplicateJob, JobArgumentError, TaskNameWarning, UnsupportedOption
 from .events import LifecycleEvent, Operation, bus
 from .jobs import (
@@ -48,9 +50,6 @@ from .jobs import (
 from .schedules import ScheduleSpec
 from .settings import settings
 from .tasks import TASK_REGISTRY, UNSUPPORTED_OPTIONS
-
-if TYPE_CHECKING:
-    from .flows import FlowNode
 
 __all__ = ["Queue"]
 
@@ -541,15 +540,13 @@ class Queue:
             JobArgumentError: no job ``job_id`` in this queue, or a backend without flows.
 
         """
-        from .flows import FlowBackend, flow_nodes  # noqa: PLC0415 - flows builds on this module
-
         backend = self.backend
         if not isinstance(backend, FlowBackend):
             raise JobArgumentError("backend", f"{type(backend).__name__} does not store flows")
-        raw = await backend.get_flow(self.name, check_job_id(job_id))
-        if raw is None:
+        nodes = await backend.get_flow(self.name, check_job_id(job_id))
+        if nodes is None:
             raise JobArgumentError("job_id", f"no job {job_id!r} in queue {self.name!r}")
-        return flow_nodes(raw)
+        return nodes
 
     async def counts(self) -> dict[str, int]:
         """How many jobs are in each state."""

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import JobArgumentError
+from .base import FlowNode
 
 if TYPE_CHECKING:
     import threading
 
-    from .base import EnqueueItem, EnqueueReply, RawJob, StoredJob
+    from .base import EnqueueItem, EnqueueReply, StoredJob
     from .memory import InMemoryBackend, _Queue, _Record
 
 __all__ = ["MemoryFlows", "MemoryFlowsMixin"]
@@ -223,7 +224,7 @@ class MemoryFlows:
                 self.pending.setdefault(child, set()).add(parent)
                 work.append(child)
 
-    def graph(self, queue: str, job_id: str) -> list[RawJob] | None:
+    def graph(self, queue: str, job_id: str) -> list[FlowNode] | None:
         """Every job connected to ``queue/job_id`` by dependencies, each with its state and parents."""
         start = (queue, job_id)
         if self._record(start) is None:
@@ -236,18 +237,19 @@ class MemoryFlows:
                 if other not in seen:
                     seen.add(other)
                     work.append(other)
-        nodes: list[dict[str, Any]] = []
+        nodes: list[FlowNode] = []
         for ref in sorted(seen):
             found = self._record(ref)
+            task = None if found is None or found.envelope is None else found.envelope.get("task")
             nodes.append(
-                {
-                    "queue": ref[0],
-                    "id": ref[1],
-                    "state": None if found is None else found.state,
-                    "task": None if found is None or found.envelope is None else found.envelope.get("task"),
-                    "parents": [list(parent) for parent in self.parents.get(ref, ())],
-                    "dlq_reason": None if found is None else found.dlq_reason,
-                }
+                FlowNode(
+                    queue=ref[0],
+                    id=ref[1],
+                    state=None if found is None else found.state,
+                    task=task if isinstance(task, str) else None,
+                    parents=tuple(self.parents.get(ref, ())),
+                    dlq_reason=None if found is None else found.dlq_reason,
+                )
             )
         return nodes
 
@@ -271,7 +273,7 @@ class MemoryFlowsMixin:
             self._flows.check_flow(items)
             return [backend._enqueue(backend._queue(queue), item) for queue, item in items]  # noqa: SLF001
 
-    async def get_flow(self, queue: str, job_id: str) -> list[RawJob] | None:
+    async def get_flow(self, queue: str, job_id: str) -> list[FlowNode] | None:
         """The dependency graph around a job (see :meth:`MemoryFlows.graph`), or ``None``."""
         with self._lock:
             return self._flows.graph(queue, job_id)

@@ -28,6 +28,7 @@ __all__ = [
     "EnqueueItem",
     "EnqueueReply",
     "FireReply",
+    "FlowNode",
     "LeaseRenewer",
     "QueueStats",
     "ReapReply",
@@ -228,6 +229,18 @@ class StoredJob:
         ``dlq_reason``, ``error``, ``finished_at``, ``payload_error`` and ``payload_preview``.
         """
         return dict(self._fields)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowNode:
+    """One job of a flow as :meth:`Queue.get_flow <asyncmq_otel.queues.Queue.get_flow>` returns it."""
+
+    queue: str
+    id: str
+    state: str | None  # None: the job no longer exists (trimmed by retention)
+    task: str | None
+    parents: tuple[tuple[str, str], ...]  # (queue, job_id) of each parent
+    dlq_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

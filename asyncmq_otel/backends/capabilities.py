@@ -3,7 +3,8 @@
 Each is a runtime-checkable Protocol: a caller tests ``isinstance(backend, Capability)`` and does
 without the feature when the backend lacks it (a custom backend implements the port alone and
 still runs every job). Both built-in backends offer :class:`ConsumerCounter`; ``RedisBackend``
-offers :class:`EventPublisher` and :class:`SamplerLock` too, which only matter across processes.
+offers :class:`EventPublisher` and :class:`SamplerLock` too, which only matter across processes;
+both store flows (:class:`FlowBackend`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ConsumerCounter", "EventPublisher", "SamplerLock"]
+from .base import EnqueueItem, EnqueueReply, FlowNode
+
+__all__ = ["ConsumerCounter", "EventPublisher", "FlowBackend", "SamplerLock"]
 
 
 @runtime_checkable
@@ -47,4 +50,17 @@ class ConsumerCounter(Protocol):
 
     async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]:
         """Live workers consuming each of ``queues`` (0 for none), O(log N) per queue, never a scan."""
+        ...
+
+
+@runtime_checkable
+class FlowBackend(Protocol):
+    """A backend that stores flows, besides ``enqueue(..., depends_on)`` on the port."""
+
+    async def add_flow(self, items: Sequence[tuple[str, EnqueueItem]]) -> list[EnqueueReply]:
+        """Store every ``(queue, item)`` (parents before children) or none of them."""
+        ...
+
+    async def get_flow(self, queue: str, job_id: str) -> list[FlowNode] | None:
+        """Every job connected to ``queue/job_id`` by dependencies, or ``None`` if it does not exist."""
         ...

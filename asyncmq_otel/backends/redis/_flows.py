@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...errors import JobArgumentError, PayloadTooLarge
-from ..base import EnqueueItem, EnqueueReply, RawJob, StoredJob
+from ..base import EnqueueItem, EnqueueReply, FlowNode, StoredJob
 from . import _scripts
 from ._decode import JOB_FIELDS, decode_values, loads
 
@@ -259,12 +259,12 @@ class FlowsMixin:
         count, oldest = await self.connections.run(op)
         return count, max((now_ms - oldest[0][1]) / 1000, 0.0) if oldest else 0.0
 
-    async def get_flow(self, queue: str, job_id: str) -> list[RawJob] | None:
+    async def get_flow(self, queue: str, job_id: str) -> list[FlowNode] | None:
         """Every job linked to ``queue/job_id`` through parents and children (up to 10,000)."""
         start = (queue, job_id)
         seen = {start}
         work = collections.deque([start])
-        nodes: list[RawJob] = []
+        nodes: list[FlowNode] = []
         while work:
             node_queue, node_id = work.popleft()
             keys = self.keys.queue(node_queue)
@@ -279,21 +279,21 @@ class FlowsMixin:
                 return None
             parent_refs = [ref for ref in _scripts.text(parents or b"").split(",") if ref]
             nodes.append(
-                {
-                    "queue": node_queue,
-                    "id": node_id,
-                    "state": None if state is None else _scripts.text(state),
-                    "task": _task_of(payload),
-                    "parents": [list(ref.split("/", 1)) for ref in parent_refs],
-                    "dlq_reason": _scripts.text(dlq_reason) if dlq_reason else None,
-                }
+                FlowNode(
+                    queue=node_queue,
+                    id=node_id,
+                    state=None if state is None else _scripts.text(state),
+                    task=_task_of(payload),
+                    parents=tuple((ref.partition("/")[0], ref.partition("/")[2]) for ref in parent_refs),
+                    dlq_reason=_scripts.text(dlq_reason) if dlq_reason else None,
+                )
             )
             for ref in [*parent_refs, *(_scripts.text(child) for child in children)]:
                 other_queue, _, other_id = ref.partition("/")
                 if (other_queue, other_id) not in seen and len(seen) < _MAX_FLOW_NODES:
                     seen.add((other_queue, other_id))
                     work.append((other_queue, other_id))
-        return sorted(nodes, key=lambda node: (node["queue"], node["id"]))
+        return sorted(nodes, key=lambda node: (node.queue, node.id))
 
 
 def _task_of(payload: bytes | None) -> str | None:
