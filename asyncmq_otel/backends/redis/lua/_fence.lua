@@ -383,3 +383,21 @@ end
 local function flat_job(job, id)
   return {id, pack(redis.call('HMGET', job, unpack(JOB_FIELDS)))}
 end
+
+-- The start of a settle of one job by its lease holder (defer, requeue, retry, fail,
+-- settle_cancelled; complete settles a batch and fences each job itself). Returns the reply to
+-- return at once, having written nothing: EPOCH, GONE, STALE, or on a replay (this settle was applied
+-- already: redis-py re-sent the call) {'OK', the job as it is now}, which is what the settle
+-- answered. Otherwise the settle goes ahead: the job leaves `leases` (its first write), and the
+-- second value is now_ms().
+local function settle_begin(meta, leases, job, epoch, token, id)
+  local bad = epoch_reply(meta, epoch) or fence(job, token)
+  if bad then
+    if bad[1] == 'REPLAY' then
+      return {'OK', flat_job(job, id)}
+    end
+    return bad
+  end
+  redis.call('ZREM', leases, id)
+  return nil, now_ms()
+end
