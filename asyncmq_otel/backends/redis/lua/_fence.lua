@@ -176,6 +176,18 @@ local function next_seq(meta)
   return redis.call('HINCRBY', meta, 'seq', 1)
 end
 
+-- A page of work: the first `limit` members of sorted set `key` scored up to `max`, lowest first, and
+-- 1 when more follow them (the caller calls again), else 0.
+local function page_upto(key, max, limit)
+  local ids = redis.call('ZRANGEBYSCORE', key, '-inf', max, 'LIMIT', 0, limit + 1)
+  local more = 0
+  if #ids > limit then
+    more = 1
+    ids[#ids] = nil
+  end
+  return ids, more
+end
+
 -- Retention (§10): delete at most `budget` of the oldest entries of `index` beyond `keep`
 -- entries or finished before `cutoff`, with their job hashes and their entries in `others`.
 local function trim(index, keep, cutoff, base, budget, others)

@@ -28,12 +28,7 @@ if holder and holder ~= worker then
 end
 redis.call('SET', reaper, worker, 'PX', hold)
 local base = base_of(meta)
-local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, limit + 1)
-local more = 0
-if #expired > limit then
-  more = 1
-  expired[#expired] = nil
-end
+local expired, more = page_upto(leases, now, limit)
 local stalled, dead = {}, {}
 local malformed = 0
 for _, id in ipairs(expired) do
