@@ -115,6 +115,18 @@ local function add_job_options(fields, priority, ttl, now)
   end
 end
 
+-- The reply entry {index, code, state, enqueued_at, eligible_at} of job `i` of an enqueue whose id is
+-- held already (`held`: its HMGET state nonce enqueued_at eligible_at): REPLAY when the same enqueue
+-- stored it (the nonce matches: redis-py re-sent the call), else DUPLICATE. A stored time that is not
+-- a plain integer reads as 0, as the Python decode would read it.
+local function held_entry(i, held, nonce)
+  local code = 'DUPLICATE'
+  if nonce ~= '' and held[2] == nonce then
+    code = 'REPLAY'
+  end
+  return {i, code, held[1], int_field(held[3]) or 0, int_field(held[4]) or 0}
+end
+
 -- The states a stored job can be in; any other value (or none) marks a malformed job hash.
 local JOB_STATES = {waiting = true, delayed = true, active = true, completed = true, failed = true,
   expired = true, cancelled = true}

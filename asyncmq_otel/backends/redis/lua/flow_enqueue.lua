@@ -55,11 +55,7 @@ for i = 1, n do
   delay = tonumber(delay)
   local held = redis.call('HMGET', job, 'state', 'nonce', 'enqueued_at', 'eligible_at')
   if held[1] then
-    local code = 'DUPLICATE'
-    if nonce ~= '' and held[2] == nonce then
-      code = 'REPLAY'
-    end
-    others[#others + 1] = {i, code, held[1], tonumber(held[3]) or 0, tonumber(held[4]) or 0}
+    others[#others + 1] = held_entry(i, held, nonce)
   else
     local pending, dead, names = {}, {}, {}
     for _, parent in ipairs(refs) do
