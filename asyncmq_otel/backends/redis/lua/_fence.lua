@@ -152,12 +152,22 @@ local function quarantine(job)
   return error
 end
 
+-- The `...` fields of a job hash (HMGET through pcall). A key written over with another type is
+-- quarantined and reads as a job without them; the second value is then the quarantine's error JSON
+-- (else nil).
+local function read_job(job, ...)
+  local values = redis.pcall('HMGET', job, ...)
+  if values.err then
+    return {}, quarantine(job)
+  end
+  return values, nil
+end
+
 -- fence_values on the job hash. A key written over with another type is quarantined and answers
 -- GONE: its lease entry stays, so the reaper puts it in ready and a claim dead-letters it.
 local function fence(job, token)
-  local st = redis.pcall('HMGET', job, 'state', 'token', 'settled_token', 'owner')
-  if st.err then
-    quarantine(job)
+  local st, quarantined = read_job(job, 'state', 'token', 'settled_token', 'owner')
+  if quarantined then
     return {'GONE'}
   end
   return fence_values(st, token)

@@ -34,11 +34,7 @@ local malformed = 0
 for _, id in ipairs(expired) do
   redis.call('ZREM', leases, id)
   local job = base .. 'job:' .. id
-  local st = redis.pcall('HMGET', job, 'state', 'priority', 'seq', 'stalls')
-  if st.err then
-    quarantine(job)
-    st = {false}
-  end
+  local st = read_job(job, 'state', 'priority', 'seq', 'stalls') -- another type: quarantined, no state
   if not JOB_STATES[st[1] or ''] and redis.call('EXISTS', job) == 1 then
     -- no known state: into ready as it is, for the next claim to hand over as malformed
     redis.call('ZADD', ready, ready_score(st[2], next_seq(meta)), id)
