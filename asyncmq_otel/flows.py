@@ -143,6 +143,7 @@ class FlowProducer:
         replies = await backend.add_flow(items)
         by_id = {reply.job_id: reply for reply in replies}
         for node_queue, one in built:
+            one.job.flow_id = flow_id  # job:enqueued (and its log line) carries it too
             Queue(node_queue, backend)._after_store(one.job, by_id[one.job.id], one.delay_s)  # noqa: SLF001 - the same events as add()
         return ids
 

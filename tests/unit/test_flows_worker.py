@@ -182,3 +182,17 @@ async def test_a_parent_that_was_not_sampled_gets_no_link(backend: Backend, uniq
         link for link in child_span.links if (link.attributes or {}).get("asyncmq.link.type") == "parent"
     ]
     assert child_span.attributes["asyncmq.flow.id"] == parent
+
+
+async def test_add_flow_enqueued_events_carry_the_flow_id(
+    backend: Backend, unique_name: str, events: list[LifecycleEvent]
+) -> None:
+    ids = await FlowProducer(backend).add_flow(
+        unique_name,
+        [
+            {"task_id": "tflow.numbers", "job_id": f"{unique_name}-a", "args": [1]},
+            {"task_id": "tflow.total", "job_id": f"{unique_name}-b", "depends_on": [f"{unique_name}-a"]},
+        ],
+    )
+    enqueued = {e.job_id: e.flow_id for e in events if e.name == "job:enqueued"}
+    assert enqueued == {ids[0]: ids[0], ids[1]: ids[0]}
