@@ -15,6 +15,7 @@ from asyncmq_otel.events import LifecycleEvent
 from asyncmq_otel.testing import capture_telemetry
 from tests.support.poll import eventually
 from tests.support.running import running_worker
+from tests.telemetry.spans import assert_process
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("fast_settings"), pytest.mark.timeout(60)]
 
@@ -127,6 +128,9 @@ async def test_a_childs_process_span_links_to_its_parents_and_carries_the_flow_i
         lines = captured.logs
     parents = {job_id: _process_span(spans, job_id) for job_id in (first, second)}
     child_span = _process_span(spans, child)
+    assert_process(
+        child_span, queue=unique_name, job_id=child, task="tflow.total", attempt=1, outcome="completed"
+    )
     linked = {
         (link.context.trace_id, link.context.span_id)
         for link in child_span.links
@@ -196,3 +200,31 @@ async def test_add_flow_enqueued_events_carry_the_flow_id(
     )
     enqueued = {e.job_id: e.flow_id for e in events if e.name == "job:enqueued"}
     assert enqueued == {ids[0]: ids[0], ids[1]: ids[0]}
+
+
+async def test_a_dependency_failed_settle_span_carries_the_flow_id(
+    backend: Backend, unique_name: str
+) -> None:
+    parent, child = f"{unique_name}-p", f"{unique_name}-c"
+    with capture_telemetry() as captured:
+        await FlowProducer(backend).add_flow(
+            unique_name,
+            [
+                {"task_id": "tflow.boom", "job_id": parent},
+                {"task_id": "tflow.total", "job_id": child, "depends_on": [parent]},
+            ],
+        )
+
+        def reported() -> bool:  # the reaper reports the child dead-lettered for its parent
+            return any(e.job_id == child for e in captured.events_named("job:failed"))
+
+        async with running_worker(unique_name, backend):
+            await eventually(reported, timeout=20, what="job:failed for the dead-lettered child")
+        spans = captured.spans
+    (settle,) = [
+        s for s in spans if s.name.startswith("settle ") and s.attributes.get("messaging.message.id") == child
+    ]
+    assert settle.attributes["messaging.operation.name"] == "dead_letter"  # it never ran: no attempt either
+    assert settle.attributes["asyncmq.flow.id"] == parent
+    assert settle.attributes["error.type"] == "dependency_failed"
+    assert _process_span(spans, parent).attributes["asyncmq.flow.id"] == parent
