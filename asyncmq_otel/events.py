@@ -617,6 +617,11 @@ class EventBus:
         """Whether any observer is installed (lets hot paths skip building an :class:`Operation`)."""
         return bool(self._observers)
 
+    @property
+    def traced(self) -> bool:
+        """Whether a write observer makes spans (the trace adapter): reads only spans need skip otherwise."""
+        return any(getattr(observer, "signal", None) == "span" for observer in self._observers)
+
     def operation(self, operation: Operation) -> _ObservedWrite:
         """Run a backend write under the observers: started in order, finished in reverse.
 

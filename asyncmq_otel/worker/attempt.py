@@ -199,7 +199,7 @@ class _JobRun:
         outcome: tuple[str, Any] = ("error", None)
         fields = self._fields(ratelimit_wait_s=self.ratelimit_wait_s)
         parents = self.raw.get("depends_on")
-        if parents and bus.observed:  # a child of a flow: its process span links to its parents'
+        if parents and bus.traced:  # a child of a flow: its process span links to its parents'
             fields["parent_spans"] = await self._parent_spans(parents)
         emit_job_fields("job:started", job, fields)
         current_job.set((self.backend, self.raw))  # for flows.parent_results(); each job runs in its own task
