@@ -64,7 +64,7 @@ class FlowNode:
     task: str | None
     parents: tuple[ParentRef, ...]
     dlq_reason: str | None = None
-    flow_id: str | None = None
+    flow_id: str | None = None  # the flow the job belongs to (the rule is in the module's docstring)
 
 
 def flow_nodes(raw: Sequence[Mapping[str, Any]]) -> list[FlowNode]:

@@ -9,6 +9,10 @@ leaves the entry in place, so the next pass delivers it again: no child stays bl
 
 Storing a child whose parent is in another queue links it there first (``flow_link``), then
 stores it; a parent that finishes in between leaves an outbox entry that waits for the child.
+
+Flow ids (the rule is in ``flows.py``) are the ``flow_id`` field of a job's hash, written by
+``flow_enqueue`` and stamped on parents by it or ``flow_link``; ``complete`` writes ``last_span``,
+which :meth:`FlowsMixin.last_spans` reads for a child's span links.
 """
 
 from __future__ import annotations
