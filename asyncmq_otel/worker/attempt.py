@@ -339,7 +339,7 @@ class _JobRun:
             "ack",
             lambda: (
                 self.backend.complete(self.queue, job.id, self.token, encoded, want_job=False)
-                if job.flow_id is None
+                if job.flow_id is None or _last_span(job) is None
                 else self.backend.complete(  # a job of a flow keeps its span for its children's links
                     self.queue, job.id, self.token, encoded, want_job=False, last_span=_last_span(job)
                 )
