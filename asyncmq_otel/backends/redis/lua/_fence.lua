@@ -399,7 +399,7 @@ end
 -- redis-py parses replies element by element, and table.concat costs Redis next to nothing.
 local JOB_FIELDS = {'payload', 'state', 'attempts', 'retries', 'stalls', 'interrupts', 'token', 'owner',
   'cancel_requested', 'result', 'error', 'dlq_reason', 'enqueued_at', 'eligible_at', 'delay_until',
-  'expires_at', 'finished_at', 'progress', 'prev_attempt'}
+  'expires_at', 'finished_at', 'progress', 'prev_attempt', 'flow_id'}
 
 local function pack(values)
   local parts = {}
