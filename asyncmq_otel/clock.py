@@ -119,6 +119,12 @@ class FakeClock:
         with self._lock:
             return len(self._sleepers)
 
+    @property
+    def timers(self) -> int:
+        """How many deadline scopes (:func:`move_on_after`, :func:`fail_after`) are pending on this clock."""
+        with self._lock:
+            return len(self._timers)
+
     def advance(self, seconds: float) -> None:
         """Move both clocks forward by ``seconds`` and wake every sleeper whose deadline passed.
 
