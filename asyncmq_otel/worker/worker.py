@@ -255,7 +255,7 @@ class Worker:
             clock=clock,
         )
         limiter = anyio.CapacityLimiter(concurrency)
-        rate_limiter = RateLimiter(rate_limit, rate_interval) if rate_limit else None
+        rate_limiter = RateLimiter(rate_limit, rate_interval, clock=clock) if rate_limit else None
         try:
             await backend.register_worker(info, 3 * config.heartbeat_interval)
             backend.add_cancel_listener(self._on_cancel_hint)

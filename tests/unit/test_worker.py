@@ -129,6 +129,7 @@ async def test_limiter_caps_parallelism_at_concurrency(backend, unique_name):
     assert gauge["max"] == 3
 
 
+@redis_only
 async def test_rate_limiter_caps_throughput_and_reports_throttling(backend, unique_name, events):
     q = Queue(unique_name, backend=backend)
     for i in range(12):

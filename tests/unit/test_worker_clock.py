@@ -310,3 +310,23 @@ async def test_wait_for_work_times_out_on_the_clock_and_wakes_on_a_token(clock, 
         await Queue(unique_name, backend=backend).add("clock.record", ["token"])
     assert results == [False, True]
     assert clock.timers == 0  # the woken wait forgot its deadline
+
+
+async def test_rate_limited_starts_wait_for_tokens_on_the_clock(clock, backend, unique_name, events):
+    q = Queue(unique_name, backend=backend)
+    for index in range(5):
+        await q.add("clock.record", [f"r{index}"])
+    async with running_worker(unique_name, backend, concurrency=10, rate_limit=2, rate_interval=10):
+        await eventually(lambda: len(runs) == 2, what="a full bucket's two starts")
+        for expected in (3, 4, 5):  # then one start per 5 s of the clock
+            for _ in range(20):  # let anything that could start, start: no token is due
+                await anyio.lowlevel.checkpoint()
+            assert len(runs) == expected - 1
+            clock.advance(5)
+            await eventually(lambda expected=expected: len(runs) == expected, what=f"start {expected}")
+    throttled = [e for e in events if e.name == "job:throttled"]
+    assert [e.ratelimit_wait_s for e in throttled] == [5.0, 5.0, 5.0]
+    started = {e.job_id: e for e in events if e.name == "job:started"}
+    for e in throttled:
+        assert started[e.job_id].ratelimit_wait_s == e.ratelimit_wait_s
+        assert named(events, e.job_id)[1:3] == ["job:throttled", "job:started"]
