@@ -67,8 +67,8 @@ class Worker:
         burst: return once the queues are empty and nothing is running or due.
         group: the consumer group reported in telemetry (default ``settings.worker_group``).
         shutdown_timeout: seconds in-flight jobs get after a stop (default ``settings.shutdown_timeout``).
-        clock: what idle waits, lease renewal, reaping, heartbeats, schedules, delays, TTLs and
-            handler timeouts are timed on (default: the backend's clock if it was given one, e.g.
+        clock: what idle waits, lease renewal, reaping, heartbeats, schedules, delays, TTLs, rate
+            limits and handler timeouts are timed on (default: the backend's clock if it was given one, e.g.
             ``InMemoryBackend(clock=FakeClock())``, else the real clock). Shutdown budgets and the
             event-loop watchdog always use real time.
 
