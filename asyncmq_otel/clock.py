@@ -3,6 +3,9 @@
 Everything that reads the time or sleeps until a moment takes a :class:`Clock`, so a test can drive
 time explicitly with :class:`FakeClock` instead of waiting for it. Redis scripts still take their
 time from ``TIME`` (server time only); a clock only decides how long a process sleeps.
+
+:func:`move_on_after` and :func:`fail_after` are anyio's deadline scopes on a clock's scale, and
+:func:`wait_in_thread` a thread's timed wait (the lease renewer's), so a FakeClock drives them too.
 """
 
 from __future__ import annotations
@@ -82,7 +85,8 @@ class FakeClock:
 
     Sleepers wake when :meth:`advance` moves monotonic time past their deadline. Wall time moves
     with it, and can also jump on its own (``set_time``) to model NTP steps or skewed hosts.
-    Thread-safe: a backend may read it from its lease-renewer thread.
+    Thread-safe: a backend may read it from its lease-renewer thread, and a thread may wait on it
+    (:meth:`wait_in_thread`); advance it from the event loop's thread.
 
     Args:
         start: the initial wall time (unix seconds).
