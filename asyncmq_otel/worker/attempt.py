@@ -22,6 +22,7 @@ import anyio.to_thread
 from .._dependencies import current_job
 from .._lifecycle import emit_job_event, emit_job_fields
 from ..backends.base import Backend, RawJob, SettleReply, SettleStatus
+from ..clock import fail_after
 from ..errors import (
     BackendOutOfMemory,
     BackendUnavailable,
@@ -84,7 +85,7 @@ class _JobRun:
         return fields
 
     def _finish_fields(self, **extra: Any) -> dict[str, Any]:  # noqa: ANN401 - event fields
-        finished = time.time()
+        finished = self.ctx.clock.time()
         duration = None if self.started_mono is None else time.perf_counter() - self.started_mono
         return self._fields(finished_at=finished, duration_s=duration, **extra)
 
@@ -107,7 +108,7 @@ class _JobRun:
         if self.attempt.reason == "shutdown":  # stopped before it started: not an interruption
             await self._retrying(lambda: self.backend.defer(self.queue, job.id, self.token))
             return
-        now = float(self.raw.get("claimed_at") or time.time())
+        now = float(self.raw.get("claimed_at") or self.ctx.clock.time())
         if job.expires_at is not None and now > job.expires_at:
             await self._dead_letter("expired", "expire", None)
             return
@@ -182,7 +183,7 @@ class _JobRun:
         job = self._job()
         reply = await self._retrying(lambda: self.backend.defer(self.queue, job.id, self.token))
         if reply.ok:
-            delay = max((job.delay_until or 0.0) - time.time(), 0.0)
+            delay = max((job.delay_until or 0.0) - self.ctx.clock.time(), 0.0)
             emit_job_event(
                 "job:delayed", job, attempt=max(job.attempts - 1, 0), delay_s=delay, **self._fields()
             )
@@ -192,7 +193,7 @@ class _JobRun:
     # -- the attempt ---------------------------------------------------------------------------------
     async def _run(self, task: TaskInfo) -> None:
         job = self._job()
-        self.started_at = time.time()
+        self.started_at = self.ctx.clock.time()
         self.started_mono = time.perf_counter()
         self.wait_s = max(self.started_at - job.eligible_at, 0.0) if job.eligible_at else 0.0
         self.attempt.started_monotonic = self.started_mono
@@ -223,6 +224,7 @@ class _JobRun:
                 return
         except anyio.get_cancelled_exc_class():
             # Cancelled from outside (the worker's task group): requeue, shielded, then propagate.
+            # The budget is real time: it bounds real I/O while the process stops, whatever the clock.
             with anyio.CancelScope(shield=True), anyio.move_on_after(_REQUEUE_BUDGET):
                 await self._requeue()
             raise
@@ -271,7 +273,7 @@ class _JobRun:
         if timeout is None:
             return await call()
         try:
-            with anyio.fail_after(timeout):
+            with fail_after(self.ctx.clock, timeout):  # on the worker's clock: tests advance past it
                 return await call()
         except TimeoutError as exc:
             raise JobTimeout(f"task {task.task_id} ran past its {timeout:g}s timeout") from exc
@@ -369,7 +371,7 @@ class _JobRun:
         if not reply.ok:
             return
         stored = reply.job or {}
-        job.eligible_at = float(stored.get("eligible_at") or time.time() + backoff)
+        job.eligible_at = float(stored.get("eligible_at") or self.ctx.clock.time() + backoff)
         emit_job_event(
             "job:retried",
             job,
@@ -400,7 +402,8 @@ class _JobRun:
         max_interrupts = self.ctx.config.max_interrupts
         reply: SettleReply | None = None
         # Bounded (reliability §7: requeues within a 3 s budget); what is not returned by then is
-        # counted, and the reaper recovers it as a stall after its lease.
+        # counted, and the reaper recovers it as a stall after its lease. Real time, like every
+        # budget of a stopping process.
         with anyio.move_on_after(_REQUEUE_BUDGET):
             reply = await self._write(
                 "requeue", lambda: self.backend.requeue(self.queue, job.id, self.token, max_interrupts)
@@ -446,6 +449,7 @@ class _JobRun:
                 # The handler's work is done; keep trying until the backend answers (or has memory
                 # again). If our lease is reaped meanwhile the write comes back STALE: redelivered.
                 _log.warning("job.settle_retry: %s (%s), retrying in %.2fs", type(exc).__name__, exc, delay)
+                # Real time, not the worker's clock: a backend outage ends in real time.
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 

@@ -22,6 +22,7 @@ import anyio.lowlevel
 from .._lifecycle import emit_job_event, server_fields
 from ..backends._default import default_backend
 from ..backends.base import Backend, ClaimReply, RawJob
+from ..clock import move_on_after
 from ..errors import MalformedJob
 from ..jobs import Job
 from ..limiters import RateLimiter
@@ -87,13 +88,14 @@ async def _claim_loop(
             # on pushes a wake token, so wait for one rather than claim again only to hear EMPTY.
             timeout = config.block_timeout
             if next_due is not None:
-                timeout = min(timeout, next_due - time.monotonic())
+                timeout = min(timeout, next_due - ctx.clock.monotonic())
             if timeout > 0:
                 await backend.wait_for_work(queue_name, timeout)
             continue
         for slot in slots:
             limiter.release_on_behalf_of(slot)
-        next_due = None if reply.paused or reply.next_due_in is None else time.monotonic() + reply.next_due_in
+        due_in = None if reply.paused else reply.next_due_in
+        next_due = None if due_in is None else ctx.clock.monotonic() + due_in
         if not await _wait_when_empty(backend, queue_name, ctx, reply):
             return
 
@@ -214,7 +216,7 @@ async def _burst_wait(
     if ctx.held:
         # A running job may still retry, so wait for it rather than for a wake token (every
         # queue's loop waits on the same event: the last job's end wakes them all).
-        with anyio.move_on_after(timeout):
+        with move_on_after(ctx.clock, timeout):
             await ctx.idle_event().wait()
         return True
     if finished:
