@@ -64,3 +64,7 @@ class FlowBackend(Protocol):
     async def get_flow(self, queue: str, job_id: str) -> list[FlowNode] | None:
         """Every job connected to ``queue/job_id`` by dependencies, or ``None`` if it does not exist."""
         ...
+
+    async def last_spans(self, parents: Sequence[tuple[str, str]]) -> list[str | None]:
+        """The ``traceparent`` each parent's completing attempt stored, ``None`` where there is none."""
+        ...

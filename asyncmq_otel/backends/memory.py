@@ -1,9 +1,10 @@
 """``InMemoryBackend``: the embedded default. Same transitions and replies as Redis, in one process.
 
 Each transition is a synchronous method with no ``await`` inside, guarded by a
-``threading.Lock`` (the lease renewer is a thread). Time comes from an injectable clock;
-idle workers wait on one ``anyio.Event`` per waiter, woken by wake tokens exactly like
-Redis' ``BLPOP`` on the ``signal`` list. Jobs live as long as the process does.
+``threading.Lock`` (the lease renewer is a thread). Time comes from an injectable clock (waits
+sleep on it too, so a FakeClock's advance releases them); idle workers wait on one
+``anyio.Event`` per waiter, woken by wake tokens exactly like Redis' ``BLPOP`` on the ``signal``
+list. Jobs live as long as the process does.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import collections
 import heapq
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 
 from .._stored import decode_stored_envelope
+from ..clock import Clock, as_clock, move_on_after, system_clock
 from ..errors import PayloadTooLarge
 from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState
 from ._memory_flows import MemoryFlowsMixin
@@ -50,23 +51,9 @@ _SIGNAL_CAP = 1024
 _PROMOTE_LIMIT = 100
 _REAP_LIMIT = 100
 _TRIM_PER_SETTLE = 10
-_BOOKKEEPING = (
-    "state",
-    "attempts",
-    "retries",
-    "stalls",
-    "interrupts",
-    "token",
-    "owner",
-    "cancel_requested",
-    "error",
-    "dlq_reason",
-    "finished_at",
-    "enqueued_at",
-    "eligible_at",
-    "delay_until",
-    "expires_at",
-    "progress",
+_BOOKKEEPING = (  # merged over the envelope, as Redis' decode does
+    *("state", "attempts", "retries", "stalls", "interrupts", "token", "owner", "cancel_requested", "error"),
+    *("dlq_reason", "finished_at", "enqueued_at", "eligible_at", "delay_until", "expires_at", "progress"),
 )
 
 
@@ -97,6 +84,8 @@ class _Record:
     expires_at: float | None = None
     progress: float | None = None
     prev_attempt: str | None = None
+    flow_id: str | None = None
+    last_span: str | None = None  # a parent's traceparent at completion, for its children's links
     due: float = 0.0
     payload_error: str = "stored payload is not a JSON object"
 
@@ -124,6 +113,8 @@ class _Record:
             context = dict(out.get("trace_context") or {})
             context["prev_attempt"] = self.prev_attempt
             out["trace_context"] = context
+        if self.flow_id is not None:
+            out["flow_id"] = self.flow_id
         return out
 
     def stored(self, queue: str) -> StoredJob:
@@ -179,7 +170,8 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
     """The embedded backend: zero set-up, one process, not durable.
 
     Args:
-        clock: returns unix seconds; inject one to test clock skew or TTLs.
+        clock: a :class:`~asyncmq_otel.clock.Clock` (a ``FakeClock`` drives TTLs, delays, leases and
+            idle waits in tests), or a bare ``() -> unix seconds`` callable (skew tests; sleeps stay real).
         max_payload_bytes: largest envelope accepted (checked again here, as Redis does).
         max_result_bytes: largest encoded result accepted at completion.
         keep_completed, keep_completed_age, keep_failed, keep_failed_age: retention bounds.
@@ -191,7 +183,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
     def __init__(
         self,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | Callable[[], float] = system_clock,
         max_payload_bytes: int = MIB,
         max_result_bytes: int = MIB,
         keep_completed: int = 1000,
@@ -199,7 +191,10 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         keep_failed: int = 10_000,
         keep_failed_age: float = 7 * 86_400.0,
     ) -> None:
-        self.clock = clock
+        self.timer: Clock = as_clock(clock)
+        """The clock: its wall time stamps jobs, its sleeps bound idle waits (a worker may share it)."""
+        self.clock: Callable[[], float] = self.timer.time
+        """Unix seconds now (the timer's wall time)."""
         self.max_payload_bytes = max_payload_bytes
         self.max_result_bytes = max_result_bytes
         self.keep_completed = keep_completed
@@ -280,6 +275,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             nonce=item.nonce,
             enqueued_at=now,
             eligible_at=now,
+            flow_id=item.flow_id,
         )
         if payload_error:
             record.payload_error = payload_error
@@ -452,7 +448,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             waiter = anyio.Event()
             state.waiters.append(waiter)
         try:
-            with anyio.move_on_after(timeout):
+            with move_on_after(self.timer, timeout):
                 await waiter.wait()
         finally:
             with self._lock:
@@ -464,13 +460,21 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         return False
 
     async def complete(
-        self, queue: str, job_id: str, token: str, result: str, *, want_job: bool = True
+        self,
+        queue: str,
+        job_id: str,
+        token: str,
+        result: str,
+        *,
+        want_job: bool = True,
+        last_span: str | None = None,
     ) -> SettleReply:
         """``active`` → ``completed``; the reply carries the job unless ``want_job`` is false."""
         too_large = len(result.encode("utf-8")) > self.max_result_bytes
 
         def apply(state: _Queue, record: _Record) -> None:
             record.result = result
+            record.last_span = last_span
             self._finish(state, record, "completed", state.completed)
 
         refuse = SettleStatus.TOO_LARGE if too_large else None

@@ -22,6 +22,7 @@ import anyio.to_thread
 from .._dependencies import current_job
 from .._lifecycle import emit_job_event, emit_job_fields
 from ..backends.base import Backend, ClaimedJob, SettleReply, SettleStatus
+from ..clock import fail_after
 from ..errors import (
     BackendOutOfMemory,
     BackendUnavailable,
@@ -83,7 +84,7 @@ class _JobRun:
         return fields
 
     def _finish_fields(self, **extra: Any) -> dict[str, Any]:  # noqa: ANN401 - event fields
-        finished = time.time()
+        finished = self.ctx.clock.time()
         duration = None if self.started_mono is None else time.perf_counter() - self.started_mono
         return self._fields(finished_at=finished, duration_s=duration, **extra)
 
@@ -174,7 +175,7 @@ class _JobRun:
         job = self._job()
         reply = await self._retrying(lambda: self.backend.defer(self.queue, job.id, self.token))
         if reply.ok:
-            delay = max((job.delay_until or 0.0) - time.time(), 0.0)
+            delay = max((job.delay_until or 0.0) - self.ctx.clock.time(), 0.0)
             emit_job_event(
                 "job:delayed", job, attempt=max(job.attempts - 1, 0), delay_s=delay, **self._fields()
             )
@@ -184,12 +185,16 @@ class _JobRun:
     # -- the attempt ---------------------------------------------------------------------------------
     async def _run(self, task: TaskInfo) -> None:
         job = self._job()
-        self.started_at = time.time()
+        self.started_at = self.ctx.clock.time()
         self.started_mono = time.perf_counter()
         self.wait_s = max(self.started_at - job.eligible_at, 0.0) if job.eligible_at else 0.0
         self.attempt.started_monotonic = self.started_mono
         outcome: tuple[str, Any] = ("error", None)
-        emit_job_fields("job:started", job, self._fields(ratelimit_wait_s=self.ratelimit_wait_s))
+        fields = self._fields(ratelimit_wait_s=self.ratelimit_wait_s)
+        parents = self.claimed.parents
+        if parents and bus.traced:  # a child of a flow: its process span links to its parents'
+            fields["parent_spans"] = await self._parent_spans(parents)
+        emit_job_fields("job:started", job, fields)
         current_job.set((self.backend, self.claimed))  # for flows.parent_results(); one task per job
         try:
             with anyio.CancelScope() as scope:
@@ -211,6 +216,7 @@ class _JobRun:
                 return
         except anyio.get_cancelled_exc_class():
             # Cancelled from outside (the worker's task group): requeue, shielded, then propagate.
+            # The budget is real time: it bounds real I/O while the process stops, whatever the clock.
             with anyio.CancelScope(shield=True), anyio.move_on_after(_REQUEUE_BUDGET):
                 await self._requeue()
             raise
@@ -259,7 +265,7 @@ class _JobRun:
         if timeout is None:
             return await call()
         try:
-            with anyio.fail_after(timeout):
+            with fail_after(self.ctx.clock, timeout):  # on the worker's clock: tests advance past it
                 return await call()
         except TimeoutError as exc:
             raise JobTimeout(f"task {task.task_id} ran past its {timeout:g}s timeout") from exc
@@ -292,6 +298,20 @@ class _JobRun:
         _ = task
         return report_progress
 
+    async def _parent_spans(self, parents: tuple[tuple[str, str], ...]) -> tuple[str, ...] | None:
+        """The spans the parents' completing attempts stored: one read, bounded, never failing the job."""
+        read = getattr(self.backend, "last_spans", None)
+        if read is None:
+            return None
+        found: list[str | None] = []
+        # shielded: a stop arriving here must not skip the requeue of a job that has not started
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_REQUEUE_BUDGET):
+            try:
+                found = await read(list(parents))
+            except Exception as exc:  # noqa: BLE001 - telemetry never changes a job's outcome
+                _log.debug("job.parent_spans: cannot read the parents' spans of job %s: %r", self.job_id, exc)
+        return tuple(span for span in found if span) or None
+
     # -- outcomes ------------------------------------------------------------------------------------
     async def _complete(self, result: Any) -> None:  # noqa: ANN401 - the handler's result
         job = self._job()
@@ -310,7 +330,14 @@ class _JobRun:
             return
         # the stored job is not used here: ask for the smaller reply
         reply = await self._write(
-            "ack", lambda: self.backend.complete(self.queue, job.id, self.token, encoded, want_job=False)
+            "ack",
+            lambda: (
+                self.backend.complete(self.queue, job.id, self.token, encoded, want_job=False)
+                if job.flow_id is None or _last_span(job) is None
+                else self.backend.complete(  # a job of a flow keeps its span for its children's links
+                    self.queue, job.id, self.token, encoded, want_job=False, last_span=_last_span(job)
+                )
+            ),
         )
         if reply.status is SettleStatus.TOO_LARGE:
             await self._failed(ResultTooLarge(size, limit))
@@ -335,8 +362,8 @@ class _JobRun:
         reply = await self._write("retry", write, operation=operation)
         if not reply.ok:
             return
-        stored = reply.job
-        job.eligible_at = (stored.eligible_at if stored is not None else 0.0) or time.time() + backoff
+        stored_at = 0.0 if reply.job is None else reply.job.eligible_at
+        job.eligible_at = stored_at or self.ctx.clock.time() + backoff
         emit_job_event(
             "job:retried",
             job,
@@ -367,7 +394,8 @@ class _JobRun:
         max_interrupts = self.ctx.config.max_interrupts
         reply: SettleReply | None = None
         # Bounded (reliability §7: requeues within a 3 s budget); what is not returned by then is
-        # counted, and the reaper recovers it as a stall after its lease.
+        # counted, and the reaper recovers it as a stall after its lease. Real time, like every
+        # budget of a stopping process.
         with anyio.move_on_after(_REQUEUE_BUDGET):
             reply = await self._write(
                 "requeue", lambda: self.backend.requeue(self.queue, job.id, self.token, max_interrupts)
@@ -412,6 +440,7 @@ class _JobRun:
                 # The handler's work is done; keep trying until the backend answers (or has memory
                 # again). If our lease is reaped meanwhile the write comes back STALE: redelivered.
                 _log.warning("job.settle_retry: %s (%s), retrying in %.2fs", type(exc).__name__, exc, delay)
+                # Real time, not the worker's clock: a backend outage ends in real time.
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -477,6 +506,11 @@ def _unwrap(exc: BaseException) -> BaseException:
 def _error_type(exc: BaseException) -> str:
     declared = getattr(exc, "error_type", None)  # a sandboxed error keeps its original type name
     return declared if isinstance(declared, str) and declared else error_type_name(exc)
+
+
+def _last_span(job: Job) -> str | None:
+    """The span the trace adapter put on the job for the complete write (``None`` when unsampled)."""
+    return None if job.trace_context is None else job.trace_context.get("last_span")
 
 
 def _error_record(exc: BaseException) -> dict[str, Any]:

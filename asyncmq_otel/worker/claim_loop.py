@@ -24,6 +24,7 @@ import anyio.lowlevel
 from .._lifecycle import emit_job_event, server_fields
 from ..backends._default import default_backend
 from ..backends.base import Backend, ClaimedJob, ClaimReply
+from ..clock import move_on_after
 from ..limiters import RateLimiter
 from .attempt import _JobRun
 from .context import _REQUEUE_BUDGET, WorkerContext, _Attempt
@@ -87,13 +88,14 @@ async def _claim_loop(
             # on pushes a wake token, so wait for one rather than claim again only to hear EMPTY.
             timeout = config.block_timeout
             if next_due is not None:
-                timeout = min(timeout, next_due - time.monotonic())
+                timeout = min(timeout, next_due - ctx.clock.monotonic())
             if timeout > 0:
                 await backend.wait_for_work(queue_name, timeout)
             continue
         for slot in slots:
             limiter.release_on_behalf_of(slot)
-        next_due = None if reply.paused or reply.next_due_in is None else time.monotonic() + reply.next_due_in
+        due_in = None if reply.paused else reply.next_due_in
+        next_due = None if due_in is None else ctx.clock.monotonic() + due_in
         if not await _wait_when_empty(backend, queue_name, ctx, reply):
             return
 
@@ -213,7 +215,7 @@ async def _burst_wait(
     if ctx.held:
         # A running job may still retry, so wait for it rather than for a wake token (every
         # queue's loop waits on the same event: the last job's end wakes them all).
-        with anyio.move_on_after(timeout):
+        with move_on_after(ctx.clock, timeout):
             await ctx.idle_event().wait()
         return True
     if finished:
@@ -241,11 +243,11 @@ async def _run_with_limits(
     ``rate_limiter``); ``throttled`` is then its wait for it, ``(started, waited)``. A stored job
     dict is decoded as :func:`handle_job` does.
     """
-    if not isinstance(raw_job, ClaimedJob):
-        raw_job = ClaimedJob.from_fields(raw_job, time.time())
     borrower = reserved if reserved is not None else object()
     backend = backend or default_backend()
     ctx = context or WorkerContext()
+    if not isinstance(raw_job, ClaimedJob):
+        raw_job = ClaimedJob.from_fields(raw_job, ctx.clock.time())
     holding = reserved is not None
     try:
         if not holding:
@@ -343,7 +345,9 @@ async def handle_job(
     """
     backend = backend or default_backend()
     ctx = context or WorkerContext()
-    claimed = raw_job if isinstance(raw_job, ClaimedJob) else ClaimedJob.from_fields(raw_job, time.time())
+    claimed = raw_job
+    if not isinstance(claimed, ClaimedJob):
+        claimed = ClaimedJob.from_fields(claimed, ctx.clock.time())
     run = _JobRun(queue_name, claimed, backend, ctx, ratelimit_wait_s, attempt)
     try:
         await run.execute()

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 
 from ..backends.base import ClaimedJob
+from ..clock import Clock, system_clock
 from ..settings import Settings, get_settings
 
 _REQUEUE_BUDGET = 3.0
@@ -46,6 +47,7 @@ class WorkerContext:
     server: dict[str, Any] = field(default_factory=dict)  # server.address / server.port for telemetry
     idle: anyio.Event | None = None
     handlers: anyio.abc.TaskGroup | None = None
+    clock: Clock = system_clock  # what the claim loop and the attempts wait on and read wall time from
 
     def hold(self, queue: str, claimed: ClaimedJob) -> _Attempt:
         """Record a claimed job as held by this worker until :meth:`release`."""
