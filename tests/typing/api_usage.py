@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 
 from asyncmq_otel import LifecycleEvent, Queue, Worker, event_emitter, settings, task
+from asyncmq_otel.backends import Backend
+from asyncmq_otel.backends.base import ClaimedJob, ClaimReply, SettleReply, StoredJob
+from asyncmq_otel.backends.capabilities import ConsumerCounter
+from asyncmq_otel.backends.memory import InMemoryBackend
+from asyncmq_otel.jobs import Job
 
 
 @task("typed", retries=2, backoff="exponential", timeout=5.0)
@@ -37,3 +44,27 @@ async def main() -> None:
         group.start_soon(worker.run)
         worker.stop()
     print(same, direct, state, counts, overridden, aliases, declared)
+
+
+async def read_the_port(backend: Backend) -> None:
+    """An admin script or a custom backend's test reads typed records, never dict keys."""
+    reply: ClaimReply = await backend.claim("typed", "w", 1, 30.0)
+    for claimed in reply.jobs:
+        one: ClaimedJob = claimed
+        decoded: Job | None = one.job
+        why: str | None = one.decode_error
+        settled: SettleReply = await backend.complete("typed", one.id, one.token, "null")
+        print(decoded, why, settled.ok)
+    stored: StoredJob | None = await backend.get_job("typed", "job-1")
+    if stored is not None:
+        shown: dict[str, Any] = stored.to_dict()  # the shape Queue.get_job returns
+        print(stored.state, stored.attempts, stored.job and stored.job.task, shown)
+    dead: list[StoredJob] = await backend.list_dlq("typed")
+    if isinstance(backend, ConsumerCounter):  # optional: not every backend counts its consumers
+        consumers: dict[str, int] = await backend.consumer_counts(["typed"])
+        print(consumers)
+    print(dead)
+
+
+def the_builtin_backend_implements_the_port() -> Backend:
+    return InMemoryBackend()  # structural: a signature that drifts from the Protocol fails here
