@@ -11,6 +11,7 @@ from asyncmq_otel.backends import Backend
 from asyncmq_otel.backends.base import ClaimedJob, ClaimReply, SettleReply, StoredJob
 from asyncmq_otel.backends.capabilities import ConsumerCounter
 from asyncmq_otel.backends.memory import InMemoryBackend
+from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.jobs import Job
 
 
@@ -66,5 +67,6 @@ async def read_the_port(backend: Backend) -> None:
     print(dead)
 
 
-def the_builtin_backend_implements_the_port() -> Backend:
-    return InMemoryBackend()  # structural: a signature that drifts from the Protocol fails here
+def the_builtin_backends_implement_the_port() -> list[Backend]:
+    # structural: a signature that drifts from the Protocol fails here
+    return [InMemoryBackend(), RedisBackend("redis://127.0.0.1:6379/0")]
