@@ -31,13 +31,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.abc
@@ -49,6 +48,7 @@ from ._exit import CLIError, ExitCode
 from ._output import Reporter
 
 if TYPE_CHECKING:
+    from ..telemetry._multiprocess import _ChildMetrics
     from ..telemetry.providers import MetricsServer
 
 __all__ = ["RESTART_DELAY_S", "RESTART_WINDOW_S", "Supervisor"]
@@ -81,34 +81,6 @@ def _exit_code(returncode: int) -> ExitCode:
         return ExitCode(returncode)
     except ValueError:
         return ExitCode.CRASH
-
-
-class _ChildMetrics:
-    """The parent's view of the children's files: a ``MultiProcessCollector`` that can forget a process.
-
-    Collection and forgetting hold one lock, so a file is never removed while a scrape reads it.
-    """
-
-    def __init__(self, path: str) -> None:
-        from prometheus_client import CollectorRegistry  # noqa: PLC0415 - telemetry loads lazily
-        from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
-
-        self.path = path
-        self._lock = threading.Lock()
-        self._merged = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
-        self.registry = CollectorRegistry()
-        self.registry.register(self)
-
-    def collect(self) -> list[Any]:
-        """The merged families of every process, live or dead."""
-        with self._lock:
-            return list(self._merged.collect())  # type: ignore[no-untyped-call]
-
-    def forget(self, pid: int) -> None:
-        """A child exited: drop its gauge files (live and last-value gauges alike: it reports no more)."""
-        with self._lock:
-            for leftover in Path(self.path).glob(f"gauge_*_{pid}.db"):
-                leftover.unlink(missing_ok=True)
 
 
 class Supervisor:
@@ -167,6 +139,8 @@ class Supervisor:
                 "PROMETHEUS_MULTIPROC_DIR at a writable directory",
                 ExitCode.USAGE,
             ) from exc
+        from ..telemetry._multiprocess import _ChildMetrics  # noqa: PLC0415 - telemetry loads lazily
+
         self._metrics = _ChildMetrics(self.directory)
         self._metrics.registry.set_target_info(
             {

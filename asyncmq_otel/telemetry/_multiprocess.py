@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final, Literal
 
 from prometheus_client import values
@@ -94,3 +95,31 @@ class ObservableRefresher:
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
+
+
+class _ChildMetrics:
+    """The parent's view of the children's files: a ``MultiProcessCollector`` that can forget a process.
+
+    Collection and forgetting hold one lock, so a file is never removed while a scrape reads it.
+    """
+
+    def __init__(self, path: str) -> None:
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415 - telemetry loads lazily
+        from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+
+        self.path = path
+        self._lock = threading.Lock()
+        self._merged = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    def collect(self) -> list[Any]:
+        """The merged families of every process, live or dead."""
+        with self._lock:
+            return list(self._merged.collect())  # type: ignore[no-untyped-call]
+
+    def forget(self, pid: int) -> None:
+        """A child exited: drop its gauge files (live and last-value gauges alike: it reports no more)."""
+        with self._lock:
+            for leftover in Path(self.path).glob(f"gauge_*_{pid}.db"):
+                leftover.unlink(missing_ok=True)
