@@ -27,31 +27,23 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Any, Final, Protocol
 
 import anyio
 import anyio.abc
 
-from .._exit_status import describe_exit
+from .._exit_status import ExitCode, describe_exit
 from .._version import __version__
-from ..errors import TelemetryConfigError
-from ._exit import CLIError, ExitCode
-from ._output import Reporter
+from ..errors import ConfigError
 
-if TYPE_CHECKING:
-    from ..telemetry._multiprocess import _ChildMetrics
-    from ..telemetry.providers import MetricsServer
-
-__all__ = ["RESTART_DELAY_S", "RESTART_WINDOW_S", "Supervisor"]
+__all__ = ["RESTART_DELAY_S", "RESTART_WINDOW_S", "ChildMetrics", "OpenMetrics", "Say", "Supervisor"]
 
 RESTART_DELAY_S: Final = 1.0
 """Seconds before a crashed worker process is replaced (a crash loop cannot spin)."""
@@ -75,6 +67,31 @@ def _stop_signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+class Say(Protocol):
+    """Where the supervisor's own messages go (the command line's reporter)."""
+
+    def __call__(self, event: str, message: str, *, level: str = "info", **fields: Any) -> None:  # noqa: ANN401 - JSON fields
+        """Write ``message``, an event called ``event`` with ``fields``."""
+
+
+class ChildMetrics(Protocol):
+    """The children's merged metrics as the supervisor serves them (telemetry builds them)."""
+
+    @property
+    def url(self) -> str | None:
+        """Where the merged ``/metrics`` is served, or ``None``."""
+
+    def forget(self, pid: int) -> None:
+        """A child exited: drop its gauges."""
+
+    def close(self) -> None:
+        """Stop serving."""
+
+
+OpenMetrics = Callable[[str, Callable[[], tuple[bool, str]]], ChildMetrics]
+"""Opens the children's metrics: given their multiprocess directory and the ``/healthz`` check."""
+
+
 def _exit_code(returncode: int) -> ExitCode:
     """A child's return code as an exit code: a signal death (negative) or an unknown code is a crash."""
     try:
@@ -87,44 +104,40 @@ class Supervisor:
     """Runs ``processes`` worker processes and serves their merged ``/metrics``.
 
     Args:
-        reporter: where the supervisor's own messages go.
+        say: where the supervisor's own messages go.
         child_args: the ``asyncmq-otel worker`` arguments of every child (after ``worker``).
         child_env: extra environment of the children (the backend URL, kept out of ``ps``).
         processes: how many worker processes run at once.
-        metrics_addr: ``host:port`` of the merged ``/metrics`` and ``/healthz``; ``""`` serves nothing.
         max_restarts: crashed processes replaced per ``RESTART_WINDOW_S`` before the instance stops.
-        service_name: ``service.name`` of the parent's ``target_info``.
+        open_metrics: serves the children's merged ``/metrics`` and ``/healthz``; ``None`` serves nothing.
 
     """
 
     def __init__(
         self,
-        reporter: Reporter,
+        say: Say,
         child_args: Sequence[str],
         child_env: dict[str, str],
         *,
         processes: int,
-        metrics_addr: str,
         max_restarts: int,
-        service_name: str | None = None,
+        open_metrics: OpenMetrics | None = None,
     ) -> None:
-        self.reporter = reporter
+        self.say = say
         self.child_args = list(child_args)
         self.child_env = dict(child_env)
         self.processes = processes
-        self.metrics_addr = metrics_addr
         self.max_restarts = max_restarts
+        self.open_metrics = open_metrics
         # A --burst child exits 0 when its queues are empty; any other child only when told to stop.
         self.burst = "--burst" in self.child_args
-        self.service_name = service_name or os.environ.get("OTEL_SERVICE_NAME") or "asyncmq-worker"
         self.directory = ""
         self.metrics_url: str | None = None
         self.running: dict[int, anyio.abc.Process] = {}
         self.final: dict[int, ExitCode] = {}
         self._restarts: deque[float] = deque()
         self._stopped = anyio.Event()
-        self._metrics: _ChildMetrics | None = None
-        self._server: MetricsServer | None = None
+        self._metrics: ChildMetrics | None = None
         self._spawn_lock = anyio.Lock()
 
     # -- the multiprocess directory and /metrics --------------------------------------------------------
@@ -134,37 +147,18 @@ class Supervisor:
             Path(base).mkdir(parents=True, exist_ok=True)
             self.directory = tempfile.mkdtemp(prefix=f"asyncmq-otel-metrics-{os.getpid()}-", dir=base)
         except OSError as exc:
-            raise CLIError(
+            raise ConfigError(
                 f"cannot create the metrics directory under {base}: {exc.strerror or exc}; point "
-                "PROMETHEUS_MULTIPROC_DIR at a writable directory",
-                ExitCode.USAGE,
+                "PROMETHEUS_MULTIPROC_DIR at a writable directory"
             ) from exc
-        from ..telemetry._multiprocess import _ChildMetrics  # noqa: PLC0415 - telemetry loads lazily
-
-        self._metrics = _ChildMetrics(self.directory)
-        self._metrics.registry.set_target_info(
-            {
-                "service_name": self.service_name,
-                "service_instance_id": str(uuid.uuid4()),
-                "service_version": __version__,
-                "host_name": socket.gethostname(),
-                "process_pid": str(os.getpid()),
-            }
-        )
-        if self.metrics_addr:
-            from ..telemetry.providers import MetricsServer  # noqa: PLC0415 - telemetry loads lazily
-
-            try:
-                self._server = MetricsServer(self._metrics.registry, self.metrics_addr)
-            except TelemetryConfigError as exc:  # it names the address and how to choose another
-                raise CLIError(str(exc), ExitCode.USAGE) from exc
-            self._server.set_health(self._health)
-            self.metrics_url = self._server.url
+        if self.open_metrics is not None:
+            self._metrics = self.open_metrics(self.directory, self._health)
+            self.metrics_url = self._metrics.url
 
     def _cleanup(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         if self.directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -175,10 +169,16 @@ class Supervisor:
 
     # -- running --------------------------------------------------------------------------------------
     async def run(self) -> ExitCode:
-        """Start the children, supervise them until they have all exited, and return the worst code."""
+        """Start the children, supervise them until they have all exited, and return the worst code.
+
+        Raises:
+            ConfigError: the multiprocess directory cannot be made or ``/metrics`` cannot be served; the
+                message says what to change.
+
+        """
         try:
             self._prepare()
-            self.reporter.say(
+            self.say(
                 "supervisor.started",
                 f"asyncmq-otel {__version__} · worker supervisor (pid {os.getpid()}): {self.processes} "
                 f"worker processes · metrics {self.metrics_url or 'off'} (merged, no exemplars) · "
@@ -199,7 +199,7 @@ class Supervisor:
                 await self._kill_leftovers()
             self._cleanup()
         worst = max(self.final.values(), default=ExitCode.OK)
-        self.reporter.say(
+        self.say(
             "supervisor.exited",
             f"worker supervisor stopped: exit {int(worst)} "
             f"({', '.join(f'process {slot + 1}: {int(code)}' for slot, code in sorted(self.final.items()))})",
@@ -248,7 +248,7 @@ class Supervisor:
                     "stopping the other processes (look at the crash above)"
                 )
                 return
-            self.reporter.say(
+            self.say(
                 "supervisor.restarting",
                 f"{what}; restarting it in {RESTART_DELAY_S:g}s",
                 level="warning",
@@ -269,7 +269,7 @@ class Supervisor:
         return True
 
     def _stop_all(self, reason: str) -> None:
-        self.reporter.say("supervisor.stopping", reason, level="error")
+        self.say("supervisor.stopping", reason, level="error")
         self._begin_stop()
         self._forward(signal.SIGTERM)
 
@@ -292,7 +292,7 @@ class Supervisor:
                 name = signal.Signals(signum).name
                 first = not self.stopping
                 self._begin_stop()
-                self.reporter.say(
+                self.say(
                     "supervisor.signal",
                     f"{name} received: forwarded to {len(self.running)} worker process(es)"
                     + (", which drain (send it again after 1s to stop them at once)" if first else ""),

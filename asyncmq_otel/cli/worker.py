@@ -10,6 +10,7 @@ merged ``/metrics`` (:mod:`asyncmq_otel.cli._multiprocess`); each child runs thi
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import socket
@@ -26,7 +27,7 @@ import anyio
 import anyio.to_thread
 import click
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, ConfigError
 from ..events import LifecycleEvent, bus
 from ..jobs import check_queue_name
 from ..settings import DEFAULT_METRICS_ADDR, get_settings
@@ -330,7 +331,8 @@ async def _supervise(
     connect_timeout: float,
 ) -> ExitCode:
     """Multi-process mode: check the backend once (exit 3 at once rather than N times), then supervise."""
-    from ._multiprocess import Supervisor  # noqa: PLC0415 - only this mode needs it
+    from ..telemetry._multiprocess import MergedMetrics  # noqa: PLC0415 - only this mode needs them
+    from ._multiprocess import Supervisor  # noqa: PLC0415
 
     if not choice.shared:
         raise CLIError(
@@ -343,14 +345,17 @@ async def _supervise(
     finally:
         await close_backend(choice)
     supervisor = Supervisor(
-        reporter,
+        reporter.say,
         child_args,
         child_env,
         processes=processes,
-        metrics_addr=metrics_addr,
         max_restarts=max_restarts,
+        open_metrics=functools.partial(MergedMetrics, metrics_addr=metrics_addr),
     )
-    return await supervisor.run()
+    try:
+        return await supervisor.run()
+    except ConfigError as exc:  # its message names what to change (the directory, the address)
+        raise CLIError(str(exc), ExitCode.USAGE) from exc
 
 
 async def _serve(options: _Options, reporter: Reporter) -> ExitCode:

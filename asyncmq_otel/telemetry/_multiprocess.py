@@ -15,14 +15,27 @@ non-negative gauges. Exemplars are not available in this mode.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from prometheus_client import values
 
-__all__ = ["LIVESUM_ROWS", "REFRESH_INTERVAL_S", "ObservableRefresher", "enabled", "gauge_mode"]
+from .._version import __version__
+from .providers import MetricsServer
+
+__all__ = [
+    "LIVESUM_ROWS",
+    "REFRESH_INTERVAL_S",
+    "MergedMetrics",
+    "ObservableRefresher",
+    "enabled",
+    "gauge_mode",
+]
 
 _log = logging.getLogger("asyncmq_otel.telemetry")
 
@@ -123,3 +136,55 @@ class _ChildMetrics:
         with self._lock:
             for leftover in Path(self.path).glob(f"gauge_*_{pid}.db"):
                 leftover.unlink(missing_ok=True)
+
+
+class MergedMetrics:
+    """The supervisor's ``/metrics`` and ``/healthz``: its children's files merged, with its own target_info.
+
+    Args:
+        directory: the children's ``PROMETHEUS_MULTIPROC_DIR``.
+        health: what ``/healthz`` answers: ``(healthy, reason)``.
+        metrics_addr: ``host:port`` to serve on; ``""`` serves nothing (dead children are still forgotten).
+        service_name: ``service.name`` of the parent's ``target_info``; ``OTEL_SERVICE_NAME`` or
+            ``asyncmq-worker`` by default.
+
+    Raises:
+        TelemetryConfigError: ``metrics_addr`` cannot be served; the message says how to choose another.
+
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        health: Callable[[], tuple[bool, str]],
+        *,
+        metrics_addr: str,
+        service_name: str | None = None,
+    ) -> None:
+        self._files = _ChildMetrics(directory)
+        self._files.registry.set_target_info(
+            {
+                "service_name": service_name or os.environ.get("OTEL_SERVICE_NAME") or "asyncmq-worker",
+                "service_instance_id": str(uuid.uuid4()),
+                "service_version": __version__,
+                "host_name": socket.gethostname(),
+                "process_pid": str(os.getpid()),
+            }
+        )
+        self._server: MetricsServer | None = None
+        self.url: str | None = None
+        """Where the merged ``/metrics`` is served, or ``None``."""
+        if metrics_addr:
+            self._server = MetricsServer(self._files.registry, metrics_addr)
+            self._server.set_health(health)
+            self.url = self._server.url
+
+    def forget(self, pid: int) -> None:
+        """A child exited: its gauges go (a dead sampler's depth is not kept as a maximum forever)."""
+        self._files.forget(pid)
+
+    def close(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None

@@ -9,6 +9,7 @@ finally SIGTERMs the supervisor: everything exits 0 and the directory is gone.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import signal
@@ -27,10 +28,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.cli import main
-from asyncmq_otel.cli._exit import CLIError, ExitCode
+from asyncmq_otel.cli._exit import ExitCode, exit_code_for
 from asyncmq_otel.cli._multiprocess import Supervisor
 from asyncmq_otel.cli._output import Reporter
+from asyncmq_otel.errors import TelemetryConfigError
 from asyncmq_otel.queues import Queue
+from asyncmq_otel.telemetry._multiprocess import MergedMetrics
 from tests.cli.conftest import cli_env
 from tests.support.poll import eventually
 from tests.support.redis_server import free_port
@@ -247,13 +250,19 @@ async def test_a_busy_metrics_address_is_a_usage_error_that_leaves_no_directory(
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         supervisor = Supervisor(
-            Reporter(stream=io.StringIO()), ["q"], {}, processes=2, metrics_addr=address, max_restarts=0
+            Reporter(stream=io.StringIO()).say,
+            ["q"],
+            {},
+            processes=2,
+            max_restarts=0,
+            open_metrics=functools.partial(MergedMetrics, metrics_addr=address),
         )
         with (
             mock.patch.dict(os.environ, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}),
-            pytest.raises(CLIError) as raised,
+            pytest.raises(TelemetryConfigError) as raised,
         ):
             await supervisor.run()
-    assert raised.value.code is ExitCode.USAGE
+    assert exit_code_for(raised.value) is ExitCode.USAGE
+    assert f"cannot serve /metrics on {address}" in str(raised.value)
     # the per-instance directory, made before the bind failed, is gone
     assert [entry async for entry in anyio.Path(tmp_path).iterdir()] == []
