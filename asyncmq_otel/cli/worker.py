@@ -5,7 +5,7 @@ seconds, the rest go back to the queue. A second signal at least 1 s later stops
 jobs are cancelled and requeued); a repeat within 1 s is ignored. ``--check`` is the health probe.
 
 With ``--processes N`` (N > 1) this process becomes the supervisor of N such workers and serves their
-merged ``/metrics`` (:mod:`asyncmq_otel.cli._multiprocess`); each child runs this same command.
+merged ``/metrics`` (:mod:`asyncmq_otel.worker.supervisor`); each child runs this same command.
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ async def _supervise(
 ) -> ExitCode:
     """Multi-process mode: check the backend once (exit 3 at once rather than N times), then supervise."""
     from ..telemetry._multiprocess import MergedMetrics  # noqa: PLC0415 - only this mode needs them
-    from ._multiprocess import Supervisor  # noqa: PLC0415
+    from ..worker.supervisor import Supervisor  # noqa: PLC0415
 
     if not choice.shared:
         raise CLIError(

@@ -29,11 +29,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.cli import main
 from asyncmq_otel.cli._exit import ExitCode, exit_code_for
-from asyncmq_otel.cli._multiprocess import Supervisor
 from asyncmq_otel.cli._output import Reporter
 from asyncmq_otel.errors import TelemetryConfigError
 from asyncmq_otel.queues import Queue
 from asyncmq_otel.telemetry._multiprocess import MergedMetrics
+from asyncmq_otel.worker.supervisor import Supervisor
 from tests.cli.conftest import cli_env
 from tests.support.poll import eventually
 from tests.support.redis_server import free_port
