@@ -1,10 +1,14 @@
-"""``asyncmq-otel worker --processes N``: the start-up script of multi-process mode (telemetry §3.7).
+"""``asyncmq-otel worker --processes N``: the start-up script of multi-process mode.
 
 The parent is a supervisor, like gunicorn's arbiter. It sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh
 directory of its own (under ``$PROMETHEUS_MULTIPROC_DIR`` when that is set, else the temp directory),
-starts N worker processes (``python -m asyncmq_otel worker ...``: the single-process worker, telemetry on,
-no ``/metrics`` of their own), and serves ``/metrics`` and ``/healthz`` itself, merging the children's
-files with a ``MultiProcessCollector`` on a fresh registry.
+starts N worker processes (``python -m asyncmq_otel worker --supervised-by PID``: the single-process
+worker, telemetry on, no ``/metrics`` of their own), and serves ``/metrics`` and ``/healthz`` itself,
+merging the children's files (telemetry builds that view; see ``OpenMetrics``).
+
+- Each child runs with the parent's options as a :class:`WorkerSpec`, handed over as JSON in
+  ``ASYNCMQ_WORKER_SPEC`` (kept out of ``ps``, which would show the backend's password): one object
+  carries every worker option, so a new option cannot silently stay behind in the parent.
 
 - SIGTERM/SIGINT are forwarded to every child; each child applies the single-process rules (the first
   drains, a second one at least 1 s later stops at once, a repeat within 1 s is ignored).
@@ -24,6 +28,8 @@ files with a ``MultiProcessCollector`` on a fresh registry.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -32,9 +38,10 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Final, Protocol
+from types import UnionType
+from typing import Any, Final, Protocol, get_args, get_origin, get_type_hints
 
 import anyio
 import anyio.abc
@@ -43,12 +50,23 @@ from .._exit_status import ExitCode, describe_exit
 from .._version import __version__
 from ..errors import ConfigError
 
-__all__ = ["RESTART_DELAY_S", "RESTART_WINDOW_S", "ChildMetrics", "OpenMetrics", "Say", "Supervisor"]
+__all__ = [
+    "RESTART_DELAY_S",
+    "RESTART_WINDOW_S",
+    "SPEC_ENVVAR",
+    "ChildMetrics",
+    "OpenMetrics",
+    "Say",
+    "Supervisor",
+    "WorkerSpec",
+]
 
 RESTART_DELAY_S: Final = 1.0
 """Seconds before a crashed worker process is replaced (a crash loop cannot spin)."""
 RESTART_WINDOW_S: Final = 60.0
 """The window over which ``max_restarts`` is counted."""
+SPEC_ENVVAR: Final = "ASYNCMQ_WORKER_SPEC"
+"""The variable that hands a child its :class:`WorkerSpec` as JSON (read only with ``--supervised-by``)."""
 _STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
 _FATAL: Final = frozenset({ExitCode.USAGE, ExitCode.BACKEND_UNREACHABLE})
 
@@ -65,6 +83,88 @@ def _stop_signals_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Every option ``asyncmq-otel worker`` runs one worker process with: what a supervisor's children get.
+
+    The command line builds it from its flags, variables and defaults; each child of ``--processes N``
+    receives it whole as JSON. Options of the supervisor itself (``--processes``, ``--max-restarts``)
+    and of the probe (``--check``) are not here.
+    """
+
+    queues: tuple[str, ...]
+    """The queues to claim from."""
+    apps: tuple[str, ...]
+    """Modules imported first, registering their tasks."""
+    backend_url: str | None
+    """``--backend``; ``None``: the settings' backend."""
+    prefix: str | None
+    """The Redis key prefix; ``None``: the settings' prefix."""
+    connect_timeout: float
+    """Seconds the backend has to answer at start-up."""
+    concurrency: int | None
+    """Jobs run at once; ``None``: the settings' value."""
+    rate_limit: int | None
+    """Job starts per ``rate_interval`` (0: no limit); ``None``: the settings' value."""
+    rate_interval: float | None
+    """Seconds of the rate-limit window; ``None``: the settings' value."""
+    metrics_addr: str
+    """Where ``/metrics`` is served; ``""`` serves nothing (every supervised child)."""
+    otlp_endpoint: str | None
+    """The OTLP/HTTP base URL, or ``None``."""
+    log_format: str | None
+    """``json``, ``console``, ``auto`` or ``None`` (auto)."""
+    shutdown_timeout: float | None
+    """Seconds in-flight jobs get after the first stop signal; ``None``: the settings' value."""
+    burst: bool
+    """Exit 0 once the queues are empty."""
+    queue_sampler: str
+    """``elected`` or ``off``: whether this process may export queue depth."""
+
+    def to_json(self) -> str:
+        """The spec as one JSON object (tuples as arrays)."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        """Read a spec written by :meth:`to_json`.
+
+        Raises:
+            ConfigError: ``text`` is not such an object (a field missing, unknown or of another type).
+
+        """
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{SPEC_ENVVAR} is not JSON ({exc}); it is set by the supervisor only") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{SPEC_ENVVAR} is not a JSON object; it is set by the supervisor only")
+        hints = get_type_hints(cls)
+        if set(data) != set(hints):
+            raise ConfigError(
+                f"{SPEC_ENVVAR} has the fields {sorted(data)}, not {sorted(hints)}: the supervisor and its "
+                "worker processes must run the same version of asyncmq-otel"
+            )
+        for name, hint in hints.items():
+            if not _conforms(data[name], hint):
+                raise ConfigError(f"{SPEC_ENVVAR}: {name}={data[name]!r} is not a {hint}")
+        values: dict[str, Any] = {name: tuple(v) if isinstance(v, list) else v for name, v in data.items()}
+        return cls(**values)
+
+
+def _conforms(value: object, hint: Any) -> bool:  # noqa: ANN401 - a type hint
+    """Whether the JSON ``value`` has the type ``hint`` of a spec field.
+
+    Tuples travel as arrays and a float may be written as an int; a bool is never a number here.
+    """
+    if isinstance(hint, UnionType):
+        return any(_conforms(value, arm) for arm in get_args(hint))
+    if get_origin(hint) is tuple:
+        return isinstance(value, list) and all(_conforms(v, get_args(hint)[0]) for v in value)
+    accepted = {float: (int, float), type(None): (type(None),)}.get(hint, (hint,))
+    return isinstance(value, accepted) and (hint is bool or not isinstance(value, bool))
 
 
 class Say(Protocol):
@@ -105,8 +205,8 @@ class Supervisor:
 
     Args:
         say: where the supervisor's own messages go.
-        child_args: the ``asyncmq-otel worker`` arguments of every child (after ``worker``).
-        child_env: extra environment of the children (the backend URL, kept out of ``ps``).
+        spec: the options of every child; they serve no ``/metrics`` of their own (``metrics_addr`` is
+            ignored: the supervisor serves theirs).
         processes: how many worker processes run at once.
         max_restarts: crashed processes replaced per ``RESTART_WINDOW_S`` before the instance stops.
         open_metrics: serves the children's merged ``/metrics`` and ``/healthz``; ``None`` serves nothing.
@@ -116,21 +216,19 @@ class Supervisor:
     def __init__(
         self,
         say: Say,
-        child_args: Sequence[str],
-        child_env: dict[str, str],
+        spec: WorkerSpec,
         *,
         processes: int,
         max_restarts: int,
         open_metrics: OpenMetrics | None = None,
     ) -> None:
         self.say = say
-        self.child_args = list(child_args)
-        self.child_env = dict(child_env)
+        self.spec = dataclasses.replace(spec, metrics_addr="")
         self.processes = processes
         self.max_restarts = max_restarts
         self.open_metrics = open_metrics
         # A --burst child exits 0 when its queues are empty; any other child only when told to stop.
-        self.burst = "--burst" in self.child_args
+        self.burst = spec.burst
         self.directory = ""
         self.metrics_url: str | None = None
         self.running: dict[int, anyio.abc.Process] = {}
@@ -208,9 +306,8 @@ class Supervisor:
         return worst
 
     async def _spawn(self, slot: int) -> anyio.abc.Process:
-        env = {**os.environ, **self.child_env, "PROMETHEUS_MULTIPROC_DIR": self.directory}
-        command = [sys.executable, "-m", "asyncmq_otel", "worker", *self.child_args]
-        command += ["--supervised-by", str(os.getpid())]
+        env = {**os.environ, SPEC_ENVVAR: self.spec.to_json(), "PROMETHEUS_MULTIPROC_DIR": self.directory}
+        command = [sys.executable, "-m", "asyncmq_otel", "worker", "--supervised-by", str(os.getpid())]
         # One spawn at a time: open_process yields, and overlapping save/restore pairs of the signal
         # mask could leave the stop signals blocked in this process for good.
         async with self._spawn_lock:
