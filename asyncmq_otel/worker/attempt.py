@@ -1,4 +1,4 @@
-"""One attempt of a claimed job: ``_JobRun`` runs the pickup checks, the handler and its one outcome write.
+"""One attempt of a claimed job: ``JobAttempt`` runs the pickup checks, the handler and its one outcome write.
 
 Each lifecycle event is emitted once, after its write succeeded, in the task that runs the handler.
 """
@@ -35,7 +35,7 @@ from ..errors import (
 from ..events import Operation, bus
 from ..jobs import Job, check_json, dumps, error_type_name
 from ..tasks import TaskInfo, get_task
-from .context import _REQUEUE_BUDGET, WorkerContext, _Attempt
+from .context import _REQUEUE_BUDGET, WorkerContext
 from .progress import ProgressWriter
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport on 3.10
@@ -49,8 +49,21 @@ _TRACEBACK_LIMIT = 16_384
 _NON_RETRYABLE: tuple[type[BaseException], ...] = (ResultSerializationError, ResultTooLarge)
 
 
-class _JobRun:
-    """The state of one pickup: kept on an object so each step stays a small method."""
+class JobAttempt:
+    """One attempt of a claimed job, held by its worker from the claim to the one outcome write.
+
+    The claim loop makes it when it claims the job, so the lease keeper renews its lease and a stop or
+    cancel request reaches it even before its handler starts (``cancel``). Its state is kept on the
+    object so each step stays a small method.
+
+    Args:
+        queue: the queue it was claimed from.
+        raw_job: the claimed job as the backend returned it.
+        backend: where its outcome is written.
+        ctx: the worker holding it.
+        ratelimit_wait_s: how long it waited for a rate token (set again before it starts).
+
+    """
 
     def __init__(
         self,
@@ -58,8 +71,7 @@ class _JobRun:
         raw_job: RawJob,
         backend: Backend,
         ctx: WorkerContext,
-        ratelimit_wait_s: float,
-        attempt: _Attempt | None,
+        ratelimit_wait_s: float = 0.0,
     ) -> None:
         self.queue = queue
         self.raw = raw_job
@@ -68,16 +80,28 @@ class _JobRun:
         self.ratelimit_wait_s = ratelimit_wait_s
         self.job_id = str(raw_job.get("id"))
         self.token = str(raw_job.get("token") or "")
-        self.attempt = attempt or ctx.held.get((queue, self.job_id)) or ctx.hold(queue, raw_job)
+        self.scope: anyio.CancelScope | None = None
+        """The cancel scope of what it waits on or runs now (a rate token, the handler), if any."""
+        self.cancel_reason: str | None = None
+        """Why this worker stopped it: ``"cancel"``, ``"lost"`` or ``"shutdown"``; ``None`` unless stopped."""
         self.job: Job | None = None
         self.started_at: float | None = None
-        self.started_mono: float | None = None
+        self.started_monotonic: float | None = None
         self.wait_s: float | None = None
+
+    def cancel(self, reason: str) -> None:
+        """Stop it: its handler (or its wait) is cancelled now, or it never starts; the first reason stays."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        if self.scope is not None:
+            self.scope.cancel()
 
     def _fields(self, **extra: Any) -> dict[str, Any]:  # noqa: ANN401 - event fields
         fields: dict[str, Any] = {"worker_id": self.ctx.worker_id, "group": self.ctx.group, **self.ctx.server}
         if self.started_at is not None:
-            fields.update(started_at=self.started_at, wait_s=self.wait_s, started_monotonic=self.started_mono)
+            fields.update(
+                started_at=self.started_at, wait_s=self.wait_s, started_monotonic=self.started_monotonic
+            )
         else:
             fields["ratelimit_wait_s"] = self.ratelimit_wait_s
         fields.update(extra)
@@ -85,10 +109,11 @@ class _JobRun:
 
     def _finish_fields(self, **extra: Any) -> dict[str, Any]:  # noqa: ANN401 - event fields
         finished = time.time()
-        duration = None if self.started_mono is None else time.perf_counter() - self.started_mono
+        duration = None if self.started_monotonic is None else time.perf_counter() - self.started_monotonic
         return self._fields(finished_at=finished, duration_s=duration, **extra)
 
     async def execute(self) -> None:  # noqa: PLR0911 - one return per pickup outcome
+        """The pickup checks, then the handler, then exactly one outcome write (each event once, after it)."""
         try:
             job = Job.from_dict(self.raw) if "payload_error" not in self.raw else None
         except MalformedJob as exc:
@@ -101,10 +126,10 @@ class _JobRun:
         # field is data the producer wrote, and must not mint label values.
         job.queue = self.queue
         self.job = job
-        if job.cancel_requested or self.attempt.reason == "cancel":
+        if job.cancel_requested or self.cancel_reason == "cancel":
             await self._settle_cancelled("queued")
             return
-        if self.attempt.reason == "shutdown":  # stopped before it started: not an interruption
+        if self.cancel_reason == "shutdown":  # stopped before it started: not an interruption
             await self._retrying(lambda: self.backend.defer(self.queue, job.id, self.token))
             return
         now = float(self.raw.get("claimed_at") or time.time())
@@ -193,16 +218,15 @@ class _JobRun:
     async def _run(self, task: TaskInfo) -> None:
         job = self._job()
         self.started_at = time.time()
-        self.started_mono = time.perf_counter()
+        self.started_monotonic = time.perf_counter()
         self.wait_s = max(self.started_at - job.eligible_at, 0.0) if job.eligible_at else 0.0
-        self.attempt.started_monotonic = self.started_mono
         outcome: tuple[str, Any] = ("error", None)
         emit_job_fields("job:started", job, self._fields(ratelimit_wait_s=self.ratelimit_wait_s))
         current_job.set((self.backend, self.raw))  # for flows.parent_results(); each job runs in its own task
         try:
             with anyio.CancelScope() as scope:
-                self.attempt.scope = scope
-                if self.attempt.reason is not None:
+                self.scope = scope
+                if self.cancel_reason is not None:
                     scope.cancel()
                 try:
                     result = await self._invoke(task)
@@ -214,7 +238,7 @@ class _JobRun:
                     outcome = ("error", exc.raised if isinstance(exc, _RaisedInThread) else exc)
                 else:
                     outcome = ("ok", result)
-            if scope.cancelled_caught or (self.attempt.reason is not None and outcome[0] != "ok"):
+            if scope.cancelled_caught or (self.cancel_reason is not None and outcome[0] != "ok"):
                 await self._cancelled_by_us()
                 return
         except anyio.get_cancelled_exc_class():
@@ -223,7 +247,7 @@ class _JobRun:
                 await self._requeue()
             raise
         finally:
-            self.attempt.scope = None
+            self.scope = None
         if self._progress_writer is not None:
             # the last report must be stored before the settle, which ends the job's active state
             await self._progress_writer.flush(_REQUEUE_BUDGET)
@@ -357,7 +381,7 @@ class _JobRun:
         )
 
     async def _cancelled_by_us(self) -> None:
-        reason = self.attempt.reason
+        reason = self.cancel_reason
         if reason == "cancel":
             await self._settle_cancelled("running")
         elif reason == "lost":

@@ -7,8 +7,8 @@ checks (cancelled, expired, not yet due, unknown task), the handler, and exactly
 write, emitting each lifecycle event once, after its write succeeded, in the task that runs
 the handler.
 
-The attempt itself is ``_job_run._JobRun``; ``WorkerContext`` and ``server_fields`` live in
-``_context`` and are re-exported here.
+One attempt itself is :class:`~asyncmq_otel.worker.attempt.JobAttempt`; ``WorkerContext`` lives in
+``context`` and ``server_fields`` in ``_lifecycle``, both re-exported here.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from ..backends.base import Backend, ClaimReply, RawJob
 from ..errors import MalformedJob
 from ..jobs import Job
 from ..limiters import RateLimiter
-from .attempt import _JobRun
-from .context import _REQUEUE_BUDGET, WorkerContext, _Attempt
+from .attempt import JobAttempt
+from .context import _REQUEUE_BUDGET, WorkerContext
 
 __all__ = ["WorkerContext", "_run_with_limits", "handle_job", "process_job", "server_fields"]
 
@@ -151,7 +151,7 @@ def _start_claimed(
     jobs = reply.jobs
     for raw_job, slot in zip(jobs, slots, strict=False):
         raw_job.setdefault("claimed_at", reply.now)
-        attempt = ctx.hold(queue_name, raw_job)
+        attempt = ctx.hold(JobAttempt(queue_name, raw_job, backend, ctx))
         handlers.start_soon(
             functools.partial(
                 _run_with_limits,
@@ -232,7 +232,7 @@ async def _run_with_limits(
     *,
     context: WorkerContext | None = None,
     reserved: object | None = None,
-    attempt: _Attempt | None = None,
+    attempt: JobAttempt | None = None,
     throttled: tuple[float, float] | None = None,
 ) -> None:
     """Hold a concurrency slot, wait for a rate token, then hand the job to :func:`handle_job`.
@@ -272,7 +272,7 @@ async def _wait_for_rate_token(
     rate_limiter: RateLimiter,
     backend: Backend,
     ctx: WorkerContext,
-    attempt: _Attempt | None,
+    attempt: JobAttempt | None,
 ) -> float | None:
     """Wait for a rate token; return the wait (0.0 unless over 1 ms), or None if the job was given back."""
     throttle_started = time.time()
@@ -280,7 +280,7 @@ async def _wait_for_rate_token(
         with anyio.CancelScope() as wait_scope:
             if attempt is not None:  # a stop request cancels the wait through the attempt
                 attempt.scope = wait_scope
-                if attempt.reason is not None:
+                if attempt.cancel_reason is not None:
                     wait_scope.cancel()
             waited = await rate_limiter.acquire()
     except anyio.get_cancelled_exc_class():
@@ -332,7 +332,7 @@ async def handle_job(
     *,
     context: WorkerContext | None = None,
     ratelimit_wait_s: float = 0.0,
-    attempt: _Attempt | None = None,
+    attempt: JobAttempt | None = None,
 ) -> None:
     """Run one claimed job through its lifecycle and settle it exactly once.
 
@@ -342,8 +342,13 @@ async def handle_job(
     """
     backend = backend or default_backend()
     ctx = context or WorkerContext()
-    run = _JobRun(queue_name, raw_job, backend, ctx, ratelimit_wait_s, attempt)
+    attempt = (
+        attempt
+        or ctx.held.get((queue_name, str(raw_job.get("id"))))
+        or ctx.hold(JobAttempt(queue_name, raw_job, backend, ctx))
+    )
+    attempt.ratelimit_wait_s = ratelimit_wait_s
     try:
-        await run.execute()
+        await attempt.execute()
     finally:
-        ctx.release(queue_name, run.job_id)
+        ctx.release(queue_name, attempt.job_id)
