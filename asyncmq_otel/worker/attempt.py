@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from enum import Enum
 from typing import Any
 
 import anyio
@@ -41,12 +42,25 @@ from .progress import ProgressWriter
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport on 3.10
     from exceptiongroup import BaseExceptionGroup
 
+__all__ = ["CancelReason", "JobAttempt"]
+
 _log = logging.getLogger("asyncmq_otel.worker")
 
 _ERROR_MESSAGE_LIMIT = 2048
 _EVENT_MESSAGE_LIMIT = 1024
 _TRACEBACK_LIMIT = 16_384
 _NON_RETRYABLE: tuple[type[BaseException], ...] = (ResultSerializationError, ResultTooLarge)
+
+
+class CancelReason(str, Enum):
+    """Why a worker stopped an attempt (its values are the words the logs have always used)."""
+
+    CANCEL = "cancel"
+    """The job was cancelled (``Queue.cancel``): it settles as cancelled."""
+    LOST = "lost"
+    """Its lease was lost: another worker owns the job now, so this one writes nothing."""
+    SHUTDOWN = "shutdown"
+    """The worker is stopping: the job goes back to its queue."""
 
 
 class JobAttempt:
@@ -82,14 +96,14 @@ class JobAttempt:
         self.token = str(raw_job.get("token") or "")
         self.scope: anyio.CancelScope | None = None
         """The cancel scope of what it waits on or runs now (a rate token, the handler), if any."""
-        self.cancel_reason: str | None = None
-        """Why this worker stopped it: ``"cancel"``, ``"lost"`` or ``"shutdown"``; ``None`` unless stopped."""
+        self.cancel_reason: CancelReason | None = None
+        """Why this worker stopped it; ``None`` unless stopped."""
         self.job: Job | None = None
         self.started_at: float | None = None
         self.started_monotonic: float | None = None
         self.wait_s: float | None = None
 
-    def cancel(self, reason: str) -> None:
+    def cancel(self, reason: CancelReason) -> None:
         """Stop it: its handler (or its wait) is cancelled now, or it never starts; the first reason stays."""
         if self.cancel_reason is None:
             self.cancel_reason = reason
@@ -126,10 +140,10 @@ class JobAttempt:
         # field is data the producer wrote, and must not mint label values.
         job.queue = self.queue
         self.job = job
-        if job.cancel_requested or self.cancel_reason == "cancel":
+        if job.cancel_requested or self.cancel_reason is CancelReason.CANCEL:
             await self._settle_cancelled("queued")
             return
-        if self.cancel_reason == "shutdown":  # stopped before it started: not an interruption
+        if self.cancel_reason is CancelReason.SHUTDOWN:  # stopped before it started: not an interruption
             await self._retrying(lambda: self.backend.defer(self.queue, job.id, self.token))
             return
         now = float(self.raw.get("claimed_at") or time.time())
@@ -382,9 +396,9 @@ class JobAttempt:
 
     async def _cancelled_by_us(self) -> None:
         reason = self.cancel_reason
-        if reason == "cancel":
+        if reason is CancelReason.CANCEL:
             await self._settle_cancelled("running")
-        elif reason == "lost":
+        elif reason is CancelReason.LOST:
             _log.warning(
                 "job.lease_lost: job %s on %s was reclaimed from worker %s; its handler was stopped",
                 self.job_id,

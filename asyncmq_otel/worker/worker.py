@@ -34,6 +34,7 @@ from ..jobs import Job, check_queue_name
 from ..limiters import RateLimiter
 from ..settings import get_settings
 from ..tasks import TASK_REGISTRY, autodiscover_tasks
+from .attempt import CancelReason
 from .claim_loop import WorkerContext, process_job, server_fields
 from .leases import LeaseKeeper
 from .relay import EventRelay, relay_to
@@ -318,7 +319,7 @@ class Worker:
                 while ctx.held:
                     await ctx.idle_event().wait()
             for attempt in list(ctx.held.values()):
-                attempt.cancel("shutdown")
+                attempt.cancel(CancelReason.SHUTDOWN)
 
     async def _shutdown_tail(
         self,
@@ -455,9 +456,9 @@ class Worker:
         if attempt is None:
             return
         if threading.get_ident() == self._loop_thread:
-            attempt.cancel("cancel")
+            attempt.cancel(CancelReason.CANCEL)
         else:
-            _call_in_loop(self._loop_token, lambda: attempt.cancel("cancel"))
+            _call_in_loop(self._loop_token, lambda: attempt.cancel(CancelReason.CANCEL))
 
     def _on_renew_status(self, queue: str, job_id: str, status: RenewStatus) -> None:
         """Called in the renewer thread: stop a handler whose lease was lost or that was cancelled."""
@@ -467,7 +468,7 @@ class Worker:
         attempt = ctx.held.get((queue, job_id))
         if attempt is None:
             return
-        reason = "lost" if status is RenewStatus.LOST else "cancel"
+        reason = CancelReason.LOST if status is RenewStatus.LOST else CancelReason.CANCEL
         _call_in_loop(self._loop_token, lambda: attempt.cancel(reason))
 
     def _on_data_loss(self, queue: str, old_epoch: str | None, new_epoch: str) -> None:
