@@ -126,7 +126,7 @@ class JobAttempt:
         duration = None if self.started_monotonic is None else time.perf_counter() - self.started_monotonic
         return self._fields(finished_at=finished, duration_s=duration, **extra)
 
-    async def execute(self) -> None:  # noqa: PLR0911 - one return per pickup outcome
+    async def perform(self) -> None:  # noqa: PLR0911 - one return per pickup outcome
         """The pickup checks, then the handler, then exactly one outcome write (each event once, after it)."""
         try:
             job = Job.from_dict(self.raw) if "payload_error" not in self.raw else None
@@ -162,7 +162,7 @@ class JobAttempt:
         if job.expires_at is not None and now > job.expires_at:  # by the task's ttl
             await self._dead_letter("expired", "expire", None)
             return
-        await self._run(task)
+        await self._call_handler_and_settle(task)
 
     # -- pickup settles ------------------------------------------------------------------------------
     async def _malformed(self) -> None:
@@ -228,8 +228,8 @@ class JobAttempt:
         else:
             self._stale("defer", reply)
 
-    # -- the attempt ---------------------------------------------------------------------------------
-    async def _run(self, task: TaskInfo) -> None:
+    # -- the handler ---------------------------------------------------------------------------------
+    async def _call_handler_and_settle(self, task: TaskInfo) -> None:
         job = self._job()
         self.started_at = time.time()
         self.started_monotonic = time.perf_counter()
@@ -243,7 +243,7 @@ class JobAttempt:
                 if self.cancel_reason is not None:
                     scope.cancel()
                 try:
-                    result = await self._invoke(task)
+                    result = await self._call_handler(task)
                 except BaseException as exc:
                     # Whatever a handler raises fails its job only: SystemExit, KeyboardInterrupt
                     # or a CancelledError a library leaked must not stop the worker.
@@ -270,7 +270,7 @@ class JobAttempt:
         else:
             await self._failed(outcome[1])
 
-    async def _invoke(self, task: TaskInfo) -> Any:  # noqa: ANN401 - whatever the handler returns
+    async def _call_handler(self, task: TaskInfo) -> Any:  # noqa: ANN401 - whatever the handler returns
         job = self._job()
         timeout = job.timeout  # the job's own, else the task's (fill_unset)
         sandboxed = self.ctx.config.sandbox_enabled
@@ -299,7 +299,7 @@ class JobAttempt:
             # when a stop must be hard).
             call = functools.partial(
                 anyio.to_thread.run_sync,
-                functools.partial(_run_in_thread, task.func, *job.args, **kwargs),
+                functools.partial(_call_in_thread, task.func, *job.args, **kwargs),
                 abandon_on_cancel=True,
             )
         if timeout is None:
@@ -475,7 +475,7 @@ class JobAttempt:
         )
 
     def _job(self) -> Job:
-        if self.job is None:  # pragma: no cover - execute() sets it before any step runs
+        if self.job is None:  # pragma: no cover - perform() sets it before any step runs
             raise RuntimeError("job not decoded yet")
         return self.job
 
@@ -496,7 +496,7 @@ class _RaisedInThread(Exception):
         self.raised = raised
 
 
-def _run_in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401 - the handler's own
+def _call_in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401 - the handler's own
     try:
         return func(*args, **kwargs)
     except Exception:

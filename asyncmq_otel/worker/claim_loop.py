@@ -1,6 +1,9 @@
-"""Job processing: ``process_job`` (claim loop), ``_run_with_limits``, ``handle_job`` (one job's lifecycle).
+"""The claim loop, a job's wait for its limits, and one job's lifecycle.
 
-``process_job`` reserves capacity (an anyio ``CapacityLimiter``) and, when rate-limited, a
+``claim_jobs`` (AsyncMQ's ``process_job``) is the claim loop, ``handle_within_limits`` (AsyncMQ's
+``_run_with_limits``) holds a job's slot and rate token, and ``handle_job`` runs one job.
+
+The claim loop reserves capacity (an anyio ``CapacityLimiter``) and, when rate-limited, a
 token per job before it claims, so nothing is fetched beyond what can run, and waits on the
 backend (never a sleep) when the queue is empty or paused. ``handle_job`` runs the pickup
 checks (cancelled, expired, not yet due, unknown task), the handler, and exactly one outcome
@@ -28,7 +31,15 @@ from ..limiters import RateLimiter
 from .attempt import JobAttempt
 from .context import _REQUEUE_BUDGET, WorkerContext
 
-__all__ = ["WorkerContext", "_run_with_limits", "handle_job", "process_job", "server_fields"]
+__all__ = [
+    "WorkerContext",
+    "_run_with_limits",
+    "claim_jobs",
+    "handle_job",
+    "handle_within_limits",
+    "process_job",
+    "server_fields",
+]
 
 MAX_CLAIM_BATCH = 32
 _TASK_NAME = "asyncmq_otel.job"  # named up front: anyio would otherwise build a name for every job
@@ -36,7 +47,7 @@ _THROTTLE_EVENT_THRESHOLD = 0.001
 
 
 # -- the claim loop ----------------------------------------------------------------------------------
-async def process_job(
+async def claim_jobs(
     queue_name: str,
     limiter: anyio.CapacityLimiter,
     rate_limiter: RateLimiter | None = None,
@@ -57,6 +68,10 @@ async def process_job(
         return
     async with anyio.create_task_group() as handlers:
         await _claim_loop(queue_name, limiter, rate_limiter, backend, ctx, handlers)
+
+
+process_job = claim_jobs
+"""AsyncMQ's name for the claim loop (:func:`claim_jobs`)."""
 
 
 async def _claim_loop(
@@ -154,7 +169,7 @@ def _start_claimed(
         attempt = ctx.hold(JobAttempt(queue_name, raw_job, backend, ctx))
         handlers.start_soon(
             functools.partial(
-                _run_with_limits,
+                handle_within_limits,
                 queue_name,
                 raw_job,
                 limiter,
@@ -223,7 +238,7 @@ async def _burst_wait(
     return True
 
 
-async def _run_with_limits(
+async def handle_within_limits(
     queue_name: str,
     raw_job: RawJob,
     limiter: anyio.CapacityLimiter,
@@ -237,8 +252,8 @@ async def _run_with_limits(
 ) -> None:
     """Hold a concurrency slot, wait for a rate token, then hand the job to :func:`handle_job`.
 
-    ``reserved`` is a slot ``process_job`` already took on this job's behalf; without one, a
-    slot is acquired here. ``process_job`` takes the rate token before it claims (and passes no
+    ``reserved`` is a slot the claim loop already took on this job's behalf; without one, a
+    slot is acquired here. The claim loop takes the rate token before it claims (and passes no
     ``rate_limiter``); ``throttled`` is then its wait for it, ``(started, waited)``.
     """
     borrower = reserved if reserved is not None else object()
@@ -324,6 +339,10 @@ def _emit_throttled(
     emit_job_event("job:throttled", job, ratelimit_wait_s=waited, started_at=started, **extra)
 
 
+_run_with_limits = handle_within_limits
+"""AsyncMQ's name for :func:`handle_within_limits`."""
+
+
 # -- one job's lifecycle -----------------------------------------------------------------------------
 async def handle_job(
     queue_name: str,
@@ -349,6 +368,6 @@ async def handle_job(
     )
     attempt.ratelimit_wait_s = ratelimit_wait_s
     try:
-        await attempt.execute()
+        await attempt.perform()
     finally:
         ctx.release(queue_name, attempt.job_id)

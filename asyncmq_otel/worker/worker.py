@@ -35,7 +35,7 @@ from ..limiters import RateLimiter
 from ..settings import get_settings
 from ..tasks import TASK_REGISTRY, autodiscover_tasks
 from .attempt import CancelReason
-from .claim_loop import WorkerContext, process_job, server_fields
+from .claim_loop import WorkerContext, claim_jobs, server_fields
 from .leases import LeaseKeeper
 from .relay import EventRelay, relay_to
 from .scheduler import run_scheduler
@@ -307,7 +307,7 @@ class Worker:
                 async with anyio.create_task_group() as claimers:
                     for queue in self.queues:
                         claimers.start_soon(
-                            functools.partial(process_job, queue, limiter, rate_limiter, backend, context=ctx)
+                            functools.partial(claim_jobs, queue, limiter, rate_limiter, backend, context=ctx)
                         )
             self.state = "draining"
             await self._drain(ctx)
