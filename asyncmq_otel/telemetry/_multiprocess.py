@@ -1,11 +1,12 @@
-"""The scrape sink in multi-process mode (telemetry contract §3.4, §3.7): mmap files, no callbacks.
+"""The scrape sink in multi-process mode: mmap files, no callbacks.
 
 ``asyncmq-otel worker --processes N`` starts each worker process with ``PROMETHEUS_MULTIPROC_DIR`` set,
 so prometheus_client writes every value to a per-process file that the parent merges on ``/metrics``.
 The parent cannot call a child's callbacks, so every gauge is a plain ``Gauge`` set by its owner: the
-observable rows (#10, #17–#19, #25) are copied from their callbacks into such gauges every second by
-:class:`ObservableRefresher`. Gauges merge with ``livesum`` across the live processes for #13, #15 and
-#16 (``asyncmq_worker_up`` sums to the number of worker processes), and with ``max`` for the others.
+observable rows (running max age, queue depth, oldest age, paused, consumers) are copied from their
+callbacks into such gauges every second by :class:`ObservableRefresher`. Gauges merge with ``livesum``
+across the live processes for worker up, jobs active and concurrency (``asyncmq_worker_up`` sums to the
+number of worker processes), and with ``max`` for the others.
 
 prometheus_client cannot remove a series in this mode, so a series an owner no longer observes (the
 sampler lost its lock, or its samples went stale) is set to 0, the neutral value of ``max`` for these

@@ -28,7 +28,7 @@ def traceparent(ctx: SpanContext) -> str:
 
 
 def _server(source: object) -> dict[str, AttributeValue]:
-    """``server.address`` / ``server.port`` of the backend, when the event or write carries them (§2.4)."""
+    """``server.address`` / ``server.port`` of the backend, when the event or write carries them."""
     address = getattr(source, "server_address", None)
     if not address:
         return {}

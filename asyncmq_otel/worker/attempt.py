@@ -412,7 +412,7 @@ class JobAttempt:
         job = self._job()
         max_interrupts = self.ctx.config.max_interrupts
         reply: SettleReply | None = None
-        # Bounded (reliability §7: requeues within a 3 s budget); what is not returned by then is
+        # Bounded (graceful shutdown requeues within a 3 s budget); what is not returned by then is
         # counted, and the reaper recovers it as a stall after its lease.
         with anyio.move_on_after(_REQUEUE_BUDGET):
             reply = await self._write(

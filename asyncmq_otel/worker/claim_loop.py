@@ -309,7 +309,7 @@ async def _wait_for_rate_token(
         await _give_back(backend, queue, raw_job, ctx)
         return None
     if waited <= _THROTTLE_EVENT_THRESHOLD:
-        return 0.0  # not throttled: §1.1 reports 0.0 unless the job was held over 1 ms
+        return 0.0  # not throttled: events report 0.0 unless the job was held over 1 ms
     if "payload_error" not in raw_job:
         _emit_throttled(queue, raw_job, ctx, throttle_started, waited)
     return waited

@@ -88,7 +88,7 @@ class LeaseKeeper:
             wait = self._interval
             while not self._stop.wait(wait):
                 # After a failed round, try again soon: renewing at once after a reconnect is what
-                # lets live workers keep their leases through an outage (reliability §4).
+                # lets live workers keep their leases through an outage (outage grace).
                 wait = self._interval if self.renew_now(renewer.renew) else min(self._interval, _RETRY_SOON)
         finally:
             renewer.close()

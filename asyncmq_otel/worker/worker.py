@@ -389,7 +389,7 @@ class Worker:
         outage = False
         while True:
             if outage:
-                # Outage grace (reliability §4): once the backend answers again, give every worker's
+                # Outage grace: once the backend answers again, give every worker's
                 # renewer a renew interval (plus the reconnect backoff) before taking leases away.
                 try:
                     await backend.now()
@@ -411,7 +411,7 @@ class Worker:
     async def _reap_queue(self, backend: Backend, queue: str, ctx: WorkerContext) -> bool:
         """Reap until no expired lease is left; False when a call arrived late (revoked nothing)."""
         config = ctx.config
-        # a reap that took longer than this to reach Redis was held up by an outage (reliability §4)
+        # a reap that took longer than this to reach Redis was held up by an outage (outage grace)
         max_delay = max(config.renew_interval, _LATE_REAP_FLOOR)
         more = True
         while more:
