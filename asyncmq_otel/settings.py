@@ -59,6 +59,7 @@ _NOT_SETTINGS = frozenset(
         "SPAN_NAME_STYLE",
         "TRACE_PROPAGATION",
         "WORKER_PROCESSES",
+        "WORKER_SPEC",
     }
 )
 """``ASYNCMQ_*`` variables the commands read that are not settings (never reported as misspelt)."""
