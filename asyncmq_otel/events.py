@@ -1,6 +1,6 @@
 """The event bus: every lifecycle transition is emitted here once, and adapters subscribe.
 
-Two kinds of listeners (telemetry contract §1.3):
+Two kinds of listeners:
 
 * **inline** listeners (the telemetry adapters, or ``inline=True``) run synchronously in the
   emitting task, in registration order, before ``emit`` returns. They must not block.

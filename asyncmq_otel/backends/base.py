@@ -324,7 +324,7 @@ class Backend(Protocol):
         """If this worker holds (or can take for ``hold`` s) the reaper role, recover expired leases.
 
         With ``max_delay``, a request that reaches a remote backend more than ``max_delay`` seconds after
-        it was sent revokes nothing and answers ``late`` (reliability §4, outage grace: a reap held in
+        it was sent revokes nothing and answers ``late`` (outage grace: a reap held in
         transit by an outage must not run before the renewals that the same outage held up).
         """
         ...

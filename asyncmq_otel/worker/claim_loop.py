@@ -1,14 +1,17 @@
-"""Job processing: ``process_job`` (claim loop), ``_run_with_limits``, ``handle_job`` (one job's lifecycle).
+"""The claim loop, a job's wait for its limits, and one job's lifecycle.
 
-``process_job`` reserves capacity (an anyio ``CapacityLimiter``) and, when rate-limited, a
+``claim_jobs`` (AsyncMQ's ``process_job``) is the claim loop, ``handle_within_limits`` (AsyncMQ's
+``_run_with_limits``) holds a job's slot and rate token, and ``handle_job`` runs one job.
+
+The claim loop reserves capacity (an anyio ``CapacityLimiter``) and, when rate-limited, a
 token per job before it claims, so nothing is fetched beyond what can run, and waits on the
 backend (never a sleep) when the queue is empty or paused. ``handle_job`` runs the pickup
 checks (cancelled, expired, not yet due, unknown task), the handler, and exactly one outcome
 write, emitting each lifecycle event once, after its write succeeded, in the task that runs
 the handler.
 
-The attempt itself is ``_job_run._JobRun``; ``WorkerContext`` and ``server_fields`` live in
-``_context`` and are re-exported here.
+One attempt itself is :class:`~asyncmq_otel.worker.attempt.JobAttempt`; ``WorkerContext`` lives in
+``context`` and ``server_fields`` in ``_lifecycle``, both re-exported here.
 """
 
 from __future__ import annotations
@@ -26,10 +29,18 @@ from ..clock import move_on_after
 from ..errors import MalformedJob
 from ..jobs import Job
 from ..limiters import RateLimiter
-from .attempt import _JobRun
-from .context import _REQUEUE_BUDGET, WorkerContext, _Attempt
+from .attempt import JobAttempt
+from .context import _REQUEUE_BUDGET, WorkerContext
 
-__all__ = ["WorkerContext", "_run_with_limits", "handle_job", "process_job", "server_fields"]
+__all__ = [
+    "WorkerContext",
+    "_run_with_limits",
+    "claim_jobs",
+    "handle_job",
+    "handle_within_limits",
+    "process_job",
+    "server_fields",
+]
 
 MAX_CLAIM_BATCH = 32
 _TASK_NAME = "asyncmq_otel.job"  # named up front: anyio would otherwise build a name for every job
@@ -37,7 +48,7 @@ _THROTTLE_EVENT_THRESHOLD = 0.001
 
 
 # -- the claim loop ----------------------------------------------------------------------------------
-async def process_job(
+async def claim_jobs(
     queue_name: str,
     limiter: anyio.CapacityLimiter,
     rate_limiter: RateLimiter | None = None,
@@ -58,6 +69,10 @@ async def process_job(
         return
     async with anyio.create_task_group() as handlers:
         await _claim_loop(queue_name, limiter, rate_limiter, backend, ctx, handlers)
+
+
+process_job = claim_jobs
+"""AsyncMQ's name for the claim loop (:func:`claim_jobs`)."""
 
 
 async def _claim_loop(
@@ -153,10 +168,10 @@ def _start_claimed(
     jobs = reply.jobs
     for raw_job, slot in zip(jobs, slots, strict=False):
         raw_job.setdefault("claimed_at", reply.now)
-        attempt = ctx.hold(queue_name, raw_job)
+        attempt = ctx.hold(JobAttempt(queue_name, raw_job, backend, ctx))
         handlers.start_soon(
             functools.partial(
-                _run_with_limits,
+                handle_within_limits,
                 queue_name,
                 raw_job,
                 limiter,
@@ -225,7 +240,7 @@ async def _burst_wait(
     return True
 
 
-async def _run_with_limits(
+async def handle_within_limits(
     queue_name: str,
     raw_job: RawJob,
     limiter: anyio.CapacityLimiter,
@@ -234,13 +249,13 @@ async def _run_with_limits(
     *,
     context: WorkerContext | None = None,
     reserved: object | None = None,
-    attempt: _Attempt | None = None,
+    attempt: JobAttempt | None = None,
     throttled: tuple[float, float] | None = None,
 ) -> None:
     """Hold a concurrency slot, wait for a rate token, then hand the job to :func:`handle_job`.
 
-    ``reserved`` is a slot ``process_job`` already took on this job's behalf; without one, a
-    slot is acquired here. ``process_job`` takes the rate token before it claims (and passes no
+    ``reserved`` is a slot the claim loop already took on this job's behalf; without one, a
+    slot is acquired here. The claim loop takes the rate token before it claims (and passes no
     ``rate_limiter``); ``throttled`` is then its wait for it, ``(started, waited)``.
     """
     borrower = reserved if reserved is not None else object()
@@ -274,7 +289,7 @@ async def _wait_for_rate_token(
     rate_limiter: RateLimiter,
     backend: Backend,
     ctx: WorkerContext,
-    attempt: _Attempt | None,
+    attempt: JobAttempt | None,
 ) -> float | None:
     """Wait for a rate token; return the wait (0.0 unless over 1 ms), or None if the job was given back."""
     throttle_started = time.time()
@@ -282,7 +297,7 @@ async def _wait_for_rate_token(
         with anyio.CancelScope() as wait_scope:
             if attempt is not None:  # a stop request cancels the wait through the attempt
                 attempt.scope = wait_scope
-                if attempt.reason is not None:
+                if attempt.cancel_reason is not None:
                     wait_scope.cancel()
             waited = await rate_limiter.acquire()
     except anyio.get_cancelled_exc_class():
@@ -296,7 +311,7 @@ async def _wait_for_rate_token(
         await _give_back(backend, queue, raw_job, ctx)
         return None
     if waited <= _THROTTLE_EVENT_THRESHOLD:
-        return 0.0  # not throttled: §1.1 reports 0.0 unless the job was held over 1 ms
+        return 0.0  # not throttled: events report 0.0 unless the job was held over 1 ms
     if "payload_error" not in raw_job:
         _emit_throttled(queue, raw_job, ctx, throttle_started, waited)
     return waited
@@ -326,6 +341,10 @@ def _emit_throttled(
     emit_job_event("job:throttled", job, ratelimit_wait_s=waited, started_at=started, **extra)
 
 
+_run_with_limits = handle_within_limits
+"""AsyncMQ's name for :func:`handle_within_limits`."""
+
+
 # -- one job's lifecycle -----------------------------------------------------------------------------
 async def handle_job(
     queue_name: str,
@@ -334,7 +353,7 @@ async def handle_job(
     *,
     context: WorkerContext | None = None,
     ratelimit_wait_s: float = 0.0,
-    attempt: _Attempt | None = None,
+    attempt: JobAttempt | None = None,
 ) -> None:
     """Run one claimed job through its lifecycle and settle it exactly once.
 
@@ -344,8 +363,13 @@ async def handle_job(
     """
     backend = backend or default_backend()
     ctx = context or WorkerContext()
-    run = _JobRun(queue_name, raw_job, backend, ctx, ratelimit_wait_s, attempt)
+    attempt = (
+        attempt
+        or ctx.held.get((queue_name, str(raw_job.get("id"))))
+        or ctx.hold(JobAttempt(queue_name, raw_job, backend, ctx))
+    )
+    attempt.ratelimit_wait_s = ratelimit_wait_s
     try:
-        await run.execute()
+        await attempt.perform()
     finally:
-        ctx.release(queue_name, run.job_id)
+        ctx.release(queue_name, attempt.job_id)

@@ -1,4 +1,4 @@
-"""Least privilege (§11): the documented ACL user is enough for every backend operation."""
+"""Least privilege: the documented ACL user is enough for every backend operation."""
 
 from __future__ import annotations
 

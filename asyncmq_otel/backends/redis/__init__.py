@@ -91,7 +91,7 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
 
     Args:
         url: ``redis://[user:password@]host:port/db``, or ``rediss://`` for TLS (verified).
-        prefix: the key prefix; separate tenants by prefix and ACL user (§11). Default from settings.
+        prefix: the key prefix; separate tenants by prefix and ACL user. Default from settings.
         cluster: use redis-py's cluster client.
         max_payload_bytes: largest envelope accepted (checked here and again in the script).
         max_result_bytes: largest encoded result accepted at completion.
@@ -186,7 +186,7 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
     def __repr__(self) -> str:
         return f"RedisBackend({mask_url(self.url)!r}, prefix={self.prefix!r}, cluster={self.cluster})"
 
-    # -- epochs (§6) --------------------------------------------------------------------------------
+    # -- epochs (data loss) ----------------------------------------------------------------------------
     @staticmethod
     def new_epoch() -> str:
         """A random 128-bit epoch."""
@@ -628,7 +628,7 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
                 sent_at,
                 _ms(max_delay) if max_delay is not None else "",
             ],
-            retry=False,  # outage grace: a reap is never replayed across a reconnect (reliability §4)
+            retry=False,  # outage grace: a reap is never replayed across a reconnect
         )
         # Redis TIME minus the local monotonic clock, in ms (early by half a round trip: a safe side)
         self._reap_clock = int(reply[-1]) - time.monotonic() * 1000
