@@ -119,6 +119,7 @@ class LifecycleEvent:
     server_port: int | None = None
     schedule_key: str | None = None  # a job fired by a schedule: its key and due time (unix seconds)
     schedule_due: float | None = None
+    scope: str | None = None  # job:throttled: the limit that held the job, "worker" or "queue"
 
     @property
     def id(self) -> str | None:
