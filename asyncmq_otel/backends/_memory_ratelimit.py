@@ -82,4 +82,5 @@ class MemoryRateLimitMixin:
         if not window.claims or window.limit is None:
             return 0.0
         wait = window.claims[0] + window.limit.interval - now
-        return max(math.ceil(wait * 1000) / 1000.0, 0.001)  # whole ms, as the script answers
+        # whole ms rounded up, as the script answers (from whole µs: float noise must not add a ms)
+        return max(math.ceil(round(wait * 1_000_000) / 1000) / 1000.0, 0.001)

@@ -79,11 +79,10 @@ if flags[1] == '1' then
 end
 
 -- the shared rate limit; hand-written garbage in its fields reads as no limit (reliability §2)
-local rate_limit, window, now_us, cut = int_field(flags[2]), int_field(flags[3]), nil, false
+local rate_limit, window, claim_us, cut = int_field(flags[2]), int_field(flags[3]), nil, false
 if rate_limit and window and rate_limit > 0 and window > 0 then
-  local t = redis.call('TIME')
-  now_us, window = tonumber(t[1]) * 1000000 + tonumber(t[2]), window * 1000
-  redis.call('ZREMRANGEBYSCORE', rate, '-inf', now_us - window)
+  claim_us, window = now_us(), window * 1000
+  redis.call('ZREMRANGEBYSCORE', rate, '-inf', claim_us - window)
   local free = math.max(rate_limit - redis.call('ZCARD', rate), 0)
   if free < count then
     count, cut = free, true
@@ -95,7 +94,7 @@ local function token_wait()
   if not oldest[2] then
     return 0
   end
-  return math.max(math.ceil((tonumber(oldest[2]) + window - now_us) / 1000), 1)
+  return math.max(math.ceil((tonumber(oldest[2]) + window - claim_us) / 1000), 1)
 end
 if cut and count == 0 and redis.call('ZCARD', ready) > 0 then
   return {'THROTTLED', now, token_wait()}
@@ -162,12 +161,12 @@ if #jobs == 0 then
 end
 redis.call('ZADD', leases, unpack(leased))
 redis.call('SET', claim_key, table.concat(ids, ','), 'PX', lease)
-if not now_us then
+if not claim_us then
   return {'OK', now, jobs, 1, -1}
 end
 local logged = {}
 for i = 0, #ids - 1 do
-  logged[#logged + 1] = now_us
+  logged[#logged + 1] = claim_us
   logged[#logged + 1] = nonce .. '.' .. i
 end
 redis.call('ZADD', rate, unpack(logged))
