@@ -43,7 +43,7 @@ class MemoryRateLimitMixin:
         return windows
 
     async def set_rate_limit(self, queue: str, limit: int, interval: float) -> None:
-        """Allow at most ``limit`` claims of the queue in any window of ``interval`` seconds (1 ms resolution)."""
+        """Allow at most ``limit`` claims of the queue in any window of ``interval`` seconds (1 ms steps)."""
         if limit < 1 or not interval > 0:
             raise ValueError("a rate limit needs limit >= 1 and interval > 0")
         with self._lock:

@@ -259,7 +259,9 @@ def queues(as_json: bool, backend_url: str | None, prefix: str | None, connect_t
                     "dlq": stats.dead,
                     "oldest_waiting_s": stats.oldest_ready_age,
                     "paused": stats.paused,
-                    "rate_limit": None if limit is None else {"limit": limit.limit, "interval": limit.interval},
+                    "rate_limit": None
+                    if limit is None
+                    else {"limit": limit.limit, "interval": limit.interval},
                     "workers": sum(1 for info in live if name in info.queues),
                 }
             )
@@ -296,7 +298,9 @@ def queues(as_json: bool, backend_url: str | None, prefix: str | None, connect_t
             row["cancelled"],
             format_age(row["oldest_waiting_s"]) if row["waiting"] else "-",
             "yes" if row["paused"] else "no",
-            "-" if row["rate_limit"] is None else f"{row['rate_limit']['limit']}/{row['rate_limit']['interval']:g}s",
+            "-"
+            if row["rate_limit"] is None
+            else f"{row['rate_limit']['limit']}/{row['rate_limit']['interval']:g}s",
             row["workers"],
         ]
         for row in rows

@@ -85,7 +85,20 @@ SIGNAL: Final = "signal"
 SCHEDULE: Final = "schedule"
 SCOPE: Final = "scope"
 _LABEL_KEYS: Final = frozenset(
-    {QUEUE, TASK, GROUP, OPERATION, ERROR_TYPE, OUTCOME, REASON, STATE, PRIORITY_CLASS, SIGNAL, SCHEDULE, SCOPE}
+    {
+        QUEUE,
+        TASK,
+        GROUP,
+        OPERATION,
+        ERROR_TYPE,
+        OUTCOME,
+        REASON,
+        STATE,
+        PRIORITY_CLASS,
+        SIGNAL,
+        SCHEDULE,
+        SCOPE,
+    }
 )
 
 SENT_OPERATIONS: Final = ("send", "schedule")

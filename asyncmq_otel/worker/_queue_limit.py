@@ -44,7 +44,7 @@ class QueueThrottle:
         self._since = None
 
     def claimed(self, worker: Throttle | None) -> Throttle | None:
-        """A claim returned jobs: the throttle its first job reports (the queue's wait covers the worker's)."""
+        """A claim returned jobs: the throttle its first job reports (the queue's covers the worker's)."""
         since, self._since = self._since, None
         if since is None:
             return worker

@@ -58,7 +58,9 @@ async def test_five_workers_together_keep_to_the_queue_limit(
     ]
     for worker in workers:
         worker.wait_started()
-    await queue.add_bulk([{"task_id": "chaos.noop", "args": [i], "job_id": f"j{i:05d}"} for i in range(total)])
+    await queue.add_bulk(
+        [{"task_id": "chaos.noop", "args": [i], "job_id": f"j{i:05d}"} for i in range(total)]
+    )
 
     def claimed() -> list[float]:
         return [record["now"] for record in ledger.records("claim") for _ in record["ids"]]

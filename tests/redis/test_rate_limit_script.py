@@ -46,7 +46,10 @@ async def test_the_log_shares_the_queue_slot_and_stays_bounded(
         members = {member.decode() for member in admin.zrange(rate, 0, -1)}
         assert len(members) == 4  # each claim's tokens: distinct members even at the same µs
         assert 0 < admin.pttl(rate) <= 30_001  # gone one interval after the last claim
-        assert admin.hmget(f"{redis_prefix}:{{{queue}}}:meta", "rate_limit", "rate_interval") == [b"4", b"30000"]
+        assert admin.hmget(f"{redis_prefix}:{{{queue}}}:meta", "rate_limit", "rate_interval") == [
+            b"4",
+            b"30000",
+        ]
     finally:
         admin.close()
 
@@ -71,7 +74,9 @@ async def test_clearing_and_setting_again_lets_no_burst_through(backend: RedisBa
     assert again.throttled_for is not None
 
 
-@pytest.mark.parametrize(("limit", "interval"), [(b"abc", b"1000"), (b"5", b"1e3"), (b"-5", b"1000"), (b"5", b"0")])
+@pytest.mark.parametrize(
+    ("limit", "interval"), [(b"abc", b"1000"), (b"5", b"1e3"), (b"-5", b"1000"), (b"5", b"0")]
+)
 async def test_hand_written_fields_read_as_no_limit(
     backend: RedisBackend, redis_url: str, redis_prefix: str, limit: bytes, interval: bytes
 ) -> None:
@@ -80,7 +85,9 @@ async def test_hand_written_fields_read_as_no_limit(
     await put(backend, queue, 6)
     admin = redis.Redis.from_url(redis_url)
     try:
-        admin.hset(f"{redis_prefix}:{{{queue}}}:meta", mapping={"rate_limit": limit, "rate_interval": interval})
+        admin.hset(
+            f"{redis_prefix}:{{{queue}}}:meta", mapping={"rate_limit": limit, "rate_interval": interval}
+        )
     finally:
         admin.close()
     assert await backend.get_rate_limit(queue) is None

@@ -69,8 +69,9 @@ async def test_two_workers_share_the_queue_limit(
     for i in range(12):
         await q.add("t.rl_record", [str(i)])
     started = time.monotonic()
-    async with running_worker(unique_name, backend, concurrency=10), running_worker(
-        unique_name, backend, concurrency=10
+    async with (
+        running_worker(unique_name, backend, concurrency=10),
+        running_worker(unique_name, backend, concurrency=10),
     ):
         await eventually(lambda: len(ran) == 12, timeout=20)
     # 4 now, 4 after 0.4 s, 4 after 0.8 s: never more, whatever the number of workers

@@ -1,4 +1,4 @@
-"""The shared rate limit of :class:`RedisBackend`: stored in the queue's ``meta`` hash, enforced by ``claim.lua``.
+"""Shared rate limit of :class:`RedisBackend`: held in the queue's ``meta`` hash, applied in ``claim.lua``.
 
 Setting and clearing are one script each call (fenced on the queue's epoch, like every transition);
 the claims themselves are logged in ``<prefix>:{<queue>}:rate`` under the queue's hash tag.
@@ -41,9 +41,11 @@ class RateLimitMixin:
             raise NotImplementedError
 
     async def set_rate_limit(self, queue: str, limit: int, interval: float) -> None:
-        """Allow at most ``limit`` claims of the queue in any window of ``interval`` seconds (1 ms resolution)."""
+        """Allow at most ``limit`` claims of the queue in any window of ``interval`` seconds (1 ms steps)."""
         keys = self.keys.queue(queue)
-        await self._transition(keys, "rate_limit", [keys.meta], ["set", limit, max(round(interval * 1000), 1)])
+        await self._transition(
+            keys, "rate_limit", [keys.meta], ["set", limit, max(round(interval * 1000), 1)]
+        )
 
     async def clear_rate_limit(self, queue: str) -> bool:
         """Remove the queue's limit; False when it had none."""
