@@ -26,7 +26,7 @@ class _Window:
 
 
 class MemoryRateLimitMixin:
-    """Limits kept per queue name; the claims of a queue are logged even after its limit is cleared."""
+    """Limits kept per queue name, each with the log of the claims it counts (cleared with it)."""
 
     clock: Callable[[], float]
     _lock: threading.Lock
@@ -52,12 +52,13 @@ class MemoryRateLimitMixin:
             window.limit = QueueRateLimit(limit, max(round(interval * 1000), 1) / 1000.0)
 
     async def clear_rate_limit(self, queue: str) -> bool:
-        """Remove the queue's limit; False when it had none."""
+        """Remove the queue's limit and its log of claims; False when it had none."""
         with self._lock:
             window = self._rate_windows.get(queue)
             if window is None or window.limit is None:
                 return False
             window.limit = None
+            window.claims.clear()  # claims without a limit are not logged: the log would only be stale
             return True
 
     async def get_rate_limit(self, queue: str) -> QueueRateLimit | None:

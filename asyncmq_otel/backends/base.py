@@ -507,7 +507,7 @@ class RateLimitStore(Protocol):
         ...
 
     async def clear_rate_limit(self, queue: str) -> bool:
-        """Remove the queue's limit; False when it had none."""
+        """Remove the queue's limit (and the log of claims it counted); False when it had none."""
         ...
 
     async def get_rate_limit(self, queue: str) -> QueueRateLimit | None:

@@ -175,6 +175,21 @@ async def test_tokens_are_taken_only_for_jobs_claimed(backend: Backend, queue: s
     assert claimed.throttled_for is not None
 
 
+async def test_a_new_limit_counts_the_claims_already_made(backend: Backend, queue: str) -> None:
+    q = Queue(queue, backend)
+    await put(backend, queue, 10)
+    await q.set_rate_limit(3, 60.0)
+    assert len((await backend.claim(queue, "w1", 10, 30.0)).jobs) == 3
+    await q.set_rate_limit(5, 60.0)  # raised: two more, not five
+    assert len((await backend.claim(queue, "w1", 10, 30.0)).jobs) == 2
+    await q.set_rate_limit(1, 60.0)  # lowered below what was claimed: nothing until they age out
+    lowered = await backend.claim(queue, "w1", 10, 30.0)
+    assert (lowered.jobs, lowered.throttled_for is not None) == ([], True)
+    assert await q.clear_rate_limit() is True
+    await q.set_rate_limit(2, 60.0)  # a limit set after a clear starts from an empty log
+    assert len((await backend.claim(queue, "w1", 10, 30.0)).jobs) == 2
+
+
 async def test_a_throttled_queue_with_nothing_ready_is_empty_and_a_paused_one_paused(
     backend: Backend, queue: str
 ) -> None:

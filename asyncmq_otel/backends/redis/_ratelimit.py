@@ -44,13 +44,13 @@ class RateLimitMixin:
         """Allow at most ``limit`` claims of the queue in any window of ``interval`` seconds (1 ms steps)."""
         keys = self.keys.queue(queue)
         await self._transition(
-            keys, "rate_limit", [keys.meta], ["set", limit, max(round(interval * 1000), 1)]
+            keys, "rate_limit", [keys.meta, keys.rate], ["set", limit, max(round(interval * 1000), 1)]
         )
 
     async def clear_rate_limit(self, queue: str) -> bool:
-        """Remove the queue's limit; False when it had none."""
+        """Remove the queue's limit and its log of claims; False when it had none."""
         keys = self.keys.queue(queue)
-        reply = await self._transition(keys, "rate_limit", [keys.meta], ["clear", "", ""])
+        reply = await self._transition(keys, "rate_limit", [keys.meta, keys.rate], ["clear", "", ""])
         return bool(int(reply[1]))
 
     async def get_rate_limit(self, queue: str) -> QueueRateLimit | None:

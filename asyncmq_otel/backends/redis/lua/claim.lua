@@ -14,7 +14,7 @@
 -- µs (Redis TIME), one member per claimed job (its token), trimmed on every claim. A claim takes at
 -- most limit - |log in the last interval| jobs, so no window of `interval` ever holds more than
 -- `limit` claims (a fixed window would allow twice that across its boundary); at most `limit`
--- members, and the key expires one interval after the last claim.
+-- members (no expiry: PEXPIRE is outside the documented ACL; rate_limit.lua deletes it on clear).
 -- Replay: redis-py re-sends the call after a lost reply with the same nonce; the claim key
 -- (PX = lease) then answers with the same jobs, so no lease is orphaned (§13 row 15).
 -- Malformed entries (§2, §8): a job key that is not a hash is quarantined, and a hash without a
@@ -170,5 +170,4 @@ for i = 0, #ids - 1 do
   logged[#logged + 1] = nonce .. '.' .. i
 end
 redis.call('ZADD', rate, unpack(logged))
-redis.call('PEXPIRE', rate, math.ceil(window / 1000) + 1)
 return {'OK', now, jobs, 1, cut and token_wait() or -1}

@@ -1,10 +1,11 @@
 -- rate_limit.lua: set or clear a queue's shared rate limit (claim.lua enforces it).
--- KEYS: meta
+-- KEYS: meta, rate
 -- ARGV: epoch, 'set' | 'clear', limit (set: an integer >= 1), interval_ms (set: an integer >= 1)
 -- Replies: {'EPOCH', current epoch or false}, {'OK', 1 when a limit was stored before, else 0}
--- The sliding log of claims (`rate`) is kept: claims already made keep counting in their window
--- under a new limit, so lowering or re-setting a limit never lets a burst through.
-local meta, op = KEYS[1], ARGV[2]
+-- A new limit replaces the old one over the same sliding log of claims (`rate`): claims already made
+-- keep counting in their window, so changing a limit lets no burst through. Clearing deletes the log
+-- (claims without a limit are not logged, so it would only be stale).
+local meta, rate, op = KEYS[1], KEYS[2], ARGV[2]
 local bad, old = epoch_and(meta, ARGV[1], 'rate_limit')
 if bad then
   return bad
@@ -17,6 +18,7 @@ if op == 'set' then
   redis.call('HSET', meta, 'rate_limit', limit, 'rate_interval', interval)
 elseif op == 'clear' then
   redis.call('HDEL', meta, 'rate_limit', 'rate_interval')
+  redis.call('DEL', rate)
 else
   return redis.error_reply('ERR rate_limit: unknown operation ' .. tostring(op))
 end
