@@ -119,6 +119,8 @@ class LifecycleEvent:
     server_port: int | None = None
     schedule_key: str | None = None  # a job fired by a schedule: its key and due time (unix seconds)
     schedule_due: float | None = None
+    flow_id: str | None = None  # a job of a flow (flows.py); parent_spans: its parents' traceparents
+    parent_spans: tuple[str, ...] | None = None
     scope: str | None = None  # job:throttled: the limit that held the job, "worker" or "queue"
 
     @property
@@ -244,7 +246,7 @@ def make_event(values: dict[str, Any]) -> LifecycleEvent:
 
 JOB_FIELD_NAMES = frozenset(
     {"name", "ts", "queue", "job_id", "task", "attempt", "max_attempts", "priority", "enqueued_at",
-     "eligible_at", "trace_context", "schedule_key", "schedule_due"}
+     "eligible_at", "trace_context", "schedule_key", "schedule_due", "flow_id"}
 )  # fmt: skip
 """The fields :func:`make_job_event` takes from the job; the others come from its ``extra`` dict."""
 
@@ -266,6 +268,7 @@ make_job_event: Callable[[str, float, Job, int, dict[str, Any]], LifecycleEvent]
         "trace_context": "dict(context) if context else None",
         "schedule_key": "job.schedule",
         "schedule_due": "job.schedule_due",
+        "flow_id": "job.flow_id",
     },
 )
 """An event about ``job`` (the fields every ``job:*`` event carries) plus the other fields from ``extra``.
@@ -614,6 +617,11 @@ class EventBus:
     def observed(self) -> bool:
         """Whether any observer is installed (lets hot paths skip building an :class:`Operation`)."""
         return bool(self._observers)
+
+    @property
+    def traced(self) -> bool:
+        """Whether a write observer makes spans (the trace adapter): reads only spans need skip otherwise."""
+        return any(getattr(observer, "signal", None) == "span" for observer in self._observers)
 
     def operation(self, operation: Operation) -> _ObservedWrite:
         """Run a backend write under the observers: started in order, finished in reverse.

@@ -6,11 +6,18 @@ dead-lettered dead-letters its blocked descendants with reason ``dependency_fail
 child was enqueued with ``on_parent_failure="run"``; retrying the parent from the DLQ blocks them
 again. ``FlowProducer.add_flow`` checks a whole graph (cycles, ids, arguments, sizes) before it
 stores anything.
+
+Every job of a flow carries a flow id (``asyncmq.flow.id`` on its log lines and ``process`` spans,
+``FlowNode.flow_id``): ``add_flow`` gives all the jobs of a graph the id of the first job it
+stores (one without a parent in the graph); a job enqueued with ``depends_on`` takes its first
+parent's flow id; a job named as a parent that has none takes its own id as its flow id. A job
+never linked to another has none.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -42,6 +49,10 @@ class FlowBackend(Protocol):
         """Every job connected to ``queue/job_id`` by dependencies, or ``None`` if it does not exist."""
         ...
 
+    async def last_spans(self, parents: Sequence[ParentRef]) -> list[str | None]:
+        """The ``traceparent`` each parent's completing attempt stored, ``None`` where there is none."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class FlowNode:
@@ -53,6 +64,7 @@ class FlowNode:
     task: str | None
     parents: tuple[ParentRef, ...]
     dlq_reason: str | None = None
+    flow_id: str | None = None  # the flow the job belongs to (the rule is in the module's docstring)
 
 
 def flow_nodes(raw: Sequence[Mapping[str, Any]]) -> list[FlowNode]:
@@ -65,6 +77,7 @@ def flow_nodes(raw: Sequence[Mapping[str, Any]]) -> list[FlowNode]:
             task=None if node.get("task") is None else str(node["task"]),
             parents=tuple((str(q), str(i)) for q, i in node.get("parents") or ()),
             dlq_reason=node.get("dlq_reason") or None,
+            flow_id=node.get("flow_id") or None,
         )
         for node in raw
     ]
@@ -122,13 +135,15 @@ class FlowProducer:
             built.append((node_queue, Queue(node_queue, self._backend)._build_spec(index, fields)))  # noqa: SLF001 - one validation for both paths
         order = _topological_order([(node_queue, one.job.id) for node_queue, one in built], built)
         limit = settings.max_payload_bytes
-        items = [(built[i][0], built[i][1].item(limit)) for i in order]
+        flow_id = built[order[0]][1].job.id if order else None  # the flow id rule: see the module
+        items = [(built[i][0], dataclasses.replace(built[i][1].item(limit), flow_id=flow_id)) for i in order]
         backend = self.backend
         if not isinstance(backend, FlowBackend):
             raise JobArgumentError("backend", f"{type(backend).__name__} does not store flows")
         replies = await backend.add_flow(items)
         by_id = {reply.job_id: reply for reply in replies}
         for node_queue, one in built:
+            one.job.flow_id = flow_id  # job:enqueued (and its log line) carries it too
             Queue(node_queue, backend)._after_store(one.job, by_id[one.job.id], one.delay_s)  # noqa: SLF001 - the same events as add()
         return ids
 

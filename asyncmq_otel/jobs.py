@@ -458,6 +458,7 @@ class Job:
     progress: float | None = None
     schedule: str | None = None  # the key of the schedule that fired this job, with its due time
     schedule_due: float | None = None
+    flow_id: str | None = None  # the flow the job belongs to (flows), set by the backend
 
     @property
     def max_attempts(self) -> int:
@@ -530,6 +531,7 @@ class Job:
             "progress": self.progress,
             "schedule": self.schedule,
             "schedule_due": self.schedule_due,
+            "flow_id": self.flow_id,
         }
 
     @classmethod
@@ -585,6 +587,7 @@ class Job:
                 progress=_number_or_none(raw, "progress"),
                 schedule=_typed(raw, "schedule", str, None),
                 schedule_due=_number_or_none(raw, "schedule_due"),
+                flow_id=_typed(raw, "flow_id", str, None),
             )
         except (TypeError, ValueError) as exc:
             raise MalformedJob(f"stored job has a bad field: {exc}") from exc
@@ -701,6 +704,7 @@ def _decode_well_formed(cls: type[Job], raw: dict[str, Any]) -> Job | None:
             progress=_opt_number(get("progress")),
             schedule=_opt(get("schedule"), str),
             schedule_due=_opt_number(get("schedule_due")),
+            flow_id=_opt(get("flow_id"), str),
         )
     except (_Unusual, TypeError):
         return None

@@ -107,6 +107,11 @@ class MemoryFlows:
         for parent in item.depends_on:
             self.children.setdefault(parent, set()).add(ref)
             found = self._record(parent)
+            # flow ids (flows.py): a parent without one takes its own id; a child its first parent's
+            flow = parent[1] if found is None else found.flow_id or parent[1]
+            if found is not None:
+                found.flow_id = flow
+            record.flow_id = record.flow_id or flow
             state = "completed" if found is None else found.state
             if state == "completed" or (run and state in _DEAD):
                 continue
@@ -247,6 +252,7 @@ class MemoryFlows:
                     "task": None if found is None or found.envelope is None else found.envelope.get("task"),
                     "parents": [list(parent) for parent in self.parents.get(ref, ())],
                     "dlq_reason": None if found is None else found.dlq_reason,
+                    "flow_id": None if found is None else found.flow_id,
                 }
             )
         return nodes
@@ -275,3 +281,9 @@ class MemoryFlowsMixin:
         """The dependency graph around a job (see :meth:`MemoryFlows.graph`), or ``None``."""
         with self._lock:
             return self._flows.graph(queue, job_id)
+
+    async def last_spans(self, parents: Sequence[tuple[str, str]]) -> list[str | None]:
+        """The ``last_span`` each ``(queue, job_id)`` stored at completion (``None``: none, or gone)."""
+        with self._lock:
+            found = [self._flows._record(parent) for parent in parents]  # noqa: SLF001 - the backend's own
+            return [None if record is None else record.last_span for record in found]

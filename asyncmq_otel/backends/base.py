@@ -51,7 +51,8 @@ class EnqueueItem:
     give the item one of its call (a re-send of the call replays, anything else is a duplicate).
     ``depends_on`` names the parents as ``(queue, job_id)``: the job is stored ``blocked`` until they
     have all completed; ``on_parent_failure`` is ``"fail"`` (dead-letter it when a parent dies) or
-    ``"run"`` (a dead parent counts as finished).
+    ``"run"`` (a dead parent counts as finished). ``flow_id`` is the flow a ``FlowProducer`` gives
+    every job of a graph; without it a job with parents takes its first parent's (see ``flows``).
     """
 
     job_id: str
@@ -62,6 +63,7 @@ class EnqueueItem:
     ttl: float | None = None
     depends_on: tuple[tuple[str, str], ...] = ()
     on_parent_failure: str = "fail"
+    flow_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,11 +268,20 @@ class Backend(Protocol):
         ...
 
     async def complete(
-        self, queue: str, job_id: str, token: str, result: str, *, want_job: bool = True
+        self,
+        queue: str,
+        job_id: str,
+        token: str,
+        result: str,
+        *,
+        want_job: bool = True,
+        last_span: str | None = None,
     ) -> SettleReply:
         """``active`` → ``completed`` with the JSON-encoded ``result``.
 
         With ``want_job=False`` the reply's ``job`` is ``None``: a smaller reply, all a worker needs.
+        ``last_span`` (a job of a flow: the ``traceparent`` of its attempt's span) is stored with the
+        job, for its children's span links (``last_spans`` of a flow backend).
         """
         ...
 

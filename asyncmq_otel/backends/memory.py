@@ -96,6 +96,8 @@ class _Record:
     expires_at: float | None = None
     progress: float | None = None
     prev_attempt: str | None = None
+    flow_id: str | None = None
+    last_span: str | None = None  # a parent's traceparent at completion, for its children's links
     due: float = 0.0
     payload_error: str = "stored payload is not a JSON object"
 
@@ -123,6 +125,8 @@ class _Record:
             context = dict(out.get("trace_context") or {})
             context["prev_attempt"] = self.prev_attempt
             out["trace_context"] = context
+        if self.flow_id is not None:
+            out["flow_id"] = self.flow_id
         return out
 
 
@@ -266,6 +270,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             nonce=item.nonce,
             enqueued_at=now,
             eligible_at=now,
+            flow_id=item.flow_id,
         )
         if payload_error:
             record.payload_error = payload_error
@@ -439,7 +444,14 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         return False
 
     async def complete(
-        self, queue: str, job_id: str, token: str, result: str, *, want_job: bool = True
+        self,
+        queue: str,
+        job_id: str,
+        token: str,
+        result: str,
+        *,
+        want_job: bool = True,
+        last_span: str | None = None,
     ) -> SettleReply:
         """``active`` → ``completed``; the reply carries the job unless ``want_job`` is false."""
         with self._lock:
@@ -450,6 +462,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             if len(result.encode("utf-8")) > self.max_result_bytes:
                 return SettleReply(SettleStatus.TOO_LARGE)
             record.result = result
+            record.last_span = last_span
             self._release(state, record, token)
             self._finish(state, record, "completed", state.completed)
             return SettleReply(SettleStatus.OK, record.raw(queue) if want_job else None)

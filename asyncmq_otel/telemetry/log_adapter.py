@@ -722,6 +722,8 @@ def _attempt_fields(event: LifecycleEvent) -> dict[str, Any]:
     if event.worker_id is not None:
         fields["messaging.consumer.group.name"] = event.group
         fields["messaging.client.id"] = event.worker_id
+    if event.flow_id is not None:  # a job of a flow (flows.py); bound with the attempt's fields
+        fields["asyncmq.flow.id"] = event.flow_id
     return fields
 
 

@@ -37,7 +37,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..jobs import error_type_name
-from ._span_parts import _Attached, _attrs, _ns, _server, traceparent
+from ._span_parts import _Attached, _attrs, _ns, _server, parent_links, traceparent
 from ._trace_sampling import (
     LinkAwareSampler,
     flag_sampled,
@@ -305,7 +305,9 @@ class TracingAdapter:
         return {key: value for key, value in carrier.items() if value} or None
 
     # -- sampling --------------------------------------------------------------------------------------
-    def _decide(self, creation: SpanContext | None, carrier: Mapping[str, str] | None) -> bool | None:
+    def _decide(
+        self, creation: SpanContext | None, carrier: Mapping[str, str] | None, parents: tuple[str, ...] = ()
+    ) -> bool | None:
         """Sampled, unsampled, or ``None`` when only the SDK's sampler can tell (§6: decide first).
 
         ``creation`` is the stored creation context when it is valid and propagation is not ``none``.
@@ -323,13 +325,15 @@ class TracingAdapter:
                 (creation is not None and creation.trace_flags.sampled)
                 or flag_sampled(carrier.get("prev_attempt"))
             )
-        )
+        ) or (policy.link_aware and any(map(flag_sampled, parents)))
         if linked or policy.ratio >= 1.0:
             return True
         return False if policy.ratio <= 0.0 else None
 
-    def _links(self, creation: SpanContext | None, carrier: Mapping[str, str] | None) -> list[Link]:
-        links: list[Link] = []
+    def _links(
+        self, creation: SpanContext | None, carrier: Mapping[str, str] | None, parents: tuple[str, ...]
+    ) -> list[Link]:
+        links = parent_links(parents) if parents else []  # a job of a flow: its parents' last process spans
         if carrier is None:
             return links
         if creation is not None:
@@ -367,7 +371,8 @@ class TracingAdapter:
                 stored = self._extract(carrier)
                 span_context = trace.get_current_span(stored).get_span_context()
                 creation = span_context if span_context.is_valid else None
-        if self._decide(creation, carrier) is False:
+        parents = (event.parent_spans or ()) if self.propagation != "none" else ()
+        if self._decide(creation, carrier, parents) is False:
             if creation is None or self.propagation != "child":
                 creation = SpanContext(self._new_trace_id(), self._new_span_id(), is_remote=False)
             stand_in = NonRecordingSpan(creation)
@@ -383,7 +388,7 @@ class TracingAdapter:
             context=parent,
             kind=kind,
             attributes=self._span_attributes(event, op_type, op_name),
-            links=self._links(creation, carrier),
+            links=self._links(creation, carrier, parents),
             start_time=start_time,
         )
         recording = span.is_recording()
@@ -457,6 +462,8 @@ class TracingAdapter:
             out["asyncmq.schedule.key"] = event.schedule_key
             if event.schedule_due is not None:
                 out["asyncmq.schedule.due"] = event.schedule_due
+        if event.flow_id is not None:
+            out["asyncmq.flow.id"] = event.flow_id
         return out
 
     def _remember(self, key: tuple[str | None, str | None, int | None], opened: _Open) -> None:
@@ -609,6 +616,12 @@ class TracingAdapter:
                 job.trace_context = {
                     **(job.trace_context or {}),
                     "prev_attempt": traceparent(opened.span.get_span_context()),
+                }
+            elif name == "ack" and job.flow_id is not None and self.propagation != "none":
+                # stored by the complete write: the children's process spans link to it (flows)
+                job.trace_context = {
+                    **(job.trace_context or {}),
+                    "last_span": traceparent(opened.span.get_span_context()),
                 }
             if self._settle_spans:
                 settles.append(self._start_settle_write(operation, job.id, job.attempts, opened.span))

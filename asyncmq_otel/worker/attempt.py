@@ -197,7 +197,11 @@ class _JobRun:
         self.wait_s = max(self.started_at - job.eligible_at, 0.0) if job.eligible_at else 0.0
         self.attempt.started_monotonic = self.started_mono
         outcome: tuple[str, Any] = ("error", None)
-        emit_job_fields("job:started", job, self._fields(ratelimit_wait_s=self.ratelimit_wait_s))
+        fields = self._fields(ratelimit_wait_s=self.ratelimit_wait_s)
+        parents = self.raw.get("depends_on")
+        if parents and bus.traced:  # a child of a flow: its process span links to its parents'
+            fields["parent_spans"] = await self._parent_spans(parents)
+        emit_job_fields("job:started", job, fields)
         current_job.set((self.backend, self.raw))  # for flows.parent_results(); each job runs in its own task
         try:
             with anyio.CancelScope() as scope:
@@ -300,6 +304,20 @@ class _JobRun:
         _ = task
         return report_progress
 
+    async def _parent_spans(self, parents: list[Any]) -> tuple[str, ...] | None:
+        """The spans the parents' completing attempts stored: one read, bounded, never failing the job."""
+        read = getattr(self.backend, "last_spans", None)
+        if read is None:
+            return None
+        found: list[str | None] = []
+        # shielded: a stop arriving here must not skip the requeue of a job that has not started
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_REQUEUE_BUDGET):
+            try:
+                found = await read([(str(queue), str(job_id)) for queue, job_id in parents])
+            except Exception as exc:  # noqa: BLE001 - telemetry never changes a job's outcome
+                _log.debug("job.parent_spans: cannot read the parents' spans of job %s: %r", self.job_id, exc)
+        return tuple(span for span in found if span) or None
+
     # -- outcomes ------------------------------------------------------------------------------------
     async def _complete(self, result: Any) -> None:  # noqa: ANN401 - the handler's result
         job = self._job()
@@ -318,7 +336,14 @@ class _JobRun:
             return
         # the stored job is not used here: ask for the smaller reply
         reply = await self._write(
-            "ack", lambda: self.backend.complete(self.queue, job.id, self.token, encoded, want_job=False)
+            "ack",
+            lambda: (
+                self.backend.complete(self.queue, job.id, self.token, encoded, want_job=False)
+                if job.flow_id is None or _last_span(job) is None
+                else self.backend.complete(  # a job of a flow keeps its span for its children's links
+                    self.queue, job.id, self.token, encoded, want_job=False, last_span=_last_span(job)
+                )
+            ),
         )
         if reply.status is SettleStatus.TOO_LARGE:
             await self._failed(ResultTooLarge(size, limit))
@@ -486,6 +511,11 @@ def _unwrap(exc: BaseException) -> BaseException:
 def _error_type(exc: BaseException) -> str:
     declared = getattr(exc, "error_type", None)  # a sandboxed error keeps its original type name
     return declared if isinstance(declared, str) and declared else error_type_name(exc)
+
+
+def _last_span(job: Job) -> str | None:
+    """The span the trace adapter put on the job for the complete write (``None`` when unsampled)."""
+    return None if job.trace_context is None else job.trace_context.get("last_span")
 
 
 def _error_record(exc: BaseException) -> dict[str, Any]:

@@ -330,3 +330,70 @@ async def test_add_bulk_children_may_name_parents_of_the_same_call(backend: Back
     with pytest.raises(JobArgumentError, match=r"depends_on"):
         await queue.add_bulk([{"task_id": TASK, "job_id": "x"}, {"task_id": TASK, "depends_on": ["gone"]}])
     assert await queue.get_job("x") is None  # the whole call was refused
+
+
+# -- flow ids and the parents' spans (telemetry contract: asyncmq.flow.id, parent links) ----------------------
+async def flow_id(backend: Backend, queue: str, job_id: str) -> str | None:
+    raw = await backend.get_job(queue, job_id)
+    assert raw is not None
+    return raw.get("flow_id")
+
+
+async def test_flow_ids_follow_the_first_parent(backend: Backend, queue: Queue) -> None:
+    await add(queue, "alone")
+    await add(queue, "a")
+    await add(queue, "b", "a")
+    await add(queue, "c", "b")
+    await add(queue, "z")
+    await add(queue, "d", "z", "c")  # its first parent decides; a second parent keeps its own flow
+    found = {
+        job_id: await flow_id(backend, queue.name, job_id) for job_id in ("alone", "a", "b", "c", "z", "d")
+    }
+    # a parent without a flow id took its own; a child took its first parent's
+    assert found == {"alone": None, "a": "a", "b": "a", "c": "a", "z": "z", "d": "z"}
+    assert {node.id: node.flow_id for node in await queue.get_flow("d")} == {
+        "a": "a", "b": "a", "c": "a", "z": "z", "d": "z",
+    }  # fmt: skip
+
+
+async def test_a_claimed_job_carries_its_flow_id(backend: Backend, queue: Queue) -> None:
+    await add(queue, "a")
+    await add(queue, "b", "a")
+    reply = await backend.claim(queue.name, "w1", 10, 30.0)
+    assert [(job["id"], job.get("flow_id")) for job in reply.jobs] == [("a", "a")]
+
+
+async def test_add_flow_gives_the_whole_graph_one_flow_id(backend: Backend) -> None:
+    upstream, downstream = Queue(unique_prefix(), backend), Queue(unique_prefix(), backend)
+    await upstream.add(TASK, ["x"], job_id="outside")  # stored before: a parent from outside the graph
+    await FlowProducer(backend).add_flow(
+        downstream.name,
+        [
+            {"task_id": TASK, "job_id": "use", "depends_on": ["fetch", (upstream.name, "outside")]},
+            {"task_id": TASK, "job_id": "fetch", "queue": upstream.name},
+            {"task_id": TASK, "job_id": "after", "queue": upstream.name, "depends_on": ["use"]},
+        ],
+    )
+    # the graph's id is the first job it stores (a job without a parent in the graph): "fetch"
+    assert await flow_id(backend, upstream.name, "fetch") == "fetch"
+    assert await flow_id(backend, downstream.name, "use") == "fetch"
+    assert await flow_id(backend, upstream.name, "after") == "fetch"
+    assert await flow_id(backend, upstream.name, "outside") == "outside"  # had none: took its own
+    # a later depends_on child in another queue takes its first parent's flow id
+    await downstream.add(TASK, ["y"], job_id="late", depends_on=[(upstream.name, "after")])
+    assert await flow_id(backend, downstream.name, "late") == "fetch"
+
+
+async def test_a_completed_jobs_span_is_read_back_for_its_children(backend: Backend) -> None:
+    one, other = Queue(unique_prefix(), backend), Queue(unique_prefix(), backend)
+    await one.add(TASK, [1], job_id="p1")
+    await other.add(TASK, [2], job_id="p2")
+    await other.add(TASK, [3], job_id="p3")
+    span = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    unsampled = span[:-2] + "00"
+    held = await claim_all(backend, one.name) | await claim_all(backend, other.name)
+    assert (await backend.complete(one.name, "p1", held["p1"], "1", last_span=span)).ok
+    assert (await backend.complete(other.name, "p2", held["p2"], "2")).ok  # none: a job outside any flow
+    assert (await backend.complete(other.name, "p3", held["p3"], "3", last_span=unsampled)).ok
+    refs = [(one.name, "p1"), (other.name, "p2"), (other.name, "p3"), (other.name, "gone")]
+    assert await backend.last_spans(refs) == [span, None, unsampled, None]  # type: ignore[attr-defined]

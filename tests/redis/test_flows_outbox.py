@@ -134,7 +134,7 @@ async def test_a_parent_finishing_before_its_cross_queue_child_is_stored(
     up, down = unique_prefix(), unique_prefix()
     await Queue(up, backend).add(TASK, job_id="p")
     child_ref = f"{down}/c"
-    assert await backend._link(up, "p", child_ref) == "pending"
+    assert await backend._link(up, "p", child_ref) == ("pending", "p")  # the parent took its own flow id
     await complete(backend, up, "p")
     assert await backend.reconcile_flows(up) == 0  # no child yet: the entry waits
     assert len(outbox(url, prefix, up)) == 1

@@ -304,6 +304,23 @@ async def test_enqueue_over_a_string_key_writes_nothing_and_says_which_job(
     assert_consistent(redis_url, redis_prefix)
 
 
+@pytest.mark.parametrize("how", ["enqueue", "flow"])
+async def test_a_duplicate_reports_stored_times_that_are_not_integers_as_zero(
+    backend: RedisBackend, admin: redis.Redis, redis_url: str, redis_prefix: str, how: str
+) -> None:
+    """Both enqueue scripts read a held id's times with int_field: '1e+303' or 'inf' is no time."""
+    await backend.enqueue(QUEUE, item("parent"))
+    await backend.enqueue(QUEUE, item("a"))
+    admin.hset(keys_of(backend).job("a"), mapping={"enqueued_at": "1e+303", "eligible_at": "inf"})
+    if how == "enqueue":  # enqueue.lua
+        reply = await backend.enqueue(QUEUE, item("a"))
+    else:  # flow_enqueue.lua: the same id again, with a parent
+        again = EnqueueItem("a", item("a").payload, depends_on=((QUEUE, "parent"),))
+        [reply] = await backend.add_flow([(QUEUE, again)])
+    assert (reply.duplicate, reply.state, reply.enqueued_at, reply.eligible_at) == (True, "waiting", 0.0, 0.0)
+    assert_consistent(redis_url, redis_prefix)
+
+
 async def test_queue_stats_survive_a_string_key_at_the_head(
     backend: RedisBackend, admin: redis.Redis
 ) -> None:

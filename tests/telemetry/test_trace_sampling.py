@@ -248,3 +248,40 @@ async def test_a_caller_sampler_the_adapter_cannot_reproduce_is_asked() -> None:
     adapter.after(events.LifecycleEvent(name="job:completed", ts=2.0, queue="q", job_id="j", attempt=1))
     assert EveryOther.calls == 1
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_a_flow_childs_sampled_parent_links_sample_it_and_invalid_contexts_are_not_linked() -> None:
+    """A child of a flow links to each parent's stored span whose context is valid; under
+    ``ParentBased(LinkAware(ratio 0))`` a sampled parent samples the child, an unsampled one does not."""
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider(sampler=ParentBased(LinkAwareSampler(TraceIdRatioBased(0.0))))
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    adapter = TracingAdapter(tp.get_tracer("t"))
+    sampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    unsampled = "00-1af7651916cd43dd8448eb211c80319c-c7ad6b7169203331-00"
+    invalid = ("00-" + "0" * 32 + "-b7ad6b7169203331-01", "not a traceparent")
+
+    def attempt(job_id: str, parents: tuple[str, ...]) -> None:
+        started = events.LifecycleEvent(
+            name="job:started", ts=1.0, queue="q", job_id=job_id, task="t", attempt=1, max_attempts=1,
+            flow_id="f", parent_spans=parents,
+        )  # fmt: skip
+        adapter.before(started)
+        adapter.after(
+            events.LifecycleEvent(name="job:completed", ts=2.0, queue="q", job_id=job_id, attempt=1)
+        )
+
+    attempt("child", (sampled, unsampled, *invalid))
+    attempt("unsampled-only", (unsampled, *invalid))
+    (span,) = exporter.get_finished_spans()  # the second child's only link is unsampled: ratio 0 drops it
+    assert span.attributes is not None
+    assert span.attributes["messaging.message.id"] == "child"
+    assert span.attributes["asyncmq.flow.id"] == "f"
+    assert [
+        (link.context.trace_id, link.context.span_id, link.context.trace_flags.sampled) for link in span.links
+    ] == [
+        (0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, True),
+        (0x1AF7651916CD43DD8448EB211C80319C, 0xC7AD6B7169203331, False),
+    ]
+    assert {(link.attributes or {}).get("asyncmq.link.type") for link in span.links} == {"parent"}
+    tp.shutdown()

@@ -454,13 +454,22 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
                 return False
 
     async def complete(
-        self, queue: str, job_id: str, token: str, result: str, *, want_job: bool = True
+        self,
+        queue: str,
+        job_id: str,
+        token: str,
+        result: str,
+        *,
+        want_job: bool = True,
+        last_span: str | None = None,
     ) -> SettleReply:
         """``active`` → ``completed`` with the JSON-encoded ``result`` (the job too, if ``want_job``).
 
         Concurrent completions of a queue share one script call (each job its own fenced transition).
         """
-        return await self._completions.submit(queue, job_id, token, result, want_job=want_job)
+        return await self._completions.submit(
+            queue, job_id, token, result, want_job=want_job, last_span=last_span or ""
+        )
 
     async def _complete_batch(
         self, queue: str, batch: list[PendingComplete]
@@ -471,7 +480,7 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
         args: list[Any] = [self.max_result_bytes, self.keep_completed, _ms(self.keep_completed_age)]
         for entry in batch:
             script_keys.append(keys.job(entry.job_id))
-            args += (entry.token, entry.result, "1" if entry.want_job else "")
+            args += (entry.token, entry.result, "1" if entry.want_job else "", entry.last_span)
         reply = await self._transition(keys, "complete", script_keys, args)
         if reply[0] != b"BATCH":
             raise BackendError(f"unexpected reply {reply!r} from Redis")

@@ -35,6 +35,7 @@ class PendingComplete:
     result: str
     want_job: bool
     future: asyncio.Future[SettleReply]
+    last_span: str = ""  # a job of a flow: its attempt's traceparent, stored for its children's links
 
 
 Sender = Callable[[str, list[PendingComplete]], Awaitable[list[SettleReply | Exception]]]
@@ -53,7 +54,7 @@ class CompleteBatcher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(
-        self, queue: str, job_id: str, token: str, result: str, *, want_job: bool
+        self, queue: str, job_id: str, token: str, result: str, *, want_job: bool, last_span: str = ""
     ) -> SettleReply:
         """Queue one completion and wait for its own reply."""
         loop = asyncio.get_running_loop()
@@ -63,7 +64,7 @@ class CompleteBatcher:
             self._flushing = set()
             self._tasks = set()
         future: asyncio.Future[SettleReply] = loop.create_future()
-        entry = PendingComplete(job_id, token, result, want_job, future)
+        entry = PendingComplete(job_id, token, result, want_job, future, last_span)
         pending = self._pending.get(queue)
         if pending is None:
             self._pending[queue] = [entry]

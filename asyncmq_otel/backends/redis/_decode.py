@@ -62,6 +62,7 @@ JOB_FIELDS = (
     "finished_at",
     "progress",
     "prev_attempt",
+    "flow_id",
 )
 """The order of ``JOB_FIELDS`` in ``_fence.lua``: the two lists must stay equal (a test checks)."""
 
@@ -262,6 +263,7 @@ def _decode_values(job_id: str, values: Sequence[Value], overlay: dict[str, Any]
         finished_at,
         progress,
         prev_attempt,
+        flow_id,
     ) = values
     out = _envelope(payload, error)
     if state not in _STATES:
@@ -294,6 +296,8 @@ def _decode_values(job_id: str, values: Sequence[Value], overlay: dict[str, Any]
         context = dict(context)
         context["prev_attempt"] = prev_attempt.decode("utf-8", "replace")
         out["trace_context"] = context
+    if flow_id:
+        out["flow_id"] = flow_id.decode("utf-8", "replace")
     if overlay:
         out.update(overlay)
     return out

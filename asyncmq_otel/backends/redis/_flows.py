@@ -9,6 +9,10 @@ leaves the entry in place, so the next pass delivers it again: no child stays bl
 
 Storing a child whose parent is in another queue links it there first (``flow_link``), then
 stores it; a parent that finishes in between leaves an outbox entry that waits for the child.
+
+Flow ids (the rule is in ``flows.py``) are the ``flow_id`` field of a job's hash, written by
+``flow_enqueue`` and stamped on parents by it or ``flow_link``; ``complete`` writes ``last_span``,
+which :meth:`FlowsMixin.last_spans` reads for a child's span links.
 """
 
 from __future__ import annotations
@@ -103,17 +107,18 @@ class FlowsMixin:
         nonce = f"{time.time_ns():x}"
         for index, item in enumerate(items):
             parents = []
-            for parent_queue, parent_id in item.depends_on:
+            flow = item.flow_id or ""  # empty: the script takes the first parent's (flows.py)
+            for number, (parent_queue, parent_id) in enumerate(item.depends_on):
                 found = ""
                 if parent_queue != queue:
-                    found = await self._link(parent_queue, parent_id, f"{queue}/{item.job_id}")
+                    found, parent_flow = await self._link(parent_queue, parent_id, f"{queue}/{item.job_id}")
+                    flow = flow or (parent_flow if number == 0 else "")
                 parents.append(f"{parent_queue}/{parent_id}={found}")
             priority = item.priority if item.priority is not None else 5
             ttl_ms = "" if item.ttl is None else max(int(item.ttl * 1000), 1)
             delay_ms = max(int(item.delay * 1000 + 0.999), 0) if item.delay else 0
-            spec = (
-                f"{delay_ms},{priority},{ttl_ms},{item.on_parent_failure},{item.nonce or f'{nonce}.{index}'}"
-            )
+            job_nonce = item.nonce or f"{nonce}.{index}"
+            spec = f"{delay_ms},{priority},{ttl_ms},{item.on_parent_failure},{flow},{job_nonce}"
             script_keys.append(keys.job(item.job_id))
             args += (item.payload, spec, ",".join(parents))
         reply = await self._transition(keys, "flow_enqueue", script_keys, args)
@@ -152,8 +157,11 @@ class FlowsMixin:
             )
         return out
 
-    async def _link(self, parent_queue: str, parent_id: str, child_ref: str) -> str:
-        """Tell a parent of another queue about its child; what the parent is: done, dead or pending."""
+    async def _link(self, parent_queue: str, parent_id: str, child_ref: str) -> tuple[str, str]:
+        """Tell a parent of another queue about its child.
+
+        Returns what the parent is (done, dead or pending) and its flow id.
+        """
         keys = self.keys.queue(parent_queue)
         reply = await self._transition(
             keys, "flow_link", [keys.meta, keys.job(parent_id)], [parent_id, child_ref]
@@ -162,7 +170,7 @@ class FlowsMixin:
             raise JobArgumentError(
                 "depends_on", f"parent job {parent_id!r} does not exist in queue {parent_queue!r}"
             )
-        return _scripts.text(reply[1])
+        return _scripts.text(reply[1]), _scripts.text(reply[2])
 
     async def reconcile_flows(self, queue: str | None = None, limit: int = _OUTBOX_PAGE) -> int:
         """Deliver up to ``limit`` outbox entries of ``queue`` (every queue when None); return how many.
@@ -270,11 +278,13 @@ class FlowsMixin:
             keys = self.keys.queue(node_queue)
 
             async def op(client: Any, keys: QueueKeys = keys, node_id: str = node_id) -> Any:  # noqa: ANN401 - RESP
-                values = await client.hmget(keys.job(node_id), ["state", "parents", "payload", "dlq_reason"])
+                values = await client.hmget(
+                    keys.job(node_id), ["state", "parents", "payload", "dlq_reason", "flow_id"]
+                )
                 children = await client.hkeys(keys.children(node_id))
                 return values, children
 
-            (state, parents, payload, dlq_reason), children = await self.connections.run(op)
+            (state, parents, payload, dlq_reason, flow_id), children = await self.connections.run(op)
             if (node_queue, node_id) == start and state is None:
                 return None
             parent_refs = [ref for ref in _scripts.text(parents or b"").split(",") if ref]
@@ -286,6 +296,7 @@ class FlowsMixin:
                     "task": _task_of(payload),
                     "parents": [list(ref.split("/", 1)) for ref in parent_refs],
                     "dlq_reason": _scripts.text(dlq_reason) if dlq_reason else None,
+                    "flow_id": _scripts.text(flow_id) if flow_id else None,
                 }
             )
             for ref in [*parent_refs, *(_scripts.text(child) for child in children)]:
@@ -294,6 +305,23 @@ class FlowsMixin:
                     seen.add((other_queue, other_id))
                     work.append((other_queue, other_id))
         return sorted(nodes, key=lambda node: (node["queue"], node["id"]))
+
+    async def last_spans(self, parents: Sequence[tuple[str, str]]) -> list[str | None]:
+        """The ``last_span`` each ``(queue, job_id)`` stored at completion (``None``: none, or gone)."""
+        keys = [self.keys.queue(parent_queue).job(parent_id) for parent_queue, parent_id in parents]
+
+        async def op(client: AsyncClient) -> list[bytes | None]:
+            pipe = client.pipeline(transaction=False)  # parents may live in other slots: one command each
+            for key in keys:
+                pipe.hget(key, "last_span")
+            found: list[bytes | None] = await pipe.execute(raise_on_error=False)
+            return found
+
+        # a key another program wrote over (an error reply) reads as no span: a missing link, not a failed job
+        return [
+            _scripts.text(value) if isinstance(value, bytes) else None
+            for value in await self.connections.run(op)
+        ]
 
 
 def _task_of(payload: bytes | None) -> str | None:

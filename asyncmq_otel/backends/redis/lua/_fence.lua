@@ -122,6 +122,18 @@ local function add_job_options(fields, priority, ttl, now)
   end
 end
 
+-- The reply entry {index, code, state, enqueued_at, eligible_at} of job `i` of an enqueue whose id is
+-- held already (`held`: its HMGET state nonce enqueued_at eligible_at): REPLAY when the same enqueue
+-- stored it (the nonce matches: redis-py re-sent the call), else DUPLICATE. A stored time that is not
+-- a plain integer reads as 0, as the Python decode would read it.
+local function held_entry(i, held, nonce)
+  local code = 'DUPLICATE'
+  if nonce ~= '' and held[2] == nonce then
+    code = 'REPLAY'
+  end
+  return {i, code, held[1], int_field(held[3]) or 0, int_field(held[4]) or 0}
+end
+
 -- The states a stored job can be in; any other value (or none) marks a malformed job hash.
 local JOB_STATES = {waiting = true, delayed = true, active = true, completed = true, failed = true,
   expired = true, cancelled = true}
@@ -147,12 +159,22 @@ local function quarantine(job)
   return error
 end
 
+-- The `...` fields of a job hash (HMGET through pcall). A key written over with another type is
+-- quarantined and reads as a job without them; the second value is then the quarantine's error JSON
+-- (else nil).
+local function read_job(job, ...)
+  local values = redis.pcall('HMGET', job, ...)
+  if values.err then
+    return {}, quarantine(job)
+  end
+  return values, nil
+end
+
 -- fence_values on the job hash. A key written over with another type is quarantined and answers
 -- GONE: its lease entry stays, so the reaper puts it in ready and a claim dead-letters it.
 local function fence(job, token)
-  local st = redis.pcall('HMGET', job, 'state', 'token', 'settled_token', 'owner')
-  if st.err then
-    quarantine(job)
+  local st, quarantined = read_job(job, 'state', 'token', 'settled_token', 'owner')
+  if quarantined then
     return {'GONE'}
   end
   return fence_values(st, token)
@@ -181,6 +203,18 @@ end
 -- The next FIFO sequence number of the queue.
 local function next_seq(meta)
   return redis.call('HINCRBY', meta, 'seq', 1)
+end
+
+-- A page of work: the first `limit` members of sorted set `key` scored up to `max`, lowest first, and
+-- 1 when more follow them (the caller calls again), else 0.
+local function page_upto(key, max, limit)
+  local ids = redis.call('ZRANGEBYSCORE', key, '-inf', max, 'LIMIT', 0, limit + 1)
+  local more = 0
+  if #ids > limit then
+    more = 1
+    ids[#ids] = nil
+  end
+  return ids, more
 end
 
 -- Retention (§10): delete at most `budget` of the oldest entries of `index` beyond `keep`
@@ -372,7 +406,7 @@ end
 -- redis-py parses replies element by element, and table.concat costs Redis next to nothing.
 local JOB_FIELDS = {'payload', 'state', 'attempts', 'retries', 'stalls', 'interrupts', 'token', 'owner',
   'cancel_requested', 'result', 'error', 'dlq_reason', 'enqueued_at', 'eligible_at', 'delay_until',
-  'expires_at', 'finished_at', 'progress', 'prev_attempt'}
+  'expires_at', 'finished_at', 'progress', 'prev_attempt', 'flow_id'}
 
 local function pack(values)
   local parts = {}
@@ -389,4 +423,22 @@ end
 
 local function flat_job(job, id)
   return {id, pack(redis.call('HMGET', job, unpack(JOB_FIELDS)))}
+end
+
+-- The start of a settle of one job by its lease holder (defer, requeue, retry, fail,
+-- settle_cancelled; complete settles a batch and fences each job itself). Returns the reply to
+-- return at once, having written nothing: EPOCH, GONE, STALE, or on a replay (this settle was applied
+-- already: redis-py re-sent the call) {'OK', the job as it is now}, which is what the settle
+-- answered. Otherwise the settle goes ahead: the job leaves `leases` (its first write), and the
+-- second value is now_ms().
+local function settle_begin(meta, leases, job, epoch, token, id)
+  local bad = epoch_reply(meta, epoch) or fence(job, token)
+  if bad then
+    if bad[1] == 'REPLAY' then
+      return {'OK', flat_job(job, id)}
+    end
+    return bad
+  end
+  redis.call('ZREM', leases, id)
+  return nil, now_ms()
 end

@@ -9,11 +9,8 @@ local bad = epoch_reply(meta, ARGV[1])
 if bad then
   return bad
 end
-local state = redis.pcall('HGET', job, 'state')
-if type(state) == 'table' then -- written over with another type: quarantined, a claim dead-letters it
-  quarantine(job)
-  state = false
-end
+-- a key written over with another type is quarantined (a claim dead-letters it): no state, GONE
+local state = read_job(job, 'state')[1]
 if not state then
   return {'GONE'}
 end

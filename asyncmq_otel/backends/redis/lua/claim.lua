@@ -52,11 +52,7 @@ if #due > 0 then
   local promoted = 0
   for _, id in ipairs(due) do
     local job = base .. 'job:' .. id
-    local st = redis.pcall('HMGET', job, 'state', 'priority')
-    if st.err then
-      quarantine(job)
-      st = {false, false}
-    end
+    local st = read_job(job, 'state', 'priority') -- another type: quarantined, no state
     if st[1] == 'delayed' then
       local seq = next_seq(meta)
       redis.call('HSET', job, 'state', 'waiting', 'seq', seq)
@@ -109,11 +105,9 @@ local deadline = now + lease
 for k = 1, #popped, 2 do
   local id = popped[k]
   local job = base .. 'job:' .. id
-  local values = redis.pcall('HMGET', job, unpack(JOB_FIELDS))
+  local values, error = read_job(job, unpack(JOB_FIELDS))
   local state, attempts = false, nil
-  if values.err then -- not a hash: quarantined, then claimed with no payload (the worker dead-letters it)
-    local error = quarantine(job)
-    values = {}
+  if error then -- not a hash: quarantined, then claimed with no payload (the worker dead-letters it)
     for i = 1, #JOB_FIELDS do
       values[i] = false
     end

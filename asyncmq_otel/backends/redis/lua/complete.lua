@@ -1,8 +1,9 @@
 -- complete.lua: active → completed with the JSON result, for one job or a batch of the worker's
 -- settles coalesced into one call (each job its own fenced transition); then retention of `completed`.
 -- KEYS: meta, leases, completed, then job:<id> for each job, in ARGV order
--- ARGV: epoch, max_result_bytes, keep_completed, keep_completed_age_ms, then 3 per job:
---       token, result, want ('1': the reply carries the job, '': it does not)
+-- ARGV: epoch, max_result_bytes, keep_completed, keep_completed_age_ms, then 4 per job:
+--       token, result, want ('1': the reply carries the job, '': it does not), last_span (a job of a
+--       flow: its attempt's traceparent, kept for its children's span links; '' for none)
 -- Replies: {'EPOCH', current epoch or false}: nothing was written
 --          {'BATCH', reply per job}, a job's reply being {'GONE'}, {'STALE', state, owner},
 --            {'TOO_LARGE'} or on success (also for
@@ -20,7 +21,8 @@ local now = false
 local out, done, scores = {'BATCH'}, {}, {}
 for i = 1, #KEYS - 3 do
   local job = KEYS[3 + i]
-  local token, result, want = ARGV[2 + i * 3], ARGV[3 + i * 3], ARGV[4 + i * 3] == '1'
+  local token, result, want = ARGV[1 + i * 4], ARGV[2 + i * 4], ARGV[3 + i * 4] == '1'
+  local last_span = ARGV[4 + i * 4]
   -- a key that is not a job hash is quarantined alone and answers GONE (see fence in _fence.lua)
   local st = redis.pcall('HMGET', job, 'state', 'token', 'settled_token', 'owner')
   local reply
@@ -41,6 +43,9 @@ for i = 1, #KEYS - 3 do
       local id = string.sub(job, base_len)
       redis.call('HSET', job, 'state', 'completed', 'finished_at', now, 'result', result,
         'settled_token', token, 'token', '')
+      if last_span ~= '' then
+        redis.call('HSET', job, 'last_span', last_span)
+      end
       flow_settled(base, id, 'done', now) -- blocked children whose last parent this was: waiting now
       done[#done + 1] = id
       scores[#scores + 1] = now

@@ -6,19 +6,14 @@
 --          {'OK', {id, packed JOB_FIELDS values} of the job} (also on a replay)
 local meta, job, leases, ready, delayed, signal = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local token, id = ARGV[2], ARGV[3]
-local bad = epoch_reply(meta, ARGV[1]) or fence(job, token)
-if bad then
-  if bad[1] == 'REPLAY' then
-    return {'OK', flat_job(job, id)}
-  end
-  return bad
+local early, now = settle_begin(meta, leases, job, ARGV[1], token, id)
+if early then
+  return early
 end
--- nothing above wrote; everything below writes
-local now = now_ms()
+-- the checks passed and settle_begin released the lease; the settle's writes follow
 local st = redis.call('HMGET', job, 'delay_until', 'priority', 'seq', 'attempts')
 -- fields that are not integers are left as found, for the next claim's decode to report (§2)
 local attempts = int_field(st[4])
-redis.call('ZREM', leases, id)
 if attempts then
   redis.call('HSET', job, 'attempts', attempts - 1)
 end

@@ -12,12 +12,7 @@ local cutoff = '+inf'
 if ARGV[2] ~= '' then
   cutoff = string.format('%d', now_ms() - tonumber(ARGV[2]))
 end
-local ids = redis.call('ZRANGEBYSCORE', index, '-inf', cutoff, 'LIMIT', 0, limit + 1)
-local more = 0
-if #ids > limit then
-  more = 1
-  ids[#ids] = nil
-end
+local ids, more = page_upto(index, cutoff, limit)
 if #ids == 0 then
   return {'OK', 0, 0}
 end

@@ -45,11 +45,7 @@ for i = 1, n do
   delay = tonumber(delay)
   local held = stored[job] or found[i] -- the same id twice in one call: the first was stored by it
   if held and held[1] then
-    local code = 'DUPLICATE'
-    if nonce ~= '' and held[2] == nonce then
-      code = 'REPLAY'
-    end
-    others[#others + 1] = {i, code, held[1], int_field(held[3]) or 0, int_field(held[4]) or 0}
+    others[#others + 1] = held_entry(i, held, nonce)
   else
     seq = seq + 1
     local fields

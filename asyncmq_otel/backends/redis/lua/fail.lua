@@ -11,16 +11,11 @@ local REASONS = {failed = true, expired = true, worker_lost = true, interrupted 
 if not REASONS[reason] then
   return {'BAD_REASON'}
 end
-local bad = epoch_reply(meta, ARGV[1]) or fence(job, token)
-if bad then
-  if bad[1] == 'REPLAY' then
-    return {'OK', flat_job(job, id)}
-  end
-  return bad
+local early, now = settle_begin(meta, leases, job, ARGV[1], token, id)
+if early then
+  return early
 end
--- nothing above wrote; everything below writes
-local now = now_ms()
-redis.call('ZREM', leases, id)
+-- the checks passed and settle_begin released the lease; the settle's writes follow
 local fields = {'settled_token', token, 'token', '', 'dlq_reason', reason}
 if ARGV[5] ~= '' then
   fields[#fields + 1] = 'error'

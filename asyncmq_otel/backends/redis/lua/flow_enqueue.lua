@@ -3,7 +3,8 @@
 -- the jobs of one queue of a flow, parents before children, all stored or none.
 -- KEYS: meta, ready, delayed, signal, blocked, dlq, failed, then job:<id> for each job, in ARGV order
 -- ARGV: epoch, max_payload_bytes, then 3 per job: payload,
---       '<delay_ms>,<priority>,<ttl_ms>,<on_parent_failure>,<nonce>' (ttl_ms empty without a TTL),
+--       '<delay_ms>,<priority>,<ttl_ms>,<on_parent_failure>,<flow_id>,<nonce>' (ttl_ms empty without a
+--       TTL; flow_id empty: the first parent's, a parent without one taking its own id),
 --       the parents joined by ',', each '<queue>/<id>=<found>': <found> is empty for a parent of this
 --       queue (looked up here) and, for a parent in another queue, what flow_link.lua answered there:
 --       'done', 'dead' or 'pending'
@@ -51,22 +52,26 @@ local now = now_ms()
 local others, stored = {}, {}
 for i = 1, n do
   local job, id, payload, spec, refs = unpack(parsed[i])
-  local delay, priority, ttl, on_failure, nonce = string.match(spec, '^(%d+),(-?%d+),(-?%d*),(%a*),(.*)$')
+  local delay, priority, ttl, on_failure, flow, nonce =
+    string.match(spec, '^(%d+),(-?%d+),(-?%d*),(%a*),([^,]*),(.*)$')
   delay = tonumber(delay)
   local held = redis.call('HMGET', job, 'state', 'nonce', 'enqueued_at', 'eligible_at')
   if held[1] then
-    local code = 'DUPLICATE'
-    if nonce ~= '' and held[2] == nonce then
-      code = 'REPLAY'
-    end
-    others[#others + 1] = {i, code, held[1], tonumber(held[3]) or 0, tonumber(held[4]) or 0}
+    others[#others + 1] = held_entry(i, held, nonce)
   else
     local pending, dead, names = {}, {}, {}
     for _, parent in ipairs(refs) do
       local ref, q, pid, found = parent[1], parent[2], parent[3], parent[4]
       names[#names + 1] = ref
       if q == me then
-        found = redis.call('HGET', base .. 'job:' .. pid, 'state')
+        local held_by = redis.call('HMGET', base .. 'job:' .. pid, 'state', 'flow_id')
+        found = held_by[1]
+        if not held_by[2] then -- a parent without a flow id takes its own (flows.py)
+          redis.call('HSET', base .. 'job:' .. pid, 'flow_id', pid)
+        end
+        if flow == '' then
+          flow = held_by[2] or pid
+        end
         if found ~= 'completed' then
           redis.call('HSET', base .. 'children:' .. pid, me .. '/' .. id, 1)
         end
@@ -92,6 +97,10 @@ for i = 1, n do
     if on_failure ~= 'fail' then
       fields[#fields + 1] = 'on_parent_failure'
       fields[#fields + 1] = on_failure
+    end
+    if flow ~= '' then
+      fields[#fields + 1] = 'flow_id'
+      fields[#fields + 1] = flow
     end
     add_job_options(fields, priority, ttl, now)
     local state, eligible = 'blocked', now

@@ -7,11 +7,8 @@ local bad = epoch_reply(meta, ARGV[1])
 if bad then
   return bad
 end
-local st = redis.pcall('HMGET', job, 'state', 'token', 'owner')
-if st.err then -- written over with another type: quarantined (see fence in _fence.lua)
-  quarantine(job)
-  return {'GONE'}
-end
+-- a key written over with another type is quarantined and reads as no state: GONE (as in fence)
+local st = read_job(job, 'state', 'token', 'owner')
 if not st[1] then
   return {'GONE'}
 end

@@ -28,22 +28,13 @@ if holder and holder ~= worker then
 end
 redis.call('SET', reaper, worker, 'PX', hold)
 local base = base_of(meta)
-local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, limit + 1)
-local more = 0
-if #expired > limit then
-  more = 1
-  expired[#expired] = nil
-end
+local expired, more = page_upto(leases, now, limit)
 local stalled, dead = {}, {}
 local malformed = 0
 for _, id in ipairs(expired) do
   redis.call('ZREM', leases, id)
   local job = base .. 'job:' .. id
-  local st = redis.pcall('HMGET', job, 'state', 'priority', 'seq', 'stalls')
-  if st.err then
-    quarantine(job)
-    st = {false}
-  end
+  local st = read_job(job, 'state', 'priority', 'seq', 'stalls') -- another type: quarantined, no state
   if not JOB_STATES[st[1] or ''] and redis.call('EXISTS', job) == 1 then
     -- no known state: into ready as it is, for the next claim to hand over as malformed
     redis.call('ZADD', ready, ready_score(st[2], next_seq(meta)), id)

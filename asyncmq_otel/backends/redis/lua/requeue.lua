@@ -6,19 +6,14 @@
 --          {'OK', {id, packed JOB_FIELDS values} of the job} (also on a replay)
 local meta, job, leases, ready, signal = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, id = ARGV[2], ARGV[3]
-local bad = epoch_reply(meta, ARGV[1]) or fence(job, token)
-if bad then
-  if bad[1] == 'REPLAY' then
-    return {'OK', flat_job(job, id)}
-  end
-  return bad
+local early, now = settle_begin(meta, leases, job, ARGV[1], token, id)
+if early then
+  return early
 end
--- nothing above wrote; everything below writes
-local now = now_ms()
+-- the checks passed and settle_begin released the lease; the settle's writes follow
 local st = redis.call('HMGET', job, 'priority', 'seq', 'interrupts')
 -- an interrupts count that is not an integer is left as found, for the next claim's decode (§2)
 local interrupts = int_field(st[3] or '0')
-redis.call('ZREM', leases, id)
 if interrupts then
   interrupts = interrupts + 1
   redis.call('HSET', job, 'interrupts', interrupts)

@@ -5,19 +5,14 @@
 --          {'OK', {id, packed JOB_FIELDS values} of the job} (also on a replay); the job's eligible_at is the due time
 local meta, job, leases, ready, delayed, signal = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local token, id, backoff = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local bad = epoch_reply(meta, ARGV[1]) or fence(job, token)
-if bad then
-  if bad[1] == 'REPLAY' then
-    return {'OK', flat_job(job, id)}
-  end
-  return bad
+local early, now = settle_begin(meta, leases, job, ARGV[1], token, id)
+if early then
+  return early
 end
--- nothing above wrote; everything below writes
-local now = now_ms()
+-- the checks passed and settle_begin released the lease; the settle's writes follow
 local st = redis.call('HMGET', job, 'retries', 'priority')
 -- a retries count that is not an integer is left as found, for the next claim's decode (§2)
 local retries = int_field(st[1] or '0')
-redis.call('ZREM', leases, id)
 if retries then
   redis.call('HSET', job, 'retries', retries + 1)
 end

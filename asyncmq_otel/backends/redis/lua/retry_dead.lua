@@ -11,12 +11,9 @@ end
 if not redis.call('ZSCORE', dlq, id) or redis.call('EXISTS', job) == 0 then
   return {'NO'}
 end
-local priority = redis.pcall('HGET', job, 'priority')
-local quarantined = false
-if type(priority) == 'table' then -- not a hash: quarantined, so the next claim dead-letters it alone
-  quarantined = quarantine(job)
-  priority = false
-end
+-- not a hash: quarantined (its error is kept below), so the next claim dead-letters it alone
+local st, quarantined = read_job(job, 'priority')
+local priority = st[1]
 local now = now_ms()
 local seq = next_seq(meta)
 redis.call('ZREM', dlq, id)

@@ -5,16 +5,11 @@
 --          {'OK', {id, packed JOB_FIELDS values} of the job} (also on a replay)
 local meta, job, leases, cancelled = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local token, id = ARGV[2], ARGV[3]
-local bad = epoch_reply(meta, ARGV[1]) or fence(job, token)
-if bad then
-  if bad[1] == 'REPLAY' then
-    return {'OK', flat_job(job, id)}
-  end
-  return bad
+local early, now = settle_begin(meta, leases, job, ARGV[1], token, id)
+if early then
+  return early
 end
--- nothing above wrote; everything below writes
-local now = now_ms()
-redis.call('ZREM', leases, id)
+-- the checks passed and settle_begin released the lease; the settle's writes follow
 finish(job, id, 'cancelled', now, base_of(meta), {'settled_token', token, 'token', ''}, cancelled,
   tonumber(ARGV[4]), tonumber(ARGV[5]))
 return {'OK', flat_job(job, id)}
