@@ -121,6 +121,7 @@ class LifecycleEvent:
     schedule_due: float | None = None
     flow_id: str | None = None  # a job of a flow (flows.py); parent_spans: its parents' traceparents
     parent_spans: tuple[str, ...] | None = None
+    scope: str | None = None  # job:throttled: the limit that held the job, "worker" or "queue"
 
     @property
     def id(self) -> str | None:

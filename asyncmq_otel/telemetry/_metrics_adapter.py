@@ -32,6 +32,7 @@ from .metrics import (
     SENT_OPERATIONS,
     SIGNALS,
     STALE_OPERATIONS,
+    THROTTLE_SCOPES,
     WRITE_OPERATIONS,
     CounterSeries,
     HistogramSeries,
@@ -136,8 +137,9 @@ class _WorkerSeries:
     def __init__(self, sinks: MetricSinks, queue: str, group: str) -> None:
         self.queue = queue
         self.group = group
-        self.throttled = sinks.counter(11, queue, group)
-        self.throttle_wait = sinks.histogram(12, queue, group)
+        # both scopes from the start, so a throttle rate reads 0 rather than no data
+        self.throttled = {scope: sinks.counter(11, queue, group, scope) for scope in THROTTLE_SCOPES}
+        self.throttle_wait = {scope: sinks.histogram(12, queue, group, scope) for scope in THROTTLE_SCOPES}
         self.up = sinks.gauge(13, queue, group)
         self.heartbeat = sinks.gauge(14, queue, group)
         self.active = sinks.gauge(15, queue, group)
@@ -401,8 +403,9 @@ class MetricsAdapter:
 
     def _throttled(self, event: LifecycleEvent) -> None:
         ws = self._worker(event)
-        ws.throttled.inc()
-        ws.throttle_wait.observe(max(event.ratelimit_wait_s or 0.0, 0.0))
+        scope = "queue" if event.scope == "queue" else "worker"  # bounded: an unknown scope is the worker's
+        ws.throttled[scope].inc()
+        ws.throttle_wait[scope].observe(max(event.ratelimit_wait_s or 0.0, 0.0))
 
     def _stalled_job(self, event: LifecycleEvent) -> None:
         queue = event.queue or OTHER

@@ -739,6 +739,7 @@ _OPTIONAL: Final = (
     ("new_epoch", "asyncmq.backend.new_epoch"),
     ("schedule_key", "asyncmq.schedule.key"),
     ("schedule_due", "asyncmq.schedule.due"),
+    ("scope", "asyncmq.ratelimit.scope"),
 )
 
 

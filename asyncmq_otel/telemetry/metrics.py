@@ -83,8 +83,22 @@ STATE: Final = "state"
 PRIORITY_CLASS: Final = "priority_class"
 SIGNAL: Final = "signal"
 SCHEDULE: Final = "schedule"
+SCOPE: Final = "scope"
 _LABEL_KEYS: Final = frozenset(
-    {QUEUE, TASK, GROUP, OPERATION, ERROR_TYPE, OUTCOME, REASON, STATE, PRIORITY_CLASS, SIGNAL, SCHEDULE}
+    {
+        QUEUE,
+        TASK,
+        GROUP,
+        OPERATION,
+        ERROR_TYPE,
+        OUTCOME,
+        REASON,
+        STATE,
+        PRIORITY_CLASS,
+        SIGNAL,
+        SCHEDULE,
+        SCOPE,
+    }
 )
 
 SENT_OPERATIONS: Final = ("send", "schedule")
@@ -111,6 +125,7 @@ STATES: Final = ("ready", "scheduled", "active", "dead", "blocked")
 PRIORITY_CLASSES: Final = ("high", "normal", "low")
 SIGNALS: Final = ("event", "span", "metric", "log")
 DROP_REASONS: Final = ("queue_full", "adapter_error", "cardinality")
+THROTTLE_SCOPES: Final = ("worker", "queue")  # the worker's own rate_limit, the queue's shared limit
 
 
 class InstrumentKind(str, Enum):
@@ -269,9 +284,11 @@ METRICS: Final = (
     _row(10, "asyncmq.job.running.max_age", _OG, "s", "asyncmq_job_running_max_age_seconds",
          (_Q, _GR), "Age of this worker's oldest in-flight attempt (0 when idle)."),
     _row(11, "asyncmq.ratelimit.throttled", _C, "{job}", "asyncmq_ratelimit_throttled_total",
-         (_Q, _GR), "Jobs held by the rate limiter for more than 1 ms."),
+         (_Q, _GR, SCOPE), "Jobs held by a rate limit for more than 1 ms, by the limit's scope.", None,
+         {SCOPE: THROTTLE_SCOPES}),
     _row(12, "asyncmq.ratelimit.wait", _H, "s", "asyncmq_ratelimit_wait_seconds",
-         (_Q, _GR), "Time jobs spent waiting for the rate limiter.", B_WAIT),
+         (_Q, _GR, SCOPE), "Time jobs spent waiting for a rate limit, by the limit's scope.", B_WAIT,
+         {SCOPE: THROTTLE_SCOPES}),
     _row(13, "asyncmq.worker.up", _G, "{worker}", "asyncmq_worker_up",
          (_Q, _GR), "1 while the worker serves the queue, 0 once it stopped."),
     _row(14, "asyncmq.worker.heartbeat.timestamp", _G, "s", "asyncmq_worker_heartbeat_timestamp_seconds",

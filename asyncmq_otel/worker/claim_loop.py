@@ -29,6 +29,7 @@ from ..clock import move_on_after
 from ..errors import MalformedJob
 from ..jobs import Job
 from ..limiters import RateLimiter
+from ._queue_limit import THROTTLE_EVENT_THRESHOLD, QueueThrottle, Throttle
 from .attempt import JobAttempt
 from .context import _REQUEUE_BUDGET, WorkerContext
 
@@ -44,7 +45,6 @@ __all__ = [
 
 MAX_CLAIM_BATCH = 32
 _TASK_NAME = "asyncmq_otel.job"  # named up front: anyio would otherwise build a name for every job
-_THROTTLE_EVENT_THRESHOLD = 0.001
 
 
 # -- the claim loop ----------------------------------------------------------------------------------
@@ -89,12 +89,17 @@ async def _claim_loop(
     # found (a trickle of jobs then does not reserve and release 32 slots per claim), a full one doubles it.
     next_due: float | None = None
     wanted = MAX_CLAIM_BATCH
+    queue_limit = QueueThrottle(config.block_timeout, ctx.clock)
     while True:
         slots, throttled = await _reserve_slots(limiter, rate_limiter, wanted)
         reply = await _claim(queue_name, slots, limiter, rate_limiter, backend, ctx)
         if reply.jobs:
+            throttled = queue_limit.claimed(throttled)
             _start_claimed(queue_name, reply, slots, limiter, backend, ctx, handlers, throttled)
             await anyio.lowlevel.checkpoint()  # let the jobs start before this loop's next round trip
+            if reply.throttled_for is not None:  # the queue's shared rate limit cut the claim short
+                await queue_limit.wait(reply.throttled_for)
+                continue
             if len(reply.jobs) == len(slots) or ctx.burst:
                 wanted = min(wanted * 2, MAX_CLAIM_BATCH)
                 continue  # more may be ready
@@ -109,6 +114,10 @@ async def _claim_loop(
             continue
         for slot in slots:
             limiter.release_on_behalf_of(slot)
+        if reply.throttled_for is not None:  # jobs are ready, but the queue's shared limit has no token
+            await queue_limit.wait(reply.throttled_for)
+            continue
+        queue_limit.reset()
         due_in = None if reply.paused else reply.next_due_in
         next_due = None if due_in is None else ctx.clock.monotonic() + due_in
         if not await _wait_when_empty(backend, queue_name, ctx, reply):
@@ -158,11 +167,11 @@ def _start_claimed(
     backend: Backend,
     ctx: WorkerContext,
     handlers: anyio.abc.TaskGroup,
-    throttled: tuple[float, float] | None,
+    throttled: Throttle | None,
 ) -> None:
     """Start a task per claimed job, each holding one of ``slots`` (and its rate token, if limited).
 
-    ``throttled`` is ``(started, waited)`` when the claim waited for its first rate token: the
+    ``throttled`` is ``(started, waited, scope)`` when the claim waited for a rate token: the
     first job reports that wait. The slots left over are released.
     """
     jobs = reply.jobs
@@ -191,7 +200,7 @@ def _start_claimed(
 
 async def _reserve_slots(
     limiter: anyio.CapacityLimiter, rate_limiter: RateLimiter | None, wanted: int = MAX_CLAIM_BATCH
-) -> tuple[list[object], tuple[float, float] | None]:
+) -> tuple[list[object], Throttle | None]:
     """Wait for one free slot (and a rate token), then take up to ``wanted`` as slots and tokens allow now.
 
     Nothing is claimed beyond what can start: a job claimed without a token would sit ``active``,
@@ -203,7 +212,7 @@ async def _reserve_slots(
         limiter.acquire_on_behalf_of_nowait(slots[0])
     except anyio.WouldBlock:
         await limiter.acquire_on_behalf_of(slots[0])
-    throttled: tuple[float, float] | None = None
+    throttled: Throttle | None = None
     if rate_limiter is not None:
         if not rate_limiter.try_acquire():
             started = time.time()
@@ -212,8 +221,8 @@ async def _reserve_slots(
             except BaseException:
                 limiter.release_on_behalf_of(slots[0])
                 raise
-            if waited > _THROTTLE_EVENT_THRESHOLD:
-                throttled = (started, waited)
+            if waited > THROTTLE_EVENT_THRESHOLD:
+                throttled = (started, waited, "worker")
         wanted = 1 + rate_limiter.take_up_to(min(wanted - 1, int(limiter.available_tokens)))
     while len(slots) < wanted and limiter.available_tokens >= 1:
         slot = object()
@@ -250,13 +259,13 @@ async def handle_within_limits(
     context: WorkerContext | None = None,
     reserved: object | None = None,
     attempt: JobAttempt | None = None,
-    throttled: tuple[float, float] | None = None,
+    throttled: Throttle | None = None,
 ) -> None:
     """Hold a concurrency slot, wait for a rate token, then hand the job to :func:`handle_job`.
 
     ``reserved`` is a slot the claim loop already took on this job's behalf; without one, a
     slot is acquired here. The claim loop takes the rate token before it claims (and passes no
-    ``rate_limiter``); ``throttled`` is then its wait for it, ``(started, waited)``.
+    ``rate_limiter``); ``throttled`` is then its wait for it, ``(started, waited, scope)``.
     """
     borrower = reserved if reserved is not None else object()
     backend = backend or default_backend()
@@ -310,10 +319,10 @@ async def _wait_for_rate_token(
     if wait_scope.cancelled_caught:
         await _give_back(backend, queue, raw_job, ctx)
         return None
-    if waited <= _THROTTLE_EVENT_THRESHOLD:
+    if waited <= THROTTLE_EVENT_THRESHOLD:
         return 0.0  # not throttled: events report 0.0 unless the job was held over 1 ms
     if "payload_error" not in raw_job:
-        _emit_throttled(queue, raw_job, ctx, throttle_started, waited)
+        _emit_throttled(queue, raw_job, ctx, throttle_started, waited, "worker")
     return waited
 
 
@@ -330,7 +339,7 @@ async def _give_back(backend: Backend, queue: str, raw_job: RawJob, ctx: WorkerC
 
 
 def _emit_throttled(
-    queue: str, raw_job: RawJob, ctx: WorkerContext | None, started: float, waited: float
+    queue: str, raw_job: RawJob, ctx: WorkerContext | None, started: float, waited: float, scope: str
 ) -> None:
     try:
         job = Job.from_dict(raw_job)
@@ -338,7 +347,7 @@ def _emit_throttled(
         return
     job.queue = queue  # the claimed queue, not the envelope's field (labels come from the claim)
     extra = {} if ctx is None else {"worker_id": ctx.worker_id, "group": ctx.group, **ctx.server}
-    emit_job_event("job:throttled", job, ratelimit_wait_s=waited, started_at=started, **extra)
+    emit_job_event("job:throttled", job, ratelimit_wait_s=waited, started_at=started, scope=scope, **extra)
 
 
 _run_with_limits = handle_within_limits

@@ -45,8 +45,8 @@ CONTRACT: dict[int, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] 
     8: ("asyncmq_job_attempts", "histogram", (Q, T, "outcome"), B_ATT),
     9: ("asyncmq_job_stalled_total", "counter", (Q, T), None),
     10: ("asyncmq_job_running_max_age_seconds", "gauge", (Q, G), None),
-    11: ("asyncmq_ratelimit_throttled_total", "counter", (Q, G), None),
-    12: ("asyncmq_ratelimit_wait_seconds", "histogram", (Q, G), B_WAIT),
+    11: ("asyncmq_ratelimit_throttled_total", "counter", (Q, G, "scope"), None),
+    12: ("asyncmq_ratelimit_wait_seconds", "histogram", (Q, G, "scope"), B_WAIT),
     13: ("asyncmq_worker_up", "gauge", (Q, G), None),
     14: ("asyncmq_worker_heartbeat_timestamp_seconds", "gauge", (Q, G), None),
     15: ("asyncmq_worker_jobs_active", "gauge", (Q, G), None),
@@ -365,8 +365,9 @@ def test_worker_started_pre_initialises_series_at_zero(captured: Captured) -> No
     for cls in ("high", "normal", "low"):
         assert present("asyncmq_job_wait_duration_seconds_count", **labels, priority_class=cls) == [0.0]
     assert present("asyncmq_job_stalled_total", **labels) == [0.0]
-    assert present("asyncmq_ratelimit_throttled_total", **{Q: "pre", G: "g1"}) == [0.0]
-    assert present("asyncmq_ratelimit_wait_seconds_count", **{Q: "pre", G: "g1"}) == [0.0]
+    for scope in ("worker", "queue"):
+        assert present("asyncmq_ratelimit_throttled_total", **{Q: "pre", G: "g1", "scope": scope}) == [0.0]
+        assert present("asyncmq_ratelimit_wait_seconds_count", **{Q: "pre", G: "g1", "scope": scope}) == [0.0]
     assert present("asyncmq_worker_up", **{Q: "pre", G: "g1"}) == [1.0]
     assert present("asyncmq_worker_concurrency", **{Q: "pre", G: "g1"}) == [7.0]
     assert present("asyncmq_job_running_max_age_seconds", **{Q: "pre", G: "g1"}) == [0.0]
