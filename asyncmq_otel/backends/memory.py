@@ -25,6 +25,7 @@ from ..clock import Clock, as_clock, move_on_after, system_clock
 from ..errors import PayloadTooLarge
 from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState
 from ._memory_flows import MemoryFlowsMixin
+from ._memory_ratelimit import MemoryRateLimitMixin
 from ._memory_registry import MemoryRegistryMixin
 from ._memory_schedules import MemorySchedulesMixin
 from .base import (
@@ -166,7 +167,7 @@ class _Renewer:
         """Nothing to release."""
 
 
-class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixin):
+class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixin, MemoryRateLimitMixin):
     """The embedded backend: zero set-up, one process, not durable.
 
     Args:
@@ -398,6 +399,12 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             self._promote(state, now)
             if state.paused:
                 return ClaimReply([], paused=True, now=now)
+            limited = self._rate_free(queue, now)  # the shared rate limit, as claim.lua applies it
+            cut = limited is not None and limited[0] < count
+            if limited is not None:
+                count = min(count, limited[0])
+                if count == 0 and state.counts["waiting"]:
+                    return ClaimReply([], now=now, throttled_for=self._rate_taken(limited[1], now, 0))
             nonce = uuid.uuid4().hex
             jobs: list[ClaimedJob] = []
             while state.ready and len(jobs) < count:
@@ -416,7 +423,9 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             next_due = None
             if not jobs:
                 next_due = self._next_due(state, now)
-            return ClaimReply(jobs, next_due_in=next_due, now=now)
+                return ClaimReply(jobs, next_due_in=next_due, now=now)
+            throttled = None if limited is None else self._rate_taken(limited[1], now, len(jobs))
+            return ClaimReply(jobs, now=now, throttled_for=throttled if cut else None)
 
     def _promote(self, queue: _Queue, now: float) -> None:
         promoted = 0

@@ -95,7 +95,7 @@ class LeaseKeeper:
             wait = self._interval
             while not wait_in_thread(self._clock, wait, self._stop):
                 # After a failed round, try again soon: renewing at once after a reconnect is what
-                # lets live workers keep their leases through an outage (reliability §4).
+                # lets live workers keep their leases through an outage (outage grace).
                 wait = self._interval if self.renew_now(renewer.renew) else min(self._interval, _RETRY_SOON)
         finally:
             renewer.close()

@@ -35,7 +35,8 @@ from ..jobs import check_queue_name
 from ..limiters import RateLimiter
 from ..settings import get_settings
 from ..tasks import TASK_REGISTRY, autodiscover_tasks
-from .claim_loop import WorkerContext, process_job, server_fields
+from .attempt import CancelReason
+from .claim_loop import WorkerContext, claim_jobs, server_fields
 from .leases import LeaseKeeper
 from .relay import EventRelay, relay_to
 from .scheduler import run_scheduler
@@ -329,7 +330,7 @@ class Worker:
                 async with anyio.create_task_group() as claimers:
                     for queue in self.queues:
                         claimers.start_soon(
-                            functools.partial(process_job, queue, limiter, rate_limiter, backend, context=ctx)
+                            functools.partial(claim_jobs, queue, limiter, rate_limiter, backend, context=ctx)
                         )
             self.state = "draining"
             await self._drain(ctx)
@@ -342,7 +343,7 @@ class Worker:
                 while ctx.held:
                     await ctx.idle_event().wait()
             for attempt in list(ctx.held.values()):
-                attempt.cancel("shutdown")
+                attempt.cancel(CancelReason.SHUTDOWN)
 
     async def _shutdown_tail(
         self,
@@ -413,7 +414,7 @@ class Worker:
         outage = False
         while True:
             if outage:
-                # Outage grace (reliability §4): once the backend answers again, give every worker's
+                # Outage grace: once the backend answers again, give every worker's
                 # renewer a renew interval (plus the reconnect backoff) before taking leases away.
                 try:
                     await backend.now()
@@ -435,7 +436,7 @@ class Worker:
     async def _reap_queue(self, backend: Backend, queue: str, ctx: WorkerContext) -> bool:
         """Reap until no expired lease is left; False when a call arrived late (revoked nothing)."""
         config = ctx.config
-        # a reap that took longer than this to reach Redis was held up by an outage (reliability §4)
+        # a reap that took longer than this to reach Redis was held up by an outage (outage grace)
         max_delay = max(config.renew_interval, _LATE_REAP_FLOOR)
         more = True
         while more:
@@ -479,9 +480,9 @@ class Worker:
         if attempt is None:
             return
         if threading.get_ident() == self._loop_thread:
-            attempt.cancel("cancel")
+            attempt.cancel(CancelReason.CANCEL)
         else:
-            _call_in_loop(self._loop_token, lambda: attempt.cancel("cancel"))
+            _call_in_loop(self._loop_token, lambda: attempt.cancel(CancelReason.CANCEL))
 
     def _on_renew_status(self, queue: str, job_id: str, status: RenewStatus) -> None:
         """Called in the renewer thread: stop a handler whose lease was lost or that was cancelled."""
@@ -491,7 +492,7 @@ class Worker:
         attempt = ctx.held.get((queue, job_id))
         if attempt is None:
             return
-        reason = "lost" if status is RenewStatus.LOST else "cancel"
+        reason = CancelReason.LOST if status is RenewStatus.LOST else CancelReason.CANCEL
         _call_in_loop(self._loop_token, lambda: attempt.cancel(reason))
 
     def _on_data_loss(self, queue: str, old_epoch: str | None, new_epoch: str) -> None:

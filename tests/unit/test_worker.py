@@ -547,6 +547,17 @@ async def test_process_job_and_handle_job_work_standalone(backend, unique_name):
     assert await q.get_job_result(by_hand) == 5
 
 
+def test_asyncmq_names_stay_importable_as_the_engine_s_functions():
+    import asyncmq_otel
+    from asyncmq_otel import workers
+    from asyncmq_otel.worker import claim_loop
+
+    assert workers.process_job is claim_loop.claim_jobs is asyncmq_otel.process_job
+    assert workers._run_with_limits is claim_loop.handle_within_limits is asyncmq_otel._run_with_limits
+    assert "_run_with_limits" not in asyncmq_otel.__all__
+    assert workers.handle_job is claim_loop.handle_job
+
+
 def test_start_blocks_and_stop_works_from_another_thread(unique_name):
     backend = InMemoryBackend()  # a sync test: its backend must not belong to the test runner's loop
     q = Queue(unique_name, backend=backend)

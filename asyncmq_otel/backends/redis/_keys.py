@@ -29,6 +29,7 @@ class QueueKeys:
         "meta",
         "name",
         "outbox",
+        "rate",
         "ready",
         "reaper",
         "signal",
@@ -51,6 +52,7 @@ class QueueKeys:
         self.blocked = self.base + "blocked"  # jobs waiting for their parents (flows)
         self.outbox = self.base + "outbox"  # parents' outcomes for children in other queues (flows)
         self.flow_failed = self.base + "flow_failed"  # children dead-lettered for a parent, to report
+        self.rate = self.base + "rate"  # claim times under the queue's shared rate limit (sliding log)
 
     def job(self, job_id: str) -> str:
         """The hash of one job."""
