@@ -69,6 +69,9 @@ for i = 1, n do
         found = redis.call('HGET', base .. 'job:' .. pid, 'state')
         if found ~= 'completed' then
           redis.call('HSET', base .. 'children:' .. pid, me .. '/' .. id, 1)
+          if found then -- complete.lua looks for children only when this is set
+            redis.call('HSET', base .. 'job:' .. pid, 'has_children', 1)
+          end
         end
         if found == 'completed' then
           found = 'done'
