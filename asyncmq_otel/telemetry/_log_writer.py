@@ -8,9 +8,7 @@ and counts it.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
-import math
 import queue
 import sys
 import threading
@@ -45,7 +43,7 @@ _STOP: Final = object()
 class PendingLine:
     """A line of the adapter's own logger whose ``LogRecord`` the writer thread makes (off the loop)."""
 
-    __slots__ = ("build", "created", "exc_info", "extra", "finish", "level", "logger", "msg")
+    __slots__ = ("created", "exc_info", "extra", "finish", "level", "logger", "msg")
 
     def __init__(
         self,
@@ -63,19 +61,9 @@ class PendingLine:
         self.extra = extra
         self.finish = finish
         self.created = time.time()
-        # ``(function, args)``: ``msg`` is ``function(*args)``, called in the writer thread first.
-        self.build: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
-
-    def prepare(self) -> None:
-        """Make ``msg`` from ``build`` (in the writer thread; a no-op once made)."""
-        build = self.build
-        if build is not None:
-            self.build = None
-            self.msg = build[0](*build[1])
 
     def record(self) -> logging.LogRecord:
         """The record the logger would have made when the line was logged."""
-        self.prepare()
         if self.finish is not None:
             self.finish(self.msg, self.created)
         record = self.logger.makeRecord(
@@ -203,30 +191,6 @@ def _report_failure() -> None:
         with contextlib.suppress(Exception):
             sys.stderr.write("--- asyncmq_otel log writer: a line could not be written ---\n")
             traceback.print_exc(file=sys.stderr)
-
-
-def _iso_utc(created: float) -> str:
-    """``TimeStamper(fmt="iso", utc=True)``'s text, for a time taken earlier.
-
-    The text of the whole second is kept from the previous line (the writer formats thousands of lines
-    a second); the microseconds are rounded as ``datetime.fromtimestamp`` rounds them (half to even).
-    """
-    global _LAST_SECOND  # noqa: PLW0603 - a one-entry cache, replaced as a whole (a tuple)
-    fraction, whole = math.modf(created)
-    micros = round(fraction * 1e6)
-    if micros >= 1_000_000:  # noqa: PLR2004 - rounded up into the next second
-        micros -= 1_000_000
-        whole += 1.0
-    second, prefix = _LAST_SECOND
-    if whole != second or fraction < 0.0:
-        if fraction < 0.0:  # before 1970: not worth a fast path
-            return dt.datetime.fromtimestamp(created, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
-        prefix = dt.datetime.fromtimestamp(whole, tz=dt.timezone.utc).isoformat().replace("+00:00", "")
-        _LAST_SECOND = (whole, prefix)
-    return f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
-
-
-_LAST_SECOND: tuple[float, str] = (-1.0, "")
 
 
 class LineSink(Protocol):

@@ -198,9 +198,18 @@ class PresetAttributes:
         return self._ok
 
     def fill(self, span: Span, attributes: dict[str, AttributeValue]) -> None:
-        """Give ``span`` (just started without attributes) its attributes."""
+        """Add ``attributes`` (new keys) to ``span``: just started, or not yet ended."""
         store = getattr(span, "_attributes", None)
-        if type(store) is BoundedAttributes and (self._limit is None or len(attributes) <= self._limit):
+        if type(store) is BoundedAttributes and (
+            self._limit is None or len(store._dict) + len(attributes) <= self._limit  # noqa: SLF001 - as below
+        ):
             store._dict.update(attributes)  # noqa: SLF001 - values are already valid (see the class)
         elif span.is_recording():
             span.set_attributes(attributes)
+
+    def set(self, span: Span, key: str, value: AttributeValue) -> None:
+        """``span.set_attribute(key, value)`` for a new key, through :meth:`fill` when it applies."""
+        if self.applies():
+            self.fill(span, {key: value})
+        else:
+            span.set_attribute(key, value)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime as dt
 import functools
 import logging
+import math
 import sys
 from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, cast
@@ -30,7 +32,7 @@ from opentelemetry import trace
 from structlog.tracebacks import ExceptionDictTransformer
 
 from .._version import __version__
-from ._log_writer import DEFAULT_LOG_QUEUE_SIZE, LogQueueHandler, LogWriter, PendingLine, _iso_utc
+from ._log_writer import DEFAULT_LOG_QUEUE_SIZE, LogQueueHandler, LogWriter, PendingLine
 
 if TYPE_CHECKING:
     from opentelemetry._logs import LoggerProvider
@@ -379,16 +381,39 @@ _METHOD_NAMES: Final = {
 }
 
 
+def _iso_utc(created: float) -> str:
+    """``TimeStamper(fmt="iso", utc=True)``'s text, for a time taken earlier.
+
+    The text of the whole second is kept from the previous line (the writer formats thousands of lines
+    a second); the microseconds are rounded as ``datetime.fromtimestamp`` rounds them (half to even).
+    """
+    global _LAST_SECOND  # noqa: PLW0603 - a one-entry cache, replaced as a whole (a tuple)
+    fraction, whole = math.modf(created)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:  # noqa: PLR2004 - rounded up into the next second
+        micros -= 1_000_000
+        whole += 1.0
+    second, prefix = _LAST_SECOND
+    if whole != second or fraction < 0.0:
+        if fraction < 0.0:  # before 1970: not worth a fast path
+            return dt.datetime.fromtimestamp(created, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        prefix = dt.datetime.fromtimestamp(whole, tz=dt.timezone.utc).isoformat().replace("+00:00", "")
+        _LAST_SECOND = (whole, prefix)
+    return f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
+
+
+_LAST_SECOND: tuple[float, str] = (-1.0, "")
+
+
 class DirectLines:
     """The adapter's lines without structlog's per-call machinery: the §4.1 chain, precompiled.
 
-    On the event loop it only captures the emitting task's context (a copy is O(1)) and queues the
-    line; the writer thread builds the fields, merges the context variables (``merge_contextvars``)
-    and reads the span's ids from that context, as they were when the line was logged, then adds the
-    timestamp and the structured traceback. The event dict equals the reference chain's key for key,
-    in the same order (a test compares both for every event type). It only runs when the writer's
-    queue is the ``asyncmq_otel`` logger's only handler; otherwise :meth:`__call__` returns False and
-    the caller takes the structlog path.
+    On the event loop it does what must see the emitting task (``merge_contextvars``, the level and
+    logger names, the current span's ids); the writer thread adds the timestamp (of the time the line
+    was logged) and the structured traceback. The event dict equals the reference chain's key for key,
+    in the same order (a test compares both for every event type). It only runs when the writer's queue
+    is the ``asyncmq_otel`` logger's only handler; otherwise :meth:`__call__` returns False and the
+    caller takes the structlog path.
 
     Args:
         sink: the adapter's wrapped logger.
@@ -396,46 +421,18 @@ class DirectLines:
 
     """
 
-    __slots__ = ("_extras", "_finish", "_sink", "_trace")
+    __slots__ = ("_finish", "_sink", "_trace")
 
     def __init__(self, sink: _StdlibSink, log_format: Literal["json", "console"]) -> None:
         self._sink = sink
         self._trace = AddTraceContext()
         self._finish = _finish_json if log_format == "json" else _finish_console
-        # The record's extras by level: read-only, so every line of a level shares one.
-        self._extras = {level: {"_logger": sink, "_name": name} for level, name in _METHOD_NAMES.items()}
 
-    def __call__(
-        self,
-        level: int,
-        event: str,
-        build: Callable[..., dict[str, Any]],
-        *args: Any,  # noqa: ANN401 - what ``build`` takes
-    ) -> bool:
-        """Queue one line whose fields ``build(*args)`` makes in the writer thread.
-
-        False when the structlog path must run (then nothing was queued).
-        """
+    def __call__(self, level: int, event: str, fields: dict[str, Any]) -> bool:
+        """Queue one line (``fields`` becomes its event dict); False when the structlog path must run."""
         writer = self._sink.direct_writer()
         if writer is None:
             return False
-        line = PendingLine(self._sink._logger, level, None, None, self._extras[level], self._finish)  # noqa: SLF001 - the sink's own logger
-        line.build = (self._event_dict, (contextvars.copy_context(), level, event, build, args))
-        writer.put(line)
-        return True
-
-    def _event_dict(
-        self,
-        context: contextvars.Context,
-        level: int,
-        event: str,
-        build: Callable[..., dict[str, Any]],
-        args: tuple[Any, ...],
-    ) -> dict[str, Any]:
-        """The line's event dict, in the writer thread, read in the context it was logged in."""
-        return context.run(self._in_context, level, event, build(*args))
-
-    def _in_context(self, level: int, event: str, fields: dict[str, Any]) -> dict[str, Any]:
         fields["event"] = event
         for var, value in contextvars.copy_context().items():  # structlog.contextvars.merge_contextvars
             name = var.name
@@ -446,7 +443,18 @@ class DirectLines:
         fields["logger"] = LOGGER_NAME
         fields["timestamp"] = None  # keeps the chain's key order; the writer writes the time
         self._trace(None, method, fields)
-        return fields
+        sink = self._sink
+        writer.put(
+            PendingLine(
+                sink._logger,  # noqa: SLF001 - the sink's own logger
+                level,
+                fields,
+                None,
+                {"_logger": sink, "_name": method},
+                self._finish,
+            )
+        )
+        return True
 
 
 _CONTEXTVARS_PREFIX: Final = structlog.contextvars.STRUCTLOG_KEY_PREFIX
@@ -579,7 +587,6 @@ class _RenderedLines:
     def render(self, line: PendingLine) -> str | None:
         """The line's text, or ``None`` when it must go through the handler as a record."""
         handler = self._handler
-        line.prepare()
         msg = line.msg
         extra = line.extra
         if (
@@ -658,10 +665,12 @@ class LoggingAdapter:
         spec = EVENT_LOG_LEVELS.get(name)
         if spec is not None and self._stdlib.isEnabledFor(spec[1]):
             bound = self._bound.get((event.queue, event.job_id, event.attempt)) if name in _OUTCOMES else None
-            attempt = None if bound is None else bound[1]
-            direct = self._direct  # the fields are built in the writer thread when it applies
-            if direct is None or not direct(spec[1], spec[0], _fields, event, attempt):
-                self._logger.log(spec[1], spec[0], **_fields(event, attempt))
+            fields = _fields(event, None if bound is None else bound[1])
+            if name == "job:failed" and event.exception is not None:
+                fields["exc_info"] = event.exception
+            direct = self._direct
+            if direct is None or not direct(spec[1], spec[0], fields):
+                self._logger.log(spec[1], spec[0], **fields)
         if name in _OUTCOMES:
             self._reset(event)
 
@@ -768,6 +777,4 @@ def _fields(event: LifecycleEvent, attempt_fields: dict[str, Any] | None = None)
             fields["error.message"] = event.error_message
     if event.reason is not None:
         fields[_REASON_KEYS.get(name, "reason")] = event.reason
-    if name == "job:failed" and event.exception is not None:
-        fields["exc_info"] = event.exception
     return fields

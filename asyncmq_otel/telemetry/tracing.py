@@ -531,7 +531,7 @@ class TracingAdapter:
         elif name == "job:cancelled":
             stage = event.reason or "queued"
             span.add_event("asyncmq.job.cancelled", {"asyncmq.cancel.stage": stage}, timestamp=at)
-        span.set_attribute("asyncmq.job.outcome", outcome)
+        self._preset.set(span, "asyncmq.job.outcome", outcome)
         span.end()
         self._detach(opened)
 
