@@ -12,8 +12,12 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, NamedTuple
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor
+from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -28,12 +32,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
-    from opentelemetry.trace import Link, SpanKind, Tracer
+    from opentelemetry.trace import Link, Span, SpanKind, Tracer
     from opentelemetry.trace.span import TraceState
-    from opentelemetry.util.types import Attributes
+    from opentelemetry.util.types import Attributes, AttributeValue
 
 __all__ = [
     "LinkAwareSampler",
+    "PresetAttributes",
     "SamplingPolicy",
     "flag_sampled",
     "is_default_propagator",
@@ -146,3 +151,65 @@ def flag_sampled(header: str | None) -> bool:
         return bool(int(header[-2:], 16) & SAMPLED_FLAG)
     except ValueError:
         return False
+
+
+# Span processors whose on_start reads nothing of the span: they cannot tell attributes set just after it.
+_START_BLIND: Final = (BatchSpanProcessor, SimpleSpanProcessor)
+
+
+class PresetAttributes:
+    """Attributes of our own spans written straight into the SDK span, without its per-value checks.
+
+    ``start_span(attributes=...)`` validates every value again (isinstance chains, a lock per key):
+    about half the cost of a sampled span with 15 attributes. Ours are plain ``str``/``int``/``float``
+    values built by the adapter, so when nothing can observe the difference (a reproducible sampler,
+    which ignores attributes; only the SDK's batch and simple processors, whose ``on_start`` reads
+    nothing; no value length limit) the span starts without them and they are put in its attribute
+    store before any other code sees the span. Otherwise :meth:`applies` is False and the caller
+    passes them to ``start_span`` as usual.
+    """
+
+    __slots__ = ("_checked", "_limit", "_multi", "_ok")
+
+    def __init__(self, tracer: Tracer) -> None:
+        limits = getattr(tracer, "_span_limits", None)
+        multi = getattr(tracer, "span_processor", None)
+        usable = (
+            isinstance(tracer, SdkTracer)
+            and type(multi) is SynchronousMultiSpanProcessor
+            and limits is not None
+            and limits.max_span_attribute_length is None
+            and sampling_policy(tracer) is not None
+        )
+        self._multi = multi if usable else None
+        self._limit: int | None = getattr(limits, "max_span_attributes", None)
+        self._checked: object = None
+        self._ok = False
+
+    def applies(self) -> bool:
+        """Whether a span may start without its attributes, given them by :meth:`fill` right after."""
+        multi = self._multi
+        if multi is None:
+            return False
+        processors = multi._span_processors  # noqa: SLF001 - replaced as a whole when one is added
+        if processors is not self._checked:
+            self._checked = processors
+            self._ok = all(type(processor) in _START_BLIND for processor in processors)
+        return self._ok
+
+    def fill(self, span: Span, attributes: dict[str, AttributeValue]) -> None:
+        """Add ``attributes`` (new keys) to ``span``: just started, or not yet ended."""
+        store = getattr(span, "_attributes", None)
+        if type(store) is BoundedAttributes and (
+            self._limit is None or len(store._dict) + len(attributes) <= self._limit  # noqa: SLF001 - as below
+        ):
+            store._dict.update(attributes)  # noqa: SLF001 - values are already valid (see the class)
+        elif span.is_recording():
+            span.set_attributes(attributes)
+
+    def set(self, span: Span, key: str, value: AttributeValue) -> None:
+        """``span.set_attribute(key, value)`` for a new key, through :meth:`fill` when it applies."""
+        if self.applies():
+            self.fill(span, {key: value})
+        else:
+            span.set_attribute(key, value)

@@ -40,6 +40,7 @@ from ..jobs import error_type_name
 from ._span_parts import _Attached, _attrs, _ns, _server, parent_links, traceparent
 from ._trace_sampling import (
     LinkAwareSampler,
+    PresetAttributes,
     flag_sampled,
     is_default_propagator,
     random_span_id,
@@ -166,6 +167,7 @@ class TracingAdapter:
         self._progress_cap = progress_events_per_span
         self._settle_spans = settle_spans
         self._policy = sampling_policy(tracer)
+        self._preset = PresetAttributes(tracer)
         self._is_enabled = getattr(tracer, "_is_enabled", None)
         id_generator = getattr(tracer, "id_generator", None)
         self._new_trace_id = getattr(id_generator, "generate_trace_id", None) or random_trace_id
@@ -383,14 +385,18 @@ class TracingAdapter:
         parent = stored
         if self.propagation == "link" and creation is not None:
             parent = trace.set_span_in_context(trace.INVALID_SPAN, stored)
+        attributes = self._span_attributes(event, op_type, op_name)
+        preset = self._preset.applies()
         span = self._tracer.start_span(
             self._name(op_type, event.queue, event.task),
             context=parent,
             kind=kind,
-            attributes=self._span_attributes(event, op_type, op_name),
+            attributes=None if preset else attributes,
             links=self._links(creation, carrier, parents),
             start_time=start_time,
         )
+        if preset:
+            self._preset.fill(span, attributes)
         recording = span.is_recording()
         throttle_start = self._throttle_starts.pop((event.queue, event.job_id), None)
         wait = _throttle_wait(event) if recording else None
@@ -532,7 +538,7 @@ class TracingAdapter:
         elif name == "job:cancelled":
             stage = event.reason or "queued"
             span.add_event("asyncmq.job.cancelled", {"asyncmq.cancel.stage": stage}, timestamp=at)
-        span.set_attribute("asyncmq.job.outcome", outcome)
+        self._preset.set(span, "asyncmq.job.outcome", outcome)
         span.end()
         self._detach(opened)
 
@@ -684,13 +690,17 @@ class TracingAdapter:
 
     def _start_send(self, operation: Operation) -> None:
         job = operation.jobs[0]
+        attributes = self._send_attributes(operation, job)
+        preset = self._preset.applies()
         span = self._tracer.start_span(
             self._name("send", operation.queue, job.task),
             # a tick's job belongs to no caller: its send span is a root span, whatever context fired it
             context=otel_context.Context() if job.schedule is not None else None,
             kind=SpanKind.PRODUCER,
-            attributes=self._send_attributes(operation, job),
+            attributes=None if preset else attributes,
         )
+        if preset:
+            self._preset.fill(span, attributes)
         job.trace_context = self._inject(span)
         operation.scratch[id(self)] = _Producer(span, [], self._attach_for_write(span))
 

@@ -22,6 +22,7 @@ from asyncmq_otel import events, telemetry
 from asyncmq_otel.events import Operation
 from asyncmq_otel.queues import Queue
 from asyncmq_otel.tasks import task
+from asyncmq_otel.telemetry._trace_sampling import PresetAttributes
 from asyncmq_otel.telemetry.tracing import LinkAwareSampler, TracingAdapter
 from tests.support.poll import eventually
 from tests.support.running import running_worker
@@ -285,3 +286,33 @@ def test_a_flow_childs_sampled_parent_links_sample_it_and_invalid_contexts_are_n
     ]
     assert {(link.attributes or {}).get("asyncmq.link.type") for link in span.links} == {"parent"}
     tp.shutdown()
+
+
+async def test_span_attributes_skip_the_sdk_checks_only_when_nothing_can_tell(backend, unique_name) -> None:
+    """§6: attributes go straight into the span's store unless a sampler or an ``on_start`` could read them."""
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider(sampler=ParentBased(LinkAwareSampler(TraceIdRatioBased(1.0))))
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    handler_tracer[:] = [tp.get_tracer("tests.handler")]
+    preset = PresetAttributes(tp.get_tracer("tests.preset"))
+    assert preset.applies()
+    telemetry.instrument(tracer_provider=tp, metrics=False, logs=False, metrics_addr="")
+    try:
+        queue = Queue(unique_name, backend=backend)
+        job_id = await queue.add("sampling.traced", ["preset"])
+        await _run_one(queue, backend, "preset")
+        spans = {span.name: span for span in exporter.get_finished_spans()}
+        send = dict(spans[f"send {unique_name}"].attributes or {})
+        process = dict(spans[f"process {unique_name}"].attributes or {})
+    finally:
+        telemetry.uninstrument()
+    assert send["messaging.message.id"] == process["messaging.message.id"] == job_id
+    assert send["messaging.operation.type"] == "send"
+    assert process["messaging.operation.type"] == "process"
+    assert process["asyncmq.task.name"] == "sampling.traced"
+    assert process["asyncmq.job.attempt"] == 1
+    assert isinstance(process["asyncmq.job.wait_s"], float)
+    tp.add_span_processor(StartAttributes())  # its on_start reads attributes: they must be there by then
+    assert not preset.applies()
+    tp.shutdown()
+    assert not PresetAttributes(trace.NoOpTracer()).applies()

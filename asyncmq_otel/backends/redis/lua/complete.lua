@@ -10,10 +10,12 @@
 --            a replay: this settle was applied already) {'OK', {id, packed JOB_FIELDS values}}
 --            when wanted, else the string 'OK'
 local meta, leases, completed = KEYS[1], KEYS[2], KEYS[3]
-local bad = epoch_reply(meta, ARGV[1])
+local bad, marks = epoch_and(meta, ARGV[1], 'child_flags')
 if bad then
   return bad
 end
+-- jobs of a queue older than the `has_children` field: every completion looks for children
+local legacy = not marks[1]
 local limit = tonumber(ARGV[2])
 local base = base_of(meta)
 local base_len = #base + 5 -- '<base>job:'
@@ -24,7 +26,7 @@ for i = 1, #KEYS - 3 do
   local token, result, want = ARGV[1 + i * 4], ARGV[2 + i * 4], ARGV[3 + i * 4] == '1'
   local last_span = ARGV[4 + i * 4]
   -- a key that is not a job hash is quarantined alone and answers GONE (see fence in _fence.lua)
-  local st = redis.pcall('HMGET', job, 'state', 'token', 'settled_token', 'owner')
+  local st = redis.pcall('HMGET', job, 'state', 'token', 'settled_token', 'owner', 'has_children')
   local reply
   if st.err then
     quarantine(job)
@@ -46,7 +48,9 @@ for i = 1, #KEYS - 3 do
       if last_span ~= '' then
         redis.call('HSET', job, 'last_span', last_span)
       end
-      flow_settled(base, id, 'done', now) -- blocked children whose last parent this was: waiting now
+      if legacy or st[5] then -- only a parent costs the look-up (+1 command per job otherwise)
+        flow_settled(base, id, 'done', now) -- blocked children whose last parent this was: waiting now
+      end
       done[#done + 1] = id
       scores[#scores + 1] = now
       scores[#scores + 1] = id

@@ -74,6 +74,9 @@ for i = 1, n do
         end
         if found ~= 'completed' then
           redis.call('HSET', base .. 'children:' .. pid, me .. '/' .. id, 1)
+          if found then -- complete.lua looks for children only when this is set
+            redis.call('HSET', base .. 'job:' .. pid, 'has_children', 1)
+          end
         end
         if found == 'completed' then
           found = 'done'

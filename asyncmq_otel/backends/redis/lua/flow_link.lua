@@ -24,6 +24,7 @@ if state == 'completed' then
   return {'OK', 'done', flow}
 end
 redis.call('HSET', base_of(meta) .. 'children:' .. ARGV[2], ARGV[3], 1)
+redis.call('HSET', job, 'has_children', 1) -- complete.lua looks for children only when this is set
 if state == 'failed' or state == 'expired' or state == 'cancelled' then
   return {'OK', 'dead', flow}
 end
