@@ -37,7 +37,7 @@ def hkeys_calls(server: RedisServer) -> int:
 
 async def run(backend: RedisBackend, queue: str, job_id: str) -> None:
     reply = await backend.claim(queue, "w1", 100, 30.0)
-    held = {str(job["id"]): str(job["token"]) for job in reply.jobs}
+    held = {job.id: job.token for job in reply.jobs}
     assert job_id in held, sorted(held)
     for other, token in held.items():
         if other != job_id:
