@@ -32,6 +32,7 @@ class QueueKeys:
         "ready",
         "reaper",
         "signal",
+        "staged",
     )
 
     def __init__(self, prefix: str, queue: str) -> None:
@@ -51,6 +52,7 @@ class QueueKeys:
         self.blocked = self.base + "blocked"  # jobs waiting for their parents (flows)
         self.outbox = self.base + "outbox"  # parents' outcomes for children in other queues (flows)
         self.flow_failed = self.base + "flow_failed"  # children dead-lettered for a parent, to report
+        self.staged = self.base + "staged"  # jobs of a flow across queues, not committed yet (flows)
 
     def job(self, job_id: str) -> str:
         """The hash of one job."""
@@ -59,6 +61,10 @@ class QueueKeys:
     def children(self, job_id: str) -> str:
         """The refs (``<queue>/<id>``) of a job's children (flows)."""
         return f"{self.base}children:{job_id}"
+
+    def flow(self, txn_id: str) -> str:
+        """The commit record of a flow across queues whose first queue is this one (flows)."""
+        return f"{self.base}flow:{txn_id}"
 
     def claim(self, nonce: str) -> str:
         """The replay record of one claim call."""
