@@ -130,33 +130,40 @@ class FlowsMixin:
                 stored = await self._store_run(queue, run, txn)
                 staged.setdefault(queue, []).extend(reply.job_id for reply in stored if not reply.duplicate)
                 replies += stored
-        except Exception:
+        except Exception as error:
+            ours = True
             with contextlib.suppress(Exception):  # the error that stopped us is the one to raise
-                if await self._decide(txn, "abort") == "abort":  # else a reaper rolled it forward
-                    await self._roll(txn, staged, forward=False)
+                ours = (await self._decide(txn, "abort"))[1]
+                await self._roll(txn, staged, forward=False)
+            if not ours:  # a reaper aborted first: a parent of this flow it deleted reads as missing
+                raise self._rolled_back() from error
             raise
-        if await self._decide(txn, "commit") != "commit":
+        if (await self._decide(txn, "commit"))[0] != "commit":
             await self._roll(txn, staged, forward=False)
-            raise BackendError(
-                f"a reaper rolled this flow back: storing it took longer than flow_stage_timeout "
-                f"({self.flow_stage_timeout:g} s); nothing of it was stored, add it again"
-            )
+            raise self._rolled_back()
         await self._roll(txn, staged, forward=True)
         await self.connections.run(lambda client: client.delete(self._decision_key(txn)))
         return replies
+
+    def _rolled_back(self) -> BackendError:
+        return BackendError(
+            f"a reaper rolled this flow back: storing it took longer than flow_stage_timeout "
+            f"({self.flow_stage_timeout:g} s); nothing of it was stored, add it again"
+        )
 
     def _decision_key(self, txn: str) -> str:
         queue, _, txn_id = txn.partition("/")
         return self.keys.queue(queue).flow(txn_id)
 
-    async def _decide(self, txn: str, wanted: str) -> str:
-        """Write ``wanted`` as the flow's commit record unless one is there; return the record."""
+    async def _decide(self, txn: str, wanted: str) -> tuple[str, bool]:
+        """Write ``wanted`` as the commit record unless one is there; the record, and whether we wrote it."""
         key = self._decision_key(txn)
 
         async def op(client: AsyncClient) -> Any:  # noqa: ANN401 - RESP
             return await _scripts.call(client, "flow_decide", [key], [wanted, _DECISION_TTL_MS])
 
-        return _scripts.text(await self.connections.run(op))
+        decision, wrote = await self.connections.run(op)
+        return _scripts.text(decision), bool(wrote)
 
     async def _roll(self, txn: str, staged: dict[str, list[str]], *, forward: bool) -> None:
         """Show (``forward``) or delete the staged jobs ``staged`` (queue -> ids) of flow ``txn``."""
@@ -187,25 +194,21 @@ class FlowsMixin:
         for job_id, (state, owner, parents) in zip(ids, await self.connections.run(read), strict=True):
             if state != b"staged" or _scripts.text(owner or b"") != txn:
                 continue
-            child = f"{keys.name}/{job_id}"
             for ref in _scripts.text(parents or b"").split(","):
-                parent_queue, _, parent_id = ref.partition("/")
-                if not ref or parent_queue == keys.name:
-                    continue  # a parent of the same queue: flow_rollback unlinks it
-                other = self.keys.queue(parent_queue)
-                deferred = [f"{outcome}|{ref}|{child}" for outcome in ("done", "dead", "retried")]
+                if ref and ref.partition("/")[0] != keys.name:  # flow_rollback unlinks those of its queue
+                    await self._unlink(f"{keys.name}/{job_id}", ref)
 
-                async def unlink(
-                    client: AsyncClient,
-                    key: str = other.children(parent_id),
-                    edge: str = child,
-                    outbox: str = other.outbox,
-                    deferred: list[str] = deferred,
-                ) -> None:
-                    await client.hdel(key, edge)
-                    await client.zrem(outbox, *deferred)
+    async def _unlink(self, child: str, parent: str) -> None:
+        """Remove the link to ``child`` in ``parent`` (refs) and the outcomes deferred for it there."""
+        parent_queue, _, parent_id = parent.partition("/")
+        other = self.keys.queue(parent_queue)
+        deferred = [f"{outcome}|{parent}|{child}" for outcome in ("done", "dead", "retried")]
 
-                await self.connections.run(unlink)
+        async def op(client: AsyncClient) -> None:
+            await client.hdel(other.children(parent_id), child)
+            await client.zrem(other.outbox, *deferred)
+
+        await self.connections.run(op)
 
     async def _resolve_staged(self, keys: QueueKeys) -> None:
         """Roll forward or back the staged jobs of a queue past their deadline (the reaper's pass)."""
@@ -214,7 +217,7 @@ class FlowsMixin:
         for job_id, txn in reply[1]:
             by_txn[_scripts.text(txn)].append(_scripts.text(job_id))
         for txn, ids in by_txn.items():
-            forward = bool(txn) and await self._decide(txn, "abort") == "commit"
+            forward = bool(txn) and (await self._decide(txn, "abort"))[0] == "commit"
             await self._roll(txn, {keys.name: ids}, forward=forward)
 
     async def _store_run(self, queue: str, items: Sequence[EnqueueItem], txn: str = "") -> list[EnqueueReply]:
@@ -223,13 +226,23 @@ class FlowsMixin:
         stage = f",{txn},{max(int(self.flow_stage_timeout * 1000), 1)}" if txn else ""
         args: list[Any] = [f"{self.max_payload_bytes}{stage}"]
         nonce = f"{time.time_ns():x}"
+        linked: list[
+            tuple[str, str]
+        ] = []  # (child, parent) links this call added: undone if nothing is stored
         for index, item in enumerate(items):
             parents = []
             flow = item.flow_id or ""  # empty: the script takes the first parent's (flows.py)
             for number, (parent_queue, parent_id) in enumerate(item.depends_on):
                 found = ""
                 if parent_queue != queue:
-                    found, parent_flow = await self._link(parent_queue, parent_id, f"{queue}/{item.job_id}")
+                    child = f"{queue}/{item.job_id}"
+                    try:
+                        found, parent_flow, new = await self._link(parent_queue, parent_id, child)
+                    except JobArgumentError:
+                        await self._unlink_all(linked)
+                        raise
+                    if new:
+                        linked.append((child, f"{parent_queue}/{parent_id}"))
                     flow = flow or (parent_flow if number == 0 else "")
                 parents.append(f"{parent_queue}/{parent_id}={found}")
             priority = item.priority if item.priority is not None else 5
@@ -240,24 +253,34 @@ class FlowsMixin:
             script_keys.append(keys.job(item.job_id))
             args += (item.payload, spec, ",".join(parents))
         reply = await self._transition(keys, "flow_enqueue", script_keys, args)
+        if reply[0] != b"OK":
+            await self._unlink_all(linked)
+            raise self._refusal(items, reply)
+        return self._run_replies(items, reply)
+
+    def _refusal(self, items: Sequence[EnqueueItem], reply: Any) -> Exception:  # noqa: ANN401 - RESP
+        """The error of a flow_enqueue reply that stored nothing."""
         code = reply[0]
         if code == b"TOO_LARGE":
-            raise PayloadTooLarge(int(reply[2]), self.max_payload_bytes)
+            return PayloadTooLarge(int(reply[2]), self.max_payload_bytes)
         if code == b"NOT_A_HASH":  # another program wrote over the key: nothing of this call was stored
-            parent = _scripts.text(reply[2]).partition("/")[2]
-            job_id = parent or items[int(reply[1]) - 1].job_id
-            raise BackendError(
+            job_id = _scripts.text(reply[2]).partition("/")[2] or items[int(reply[1]) - 1].job_id
+            return BackendError(
                 f"the key of job {job_id!r} holds another Redis type, not a job hash; nothing of this "
                 "flow was stored (delete the key or use another id)"
             )
         if code == b"MISSING":
-            ref = _scripts.text(reply[2])
-            parent_queue, _, parent_id = ref.partition("/")
-            raise JobArgumentError(
+            parent_queue, _, parent_id = _scripts.text(reply[2]).partition("/")
+            return JobArgumentError(
                 "depends_on",
                 f"parent job {parent_id!r} does not exist in queue {parent_queue!r}; enqueue the parent "
                 "first (or use FlowProducer.add_flow for a whole graph)",
             )
+        return BackendError(f"unexpected reply from flow_enqueue: {_scripts.text(code)}")
+
+    @staticmethod
+    def _run_replies(items: Sequence[EnqueueItem], reply: Any) -> list[EnqueueReply]:  # noqa: ANN401 - RESP
+        """One reply per job of a flow_enqueue call that answered OK."""
         now = int(reply[1]) / 1000
         others = {int(other[0]): other for other in reply[2]}
         stored = {int(entry[0]): _scripts.text(entry[1]) for entry in reply[3]}
@@ -282,10 +305,16 @@ class FlowsMixin:
             )
         return out
 
-    async def _link(self, parent_queue: str, parent_id: str, child_ref: str) -> tuple[str, str]:
+    async def _unlink_all(self, linked: Sequence[tuple[str, str]]) -> None:
+        """Undo the links of children a refused call did not store (best effort: a leftover is harmless)."""
+        with contextlib.suppress(Exception):
+            for child, parent in linked:
+                await self._unlink(child, parent)
+
+    async def _link(self, parent_queue: str, parent_id: str, child_ref: str) -> tuple[str, str, bool]:
         """Tell a parent of another queue about its child.
 
-        Returns what the parent is (done, dead or pending) and its flow id.
+        Returns what the parent is (done, dead or pending), its flow id, and whether the link is new.
         """
         keys = self.keys.queue(parent_queue)
         reply = await self._transition(
@@ -295,7 +324,7 @@ class FlowsMixin:
             raise JobArgumentError(
                 "depends_on", f"parent job {parent_id!r} does not exist in queue {parent_queue!r}"
             )
-        return _scripts.text(reply[1]), _scripts.text(reply[2])
+        return _scripts.text(reply[1]), _scripts.text(reply[2]), len(reply) > 3 and reply[3] == 1  # noqa: PLR2004
 
     async def reconcile_flows(self, queue: str | None = None, limit: int = _OUTBOX_PAGE) -> int:
         """Deliver up to ``limit`` outbox entries of ``queue`` (every queue when None); return how many.

@@ -3,8 +3,9 @@
 -- KEYS: meta, job:<parent>
 -- ARGV: epoch, parent_id, child ref '<queue>/<id>'
 -- Replies: {'EPOCH', current epoch or false}, {'MISSING'} (no such parent: nothing was written),
---          {'OK', found, flow id}: found is 'done' (completed: the child need not wait), 'dead'
---          (dead-lettered or cancelled) or 'pending'; the parent's flow id (one without takes its own)
+--          {'OK', found, flow id, new}: found is 'done' (completed: the child need not wait), 'dead'
+--          (dead-lettered or cancelled) or 'pending'; the parent's flow id (one without takes its own);
+--          new is 1 when this call added the link (the producer removes it if the child is not stored)
 local meta, job = KEYS[1], KEYS[2]
 local bad = epoch_reply(meta, ARGV[1])
 if bad then
@@ -23,8 +24,8 @@ end
 if state == 'completed' then
   return {'OK', 'done', flow}
 end
-redis.call('HSET', base_of(meta) .. 'children:' .. ARGV[2], ARGV[3], 1)
+local new = redis.call('HSET', base_of(meta) .. 'children:' .. ARGV[2], ARGV[3], 1)
 if state == 'failed' or state == 'expired' or state == 'cancelled' then
-  return {'OK', 'dead', flow}
+  return {'OK', 'dead', flow, new}
 end
-return {'OK', 'pending', flow}
+return {'OK', 'pending', flow, new}
