@@ -26,7 +26,7 @@ from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.errors import BackendError, JobArgumentError
 from asyncmq_otel.flows import FlowProducer
 from asyncmq_otel.queues import Queue
-from tests.support.invariants import check_flows
+from tests.support.invariants import check_flows, stuck_jobs
 from tests.support.poll import eventually
 from tests.support.redis_cluster import queue_on
 from tests.support.redis_server import RedisServer, delete_prefix, unique_prefix
@@ -203,6 +203,7 @@ async def test_a_producer_killed_before_the_commit_record_is_rolled_back(target:
         assert any(
             "neither committed" in found for found in check_flows(target.url, target.prefix, refs(target))
         )
+        assert [stuck_jobs(target.url, target.prefix, queue) for queue in target.queues] == [[], [], []]
 
     async def rolled_back() -> bool:
         await reconcile(target)
@@ -252,6 +253,8 @@ async def test_a_producer_killed_after_the_commit_record_is_rolled_forward(targe
         return staged_left(target) == 0 and outbox == 0
 
     await eventually(rolled_forward, timeout=20, what="the reaper's pass rolls the staged parts forward")
+    if not target.cluster:  # every job sits in the index of its state (a script stopping halfway would not)
+        assert [stuck_jobs(target.url, target.prefix, queue) for queue in target.queues] == [[], [], []]
     nodes = {node.id: node.state for node in await Queue(third, backend).get_flow("c")}
     assert nodes == {
         "a": "waiting", "b": "blocked", "c": "blocked", "d": "blocked", "ext": "completed", "home": "completed",

@@ -492,11 +492,12 @@ for _, key in ipairs(KEYS) do
     local state = redis.call('HGET', key, 'state')
     -- a hash without a known state is malformed; it must sit in ready, where a claim hands it over
     local index = ({waiting = 'ready', delayed = 'delayed', active = 'leases', completed = 'completed',
-      cancelled = 'cancelled', failed = 'failed', expired = 'expired', blocked = 'blocked'})[state or ''] or 'ready'
+      cancelled = 'cancelled', failed = 'failed', expired = 'expired', blocked = 'blocked',
+      staged = 'staged'})[state or ''] or 'ready'
     state = tostring(state)
     do
       for _, other in ipairs({'ready', 'delayed', 'leases', 'completed', 'cancelled', 'failed', 'expired',
-          'blocked'}) do
+          'blocked', 'staged'}) do
         local member = redis.call('ZSCORE', ARGV[1] .. other, id) ~= false
         if member ~= (other == index) then
           problems[#problems + 1] = id .. ': state ' .. state .. (member and ' but in ' or ' but not in ') .. other
