@@ -154,6 +154,10 @@ async def assert_flow_invisible(target: Target) -> None:
     with pytest.raises(JobArgumentError, match="no job 'c'"):
         await Queue(third, backend).get_flow("c")
     assert await Queue(first, backend).cancel_job("a") is False  # nothing to cancel yet
+    # nor can another job depend on one, in its queue or from another (it could be rolled back)
+    for queue, parent in ((first, "a"), (third, (first, "a"))):
+        with pytest.raises(JobArgumentError, match="'a' does not exist"):
+            await Queue(queue, backend).add(TASK, job_id="late", depends_on=[parent])
 
 
 def staged_left(target: Target) -> int:

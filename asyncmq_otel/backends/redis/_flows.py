@@ -237,7 +237,7 @@ class FlowsMixin:
                 if parent_queue != queue:
                     child = f"{queue}/{item.job_id}"
                     try:
-                        found, parent_flow, new = await self._link(parent_queue, parent_id, child)
+                        found, parent_flow, new = await self._link(parent_queue, parent_id, child, txn)
                     except JobArgumentError:
                         await self._unlink_all(linked)
                         raise
@@ -311,14 +311,16 @@ class FlowsMixin:
             for child, parent in linked:
                 await self._unlink(child, parent)
 
-    async def _link(self, parent_queue: str, parent_id: str, child_ref: str) -> tuple[str, str, bool]:
+    async def _link(
+        self, parent_queue: str, parent_id: str, child_ref: str, txn: str = ""
+    ) -> tuple[str, str, bool]:
         """Tell a parent of another queue about its child.
 
         Returns what the parent is (done, dead or pending), its flow id, and whether the link is new.
         """
         keys = self.keys.queue(parent_queue)
         reply = await self._transition(
-            keys, "flow_link", [keys.meta, keys.job(parent_id)], [parent_id, child_ref]
+            keys, "flow_link", [keys.meta, keys.job(parent_id)], [parent_id, child_ref, txn]
         )
         if reply[0] == b"MISSING":
             raise JobArgumentError(

@@ -50,14 +50,15 @@ for i = 1, n do
   for ref, found in string.gmatch(parents, '([^,=]+)=([^,]*)') do
     local q, pid = string.match(ref, '^(.*)/(.*)$')
     if q == me and not new_here[pid] then
-      local by = parent_of[pid] or redis.pcall('HMGET', base .. 'job:' .. pid, 'state', 'flow_id')
+      local by = parent_of[pid] or redis.pcall('HMGET', base .. 'job:' .. pid, 'state', 'flow_id', 'flow_txn')
       if by.err then
         return {'NOT_A_HASH', i, ref}
       end
-      if not by[1] and redis.call('EXISTS', base .. 'job:' .. pid) == 0 then
+      -- a job of another flow not committed yet is not stored, as far as anyone else knows
+      if (by[1] == 'staged' and by[3] ~= txn) or (not by[1] and redis.call('EXISTS', base .. 'job:' .. pid) == 0) then
         return {'MISSING', i, ref}
       end
-      parent_of[pid] = by
+      parent_of[pid] = {by[1], false, false, false, by[2]} -- shaped as held_of: the flow id 5th
     end
     refs[#refs + 1] = {ref, q, pid, found}
   end
@@ -84,11 +85,11 @@ for i = 1, n do
       if q == me then
         local pkey = base .. 'job:' .. pid
         local held_by = written[pkey] or parent_of[pid] or held_of[pkey]
-        local pflow = held_by[#held_by]
+        local pflow = held_by[5]
         found = held_by[1]
         if not pflow then -- a parent without a flow id takes its own (flows.py)
           redis.call('HSET', pkey, 'flow_id', pid)
-          held_by[#held_by] = pid
+          held_by[5] = pid
         end
         if flow == '' then
           flow = pflow or pid
