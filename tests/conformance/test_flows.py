@@ -318,13 +318,19 @@ async def test_a_flow_across_queues_is_visible_whole_after_add_flow(backend: Bac
                 "depends_on": ["b", (second.name, "outside")],
             },
             {"task_id": TASK, "job_id": "d", "depends_on": ["c"], "delay": 60},
+            # two jobs of a later part of the first queue naming a parent of its first part
+            {"task_id": TASK, "job_id": "e", "depends_on": ["a", "b"]},
+            {"task_id": TASK, "job_id": "f", "depends_on": ["a", "b"]},
         ],
     )
     nodes = {node.id: node.state for node in await third.get_flow("c")}
-    assert nodes == {"a": "waiting", "b": "blocked", "c": "blocked", "d": "blocked", "outside": "waiting"}
+    assert nodes == {
+        "a": "waiting", "b": "blocked", "c": "blocked", "d": "blocked", "e": "blocked", "f": "blocked",
+        "outside": "waiting",
+    }  # fmt: skip
     counts = [await queue.counts() for queue in (first, second, third)]
-    assert [(each["waiting"], each["blocked"]) for each in counts] == [(1, 1), (1, 1), (0, 1)]
-    assert sum(sum(each.values()) for each in counts) == 5  # no job in any other state
+    assert [(each["waiting"], each["blocked"]) for each in counts] == [(1, 3), (1, 1), (0, 1)]
+    assert sum(sum(each.values()) for each in counts) == 7  # no job in any other state
     claimed = await claim_all(backend, first.name)
     assert sorted(claimed) == ["a"]
 

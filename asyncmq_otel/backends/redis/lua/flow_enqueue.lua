@@ -49,8 +49,8 @@ for i = 1, n do
   local refs = {}
   for ref, found in string.gmatch(parents, '([^,=]+)=([^,]*)') do
     local q, pid = string.match(ref, '^(.*)/(.*)$')
-    if q == me and not new_here[pid] then
-      local by = parent_of[pid] or redis.pcall('HMGET', base .. 'job:' .. pid, 'state', 'flow_id', 'flow_txn')
+    if q == me and not new_here[pid] and not parent_of[pid] then
+      local by = redis.pcall('HMGET', base .. 'job:' .. pid, 'state', 'flow_id', 'flow_txn')
       if by.err then
         return {'NOT_A_HASH', i, ref}
       end
