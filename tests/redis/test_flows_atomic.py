@@ -359,3 +359,35 @@ async def test_flow_enqueue_refuses_a_key_of_another_type_before_any_write(
             client.close()
     finally:
         await backend.close()
+
+
+async def test_a_parent_retried_from_the_dlq_while_its_child_is_staged(target: Target) -> None:
+    """The child was staged dead-lettered for its dead parent; the parent's retry must reach it after the commit."""
+    backend = target.backend
+    first, second, _third = target.queues
+    await Queue(first, backend).add(TASK, job_id="p")
+    claimed = await backend.claim(first, "w1", 1, 30.0)
+    assert (await backend.fail(first, "p", str(claimed.jobs[0]["token"]), "failed")).ok
+    real = backend._decide
+
+    async def decide(txn: str, wanted: str) -> tuple[str, bool]:
+        if wanted == "commit":  # every part is staged: the parent leaves the DLQ now
+            assert await Queue(first, backend).retry_job("p")
+        return await real(txn, wanted)
+
+    backend._decide = decide  # type: ignore[method-assign]
+    await FlowProducer(backend).add_flow(
+        first,
+        [
+            {"task_id": TASK, "job_id": "x", "queue": second},
+            {"task_id": TASK, "job_id": "c", "depends_on": [[first, "p"], [second, "x"]]},
+        ],
+    )
+    # shown as it was staged (dead for p); the deferred retry is delivered by the next flow pass
+    assert await Queue(first, backend).get_job_state("c") == "failed"
+
+    async def reblocked() -> bool:
+        await reconcile(target)
+        return await Queue(first, backend).get_job_state("c") == "blocked"
+
+    await eventually(reblocked, timeout=10, what="the deferred retry re-blocks the child")
