@@ -30,10 +30,6 @@ from .errors import (
     UnknownTask,
 )
 
-# Eager, although light: the package attribute `settings` must be the object, never the submodule
-# of the same name (importing a submodule sets that attribute, and then __getattr__ is not asked).
-from .settings import Settings, settings
-
 if TYPE_CHECKING:
     from .backends.base import Backend
     from .backends.memory import InMemoryBackend
@@ -44,6 +40,7 @@ if TYPE_CHECKING:
     from .jobs import Backoff, Job, JobState
     from .limiters import RateLimiter
     from .queues import Queue
+    from .settings import Settings, settings
     from .tasks import autodiscover_tasks, task
     from .telemetry import AsyncMQInstrumentor, instrument, metrics_url, uninstrument
     from .workers import Worker, handle_job, process_job
@@ -116,6 +113,8 @@ _LAZY: dict[str, str] = {
     "JobState": ".jobs",
     "RateLimiter": ".limiters",
     "Queue": ".queues",
+    "Settings": ".settings",
+    "settings": ".settings",
     "autodiscover_tasks": ".tasks",
     "task": ".tasks",
     "AsyncMQInstrumentor": ".telemetry",

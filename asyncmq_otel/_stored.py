@@ -48,7 +48,7 @@ def nested_too_deep(text: str | bytes, value: object, limit: int = MAX_STORED_DE
 
 
 def reject_constant(name: str) -> Any:  # noqa: ANN401 - json's parse_constant hook
-    """``parse_constant`` of stored-JSON decoders: ``NaN`` and ``Infinity`` are not JSON (P8)."""
+    """``parse_constant`` of stored-JSON decoders: ``NaN`` and ``Infinity`` are not JSON, so never decoded."""
     raise ValueError(f"{name} is not JSON")
 
 

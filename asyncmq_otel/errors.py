@@ -108,7 +108,7 @@ class JobTimeout(AsyncMQError, TimeoutError):
 
 
 class JobCancelled(AsyncMQError):
-    """The job was cancelled while it was running."""
+    """The awaited job was cancelled (queued or running) instead of finishing: ``Queue.wait_for_result``."""
 
 
 class ResultSerializationError(AsyncMQError, TypeError):

@@ -1,6 +1,6 @@
 """The event bus: every lifecycle transition is emitted here once, and adapters subscribe.
 
-Two kinds of listeners (telemetry contract §1.3):
+Two kinds of listeners:
 
 * **inline** listeners (the telemetry adapters, or ``inline=True``) run synchronously in the
   emitting task, in registration order, before ``emit`` returns. They must not block.
@@ -121,6 +121,7 @@ class LifecycleEvent:
     schedule_due: float | None = None
     flow_id: str | None = None  # a job of a flow (flows.py); parent_spans: its parents' traceparents
     parent_spans: tuple[str, ...] | None = None
+    scope: str | None = None  # job:throttled: the limit that held the job, "worker" or "queue"
 
     @property
     def id(self) -> str | None:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import anyio
 
+from .clock import Clock
+
 __all__ = ["RateLimiter"]
 
 
@@ -14,10 +16,12 @@ class RateLimiter:
     """Allow at most ``rate`` acquisitions per ``interval`` seconds, with bursts up to ``rate``.
 
     The bucket starts full and refills continuously at ``rate / interval`` tokens a second.
+    ``clock`` is a :class:`~asyncmq_otel.clock.Clock` (its monotonic time and sleeps; a worker passes
+    its own), or a bare ``() -> seconds`` monotonic callable (waits then sleep in real time).
     """
 
     def __init__(
-        self, rate: int, interval: float = 1.0, *, clock: Callable[[], float] = time.monotonic
+        self, rate: int, interval: float = 1.0, *, clock: Clock | Callable[[], float] = time.monotonic
     ) -> None:
         if rate < 1:
             raise ValueError(f"rate must be >= 1, not {rate}")
@@ -25,9 +29,10 @@ class RateLimiter:
             raise ValueError(f"interval must be > 0, not {interval}")
         self.rate = rate
         self.interval = interval
-        self._clock = clock
+        self._sleep = clock.sleep if isinstance(clock, Clock) else _real_sleep
+        self._clock = clock.monotonic if isinstance(clock, Clock) else clock
         self._tokens = float(rate)
-        self._updated = clock()
+        self._updated = self._clock()
 
     def __repr__(self) -> str:
         return f"RateLimiter(rate={self.rate}, interval={self.interval})"
@@ -67,6 +72,10 @@ class RateLimiter:
     async def acquire(self) -> float:
         """Wait for a token and take it; return the seconds spent waiting."""
         started = self._clock()
-        while not self.try_acquire():  # noqa: ASYNC110 - the wait is the point: sleep until the next token
-            await anyio.sleep((1 - self._tokens) * self.interval / self.rate)
+        while not self.try_acquire():
+            await self._sleep((1 - self._tokens) * self.interval / self.rate)
         return self._clock() - started
+
+
+async def _real_sleep(seconds: float) -> None:
+    await anyio.sleep(seconds)

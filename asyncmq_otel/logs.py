@@ -1,4 +1,4 @@
-"""structlog processors for your own logging chain (telemetry contract §4.1).
+"""structlog processors for your own logging chain (the ones the log adapter uses).
 
 Add ``structlog.contextvars.merge_contextvars`` and :class:`AddTraceContext` to your chain and the
 lines your handlers log carry the same job fields and trace ids as the worker's own.

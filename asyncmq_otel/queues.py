@@ -18,8 +18,17 @@ from . import _repeatables, _results
 from ._dependencies import OnParentFailure, ParentRef, check_parents
 from ._lifecycle import emit_job_event, server_fields
 from .backends._default import default_backend
-from .backends.base import Backend, CancelStatus, EnqueueItem, EnqueueReply, QueueStats, WorkerInfo
-from .errors import DuplicateJob, JobArgumentError, TaskNameWarning, UnsupportedOption
+from .backends.base import (
+    Backend,
+    CancelStatus,
+    EnqueueItem,
+    EnqueueReply,
+    QueueRateLimit,
+    QueueStats,
+    RateLimitStore,
+    WorkerInfo,
+)
+from .errors import ConfigError, DuplicateJob, JobArgumentError, TaskNameWarning, UnsupportedOption
 from .events import LifecycleEvent, Operation, bus
 from .jobs import (
     MAX_PRIORITY,
@@ -63,6 +72,8 @@ _BULK_KEYS = frozenset(
         "on_parent_failure",
     }
 )
+_MAX_RATE_LIMIT = 1_000_000  # claims logged per queue at most (one sorted-set member each on Redis)
+_MIN_RATE_INTERVAL = 0.001  # the backends keep the interval in whole milliseconds
 _LIVE_TASKS_TTL = 5.0  # seconds a producer reuses its view of the live workers' task names
 _FRESH_ENOUGH = 0.5  # ... and before it warns, at most this old (a bad name costs one look-up per 0.5 s)
 _live_workers: weakref.WeakKeyDictionary[Any, tuple[float, list[WorkerInfo]]] = weakref.WeakKeyDictionary()
@@ -480,6 +491,45 @@ class Queue:
     async def is_paused(self) -> bool:
         """Whether the queue is paused."""
         return await self.exists() and await self.backend.is_queue_paused(self.name)
+
+    async def set_rate_limit(self, limit: int, interval: float = 1.0) -> None:
+        """Let every worker of this queue together start at most ``limit`` jobs per ``interval`` seconds.
+
+        The limit is stored in the backend and applies at once to every worker (a worker's own
+        ``rate_limit`` still applies on top): a claim takes a token in the same atomic step, so no
+        window of ``interval`` seconds ever holds more than ``limit`` claims. ``interval`` has a
+        resolution of 1 ms. Creates the queue when it does not exist yet.
+
+        Raises:
+            JobArgumentError: ``limit`` not an int in [1, 1,000,000], or ``interval`` under 1 ms.
+            ConfigError: the backend cannot store a queue rate limit.
+
+        """
+        limit = check_int_option("limit", limit, 1, _MAX_RATE_LIMIT)
+        interval = check_seconds("interval", interval)
+        if interval < _MIN_RATE_INTERVAL:
+            raise JobArgumentError("interval", f"must be at least 0.001 seconds, not {interval!r}")
+        await self._rate_limits().set_rate_limit(self.name, limit, interval)
+        self._known = True
+
+    async def clear_rate_limit(self) -> bool:
+        """Remove the queue's shared rate limit; False when it had none."""
+        if not await self.exists():
+            return False
+        return await self._rate_limits().clear_rate_limit(self.name)
+
+    async def get_rate_limit(self) -> QueueRateLimit | None:
+        """The queue's shared rate limit (``limit``, ``interval``), or ``None``."""
+        backend = self.backend
+        if not isinstance(backend, RateLimitStore) or not await self.exists():
+            return None
+        return await backend.get_rate_limit(self.name)
+
+    def _rate_limits(self) -> RateLimitStore:
+        backend = self.backend
+        if not isinstance(backend, RateLimitStore):
+            raise ConfigError(f"{type(backend).__name__} cannot store a queue rate limit")
+        return backend
 
     async def cancel_job(self, job_id: str) -> bool:
         """Cancel a job: a queued one never runs; a running one is stopped at its next ``await``.

@@ -3,6 +3,11 @@
 Precedence, highest first: an ``ASYNCMQ_<NAME>`` environment variable, the module or class
 named by ``ASYNCMQ_SETTINGS_MODULE``, the defaults below. List settings read from the
 environment are comma separated (``ASYNCMQ_TASKS=app.tasks,app.jobs``) or a JSON array.
+
+This module is the process-wide settings: ``settings.lease`` reads them and ``settings.lease = 60``
+changes them, however ``settings`` was imported (``from asyncmq_otel import settings``, ``from
+asyncmq_otel.settings import settings`` or ``import asyncmq_otel.settings as settings``): all three
+are this one object.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import importlib
 import json
 import math
 import os
+import sys
 import threading
 import types
 import typing
@@ -31,10 +37,10 @@ SETTINGS_MODULE_VARIABLE = "ASYNCMQ_SETTINGS_MODULE"
 ENV_PREFIX = "ASYNCMQ_"
 MIB = 1024 * 1024
 NO_SIZE_LIMIT = 2**63 - 1
-DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
-"""Where a worker serves ``/metrics`` unless told otherwise (``ASYNCMQ_METRICS_ADDR``, ``--metrics-addr``)."""
 """What ``max_payload_bytes=None`` / ``max_result_bytes=None`` ("no limit") is stored as: the backends
 compare sizes with an int (Redis strings still stop at 512 MiB)."""
+DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
+"""Where a worker serves ``/metrics`` unless told otherwise (``ASYNCMQ_METRICS_ADDR``, ``--metrics-addr``)."""
 
 _NOT_SETTINGS = frozenset(
     {
@@ -53,6 +59,7 @@ _NOT_SETTINGS = frozenset(
         "SPAN_NAME_STYLE",
         "TRACE_PROPAGATION",
         "WORKER_PROCESSES",
+        "WORKER_SPEC",
     }
 )
 """``ASYNCMQ_*`` variables the commands read that are not settings (never reported as misspelt)."""
@@ -437,8 +444,33 @@ class _LazySettings:
 
 
 _lazy = _LazySettings()
-settings: Settings = cast("Settings", _lazy)
-"""The process-wide settings (loaded on first use). Assign attributes to change them at run time."""
+
+
+class _SettingsModule(types.ModuleType):
+    """The type of this module: the names of the settings reach the loaded settings.
+
+    A setting (or ``validate``, ``load``) read or assigned on the module is read or assigned on the
+    loaded :class:`Settings`; every other name is the module's own.
+    """
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - proxies every setting
+        if name not in _SETTINGS_NAMES:  # a tool probing the module must not load the settings
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        return getattr(_lazy, name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _SETTINGS_NAMES:
+            setattr(_lazy, name, value)
+        else:
+            super().__setattr__(name, value)
+
+
+_SETTINGS_NAMES = frozenset(name for name in dir(Settings) if not name.startswith("_")) | {
+    field.name for field in dataclasses.fields(Settings)
+}
+sys.modules[__name__].__class__ = _SettingsModule
+settings: Settings = cast("Settings", sys.modules[__name__])
+"""The process-wide settings (loaded on first use): this module. Assign attributes to change them."""
 
 
 def get_settings() -> Settings:

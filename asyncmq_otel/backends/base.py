@@ -25,7 +25,9 @@ __all__ = [
     "EnqueueReply",
     "FireReply",
     "LeaseRenewer",
+    "QueueRateLimit",
     "QueueStats",
+    "RateLimitStore",
     "ReapReply",
     "RenewStatus",
     "ScheduleStore",
@@ -88,6 +90,9 @@ class ClaimReply:
     paused: bool = False
     next_due_in: float | None = None
     now: float = 0.0
+    throttled_for: float | None = None
+    """Set when the queue's shared rate limit held this claim back (fewer jobs than asked, or none,
+    while more were ready): seconds until its next token frees (see :class:`RateLimitStore`)."""
 
 
 class SettleStatus(str, Enum):
@@ -251,7 +256,11 @@ class Backend(Protocol):
 
     # -- worker ---------------------------------------------------------------------------------
     async def claim(self, queue: str, worker_id: str, count: int, lease: float) -> ClaimReply:
-        """Promote due delayed jobs, then move up to ``count`` ready jobs to ``active`` under a lease."""
+        """Promote due delayed jobs, then move up to ``count`` ready jobs to ``active`` under a lease.
+
+        A backend with :class:`RateLimitStore` claims no more than the queue's shared rate limit has
+        left, in the same atomic step (``ClaimReply.throttled_for`` then says when to ask again).
+        """
         ...
 
     async def wait_for_work(self, queue: str, timeout: float) -> bool:
@@ -324,7 +333,7 @@ class Backend(Protocol):
         """If this worker holds (or can take for ``hold`` s) the reaper role, recover expired leases.
 
         With ``max_delay``, a request that reaches a remote backend more than ``max_delay`` seconds after
-        it was sent revokes nothing and answers ``late`` (reliability §4, outage grace: a reap held in
+        it was sent revokes nothing and answers ``late`` (outage grace: a reap held in
         transit by an outage must not run before the renewals that the same outage held up).
         """
         ...
@@ -484,4 +493,34 @@ class ScheduleStore(Protocol):
         Only if ``key`` still has revision ``rev`` and next due ``expected_due_ms``, and every job's
         due time has passed on the backend's clock; otherwise nothing is written.
         """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRateLimit:
+    """A queue's shared rate limit: at most ``limit`` claims in any window of ``interval`` seconds."""
+
+    limit: int
+    interval: float
+
+
+@runtime_checkable
+class RateLimitStore(Protocol):
+    """An optional backend capability: a rate limit per queue, shared by every worker of the queue.
+
+    The limit is stored with the queue; :meth:`Backend.claim` enforces it in the claim's own atomic
+    step, from a sliding log of claim times on the backend's clock, so no window of ``interval``
+    seconds ever holds more than ``limit`` claims, whatever the number of workers.
+    """
+
+    async def set_rate_limit(self, queue: str, limit: int, interval: float) -> None:
+        """Store (or replace) the queue's limit; claims already made keep counting in their window."""
+        ...
+
+    async def clear_rate_limit(self, queue: str) -> bool:
+        """Remove the queue's limit (and the log of claims it counted); False when it had none."""
+        ...
+
+    async def get_rate_limit(self, queue: str) -> QueueRateLimit | None:
+        """The queue's limit, or ``None``."""
         ...

@@ -1,9 +1,10 @@
 """``InMemoryBackend``: the embedded default. Same transitions and replies as Redis, in one process.
 
 Each transition is a synchronous method with no ``await`` inside, guarded by a
-``threading.Lock`` (the lease renewer is a thread). Time comes from an injectable clock;
-idle workers wait on one ``anyio.Event`` per waiter, woken by wake tokens exactly like
-Redis' ``BLPOP`` on the ``signal`` list. Jobs live as long as the process does.
+``threading.Lock`` (the lease renewer is a thread). Time comes from an injectable clock (waits
+sleep on it too, so a FakeClock's advance releases them); idle workers wait on one
+``anyio.Event`` per waiter, woken by wake tokens exactly like Redis' ``BLPOP`` on the ``signal``
+list. Jobs live as long as the process does.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import collections
 import heapq
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +21,11 @@ from typing import Any
 import anyio
 
 from .._stored import decode_stored_envelope
+from ..clock import Clock, as_clock, move_on_after, system_clock
 from ..errors import PayloadTooLarge
 from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState
 from ._memory_flows import MemoryFlowsMixin
+from ._memory_ratelimit import MemoryRateLimitMixin
 from ._memory_registry import MemoryRegistryMixin
 from ._memory_schedules import MemorySchedulesMixin
 from .base import (
@@ -164,11 +166,12 @@ class _Renewer:
         """Nothing to release."""
 
 
-class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixin):
+class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixin, MemoryRateLimitMixin):
     """The embedded backend: zero set-up, one process, not durable.
 
     Args:
-        clock: returns unix seconds; inject one to test clock skew or TTLs.
+        clock: a :class:`~asyncmq_otel.clock.Clock` (a ``FakeClock`` drives TTLs, delays, leases and
+            idle waits in tests), or a bare ``() -> unix seconds`` callable (skew tests; sleeps stay real).
         max_payload_bytes: largest envelope accepted (checked again here, as Redis does).
         max_result_bytes: largest encoded result accepted at completion.
         keep_completed, keep_completed_age, keep_failed, keep_failed_age: retention bounds.
@@ -180,7 +183,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
     def __init__(
         self,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | Callable[[], float] = system_clock,
         max_payload_bytes: int = MIB,
         max_result_bytes: int = MIB,
         keep_completed: int = 1000,
@@ -188,7 +191,10 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         keep_failed: int = 10_000,
         keep_failed_age: float = 7 * 86_400.0,
     ) -> None:
-        self.clock = clock
+        self.timer: Clock = as_clock(clock)
+        """The clock: its wall time stamps jobs, its sleeps bound idle waits (a worker may share it)."""
+        self.clock: Callable[[], float] = self.timer.time
+        """Unix seconds now (the timer's wall time)."""
         self.max_payload_bytes = max_payload_bytes
         self.max_result_bytes = max_result_bytes
         self.keep_completed = keep_completed
@@ -373,6 +379,12 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             self._promote(state, now)
             if state.paused:
                 return ClaimReply([], paused=True, now=now)
+            limited = self._rate_free(queue, now)  # the shared rate limit, as claim.lua applies it
+            cut = limited is not None and limited[0] < count
+            if limited is not None:
+                count = min(count, limited[0])
+                if count == 0 and state.counts["waiting"]:
+                    return ClaimReply([], now=now, throttled_for=self._rate_taken(limited[1], now, 0))
             nonce = uuid.uuid4().hex
             jobs: list[RawJob] = []
             while state.ready and len(jobs) < count:
@@ -391,7 +403,9 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             next_due = None
             if not jobs:
                 next_due = self._next_due(state, now)
-            return ClaimReply(jobs, next_due_in=next_due, now=now)
+                return ClaimReply(jobs, next_due_in=next_due, now=now)
+            throttled = None if limited is None else self._rate_taken(limited[1], now, len(jobs))
+            return ClaimReply(jobs, now=now, throttled_for=throttled if cut else None)
 
     def _promote(self, queue: _Queue, now: float) -> None:
         promoted = 0
@@ -423,7 +437,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
             waiter = anyio.Event()
             state.waiters.append(waiter)
         try:
-            with anyio.move_on_after(timeout):
+            with move_on_after(self.timer, timeout):
                 await waiter.wait()
         finally:
             with self._lock:

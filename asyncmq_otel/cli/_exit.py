@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from enum import IntEnum
 from typing import IO
 from urllib.parse import urlsplit
 
 import click
 
+from .._exit_status import ExitCode
 from ..errors import (
     BackendAuthError,
     BackendTLSError,
@@ -35,20 +35,6 @@ from ..errors import (
 from ._output import mask_url, paint
 
 __all__ = ["CLIError", "ExitCode", "cli_error_for", "exit_code_for", "translate_errors"]
-
-
-class ExitCode(IntEnum):
-    """The process exit codes of every ``asyncmq-otel`` command."""
-
-    OK = 0
-    """Clean drain, ``--burst`` finished, ``--check`` healthy, or an admin command that succeeded."""
-    CRASH = 1
-    """An unexpected exception, a failed requeue at shutdown, or ``--check`` unhealthy."""
-    USAGE = 2
-    """Bad arguments (an admin command's queue that does not exist too), an ``--app`` module that cannot
-    be imported, or an invalid setting."""
-    BACKEND_UNREACHABLE = 3
-    """The backend cannot be reached at startup (connection, AUTH or TLS failure)."""
 
 
 class CLIError(click.ClickException):

@@ -242,7 +242,7 @@ def enqueue(
 @_json_option
 @backend_options
 def queues(as_json: bool, backend_url: str | None, prefix: str | None, connect_timeout: float) -> None:
-    """List queues: depth by state, oldest waiting job's age, paused, workers."""
+    """List queues: depth by state, oldest waiting job's age, paused, shared rate limit, workers."""
 
     async def action(choice: BackendChoice) -> list[dict[str, Any]]:
         backend = choice.backend
@@ -251,6 +251,7 @@ def queues(as_json: bool, backend_url: str | None, prefix: str | None, connect_t
         for name in sorted(await backend.list_queues()):
             counts = await backend.counts(name)
             stats = await backend.queue_stats(name)
+            limit = await Queue(name, backend=backend).get_rate_limit()
             rows.append(
                 {
                     "queue": name,
@@ -258,6 +259,9 @@ def queues(as_json: bool, backend_url: str | None, prefix: str | None, connect_t
                     "dlq": stats.dead,
                     "oldest_waiting_s": stats.oldest_ready_age,
                     "paused": stats.paused,
+                    "rate_limit": None
+                    if limit is None
+                    else {"limit": limit.limit, "interval": limit.interval},
                     "workers": sum(1 for info in live if name in info.queues),
                 }
             )
@@ -279,6 +283,7 @@ def queues(as_json: bool, backend_url: str | None, prefix: str | None, connect_t
         "CANCELLED",
         "OLDEST",
         "PAUSED",
+        "LIMIT",
         "WORKERS",
     ]
     table = [
@@ -293,6 +298,9 @@ def queues(as_json: bool, backend_url: str | None, prefix: str | None, connect_t
             row["cancelled"],
             format_age(row["oldest_waiting_s"]) if row["waiting"] else "-",
             "yes" if row["paused"] else "no",
+            "-"
+            if row["rate_limit"] is None
+            else f"{row['rate_limit']['limit']}/{row['rate_limit']['interval']:g}s",
             row["workers"],
         ]
         for row in rows

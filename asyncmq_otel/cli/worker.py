@@ -5,11 +5,13 @@ seconds, the rest go back to the queue. A second signal at least 1 s later stops
 jobs are cancelled and requeued); a repeat within 1 s is ignored. ``--check`` is the health probe.
 
 With ``--processes N`` (N > 1) this process becomes the supervisor of N such workers and serves their
-merged ``/metrics`` (:mod:`asyncmq_otel.cli._multiprocess`); each child runs this same command.
+merged ``/metrics`` (:mod:`asyncmq_otel.worker.supervisor`); each child runs this same command, with
+every option handed over in one :class:`~asyncmq_otel.worker.supervisor.WorkerSpec`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import socket
@@ -26,11 +28,12 @@ import anyio
 import anyio.to_thread
 import click
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, ConfigError
 from ..events import LifecycleEvent, bus
 from ..jobs import check_queue_name
 from ..settings import DEFAULT_METRICS_ADDR, get_settings
 from ..tasks import autodiscover_tasks, list_tasks
+from ..worker.supervisor import SPEC_ENVVAR, WorkerSpec
 from ..worker.worker import Worker
 from ._backend import (
     BackendChoice,
@@ -148,7 +151,7 @@ class _Options:
 
 
 @click.command("worker")
-@click.argument("queues", nargs=-1, required=True)
+@click.argument("queues", nargs=-1, required=False, metavar="QUEUES...")  # required unless supervised
 @env_option(
     "--app",
     "apps",
@@ -222,7 +225,12 @@ class _Options:
     show_default=True,
     help="With --processes: crashed processes replaced per 60s before the whole instance stops.",
 )
-@click.option("--supervised-by", type=int, hidden=True, help="Internal: the supervisor's pid (--processes).")
+@click.option(
+    "--supervised-by",
+    type=int,
+    hidden=True,
+    help=f"Internal: the supervisor's pid (--processes); the options come from {SPEC_ENVVAR}.",
+)
 @click.option(
     "--check",
     is_flag=True,
@@ -255,38 +263,44 @@ def worker_command(
     Exit codes: 0 clean drain (or --burst done, --check healthy), 1 crash (or a failed requeue,
     --check unhealthy), 2 usage or import error, 3 backend unreachable at startup.
     """
-    reporter = Reporter(json_lines=json_logs(log_format))
-    with translate_errors(backend_url):
+    if supervised_by is not None:
+        spec = _spec_from_supervisor()
+    else:
+        if not queues:
+            raise click.MissingParameter(ctx=ctx, param=ctx.command.params[0])
+        spec = WorkerSpec(
+            queues=queues,
+            apps=apps,
+            backend_url=backend_url,
+            prefix=prefix,
+            connect_timeout=connect_timeout,
+            concurrency=concurrency,
+            rate_limit=rate_limit,
+            rate_interval=rate_interval,
+            metrics_addr=metrics_addr,
+            otlp_endpoint=otlp_endpoint,
+            log_format=log_format,
+            shutdown_timeout=shutdown_timeout,
+            burst=burst,
+            queue_sampler=queue_sampler,
+        )
+    reporter = Reporter(json_lines=json_logs(spec.log_format))
+    with translate_errors(spec.backend_url):
         get_settings()  # a ConfigError in the environment or the settings module exits 2 here
-        for name in queues:
+        for name in spec.queues:
             check_queue_name(name)
         if not check:
-            import_apps(apps)
-        choice = open_backend(backend_url, prefix)
+            import_apps(spec.apps)
+        choice = open_backend(spec.backend_url, spec.prefix)
     if check:
-        ctx.exit(anyio.run(_check, choice, list(queues), metrics_addr, connect_timeout, backend="asyncio"))
+        ctx.exit(
+            anyio.run(
+                _check, choice, list(spec.queues), spec.metrics_addr, spec.connect_timeout, backend="asyncio"
+            )
+        )
     if processes > 1 and supervised_by is None:
-        child_args = [
-            *queues,
-            *(arg for app in apps for arg in ("--app", app)),
-            *(("--prefix", prefix) if prefix is not None else ()),
-            *_flag("--connect-timeout", connect_timeout),
-            *_flag("--concurrency", concurrency),
-            *_flag("--rate-limit", rate_limit),
-            *_flag("--rate-interval", rate_interval),
-            *_flag("--otlp-endpoint", otlp_endpoint),
-            *_flag("--log-format", log_format),
-            *_flag("--shutdown-timeout", shutdown_timeout),
-            *(("--burst",) if burst else ()),
-            *_flag("--queue-sampler", queue_sampler),
-            *("--metrics-addr", ""),  # the supervisor serves /metrics for all of them
-        ]
-        child_env = {"ASYNCMQ_BACKEND": choice.url} if backend_url else {}
-        with translate_errors(backend_url):
-            code = anyio.run(
-                _supervise, choice, reporter, child_args, child_env, processes, metrics_addr, max_restarts,
-                connect_timeout, backend="asyncio",
-            )  # fmt: skip
+        with translate_errors(spec.backend_url):
+            code = anyio.run(_supervise, choice, reporter, spec, processes, max_restarts, backend="asyncio")
         ctx.exit(int(code))
     source = ctx.get_parameter_source
     explicit = any(
@@ -294,43 +308,43 @@ def worker_command(
         for name in ("metrics_addr", "otlp_endpoint")
     )
     options = _Options(
-        queues=list(queues),
+        queues=list(spec.queues),
         choice=choice,
-        concurrency=concurrency,
-        rate_limit=rate_limit,
-        rate_interval=rate_interval,
-        metrics_addr=metrics_addr,
-        otlp_endpoint=otlp_endpoint,
-        log_format=log_format,
-        shutdown_timeout=shutdown_timeout,
-        burst=burst,
-        queue_sampler=queue_sampler,
-        connect_timeout=connect_timeout,
+        concurrency=spec.concurrency,
+        rate_limit=spec.rate_limit,
+        rate_interval=spec.rate_interval,
+        metrics_addr=spec.metrics_addr,
+        otlp_endpoint=spec.otlp_endpoint,
+        log_format=spec.log_format,
+        shutdown_timeout=spec.shutdown_timeout,
+        burst=spec.burst,
+        queue_sampler=spec.queue_sampler,
+        connect_timeout=spec.connect_timeout,
         explicit_telemetry=explicit or supervised_by is not None,
         supervised_by=supervised_by,
     )
-    with translate_errors(backend_url):
+    with translate_errors(spec.backend_url):
         code = anyio.run(_serve, options, reporter, backend="asyncio")
     ctx.exit(int(code))
 
 
-def _flag(name: str, value: object) -> tuple[str, ...]:
-    """``(name, value)`` for a child's command line, or nothing when the option was not given."""
-    return () if value is None else (name, str(value))
+def _spec_from_supervisor() -> WorkerSpec:
+    """A supervised child's options: the supervisor's :class:`WorkerSpec`, whatever its own flags say."""
+    text = os.environ.get(SPEC_ENVVAR)
+    if text is None:
+        raise click.UsageError(f"--supervised-by is internal to --processes: {SPEC_ENVVAR} is not set")
+    try:
+        return WorkerSpec.from_json(text)
+    except ConfigError as exc:
+        raise CLIError(str(exc), ExitCode.USAGE) from exc
 
 
 async def _supervise(
-    choice: BackendChoice,
-    reporter: Reporter,
-    child_args: list[str],
-    child_env: dict[str, str],
-    processes: int,
-    metrics_addr: str,
-    max_restarts: int,
-    connect_timeout: float,
+    choice: BackendChoice, reporter: Reporter, spec: WorkerSpec, processes: int, max_restarts: int
 ) -> ExitCode:
     """Multi-process mode: check the backend once (exit 3 at once rather than N times), then supervise."""
-    from ._multiprocess import Supervisor  # noqa: PLC0415 - only this mode needs it
+    from ..telemetry._multiprocess import MergedMetrics  # noqa: PLC0415 - only this mode needs them
+    from ..worker.supervisor import Supervisor  # noqa: PLC0415 - as above
 
     if not choice.shared:
         raise CLIError(
@@ -339,18 +353,20 @@ async def _supervise(
             ExitCode.USAGE,
         )
     try:
-        await probe_or_exit(choice, connect_timeout)
+        await probe_or_exit(choice, spec.connect_timeout)
     finally:
         await close_backend(choice)
     supervisor = Supervisor(
-        reporter,
-        child_args,
-        child_env,
+        reporter.say,
+        spec,
         processes=processes,
-        metrics_addr=metrics_addr,
         max_restarts=max_restarts,
+        open_metrics=functools.partial(MergedMetrics, metrics_addr=spec.metrics_addr),
     )
-    return await supervisor.run()
+    try:
+        return await supervisor.run()
+    except ConfigError as exc:  # its message names what to change (the directory, the address)
+        raise CLIError(str(exc), ExitCode.USAGE) from exc
 
 
 async def _serve(options: _Options, reporter: Reporter) -> ExitCode:

@@ -349,7 +349,7 @@ async def run_producer(
         How many jobs were enqueued in all.
 
     """
-    _register_demo_tasks()  # metric labels name registered tasks only (telemetry contract §3.6)
+    _register_demo_tasks()  # metric labels name registered tasks only (bounded cardinality)
     halt = stop or anyio.Event()
     # one schedule fires beside the waves while the producer runs (the dashboards' Schedules row)
     ticks = await queue.upsert_repeatable(

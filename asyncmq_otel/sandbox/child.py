@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 MAX_ERROR_MESSAGE = 2 * 1024
-"""Characters of a handler's error message kept (reliability contract §8)."""
+"""Characters of a handler's error message kept (the reliability contract bounds every stored error)."""
 MAX_TRACEBACK = 16 * 1024
 """Characters of a handler's traceback kept, from its end where the raising frame is."""
 

@@ -1,4 +1,4 @@
-"""Run task handlers in warm child processes that can be stopped hard (reliability contract §9).
+"""Run task handlers in warm child processes that can be stopped hard, whatever the handler does.
 
 Each child is ``python -m asyncmq_otel.sandbox.child`` in a session of its own, so ``killpg`` also reaches
 whatever the handler started. Parent and child exchange length-prefixed JSON frames over two dedicated pipes;

@@ -2,7 +2,7 @@
 
 A ``prometheus_client`` child costs 0.8 µs per ``inc`` and 1.5 µs per ``observe`` (validation, a
 linear bucket scan, one lock per value); a job records four of each, which alone broke the
-metrics-only budget of 5 µs per job (telemetry contract §6: "pre-bound children, or plain
+metrics-only budget of 5 µs per job (the telemetry contract's overhead rule: "pre-bound children, or plain
 accumulators read by a collector at scrape time"). These hold one float or one bucket list behind
 one lock, and :func:`families` turns them into the same metric families prometheus_client would
 expose. Multi-process mode keeps prometheus_client's children: only they write the shared files.

@@ -77,7 +77,7 @@ class PendingLine:
 
 
 class LogWriter:
-    """One thread that formats and writes log records, fed by a bounded queue (§4.0).
+    """One thread that formats and writes log records, fed by a bounded queue (never the event loop).
 
     :meth:`put` never blocks: with ``max_lines`` records waiting, the record is dropped, ``on_drop()``
     is called (it counts ``asyncmq_telemetry_dropped_total{signal="log", reason="queue_full"}``) and a

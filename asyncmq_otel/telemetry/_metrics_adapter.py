@@ -1,10 +1,11 @@
 """The metrics adapter: lifecycle events and backend writes → the rows of the definition table.
 
-It is an inline bus listener (CPU work only), a write observer (#1, #4, #21, #24) and a drop
-observer (#20). Label children are bound once per (queue, task, group) and cached. At
-``worker:started`` the pairs that can meet are pre-bound: the served queue × the tasks declared for
-it (§3.6), and any other pair the moment its first job is seen. So the job path never calls
-``.labels()``, ``rate()`` is defined before the first job, and no phantom series crowd out real ones.
+It is an inline bus listener (CPU work only), a write observer (messages sent, operation duration,
+backend up, stale writes rejected) and a drop observer (telemetry dropped). Label children are bound
+once per (queue, task, group) and cached. At ``worker:started`` the pairs that can meet are pre-bound:
+the served queue × the tasks declared for it (labels name only what the code declares), and any other
+pair the moment its first job is seen. So the job path never calls ``.labels()``, ``rate()`` is
+defined before the first job, and no phantom series crowd out real ones.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .metrics import (
     SENT_OPERATIONS,
     SIGNALS,
     STALE_OPERATIONS,
+    THROTTLE_SCOPES,
     WRITE_OPERATIONS,
     CounterSeries,
     HistogramSeries,
@@ -50,7 +52,8 @@ _STALE_STATUSES = frozenset({"STALE", "GONE"})
 _WRITE_OPERATIONS = frozenset(WRITE_OPERATIONS)
 _SENT_OPERATIONS = frozenset(SENT_OPERATIONS)
 _STALE_OPERATIONS = frozenset(STALE_OPERATIONS)
-_OPERATION_DURATION = 4  # the row numbers of §3.4 whose recent error types are tracked apart
+# The rows (by number) whose recent error types are tracked apart: operation duration and job errors.
+_OPERATION_DURATION = 4
 _JOB_ERRORS = 26
 _FAILED_REASONS = frozenset(reason for outcome, reason in OUTCOME_REASONS if outcome == "failed")
 
@@ -82,13 +85,13 @@ class _JobSeries:
             for outcome in ATTEMPT_OUTCOMES
         }
         self.wait = {pc: sinks.histogram(5, queue, task, group, pc) for pc in PRIORITY_CLASSES}
-        # Every pair an outcome can record, so the first failure after a start counts from 0 (§3.4 #7).
+        # Every pair asyncmq.job.outcomes can record, so the first failure after a start counts from 0.
         self.outcomes = {
             (outcome, reason): sinks.counter(7, queue, task, group, outcome, reason)
             for outcome, reason in OUTCOME_REASONS
         }
         self.completed = self.outcomes["completed", ""]
-        self.terminal: dict[str, tuple[HistogramSeries, HistogramSeries]] = {}  # #6, #8 by outcome
+        self.terminal: dict[str, tuple[HistogramSeries, HistogramSeries]] = {}  # e2e, attempts
         self.worker: _WorkerSeries | None = None  # the (queue, group) series its attempts run under
         self.errors: dict[tuple[str, str], CounterSeries] = {}
 
@@ -96,8 +99,8 @@ class _JobSeries:
 class _RecentErrorTypes:
     """The ``limit`` most recently seen ``error_type`` values per (metric, task), least recent evicted.
 
-    A new incident on a long-lived worker must show under its own name (§3.6); ``evict`` is told
-    which value left so its series can be removed from the scrape sink.
+    A new incident on a long-lived worker must show under its own name (a recent error type keeps its
+    label); ``evict`` is told which value left so its series can be removed from the scrape sink.
     """
 
     __slots__ = ("_evict", "_limit", "_seen")
@@ -134,8 +137,9 @@ class _WorkerSeries:
     def __init__(self, sinks: MetricSinks, queue: str, group: str) -> None:
         self.queue = queue
         self.group = group
-        self.throttled = sinks.counter(11, queue, group)
-        self.throttle_wait = sinks.histogram(12, queue, group)
+        # both scopes from the start, so a throttle rate reads 0 rather than no data
+        self.throttled = {scope: sinks.counter(11, queue, group, scope) for scope in THROTTLE_SCOPES}
+        self.throttle_wait = {scope: sinks.histogram(12, queue, group, scope) for scope in THROTTLE_SCOPES}
         self.up = sinks.gauge(13, queue, group)
         self.heartbeat = sinks.gauge(14, queue, group)
         self.active = sinks.gauge(15, queue, group)
@@ -147,7 +151,7 @@ def _no_trace_id() -> None:
 
 
 def _trace_id() -> str | None:
-    """The current span's trace id when it is valid and sampled (the exemplar of #3, #5, #6)."""
+    """The current span's trace id when it is valid and sampled (the exemplar of the durations)."""
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid and ctx.trace_flags.sampled:
         return format(ctx.trace_id, "032x")
@@ -159,12 +163,14 @@ class MetricsAdapter:
 
     Args:
         sinks: the two sinks.
-        bus: the event bus (cardinality drops are recorded on it, so they reach #20 like the others).
+        bus: the event bus (cardinality drops are recorded on it, so they reach
+            asyncmq.telemetry.dropped like the others).
         error_type_limit: ``error_type`` values kept per (metric, task), the most recently seen ones;
             the series of an evicted value are removed from the scrape sink.
         group: the consumer group used when an event carries none.
         warn: how a one-off telemetry warning is logged: ``warn(event_name, fields)``.
-        exemplars: attach the sampled attempt's trace id to #3, #5 and #6 (off when traces are off).
+        exemplars: attach the sampled attempt's trace id to the process, wait and e2e durations (off
+            when traces are off).
 
     """
 
@@ -198,7 +204,7 @@ class MetricsAdapter:
         self._inflight: dict[
             tuple[str | None, str | None, int | None], tuple[_WorkerSeries, float, str | None, _JobSeries]
         ] = {}
-        # #4 of the writes that succeeded, by (queue, operation): one lookup per write.
+        # operation duration of the writes that succeeded, by (queue, operation): one lookup per write.
         self._writes: dict[tuple[str | None, str], HistogramSeries] = {}
         self._served: set[tuple[str, str]] = set()
         self._lost_queues: set[str] = set()
@@ -228,7 +234,10 @@ class MetricsAdapter:
         sinks.set_observer(10, self._running_max_age)
 
     def attach_queue_gauges(self, gauges: QueueGauges | None) -> None:
-        """Export #17–#19, #25 and #29–#31 from ``gauges`` (the sampler's cache); ``None`` stops them."""
+        """Export the sampler's queue and schedule gauges from ``gauges`` (its cache); ``None`` stops them.
+
+        Queue depth, oldest age, paused, consumers and blocked oldest age; schedule next run and interval.
+        """
         self.sinks.set_observer(17, None if gauges is None else gauges.depth)
         self.sinks.set_observer(18, None if gauges is None else gauges.oldest_age)
         self.sinks.set_observer(19, None if gauges is None else gauges.paused)
@@ -285,7 +294,7 @@ class MetricsAdapter:
                         del js.errors[key]
 
     def _count_error(self, js: _JobSeries, error_type: str, outcome: str) -> None:
-        """#26: one attempt that raised (or failed without an exception), by its recent error type."""
+        """asyncmq.job.errors: an attempt that raised (or failed without raising), by recent error type."""
         label = self._error_types.use(26, js.task, error_type)
         series = js.errors.get((label, outcome))
         if series is None:
@@ -394,8 +403,9 @@ class MetricsAdapter:
 
     def _throttled(self, event: LifecycleEvent) -> None:
         ws = self._worker(event)
-        ws.throttled.inc()
-        ws.throttle_wait.observe(max(event.ratelimit_wait_s or 0.0, 0.0))
+        scope = "queue" if event.scope == "queue" else "worker"  # bounded: an unknown scope is the worker's
+        ws.throttled[scope].inc()
+        ws.throttle_wait[scope].observe(max(event.ratelimit_wait_s or 0.0, 0.0))
 
     def _stalled_job(self, event: LifecycleEvent) -> None:
         queue = event.queue or OTHER
@@ -409,8 +419,8 @@ class MetricsAdapter:
     def _worker_started(self, event: LifecycleEvent) -> None:
         queue = event.queue or OTHER
         group = event.group or self._group
-        # Only the pairs that can meet: the tasks declared for this queue (§3.6 pre-binding); a job of
-        # another task binds its pair when it is first seen.
+        # Only the pairs that can meet: the tasks declared for this queue (labels name only what the code
+        # declares); a job of another task binds its pair when it is first seen.
         for task in list_tasks(queue):
             self._pair(queue, task, group)
         ws = self._worker(event)
@@ -459,7 +469,7 @@ class MetricsAdapter:
         return ages.items()
 
     def health(self) -> tuple[bool, str]:
-        """The liveness watchdog behind ``/healthz`` (reliability contract §6).
+        """The liveness watchdog behind ``/healthz``.
 
         Unhealthy once a queue's data was lost (until restart), while the backend is down, or when a
         worker runs here and its last successful round trip is older than ``2 × block_timeout + 5 s``
@@ -493,7 +503,7 @@ class MetricsAdapter:
         """Nothing to do before a write (durations come from the bus)."""
 
     def operation_finished(self, operation: Operation) -> None:
-        """Record #4 (write duration), #1 (jobs sent), #24 (stale writes) and backend availability."""
+        """Record the write's duration, the jobs it sent, a stale write rejected and backend availability."""
         name = operation.name
         queue = operation.queue or OTHER
         error = operation.error
@@ -525,7 +535,7 @@ class MetricsAdapter:
 
     # -- drops -----------------------------------------------------------------------------------------
     def on_drop(self, signal: str, reason: str, count: int) -> None:
-        """Drop observer of the bus: counts #20."""
+        """Drop observer of the bus: counts asyncmq.telemetry.dropped."""
         if signal in SIGNALS and reason in DROP_REASONS:
             self.sinks.counter(20, signal, reason).inc(count)
 

@@ -2,7 +2,7 @@
 
 The SDK's encoder builds a protobuf object per span, attribute and event, which costs about 85 µs
 per ``process`` span on the exporter thread: in a worker that thread shares the GIL with the event
-loop, so it was the largest part of the tracing overhead (telemetry contract §6 budget). This
+loop, so it was the largest part of the tracing overhead (the telemetry contract's overhead budget). This
 encoder writes the same ``ExportTraceServiceRequest`` bytes directly and keeps the encoded form of
 attributes whose value repeats (queue, task, worker id, server, ...), so a span costs a fraction of
 that. A span it cannot encode (an attribute type outside the OTel attribute types) is encoded by the

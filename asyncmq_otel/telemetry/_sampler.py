@@ -1,4 +1,4 @@
-"""The queue sampler: queue-level gauges (#17–#19, and #25) come from one place (§3.5).
+"""The queue sampler: queue-level gauges (depth, oldest age, paused, consumers) come from one place.
 
 A :class:`QueueSampler` runs as a task in the event loop. Each interval it makes sure it holds the
 sampler lock, then reads ``queue_stats()`` for every queue and stores the values in a
@@ -6,7 +6,7 @@ sampler lock, then reads ``queue_stats()`` for every queue and stores the values
 that cache, so no backend I/O ever happens while ``/metrics`` is served. Values older than three
 intervals, or held by a sampler that lost the lock, are not exported: stale beats wrong.
 
-The live consumers of each queue (#25, ``asyncmq.queue.consumers``, an extension to the contract
+The live consumers of each queue (``asyncmq.queue.consumers``, an extension to the contract
 asked for by the operations issue) are counted in the same round when the backend offers
 :class:`ConsumerCounter`.
 
@@ -93,7 +93,7 @@ class QueueGauges:
         self._lock = threading.Lock()
         self._values: dict[str, tuple[float, QueueStats]] = {}
         self._consumers: dict[str, tuple[float, int]] = {}
-        self.schedules = ScheduleGauges(interval, clock)  # #29 and #30, as fresh as the rest
+        self.schedules = ScheduleGauges(interval, clock)  # next run and interval, as fresh as the rest
 
     def update(self, queue: str, stats: QueueStats) -> None:
         """Store a fresh sample of ``queue``."""
@@ -121,7 +121,7 @@ class QueueGauges:
             return [(queue, stats) for queue, (at, stats) in self._values.items() if at >= limit]
 
     def depth(self) -> Iterable[tuple[tuple[str, ...], float]]:
-        """Observations of ``asyncmq.queue.depth`` (#17): ``(queue, state)``."""
+        """Observations of ``asyncmq.queue.depth``: ``(queue, state)``."""
         for queue, s in self.fresh():
             yield (queue, "ready"), float(s.ready)
             yield (queue, "scheduled"), float(s.scheduled)
@@ -130,22 +130,22 @@ class QueueGauges:
             yield (queue, "blocked"), float(s.blocked)
 
     def oldest_age(self) -> Iterable[tuple[tuple[str, ...], float]]:
-        """Observations of ``asyncmq.queue.oldest_age`` (#18)."""
+        """Observations of ``asyncmq.queue.oldest_age``."""
         for queue, s in self.fresh():
             yield (queue,), max(float(s.oldest_ready_age), 0.0)
 
     def blocked_oldest_age(self) -> Iterable[tuple[tuple[str, ...], float]]:
-        """Observations of ``asyncmq.queue.blocked.oldest_age`` (#31, flows)."""
+        """Observations of ``asyncmq.queue.blocked.oldest_age`` (flows)."""
         for queue, s in self.fresh():
             yield (queue,), max(float(s.oldest_blocked_age), 0.0)
 
     def paused(self) -> Iterable[tuple[tuple[str, ...], float]]:
-        """Observations of ``asyncmq.queue.paused`` (#19)."""
+        """Observations of ``asyncmq.queue.paused``."""
         for queue, s in self.fresh():
             yield (queue,), 1.0 if s.paused else 0.0
 
     def consumers(self) -> Iterable[tuple[tuple[str, ...], float]]:
-        """Observations of ``asyncmq.queue.consumers`` (#25), as fresh as the other queue gauges."""
+        """Observations of ``asyncmq.queue.consumers``, as fresh as the other queue gauges."""
         limit = self._clock() - _STALE_INTERVALS * self.interval
         with self._lock:
             fresh = [(queue, count) for queue, (at, count) in self._consumers.items() if at >= limit]
@@ -230,24 +230,24 @@ class QueueSampler:
         return True
 
     async def _sample_consumers(self, backend: ConsumerCounter, queues: Sequence[str]) -> None:
-        """Count live consumers (#25); a failure here keeps the other queue gauges and the role."""
+        """Count live consumers; a failure here keeps the other queue gauges and the role."""
         try:
             counts = await backend.consumer_counts(queues)
         except anyio.get_cancelled_exc_class():
             raise
-        except Exception as exc:  # noqa: BLE001 - #25 is optional; its old counts go stale by themselves
+        except Exception as exc:  # noqa: BLE001 - consumer counts are optional; its old counts go stale by themselves
             _log.debug("queue consumer count failed: %s", exc)
             return
         self.gauges.update_consumers(counts)
 
     async def _sample_schedules(self, backend: ScheduleStore, queues: Sequence[str]) -> None:
-        """Next runs and intervals of the schedules (#29, #30); a failure keeps the other gauges."""
+        """Next runs and intervals of the schedules; a failure keeps the other gauges."""
         try:
             for queue in queues:
                 self.gauges.schedules.update(queue, await backend.schedule_list(queue))
         except anyio.get_cancelled_exc_class():
             raise
-        except Exception as exc:  # noqa: BLE001 - #29/#30 are optional; old values go stale by themselves
+        except Exception as exc:  # noqa: BLE001 - schedule gauges are optional; old values go stale by themselves
             _log.debug("schedule sampling failed: %s", exc)
 
     def _report(self, *, ok: bool) -> None:

@@ -1,6 +1,6 @@
-"""Schedule metrics (#27–#30): the ``schedule`` label, capped, and the sampler's schedule gauges.
+"""Schedule metrics (fired, lag, next run, interval): the capped ``schedule`` label, the sampler's gauges.
 
-The ``schedule`` label is bounded by what the code declares (§3.6): keys of schedules declared with
+The ``schedule`` label is bounded by what the code declares: keys of schedules declared with
 ``@task(cron=..., every=...)`` are always kept, and up to ``limit`` other keys per process (those
 upserted through the API), first come first kept; any further key is ``_OTHER``.
 """
@@ -59,7 +59,7 @@ schedule_labels = ScheduleLabels()
 
 
 class ScheduleGauges:
-    """The sampler's cache of schedule gauges (#29 next run, #30 interval); no I/O at collection."""
+    """The sampler's cache of schedule gauges (next run, interval); no I/O at collection."""
 
     def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
@@ -90,11 +90,11 @@ class ScheduleGauges:
             return [(queue, rows) for queue, (at, rows) in self._values.items() if at >= limit]
 
     def next_run(self) -> Iterable[tuple[tuple[str, ...], float]]:
-        """Observations of #29: the earliest next run per (queue, schedule label)."""
+        """Observations of asyncmq.schedule.next_run.timestamp: the earliest per (queue, schedule label)."""
         return self._per_label(lambda row: row[1], min)
 
     def intervals(self) -> Iterable[tuple[tuple[str, ...], float]]:
-        """Observations of #30: the longest interval per (queue, schedule label)."""
+        """Observations of asyncmq.schedule.interval: the longest per (queue, schedule label)."""
         return self._per_label(lambda row: row[2], max)
 
     def _per_label(

@@ -53,7 +53,7 @@ def parent_links(spans: Iterable[str]) -> list[Link]:
 
 
 def _server(source: object) -> dict[str, AttributeValue]:
-    """``server.address`` / ``server.port`` of the backend, when the event or write carries them (§2.4)."""
+    """``server.address`` / ``server.port`` of the backend, when the event or write carries them."""
     address = getattr(source, "server_address", None)
     if not address:
         return {}

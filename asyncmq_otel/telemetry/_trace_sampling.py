@@ -1,4 +1,4 @@
-"""Sampling decided before the SDK, and the propagation shortcuts of the trace adapter (§2.3, §6).
+"""Sampling decided before the SDK, and the propagation shortcuts of the trace adapter.
 
 The adapter reproduces the decision of the samplers it knows (``ParentBased``, ``LinkAwareSampler``,
 ``TraceIdRatioBased`` at 0 or 1, ``ALWAYS_ON``/``ALWAYS_OFF``) so that an unsampled attempt costs no SDK
@@ -48,7 +48,7 @@ REDIS_INSTRUMENTATION: Final = "opentelemetry.instrumentation.redis"
 
 
 class LinkAwareSampler(Sampler):
-    """Samples a root span that carries a sampled link, and asks ``root`` otherwise (§2.3).
+    """Samples a root span that carries a sampled link, and asks ``root`` otherwise.
 
     In ``link`` mode the job trace then follows the producer's decision instead of being sampled
     independently, so links rarely point at dropped traces.
@@ -79,7 +79,7 @@ class LinkAwareSampler(Sampler):
 
 
 class SamplingPolicy(NamedTuple):
-    """A sampler whose decision the adapter reproduces without the SDK (§6: decide before the SDK)."""
+    """A sampler whose decision the adapter reproduces without the SDK (decided before the SDK)."""
 
     parent_based: bool  # a valid parent decides: its sampled flag (ParentBased's defaults)
     link_aware: bool  # a root with a sampled link is sampled (LinkAwareSampler)

@@ -126,7 +126,7 @@ class _Instrumentation:
             )
             if config.queue_sampler != "off":
                 self.gauges = QueueGauges(config.queue_sample_interval_s)
-                self.metrics.attach_queue_gauges(self.gauges)  # #17–#19 and #25
+                self.metrics.attach_queue_gauges(self.gauges)  # depth, oldest age, paused, consumers
             if config.metrics_addr:
                 self.server = MetricsServer(registry, config.metrics_addr)
                 self.server.set_health(self.metrics.health)
@@ -393,7 +393,7 @@ def flush(timeout_s: float | None = None) -> bool:
 
 
 async def run_queue_sampler(backend: StatsSource, *, queues: Sequence[str] | None = None) -> None:
-    """Sample queue gauges (#17–#19) from ``backend`` until cancelled or :func:`uninstrument` is called.
+    """Sample queue gauges (depth, oldest age, paused) from ``backend`` until cancelled or uninstrumented.
 
     Run it as a task next to a worker (or in the standalone exporter). When the backend offers
     :class:`SamplerLock`, only the process holding the lock exports the gauges; otherwise this

@@ -1,7 +1,7 @@
-"""The log adapter: one structured line per lifecycle event, with the attempt's trace context (§4).
+"""The log adapter: one structured line per lifecycle event, with the attempt's trace context.
 
 Lines go through this package's own structlog logger, a ``structlog.stdlib.BoundLogger`` over the
-stdlib logger ``asyncmq_otel`` with the processor chain of §4.1. ``instrument()`` only adds handlers
+stdlib logger ``asyncmq_otel`` with the contract's processor chain. ``instrument()`` only adds handlers
 to that stdlib logger; it never calls ``structlog.configure`` and never touches the root logger.
 
 Applications get the same fields and ids in their handlers' logs by adding
@@ -81,7 +81,7 @@ EVENT_LOG_LEVELS: Final[Mapping[str, tuple[str, int]]] = {
     "worker:stopped": ("worker.stopped", logging.INFO),
     "backend:data_loss": ("backend.data_loss", logging.ERROR),
 }
-"""Bus event → (log ``event``, level), as in §1.4: one INFO-or-above line per attempt, at its outcome."""
+"""Bus event → (log ``event``, level): one INFO-or-above line per attempt, at its outcome."""
 
 _OUTCOMES: Final = frozenset(
     {"job:completed", "job:retried", "job:failed", "job:expired", "job:cancelled", "job:interrupted"}
@@ -91,7 +91,7 @@ _THROTTLED_S: Final = 0.001
 
 
 class AddTraceContext:
-    """structlog processor: the current span's ``trace_id``, ``span_id`` and ``trace_flags`` (§4.1 step 3).
+    """structlog processor: the current span's ``trace_id``, ``span_id`` and ``trace_flags``.
 
     It reads the span at log time and gates on validity, not on sampling, so lines of unsampled
     traces keep their ids. Outside a span the keys are absent.
@@ -128,7 +128,7 @@ _DICT_TRACEBACKS: Final = structlog.processors.ExceptionRenderer(ExceptionDictTr
 
 
 def processor_chain(log_format: Literal["json", "console"]) -> list[Processor]:
-    """Steps 1–4 of §4.1 (the renderer is the handler's formatter)."""
+    """The processor chain up to the renderer (the renderer is the handler's formatter)."""
     chain: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -167,7 +167,7 @@ def _otel_value(value: object) -> Any:  # noqa: ANN401 - an OTel AnyValue
 
 
 class OTelLogHandler(logging.Handler):
-    """Feeds the same event dicts to an OTel ``LoggerProvider`` (``logs_exporter="otlp"``, §4.2).
+    """Feeds the same event dicts to an OTel ``LoggerProvider`` (``logs_exporter="otlp"``).
 
     Body = ``event``; attributes = the other fields under the same keys; severity from the level;
     trace context from the span that was current when the line was logged (the ids the line carries:
@@ -359,7 +359,7 @@ class LogOutput:
             self._saved = None
 
     def logger(self) -> structlog.stdlib.BoundLogger:
-        """The adapter's structlog logger: the §4.1 chain over the stdlib ``asyncmq_otel`` logger."""
+        """The adapter's structlog logger: the processor chain over the stdlib ``asyncmq_otel`` logger."""
         processors = [*processor_chain(self.format), structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
         return structlog.stdlib.BoundLogger(self._sink, processors, {})
 
@@ -406,7 +406,7 @@ _LAST_SECOND: tuple[float, str] = (-1.0, "")
 
 
 class DirectLines:
-    """The adapter's lines without structlog's per-call machinery: the §4.1 chain, precompiled.
+    """The adapter's lines without structlog's per-call machinery: the processor chain, precompiled.
 
     On the event loop it does what must see the emitting task (``merge_contextvars``, the level and
     logger names, the current span's ids); the writer thread adds the timestamp (of the time the line
@@ -635,7 +635,7 @@ def _colors(stream: IO[str] | None) -> bool:
 
 
 class LoggingAdapter:
-    """Writes one line per lifecycle event (§1.4 names and levels, §4.2 fields).
+    """Writes one line per lifecycle event (the contract's event names, levels and fields).
 
     Args:
         logger: the structlog logger of :meth:`LogOutput.logger`.
@@ -739,6 +739,7 @@ _OPTIONAL: Final = (
     ("new_epoch", "asyncmq.backend.new_epoch"),
     ("schedule_key", "asyncmq.schedule.key"),
     ("schedule_due", "asyncmq.schedule.due"),
+    ("scope", "asyncmq.ratelimit.scope"),
 )
 
 

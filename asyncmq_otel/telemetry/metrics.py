@@ -1,4 +1,4 @@
-"""Metrics: the one definition table of the telemetry contract (§3.4) and its two sinks.
+"""Metrics: the one definition table of the telemetry contract and its two sinks.
 
 Each :class:`MetricDef` row yields a ``prometheus_client`` collector (the scrape sink, on its own
 ``CollectorRegistry``) and, when OTLP metrics are on, an OpenTelemetry instrument (the OTLP sink).
@@ -60,17 +60,17 @@ __all__ = [
 OTHER: Final = "_OTHER"
 """The label value of the overflow series and of values past a top-N limit."""
 
-# -- buckets (§3.2) --------------------------------------------------------------------------------
+# -- buckets --------------------------------------------------------------------------------------
 # Rev. 2 starts at 0.1 ms: semconv's 5 ms floor hid every loopback Redis round trip and pickup.
 B_OP: Final = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 B_PROC: Final = (*B_OP, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-B_WAIT: Final = B_PROC  # the same boundaries (§3.2 lists them separately)
+B_WAIT: Final = B_PROC  # the same boundaries (the contract lists them separately)
 B_E2E: Final = (*B_WAIT, 7200.0, 21600.0, 86400.0)
 B_ATT: Final = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 13.0, 21.0)
 
-# -- label keys (§3.3), in attribute form ------------------------------------------------------------
+# -- label keys, in attribute form --------------------------------------------------------------------
 SYSTEM: Final = "messaging.system"
 QUEUE: Final = "messaging.destination.name"
 TASK: Final = "asyncmq.task.name"
@@ -83,8 +83,22 @@ STATE: Final = "state"
 PRIORITY_CLASS: Final = "priority_class"
 SIGNAL: Final = "signal"
 SCHEDULE: Final = "schedule"
+SCOPE: Final = "scope"
 _LABEL_KEYS: Final = frozenset(
-    {QUEUE, TASK, GROUP, OPERATION, ERROR_TYPE, OUTCOME, REASON, STATE, PRIORITY_CLASS, SIGNAL, SCHEDULE}
+    {
+        QUEUE,
+        TASK,
+        GROUP,
+        OPERATION,
+        ERROR_TYPE,
+        OUTCOME,
+        REASON,
+        STATE,
+        PRIORITY_CLASS,
+        SIGNAL,
+        SCHEDULE,
+        SCOPE,
+    }
 )
 
 SENT_OPERATIONS: Final = ("send", "schedule")
@@ -106,11 +120,12 @@ OUTCOME_REASONS: Final = (
     ("failed", "failed"), ("failed", "worker_lost"), ("failed", "interrupted"), ("failed", "unknown_task"),
     ("failed", "malformed_payload"), ("failed", "dependency_failed"),
 )  # fmt: skip
-"""Every (outcome, reason) pair #7 can record: each is pre-initialised, so its first increment is visible."""
+"""Every (outcome, reason) pair of asyncmq.job.outcomes: pre-initialised, so a first increment shows."""
 STATES: Final = ("ready", "scheduled", "active", "dead", "blocked")
 PRIORITY_CLASSES: Final = ("high", "normal", "low")
 SIGNALS: Final = ("event", "span", "metric", "log")
 DROP_REASONS: Final = ("queue_full", "adapter_error", "cardinality")
+THROTTLE_SCOPES: Final = ("worker", "queue")  # the worker's own rate_limit, the queue's shared limit
 
 
 class InstrumentKind(str, Enum):
@@ -129,7 +144,7 @@ def label_key(attribute: str) -> str:
 
 
 def translate_name(name: str, kind: InstrumentKind, unit: str) -> str:
-    """The standard OTel→Prometheus name translation used by this project (§3.1).
+    """The standard OTel→Prometheus name translation used by this project.
 
     ``.`` becomes ``_``; unit ``s`` adds ``_seconds``; ``{…}`` units add nothing; counters get ``_total``.
     """
@@ -145,10 +160,10 @@ def translate_name(name: str, kind: InstrumentKind, unit: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class MetricDef:
-    """One row of the definition table (§3.4).
+    """One row of the definition table.
 
     Attributes:
-        number: the row number the contract refers to (#1 … #26).
+        number: the row's number in the contract's definition table.
         name: the OTel instrument name.
         kind: the OTel instrument.
         unit: ``s`` or an annotation such as ``{job}``.
@@ -179,7 +194,7 @@ class MetricDef:
         unknown = [key for key in self.labels if key not in _LABEL_KEYS]
         if unknown:
             raise ValueError(
-                f"metric {self.name}: label keys {unknown} are not allowed (§3.3/§3.6); bounded keys only: "
+                f"metric {self.name}: label keys {unknown} are not allowed; bounded keys only: "
                 f"{sorted(_LABEL_KEYS)}"
             )
         if len(set(self.labels)) != len(self.labels):
@@ -269,9 +284,11 @@ METRICS: Final = (
     _row(10, "asyncmq.job.running.max_age", _OG, "s", "asyncmq_job_running_max_age_seconds",
          (_Q, _GR), "Age of this worker's oldest in-flight attempt (0 when idle)."),
     _row(11, "asyncmq.ratelimit.throttled", _C, "{job}", "asyncmq_ratelimit_throttled_total",
-         (_Q, _GR), "Jobs held by the rate limiter for more than 1 ms."),
+         (_Q, _GR, SCOPE), "Jobs held by a rate limit for more than 1 ms, by the limit's scope.", None,
+         {SCOPE: THROTTLE_SCOPES}),
     _row(12, "asyncmq.ratelimit.wait", _H, "s", "asyncmq_ratelimit_wait_seconds",
-         (_Q, _GR), "Time jobs spent waiting for the rate limiter.", B_WAIT),
+         (_Q, _GR, SCOPE), "Time jobs spent waiting for a rate limit, by the limit's scope.", B_WAIT,
+         {SCOPE: THROTTLE_SCOPES}),
     _row(13, "asyncmq.worker.up", _G, "{worker}", "asyncmq_worker_up",
          (_Q, _GR), "1 while the worker serves the queue, 0 once it stopped."),
     _row(14, "asyncmq.worker.heartbeat.timestamp", _G, "s", "asyncmq_worker_heartbeat_timestamp_seconds",
@@ -298,7 +315,7 @@ METRICS: Final = (
     _row(24, "asyncmq.stale_writes.rejected", _C, "{write}", "asyncmq_stale_writes_rejected_total",
          (_Q, OPERATION), "Settles rejected because the lease was lost (STALE) or the job was gone.", None,
          {OPERATION: STALE_OPERATIONS}),
-    # Worker liveness seen from the registry, per queue, from the queue sampler like #17–#19
+    # Worker liveness seen from the registry, per queue, from the queue sampler like the queue gauges
     # (asyncmq_worker_up would count workers twice once the exporter reported it too).
     _row(25, "asyncmq.queue.consumers", _OG, "{worker}", "asyncmq_queue_consumers",
          (_Q,), "Live workers consuming the queue, from the worker registry (queue sampler)."),
@@ -306,7 +323,7 @@ METRICS: Final = (
          (_Q, _T, ERROR_TYPE, OUTCOME),
          "Attempts that raised (or failed without an exception), by error type.", None,
          {OUTCOME: ERROR_OUTCOMES}),
-    # Schedules (periodic jobs). #26 is the contract's asyncmq.job.errors; these follow it.
+    # Schedules (periodic jobs), numbered after the contract's asyncmq.job.errors.
     _row(27, "asyncmq.schedule.fired", _C, "{job}", "asyncmq_schedule_fired_total",
          (_Q, SCHEDULE), "Jobs fired by schedules: one per tick fired (each catch-up tick counts)."),
     _row(28, "asyncmq.schedule.lag", _H, "s", "asyncmq_schedule_lag_seconds",
@@ -422,7 +439,7 @@ class _Gauge(_Series):
 
 
 class _SharedFileHistogram:
-    """A multi-process histogram child: its files hold no exemplars, so the trace id is dropped (§3.7)."""
+    """A multi-process histogram child: its files hold no exemplars, so the trace id is dropped."""
 
     __slots__ = ("_child",)
 
@@ -442,7 +459,7 @@ _WRAPPERS: Final[Mapping[InstrumentKind, type[_Series]]] = {
 
 
 class _FilteredCollector(Collector):
-    """Yields the table's collectors without their ``_created`` samples (§3.1)."""
+    """Yields the table's collectors without their ``_created`` samples."""
 
     def __init__(self, sinks: MetricSinks) -> None:
         self._sinks = sinks
@@ -468,7 +485,7 @@ class _Bindings:
 
 
 def _limit(row: MetricDef, limit: int) -> int:
-    """Rows whose every label has a closed value set (#20, #21) are bounded already: no cap applies."""
+    """Rows whose labels all have closed value sets (telemetry dropped, backend up) need no cap."""
     if all(key in row.values for key in row.labels):
         size = 1
         for key in row.labels:
@@ -503,7 +520,9 @@ class MetricSinks:
         overrides = dict(histogram_buckets or {})
         unknown = [name for name in overrides if name not in METRICS_BY_NAME]
         if unknown:
-            raise ValueError(f"histogram_buckets names unknown metrics {unknown}; use the OTel names of §3.4")
+            raise ValueError(
+                f"histogram_buckets names unknown metrics {unknown}; use the OTel names of the metrics table"
+            )
         self.buckets = {
             row.number: tuple(float(b) for b in overrides.get(row.name, row.buckets or ()))
             for row in METRICS
@@ -515,10 +534,10 @@ class MetricSinks:
         self.registry = registry
         self._prom: dict[int, Any] = {}
         self._collector: _FilteredCollector | None = None
-        # Multi-process mode (§3.7): observable rows become plain gauges, refreshed every second.
+        # Multi-process mode: observable rows become plain gauges, refreshed every second.
         self.multiprocess = registry is not None and _multiprocess.enabled()
         self._refresher: _multiprocess.ObservableRefresher | None = None
-        # One process: plain accumulators read at scrape time (the job path's cost, §6). Several:
+        # One process: plain accumulators read at scrape time (the job path's cost budget). Several:
         # prometheus_client's children, the only ones that write the shared multi-process files.
         self._accumulate = registry is not None and not self.multiprocess
         if registry is not None:

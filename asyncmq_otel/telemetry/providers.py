@@ -1,4 +1,4 @@
-"""Providers, the ``/metrics`` server and flushing (§5, §6).
+"""Providers, the ``/metrics`` server and flushing.
 
 Providers handed in by the caller are used as they are and never shut down here; providers built here
 (OTLP/HTTP exporters only when an endpoint is configured) are flushed within ``flush_timeout_s`` and
@@ -83,7 +83,7 @@ def build_providers(config: TelemetryConfig) -> Providers:
     """Use the caller's providers, or SDK providers the application installed as globals, or build ours.
 
     Only providers built here are ``owned`` (flushed and shut down by ``uninstrument()``); the ones
-    built here are installed as the OTel globals when none is set yet (§5 providers row).
+    built here are installed as the OTel globals when none is set yet (an application's own providers win).
     """
     from opentelemetry import metrics, trace  # noqa: PLC0415 - see build_resource
     from opentelemetry._logs import get_logger_provider, set_logger_provider  # noqa: PLC0415
@@ -253,7 +253,7 @@ def shutdown_providers(providers: Sequence[Any]) -> None:
 
 # -- the scrape sink --------------------------------------------------------------------------------------
 def build_registry(service: Mapping[str, str]) -> CollectorRegistry:
-    """A fresh registry with the process and platform collectors and ``target_info`` (§3.1)."""
+    """A fresh registry with the process and platform collectors and ``target_info``."""
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)

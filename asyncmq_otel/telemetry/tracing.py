@@ -1,15 +1,15 @@
-"""The trace adapter: lifecycle events and backend writes → the spans of the telemetry contract (§2).
+"""The trace adapter: lifecycle events and backend writes → the spans of the telemetry contract.
 
 * Producer writes (``send``/``schedule`` operations) open ``send {queue}`` (PRODUCER; or a bulk
   CLIENT span with one ``create {queue}`` PRODUCER child per job) before the store write, and the
   creation context is injected into each job's ``trace_context`` with the global propagator.
 * ``job:started`` decides sampling first, from the sampler's ratio and the stored ``traceparent``'s
-  sampled flag, without the SDK when the sampler is one it can reproduce (§6). A sampled attempt
-  opens ``process {queue}`` (CONSUMER) with an explicit parent (the extracted creation context, or
-  none), its attributes passed once at creation, links to the creation context and the previous
-  attempt. An unsampled attempt creates no SDK span: a non-recording span carrying the stored
-  context stands in, so the handler's own spans inherit the decision and the trace id, and its
-  log line carries the stored ids. Either is made current in the emitting task (the handler's)
+  sampled flag, without the SDK when the sampler is one it can reproduce (decide before the SDK
+  does any work). A sampled attempt opens ``process {queue}`` (CONSUMER) with an explicit parent (the
+  extracted creation context, or none), its attributes passed once at creation, links to the creation
+  context and the previous attempt. An unsampled attempt creates no SDK span: a non-recording span
+  carrying the stored context stands in, so the handler's own spans inherit the decision and the trace
+  id, and its log line carries the stored ids. Either is made current in the emitting task (the handler's)
   and the attempt's outcome event closes it in the same task.
 * A job settled without a run (expired, cancelled while queued, unknown task, malformed payload,
   worker lost) gets a short ``settle {queue}`` (CLIENT) span; with ``settle_spans=True`` every
@@ -88,7 +88,7 @@ _PICKUP_FAILURES: Final = frozenset({"unknown_task", "malformed_payload", "worke
 _STALE: Final = frozenset({"STALE", "GONE"})
 _DESCRIPTION_LIMIT: Final = 256
 THROTTLE_THRESHOLD_S: Final = 0.001
-"""A job held by the rate limiter for longer than this was throttled (§1.2)."""
+"""A job held by the rate limiter for longer than this was throttled (``job:throttled``)."""
 _OPEN_LIMIT: Final = 100_000  # attempts whose outcome never comes (lease lost) are forgotten past this
 _STATIC_LIMIT: Final = 4096  # cached attribute sets (queue × task × worker × ...); cleared when full
 _SUPPRESS: Final = otel_context._SUPPRESS_INSTRUMENTATION_KEY  # noqa: SLF001 - the API's documented key
@@ -99,7 +99,7 @@ _EMPTY: Final = otel_context.Context()
 
 
 def _throttle_wait(event: LifecycleEvent) -> float | None:
-    """The rate-limit wait when the job was throttled (held over 1 ms, §1.2), else ``None``."""
+    """The rate-limit wait when the job was throttled (held over 1 ms), else ``None``."""
     wait = event.ratelimit_wait_s
     return wait if wait is not None and wait > THROTTLE_THRESHOLD_S else None
 
@@ -134,12 +134,12 @@ class TracingAdapter:
 
     Args:
         tracer: where spans are created.
-        propagation: ``child`` (default), ``link`` or ``none`` (§2.3).
-        span_name_style: ``"{op} {queue}"`` or ``"{op} {queue} {task}"`` (§2.2).
+        propagation: ``child`` (default), ``link`` or ``none``.
+        span_name_style: ``"{op} {queue}"`` or ``"{op} {queue} {task}"``.
         bulk_create_spans: one ``create`` span per job of a bulk enqueue.
         progress_events_per_span: progress reports bridged to span events per attempt.
         settle_spans: a ``settle`` span for every worker settle write, not only for jobs settled
-            without a handler run (§6; off by default: it doubles the spans per job).
+            without a handler run (off by default: it doubles the spans per job).
 
     """
 
@@ -308,7 +308,7 @@ class TracingAdapter:
     def _decide(
         self, creation: SpanContext | None, carrier: Mapping[str, str] | None, parents: tuple[str, ...] = ()
     ) -> bool | None:
-        """Sampled, unsampled, or ``None`` when only the SDK's sampler can tell (§6: decide first).
+        """Sampled, unsampled, or ``None`` when only the SDK's sampler can tell (decide before the SDK).
 
         ``creation`` is the stored creation context when it is valid and propagation is not ``none``.
         """
@@ -402,7 +402,7 @@ class TracingAdapter:
     def _span_attributes(
         self, event: LifecycleEvent, op_type: str, op_name: str
     ) -> dict[str, AttributeValue]:
-        """Every S attribute of a process or settle span, passed once at creation (§2.4)."""
+        """Every S attribute of a process or settle span, passed once at creation."""
         attributes = self._job_attributes(event, op_type, op_name)
         if op_type == "process":
             if event.wait_s is not None:
@@ -448,7 +448,7 @@ class TracingAdapter:
         if event.job_id is not None:
             out["messaging.message.id"] = event.job_id
         attempt = event.attempt
-        # A job cancelled while queued has no attempt; neither has one that never reached a claim (§2.6).
+        # A job cancelled while queued has no attempt; neither has one that never reached a claim.
         if attempt is not None and attempt > 0 and op_name != "cancel":
             out["asyncmq.job.attempt"] = attempt
         if event.enqueued_at is not None:
@@ -527,7 +527,7 @@ class TracingAdapter:
             self._error(span, error_type, event.error_message or reason)
         elif name == "job:expired":
             span.add_event("asyncmq.job.dead_lettered", {"asyncmq.dlq.reason": "expired"}, timestamp=at)
-            # error.type was set at creation; a Jaeger error=true search must find expiries (§2.6).
+            # error.type was set at creation; a Jaeger error=true search must find expiries.
             span.set_status(Status(StatusCode.ERROR, "expired"))
         elif name == "job:cancelled":
             stage = event.reason or "queued"

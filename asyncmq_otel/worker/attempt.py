@@ -1,4 +1,4 @@
-"""One attempt of a claimed job: ``_JobRun`` runs the pickup checks, the handler and its one outcome write.
+"""One attempt of a claimed job: ``JobAttempt`` runs the pickup checks, the handler and its one outcome write.
 
 Each lifecycle event is emitted once, after its write succeeded, in the task that runs the handler.
 """
@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from enum import Enum
 from typing import Any
 
 import anyio
@@ -22,6 +23,7 @@ import anyio.to_thread
 from .._dependencies import current_job
 from .._lifecycle import emit_job_event, emit_job_fields
 from ..backends.base import Backend, RawJob, SettleReply, SettleStatus
+from ..clock import fail_after
 from ..errors import (
     BackendOutOfMemory,
     BackendUnavailable,
@@ -35,11 +37,13 @@ from ..errors import (
 from ..events import Operation, bus
 from ..jobs import Job, check_json, dumps, error_type_name
 from ..tasks import TaskInfo, get_task
-from .context import _REQUEUE_BUDGET, WorkerContext, _Attempt
+from .context import _REQUEUE_BUDGET, WorkerContext
 from .progress import ProgressWriter
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport on 3.10
     from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["CancelReason", "JobAttempt"]
 
 _log = logging.getLogger("asyncmq_otel.worker")
 
@@ -49,8 +53,32 @@ _TRACEBACK_LIMIT = 16_384
 _NON_RETRYABLE: tuple[type[BaseException], ...] = (ResultSerializationError, ResultTooLarge)
 
 
-class _JobRun:
-    """The state of one pickup: kept on an object so each step stays a small method."""
+class CancelReason(str, Enum):
+    """Why a worker stopped an attempt (its values are the words the logs have always used)."""
+
+    CANCEL = "cancel"
+    """The job was cancelled (``Queue.cancel``): it settles as cancelled."""
+    LOST = "lost"
+    """Its lease was lost: another worker owns the job now, so this one writes nothing."""
+    SHUTDOWN = "shutdown"
+    """The worker is stopping: the job goes back to its queue."""
+
+
+class JobAttempt:
+    """One attempt of a claimed job, held by its worker from the claim to the one outcome write.
+
+    The claim loop makes it when it claims the job, so the lease keeper renews its lease and a stop or
+    cancel request reaches it even before its handler starts (``cancel``). Its state is kept on the
+    object so each step stays a small method.
+
+    Args:
+        queue: the queue it was claimed from.
+        raw_job: the claimed job as the backend returned it.
+        backend: where its outcome is written.
+        ctx: the worker holding it.
+        ratelimit_wait_s: how long it waited for a rate token (set again before it starts).
+
+    """
 
     def __init__(
         self,
@@ -58,8 +86,7 @@ class _JobRun:
         raw_job: RawJob,
         backend: Backend,
         ctx: WorkerContext,
-        ratelimit_wait_s: float,
-        attempt: _Attempt | None,
+        ratelimit_wait_s: float = 0.0,
     ) -> None:
         self.queue = queue
         self.raw = raw_job
@@ -68,27 +95,40 @@ class _JobRun:
         self.ratelimit_wait_s = ratelimit_wait_s
         self.job_id = str(raw_job.get("id"))
         self.token = str(raw_job.get("token") or "")
-        self.attempt = attempt or ctx.held.get((queue, self.job_id)) or ctx.hold(queue, raw_job)
+        self.scope: anyio.CancelScope | None = None
+        """The cancel scope of what it waits on or runs now (a rate token, the handler), if any."""
+        self.cancel_reason: CancelReason | None = None
+        """Why this worker stopped it; ``None`` unless stopped."""
         self.job: Job | None = None
         self.started_at: float | None = None
-        self.started_mono: float | None = None
+        self.started_monotonic: float | None = None
         self.wait_s: float | None = None
+
+    def cancel(self, reason: CancelReason) -> None:
+        """Stop it: its handler (or its wait) is cancelled now, or it never starts; the first reason stays."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        if self.scope is not None:
+            self.scope.cancel()
 
     def _fields(self, **extra: Any) -> dict[str, Any]:  # noqa: ANN401 - event fields
         fields: dict[str, Any] = {"worker_id": self.ctx.worker_id, "group": self.ctx.group, **self.ctx.server}
         if self.started_at is not None:
-            fields.update(started_at=self.started_at, wait_s=self.wait_s, started_monotonic=self.started_mono)
+            fields.update(
+                started_at=self.started_at, wait_s=self.wait_s, started_monotonic=self.started_monotonic
+            )
         else:
             fields["ratelimit_wait_s"] = self.ratelimit_wait_s
         fields.update(extra)
         return fields
 
     def _finish_fields(self, **extra: Any) -> dict[str, Any]:  # noqa: ANN401 - event fields
-        finished = time.time()
-        duration = None if self.started_mono is None else time.perf_counter() - self.started_mono
+        finished = self.ctx.clock.time()
+        duration = None if self.started_monotonic is None else time.perf_counter() - self.started_monotonic
         return self._fields(finished_at=finished, duration_s=duration, **extra)
 
-    async def execute(self) -> None:  # noqa: PLR0911 - one return per pickup outcome
+    async def perform(self) -> None:  # noqa: PLR0911 - one return per pickup outcome
+        """The pickup checks, then the handler, then exactly one outcome write (each event once, after it)."""
         try:
             job = Job.from_dict(self.raw) if "payload_error" not in self.raw else None
         except MalformedJob as exc:
@@ -101,13 +141,13 @@ class _JobRun:
         # field is data the producer wrote, and must not mint label values.
         job.queue = self.queue
         self.job = job
-        if job.cancel_requested or self.attempt.reason == "cancel":
+        if job.cancel_requested or self.cancel_reason is CancelReason.CANCEL:
             await self._settle_cancelled("queued")
             return
-        if self.attempt.reason == "shutdown":  # stopped before it started: not an interruption
+        if self.cancel_reason is CancelReason.SHUTDOWN:  # stopped before it started: not an interruption
             await self._retrying(lambda: self.backend.defer(self.queue, job.id, self.token))
             return
-        now = float(self.raw.get("claimed_at") or time.time())
+        now = float(self.raw.get("claimed_at") or self.ctx.clock.time())
         if job.expires_at is not None and now > job.expires_at:
             await self._dead_letter("expired", "expire", None)
             return
@@ -123,7 +163,7 @@ class _JobRun:
         if job.expires_at is not None and now > job.expires_at:  # by the task's ttl
             await self._dead_letter("expired", "expire", None)
             return
-        await self._run(task)
+        await self._call_handler_and_settle(task)
 
     # -- pickup settles ------------------------------------------------------------------------------
     async def _malformed(self) -> None:
@@ -182,20 +222,19 @@ class _JobRun:
         job = self._job()
         reply = await self._retrying(lambda: self.backend.defer(self.queue, job.id, self.token))
         if reply.ok:
-            delay = max((job.delay_until or 0.0) - time.time(), 0.0)
+            delay = max((job.delay_until or 0.0) - self.ctx.clock.time(), 0.0)
             emit_job_event(
                 "job:delayed", job, attempt=max(job.attempts - 1, 0), delay_s=delay, **self._fields()
             )
         else:
             self._stale("defer", reply)
 
-    # -- the attempt ---------------------------------------------------------------------------------
-    async def _run(self, task: TaskInfo) -> None:
+    # -- the handler ---------------------------------------------------------------------------------
+    async def _call_handler_and_settle(self, task: TaskInfo) -> None:
         job = self._job()
-        self.started_at = time.time()
-        self.started_mono = time.perf_counter()
+        self.started_at = self.ctx.clock.time()
+        self.started_monotonic = time.perf_counter()
         self.wait_s = max(self.started_at - job.eligible_at, 0.0) if job.eligible_at else 0.0
-        self.attempt.started_monotonic = self.started_mono
         outcome: tuple[str, Any] = ("error", None)
         fields = self._fields(ratelimit_wait_s=self.ratelimit_wait_s)
         parents = self.raw.get("depends_on")
@@ -205,11 +244,11 @@ class _JobRun:
         current_job.set((self.backend, self.raw))  # for flows.parent_results(); each job runs in its own task
         try:
             with anyio.CancelScope() as scope:
-                self.attempt.scope = scope
-                if self.attempt.reason is not None:
+                self.scope = scope
+                if self.cancel_reason is not None:
                     scope.cancel()
                 try:
-                    result = await self._invoke(task)
+                    result = await self._call_handler(task)
                 except BaseException as exc:
                     # Whatever a handler raises fails its job only: SystemExit, KeyboardInterrupt
                     # or a CancelledError a library leaked must not stop the worker.
@@ -218,16 +257,17 @@ class _JobRun:
                     outcome = ("error", exc.raised if isinstance(exc, _RaisedInThread) else exc)
                 else:
                     outcome = ("ok", result)
-            if scope.cancelled_caught or (self.attempt.reason is not None and outcome[0] != "ok"):
+            if scope.cancelled_caught or (self.cancel_reason is not None and outcome[0] != "ok"):
                 await self._cancelled_by_us()
                 return
         except anyio.get_cancelled_exc_class():
             # Cancelled from outside (the worker's task group): requeue, shielded, then propagate.
+            # The budget is real time: it bounds real I/O while the process stops, whatever the clock.
             with anyio.CancelScope(shield=True), anyio.move_on_after(_REQUEUE_BUDGET):
                 await self._requeue()
             raise
         finally:
-            self.attempt.scope = None
+            self.scope = None
         if self._progress_writer is not None:
             # the last report must be stored before the settle, which ends the job's active state
             await self._progress_writer.flush(_REQUEUE_BUDGET)
@@ -236,7 +276,7 @@ class _JobRun:
         else:
             await self._failed(outcome[1])
 
-    async def _invoke(self, task: TaskInfo) -> Any:  # noqa: ANN401 - whatever the handler returns
+    async def _call_handler(self, task: TaskInfo) -> Any:  # noqa: ANN401 - whatever the handler returns
         job = self._job()
         timeout = job.timeout  # the job's own, else the task's (fill_unset)
         sandboxed = self.ctx.config.sandbox_enabled
@@ -265,13 +305,13 @@ class _JobRun:
             # when a stop must be hard).
             call = functools.partial(
                 anyio.to_thread.run_sync,
-                functools.partial(_run_in_thread, task.func, *job.args, **kwargs),
+                functools.partial(_call_in_thread, task.func, *job.args, **kwargs),
                 abandon_on_cancel=True,
             )
         if timeout is None:
             return await call()
         try:
-            with anyio.fail_after(timeout):
+            with fail_after(self.ctx.clock, timeout):  # on the worker's clock: tests advance past it
                 return await call()
         except TimeoutError as exc:
             raise JobTimeout(f"task {task.task_id} ran past its {timeout:g}s timeout") from exc
@@ -369,7 +409,7 @@ class _JobRun:
         if not reply.ok:
             return
         stored = reply.job or {}
-        job.eligible_at = float(stored.get("eligible_at") or time.time() + backoff)
+        job.eligible_at = float(stored.get("eligible_at") or self.ctx.clock.time() + backoff)
         emit_job_event(
             "job:retried",
             job,
@@ -382,10 +422,10 @@ class _JobRun:
         )
 
     async def _cancelled_by_us(self) -> None:
-        reason = self.attempt.reason
-        if reason == "cancel":
+        reason = self.cancel_reason
+        if reason is CancelReason.CANCEL:
             await self._settle_cancelled("running")
-        elif reason == "lost":
+        elif reason is CancelReason.LOST:
             _log.warning(
                 "job.lease_lost: job %s on %s was reclaimed from worker %s; its handler was stopped",
                 self.job_id,
@@ -399,8 +439,9 @@ class _JobRun:
         job = self._job()
         max_interrupts = self.ctx.config.max_interrupts
         reply: SettleReply | None = None
-        # Bounded (reliability §7: requeues within a 3 s budget); what is not returned by then is
-        # counted, and the reaper recovers it as a stall after its lease.
+        # Bounded (graceful shutdown requeues within a 3 s budget); what is not returned by then is
+        # counted, and the reaper recovers it as a stall after its lease. Real time, like every
+        # budget of a stopping process.
         with anyio.move_on_after(_REQUEUE_BUDGET):
             reply = await self._write(
                 "requeue", lambda: self.backend.requeue(self.queue, job.id, self.token, max_interrupts)
@@ -446,6 +487,7 @@ class _JobRun:
                 # The handler's work is done; keep trying until the backend answers (or has memory
                 # again). If our lease is reaped meanwhile the write comes back STALE: redelivered.
                 _log.warning("job.settle_retry: %s (%s), retrying in %.2fs", type(exc).__name__, exc, delay)
+                # Real time, not the worker's clock: a backend outage ends in real time.
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -462,7 +504,7 @@ class _JobRun:
         )
 
     def _job(self) -> Job:
-        if self.job is None:  # pragma: no cover - execute() sets it before any step runs
+        if self.job is None:  # pragma: no cover - perform() sets it before any step runs
             raise RuntimeError("job not decoded yet")
         return self.job
 
@@ -483,7 +525,7 @@ class _RaisedInThread(Exception):
         self.raised = raised
 
 
-def _run_in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401 - the handler's own
+def _call_in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401 - the handler's own
     try:
         return func(*args, **kwargs)
     except Exception:

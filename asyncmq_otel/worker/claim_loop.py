@@ -1,14 +1,17 @@
-"""Job processing: ``process_job`` (claim loop), ``_run_with_limits``, ``handle_job`` (one job's lifecycle).
+"""The claim loop, a job's wait for its limits, and one job's lifecycle.
 
-``process_job`` reserves capacity (an anyio ``CapacityLimiter``) and, when rate-limited, a
+``claim_jobs`` (AsyncMQ's ``process_job``) is the claim loop, ``handle_within_limits`` (AsyncMQ's
+``_run_with_limits``) holds a job's slot and rate token, and ``handle_job`` runs one job.
+
+The claim loop reserves capacity (an anyio ``CapacityLimiter``) and, when rate-limited, a
 token per job before it claims, so nothing is fetched beyond what can run, and waits on the
 backend (never a sleep) when the queue is empty or paused. ``handle_job`` runs the pickup
 checks (cancelled, expired, not yet due, unknown task), the handler, and exactly one outcome
 write, emitting each lifecycle event once, after its write succeeded, in the task that runs
 the handler.
 
-The attempt itself is ``_job_run._JobRun``; ``WorkerContext`` and ``server_fields`` live in
-``_context`` and are re-exported here.
+One attempt itself is :class:`~asyncmq_otel.worker.attempt.JobAttempt`; ``WorkerContext`` lives in
+``context`` and ``server_fields`` in ``_lifecycle``, both re-exported here.
 """
 
 from __future__ import annotations
@@ -22,21 +25,30 @@ import anyio.lowlevel
 from .._lifecycle import emit_job_event, server_fields
 from ..backends._default import default_backend
 from ..backends.base import Backend, ClaimReply, RawJob
+from ..clock import move_on_after
 from ..errors import MalformedJob
 from ..jobs import Job
 from ..limiters import RateLimiter
-from .attempt import _JobRun
-from .context import _REQUEUE_BUDGET, WorkerContext, _Attempt
+from ._queue_limit import THROTTLE_EVENT_THRESHOLD, QueueThrottle, Throttle
+from .attempt import JobAttempt
+from .context import _REQUEUE_BUDGET, WorkerContext
 
-__all__ = ["WorkerContext", "_run_with_limits", "handle_job", "process_job", "server_fields"]
+__all__ = [
+    "WorkerContext",
+    "_run_with_limits",
+    "claim_jobs",
+    "handle_job",
+    "handle_within_limits",
+    "process_job",
+    "server_fields",
+]
 
 MAX_CLAIM_BATCH = 32
 _TASK_NAME = "asyncmq_otel.job"  # named up front: anyio would otherwise build a name for every job
-_THROTTLE_EVENT_THRESHOLD = 0.001
 
 
 # -- the claim loop ----------------------------------------------------------------------------------
-async def process_job(
+async def claim_jobs(
     queue_name: str,
     limiter: anyio.CapacityLimiter,
     rate_limiter: RateLimiter | None = None,
@@ -59,6 +71,10 @@ async def process_job(
         await _claim_loop(queue_name, limiter, rate_limiter, backend, ctx, handlers)
 
 
+process_job = claim_jobs
+"""AsyncMQ's name for the claim loop (:func:`claim_jobs`)."""
+
+
 async def _claim_loop(
     queue_name: str,
     limiter: anyio.CapacityLimiter,
@@ -73,12 +89,17 @@ async def _claim_loop(
     # found (a trickle of jobs then does not reserve and release 32 slots per claim), a full one doubles it.
     next_due: float | None = None
     wanted = MAX_CLAIM_BATCH
+    queue_limit = QueueThrottle(config.block_timeout, ctx.clock)
     while True:
         slots, throttled = await _reserve_slots(limiter, rate_limiter, wanted)
         reply = await _claim(queue_name, slots, limiter, rate_limiter, backend, ctx)
         if reply.jobs:
+            throttled = queue_limit.claimed(throttled)
             _start_claimed(queue_name, reply, slots, limiter, backend, ctx, handlers, throttled)
             await anyio.lowlevel.checkpoint()  # let the jobs start before this loop's next round trip
+            if reply.throttled_for is not None:  # the queue's shared rate limit cut the claim short
+                await queue_limit.wait(reply.throttled_for)
+                continue
             if len(reply.jobs) == len(slots) or ctx.burst:
                 wanted = min(wanted * 2, MAX_CLAIM_BATCH)
                 continue  # more may be ready
@@ -87,13 +108,18 @@ async def _claim_loop(
             # on pushes a wake token, so wait for one rather than claim again only to hear EMPTY.
             timeout = config.block_timeout
             if next_due is not None:
-                timeout = min(timeout, next_due - time.monotonic())
+                timeout = min(timeout, next_due - ctx.clock.monotonic())
             if timeout > 0:
                 await backend.wait_for_work(queue_name, timeout)
             continue
         for slot in slots:
             limiter.release_on_behalf_of(slot)
-        next_due = None if reply.paused or reply.next_due_in is None else time.monotonic() + reply.next_due_in
+        if reply.throttled_for is not None:  # jobs are ready, but the queue's shared limit has no token
+            await queue_limit.wait(reply.throttled_for)
+            continue
+        queue_limit.reset()
+        due_in = None if reply.paused else reply.next_due_in
+        next_due = None if due_in is None else ctx.clock.monotonic() + due_in
         if not await _wait_when_empty(backend, queue_name, ctx, reply):
             return
 
@@ -141,20 +167,20 @@ def _start_claimed(
     backend: Backend,
     ctx: WorkerContext,
     handlers: anyio.abc.TaskGroup,
-    throttled: tuple[float, float] | None,
+    throttled: Throttle | None,
 ) -> None:
     """Start a task per claimed job, each holding one of ``slots`` (and its rate token, if limited).
 
-    ``throttled`` is ``(started, waited)`` when the claim waited for its first rate token: the
+    ``throttled`` is ``(started, waited, scope)`` when the claim waited for a rate token: the
     first job reports that wait. The slots left over are released.
     """
     jobs = reply.jobs
     for raw_job, slot in zip(jobs, slots, strict=False):
         raw_job.setdefault("claimed_at", reply.now)
-        attempt = ctx.hold(queue_name, raw_job)
+        attempt = ctx.hold(JobAttempt(queue_name, raw_job, backend, ctx))
         handlers.start_soon(
             functools.partial(
-                _run_with_limits,
+                handle_within_limits,
                 queue_name,
                 raw_job,
                 limiter,
@@ -174,7 +200,7 @@ def _start_claimed(
 
 async def _reserve_slots(
     limiter: anyio.CapacityLimiter, rate_limiter: RateLimiter | None, wanted: int = MAX_CLAIM_BATCH
-) -> tuple[list[object], tuple[float, float] | None]:
+) -> tuple[list[object], Throttle | None]:
     """Wait for one free slot (and a rate token), then take up to ``wanted`` as slots and tokens allow now.
 
     Nothing is claimed beyond what can start: a job claimed without a token would sit ``active``,
@@ -186,7 +212,7 @@ async def _reserve_slots(
         limiter.acquire_on_behalf_of_nowait(slots[0])
     except anyio.WouldBlock:
         await limiter.acquire_on_behalf_of(slots[0])
-    throttled: tuple[float, float] | None = None
+    throttled: Throttle | None = None
     if rate_limiter is not None:
         if not rate_limiter.try_acquire():
             started = time.time()
@@ -195,8 +221,8 @@ async def _reserve_slots(
             except BaseException:
                 limiter.release_on_behalf_of(slots[0])
                 raise
-            if waited > _THROTTLE_EVENT_THRESHOLD:
-                throttled = (started, waited)
+            if waited > THROTTLE_EVENT_THRESHOLD:
+                throttled = (started, waited, "worker")
         wanted = 1 + rate_limiter.take_up_to(min(wanted - 1, int(limiter.available_tokens)))
     while len(slots) < wanted and limiter.available_tokens >= 1:
         slot = object()
@@ -214,7 +240,7 @@ async def _burst_wait(
     if ctx.held:
         # A running job may still retry, so wait for it rather than for a wake token (every
         # queue's loop waits on the same event: the last job's end wakes them all).
-        with anyio.move_on_after(timeout):
+        with move_on_after(ctx.clock, timeout):
             await ctx.idle_event().wait()
         return True
     if finished:
@@ -223,7 +249,7 @@ async def _burst_wait(
     return True
 
 
-async def _run_with_limits(
+async def handle_within_limits(
     queue_name: str,
     raw_job: RawJob,
     limiter: anyio.CapacityLimiter,
@@ -232,14 +258,14 @@ async def _run_with_limits(
     *,
     context: WorkerContext | None = None,
     reserved: object | None = None,
-    attempt: _Attempt | None = None,
-    throttled: tuple[float, float] | None = None,
+    attempt: JobAttempt | None = None,
+    throttled: Throttle | None = None,
 ) -> None:
     """Hold a concurrency slot, wait for a rate token, then hand the job to :func:`handle_job`.
 
-    ``reserved`` is a slot ``process_job`` already took on this job's behalf; without one, a
-    slot is acquired here. ``process_job`` takes the rate token before it claims (and passes no
-    ``rate_limiter``); ``throttled`` is then its wait for it, ``(started, waited)``.
+    ``reserved`` is a slot the claim loop already took on this job's behalf; without one, a
+    slot is acquired here. The claim loop takes the rate token before it claims (and passes no
+    ``rate_limiter``); ``throttled`` is then its wait for it, ``(started, waited, scope)``.
     """
     borrower = reserved if reserved is not None else object()
     backend = backend or default_backend()
@@ -272,7 +298,7 @@ async def _wait_for_rate_token(
     rate_limiter: RateLimiter,
     backend: Backend,
     ctx: WorkerContext,
-    attempt: _Attempt | None,
+    attempt: JobAttempt | None,
 ) -> float | None:
     """Wait for a rate token; return the wait (0.0 unless over 1 ms), or None if the job was given back."""
     throttle_started = time.time()
@@ -280,7 +306,7 @@ async def _wait_for_rate_token(
         with anyio.CancelScope() as wait_scope:
             if attempt is not None:  # a stop request cancels the wait through the attempt
                 attempt.scope = wait_scope
-                if attempt.reason is not None:
+                if attempt.cancel_reason is not None:
                     wait_scope.cancel()
             waited = await rate_limiter.acquire()
     except anyio.get_cancelled_exc_class():
@@ -293,10 +319,10 @@ async def _wait_for_rate_token(
     if wait_scope.cancelled_caught:
         await _give_back(backend, queue, raw_job, ctx)
         return None
-    if waited <= _THROTTLE_EVENT_THRESHOLD:
-        return 0.0  # not throttled: §1.1 reports 0.0 unless the job was held over 1 ms
+    if waited <= THROTTLE_EVENT_THRESHOLD:
+        return 0.0  # not throttled: events report 0.0 unless the job was held over 1 ms
     if "payload_error" not in raw_job:
-        _emit_throttled(queue, raw_job, ctx, throttle_started, waited)
+        _emit_throttled(queue, raw_job, ctx, throttle_started, waited, "worker")
     return waited
 
 
@@ -313,7 +339,7 @@ async def _give_back(backend: Backend, queue: str, raw_job: RawJob, ctx: WorkerC
 
 
 def _emit_throttled(
-    queue: str, raw_job: RawJob, ctx: WorkerContext | None, started: float, waited: float
+    queue: str, raw_job: RawJob, ctx: WorkerContext | None, started: float, waited: float, scope: str
 ) -> None:
     try:
         job = Job.from_dict(raw_job)
@@ -321,7 +347,11 @@ def _emit_throttled(
         return
     job.queue = queue  # the claimed queue, not the envelope's field (labels come from the claim)
     extra = {} if ctx is None else {"worker_id": ctx.worker_id, "group": ctx.group, **ctx.server}
-    emit_job_event("job:throttled", job, ratelimit_wait_s=waited, started_at=started, **extra)
+    emit_job_event("job:throttled", job, ratelimit_wait_s=waited, started_at=started, scope=scope, **extra)
+
+
+_run_with_limits = handle_within_limits
+"""AsyncMQ's name for :func:`handle_within_limits`."""
 
 
 # -- one job's lifecycle -----------------------------------------------------------------------------
@@ -332,7 +362,7 @@ async def handle_job(
     *,
     context: WorkerContext | None = None,
     ratelimit_wait_s: float = 0.0,
-    attempt: _Attempt | None = None,
+    attempt: JobAttempt | None = None,
 ) -> None:
     """Run one claimed job through its lifecycle and settle it exactly once.
 
@@ -342,8 +372,13 @@ async def handle_job(
     """
     backend = backend or default_backend()
     ctx = context or WorkerContext()
-    run = _JobRun(queue_name, raw_job, backend, ctx, ratelimit_wait_s, attempt)
+    attempt = (
+        attempt
+        or ctx.held.get((queue_name, str(raw_job.get("id"))))
+        or ctx.hold(JobAttempt(queue_name, raw_job, backend, ctx))
+    )
+    attempt.ratelimit_wait_s = ratelimit_wait_s
     try:
-        await run.execute()
+        await attempt.perform()
     finally:
-        ctx.release(queue_name, run.job_id)
+        ctx.release(queue_name, attempt.job_id)

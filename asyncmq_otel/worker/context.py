@@ -1,36 +1,21 @@
-"""What a worker holds while it runs jobs: ``WorkerContext`` and each claimed ``_Attempt``."""
+"""What a worker holds while it runs jobs: ``WorkerContext``, with each claimed job's ``JobAttempt``."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..backends.base import RawJob
+from ..clock import Clock, system_clock
 from ..settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from .attempt import JobAttempt
+
 _REQUEUE_BUDGET = 3.0
-
-
-@dataclass(slots=True)
-class _Attempt:
-    """A claimed job this worker holds: its lease token and, once started, its cancel scope."""
-
-    queue: str
-    job_id: str
-    token: str
-    scope: anyio.CancelScope | None = None
-    reason: str | None = None  # why we cancelled it: "cancel", "lost" or "shutdown"
-    started_monotonic: float | None = None
-
-    def cancel(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-        if self.scope is not None:
-            self.scope.cancel()
 
 
 @dataclass(slots=True)
@@ -40,17 +25,17 @@ class WorkerContext:
     worker_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     group: str = "default"
     config: Settings = field(default_factory=get_settings)
-    held: dict[tuple[str, str], _Attempt] = field(default_factory=dict)
+    held: dict[tuple[str, str], JobAttempt] = field(default_factory=dict)
     burst: bool = False
     requeue_failures: int = 0  # interrupted jobs this worker could not return within the budget
     server: dict[str, Any] = field(default_factory=dict)  # server.address / server.port for telemetry
     idle: anyio.Event | None = None
     handlers: anyio.abc.TaskGroup | None = None
+    clock: Clock = system_clock  # what the claim loop and the attempts wait on and read wall time from
 
-    def hold(self, queue: str, raw_job: RawJob) -> _Attempt:
-        """Record a claimed job as held by this worker until :meth:`release`."""
-        attempt = _Attempt(queue, str(raw_job.get("id")), str(raw_job.get("token")))
-        self.held[queue, attempt.job_id] = attempt
+    def hold(self, attempt: JobAttempt) -> JobAttempt:
+        """Record a claimed job's attempt as held by this worker until :meth:`release`."""
+        self.held[attempt.queue, attempt.job_id] = attempt
         return attempt
 
     def idle_event(self) -> anyio.Event:

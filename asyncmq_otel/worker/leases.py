@@ -4,6 +4,9 @@ A dedicated thread renews every lease the process holds, one call per queue, thr
 backend's synchronous channel. A handler that blocks the event loop therefore keeps its
 lease, until the loop has not ticked for ``loop_block_limit`` seconds: then renewal stops
 and the job is reclaimed and fenced like a zombie's.
+
+Renewals keep time on the worker's clock (a FakeClock's advance brings the next round); the
+watchdog reads real monotonic time, since only real time reveals a blocked loop.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from ..backends.base import Backend, RenewStatus
+from ..clock import Clock, system_clock, wait_in_thread
 
 __all__ = ["LeaseKeeper"]
 
@@ -33,7 +37,8 @@ class LeaseKeeper:
         on_status: called in the thread with ``(queue, job_id, status)`` for ``LOST``/``CANCEL`` answers.
         lease: the lease length to renew to.
         interval: seconds between renewals.
-        loop_block_limit: stop renewing once the loop's last tick is older than this.
+        loop_block_limit: stop renewing once the loop's last tick is older than this (real seconds).
+        clock: the clock renewal intervals are counted on.
 
     """
 
@@ -46,6 +51,7 @@ class LeaseKeeper:
         lease: float,
         interval: float,
         loop_block_limit: float,
+        clock: Clock = system_clock,
     ) -> None:
         self._backend = backend
         self._snapshot = snapshot
@@ -53,6 +59,7 @@ class LeaseKeeper:
         self._lease = lease
         self._interval = interval
         self._loop_block_limit = loop_block_limit
+        self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.loop_tick = time.monotonic()
@@ -86,9 +93,9 @@ class LeaseKeeper:
         renewer = self._backend.lease_renewer()
         try:
             wait = self._interval
-            while not self._stop.wait(wait):
+            while not wait_in_thread(self._clock, wait, self._stop):
                 # After a failed round, try again soon: renewing at once after a reconnect is what
-                # lets live workers keep their leases through an outage (reliability §4).
+                # lets live workers keep their leases through an outage (outage grace).
                 wait = self._interval if self.renew_now(renewer.renew) else min(self._interval, _RETRY_SOON)
         finally:
             renewer.close()

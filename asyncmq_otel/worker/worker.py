@@ -27,6 +27,7 @@ import anyio.to_thread
 from .._lifecycle import emit_job_event
 from ..backends._default import default_backend
 from ..backends.base import Backend, RenewStatus, WorkerInfo
+from ..clock import Clock, SystemClock, system_clock
 from ..errors import DataLossDetected
 from ..events import LifecycleEvent, Service, bus
 from ..hooks import Hook, run_hooks, run_hooks_safely
@@ -34,7 +35,8 @@ from ..jobs import Job, check_queue_name
 from ..limiters import RateLimiter
 from ..settings import get_settings
 from ..tasks import TASK_REGISTRY, autodiscover_tasks
-from .claim_loop import WorkerContext, process_job, server_fields
+from .attempt import CancelReason
+from .claim_loop import WorkerContext, claim_jobs, server_fields
 from .leases import LeaseKeeper
 from .relay import EventRelay, relay_to
 from .scheduler import run_scheduler
@@ -66,6 +68,10 @@ class Worker:
         burst: return once the queues are empty and nothing is running or due.
         group: the consumer group reported in telemetry (default ``settings.worker_group``).
         shutdown_timeout: seconds in-flight jobs get after a stop (default ``settings.shutdown_timeout``).
+        clock: what idle waits, lease renewal, reaping, heartbeats, schedules, delays, TTLs, rate
+            limits and handler timeouts are timed on (default: the backend's clock if it was given one, e.g.
+            ``InMemoryBackend(clock=FakeClock())``, else the real clock). Shutdown budgets and the
+            event-loop watchdog always use real time.
 
     """
 
@@ -80,6 +86,7 @@ class Worker:
         burst: bool = False,
         group: str | None = None,
         shutdown_timeout: float | None = None,
+        clock: Clock | None = None,
     ) -> None:
         items = [queue] if isinstance(queue, str) or not isinstance(queue, Sequence) else list(queue)
         if not items:
@@ -98,6 +105,7 @@ class Worker:
         self.burst = burst
         self.group = group
         self.shutdown_timeout = shutdown_timeout
+        self._clock = clock
         self.worker_id = str(uuid.uuid4())
         self.state = "idle"
         self.exit_reason = "shutdown"
@@ -125,6 +133,16 @@ class Worker:
         if self._backend is None:
             self._backend = default_backend()
         return self._backend
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this worker is timed on (see the ``clock`` argument)."""
+        if self._clock is None:
+            timer = getattr(self.backend, "timer", None)  # InMemoryBackend's clock
+            # A bare wall-time callable given to the backend (a SystemClock underneath) stays the
+            # backend's own: skew tests offset the backend's time, not the worker's.
+            self._clock = system_clock if isinstance(timer, SystemClock) or timer is None else timer
+        return self._clock
 
     @property
     def requeue_failures(self) -> int:
@@ -205,8 +223,13 @@ class Worker:
         concurrency = self.concurrency or config.worker_concurrency
         rate_limit = self.rate_limit if self.rate_limit is not None else config.rate_limit
         rate_interval = self.rate_interval or config.rate_interval
+        clock = self.clock
         ctx = WorkerContext(
-            worker_id=self.worker_id, group=self.group or config.worker_group, config=config, burst=self.burst
+            worker_id=self.worker_id,
+            group=self.group or config.worker_group,
+            config=config,
+            burst=self.burst,
+            clock=clock,
         )
         ctx.server = server_fields(backend)
         self._context = ctx
@@ -220,7 +243,7 @@ class Worker:
             pid=os.getpid(),
             concurrency=concurrency,
             group=ctx.group,
-            started_at=time.time(),
+            started_at=clock.time(),
             tasks={task_id: task.queue for task_id, task in TASK_REGISTRY.items()},  # producers check names
         )
         keeper = LeaseKeeper(
@@ -230,9 +253,10 @@ class Worker:
             lease=config.lease,
             interval=config.renew_interval,
             loop_block_limit=config.loop_block_limit,
+            clock=clock,
         )
         limiter = anyio.CapacityLimiter(concurrency)
-        rate_limiter = RateLimiter(rate_limit, rate_interval) if rate_limit else None
+        rate_limiter = RateLimiter(rate_limit, rate_interval, clock=clock) if rate_limit else None
         try:
             await backend.register_worker(info, 3 * config.heartbeat_interval)
             backend.add_cancel_listener(self._on_cancel_hint)
@@ -253,7 +277,7 @@ class Worker:
                 services.start_soon(self._tick, keeper)
                 services.start_soon(self._heartbeat, backend, info, ctx, concurrency)
                 services.start_soon(self._reaper, backend, ctx)
-                services.start_soon(run_scheduler, backend, list(self.queues), self.worker_id)
+                services.start_soon(run_scheduler, backend, list(self.queues), self.worker_id, clock)
                 for service in bus.services():
                     services.start_soon(_isolated_service, service, backend, list(self.queues))
                 await self._serve(ctx, limiter, rate_limiter, backend)
@@ -306,19 +330,20 @@ class Worker:
                 async with anyio.create_task_group() as claimers:
                     for queue in self.queues:
                         claimers.start_soon(
-                            functools.partial(process_job, queue, limiter, rate_limiter, backend, context=ctx)
+                            functools.partial(claim_jobs, queue, limiter, rate_limiter, backend, context=ctx)
                         )
             self.state = "draining"
             await self._drain(ctx)
 
     async def _drain(self, ctx: WorkerContext) -> None:
         if ctx.held and not self.burst:
+            # Real time, not the worker's clock: the stop grace is what a supervisor measures.
             with anyio.move_on_after(0 if self._stop_now else self._drain_timeout) as scope:
                 self._drain_scope = scope
                 while ctx.held:
                     await ctx.idle_event().wait()
             for attempt in list(ctx.held.values()):
-                attempt.cancel("shutdown")
+                attempt.cancel(CancelReason.SHUTDOWN)
 
     async def _shutdown_tail(
         self,
@@ -361,6 +386,7 @@ class Worker:
 
     # -- background duties ---------------------------------------------------------------------------
     async def _tick(self, keeper: LeaseKeeper) -> None:
+        # Real time: the watchdog detects a blocked event loop, which only real time reveals.
         while True:
             keeper.tick()
             await anyio.sleep(_TICK_INTERVAL)
@@ -370,7 +396,7 @@ class Worker:
     ) -> None:
         interval = ctx.config.heartbeat_interval
         while True:
-            await anyio.sleep(interval)
+            await ctx.clock.sleep(interval)
             info.active = ctx.running()
             info.state = self.state
             try:
@@ -388,14 +414,14 @@ class Worker:
         outage = False
         while True:
             if outage:
-                # Outage grace (reliability §4): once the backend answers again, give every worker's
+                # Outage grace: once the backend answers again, give every worker's
                 # renewer a renew interval (plus the reconnect backoff) before taking leases away.
                 try:
                     await backend.now()
                 except Exception:  # noqa: BLE001 - still down: try again next interval
-                    await anyio.sleep(config.reaper_interval)
+                    await ctx.clock.sleep(config.reaper_interval)
                     continue
-                await anyio.sleep(config.renew_interval + _RECONNECT_BACKOFF_CAP)
+                await ctx.clock.sleep(config.renew_interval + _RECONNECT_BACKOFF_CAP)
                 outage = False
             for queue in self.queues:
                 try:
@@ -405,12 +431,12 @@ class Worker:
                 except Exception:  # noqa: BLE001 - reaping is retried next interval
                     _log.warning("worker.reap_failed: %s", queue, exc_info=True)
                     outage = True
-            await anyio.sleep(config.reaper_interval)
+            await ctx.clock.sleep(config.reaper_interval)
 
     async def _reap_queue(self, backend: Backend, queue: str, ctx: WorkerContext) -> bool:
         """Reap until no expired lease is left; False when a call arrived late (revoked nothing)."""
         config = ctx.config
-        # a reap that took longer than this to reach Redis was held up by an outage (reliability §4)
+        # a reap that took longer than this to reach Redis was held up by an outage (outage grace)
         max_delay = max(config.renew_interval, _LATE_REAP_FLOOR)
         more = True
         while more:
@@ -443,7 +469,7 @@ class Worker:
         job.queue = queue  # the reaped queue, not the envelope's field: a job cannot mint label values
         extra: dict[str, Any] = {"worker_id": ctx.worker_id, "group": ctx.group, **ctx.server}
         if name == "job:failed":
-            extra["finished_at"] = time.time()
+            extra["finished_at"] = ctx.clock.time()
         emit_job_event(name, job, **extra, **fields)
 
     # -- signals from the backend --------------------------------------------------------------------
@@ -455,9 +481,9 @@ class Worker:
         if attempt is None:
             return
         if threading.get_ident() == self._loop_thread:
-            attempt.cancel("cancel")
+            attempt.cancel(CancelReason.CANCEL)
         else:
-            _call_in_loop(self._loop_token, lambda: attempt.cancel("cancel"))
+            _call_in_loop(self._loop_token, lambda: attempt.cancel(CancelReason.CANCEL))
 
     def _on_renew_status(self, queue: str, job_id: str, status: RenewStatus) -> None:
         """Called in the renewer thread: stop a handler whose lease was lost or that was cancelled."""
@@ -467,7 +493,7 @@ class Worker:
         attempt = ctx.held.get((queue, job_id))
         if attempt is None:
             return
-        reason = "lost" if status is RenewStatus.LOST else "cancel"
+        reason = CancelReason.LOST if status is RenewStatus.LOST else CancelReason.CANCEL
         _call_in_loop(self._loop_token, lambda: attempt.cancel(reason))
 
     def _on_data_loss(self, queue: str, old_epoch: str | None, new_epoch: str) -> None:

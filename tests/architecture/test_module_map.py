@@ -106,5 +106,8 @@ def test_the_map_reads_the_modules_it_names():
         "backends.redis",
     } <= layers
     assert _layer("asyncmq_otel.worker.claim_loop") == "worker"
+    # --processes: the supervisor is part of the engine (no CLI, no telemetry); cli/ holds commands only
+    assert (PACKAGE / "worker" / "supervisor.py").is_file()
+    assert _layer("asyncmq_otel.worker.supervisor") == "worker"
     assert _layer("asyncmq_otel.backends._default") == "backends"
     assert _layer("asyncmq_otel.backends.redis._scripts") == "backends.redis"

@@ -9,7 +9,10 @@ finally SIGTERMs the supervisor: everything exits 0 and the directory is gone.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
+import json
 import os
 import signal
 import socket
@@ -27,10 +30,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.cli import main
-from asyncmq_otel.cli._exit import CLIError, ExitCode
-from asyncmq_otel.cli._multiprocess import Supervisor
+from asyncmq_otel.cli._exit import ExitCode, exit_code_for
 from asyncmq_otel.cli._output import Reporter
+from asyncmq_otel.cli.worker import worker_command
+from asyncmq_otel.errors import ConfigError, TelemetryConfigError
 from asyncmq_otel.queues import Queue
+from asyncmq_otel.telemetry._multiprocess import MergedMetrics
+from asyncmq_otel.worker.supervisor import SPEC_ENVVAR, Supervisor, WorkerSpec
 from tests.cli.conftest import cli_env
 from tests.support.poll import eventually
 from tests.support.redis_server import free_port
@@ -50,6 +56,17 @@ def _total(text: str, name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )
+
+
+def _spec(**changes: object) -> WorkerSpec:
+    """A spec with every option at its command-line default, but for ``changes``."""
+    defaults: dict[str, object] = {
+        "queues": ("q",), "apps": (), "backend_url": None, "prefix": None, "connect_timeout": 5.0,
+        "concurrency": None, "rate_limit": None, "rate_interval": None, "metrics_addr": "",
+        "otlp_endpoint": None, "log_format": None, "shutdown_timeout": None, "burst": False,
+        "queue_sampler": "elected",
+    }  # fmt: skip
+    return WorkerSpec(**{**defaults, **changes})  # type: ignore[arg-type]
 
 
 def _alive(pid: int) -> bool:
@@ -247,13 +264,90 @@ async def test_a_busy_metrics_address_is_a_usage_error_that_leaves_no_directory(
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         supervisor = Supervisor(
-            Reporter(stream=io.StringIO()), ["q"], {}, processes=2, metrics_addr=address, max_restarts=0
+            Reporter(stream=io.StringIO()).say,
+            _spec(),
+            processes=2,
+            max_restarts=0,
+            open_metrics=functools.partial(MergedMetrics, metrics_addr=address),
         )
         with (
             mock.patch.dict(os.environ, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}),
-            pytest.raises(CLIError) as raised,
+            pytest.raises(TelemetryConfigError) as raised,
         ):
             await supervisor.run()
-    assert raised.value.code is ExitCode.USAGE
+    assert exit_code_for(raised.value) is ExitCode.USAGE
+    assert f"cannot serve /metrics on {address}" in str(raised.value)
     # the per-instance directory, made before the bind failed, is gone
     assert [entry async for entry in anyio.Path(tmp_path).iterdir()] == []
+
+
+# Options of the supervisor itself and of the probe: a worker process never runs with them.
+NOT_WORKER_OPTIONS = {"processes", "max_restarts", "supervised_by", "check"}
+
+
+def test_every_worker_option_of_the_command_line_is_carried_in_the_spec() -> None:
+    """A new ``worker`` option that the spec lacks would silently never reach ``--processes`` children."""
+    options = {param.name for param in worker_command.params} - NOT_WORKER_OPTIONS
+    assert options == {field.name for field in dataclasses.fields(WorkerSpec)}
+
+
+def test_the_spec_travels_as_json_and_a_damaged_one_is_a_usage_error() -> None:
+    spec = _spec(queues=("a", "b"), apps=("m",), concurrency=3, rate_interval=2.5, burst=True)
+    assert WorkerSpec.from_json(spec.to_json()) == spec
+    data = json.loads(spec.to_json())
+    for damaged in (
+        "[]",
+        "{not json",
+        json.dumps({**data, "concurrency": "3"}),
+        json.dumps({**data, "concurrency": True}),
+        json.dumps({**data, "queues": [1]}),
+        json.dumps({**data, "extra": 1}),
+        json.dumps({k: v for k, v in data.items() if k != "burst"}),
+    ):
+        with pytest.raises(ConfigError, match=SPEC_ENVVAR):
+            WorkerSpec.from_json(damaged)
+    assert WorkerSpec.from_json(json.dumps({**data, "connect_timeout": 7})).connect_timeout == 7
+
+
+def test_supervised_by_without_a_spec_is_a_usage_error(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["worker", "--supervised-by", "1"], env={SPEC_ENVVAR: None})
+    assert result.exit_code == 2, result.output
+    assert f"{SPEC_ENVVAR} is not set" in result.stderr
+
+
+def test_queues_are_still_required_unless_supervised(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["worker", "--backend", "memory://"])
+    assert result.exit_code == 2, result.output
+    assert "Missing argument 'QUEUES...'" in result.stderr
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(90)
+async def test_children_run_with_the_non_default_options_given_to_the_supervisor(
+    spawn: Spawn, redis_url: str, redis_prefix: str, unique_name: str, tmp_path: Path
+) -> None:
+    """``--burst`` on an empty queue: both children start (their ``worker.started`` record shows the
+    options they run with), find nothing and exit 0, and so does the supervisor.
+    """
+    proc, log = spawn(
+        "worker", unique_name, "--processes", "2", "--app", "tests.cli.multiprocess_app",
+        "--backend", redis_url, "--prefix", redis_prefix, "--metrics-addr", "", "--log-format", "json",
+        "--burst", "--concurrency", "3", "--rate-limit", "7", "--rate-interval", "2.5",
+        "--shutdown-timeout", "4", "--queue-sampler", "off",
+        env=cli_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path)),
+    )  # fmt: skip
+    code = await anyio.to_thread.run_sync(lambda: proc.wait(timeout=60))
+    text = log.read_text()
+    assert code == 0, text
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    records = [line for line in lines if line["logger"] == "asyncmq_otel.cli"]  # the command's, not the jobs'
+    started = [record for record in records if record["event"] == "worker.started"]
+    assert len(started) == 2, text
+    for record in started:
+        assert record["queues"] == [unique_name]
+        assert (record["concurrency"], record["rate_limit"], record["rate_interval"]) == (3, 7, 2.5)
+        assert record["shutdown_timeout"] == 4
+        assert "mptest.record" in record["tasks"]  # --app reached it
+        assert f"prefix {redis_prefix}" in record["backend_details"]
+        assert record["metrics_url"].startswith("served by the supervisor")
+    assert [r["event"] for r in records].count("worker.exited") == 2

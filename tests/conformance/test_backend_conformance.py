@@ -2,12 +2,14 @@
 
 Backend-level behaviour only (the worker is tested elsewhere): each test drives the port's
 transitions and checks replies and stored state. Times come from the backend's own clock
-(``await backend.now()``), since Redis' ``TIME`` cannot be faked; waits poll with a deadline.
+(``await backend.now()``). The in-memory backend runs on a FakeClock that :func:`elapse` advances;
+Redis' ``TIME`` cannot be faked, so there :func:`elapse` polls it with a deadline.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,6 +26,7 @@ from asyncmq_otel.backends.base import (
     WorkerInfo,
 )
 from asyncmq_otel.backends.memory import InMemoryBackend
+from asyncmq_otel.clock import FakeClock
 from asyncmq_otel.errors import PayloadTooLarge
 from asyncmq_otel.jobs import Job, JobState
 from tests.conformance import BACKEND_KINDS
@@ -70,7 +73,7 @@ async def make_backend(request: pytest.FixtureRequest) -> AsyncIterator[Factory]
         if kind == "memory":
             # one in-memory store per test, like one Redis: extra backends only change options
             if "first" not in shared_memory:
-                shared_memory["first"] = InMemoryBackend(**options)
+                shared_memory["first"] = InMemoryBackend(clock=FakeClock(start=time.time()), **options)
                 backend = shared_memory["first"]
             else:
                 backend = shared_memory["first"]
@@ -127,6 +130,16 @@ async def claim_one(backend: Backend, queue: str, worker: str = "w1", lease: flo
     reply = await backend.claim(queue, worker, 1, lease)
     assert len(reply.jobs) == 1, reply
     return reply.jobs[0]
+
+
+async def elapse(backend: Backend, seconds: float) -> None:
+    """Let ``seconds`` pass on the backend's clock: a FakeClock's advance, else a poll of ``now()``."""
+    timer = getattr(backend, "timer", None)
+    if isinstance(timer, FakeClock):
+        timer.advance(seconds)
+        return
+    moment = await backend.now() + seconds
+    await eventually(lambda: _after(backend, moment), timeout=5 + seconds, what=f"{seconds}s pass")
 
 
 async def drain_tokens(backend: Backend, queue: str) -> None:
@@ -237,6 +250,7 @@ async def test_delayed_job_is_never_claimed_early(backend: Backend, queue: str) 
     assert stored is not None
     assert stored["delay_until"] == pytest.approx(reply.eligible_at)
     assert await claim_ids(backend, queue) == []
+    await elapse(backend, 0.3)
     claimed: list[dict[str, Any]] = []
 
     async def due() -> bool:
@@ -380,6 +394,7 @@ async def test_retry_schedules_after_backoff_from_backend_time(backend: Backend,
     assert empty.jobs == []
     assert empty.next_due_in is not None
     assert empty.next_due_in > 0
+    await elapse(backend, 0.3)
     again: list[dict[str, Any]] = []
 
     async def claimed() -> bool:
@@ -495,6 +510,7 @@ async def test_expired_lease_stalls_back_to_its_place_then_worker_lost(backend: 
     for job_id in ("a", "b"):
         await put(backend, queue, job_id)
     zombie = await claim_one(backend, queue, worker="w-dead", lease=0.2)
+    await elapse(backend, 0.2)
     stalled: list[dict[str, Any]] = []
 
     async def reaped() -> bool:
@@ -511,6 +527,7 @@ async def test_expired_lease_stalls_back_to_its_place_then_worker_lost(backend: 
     late = await backend.complete(queue, "a", zombie["token"], "1")
     assert (late.status, late.owner) == (SettleStatus.STALE, "w2")
     assert await backend.renew(queue, {"a": zombie["token"]}, 30.0) == {"a": RenewStatus.LOST}
+    await elapse(backend, 0.2)
     dead: list[dict[str, Any]] = []
 
     async def dead_lettered() -> bool:
@@ -530,8 +547,7 @@ async def test_expired_lease_stalls_back_to_its_place_then_worker_lost(backend: 
 async def test_renewal_past_the_deadline_keeps_the_job(backend: Backend, queue: str) -> None:
     await put(backend, queue, "a")
     job = await claim_one(backend, queue, lease=0.1)
-    claimed_at = await backend.now()
-    await eventually(lambda: _after(backend, claimed_at + 0.15), timeout=5, what="the lease deadline passes")
+    await elapse(backend, 0.15)  # past the lease deadline
     assert await backend.renew(queue, {"a": job["token"]}, 30.0) == {"a": RenewStatus.OK}
     reply = await backend.reap(queue, "reaper", 1, 5.0)
     assert (reply.stalled, reply.dead) == ([], [])
@@ -601,21 +617,35 @@ async def test_pause_stops_claims_and_resume_wakes(backend: Backend, queue: str)
 
 async def test_wait_for_work_wakes_on_enqueue_and_times_out(backend: Backend, queue: str) -> None:
     await drain_tokens(backend, queue)
-    started = anyio.current_time()
-    assert not await backend.wait_for_work(queue, 0.1)
-    assert anyio.current_time() - started >= 0.09
     woke: list[bool] = []
 
-    async def waiter() -> None:
-        woke.append(await backend.wait_for_work(queue, 10.0))
+    async def waiter(timeout: float) -> None:
+        woke.append(await backend.wait_for_work(queue, timeout))
 
+    started = anyio.current_time()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(waiter)
-        await anyio.sleep(0.05)  # let the waiter block first (ordering, not a wait for a result)
+        tg.start_soon(waiter, 0.1)
+        await blocked(backend)
+        await elapse(backend, 0.1)
+    assert woke == [False]
+    if not isinstance(getattr(backend, "timer", None), FakeClock):
+        assert anyio.current_time() - started >= 0.09
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter, 10.0)
+        await blocked(backend)
         started = anyio.current_time()
         await put(backend, queue, "a")
-    assert woke == [True]
+    assert woke == [False, True]
     assert anyio.current_time() - started < 2.0
+
+
+async def blocked(backend: Backend) -> None:
+    """Let a waiter block first (ordering, not a wait for a result)."""
+    timer = getattr(backend, "timer", None)
+    if isinstance(timer, FakeClock):
+        await eventually(lambda: timer.timers >= 1, what="the waiter blocks")
+    else:
+        await anyio.sleep(0.05)
 
 
 async def test_every_transition_to_ready_pushes_a_wake_token(backend: Backend, queue: str) -> None:
@@ -635,6 +665,7 @@ async def _complete_all(backend: Backend, queue: str, ids: list[str]) -> None:
         await put(backend, queue, job_id)
         job = await claim_one(backend, queue)
         assert (await backend.complete(queue, job_id, job["token"], "null")).ok
+        await elapse(backend, 0.001)  # finished in order, at distinct (millisecond) times on every clock
 
 
 async def test_retention_trims_by_count_and_frees_the_id(make_backend: Factory, queue: str) -> None:
@@ -650,8 +681,7 @@ async def test_retention_trims_by_count_and_frees_the_id(make_backend: Factory, 
 async def test_retention_trims_by_age(make_backend: Factory, queue: str) -> None:
     backend = make_backend(keep_completed_age=0.2)
     await _complete_all(backend, queue, ["old"])
-    finished = (await backend.get_job(queue, "old") or {})["finished_at"]
-    await eventually(lambda: _after(backend, finished + 0.25), timeout=5, what="the first job ages out")
+    await elapse(backend, 0.25)  # the first job ages out
     await _complete_all(backend, queue, ["new"])
     assert await backend.get_job(queue, "old") is None
     assert (await backend.counts(queue))["completed"] == 1
@@ -695,12 +725,12 @@ async def test_counts_cover_every_state(backend: Backend, queue: str) -> None:
 
 
 async def test_queue_stats_reports_the_oldest_ready_age(backend: Backend, queue: str) -> None:
-    reply = await put(backend, queue, "a")
+    await put(backend, queue, "a")
     await backend.pause(queue)
-    await eventually(lambda: _after(backend, reply.enqueued_at + 0.05), timeout=5, what="time passes")
+    await elapse(backend, 0.05)
     stats = await backend.queue_stats(queue)
     assert (stats.ready, stats.paused) == (1, True)
-    assert stats.oldest_ready_age >= 0.05
+    assert stats.oldest_ready_age >= 0.0499  # float seconds of a unix time: not exact
 
 
 async def test_list_jobs_pages_in_each_order(backend: Backend, queue: str) -> None:
@@ -779,6 +809,7 @@ async def test_workers_registry(backend: Backend) -> None:
         return {info.worker_id for info in await backend.list_workers() if info.worker_id.startswith(name)}
 
     assert await ids() == {f"{name}-1", f"{name}-2"}
+    await elapse(backend, 0.2)
 
     async def short_gone() -> bool:
         return await ids() == {f"{name}-1"}

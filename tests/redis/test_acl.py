@@ -1,4 +1,4 @@
-"""Least privilege (§11): the documented ACL user is enough for every backend operation."""
+"""Least privilege: the documented ACL user is enough for every backend operation."""
 
 from __future__ import annotations
 
@@ -55,6 +55,11 @@ async def test_the_documented_acl_user_runs_every_operation(redis_server: RedisS
         assert (await backend.settle_cancelled("q", "b", job_b["token"])).ok
         assert await backend.cancel("q", "d") is CancelStatus.CANCELLED
         assert (await backend.reap("q", "w", 1, 1.0)).is_reaper
+        await backend.set_rate_limit("q", 1, 30.0)  # the shared rate limit: its log is a sorted set
+        await backend.enqueue_bulk("q", [item("r1"), item("r2")])
+        limited = await backend.claim("q", "w", 2, 30.0)
+        assert (len(limited.jobs), limited.throttled_for is not None) == (1, True)
+        assert await backend.clear_rate_limit("q")
         await backend.pause("q")
         assert await backend.is_queue_paused("q")
         await backend.resume("q")

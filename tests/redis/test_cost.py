@@ -1,4 +1,4 @@
-"""Cost bounds (§10): counts and listings cost the same at any queue size; retention bounds memory."""
+"""Cost bounds: counts and listings cost the same at any queue size; retention bounds memory."""
 
 from __future__ import annotations
 

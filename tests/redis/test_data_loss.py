@@ -1,4 +1,4 @@
-"""The queue epoch (§6): a lost dataset is reported once, then consumption carries on."""
+"""The queue epoch: a lost dataset is reported once, then consumption carries on."""
 
 from __future__ import annotations
 

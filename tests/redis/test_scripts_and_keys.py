@@ -193,7 +193,7 @@ def test_job_fields_agree_between_lua_and_python() -> None:
 
 
 async def test_a_reap_held_in_transit_revokes_nothing_and_says_late(backend: RedisBackend) -> None:
-    """Outage grace (reliability §4): a reap that reaches Redis long after it was sent (an outage held
+    """Outage grace: a reap that reaches Redis long after it was sent (an outage held
     it) must not take leases that the renewals held up by the same outage are about to extend."""
     queue = "held-reap"
     await backend.enqueue(queue, EnqueueItem("a", payload("a", queue)))

@@ -85,7 +85,7 @@ async def _hooked_claim(
     tokens = [str(job.get("token")) for job in reply.jobs]
     for job_id, token in zip(ids, tokens, strict=True):
         _TOKENS[queue, job_id] = token
-    _record("claim", queue=queue, ids=ids, tokens=tokens, worker=worker_id)
+    _record("claim", queue=queue, ids=ids, tokens=tokens, worker=worker_id, now=reply.now)
     if _EXIT_MARKS:
         fresh = [job_id for job_id in ids if not (Path(_EXIT_MARKS) / job_id).exists()]
         for job_id in fresh:

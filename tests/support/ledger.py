@@ -6,7 +6,8 @@ being written and never interleaves two. Every record carries ``ev``, ``pid`` an
 (``CLOCK_MONOTONIC``, shared by every process on the host, so times of different workers and of the
 test compare directly). Records:
 
-* ``claim``: a claim call returned ``ids`` with their ``tokens`` (written by the test app's hook);
+* ``claim``: a claim call returned ``ids`` with their ``tokens`` and ``now``, the backend's clock at
+  the claim (written by the test app's hook);
 * ``start`` / ``end``: one execution of a handler, with ``id``, ``token`` and ``attempt``;
 * ``settle``: a fenced write (``op``: complete, retry, fail, requeue, defer, settle_cancelled) with
   its reply ``status`` (``ok``, ``stale``, ``gone``, ``too_large``);

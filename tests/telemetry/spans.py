@@ -56,7 +56,7 @@ def ctx(span: ReadableSpan) -> SpanContext:
 def assert_process(
     span: ReadableSpan, *, queue: str, job_id: str, task: str, attempt: int, outcome: str
 ) -> None:
-    """The §2.4 process row: S attributes, outcome at end, CONSUMER kind."""
+    """The process span's attributes: S attributes, outcome at end, CONSUMER kind."""
     a = attrs(span)
     assert span.name == f"process {queue}"
     assert span.kind is SpanKind.CONSUMER
@@ -74,7 +74,7 @@ def assert_process(
     for key in ("asyncmq.job.enqueued_at", "asyncmq.job.eligible_at", "asyncmq.job.wait_s"):
         assert isinstance(a[key], float)
     assert a["asyncmq.job.outcome"] == outcome
-    # Rev. 2 (§6): no enqueued/eligible span events, which repeated the *_at attributes and were
+    # Overhead rule: no enqueued/eligible span events, which repeated the *_at attributes and were
     # stamped before the span started.
     assert not {"asyncmq.job.enqueued", "asyncmq.job.eligible"} & set(event_names(span))
     assert_events_inside(span)
@@ -93,7 +93,7 @@ def assert_settle(span: ReadableSpan, *, queue: str, job_id: str, op_name: str, 
     assert a["messaging.destination.name"] == queue
     assert a[MESSAGE_ID] == job_id
     assert a["asyncmq.job.outcome"] == outcome
-    if op_name == "cancel":  # a job cancelled while queued has no attempt: absent, never 0 (§2.6)
+    if op_name == "cancel":  # a job cancelled while queued has no attempt: absent, never 0
         assert "asyncmq.job.attempt" not in a
     else:
         assert isinstance(a["asyncmq.job.attempt"], int)
@@ -110,7 +110,7 @@ def assert_settle(span: ReadableSpan, *, queue: str, job_id: str, op_name: str, 
 def assert_events_inside(span: ReadableSpan) -> None:
     """Every span event is stamped within its span (a viewer would otherwise draw it outside).
 
-    ``asyncmq.job.throttled`` is the exception §2.5 makes: it is stamped when the rate-limit wait
+    ``asyncmq.job.throttled`` is the one exception among span events: it is stamped when the rate-limit wait
     began, which precedes the span.
     """
     assert span.start_time is not None

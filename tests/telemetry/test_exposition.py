@@ -1,4 +1,4 @@
-"""``/metrics`` after a demo workload: ``promtool check metrics`` is clean and every row of §3.4 is there."""
+"""``/metrics`` after a demo workload: ``promtool check metrics`` is clean and every metric of the table is there."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Span trees, metric deltas and log lines for every lifecycle path, driving a real Worker (§2, §3, §4, §9)."""
+"""Span trees, metric deltas and log lines for every lifecycle path, driving a real Worker."""
 
 from __future__ import annotations
 
@@ -261,7 +261,7 @@ async def test_expired_job_gets_a_settle_span(captured: Captured, unique_name) -
     (settle,) = for_job(captured.spans, job_id, "settle")
     (send,) = captured.spans_named(f"send {unique_name}")
     assert_settle(settle, queue=unique_name, job_id=job_id, op_name="expire", outcome="expired")
-    # Rev. 2 (§2.6): an expiry is an error a Jaeger error=true search must find.
+    # An expiry is an error a Jaeger error=true search must find.
     assert settle.status.status_code is StatusCode.ERROR
     assert settle.status.description == "expired"
     assert attrs(settle)["error.type"] == "expired"
@@ -677,7 +677,7 @@ instrumented_backends: list[InstrumentedBackend] = []
 async def test_worker_bookkeeping_runs_under_suppressed_instrumentation(
     captured: Captured, unique_name, monkeypatch
 ) -> None:
-    # The adapter looks for OTel's Redis instrumentor before it spends a context on a write (§6);
+    # The adapter looks for OTel's Redis instrumentor before it spends a context on a write (the overhead rule);
     # InstrumentedBackend plays that instrumentor here.
     monkeypatch.setattr(tracing, "redis_instrumented", lambda: True)
     backend = InstrumentedBackend()

@@ -1,4 +1,4 @@
-"""Log lines: trace correlation, one line per event, no field leaks between attempts (§4, §9 logs row)."""
+"""Log lines: trace correlation, one line per event, no field leaks between attempts."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def _keep(_logger: object, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     raise structlog.DropEvent
 
 
-# An application's own logger, configured the way §4.1 tells users to (no global configuration).
+# An application's own logger, as the telemetry contract tells applications to build it: merge_contextvars
+# and AddTraceContext in their own chain, no global configuration.
 app_log = structlog.wrap_logger(
     structlog.PrintLogger(), processors=[structlog.contextvars.merge_contextvars, AddTraceContext(), _keep]
 )
@@ -145,7 +146,7 @@ async def test_ids_are_present_at_sampling_ratio_zero(backend, unique_name, caps
         assert TRACE_ID.fullmatch(line["trace_id"])
         assert SPAN_ID.fullmatch(line["span_id"])
         assert line["trace_flags"] == "00"
-    # Rev. 2 (§6): an unsampled attempt makes no span; its lines carry the stored (producer's) ids.
+    # An unsampled attempt makes no span (the overhead rule); its lines carry the stored (producer's) ids.
     assert len({(line["trace_id"], line["span_id"]) for line in started}) == 1
     for line in lines:
         if line["event"].startswith("worker."):

@@ -1,4 +1,4 @@
-"""The metric definition table and its two sinks (§3): parity, cardinality, top-N, pre-initialisation."""
+"""The metric definition table and its two sinks: parity, cardinality, top-N, pre-initialisation."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ from asyncmq_otel.testing import Captured, capture_telemetry
 Q, T, G = "messaging_destination_name", "asyncmq_task_name", "messaging_consumer_group_name"
 OP = "messaging_operation_name"
 
-# §3.4, transcribed independently of the implementation: number → (Prometheus name, type, labels, buckets).
+# The contract's definition table, transcribed independently of the implementation:
+# number → (Prometheus name, type, labels, buckets).
 CONTRACT: dict[int, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] = {
     1: ("messaging_client_sent_messages_total", "counter", (Q, T, OP, "error_type"), None),
     2: ("messaging_client_consumed_messages_total", "counter", (Q, T, G, OP), None),
@@ -44,8 +45,8 @@ CONTRACT: dict[int, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] 
     8: ("asyncmq_job_attempts", "histogram", (Q, T, "outcome"), B_ATT),
     9: ("asyncmq_job_stalled_total", "counter", (Q, T), None),
     10: ("asyncmq_job_running_max_age_seconds", "gauge", (Q, G), None),
-    11: ("asyncmq_ratelimit_throttled_total", "counter", (Q, G), None),
-    12: ("asyncmq_ratelimit_wait_seconds", "histogram", (Q, G), B_WAIT),
+    11: ("asyncmq_ratelimit_throttled_total", "counter", (Q, G, "scope"), None),
+    12: ("asyncmq_ratelimit_wait_seconds", "histogram", (Q, G, "scope"), B_WAIT),
     13: ("asyncmq_worker_up", "gauge", (Q, G), None),
     14: ("asyncmq_worker_heartbeat_timestamp_seconds", "gauge", (Q, G), None),
     15: ("asyncmq_worker_jobs_active", "gauge", (Q, G), None),
@@ -67,7 +68,7 @@ CONTRACT: dict[int, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] 
     31: ("asyncmq_queue_blocked_oldest_age_seconds", "gauge", (Q,), None),
 }
 
-# §3.2 rev. 2, transcribed: the sets start at 0.1 ms so sub-5 ms latencies are readable.
+# The contract's buckets, transcribed: the sets start at 0.1 ms so sub-5 ms latencies are readable.
 B_OP_DOC = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 B_PROC_DOC = (*B_OP_DOC, 30, 60, 120, 300, 600, 1800, 3600)
 B_WAIT_DOC = (
@@ -218,7 +219,7 @@ def _bucket_counts(registry: CollectorRegistry, name: str) -> dict[float, float]
 
 @pytest.mark.parametrize("number", [3, 4, 5])
 def test_a_sub_millisecond_and_a_two_millisecond_observation_land_in_distinct_buckets(number: int) -> None:
-    """§3.2 rev. 2: with a 5 ms first bucket both read as "under 5 ms" and every p95 said 4.75 ms."""
+    """Buckets start at 0.1 ms: with a 5 ms first bucket both read as "under 5 ms" and every p95 said 4.75 ms."""
     registry = CollectorRegistry()
     sinks = MetricSinks(registry=registry)
     row = METRICS_BY_NUMBER[number]
@@ -281,7 +282,7 @@ def _errors(cap: Captured, **labels: str) -> dict[str, float]:
 
 
 def test_error_type_keeps_the_most_recently_seen_values_per_metric_and_task() -> None:
-    """§3.6 rev. 2: a new incident after 20 other error types shows under its own name (LRU, not first-N)."""
+    """Recent error types: a new incident after 20 other error types shows under its own name (LRU, not first-N)."""
     with capture_telemetry() as cap:  # the default error_type_limit, 20
         for n in range(20):
             bus.emit(_event("job:retried", task="metrics.known", error_type=f"old.E{n}", duration_s=0.01))
@@ -342,7 +343,7 @@ def test_worker_started_pre_initialises_series_at_zero(captured: Captured) -> No
     for outcome in ("completed", "retried", "interrupted", "failed", "cancelled"):
         count = "messaging_process_duration_seconds_count"
         assert present(count, **labels, **{OP: "process"}, outcome=outcome) == [0.0]
-    # Every (outcome, reason) pair a job can record (§3.4 #7), so the first failure counts from 0.
+    # Every (outcome, reason) pair asyncmq.job.outcomes can record, so the first failure counts from 0.
     outcomes = {
         (s.labels["outcome"], s.labels["reason"]): s.value
         for s in samples
@@ -364,8 +365,9 @@ def test_worker_started_pre_initialises_series_at_zero(captured: Captured) -> No
     for cls in ("high", "normal", "low"):
         assert present("asyncmq_job_wait_duration_seconds_count", **labels, priority_class=cls) == [0.0]
     assert present("asyncmq_job_stalled_total", **labels) == [0.0]
-    assert present("asyncmq_ratelimit_throttled_total", **{Q: "pre", G: "g1"}) == [0.0]
-    assert present("asyncmq_ratelimit_wait_seconds_count", **{Q: "pre", G: "g1"}) == [0.0]
+    for scope in ("worker", "queue"):
+        assert present("asyncmq_ratelimit_throttled_total", **{Q: "pre", G: "g1", "scope": scope}) == [0.0]
+        assert present("asyncmq_ratelimit_wait_seconds_count", **{Q: "pre", G: "g1", "scope": scope}) == [0.0]
     assert present("asyncmq_worker_up", **{Q: "pre", G: "g1"}) == [1.0]
     assert present("asyncmq_worker_concurrency", **{Q: "pre", G: "g1"}) == [7.0]
     assert present("asyncmq_job_running_max_age_seconds", **{Q: "pre", G: "g1"}) == [0.0]
@@ -463,7 +465,7 @@ def _pairs(cap: Captured) -> set[tuple[str, str]]:
 
 
 def test_a_worker_pre_binds_only_the_pairs_of_the_queues_it_serves(twenty_queues: list[str]) -> None:
-    """§3.6 rev. 2: serving one of 20 queues binds that queue's 10 tasks, not 20 × 200 phantom pairs."""
+    """Pre-binding: serving one of 20 queues binds that queue's 10 tasks, not 20 × 200 phantom pairs."""
     with capture_telemetry() as cap:
         bus.emit(_worker_started(twenty_queues[0]))
         assert _pairs(cap) == {("fleet-q0", f"fleet.q0.t{t}") for t in range(10)}

@@ -1,8 +1,8 @@
-"""OTLP/HTTP on the wire: spans, metrics and logs reach a receiver with the right resource (§9 OTLP row).
+"""OTLP/HTTP on the wire: spans, metrics and logs reach a receiver with the right resource.
 
 The worker runs in a child process so that the providers ``instrument()`` builds (and installs as the
 OTel globals) never leak into this test process; the child also forks, and the forked child's spans
-must arrive too (§6 fork).
+must arrive too (a forked child exports its own).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Live consumers per queue (#25, ``asyncmq_queue_consumers``): the backend port and the sampler's gauge.
+"""Live consumers per queue (``asyncmq_queue_consumers``): the backend port and the sampler's gauge.
 
 Both backends answer ``consumer_counts`` from their worker registry: a worker counts for each queue it
 consumes while its heartbeat is fresher than the registration's expiry, and stops counting at once
@@ -142,7 +142,9 @@ async def test_the_sampler_exports_live_consumers_with_the_queue_gauges(unique_n
             async def exported() -> bool:
                 return cap.metric_value("asyncmq_queue_consumers", messaging_destination_name=served) == 1.0
 
-            await eventually(exported, timeout=10, what="the worker's own sampler exported #25")
+            await eventually(
+                exported, timeout=10, what="the worker's own sampler exported the consumer gauge"
+            )
         assert await backend.consumer_counts([served]) == {served: 0}
         assert await sampler.sample_once()
         assert dict(gauges.consumers()) == {(served,): 0.0, (other,): 0.0}

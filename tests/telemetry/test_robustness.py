@@ -1,4 +1,4 @@
-"""An adapter that raises never changes a job's outcome; drops are counted (§1.3, §6, §9 robustness row)."""
+"""An adapter that raises never changes a job's outcome; drops are counted."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Queue gauges come from one elected sampler; stale values are never exported (§3.5)."""
+"""Queue gauges come from one elected sampler; stale values are never exported."""
 
 from __future__ import annotations
 

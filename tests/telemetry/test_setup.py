@@ -1,4 +1,4 @@
-"""``instrument()`` / ``uninstrument()``: idempotency, reversal, precedence, the /metrics server (§5, §3.1, §3.7)."""
+"""``instrument()`` / ``uninstrument()``: idempotency, reversal, precedence, the /metrics server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The trace adapter's cost rules (§6): sampling decided before the SDK, one span per attempt, no
+"""The trace adapter's cost rules: sampling decided before the SDK, one span per attempt, no
 context around bookkeeping writes, and what an unsampled attempt still carries (ids for logs and
 for the handler's own spans)."""
 
@@ -173,7 +173,7 @@ async def test_sampled_attempt_is_one_span_with_its_attributes_at_start_and_no_q
     spans: tuple[ReadableSpan, ...] = exporter.get_finished_spans()
     worker_spans = [s for s in spans if s.kind is SpanKind.CONSUMER or s.name.startswith("settle")]
     (process,) = worker_spans  # one SDK span per attempt, no settle span after a run
-    assert process.events == ()  # enqueued/eligible would repeat the *_at attributes (§6)
+    assert process.events == ()  # enqueued/eligible would repeat the *_at attributes
     at_start = starts.at_start[f"process {unique_name}:{job_id}"]
     final = dict(process.attributes or {})
     assert {key: final[key] for key in at_start} == at_start

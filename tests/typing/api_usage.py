@@ -32,8 +32,12 @@ async def main() -> None:
     queue = Queue("typed")
     state: str | None = await queue.get_job_state(job_id)
     counts: dict[str, int] = await queue.counts()
+    await queue.set_rate_limit(50, interval=1.0)  # shared by every worker of the queue
+    limit = await queue.get_rate_limit()
+    per_second: float | None = None if limit is None else limit.limit / limit.interval
+    cleared: bool = await queue.clear_rate_limit()
     worker = Worker(queue, concurrency=settings.worker_concurrency)
     async with anyio.create_task_group() as group:
         group.start_soon(worker.run)
         worker.stop()
-    print(same, direct, state, counts, overridden, aliases, declared)
+    print(same, direct, state, counts, overridden, aliases, declared, per_second, cleared)

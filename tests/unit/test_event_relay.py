@@ -13,8 +13,9 @@ import pytest
 
 from asyncmq_otel import Queue, task
 from asyncmq_otel.backends.memory import InMemoryBackend
+from asyncmq_otel.clock import Clock, FakeClock, system_clock
 from asyncmq_otel.events import LifecycleEvent, bus
-from asyncmq_otel.settings import override_settings
+from asyncmq_otel.settings import get_settings, override_settings
 from asyncmq_otel.worker.relay import event_message
 from tests.support.poll import eventually
 from tests.support.running import running_worker
@@ -32,8 +33,8 @@ async def echo(value: object) -> object:
 class PublishingBackend(InMemoryBackend):
     """An in-memory backend that can publish events: it keeps them, or fails every call."""
 
-    def __init__(self, *, failing: bool = False) -> None:
-        super().__init__()
+    def __init__(self, *, failing: bool = False, clock: Clock = system_clock) -> None:
+        super().__init__(clock=clock)
         self.failing = failing
         self.published: list[dict[str, object]] = []
         self.calls = 0
@@ -89,7 +90,8 @@ async def test_a_worker_publishes_its_own_events_in_order() -> None:
 
 
 async def test_a_failing_publisher_is_counted_and_never_fails_a_job(caplog: pytest.LogCaptureFixture) -> None:
-    backend = PublishingBackend(failing=True)
+    clock = FakeClock()
+    backend = PublishingBackend(failing=True, clock=clock)
     queue = Queue(QUEUE, backend=backend)
     before = bus.dropped["event", "adapter_error"]
     async with running_worker(QUEUE, backend):
@@ -99,6 +101,8 @@ async def test_a_failing_publisher_is_counted_and_never_fails_a_job(caplog: pyte
             return (await queue.counts())["completed"] == len(ids)
 
         await eventually(all_completed, timeout=10, what="every job completed")
+        await eventually(lambda: backend.calls >= 1, what="a publish failed")
+        clock.advance(get_settings().heartbeat_interval)  # a heartbeat: one more event to publish
         await eventually(lambda: backend.calls >= 2, timeout=10, what="publishing retried")
     assert bus.dropped["event", "adapter_error"] > before
     assert sum("worker.event_relay_failed" in r.message for r in caplog.records) == 1  # logged once

@@ -1,4 +1,4 @@
-"""The sandbox: warm children, typed errors, hard stops, bounded results (reliability §9, §13 rows 7-8 and 48)."""
+"""The sandbox: warm children, typed errors, hard stops, bounded results (fault matrix rows 7-8 and 48)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,3 @@
-import importlib
 import math
 import textwrap
 import warnings
@@ -208,9 +207,7 @@ def test_settings_class_holding_a_backend_that_reads_the_settings(tmp_path, monk
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("ASYNCMQ_SETTINGS_MODULE", "mysettings_backend_cls.AppSettings")
     monkeypatch.setenv("ASYNCMQ_KEEP_FAILED", "77")
-    # a process's first use of the settings (conftest restores them); the package exports the
-    # settings object under the module's name, so the module is fetched from sys.modules
-    importlib.import_module("asyncmq_otel.settings")._lazy._set(None)
+    settings._lazy._set(None)  # a first use of the settings in this process (conftest restores them)
     loaded = get_settings()
     assert type(loaded.backend).__name__ == "RedisBackend"
     assert loaded.backend.prefix == "mysettings"
@@ -257,3 +254,20 @@ def test_a_misspelt_variable_warns_with_the_closest_name():
         warnings.simplefilter("error")
         # the commands' own variables and names nowhere near a setting are not reported
         Settings.load({"ASYNCMQ_METRICS_ADDR": ":9000", "ASYNCMQ_APP": "x", "ASYNCMQ_ZZZ": "1"})
+
+
+def test_the_settings_module_is_the_settings_however_it_is_imported():
+    import asyncmq_otel
+    import asyncmq_otel.settings as settings_module
+    from asyncmq_otel import settings as from_package
+
+    assert settings_module is from_package is settings is asyncmq_otel.settings
+    assert settings_module.Settings is Settings  # the module's own names stay its own
+    with override_settings(worker_concurrency=4):
+        assert settings.worker_concurrency == 4
+        settings.worker_concurrency = 5  # an assignment changes the loaded settings, not a module global
+        assert get_settings().worker_concurrency == 5
+        assert "worker_concurrency" not in vars(settings_module)
+        assert settings.validate() is get_settings()
+    with pytest.raises(AttributeError):
+        _ = settings.not_a_setting  # a probe of the module does not load the settings

@@ -20,6 +20,12 @@ from tests.support.running import running_worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("fast_settings")]
 
+# Behaviours that take real time on Redis (its TIME decides) run here on Redis only; on the in-memory
+# backend, tests/unit/test_worker_clock.py drives the same behaviours with a FakeClock.
+redis_only = pytest.mark.parametrize(
+    "backend", [pytest.param("redis", marks=pytest.mark.redis)], indirect=True
+)
+
 gauge = {"now": 0, "max": 0}
 log: list[tuple[str, float]] = []
 attempts: dict[str, int] = {}
@@ -123,6 +129,7 @@ async def test_limiter_caps_parallelism_at_concurrency(backend, unique_name):
     assert gauge["max"] == 3
 
 
+@redis_only
 async def test_rate_limiter_caps_throughput_and_reports_throttling(backend, unique_name, events):
     q = Queue(unique_name, backend=backend)
     for i in range(12):
@@ -165,28 +172,6 @@ async def test_pause_holds_jobs_and_resume_releases_them_promptly(unique_name, e
             await wait_state(q, job_id, "completed")
         assert time.monotonic() - resumed < 0.4  # resume pushes wake tokens: no block_timeout wait
     assert [e.name for e in events if e.name.startswith("queue:")] == ["queue:paused", "queue:resumed"]
-
-
-async def test_idle_worker_waits_on_the_backend_instead_of_spinning(unique_name):
-    claims = {"n": 0}
-
-    class CountingBackend(InMemoryBackend):
-        async def claim(self, queue, worker_id, count, lease):
-            claims["n"] += 1
-            return await super().claim(queue, worker_id, count, lease)
-
-    backend = CountingBackend()
-    with override_settings(
-        block_timeout=5.0, lease=30.0, renew_interval=10.0, reaper_interval=5.0, loop_block_limit=60
-    ):
-        async with running_worker(unique_name, backend):
-            await eventually(lambda: claims["n"] >= 1)
-            await anyio.sleep(0.5)  # measuring idleness: nothing should happen in this window
-            assert claims["n"] == 1
-            started = time.monotonic()
-            job_id = await Queue(unique_name, backend=backend).add("t.record", ["wake"])
-            await wait_state(Queue(unique_name, backend=backend), job_id, "completed")
-            assert time.monotonic() - started < 0.3  # the enqueue's wake token, not a timeout
 
 
 async def test_priorities_lower_first_and_fifo_within_a_priority(backend, unique_name):
@@ -261,6 +246,7 @@ async def test_retries_exhausted_go_to_the_dlq_with_exponential_backoff(backend,
     assert "Traceback" in dead[0]["error"]["traceback"]
 
 
+@redis_only
 async def test_task_timeout_cancels_the_attempt_and_counts_as_a_failure(backend, unique_name, events):
     q = Queue(unique_name, backend=backend)
     job_id = await hang.using(backend=backend, queue=unique_name).enqueue()
@@ -280,20 +266,7 @@ async def test_task_timeout_cancels_the_attempt_and_counts_as_a_failure(backend,
     }
 
 
-async def test_ttl_passed_goes_to_the_dlq_as_expired_without_running(unique_name, events):
-    now = [1000.0]
-    backend = InMemoryBackend(clock=lambda: now[0])
-    q = Queue(unique_name, backend=backend)
-    job_id = await q.add("t.record", ["never"], ttl=0.05)
-    now[0] += 0.2
-    async with running_worker(unique_name, backend):
-        await wait_state(q, job_id, "expired")
-    assert log == []
-    assert named(events, job_id) == ["job:enqueued", "job:expired"]
-    assert next(e for e in events if e.name == "job:expired").reason == "expired"
-    assert [(d["id"], d["dlq_reason"]) for d in await q.dlq()] == [(job_id, "expired")]
-
-
+@redis_only
 async def test_delayed_job_runs_after_its_delay_on_a_plain_worker(backend, unique_name, events):
     q = Queue(unique_name, backend=backend)
     enqueued = time.monotonic()
@@ -345,20 +318,6 @@ async def test_cancelled_while_running_stops_at_the_next_await(backend, unique_n
         await wait_state(q, job_id, "cancelled", timeout=1.0)
     assert named(events, job_id) == ["job:enqueued", "job:started", "job:cancelled"]
     assert next(e for e in events if e.name == "job:cancelled").reason == "running"
-
-
-async def test_running_cancellation_reaches_the_worker_through_renewal_without_a_hint(unique_name, events):
-    class NoHints(InMemoryBackend):
-        def add_cancel_listener(self, listener):
-            """Drop hints so only the renewer's CANCEL answer can stop the handler."""
-
-    backend = NoHints()
-    q = Queue(unique_name, backend=backend)
-    job_id = await q.add("t.block", ["c2"])
-    async with running_worker(unique_name, backend):
-        await eventually(lambda: attempts.get("c2") == 1)
-        await q.cancel_job(job_id)
-        await wait_state(q, job_id, "cancelled", timeout=2.0)  # within a renew interval (0.3 s) or so
 
 
 async def test_unknown_task_is_dead_lettered_without_retries(backend, unique_name, events):
@@ -516,6 +475,7 @@ async def test_second_stop_skips_the_drain_wait(backend, unique_name):
     assert await q.get_job_state(job_id) == "waiting"
 
 
+@redis_only
 async def test_a_dead_workers_job_is_redelivered_once_then_dead_lettered(backend, unique_name, events):
     q = Queue(unique_name, backend=backend)
     job_id = await q.add("t.record", ["redelivered"])
@@ -533,6 +493,7 @@ async def test_a_dead_workers_job_is_redelivered_once_then_dead_lettered(backend
     assert await q.get_job_result(job_id) == "redelivered"
 
 
+@redis_only
 async def test_lease_lost_more_than_max_stalls_goes_to_the_dlq_as_worker_lost(backend, unique_name, events):
     q = Queue(unique_name, backend=backend)
     job_id = await q.add("t.record", ["poison"])
@@ -552,6 +513,7 @@ async def test_lease_lost_more_than_max_stalls_goes_to_the_dlq_as_worker_lost(ba
     assert (failed.reason, failed.error_type) == ("worker_lost", "worker_lost")
 
 
+@redis_only
 async def test_a_long_job_keeps_its_lease_through_renewal(backend, unique_name):
     q = Queue(unique_name, backend=backend)
     job_id = await q.add("t.gauge", [2.5])  # longer than two 1 s leases
@@ -574,6 +536,17 @@ async def test_process_job_and_handle_job_work_standalone(backend, unique_name):
     raw = (await backend.claim(unique_name, "manual", 1, 30)).jobs[0]
     await handle_job(unique_name, raw, backend)
     assert await q.get_job_result(manual) == 2
+
+
+def test_asyncmq_names_stay_importable_as_the_engine_s_functions():
+    import asyncmq_otel
+    from asyncmq_otel import workers
+    from asyncmq_otel.worker import claim_loop
+
+    assert workers.process_job is claim_loop.claim_jobs is asyncmq_otel.process_job
+    assert workers._run_with_limits is claim_loop.handle_within_limits is asyncmq_otel._run_with_limits
+    assert "_run_with_limits" not in asyncmq_otel.__all__
+    assert workers.handle_job is claim_loop.handle_job
 
 
 def test_start_blocks_and_stop_works_from_another_thread(unique_name):

@@ -46,6 +46,7 @@ from ._decode import (
 from ._events import CancelHints, EventsMixin, hint
 from ._flows import FlowsMixin
 from ._keys import Keys, QueueKeys
+from ._ratelimit import RateLimitMixin
 from ._registry import RegistryMixin, server_of
 from ._renewer import RedisLeaseRenewer
 from ._schedules import SchedulesMixin
@@ -86,12 +87,12 @@ def _envelope_priority_ttl(payload: str) -> tuple[object, object]:
     return envelope.get("priority", 5), envelope.get("ttl")
 
 
-class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, FlowsMixin):
+class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, FlowsMixin, RateLimitMixin):
     """Jobs in Redis (or a Redis Cluster), shared by every worker and producer that uses the prefix.
 
     Args:
         url: ``redis://[user:password@]host:port/db``, or ``rediss://`` for TLS (verified).
-        prefix: the key prefix; separate tenants by prefix and ACL user (§11). Default from settings.
+        prefix: the key prefix; separate tenants by prefix and ACL user. Default from settings.
         cluster: use redis-py's cluster client.
         max_payload_bytes: largest envelope accepted (checked here and again in the script).
         max_result_bytes: largest encoded result accepted at completion.
@@ -186,7 +187,7 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
     def __repr__(self) -> str:
         return f"RedisBackend({mask_url(self.url)!r}, prefix={self.prefix!r}, cluster={self.cluster})"
 
-    # -- epochs (§6) --------------------------------------------------------------------------------
+    # -- epochs (data loss) ----------------------------------------------------------------------------
     @staticmethod
     def new_epoch() -> str:
         """A random 128-bit epoch."""
@@ -402,7 +403,7 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
         reply = await self._transition(
             keys,
             "claim",
-            [keys.meta, keys.ready, keys.delayed, keys.leases, keys.signal, keys.claim(nonce)],
+            [keys.meta, keys.ready, keys.delayed, keys.leases, keys.signal, keys.claim(nonce), keys.rate],
             [worker_id, max(count, 0), max(_ms(lease), 1), nonce, _PROMOTE_LIMIT],
         )
         code, now = reply[0], int(reply[1]) / 1000.0
@@ -411,6 +412,8 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
         if code == b"EMPTY":
             wait = int(reply[2])
             return ClaimReply([], next_due_in=None if wait < 0 else wait / 1000.0, now=now)
+        if code == b"THROTTLED":  # the queue's shared rate limit has no token left
+            return ClaimReply([], now=now, throttled_for=int(reply[2]) / 1000.0)
         if not int(reply[3]):  # a replayed claim: the values are as stored after it
             return ClaimReply(
                 [decode_values(queue, _scripts.text(job_id), values) for job_id, values in reply[2]], now=now
@@ -426,7 +429,8 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
                 "cancel_requested": False,
             }
             jobs.append(decode_values(queue, job_id.decode("utf-8", "replace"), values, overlay))
-        return ClaimReply(jobs, now=now)
+        cut = int(reply[4])  # the shared rate limit cut the claim short: ms until a token frees
+        return ClaimReply(jobs, now=now, throttled_for=None if cut < 0 else cut / 1000.0)
 
     async def wait_for_work(self, queue: str, timeout: float) -> bool:
         """``BLPOP`` a wake token on the blocking connection, in slices of at most ``block_timeout``."""
@@ -628,7 +632,7 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
                 sent_at,
                 _ms(max_delay) if max_delay is not None else "",
             ],
-            retry=False,  # outage grace: a reap is never replayed across a reconnect (reliability §4)
+            retry=False,  # outage grace: a reap is never replayed across a reconnect
         )
         # Redis TIME minus the local monotonic clock, in ms (early by half a round trip: a safe side)
         self._reap_clock = int(reply[-1]) - time.monotonic() * 1000

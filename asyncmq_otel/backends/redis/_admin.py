@@ -178,7 +178,7 @@ class AdminMixin:
         return QueueStats(int(ready), int(delayed), int(active), int(dead), age, bool(int(paused)), *blocked)
 
     async def list_queues(self) -> list[str]:
-        """Every queue registered under the prefix (a sorted set of names: the §11 ACL has no ``@set``)."""
+        """Every queue registered under the prefix (a sorted set: the documented ACL has no ``@set``)."""
         members = await self.connections.run(
             lambda client: client.zrange(self.keys.queues, 0, _MAX_QUEUES - 1)
         )

@@ -58,7 +58,7 @@ T = TypeVar("T")
 AsyncClient = Any  # redis.asyncio.Redis or redis.asyncio.RedisCluster: one command surface
 SyncClient = Any  # redis.Redis or redis.RedisCluster, for the renewer thread
 
-_BLOCK_MARGIN = 5.0  # the blocking socket waits this much longer than the longest BLPOP (§4)
+_BLOCK_MARGIN = 5.0  # the blocking socket waits this much longer than the longest BLPOP
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +123,7 @@ class ConnectionSettings:
         if self.max_connections is not None:
             kwargs["max_connections"] = self.max_connections
         if self.tls:
-            # verified and hostname-checked; never a fallback to plaintext (§11)
+            # verified and hostname-checked; never a fallback to plaintext
             kwargs["ssl_cert_reqs"] = "required"
             kwargs["ssl_check_hostname"] = True
             if self.ssl_ca_certs:
@@ -198,7 +198,8 @@ def translate(exc: BaseException, url: str) -> BaseException:
         return BackendAuthError(f"Redis at {where} rejected the credentials ({exc}); check user and password")
     if isinstance(exc, NoPermissionError):
         return BackendAuthError(
-            f"Redis at {where} denied a command to this ACL user ({exc}); see the ACL in §11"
+            f"Redis at {where} denied a command to this ACL user ({exc}); grant it the commands of the ACL "
+            "in the reliability contract (docs/design/reliability.md, security and Redis deployments)"
         )
     if isinstance(exc, OutOfMemoryError) or (isinstance(exc, ResponseError) and str(exc).startswith("OOM")):
         return BackendOutOfMemory(
@@ -290,7 +291,7 @@ class Connections:
 
     @property
     def blocking(self) -> AsyncClient:
-        """The client for ``BLPOP``: its socket timeout exceeds the longest block (§4)."""
+        """The client for ``BLPOP``: its socket timeout exceeds the longest block."""
         self._check_loop()
         if self._blocking is None:
             self._blocking = self.settings.async_client(blocking=True)
@@ -302,7 +303,7 @@ class Connections:
         """Run ``op`` with a client, retrying transient failures with backoff; raise typed errors.
 
         With ``retry=False`` a transient failure raises at once (the reaper must not replay a reap
-        the moment Redis answers again: it waits for the renewers first, reliability §4).
+        the moment Redis answers again: under the outage grace it waits for the renewers first).
         """
         deadline = time.monotonic() + (self.settings.retry_timeout if retry else 0.0)
         attempt = 0

@@ -8,10 +8,11 @@ into one string (see ``pack()`` in ``_fence.lua`` and :func:`unpack`). The raw j
 envelope with the bookkeeping merged on top (seconds as floats), exactly as ``InMemoryBackend``
 builds it, so ``Job.from_dict`` decodes it. A payload that is not a JSON object is never decoded
 further: the job comes back as ``{id, queue, token, attempts, state, payload_error,
-payload_preview}`` and the worker dead-letters it as ``malformed_payload`` (P8). The same holds for
-a job whose bookkeeping cannot be decoded (no known state, a count or time that is not an integer
-of at most 15 digits, a payload nested deeper than :data:`~asyncmq_otel._stored.MAX_STORED_DEPTH`): decoding
-is total, so one such job never raises in a claim, a reap or ``job show`` (reliability §8).
+payload_preview}`` and the worker dead-letters it as ``malformed_payload`` (bad input never runs).
+The same holds for a job whose bookkeeping cannot be decoded (no known state, a count or time that is
+not an integer of at most 15 digits, a payload nested deeper than
+:data:`~asyncmq_otel._stored.MAX_STORED_DEPTH`): decoding is total, so one such job never raises in a
+claim, a reap or ``job show`` (bad input never stops a worker).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ _ABSENT = ord("-")
 Value = bytes | None
 
 
-# NaN and Infinity are not JSON (P8): a stored payload holding them is malformed
+# NaN and Infinity are not JSON (bad input never runs): a stored payload holding them is malformed
 _scan = json.scanner.make_scanner(cast("Any", json.JSONDecoder(parse_constant=reject_constant)))
 
 

@@ -3,9 +3,10 @@
 Workers publish lifecycle events on ``<prefix>:events`` so another process (the exporter, a
 dashboard, a test) can follow them, and :meth:`RedisBackend.cancel` publishes a cancel hint on
 ``<prefix>:control`` so the owner of a running job stops it at once instead of at its next lease
-renewal. (Reliability §3 lists one ``events`` channel for both; the hints moved to their own so a
-worker's hint reader does not receive every other worker's lifecycle events.) Pub/Sub is best
-effort: a hint lost while a subscriber reconnects is covered by ``renew`` answering ``CANCEL``.
+renewal. (The reliability contract's data model lists one ``events`` channel for both; the hints
+moved to their own so a worker's hint reader does not receive every other worker's lifecycle events.)
+Pub/Sub is best effort: a hint lost while a subscriber reconnects is covered by ``renew`` answering
+``CANCEL``.
 """
 
 from __future__ import annotations

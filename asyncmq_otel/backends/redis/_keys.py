@@ -29,6 +29,7 @@ class QueueKeys:
         "meta",
         "name",
         "outbox",
+        "rate",
         "ready",
         "reaper",
         "signal",
@@ -53,6 +54,7 @@ class QueueKeys:
         self.outbox = self.base + "outbox"  # parents' outcomes for children in other queues (flows)
         self.flow_failed = self.base + "flow_failed"  # children dead-lettered for a parent, to report
         self.staged = self.base + "staged"  # jobs of a flow across queues, not committed yet (flows)
+        self.rate = self.base + "rate"  # claim times under the queue's shared rate limit (sliding log)
 
     def job(self, job_id: str) -> str:
         """The hash of one job."""

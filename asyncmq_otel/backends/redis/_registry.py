@@ -45,7 +45,7 @@ class RegistryMixin:
         # Under the {@} tag like the registry, so a heartbeat updates both in one slot.
         return f"{self.keys.prefix}:{{@}}:consumers:{queue}"
 
-    # -- telemetry's queue sampler election (telemetry contract §3.5) ---------------------------------
+    # -- telemetry's queue sampler election (one sampler per prefix) ----------------------------------
     async def acquire_sampler_lock(self, owner: str, ttl: float) -> bool:
         """Take the sampler lock when it is free, or extend it when ``owner`` holds it."""
         reply = await self.connections.run(

@@ -1,7 +1,7 @@
 """The synchronous lease renewer: one ``renew`` script call per queue, from the renewer thread.
 
 It owns its own synchronous client, so a handler that blocks the event loop cannot stop the
-process's leases from being renewed (§4), and it shares the backend's epoch cache, so a data
+process's leases from being renewed, and it shares the backend's epoch cache, so a data
 loss found here is reported once, like one found by the event loop.
 """
 

@@ -1,12 +1,20 @@
 -- claim.lua: due delayed → waiting (at most promote_limit), then waiting → active (at most count).
--- KEYS: meta, ready, delayed, leases, signal, claim:<nonce>
+-- KEYS: meta, ready, delayed, leases, signal, claim:<nonce>, rate
 -- ARGV: epoch, worker_id, count, lease_ms, nonce, promote_limit
 -- Replies: {'EPOCH', current epoch or false}
 --          {'PAUSED', now}: the queue is paused, nothing was claimed
 --          {'EMPTY', now, ms until the next delayed job is due, or -1 when there is none}
---          {'OK', now, {{id, {JOB_FIELDS values}} per claimed job}, fresh}: job i holds token
---            '<nonce>.<i-1>'. With fresh = 1 the values are those read before the claim (the client
---            applies what the claim wrote: state, token, owner, attempts + 1); with 0 (a replay) after.
+--          {'THROTTLED', now, ms until a token frees}: jobs are ready but the queue's shared rate
+--            limit has none left; nothing was claimed
+--          {'OK', now, {{id, {JOB_FIELDS values}} per claimed job}, fresh, throttled ms or -1}: job i
+--            holds token '<nonce>.<i-1>'. With fresh = 1 the values are those read before the claim
+--            (the client applies what the claim wrote: state, token, owner, attempts + 1); with 0 (a
+--            replay) after. throttled ms >= 0 when the rate limit cut the claim short.
+-- Shared rate limit (meta rate_limit, rate_interval ms): `rate` is a sliding log of claim times in
+-- µs (Redis TIME), one member per claimed job (its token), trimmed on every claim. A claim takes at
+-- most limit - |log in the last interval| jobs, so no window of `interval` ever holds more than
+-- `limit` claims (a fixed window would allow twice that across its boundary); at most `limit`
+-- members (no expiry: PEXPIRE is outside the documented ACL; rate_limit.lua deletes it on clear).
 -- Replay: redis-py re-sends the call after a lost reply with the same nonce; the claim key
 -- (PX = lease) then answers with the same jobs, so no lease is orphaned (§13 row 15).
 -- Malformed entries (§2, §8): a job key that is not a hash is quarantined, and a hash without a
@@ -14,8 +22,9 @@
 -- untouched); both are handed over like any claimed job, and the worker's decode dead-letters them
 -- as malformed_payload. No job entry can make the script fail after its first write (§2).
 local meta, ready, delayed, leases, signal, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local rate = KEYS[7]
 local worker, count, lease, nonce = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local bad, flags = epoch_and(meta, ARGV[1], 'paused')
+local bad, flags = epoch_and(meta, ARGV[1], 'paused', 'rate_limit', 'rate_interval')
 if bad then
   return bad
 end
@@ -63,6 +72,28 @@ end
 
 if flags[1] == '1' then
   return {'PAUSED', now}
+end
+
+-- the shared rate limit; hand-written garbage in its fields reads as no limit (reliability §2)
+local rate_limit, window, claim_us, cut = int_field(flags[2]), int_field(flags[3]), nil, false
+if rate_limit and window and rate_limit > 0 and window > 0 then
+  claim_us, window = now_us(), window * 1000
+  redis.call('ZREMRANGEBYSCORE', rate, '-inf', claim_us - window)
+  local free = math.max(rate_limit - redis.call('ZCARD', rate), 0)
+  if free < count then
+    count, cut = free, true
+  end
+end
+-- ms until the oldest claim in the log leaves the window (a token frees)
+local function token_wait()
+  local oldest = redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')
+  if not oldest[2] then
+    return 0
+  end
+  return math.max(math.ceil((tonumber(oldest[2]) + window - claim_us) / 1000), 1)
+end
+if cut and count == 0 and redis.call('ZCARD', ready) > 0 then
+  return {'THROTTLED', now, token_wait()}
 end
 
 local popped = {}
@@ -124,4 +155,13 @@ if #jobs == 0 then
 end
 redis.call('ZADD', leases, unpack(leased))
 redis.call('SET', claim_key, table.concat(ids, ','), 'PX', lease)
-return {'OK', now, jobs, 1}
+if not claim_us then
+  return {'OK', now, jobs, 1, -1}
+end
+local logged = {}
+for i = 0, #ids - 1 do
+  logged[#logged + 1] = claim_us
+  logged[#logged + 1] = nonce .. '.' .. i
+end
+redis.call('ZADD', rate, unpack(logged))
+return {'OK', now, jobs, 1, cut and token_wait() or -1}

@@ -1,10 +1,14 @@
-"""``asyncmq-otel worker --processes N``: the start-up script of multi-process mode (telemetry §3.7).
+"""``asyncmq-otel worker --processes N``: the start-up script of multi-process mode.
 
 The parent is a supervisor, like gunicorn's arbiter. It sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh
 directory of its own (under ``$PROMETHEUS_MULTIPROC_DIR`` when that is set, else the temp directory),
-starts N worker processes (``python -m asyncmq_otel worker ...``: the single-process worker, telemetry on,
-no ``/metrics`` of their own), and serves ``/metrics`` and ``/healthz`` itself, merging the children's
-files with a ``MultiProcessCollector`` on a fresh registry.
+starts N worker processes (``python -m asyncmq_otel worker --supervised-by PID``: the single-process
+worker, telemetry on, no ``/metrics`` of their own), and serves ``/metrics`` and ``/healthz`` itself,
+merging the children's files (telemetry builds that view; see ``OpenMetrics``).
+
+- Each child runs with the parent's options as a :class:`WorkerSpec`, handed over as JSON in
+  ``ASYNCMQ_WORKER_SPEC`` (kept out of ``ps``, which would show the backend's password): one object
+  carries every worker option, so a new option cannot silently stay behind in the parent.
 
 - SIGTERM/SIGINT are forwarded to every child; each child applies the single-process rules (the first
   drains, a second one at least 1 s later stops at once, a repeat within 1 s is ignored).
@@ -24,39 +28,45 @@ files with a ``MultiProcessCollector`` on a fresh registry.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from types import UnionType
+from typing import Any, Final, Protocol, get_args, get_origin, get_type_hints
 
 import anyio
 import anyio.abc
 
-from .._exit_status import describe_exit
+from .._exit_status import ExitCode, describe_exit
 from .._version import __version__
-from ..errors import TelemetryConfigError
-from ._exit import CLIError, ExitCode
-from ._output import Reporter
+from ..errors import ConfigError
 
-if TYPE_CHECKING:
-    from ..telemetry.providers import MetricsServer
-
-__all__ = ["RESTART_DELAY_S", "RESTART_WINDOW_S", "Supervisor"]
+__all__ = [
+    "RESTART_DELAY_S",
+    "RESTART_WINDOW_S",
+    "SPEC_ENVVAR",
+    "ChildMetrics",
+    "OpenMetrics",
+    "Say",
+    "Supervisor",
+    "WorkerSpec",
+]
 
 RESTART_DELAY_S: Final = 1.0
 """Seconds before a crashed worker process is replaced (a crash loop cannot spin)."""
 RESTART_WINDOW_S: Final = 60.0
 """The window over which ``max_restarts`` is counted."""
+SPEC_ENVVAR: Final = "ASYNCMQ_WORKER_SPEC"
+"""The variable that hands a child its :class:`WorkerSpec` as JSON (read only with ``--supervised-by``)."""
 _STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
 _FATAL: Final = frozenset({ExitCode.USAGE, ExitCode.BACKEND_UNREACHABLE})
 
@@ -75,6 +85,113 @@ def _stop_signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Every option ``asyncmq-otel worker`` runs one worker process with: what a supervisor's children get.
+
+    The command line builds it from its flags, variables and defaults; each child of ``--processes N``
+    receives it whole as JSON. Options of the supervisor itself (``--processes``, ``--max-restarts``)
+    and of the probe (``--check``) are not here.
+    """
+
+    queues: tuple[str, ...]
+    """The queues to claim from."""
+    apps: tuple[str, ...]
+    """Modules imported first, registering their tasks."""
+    backend_url: str | None
+    """``--backend``; ``None``: the settings' backend."""
+    prefix: str | None
+    """The Redis key prefix; ``None``: the settings' prefix."""
+    connect_timeout: float
+    """Seconds the backend has to answer at start-up."""
+    concurrency: int | None
+    """Jobs run at once; ``None``: the settings' value."""
+    rate_limit: int | None
+    """Job starts per ``rate_interval`` (0: no limit); ``None``: the settings' value."""
+    rate_interval: float | None
+    """Seconds of the rate-limit window; ``None``: the settings' value."""
+    metrics_addr: str
+    """Where ``/metrics`` is served; ``""`` serves nothing (every supervised child)."""
+    otlp_endpoint: str | None
+    """The OTLP/HTTP base URL, or ``None``."""
+    log_format: str | None
+    """``json``, ``console``, ``auto`` or ``None`` (auto)."""
+    shutdown_timeout: float | None
+    """Seconds in-flight jobs get after the first stop signal; ``None``: the settings' value."""
+    burst: bool
+    """Exit 0 once the queues are empty."""
+    queue_sampler: str
+    """``elected`` or ``off``: whether this process may export queue depth."""
+
+    def to_json(self) -> str:
+        """The spec as one JSON object (tuples as arrays)."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        """Read a spec written by :meth:`to_json`.
+
+        Raises:
+            ConfigError: ``text`` is not such an object (a field missing, unknown or of another type).
+
+        """
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{SPEC_ENVVAR} is not JSON ({exc}); it is set by the supervisor only") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{SPEC_ENVVAR} is not a JSON object; it is set by the supervisor only")
+        hints = get_type_hints(cls)
+        if set(data) != set(hints):
+            raise ConfigError(
+                f"{SPEC_ENVVAR} has the fields {sorted(data)}, not {sorted(hints)}: the supervisor and its "
+                "worker processes must run the same version of asyncmq-otel"
+            )
+        for name, hint in hints.items():
+            if not _conforms(data[name], hint):
+                raise ConfigError(f"{SPEC_ENVVAR}: {name}={data[name]!r} is not a {hint}")
+        values: dict[str, Any] = {name: tuple(v) if isinstance(v, list) else v for name, v in data.items()}
+        return cls(**values)
+
+
+def _conforms(value: object, hint: Any) -> bool:  # noqa: ANN401 - a type hint
+    """Whether the JSON ``value`` has the type ``hint`` of a spec field.
+
+    Tuples travel as arrays and a float may be written as an int; a bool is never a number here.
+    """
+    if isinstance(hint, UnionType):
+        return any(_conforms(value, arm) for arm in get_args(hint))
+    if get_origin(hint) is tuple:
+        return isinstance(value, list) and all(_conforms(v, get_args(hint)[0]) for v in value)
+    accepted = {float: (int, float), type(None): (type(None),)}.get(hint, (hint,))
+    return isinstance(value, accepted) and (hint is bool or not isinstance(value, bool))
+
+
+class Say(Protocol):
+    """Where the supervisor's own messages go (the command line's reporter)."""
+
+    def __call__(self, event: str, message: str, *, level: str = "info", **fields: Any) -> None:  # noqa: ANN401 - JSON fields
+        """Write ``message``, an event called ``event`` with ``fields``."""
+
+
+class ChildMetrics(Protocol):
+    """The children's merged metrics as the supervisor serves them (telemetry builds them)."""
+
+    @property
+    def url(self) -> str | None:
+        """Where the merged ``/metrics`` is served, or ``None``."""
+
+    def forget(self, pid: int) -> None:
+        """A child exited: drop its gauges."""
+
+    def close(self) -> None:
+        """Stop serving."""
+
+
+OpenMetrics = Callable[[str, Callable[[], tuple[bool, str]]], ChildMetrics]
+"""Opens the children's metrics: given their multiprocess directory and the ``/healthz`` check."""
+
+
 def _exit_code(returncode: int) -> ExitCode:
     """A child's return code as an exit code: a signal death (negative) or an unknown code is a crash."""
     try:
@@ -83,76 +200,42 @@ def _exit_code(returncode: int) -> ExitCode:
         return ExitCode.CRASH
 
 
-class _ChildMetrics:
-    """The parent's view of the children's files: a ``MultiProcessCollector`` that can forget a process.
-
-    Collection and forgetting hold one lock, so a file is never removed while a scrape reads it.
-    """
-
-    def __init__(self, path: str) -> None:
-        from prometheus_client import CollectorRegistry  # noqa: PLC0415 - telemetry loads lazily
-        from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
-
-        self.path = path
-        self._lock = threading.Lock()
-        self._merged = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
-        self.registry = CollectorRegistry()
-        self.registry.register(self)
-
-    def collect(self) -> list[Any]:
-        """The merged families of every process, live or dead."""
-        with self._lock:
-            return list(self._merged.collect())  # type: ignore[no-untyped-call]
-
-    def forget(self, pid: int) -> None:
-        """A child exited: drop its gauge files (live and last-value gauges alike: it reports no more)."""
-        with self._lock:
-            for leftover in Path(self.path).glob(f"gauge_*_{pid}.db"):
-                leftover.unlink(missing_ok=True)
-
-
 class Supervisor:
     """Runs ``processes`` worker processes and serves their merged ``/metrics``.
 
     Args:
-        reporter: where the supervisor's own messages go.
-        child_args: the ``asyncmq-otel worker`` arguments of every child (after ``worker``).
-        child_env: extra environment of the children (the backend URL, kept out of ``ps``).
+        say: where the supervisor's own messages go.
+        spec: the options of every child; they serve no ``/metrics`` of their own (``metrics_addr`` is
+            ignored: the supervisor serves theirs).
         processes: how many worker processes run at once.
-        metrics_addr: ``host:port`` of the merged ``/metrics`` and ``/healthz``; ``""`` serves nothing.
         max_restarts: crashed processes replaced per ``RESTART_WINDOW_S`` before the instance stops.
-        service_name: ``service.name`` of the parent's ``target_info``.
+        open_metrics: serves the children's merged ``/metrics`` and ``/healthz``; ``None`` serves nothing.
 
     """
 
     def __init__(
         self,
-        reporter: Reporter,
-        child_args: Sequence[str],
-        child_env: dict[str, str],
+        say: Say,
+        spec: WorkerSpec,
         *,
         processes: int,
-        metrics_addr: str,
         max_restarts: int,
-        service_name: str | None = None,
+        open_metrics: OpenMetrics | None = None,
     ) -> None:
-        self.reporter = reporter
-        self.child_args = list(child_args)
-        self.child_env = dict(child_env)
+        self.say = say
+        self.spec = dataclasses.replace(spec, metrics_addr="")
         self.processes = processes
-        self.metrics_addr = metrics_addr
         self.max_restarts = max_restarts
+        self.open_metrics = open_metrics
         # A --burst child exits 0 when its queues are empty; any other child only when told to stop.
-        self.burst = "--burst" in self.child_args
-        self.service_name = service_name or os.environ.get("OTEL_SERVICE_NAME") or "asyncmq-worker"
+        self.burst = spec.burst
         self.directory = ""
         self.metrics_url: str | None = None
         self.running: dict[int, anyio.abc.Process] = {}
         self.final: dict[int, ExitCode] = {}
         self._restarts: deque[float] = deque()
         self._stopped = anyio.Event()
-        self._metrics: _ChildMetrics | None = None
-        self._server: MetricsServer | None = None
+        self._metrics: ChildMetrics | None = None
         self._spawn_lock = anyio.Lock()
 
     # -- the multiprocess directory and /metrics --------------------------------------------------------
@@ -162,35 +245,18 @@ class Supervisor:
             Path(base).mkdir(parents=True, exist_ok=True)
             self.directory = tempfile.mkdtemp(prefix=f"asyncmq-otel-metrics-{os.getpid()}-", dir=base)
         except OSError as exc:
-            raise CLIError(
+            raise ConfigError(
                 f"cannot create the metrics directory under {base}: {exc.strerror or exc}; point "
-                "PROMETHEUS_MULTIPROC_DIR at a writable directory",
-                ExitCode.USAGE,
+                "PROMETHEUS_MULTIPROC_DIR at a writable directory"
             ) from exc
-        self._metrics = _ChildMetrics(self.directory)
-        self._metrics.registry.set_target_info(
-            {
-                "service_name": self.service_name,
-                "service_instance_id": str(uuid.uuid4()),
-                "service_version": __version__,
-                "host_name": socket.gethostname(),
-                "process_pid": str(os.getpid()),
-            }
-        )
-        if self.metrics_addr:
-            from ..telemetry.providers import MetricsServer  # noqa: PLC0415 - telemetry loads lazily
-
-            try:
-                self._server = MetricsServer(self._metrics.registry, self.metrics_addr)
-            except TelemetryConfigError as exc:  # it names the address and how to choose another
-                raise CLIError(str(exc), ExitCode.USAGE) from exc
-            self._server.set_health(self._health)
-            self.metrics_url = self._server.url
+        if self.open_metrics is not None:
+            self._metrics = self.open_metrics(self.directory, self._health)
+            self.metrics_url = self._metrics.url
 
     def _cleanup(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         if self.directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -201,10 +267,16 @@ class Supervisor:
 
     # -- running --------------------------------------------------------------------------------------
     async def run(self) -> ExitCode:
-        """Start the children, supervise them until they have all exited, and return the worst code."""
+        """Start the children, supervise them until they have all exited, and return the worst code.
+
+        Raises:
+            ConfigError: the multiprocess directory cannot be made or ``/metrics`` cannot be served; the
+                message says what to change.
+
+        """
         try:
             self._prepare()
-            self.reporter.say(
+            self.say(
                 "supervisor.started",
                 f"asyncmq-otel {__version__} · worker supervisor (pid {os.getpid()}): {self.processes} "
                 f"worker processes · metrics {self.metrics_url or 'off'} (merged, no exemplars) · "
@@ -225,7 +297,7 @@ class Supervisor:
                 await self._kill_leftovers()
             self._cleanup()
         worst = max(self.final.values(), default=ExitCode.OK)
-        self.reporter.say(
+        self.say(
             "supervisor.exited",
             f"worker supervisor stopped: exit {int(worst)} "
             f"({', '.join(f'process {slot + 1}: {int(code)}' for slot, code in sorted(self.final.items()))})",
@@ -234,9 +306,8 @@ class Supervisor:
         return worst
 
     async def _spawn(self, slot: int) -> anyio.abc.Process:
-        env = {**os.environ, **self.child_env, "PROMETHEUS_MULTIPROC_DIR": self.directory}
-        command = [sys.executable, "-m", "asyncmq_otel", "worker", *self.child_args]
-        command += ["--supervised-by", str(os.getpid())]
+        env = {**os.environ, SPEC_ENVVAR: self.spec.to_json(), "PROMETHEUS_MULTIPROC_DIR": self.directory}
+        command = [sys.executable, "-m", "asyncmq_otel", "worker", "--supervised-by", str(os.getpid())]
         # One spawn at a time: open_process yields, and overlapping save/restore pairs of the signal
         # mask could leave the stop signals blocked in this process for good.
         async with self._spawn_lock:
@@ -274,7 +345,7 @@ class Supervisor:
                     "stopping the other processes (look at the crash above)"
                 )
                 return
-            self.reporter.say(
+            self.say(
                 "supervisor.restarting",
                 f"{what}; restarting it in {RESTART_DELAY_S:g}s",
                 level="warning",
@@ -295,7 +366,7 @@ class Supervisor:
         return True
 
     def _stop_all(self, reason: str) -> None:
-        self.reporter.say("supervisor.stopping", reason, level="error")
+        self.say("supervisor.stopping", reason, level="error")
         self._begin_stop()
         self._forward(signal.SIGTERM)
 
@@ -318,7 +389,7 @@ class Supervisor:
                 name = signal.Signals(signum).name
                 first = not self.stopping
                 self._begin_stop()
-                self.reporter.say(
+                self.say(
                     "supervisor.signal",
                     f"{name} received: forwarded to {len(self.running)} worker process(es)"
                     + (", which drain (send it again after 1s to stop them at once)" if first else ""),
