@@ -65,6 +65,8 @@ class AdminMixin:
         values = await self.connections.run(op)
         if isinstance(values, ResponseError):  # written over by another program: shown, not raised
             return not_a_hash(queue, job_id)
+        if values[JOB_FIELDS.index("state")] == b"staged":  # its flow is not committed: not stored yet
+            return None
         return decode_values(queue, job_id, values) if any(v is not None for v in values) else None
 
     async def counts(self, queue: str) -> dict[str, int]:
