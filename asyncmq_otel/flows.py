@@ -5,7 +5,8 @@ A job enqueued with ``depends_on`` is ``blocked`` until each parent has complete
 dead-lettered dead-letters its blocked descendants with reason ``dependency_failed``, unless a
 child was enqueued with ``on_parent_failure="run"``; retrying the parent from the DLQ blocks them
 again. ``FlowProducer.add_flow`` checks a whole graph (cycles, ids, arguments, sizes) before it
-stores anything.
+stores anything, then stores it all or none, across queues too (on Redis, in two phases: see
+``backends/redis/_flows.py``).
 
 Every job of a flow carries a flow id (``asyncmq.flow.id`` on its log lines and ``process`` spans,
 ``FlowNode.flow_id``): ``add_flow`` gives all the jobs of a graph the id of the first job it
@@ -68,6 +69,9 @@ class FlowProducer:
             FlowCycleError: the dependencies form a cycle (the message names it); nothing is stored.
             JobArgumentError: a bad job (the message names ``jobs[i]``) or a parent that does not
                 exist; nothing is stored.
+            BackendError: Redis refused the graph (a job key of another type, or a flow across
+                queues that took longer than ``RedisBackend.flow_stage_timeout`` to stage); nothing
+                is stored.
 
         """
         check_queue_name(queue)

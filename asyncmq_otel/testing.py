@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
+import structlog
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -54,14 +55,17 @@ def clean_bus() -> Iterator[EventBus]:
     """The event bus as it is now, and as it was again on exit.
 
     Listeners registered before the block stay; on exit, listeners added inside are removed,
-    undelivered events dropped, and services and operation observers forgotten.
+    undelivered events dropped, and services and operation observers forgotten. The caller context's
+    structlog context variables come back as they were (an attempt a test started and never
+    finished leaves its fields bound there otherwise).
     """
     bus = events.bus
     # the bus is the package's own: its state is saved here so that tests need not reach into it
     subscriptions = list(bus._subscriptions)  # noqa: SLF001
     drop_observers = list(bus._drop_observers)  # noqa: SLF001
     try:
-        yield bus
+        with _restored_log_context():
+            yield bus
     finally:
         bus._subscriptions[:] = subscriptions  # noqa: SLF001
         bus._drop_observers[:] = drop_observers  # noqa: SLF001
@@ -70,6 +74,23 @@ def clean_bus() -> Iterator[EventBus]:
         bus._current = None  # noqa: SLF001 - the delivery position of a dispatcher that is gone
         bus._observers.clear()  # noqa: SLF001
         bus._services.clear()  # noqa: SLF001
+
+
+@contextlib.contextmanager
+def _restored_log_context() -> Iterator[None]:
+    """The caller context's structlog context variables as they were on entry, again on exit.
+
+    The log adapter binds an attempt's fields at ``job:started`` in the emitting context and unbinds
+    them at its outcome. The worker emits both in the attempt's own task, whose context dies with it;
+    a test that emits a ``job:started`` without an outcome itself binds them in its own context, which
+    in a sync test is the thread's, inherited by every later test (anyio copies it into its runner).
+    """
+    saved = structlog.contextvars.get_contextvars()
+    try:
+        yield
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**saved)
 
 
 @contextlib.contextmanager
@@ -313,7 +334,8 @@ def capture_telemetry(config: TelemetryConfig | None = None, /, **overrides: Any
 
     It instruments with an always-on sampler, an ``InMemorySpanExporter`` behind a
     ``SimpleSpanProcessor``, an ``InMemoryMetricReader`` (the OTLP sink is on), a fresh Prometheus
-    registry and a log capture, and records every bus event. An instrumentation already active is
+    registry and a log capture, and records every bus event; the log fields bound in the caller's
+    context are restored on exit. An instrumentation already active is
     suspended for the block and comes back afterwards. When no global tracer provider is set, a
     switch provider is installed once as the global, so spans created by handlers reach the
     capture (outside a capture it is inert).
@@ -375,7 +397,8 @@ def capture_telemetry(config: TelemetryConfig | None = None, /, **overrides: Any
         # The package's own helper: the capture handler is called synchronously, nothing is rendered.
         _telemetry._instrument(capture_config, log_handlers=[logs], render_logs=False)  # noqa: SLF001
         target_bus.on("*", captured_events.append, inline=True)
-        yield Captured(exporter, reader, registry, logs, captured_events)
+        with _restored_log_context():  # an attempt started but not finished in the block stays in it
+            yield Captured(exporter, reader, registry, logs, captured_events)
     finally:
         target_bus.off("*", captured_events.append)
         _telemetry.uninstrument()

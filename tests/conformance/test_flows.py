@@ -302,6 +302,61 @@ async def test_cross_queue_dependencies(backend: Backend) -> None:
     await settle_flows(backend, upstream.name, "after", "blocked")
 
 
+async def test_a_flow_across_queues_is_visible_whole_after_add_flow(backend: Backend) -> None:
+    """Stored all or none: once add_flow returns, every job of every queue is in its state (Redis
+    stages each queue's part, then commits; memory stores the graph under one lock)."""
+    first, second, third = (Queue(unique_prefix(), backend) for _ in range(3))
+    await second.add(TASK, ["x"], job_id="outside")
+    await FlowProducer(backend).add_flow(
+        first.name,
+        [
+            {"task_id": TASK, "job_id": "a"},
+            {"task_id": TASK, "job_id": "b", "queue": second.name, "depends_on": ["a"]},
+            {
+                "task_id": TASK,
+                "job_id": "c",
+                "queue": third.name,
+                "depends_on": ["b", (second.name, "outside")],
+            },
+            {"task_id": TASK, "job_id": "d", "depends_on": ["c"], "delay": 60},
+            # two jobs of a later part of the first queue naming a parent of its first part
+            {"task_id": TASK, "job_id": "e", "depends_on": ["a", "b"]},
+            {"task_id": TASK, "job_id": "f", "depends_on": ["a", "b"]},
+        ],
+    )
+    nodes = {node.id: node.state for node in await third.get_flow("c")}
+    assert nodes == {
+        "a": "waiting", "b": "blocked", "c": "blocked", "d": "blocked", "e": "blocked", "f": "blocked",
+        "outside": "waiting",
+    }  # fmt: skip
+    counts = [await queue.counts() for queue in (first, second, third)]
+    assert [(each["waiting"], each["blocked"]) for each in counts] == [(1, 3), (1, 1), (0, 1)]
+    assert sum(sum(each.values()) for each in counts) == 7  # no job in any other state
+    claimed = await claim_all(backend, first.name)
+    assert sorted(claimed) == ["a"]
+
+
+async def test_a_flow_across_queues_with_a_missing_parent_stores_nothing(backend: Backend) -> None:
+    first, second, third = (Queue(unique_prefix(), backend) for _ in range(3))
+    with pytest.raises(JobArgumentError, match="does not exist"):
+        await FlowProducer(backend).add_flow(
+            first.name,
+            [
+                {"task_id": TASK, "job_id": "a"},
+                {"task_id": TASK, "job_id": "b", "queue": second.name, "depends_on": ["a"]},
+                {
+                    "task_id": TASK,
+                    "job_id": "c",
+                    "queue": third.name,
+                    "depends_on": ["b", (third.name, "nope")],
+                },
+            ],
+        )
+    for queue, job_id in ((first, "a"), (second, "b"), (third, "c")):
+        assert await queue.get_job(job_id) is None
+        assert sum((await queue.counts()).values()) == 0
+
+
 async def settle_flows(backend: Backend, queue: str, job_id: str, want: str) -> None:
     """Wait for a cross-queue step: Redis delivers it through the outbox (run the reconciler)."""
     from tests.support.poll import eventually

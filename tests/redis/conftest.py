@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from asyncmq_otel.backends.redis import RedisBackend
+from tests.support.redis_cluster import three_masters  # noqa: F401 - a fixture, registered by import
 from tests.support.redis_server import (  # noqa: F401 - fixtures are registered by import
     redis_cluster_server,
     redis_prefix,

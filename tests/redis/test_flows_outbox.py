@@ -9,21 +9,19 @@ process between delivery and removal, and run the same flow on a real three-mast
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 import redis
-from redis.crc import key_slot
 
 from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.flows import FlowProducer
 from asyncmq_otel.queues import Queue
 from tests.support.invariants import check_flows
-from tests.support.poll import wait_until
+from tests.support.redis_cluster import queue_on
 from tests.support.redis_server import RedisServer, delete_prefix, unique_prefix
 from tests.support.worker_proc import REPO
 
@@ -134,7 +132,11 @@ async def test_a_parent_finishing_before_its_cross_queue_child_is_stored(
     up, down = unique_prefix(), unique_prefix()
     await Queue(up, backend).add(TASK, job_id="p")
     child_ref = f"{down}/c"
-    assert await backend._link(up, "p", child_ref) == ("pending", "p")  # the parent took its own flow id
+    assert await backend._link(up, "p", child_ref) == (
+        "pending",
+        "p",
+        True,
+    )  # the parent took its own flow id
     await complete(backend, up, "p")
     assert await backend.reconcile_flows(up) == 0  # no child yet: the entry waits
     assert len(outbox(url, prefix, up)) == 1
@@ -144,55 +146,12 @@ async def test_a_parent_finishing_before_its_cross_queue_child_is_stored(
 
 
 # -- a real three-master cluster -------------------------------------------------------------------------
-class _Master(RedisServer):
-    """A cluster-enabled server that gets its slots from ``redis-cli --cluster create``."""
-
-    def _make_cluster(self) -> None:
-        """Slots are assigned for all three masters at once."""
-
-
-@pytest.fixture(scope="module")
-def three_masters() -> Iterator[list[RedisServer]]:
-    masters = [_Master(cluster=True) for _ in range(3)]
-    try:
-        for master in masters:
-            master.start()
-        addresses = [f"127.0.0.1:{master.port}" for master in masters]
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )
-
-        def ready() -> bool:
-            for master in masters:
-                info = master.client().execute_command("CLUSTER", "INFO")
-                if b"cluster_state:ok" not in info:
-                    return False
-            return True
-
-        wait_until(ready, timeout=30, what="the three-master cluster is ok")
-        yield masters
-    finally:
-        for master in masters:
-            master.stop()
-
-
-def _queue_on(node: int) -> str:
-    """A queue name whose hash tag lands on master ``node`` (slots split in three by --cluster create)."""
-    while True:
-        name = unique_prefix()
-        if key_slot(name.encode()) * 3 // 16384 == node:
-            return name
-
-
 @pytest.mark.cluster
 @pytest.mark.chaos
 async def test_cross_queue_flow_on_a_three_master_cluster(three_masters: list[RedisServer]) -> None:
     backend = RedisBackend(three_masters[0].url, prefix="flows", cluster=True, retry_timeout=5.0)
     try:
-        first, second, third = _queue_on(0), _queue_on(1), _queue_on(2)
+        first, second, third = queue_on(0), queue_on(1), queue_on(2)
         await FlowProducer(backend).add_flow(
             first,
             [

@@ -492,11 +492,12 @@ for _, key in ipairs(KEYS) do
     local state = redis.call('HGET', key, 'state')
     -- a hash without a known state is malformed; it must sit in ready, where a claim hands it over
     local index = ({waiting = 'ready', delayed = 'delayed', active = 'leases', completed = 'completed',
-      cancelled = 'cancelled', failed = 'failed', expired = 'expired', blocked = 'blocked'})[state or ''] or 'ready'
+      cancelled = 'cancelled', failed = 'failed', expired = 'expired', blocked = 'blocked',
+      staged = 'staged'})[state or ''] or 'ready'
     state = tostring(state)
     do
       for _, other in ipairs({'ready', 'delayed', 'leases', 'completed', 'cancelled', 'failed', 'expired',
-          'blocked'}) do
+          'blocked', 'staged'}) do
         local member = redis.call('ZSCORE', ARGV[1] .. other, id) ~= false
         if member ~= (other == index) then
           problems[#problems + 1] = id .. ': state ' .. state .. (member and ' but in ' or ' but not in ') .. other
@@ -644,7 +645,8 @@ def check_flows(url: str, prefix: str, jobs: Iterable[tuple[str, str]], *, max_o
     parents have completed (the only allowance is an undelivered outbox entry naming it, at most
     ``max_outbox`` of them in all); a completed job's parents all completed (or, for a job enqueued
     with ``on_parent_failure="run"``, finished); a job dead-lettered with ``dependency_failed`` has
-    a dead parent. Returns the problems found (empty: the check passed).
+    a dead parent; no job is left ``staged`` (a flow across queues committed or rolled back by the
+    reaper's pass: all or none of it). Returns the problems found (empty: the check passed).
     """
     client = redis.Redis.from_url(url, socket_timeout=30)
     problems: list[str] = []
@@ -665,10 +667,18 @@ def check_flows(url: str, prefix: str, jobs: Iterable[tuple[str, str]], *, max_o
                 _text(on_failure),
             )
         outbox: list[str] = []
+        staged: list[str] = []
         for queue in sorted({queue for queue, _ in wanted}):
             outbox += [_text(entry) or "" for entry in client.zrange(queue_keys(prefix, queue).outbox, 0, -1)]
+            staged += [
+                f"{queue}/{_text(entry)}" for entry in client.zrange(queue_keys(prefix, queue).staged, 0, -1)
+            ]
     finally:
         client.close()
+    # a staged job is in its queue's `staged` set until its flow is committed or rolled back
+    problems += (
+        [f"{len(staged)} jobs of flows neither committed nor rolled back: {staged[:5]}"] if staged else []
+    )
     if len(outbox) > max_outbox:
         problems.append(f"{len(outbox)} outbox entries undelivered (allowed {max_outbox}): {outbox[:5]}")
     for (queue, job_id), (state, parents, reason, on_failure) in states.items():

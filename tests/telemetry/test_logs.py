@@ -29,7 +29,7 @@ from asyncmq_otel.queues import Queue
 from asyncmq_otel.tasks import task
 from asyncmq_otel.telemetry import AddTraceContext, TelemetryConfig, instrumentation
 from asyncmq_otel.telemetry.log_adapter import EVENT_LOG_LEVELS, LogWriter
-from asyncmq_otel.testing import Captured
+from asyncmq_otel.testing import Captured, capture_telemetry, clean_bus
 from asyncmq_otel.workers import Worker
 from tests.support.poll import wait_until
 
@@ -100,6 +100,64 @@ async def test_handler_logs_carry_their_own_attempt_fields_and_ids(
     # Outside the attempts, nothing is bound any more and no span is current.
     app_log.info("after")
     assert set(app_lines[-1]) == {"event"}
+
+
+def _half_attempt(event_id: str) -> LifecycleEvent:
+    return LifecycleEvent(
+        "job:started",
+        time.time(),
+        queue="half-q",
+        job_id=event_id,
+        task="logs.half",
+        attempt=1,
+        worker_id="w-1",
+        group="default",
+    )
+
+
+def _started_and_never_finished() -> None:
+    """What a sync test of synthetic events does: a ``job:started`` whose outcome never comes."""
+    with capture_telemetry():
+        bus.emit(_half_attempt("half-1"))
+        # the adapter bound the attempt's fields in this context: the thread's, in a sync test
+        assert structlog.contextvars.get_contextvars()["messaging.message.id"] == "half-1"
+
+
+def _a_later_test_logs_with_nothing_bound(runner: str) -> None:
+    """A later async test: anyio copies the thread's context into the task that runs it."""
+
+    async def log() -> dict[str, Any]:
+        app_log.info("later")
+        return app_lines[-1]
+
+    assert set(anyio.run(log, backend=runner)) == {"event"}
+
+
+@pytest.mark.parametrize("order", ["half_attempt_first", "half_attempt_last"])
+@pytest.mark.parametrize("runner", ["asyncio", "trio"])
+def test_an_attempt_a_test_never_finished_leaves_no_fields_to_the_next_test(order: str, runner: str) -> None:
+    """Each step runs in ``clean_bus()`` as the autouse fixture runs each test: both orders pass."""
+    steps = [_started_and_never_finished, lambda: _a_later_test_logs_with_nothing_bound(runner)]
+    for step in steps if order == "half_attempt_first" else steps[::-1]:
+        with clean_bus():
+            step()
+    assert structlog.contextvars.get_contextvars() == {}
+
+
+def test_clean_bus_unbinds_what_an_instrumentation_bound_in_the_block(capsys) -> None:
+    """Without ``capture_telemetry``: ``instrument()`` itself, and a field bound before the block kept."""
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    with structlog.contextvars.bound_contextvars(request_id="req-7"):
+        with clean_bus():
+            telemetry.instrument(
+                tracer_provider=provider, metrics_addr="", log_format="json", log_level="INFO"
+            )
+            bus.emit(_half_attempt("half-2"))
+            assert structlog.contextvars.get_contextvars()["messaging.message.id"] == "half-2"
+            telemetry.uninstrument()
+        assert structlog.contextvars.get_contextvars() == {"request_id": "req-7"}
+    provider.shutdown()
+    capsys.readouterr()
 
 
 async def test_one_line_per_event_with_its_name_and_level(captured: Captured, backend, unique_name) -> None:

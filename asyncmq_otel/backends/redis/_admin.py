@@ -65,6 +65,8 @@ class AdminMixin:
         values = await self.connections.run(op)
         if isinstance(values, ResponseError):  # written over by another program: shown, not raised
             return StoredJob.from_fields(queue, not_a_hash(queue, job_id))
+        if values[JOB_FIELDS.index("state")] == b"staged":  # its flow is not committed: not stored yet
+            return None
         if not any(v is not None for v in values):
             return None
         return StoredJob.from_fields(queue, decode_values(queue, job_id, values))

@@ -10,6 +10,15 @@ leaves the entry in place, so the next pass delivers it again: no child stays bl
 Storing a child whose parent is in another queue links it there first (``flow_link``), then
 stores it; a parent that finishes in between leaves an outbox entry that waits for the child.
 
+A flow across queues is stored in two phases (a flow in one queue is one script call, atomic
+already). Phase 1 stores each queue's part ``staged``: in the queue's ``staged`` ZSET scored by a
+deadline, in no state index, so no worker, count or listing sees it, and outcomes of parents wait
+in the outbox. The commit point is the commit record ``flow:<txn>`` in the first queue's hash tag
+(``flow_decide``: the first of ``commit`` and ``abort`` wins). Phase 2 shows each part
+(``flow_commit``). A producer that dies leaves staged parts past their deadline: the reaper rolls
+them forward when the record says ``commit``, else writes ``abort`` and deletes them
+(``flow_rollback``), with their links in parents of other queues.
+
 Flow ids (the rule is in ``flows.py``) are the ``flow_id`` field of a job's hash, written by
 ``flow_enqueue`` and stamped on parents by it or ``flow_link``; ``complete`` writes ``last_span``,
 which :meth:`FlowsMixin.last_spans` reads for a child's span links.
@@ -18,12 +27,14 @@ which :meth:`FlowsMixin.last_spans` reads for a child's span links.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
+import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ...errors import JobArgumentError, PayloadTooLarge
+from ...errors import BackendError, JobArgumentError, PayloadTooLarge
 from ..base import EnqueueItem, EnqueueReply, FlowNode, StoredJob
 from . import _scripts
 from ._decode import JOB_FIELDS, decode_values, loads
@@ -40,6 +51,8 @@ _ORPHAN_GRACE_MS = (
 )  # an entry for a child never stored (its producer died) is dropped after this
 _MAX_FLOW_NODES = 10_000
 _REPORT_PAGE = 100
+_STAGED_PAGE = 100  # staged jobs past their deadline resolved per queue per reaper pass
+_DECISION_TTL_MS = 7 * 24 * 3600 * 1000  # a commit record outlives every staged part of its flow
 
 
 class FlowsMixin:
@@ -48,6 +61,9 @@ class FlowsMixin:
     keys: Keys
     max_payload_bytes: int
     connections: Connections
+    #: Seconds a part of a flow across queues may stay staged before a reaper resolves it; a producer
+    #: slower than this between its first part and its commit record finds its flow rolled back.
+    flow_stage_timeout: float = 60.0
 
     if TYPE_CHECKING:
 
@@ -65,11 +81,15 @@ class FlowsMixin:
         async def list_queues(self) -> list[str]: ...
 
     async def add_flow(self, items: Sequence[tuple[str, EnqueueItem]]) -> list[EnqueueReply]:
-        """Store jobs with parents, parents first: one script call per run of jobs of one queue.
+        """Store jobs with parents, parents first, all or none: one script call per run of one queue.
 
-        Every parent outside ``items`` is checked to exist before anything is written. Within a
-        queue the jobs are stored atomically; jobs of several queues are stored queue after queue,
-        parents first, so an interruption leaves a prefix of the graph that runs normally.
+        Every parent outside ``items`` is checked to exist before anything is written. Jobs of one
+        queue are stored by one script; jobs of several queues in two phases (see the module).
+
+        Raises:
+            BackendError: a job's key holds another Redis type, or a reaper rolled the flow back
+                (the producer took longer than ``flow_stage_timeout``); nothing was stored.
+
         """
         for _queue, item in items:
             size = len(item.payload.encode("utf-8"))
@@ -90,28 +110,139 @@ class FlowsMixin:
                     f"parent job {parent_id!r} does not exist in queue {parent_queue!r}; "
                     "enqueue the parent first (or use FlowProducer.add_flow for a whole graph)",
                 )
+        runs: list[tuple[str, list[EnqueueItem]]] = []
+        for queue, item in items:
+            if runs and runs[-1][0] == queue:
+                runs[-1][1].append(item)
+            else:
+                runs.append((queue, [item]))
+        if len(runs) == 1:  # one queue: one script, atomic already
+            return await self._store_run(*runs[0])
+        return await self._add_staged(runs)
+
+    async def _add_staged(self, runs: Sequence[tuple[str, list[EnqueueItem]]]) -> list[EnqueueReply]:
+        """The two phases of a flow across queues (see the module)."""
+        txn = f"{runs[0][0]}/{os.urandom(12).hex()}"
+        staged: dict[str, list[str]] = {}  # queue -> ids this call staged
         replies: list[EnqueueReply] = []
-        start = 0
-        while start < len(items):
-            end = start
-            while end < len(items) and items[end][0] == items[start][0]:
-                end += 1
-            replies += await self._store_run(items[start][0], [item for _q, item in items[start:end]])
-            start = end
+        try:
+            for queue, run in runs:
+                stored = await self._store_run(queue, run, txn)
+                staged.setdefault(queue, []).extend(reply.job_id for reply in stored if not reply.duplicate)
+                replies += stored
+        except Exception as error:
+            ours = True
+            with contextlib.suppress(Exception):  # the error that stopped us is the one to raise
+                ours = (await self._decide(txn, "abort"))[1]
+                await self._roll(txn, staged, forward=False)
+            if not ours:  # a reaper aborted first: a parent of this flow it deleted reads as missing
+                raise self._rolled_back() from error
+            raise
+        if (await self._decide(txn, "commit"))[0] != "commit":
+            await self._roll(txn, staged, forward=False)
+            raise self._rolled_back()
+        await self._roll(txn, staged, forward=True)
+        await self.connections.run(lambda client: client.delete(self._decision_key(txn)))
         return replies
 
-    async def _store_run(self, queue: str, items: Sequence[EnqueueItem]) -> list[EnqueueReply]:
+    def _rolled_back(self) -> BackendError:
+        return BackendError(
+            f"a reaper rolled this flow back: storing it took longer than flow_stage_timeout "
+            f"({self.flow_stage_timeout:g} s); nothing of it was stored, add it again"
+        )
+
+    def _decision_key(self, txn: str) -> str:
+        queue, _, txn_id = txn.partition("/")
+        return self.keys.queue(queue).flow(txn_id)
+
+    async def _decide(self, txn: str, wanted: str) -> tuple[str, bool]:
+        """Write ``wanted`` as the commit record unless one is there; the record, and whether we wrote it."""
+        key = self._decision_key(txn)
+
+        async def op(client: AsyncClient) -> Any:  # noqa: ANN401 - RESP
+            return await _scripts.call(client, "flow_decide", [key], [wanted, _DECISION_TTL_MS])
+
+        decision, wrote = await self.connections.run(op)
+        return _scripts.text(decision), bool(wrote)
+
+    async def _roll(self, txn: str, staged: dict[str, list[str]], *, forward: bool) -> None:
+        """Show (``forward``) or delete the staged jobs ``staged`` (queue -> ids) of flow ``txn``."""
+        for queue, ids in staged.items():
+            if not ids:
+                continue
+            keys = self.keys.queue(queue)
+            if forward:
+                await self._transition(keys, "flow_commit", [keys.meta, keys.staged], [txn, *ids])
+                continue
+            await self._unlink_elsewhere(keys, txn, ids)
+            await self._transition(keys, "flow_rollback", [keys.meta, keys.staged, keys.outbox], [txn, *ids])
+
+    async def _unlink_elsewhere(self, keys: QueueKeys, txn: str, ids: Sequence[str]) -> None:
+        """Remove staged jobs' links (and deferred outcomes) in parents of other queues, before them.
+
+        Each step is idempotent and touches one key: a crash in between leaves the staged job, whose
+        rollback is then done again.
+        """
+
+        async def read(client: AsyncClient) -> list[list[bytes | None]]:
+            pipe = client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(keys.job(job_id), ["state", "flow_txn", "parents"])
+            found: list[Any] = await pipe.execute(raise_on_error=False)
+            return [values if isinstance(values, list) else [None, None, None] for values in found]
+
+        for job_id, (state, owner, parents) in zip(ids, await self.connections.run(read), strict=True):
+            if state != b"staged" or _scripts.text(owner or b"") != txn:
+                continue
+            for ref in _scripts.text(parents or b"").split(","):
+                if ref and ref.partition("/")[0] != keys.name:  # flow_rollback unlinks those of its queue
+                    await self._unlink(f"{keys.name}/{job_id}", ref)
+
+    async def _unlink(self, child: str, parent: str) -> None:
+        """Remove the link to ``child`` in ``parent`` (refs) and the outcomes deferred for it there."""
+        parent_queue, _, parent_id = parent.partition("/")
+        other = self.keys.queue(parent_queue)
+        deferred = [f"{outcome}|{parent}|{child}" for outcome in ("done", "dead", "retried")]
+
+        async def op(client: AsyncClient) -> None:
+            await client.hdel(other.children(parent_id), child)
+            await client.zrem(other.outbox, *deferred)
+
+        await self.connections.run(op)
+
+    async def _resolve_staged(self, keys: QueueKeys) -> None:
+        """Roll forward or back the staged jobs of a queue past their deadline (the reaper's pass)."""
+        reply = await self._transition(keys, "flow_staged", [keys.meta, keys.staged], [_STAGED_PAGE])
+        by_txn: dict[str, list[str]] = collections.defaultdict(list)
+        for job_id, txn in reply[1]:
+            by_txn[_scripts.text(txn)].append(_scripts.text(job_id))
+        for txn, ids in by_txn.items():
+            forward = bool(txn) and (await self._decide(txn, "abort"))[0] == "commit"
+            await self._roll(txn, {keys.name: ids}, forward=forward)
+
+    async def _store_run(self, queue: str, items: Sequence[EnqueueItem], txn: str = "") -> list[EnqueueReply]:
         keys = self.keys.queue(queue)
         script_keys = [keys.meta, keys.ready, keys.delayed, keys.signal, keys.blocked, keys.dlq, keys.failed]
-        args: list[Any] = [self.max_payload_bytes]
+        stage = f",{txn},{max(int(self.flow_stage_timeout * 1000), 1)}" if txn else ""
+        args: list[Any] = [f"{self.max_payload_bytes}{stage}"]
         nonce = f"{time.time_ns():x}"
+        linked: list[
+            tuple[str, str]
+        ] = []  # (child, parent) links this call added: undone if nothing is stored
         for index, item in enumerate(items):
             parents = []
             flow = item.flow_id or ""  # empty: the script takes the first parent's (flows.py)
             for number, (parent_queue, parent_id) in enumerate(item.depends_on):
                 found = ""
                 if parent_queue != queue:
-                    found, parent_flow = await self._link(parent_queue, parent_id, f"{queue}/{item.job_id}")
+                    child = f"{queue}/{item.job_id}"
+                    try:
+                        found, parent_flow, new = await self._link(parent_queue, parent_id, child, txn)
+                    except JobArgumentError:
+                        await self._unlink_all(linked)
+                        raise
+                    if new:
+                        linked.append((child, f"{parent_queue}/{parent_id}"))
                     flow = flow or (parent_flow if number == 0 else "")
                 parents.append(f"{parent_queue}/{parent_id}={found}")
             priority = item.priority if item.priority is not None else 5
@@ -122,17 +253,34 @@ class FlowsMixin:
             script_keys.append(keys.job(item.job_id))
             args += (item.payload, spec, ",".join(parents))
         reply = await self._transition(keys, "flow_enqueue", script_keys, args)
+        if reply[0] != b"OK":
+            await self._unlink_all(linked)
+            raise self._refusal(items, reply)
+        return self._run_replies(items, reply)
+
+    def _refusal(self, items: Sequence[EnqueueItem], reply: Any) -> Exception:  # noqa: ANN401 - RESP
+        """The error of a flow_enqueue reply that stored nothing."""
         code = reply[0]
         if code == b"TOO_LARGE":
-            raise PayloadTooLarge(int(reply[2]), self.max_payload_bytes)
+            return PayloadTooLarge(int(reply[2]), self.max_payload_bytes)
+        if code == b"NOT_A_HASH":  # another program wrote over the key: nothing of this call was stored
+            job_id = _scripts.text(reply[2]).partition("/")[2] or items[int(reply[1]) - 1].job_id
+            return BackendError(
+                f"the key of job {job_id!r} holds another Redis type, not a job hash; nothing of this "
+                "flow was stored (delete the key or use another id)"
+            )
         if code == b"MISSING":
-            ref = _scripts.text(reply[2])
-            parent_queue, _, parent_id = ref.partition("/")
-            raise JobArgumentError(
+            parent_queue, _, parent_id = _scripts.text(reply[2]).partition("/")
+            return JobArgumentError(
                 "depends_on",
                 f"parent job {parent_id!r} does not exist in queue {parent_queue!r}; enqueue the parent "
                 "first (or use FlowProducer.add_flow for a whole graph)",
             )
+        return BackendError(f"unexpected reply from flow_enqueue: {_scripts.text(code)}")
+
+    @staticmethod
+    def _run_replies(items: Sequence[EnqueueItem], reply: Any) -> list[EnqueueReply]:  # noqa: ANN401 - RESP
+        """One reply per job of a flow_enqueue call that answered OK."""
         now = int(reply[1]) / 1000
         others = {int(other[0]): other for other in reply[2]}
         stored = {int(entry[0]): _scripts.text(entry[1]) for entry in reply[3]}
@@ -157,20 +305,28 @@ class FlowsMixin:
             )
         return out
 
-    async def _link(self, parent_queue: str, parent_id: str, child_ref: str) -> tuple[str, str]:
+    async def _unlink_all(self, linked: Sequence[tuple[str, str]]) -> None:
+        """Undo the links of children a refused call did not store (best effort: a leftover is harmless)."""
+        with contextlib.suppress(Exception):
+            for child, parent in linked:
+                await self._unlink(child, parent)
+
+    async def _link(
+        self, parent_queue: str, parent_id: str, child_ref: str, txn: str = ""
+    ) -> tuple[str, str, bool]:
         """Tell a parent of another queue about its child.
 
-        Returns what the parent is (done, dead or pending) and its flow id.
+        Returns what the parent is (done, dead or pending), its flow id, and whether the link is new.
         """
         keys = self.keys.queue(parent_queue)
         reply = await self._transition(
-            keys, "flow_link", [keys.meta, keys.job(parent_id)], [parent_id, child_ref]
+            keys, "flow_link", [keys.meta, keys.job(parent_id)], [parent_id, child_ref, txn]
         )
         if reply[0] == b"MISSING":
             raise JobArgumentError(
                 "depends_on", f"parent job {parent_id!r} does not exist in queue {parent_queue!r}"
             )
-        return _scripts.text(reply[1]), _scripts.text(reply[2])
+        return _scripts.text(reply[1]), _scripts.text(reply[2]), len(reply) > 3 and reply[3] == 1  # noqa: PLR2004
 
     async def reconcile_flows(self, queue: str | None = None, limit: int = _OUTBOX_PAGE) -> int:
         """Deliver up to ``limit`` outbox entries of ``queue`` (every queue when None); return how many.
@@ -188,6 +344,7 @@ class FlowsMixin:
                 )
                 return found
 
+            await self._resolve_staged(keys)  # first: a part rolled forward may take outcomes below
             entries = await self.connections.run(page)
             if not entries:
                 continue
@@ -204,8 +361,11 @@ class FlowsMixin:
                     [child_id, parent_ref, outcome],
                 )
                 # a child not stored yet is waited for (its producer links before it stores);
-                # one never stored (the producer died in between) is given up after the grace
-                if reply[0] == b"MISSING" and now_ms - float(score) < _ORPHAN_GRACE_MS:
+                # one never stored (the producer died in between) is given up after the grace;
+                # a staged one waits for its flow's commit (a rollback removes the entry)
+                if reply[0] == b"STAGED" or (
+                    reply[0] == b"MISSING" and now_ms - float(score) < _ORPHAN_GRACE_MS
+                ):
                     continue
 
                 async def remove(client: AsyncClient, keys: QueueKeys = keys, raw: bytes = raw) -> None:
@@ -285,8 +445,10 @@ class FlowsMixin:
                 return values, children
 
             (state, parents, payload, dlq_reason, flow_id), children = await self.connections.run(op)
-            if (node_queue, node_id) == start and state is None:
+            if (node_queue, node_id) == start and state in (None, b"staged"):
                 return None
+            if state == b"staged":  # a job of a flow not committed yet: not shown, as if not stored
+                continue
             parent_refs = [ref for ref in _scripts.text(parents or b"").split(",") if ref]
             nodes.append(
                 FlowNode(

@@ -33,6 +33,7 @@ class QueueKeys:
         "ready",
         "reaper",
         "signal",
+        "staged",
     )
 
     def __init__(self, prefix: str, queue: str) -> None:
@@ -52,6 +53,7 @@ class QueueKeys:
         self.blocked = self.base + "blocked"  # jobs waiting for their parents (flows)
         self.outbox = self.base + "outbox"  # parents' outcomes for children in other queues (flows)
         self.flow_failed = self.base + "flow_failed"  # children dead-lettered for a parent, to report
+        self.staged = self.base + "staged"  # jobs of a flow across queues, not committed yet (flows)
         self.rate = self.base + "rate"  # claim times under the queue's shared rate limit (sliding log)
 
     def job(self, job_id: str) -> str:
@@ -61,6 +63,10 @@ class QueueKeys:
     def children(self, job_id: str) -> str:
         """The refs (``<queue>/<id>``) of a job's children (flows)."""
         return f"{self.base}children:{job_id}"
+
+    def flow(self, txn_id: str) -> str:
+        """The commit record of a flow across queues whose first queue is this one (flows)."""
+        return f"{self.base}flow:{txn_id}"
 
     def claim(self, nonce: str) -> str:
         """The replay record of one claim call."""

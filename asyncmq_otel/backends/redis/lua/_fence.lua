@@ -280,12 +280,40 @@ local function flow_queue(base)
   return string.match(base, '{(.*)}:$')
 end
 
+-- A new job of a flow enters `state` (as flow_enqueue decided it): its index entry, and a wake token
+-- (or the report of a child dead-lettered for a parent). flow_enqueue calls it at once; for a flow
+-- across queues, flow_commit does after the commit record (jobs wait `staged` until then).
+local function flow_show(base, id, state, now, eligible, priority, seq)
+  if state == 'failed' then
+    redis.call('ZADD', base .. 'failed', now, id)
+    redis.call('ZADD', base .. 'dlq', now, id)
+    flow_report(base, id)
+  elseif state == 'blocked' then
+    redis.call('ZADD', base .. 'blocked', now, id)
+  elseif state == 'delayed' then
+    redis.call('ZADD', base .. 'delayed', eligible, id)
+    wake(base .. 'signal', 1)
+  else
+    redis.call('ZADD', base .. 'ready', ready_score(priority, seq), id)
+    wake(base .. 'signal', 1)
+  end
+end
+
+-- An outcome for a child still `staged` (its flow is not committed yet) waits in the outbox: the
+-- reaper delivers it once the child is visible, or drops it when the flow is rolled back.
+local function flow_defer(base, cid, pref, outcome, now)
+  redis.call('ZADD', base .. 'outbox', now, outcome .. '|' .. pref .. '|' .. flow_queue(base) .. '/' .. cid)
+end
+
 -- One parent's outcome ('done' or 'dead') applied to child `cid` of this queue; true when it
 -- dead-lettered the child (its own children follow).
 local function flow_apply(base, cid, pref, outcome, now)
   local job = base .. 'job:' .. cid
   local st = redis.call('HMGET', job, 'state', 'on_parent_failure', 'dlq_reason', 'priority', 'delay_until')
   if not st[1] then
+    return false
+  elseif st[1] == 'staged' then
+    flow_defer(base, cid, pref, outcome, now)
     return false
   end
   local deps = base .. 'deps:' .. cid
@@ -349,6 +377,9 @@ end
 local function flow_reblock(base, cid, pref)
   local job = base .. 'job:' .. cid
   local st = redis.call('HMGET', job, 'state', 'dlq_reason')
+  if st[1] == 'staged' then
+    flow_defer(base, cid, pref, 'retried', now_ms())
+  end
   if st[1] ~= 'failed' or st[2] ~= 'dependency_failed' then
     return false
   end

@@ -11,7 +11,7 @@ if bad then
 end
 -- a key written over with another type is quarantined (a claim dead-letters it): no state, GONE
 local state = read_job(job, 'state')[1]
-if not state then
+if not state or state == 'staged' then -- staged: its flow is not committed, nothing to cancel yet
   return {'GONE'}
 end
 if state == 'active' then

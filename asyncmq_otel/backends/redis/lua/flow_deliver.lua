@@ -4,6 +4,7 @@
 -- KEYS: meta, job:<child>
 -- ARGV: epoch, child_id, parent ref '<queue>/<id>', outcome
 -- Replies: {'EPOCH', current epoch or false}, {'MISSING'} (the child is not stored, yet or any more),
+--          {'STAGED'} (stored by a flow not committed yet),
 --          {'BAD_OUTCOME'}, {'OK'}
 local meta, job = KEYS[1], KEYS[2]
 local id, pref, outcome = ARGV[2], ARGV[3], ARGV[4]
@@ -16,6 +17,9 @@ if bad then
 end
 if redis.call('EXISTS', job) == 0 then
   return {'MISSING'}
+end
+if redis.pcall('HGET', job, 'state') == 'staged' then
+  return {'STAGED'} -- its flow is not committed yet: the entry waits in the outbox
 end
 -- nothing above wrote
 local base = base_of(meta)
