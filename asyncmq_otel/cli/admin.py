@@ -242,7 +242,7 @@ def enqueue(
 @_json_option
 @backend_options
 def queues(as_json: bool, backend_url: str | None, prefix: str | None, connect_timeout: float) -> None:
-    """List queues: depth by state, oldest waiting job's age, paused, shared rate limit, workers."""
+    """List queues: depth by state, oldest waiting job's age, paused, rate limit, workers."""
 
     async def action(choice: BackendChoice) -> list[dict[str, Any]]:
         backend = choice.backend
