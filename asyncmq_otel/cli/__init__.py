@@ -37,7 +37,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "exporter": ("exporter", "exporter_command", "Export queue gauges on /metrics until SIGTERM/SIGINT."),
     "job": ("admin", "job", "Show, cancel or retry one job."),
     "queue": ("admin", "queue", "Pause, resume, drain or clean one queue."),
-    "queues": ("admin", "queues", "List queues: depth by state, oldest waiting job's age, paused, rate limit, workers."),
+    "queues": (
+        "admin",
+        "queues",
+        "List queues: depth by state, oldest waiting job's age, paused, rate limit, workers.",
+    ),
     "schedules": ("schedules", "schedules", "List, pause, resume or remove periodic jobs."),
     "worker": ("worker", "worker_command", "Run a worker on one or more QUEUES."),
     "workers": (
