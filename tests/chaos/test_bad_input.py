@@ -11,9 +11,9 @@
     largest result handled.
 
 Rows 20 (oversized payload) and 21 (non-JSON arguments) are in test_network_faults.py and
-tests/unit/test_jobs.py (every bad type, with its path; hypothesis round-trips accepted values);
-the in-process worker versions of 22-24 are in tests/unit/test_worker.py, the backend's decoding
-of a pickle blob in tests/redis/test_scripts_and_keys.py.
+tests/core/test_jobs.py (every bad type, with its path; hypothesis round-trips accepted values);
+the in-process worker versions of 22-24 are in tests/worker/test_worker.py, the backend's decoding
+of a pickle blob in tests/backends/redis/test_scripts_and_keys.py.
 """
 
 from __future__ import annotations

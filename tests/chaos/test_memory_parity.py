@@ -10,11 +10,11 @@ backend-parametrised test covered yet:
 33. A TTL that passes while the job waits: ``expired``, DLQ ``expired``, ``job:expired``, never run.
 
 The other listed rows already run on both backends: 1, 3 and 4 (the in-process crash of a worker is
-tests/unit/test_worker.py::test_a_dead_workers_job_is_redelivered_once_then_dead_lettered and
+tests/worker/test_worker.py::test_a_dead_workers_job_is_redelivered_once_then_dead_lettered and
 ::test_lease_lost_more_than_max_stalls_goes_to_the_dlq_as_worker_lost), 6 (::test_task_timeout_...),
 9 (::test_graceful_stop_finishes_short_jobs_and_requeues_long_ones), 14-16 replayed calls
-(tests/conformance/test_backend_conformance.py::test_enqueue_is_idempotent_by_id_and_nonce,
-::test_complete_is_fenced_and_replays), 20-24 (tests/unit/test_worker.py::test_bad_arguments_...,
+(tests/backends/conformance/test_backend_conformance.py::test_enqueue_is_idempotent_by_id_and_nonce,
+::test_complete_is_fenced_and_replays), 20-24 (tests/worker/test_worker.py::test_bad_arguments_...,
 ::test_unknown_task_..., ::test_malformed_stored_job_..., ::test_unserialisable_and_oversized_results_...).
 """
 

@@ -5,12 +5,12 @@
     subscriber of one tenant's events channel receives none of the other's events (what the workers
     relay, and a marker each tenant publishes), and a tenant's credentials cannot touch the other
     prefix. (That the §11 user suffices for every backend call is
-    tests/redis/test_acl.py.)
+    tests/backends/redis/test_acl.py.)
 30. A ``rediss://`` worker: with the fixture's CA it runs jobs; with another CA it exits 3 with
     ``BackendTLSError``; a wrong password exits 3 with ``BackendAuthError`` after one ``AUTH``.
     A worker gets its CA in the URL (``rediss://…?ssl_ca_certs=/path/ca.pem``, what the README says)
     or through OpenSSL's ``SSL_CERT_FILE``; both are exercised. (The backend-level forms are
-    tests/redis/test_connection.py.)
+    tests/backends/redis/test_connection.py.)
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@
     (one of them left the child's session), so the redelivered job never runs beside its first run.
 48. A sandboxed job past its timeout whose handler forked a process that called ``setsid()`` and holds the
     reply pipe settles as a timeout at once (not when that process exits), and that process is killed.
-   (The pool-level form of 7-8 and 48 is tests/unit/test_sandbox.py; these run a real CLI worker.)
+   (The pool-level form of 7-8 and 48 is tests/worker/test_sandbox.py; these run a real CLI worker.)
 """
 
 from __future__ import annotations

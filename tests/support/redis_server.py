@@ -328,7 +328,7 @@ def require_ci_or_skip(reason: str) -> None:
     pytest.skip(reason)
 
 
-# -- pytest fixtures (imported by tests/redis/conftest.py and the conformance suite) ---------------------
+# -- pytest fixtures (imported by tests/backends/redis/conftest.py and the conformance suite) ---------------------
 @pytest.fixture
 def redis_url() -> str:
     """The shared server's URL; skipped locally (failed in CI) when it does not answer."""

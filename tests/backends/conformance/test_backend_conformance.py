@@ -31,7 +31,7 @@ from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.clock import FakeClock
 from asyncmq_otel.errors import PayloadTooLarge
 from asyncmq_otel.jobs import Job, JobState
-from tests.conformance import BACKEND_KINDS
+from tests.backends.conformance import BACKEND_KINDS
 from tests.support.poll import eventually
 from tests.support.redis_server import (  # noqa: F401 - fixtures are registered by import
     RedisServer,

@@ -1,3 +1,8 @@
+"""Fixtures of the worker and core suites: both backends, the fast test timings, captured events.
+
+Each suite's conftest imports them (pytest registers a fixture where it is imported).
+"""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator

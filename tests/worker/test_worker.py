@@ -22,7 +22,7 @@ from tests.support.running import running_worker
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("fast_settings")]
 
 # Behaviours that take real time on Redis (its TIME decides) run here on Redis only; on the in-memory
-# backend, tests/unit/test_worker_clock.py drives the same behaviours with a FakeClock.
+# backend, tests/worker/test_worker_clock.py drives the same behaviours with a FakeClock.
 redis_only = pytest.mark.parametrize(
     "backend", [pytest.param("redis", marks=pytest.mark.redis)], indirect=True
 )

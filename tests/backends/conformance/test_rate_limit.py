@@ -21,7 +21,7 @@ from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.errors import JobArgumentError
 from asyncmq_otel.jobs import Job
 from asyncmq_otel.queues import Queue
-from tests.conformance import BACKEND_KINDS
+from tests.backends.conformance import BACKEND_KINDS
 from tests.support.redis_server import (  # noqa: F401 - fixtures are registered by import
     RedisServer,
     delete_prefix,

@@ -190,7 +190,7 @@ async def _state_is(queue: Queue, job_id: str, state: str) -> bool:
 # -- AsyncMQ options never become handler arguments (issue 12 item 7) ----------------------------------
 @pytest.mark.parametrize(
     "option", ["repeat_every"]
-)  # depends_on is supported: tests/conformance/test_flows.py
+)  # depends_on is supported: tests/backends/conformance/test_flows.py
 async def test_asyncmq_only_options_are_refused_not_stored_as_arguments(backend, unique_name, option):
     with pytest.raises(UnsupportedOption, match="not supported yet") as info:
         await echo.enqueue(backend=backend, **{option: ["x"]})

@@ -28,7 +28,7 @@ from asyncmq_otel.queues import Queue
 from asyncmq_otel.schedules import schedule_job_id
 from asyncmq_otel.tasks import TASK_REGISTRY
 from asyncmq_otel.worker.scheduler import Fired, Scheduler
-from tests.conformance import BACKEND_KINDS
+from tests.backends.conformance import BACKEND_KINDS
 from tests.support.poll import eventually
 from tests.support.redis_server import (  # noqa: F401 - fixtures are registered by import
     RedisServer,

@@ -1,0 +1,1 @@
+"""The backend port: its typed records, the conformance suites and the Redis backend."""

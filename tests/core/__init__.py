@@ -1,0 +1,1 @@
+"""Core modules: jobs, events, clock, settings, enqueue options, admin reads, the pytest plugin."""
