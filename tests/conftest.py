@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from asyncmq_otel.settings import get_settings, reload_settings
+
+_TESTS = Path(__file__).parent
+# The suites that start processes, kill them or need promtool: each test in them carries its suite's marker,
+# so `-m "not chaos"` or `-m multiproc` select them whole.
+_MARKED_SUITES = ("chaos", "multiproc", "ops")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of a marked suite with the suite's name."""
+    for item in items:
+        suite = item.path.relative_to(_TESTS).parts[0]
+        if suite in _MARKED_SUITES:
+            item.add_marker(suite)
 
 
 @pytest.fixture(params=["asyncio", "trio"])
