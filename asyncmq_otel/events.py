@@ -35,6 +35,7 @@ __all__ = [
     "EVENT_NAMES",
     "EventBus",
     "EventEmitter",
+    "JobListener",
     "LifecycleEvent",
     "Listener",
     "Operation",
@@ -279,6 +280,11 @@ are ignored (callers check them: :func:`asyncmq_otel._lifecycle.job_event`).
 
 
 Listener = Callable[[LifecycleEvent], Any]
+JobListener = Callable[[str, Job, int, "dict[str, Any]"], Any]
+"""A listener's fast path for ``job:*`` events: ``(name, job, attempt, extra fields)``, no event built.
+
+The job and the field dict are the emitter's own: read them, never keep or change them.
+"""
 Service = Callable[[Any, "list[str]"], Awaitable[None]]
 """A background task run beside each worker: ``await service(backend, queues)``."""
 
@@ -291,10 +297,15 @@ class _Subscription:
     signal: Signal
     once: bool
     is_async: bool = False
+    from_job: JobListener | None = None
 
 
-Route = tuple[tuple[_Subscription, ...], tuple[_Subscription, ...]]
-"""The inline and the queued subscriptions an event name reaches."""
+Route = tuple[tuple[_Subscription, ...], tuple[_Subscription, ...], tuple[_Subscription, ...]]
+"""The inline and the queued subscriptions an event name reaches, and the job fast path.
+
+The third part is the inline subscriptions again when each of them has a ``from_job`` and nothing is
+queued (the event itself then need not be built), else empty.
+"""
 
 
 @dataclass(slots=True)
@@ -357,10 +368,22 @@ class EventBus:
 
     # -- subscription --------------------------------------------------------------------------------
     def on(
-        self, pattern: str, listener: Listener, *, inline: bool = False, signal: Signal = "event"
+        self,
+        pattern: str,
+        listener: Listener,
+        *,
+        inline: bool = False,
+        signal: Signal = "event",
+        from_job: JobListener | None = None,
     ) -> Listener:
-        """Subscribe ``listener`` to an event name, a family wildcard (``job:*``) or ``*``."""
-        self._subscribe(pattern, listener, inline=inline, signal=signal, once=False)
+        """Subscribe ``listener`` to an event name, a family wildcard (``job:*``) or ``*``.
+
+        ``from_job`` (inline listeners of ``job:*`` events): the same listener taking the job and the
+        emitter's extra fields instead of a :class:`LifecycleEvent`. When every listener an event reaches
+        has one, the worker calls them and builds no event (the telemetry contract's overhead rule for
+        metrics only); otherwise ``listener`` gets the event as usual.
+        """
+        self._subscribe(pattern, listener, inline=inline, signal=signal, once=False, from_job=from_job)
         return listener
 
     def once(self, pattern: str, listener: Listener, *, inline: bool = False) -> Listener:
@@ -381,7 +404,14 @@ class EventBus:
         return [s.listener for s in self._subscriptions if pattern is None or s.pattern == pattern]
 
     def _subscribe(
-        self, pattern: str, listener: Listener, *, inline: bool, signal: Signal, once: bool
+        self,
+        pattern: str,
+        listener: Listener,
+        *,
+        inline: bool,
+        signal: Signal,
+        once: bool,
+        from_job: JobListener | None = None,
     ) -> None:
         if pattern != "*" and pattern not in _FAMILIES and pattern not in EVENT_NAMES:
             raise ValueError(
@@ -394,7 +424,9 @@ class EventBus:
         if inline and is_async:
             raise TypeError("inline listeners run synchronously in the emitting task; pass a sync function")
         with self._lock:
-            self._subscriptions.append(_Subscription(pattern, listener, inline, signal, once, is_async))
+            self._subscriptions.append(
+                _Subscription(pattern, listener, inline, signal, once, is_async, from_job if inline else None)
+            )
             self._routes.clear()
 
     def _route(self, name: str) -> Route:
@@ -408,7 +440,8 @@ class EventBus:
                 if sub.pattern in {name, family, "*"} and id(sub.listener) not in seen:
                     seen.add(id(sub.listener))
                     (inline if sub.inline else queued).append(sub)
-            route = (tuple(inline), tuple(queued))
+            direct = not queued and all(sub.from_job is not None for sub in inline)
+            route = (tuple(inline), tuple(queued), tuple(inline) if direct else ())
             self._routes[name] = route
         return route
 
@@ -432,16 +465,29 @@ class EventBus:
 
     def deliver(self, route: Route, event: LifecycleEvent) -> None:
         """:meth:`emit` along a route from :meth:`route` (looked up for ``event.name`` just before)."""
-        inline, queued = route
+        inline, queued, _ = route
         for sub in inline:
             if sub.once:
                 self._drop_once(sub)
             try:
                 sub.listener(event)
             except Exception as exc:  # noqa: BLE001 - isolation boundary: a listener never breaks a job
-                self._listener_failed(sub, event, exc)
+                self._listener_failed(sub, event.name, exc)
         if queued:
             self._enqueue(event)
+
+    def deliver_job(self, route: Route, name: str, job: Job, attempt: int, fields: dict[str, Any]) -> None:
+        """Deliver a job event through the fast path of a route whose third part is not empty.
+
+        Each listener's ``from_job`` is called instead of building the event (see :meth:`on`).
+        """
+        for sub in route[2]:
+            if sub.once:
+                self._drop_once(sub)
+            try:
+                sub.from_job(name, job, attempt, fields)  # type: ignore[misc] # the route holds only these
+            except Exception as exc:  # noqa: BLE001 - isolation boundary: a listener never breaks a job
+                self._listener_failed(sub, name, exc)
 
     def _enqueue(self, event: LifecycleEvent) -> None:
         with self._lock:
@@ -476,14 +522,14 @@ class EventBus:
         with contextlib.suppress(ValueError):
             self._drop_observers.remove(observer)
 
-    def _listener_failed(self, sub: _Subscription, event: LifecycleEvent, exc: Exception) -> None:
-        key = (id(sub.listener), event.name)
+    def _listener_failed(self, sub: _Subscription, name: str, exc: Exception) -> None:
+        key = (id(sub.listener), name)
         if key not in self._failed_once:
             self._failed_once.add(key)
             _log.error(
                 "telemetry.adapter_error: listener %r failed on %s (logged once per listener and event)",
                 sub.listener,
-                event.name,
+                name,
                 exc_info=exc,
             )
         self.record_drop(sub.signal, "adapter_error")
@@ -584,7 +630,7 @@ class EventBus:
             except anyio.get_cancelled_exc_class():
                 raise
             except Exception as exc:  # noqa: BLE001 - isolation boundary: a listener never breaks a job
-                self._listener_failed(sub, event, exc)
+                self._listener_failed(sub, event.name, exc)
 
     # -- services ----------------------------------------------------------------------------------
     def add_service(self, service: Service) -> None:

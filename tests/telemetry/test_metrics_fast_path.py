@@ -1,0 +1,115 @@
+"""Metrics alone take the bus's job fast path: no event is built, and the records are the same."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+
+from asyncmq_otel._lifecycle import emit_job_fields
+from asyncmq_otel.events import EventBus, LifecycleEvent, bus, make_job_event
+from asyncmq_otel.jobs import Job
+from asyncmq_otel.tasks import task
+from asyncmq_otel.telemetry._metrics_adapter import MetricsAdapter
+from asyncmq_otel.telemetry.metrics import MetricSinks
+
+
+@task("fast-q", name="metrics.fast")
+async def fast() -> None:
+    """A task so the series carry its name rather than _OTHER."""
+
+
+def _job(number: int) -> Job:
+    return Job(
+        id=f"job-{number}", task="metrics.fast", queue="fast-q", attempts=1, priority=5 + number % 2,
+        enqueued_at=time.time() - 0.5, eligible_at=time.time() - 0.25,
+    )  # fmt: skip
+
+
+def _fields(**extra: object) -> dict[str, object]:
+    return {"worker_id": "w-1", "group": "default", "started_at": time.time(), "wait_s": 0.002, **extra}
+
+
+def _exposition(registry: CollectorRegistry) -> list[str]:
+    return [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+
+
+def test_the_fast_path_records_what_the_events_record() -> None:
+    """The same attempts through ``from_job`` and through built events give the same exposition."""
+    registries = (CollectorRegistry(), CollectorRegistry())
+    sinks = [MetricSinks(registry=registry) for registry in registries]
+    by_event, by_job = (MetricsAdapter(s, bus=EventBus(), exemplars=False) for s in sinks)
+    worker = LifecycleEvent("worker:started", time.time(), queue="fast-q", group="default", concurrency=4)
+    for adapter in (by_event, by_job):
+        adapter.handlers["worker:started"](worker)
+    started = time.perf_counter() - 0.003
+    for number in range(5):
+        job = _job(number)
+        start = _fields(started_monotonic=started)
+        # durations chosen to land in different buckets; e2e from finished_at
+        finish = _fields(started_monotonic=started, finished_at=time.time(), duration_s=0.0004 * 10**number)
+        by_event.handlers["job:started"](make_job_event("job:started", time.time(), job, 1, start))
+        by_job.job_handlers["job:started"]("job:started", job, 1, start)
+        by_event.handlers["job:completed"](make_job_event("job:completed", time.time(), job, 1, finish))
+        by_job.job_handlers["job:completed"]("job:completed", job, 1, finish)
+    # a completion whose start was not seen here (another process started it) takes the event path
+    job = _job(9)
+    finish = _fields(finished_at=time.time(), duration_s=0.01)
+    by_event.handlers["job:completed"](make_job_event("job:completed", time.time(), job, 2, finish))
+    by_job.job_handlers["job:completed"]("job:completed", job, 2, finish)
+    ours, reference = _exposition(registries[1]), _exposition(registries[0])
+    assert ours == reference
+    completed = [
+        line for line in ours if line.startswith("asyncmq_job_outcomes_total") and "completed" in line
+    ]
+    assert any(line.endswith(" 6.0") for line in completed)
+    for s in sinks:
+        s.close()
+
+
+@pytest.fixture
+def fast_listener() -> list[tuple[str, str, int]]:
+    """An inline listener with a ``from_job`` on the attempt's two events (the metrics adapter's shape)."""
+    seen: list[tuple[str, str, int]] = []
+
+    def listener(event: LifecycleEvent) -> None:
+        seen.append(("event", event.name, event.attempt or 0))
+
+    def from_job(name: str, job: Job, attempt: int, fields: dict[str, object]) -> None:
+        assert fields["group"] == "default"
+        seen.append(("job", name, attempt))
+
+    for name in ("job:started", "job:completed"):
+        bus.on(name, listener, inline=True, signal="metric", from_job=from_job)
+    return seen
+
+
+def test_the_bus_calls_from_job_when_every_listener_has_one(
+    fast_listener: list[tuple[str, str, int]],
+) -> None:
+    emit_job_fields("job:started", _job(1), _fields(), 3)
+    assert fast_listener == [("job", "job:started", 3)]
+
+
+def test_another_listener_makes_the_bus_build_the_event(fast_listener: list[tuple[str, str, int]]) -> None:
+    """A listener without ``from_job``, or a queued one, needs the event: every listener then gets it."""
+    others: list[str] = []
+    bus.on("job:*", lambda event: others.append(event.name), inline=True)
+    emit_job_fields("job:completed", _job(1), _fields(), 2)
+    assert fast_listener == [("event", "job:completed", 2)]
+    assert others == ["job:completed"]
+    bus.on("job:started", lambda event: None)  # queued
+    emit_job_fields("job:started", _job(1), _fields(), 2)
+    assert fast_listener[-1] == ("event", "job:started", 2)
+
+
+def test_a_failing_from_job_is_isolated_and_counted() -> None:
+    def broken(name: str, job: Job, attempt: int, fields: dict[str, object]) -> None:
+        raise RuntimeError(name)
+
+    before = bus.dropped["metric", "adapter_error"]
+    bus.on("job:started", lambda event: None, inline=True, signal="metric", from_job=broken)
+    emit_job_fields("job:started", _job(1), _fields(), 1)
+    assert bus.dropped["metric", "adapter_error"] == before + 1
