@@ -1,7 +1,8 @@
-"""Metrics alone take the bus's job fast path: no event is built, and the records are the same."""
+"""The metrics hot path: the bus's job fast path (no event built, same records), lock-free accumulators."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -12,6 +13,7 @@ from asyncmq_otel._lifecycle import emit_job_fields
 from asyncmq_otel.events import EventBus, LifecycleEvent, bus, make_job_event
 from asyncmq_otel.jobs import Job
 from asyncmq_otel.tasks import task
+from asyncmq_otel.telemetry._accumulators import CounterValue, GaugeValue, HistogramValue
 from asyncmq_otel.telemetry._metrics_adapter import MetricsAdapter
 from asyncmq_otel.telemetry.metrics import MetricSinks
 
@@ -113,3 +115,30 @@ def test_a_failing_from_job_is_isolated_and_counted() -> None:
     bus.on("job:started", lambda event: None, inline=True, signal="metric", from_job=broken)
     emit_job_fields("job:started", _job(1), _fields(), 1)
     assert bus.dropped["metric", "adapter_error"] == before + 1
+
+
+def test_accumulators_count_every_write_from_their_thread_and_from_others() -> None:
+    """The owner thread writes without a lock; other threads write their own part: nothing is lost."""
+    counter, gauge, histogram = CounterValue(), GaugeValue(), HistogramValue((0.001, 0.01))
+    per_thread = 20_000
+
+    def write() -> None:
+        for _ in range(per_thread):
+            counter.inc()
+            gauge.add(-1)
+            histogram.observe(0.005)
+
+    others = [threading.Thread(target=write) for _ in range(3)]
+    for thread in others:
+        thread.start()
+    write()  # the owner, at the same time
+    for thread in others:
+        thread.join(timeout=30)
+    total = 4 * per_thread
+    assert counter.value == total
+    assert gauge.value == -total
+    buckets, histogram_sum = histogram.snapshot()
+    assert [count for _, count, _ in buckets] == [0.0, total, total]
+    assert histogram_sum == pytest.approx(0.005 * total)
+    gauge.set(3)  # a set replaces both parts
+    assert gauge.value == 3
