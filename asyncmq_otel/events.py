@@ -21,14 +21,15 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
+from ._writes import ObservedWrite, Operation, OperationObserver, TimedWrite
 from .jobs import Job
 
 __all__ = [
@@ -308,43 +309,6 @@ queued (the event itself then need not be built), else empty.
 """
 
 
-@dataclass(slots=True)
-class Operation:
-    """A backend write being observed.
-
-    ``name`` is ``send``, ``schedule``, ``ack``, ``retry``, ``dead_letter``, ``expire``, ``cancel``,
-    ``requeue``, ``pause`` or ``resume``.
-
-    Observers may set ``job.trace_context`` on the jobs of a ``send``/``schedule`` before the
-    write happens; ``scratch`` keeps per-observer state between start and finish.
-    """
-
-    name: str
-    queue: str
-    jobs: list[Job] = field(default_factory=list)
-    bulk: bool = False
-    started_at: float = 0.0
-    started_monotonic: float = 0.0
-    duration_s: float | None = None
-    error: BaseException | None = None
-    outcome: str | None = None  # the backend's answer to a fenced write: OK, STALE, GONE, TOO_LARGE
-    server_address: str | None = None
-    server_port: int | None = None
-    scratch: dict[int, Any] = field(default_factory=dict)
-
-
-class OperationObserver(Protocol):
-    """Sees backend writes start and finish (telemetry uses it for producer spans and write timings)."""
-
-    def operation_started(self, operation: Operation) -> None:
-        """Called before the write, in the writing task."""
-        ...
-
-    def operation_finished(self, operation: Operation) -> None:
-        """Called after the write, in reverse order; ``operation.error`` is set when it raised."""
-        ...
-
-
 class EventBus:
     """Listeners by pattern, inline delivery, a bounded queue for the rest, and write observers."""
 
@@ -360,6 +324,7 @@ class EventBus:
         self.queue_size = queue_size
         self._waiters: list[_Waiter] = []
         self._observers: list[OperationObserver] = []
+        self._timed_only = True  # every observer has write_finished (EventBus.write builds no Operation)
         self._drop_observers: list[Callable[[str, str, int], None]] = []
         self._services: list[Service] = []
         self._failed_once: set[tuple[int, str]] = set()
@@ -653,11 +618,13 @@ class EventBus:
     def add_observer(self, observer: OperationObserver) -> None:
         """Observe backend writes (see :class:`Operation`)."""
         self._observers.append(observer)
+        self._timed_only = all(hasattr(each, "write_finished") for each in self._observers)
 
     def remove_observer(self, observer: OperationObserver) -> None:
         """Undo :meth:`add_observer`."""
         with contextlib.suppress(ValueError):
             self._observers.remove(observer)
+        self._timed_only = all(hasattr(each, "write_finished") for each in self._observers)
 
     @property
     def observed(self) -> bool:
@@ -669,12 +636,33 @@ class EventBus:
         """Whether a write observer makes spans (the trace adapter): reads only spans need skip otherwise."""
         return any(getattr(observer, "signal", None) == "span" for observer in self._observers)
 
-    def operation(self, operation: Operation) -> _ObservedWrite:
+    def operation(self, operation: Operation) -> ObservedWrite:
         """Run a backend write under the observers: started in order, finished in reverse.
 
         Use as ``with bus.operation(op):``; ``operation.error`` is set when the write raises.
         """
-        return _ObservedWrite(self, operation, list(self._observers))
+        return ObservedWrite(self._observer_failed, operation, list(self._observers))
+
+    def write(
+        self,
+        name: str,
+        queue: str,
+        jobs: list[Job],
+        server: Mapping[str, Any],
+        operation: Operation | None = None,
+    ) -> ObservedWrite | TimedWrite:
+        """:meth:`operation` for a write the caller describes; the :class:`Operation` is built only if needed.
+
+        When every observer has a ``write_finished(name, queue, jobs, duration_s, error, outcome)`` (the
+        metrics adapter: it reads nothing else), the write is only timed and no ``Operation`` is made.
+        Either way the context manager's value takes the backend's answer in ``outcome``.
+        """
+        observers = self._observers
+        if operation is None:
+            if self._timed_only:
+                return TimedWrite(self._observer_failed, name, queue, jobs, list(observers))
+            operation = Operation(name, queue, jobs, **server)
+        return ObservedWrite(self._observer_failed, operation, list(observers))
 
     def _observer_failed(self, observer: OperationObserver, operation: Operation, exc: Exception) -> None:
         key = (id(observer), operation.name)
@@ -684,42 +672,6 @@ class EventBus:
                 "telemetry.adapter_error: observer %r failed on %s", observer, operation.name, exc_info=exc
             )
         self.record_drop(str(getattr(observer, "signal", "span")), "adapter_error")
-
-
-class _ObservedWrite:
-    """The context manager of :meth:`EventBus.operation`.
-
-    A class: a generator-based one costs a generator and its frames on every settle write.
-    """
-
-    __slots__ = ("_bus", "_observers", "_operation")
-
-    def __init__(self, event_bus: EventBus, operation: Operation, observers: list[OperationObserver]) -> None:
-        self._bus = event_bus
-        self._operation = operation
-        self._observers = observers
-
-    def __enter__(self) -> Operation:
-        operation = self._operation
-        operation.started_at = time.time()
-        operation.started_monotonic = time.perf_counter()
-        for observer in self._observers:
-            try:
-                observer.operation_started(operation)
-            except Exception as exc:  # noqa: BLE001 - isolation boundary: telemetry never breaks a write
-                self._bus._observer_failed(observer, operation, exc)  # noqa: SLF001 - its own bus
-        return operation
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        operation = self._operation
-        if exc is not None:
-            operation.error = exc
-        operation.duration_s = time.perf_counter() - operation.started_monotonic
-        for observer in reversed(self._observers):
-            try:
-                observer.operation_finished(operation)
-            except Exception as error:  # noqa: BLE001 - isolation boundary, as above
-                self._bus._observer_failed(observer, operation, error)  # noqa: SLF001 - its own bus
 
 
 @dataclass(slots=True)

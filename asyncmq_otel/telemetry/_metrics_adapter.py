@@ -581,11 +581,27 @@ class MetricsAdapter:
 
     def operation_finished(self, operation: Operation) -> None:
         """Record the write's duration, the jobs it sent, a stale write rejected and backend availability."""
-        name = operation.name
-        queue = operation.queue or OTHER
-        error = operation.error
+        self.write_finished(
+            operation.name,
+            operation.queue,
+            operation.jobs,
+            operation.duration_s,
+            operation.error,
+            operation.outcome,
+        )
+
+    def write_finished(  # the parts of an Operation the metrics read (EventBus.write builds none)
+        self,
+        name: str,
+        queue: str,
+        jobs: list[Job],
+        duration: float | None,
+        error: BaseException | None,
+        outcome: str | None,
+    ) -> None:
+        """:meth:`operation_finished` without the :class:`Operation`."""
+        queue = queue or OTHER
         error_type = "" if error is None else error_type_name(error)
-        duration = operation.duration_s
         if duration is not None and name in _WRITE_OPERATIONS:
             if error is None:
                 series = self._writes.get((queue, name))
@@ -596,12 +612,12 @@ class MetricsAdapter:
                 series = self.sinks.histogram(4, queue, name, label)
             series.observe(duration if duration > 0.0 else 0.0)  # noqa: FURB136 - hot path: no call
         if name in _SENT_OPERATIONS:
-            for job in operation.jobs:
+            for job in jobs:
                 task = job.task if job.task in TASK_REGISTRY else OTHER
                 sent = "schedule" if name == "schedule" or job.delay_until is not None else "send"
                 label = self._error_types.use(1, task, error_type)
                 self.sinks.counter(1, queue, task, sent, label).inc()
-        if operation.outcome in _STALE_STATUSES and name in _STALE_OPERATIONS:
+        if outcome in _STALE_STATUSES and name in _STALE_OPERATIONS:
             self.sinks.counter(24, queue, name).inc()
         if error is None:
             self._last_success = time.monotonic()

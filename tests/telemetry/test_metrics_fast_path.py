@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from asyncmq_otel._lifecycle import emit_job_fields
-from asyncmq_otel.events import EventBus, LifecycleEvent, bus, make_job_event
+from asyncmq_otel.events import EventBus, LifecycleEvent, Operation, bus, make_job_event
 from asyncmq_otel.jobs import Job
 from asyncmq_otel.tasks import task
 from asyncmq_otel.telemetry._accumulators import CounterValue, GaugeValue, HistogramValue
@@ -142,3 +142,67 @@ def test_accumulators_count_every_write_from_their_thread_and_from_others() -> N
     assert histogram_sum == pytest.approx(0.005 * total)
     gauge.set(3)  # a set replaces both parts
     assert gauge.value == 3
+
+
+class _Timing:
+    """An observer that needs only the write's timing (the metrics adapter's shape)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, int, bool, str | None]] = []
+
+    def operation_started(self, operation: Operation) -> None:
+        raise AssertionError("not called on the timed path")
+
+    def operation_finished(self, operation: Operation) -> None:
+        self.write_finished(
+            operation.name,
+            operation.queue,
+            operation.jobs,
+            operation.duration_s,
+            operation.error,
+            operation.outcome,
+        )
+
+    def write_finished(
+        self,
+        name: str,
+        queue: str,
+        jobs: list[Job],
+        duration: float | None,
+        error: object,
+        outcome: str | None,
+    ) -> None:
+        assert duration is not None
+        assert duration >= 0
+        self.seen.append((name, queue, len(jobs), error is not None, outcome))
+
+
+class _Full:
+    """An observer that needs the Operation (the trace adapter's shape)."""
+
+    def __init__(self) -> None:
+        self.operations: list[Operation] = []
+
+    def operation_started(self, operation: Operation) -> None:
+        self.operations.append(operation)
+
+    def operation_finished(self, operation: Operation) -> None:
+        assert operation is self.operations[-1]
+
+
+def test_a_write_observed_for_its_timing_only_builds_no_operation() -> None:
+    timing = _Timing()
+    bus.add_observer(timing)
+    with bus.write("ack", "fast-q", [_job(1)], {"server_address": "h"}) as observed:
+        assert not isinstance(observed, Operation)
+        observed.outcome = "STALE"
+    with pytest.raises(RuntimeError), bus.write("retry", "fast-q", [_job(1)], {}):
+        raise RuntimeError("backend")
+    assert timing.seen == [("ack", "fast-q", 1, False, "STALE"), ("retry", "fast-q", 1, True, None)]
+    full = _Full()
+    bus.add_observer(full)
+    with bus.write("ack", "fast-q", [_job(1)], {"server_address": "h"}) as observed:
+        assert isinstance(observed, Operation)
+        observed.outcome = "OK"
+    assert full.operations[0].server_address == "h"
+    assert timing.seen[-1] == ("ack", "fast-q", 1, False, "OK")
