@@ -330,16 +330,27 @@ class MetricsAdapter:
 
     def _started_job(self, _name: str, job: Job, attempt: int, fields: dict[str, Any]) -> None:
         """``job:started`` without its event (the bus's fast path): the same records as :meth:`_started`."""
+        # _start, inlined: one call less on every attempt (the equivalence test keeps the two alike)
         get = fields.get
-        self._start(
-            job.queue,
-            job.task,
-            get("group"),
-            job.id,
-            attempt,
-            job.priority,
-            get("wait_s"),
-            get("started_monotonic"),
+        queue, task, group = job.queue, job.task, get("group")
+        js = self._by_event.get((queue, task, group)) or self._series(queue, task, group)
+        js.consumed.inc()
+        trace_id = self._trace_id()
+        wait = get("wait_s")
+        if wait is not None:
+            priority = job.priority
+            cls = "normal" if priority == _DEFAULT_PRIORITY or priority is None else priority_class(priority)
+            js.wait[cls].observe(wait if wait > 0.0 else 0.0, trace_id)  # noqa: FURB136 - hot path: no call
+        ws = js.worker
+        if ws is None:
+            ws = js.worker = self._worker_series(queue, group)
+        ws.active.add(1)
+        started = get("started_monotonic")
+        self._inflight[queue, job.id, attempt] = (
+            ws,
+            started if started is not None else time.perf_counter(),
+            trace_id,
+            js,
         )
 
     def _start(  # the fields of job:started the metrics read
