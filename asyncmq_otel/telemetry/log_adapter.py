@@ -32,7 +32,7 @@ from opentelemetry import trace
 from structlog.tracebacks import ExceptionDictTransformer
 
 from .._version import __version__
-from ._log_writer import DEFAULT_LOG_QUEUE_SIZE, LogQueueHandler, LogWriter, PendingLine
+from ._log_writer import DEFAULT_LOG_QUEUE_SIZE, LogQueueHandler, LogWriter, PendingLine, json_dumps
 
 if TYPE_CHECKING:
     from opentelemetry._logs import LoggerProvider
@@ -261,7 +261,7 @@ class LogOutput:
         self.handlers: list[logging.Handler] = []  # called by the writer thread
         if render and output == "stderr":
             renderer: Processor = (
-                structlog.processors.JSONRenderer()
+                structlog.processors.JSONRenderer(serializer=json_dumps)
                 if self.format == "json"
                 else structlog.dev.ConsoleRenderer(colors=_colors(stream))
             )
