@@ -5,17 +5,22 @@ from __future__ import annotations
 import threading
 import time
 
+import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from asyncmq_otel._lifecycle import emit_job_fields
+from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.events import EventBus, LifecycleEvent, Operation, bus, make_job_event
 from asyncmq_otel.jobs import Job
+from asyncmq_otel.queues import Queue
 from asyncmq_otel.tasks import task
 from asyncmq_otel.telemetry._accumulators import CounterValue, GaugeValue, HistogramValue
 from asyncmq_otel.telemetry._metrics_adapter import MetricsAdapter
 from asyncmq_otel.telemetry.metrics import MetricSinks
+from asyncmq_otel.testing import capture_telemetry
+from asyncmq_otel.workers import Worker
 
 
 @task("fast-q", name="metrics.fast")
@@ -206,3 +211,57 @@ def test_a_write_observed_for_its_timing_only_builds_no_operation() -> None:
         observed.outcome = "OK"
     assert full.operations[0].server_address == "h"
     assert timing.seen[-1] == ("ack", "fast-q", 1, False, "OK")
+
+
+@task("fast-q", name="metrics.fast.boom")
+async def boom() -> None:
+    """Fails, and is not retried: its outcome event takes the event path after a fast-path start."""
+    raise ValueError("boom")
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("fast_settings")
+async def test_a_worker_with_metrics_alone_counts_every_attempt_through_the_fast_path(
+    unique_name: str,
+) -> None:
+    backend = InMemoryBackend()
+    with capture_telemetry(traces=False, logs=False) as cap:
+        # the capture's event recorder and its log adapter listen on "*": without them, metrics alone listen
+        for listener in bus.listeners("*"):
+            bus.off("*", listener)
+        route = bus.route("job:started")
+        assert route is not None
+        assert route[2]
+        queue = Queue(unique_name, backend=backend)
+        for n in range(5):
+            await queue.add("metrics.fast", priority=5 + n % 2)
+        await queue.add("metrics.fast.boom", retries=0)
+        with anyio.fail_after(10):
+            await Worker(unique_name, backend=backend, burst=True).run()  # type: ignore[arg-type]
+        labels = {"messaging_destination_name": unique_name}
+        fast_labels = {**labels, "asyncmq_task_name": "metrics.fast"}
+        assert cap.metric_value("asyncmq_job_outcomes_total", outcome="completed", **fast_labels) == 5
+        assert cap.metric_value("messaging_client_consumed_messages_total", **fast_labels) == 5
+        assert (
+            cap.metric_value("messaging_process_duration_seconds_count", outcome="completed", **fast_labels)
+            == 5
+        )
+        assert cap.metric_value("asyncmq_job_wait_duration_seconds_count", **fast_labels) == 5
+        assert (
+            cap.metric_value("asyncmq_job_e2e_duration_seconds_count", outcome="completed", **fast_labels)
+            == 5
+        )
+        assert cap.metric_value("asyncmq_job_attempts_count", outcome="completed", **fast_labels) == 5
+        boom_labels = {**labels, "asyncmq_task_name": "metrics.fast.boom"}
+        assert (
+            cap.metric_value("asyncmq_job_outcomes_total", outcome="failed", reason="failed", **boom_labels)
+            == 1
+        )
+        assert cap.metric_value("asyncmq_worker_jobs_active", **labels) == 0
+        assert (
+            cap.metric_value(
+                "messaging_client_operation_duration_seconds_count", messaging_operation_name="ack", **labels
+            )
+            == 5
+        )
+        assert not cap.events  # no event was recorded, and none was built for the completions
