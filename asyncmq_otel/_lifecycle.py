@@ -33,7 +33,10 @@ def emit_job_event(name: str, job: Job, *, attempt: int | None = None, **fields:
     if route is not None:
         _check(fields)
         number = job.attempts if attempt is None else attempt
-        bus.deliver(route, make_job_event(name, time.time(), job, number, fields))
+        if route[2]:  # every listener takes the job as is: no event to build
+            bus.deliver_job(route, name, job, number, fields)
+        else:
+            bus.deliver(route, make_job_event(name, time.time(), job, number, fields))
 
 
 def emit_job_fields(name: str, job: Job, fields: dict[str, Any], attempt: int | None = None) -> None:
@@ -44,7 +47,10 @@ def emit_job_fields(name: str, job: Job, fields: dict[str, Any], attempt: int | 
     route = bus.route(name)
     if route is not None:
         number = job.attempts if attempt is None else attempt
-        bus.deliver(route, make_job_event(name, time.time(), job, number, fields))
+        if route[2]:  # every listener takes the job as is (EventBus.on's from_job): no event to build
+            bus.deliver_job(route, name, job, number, fields)
+        else:
+            bus.deliver(route, make_job_event(name, time.time(), job, number, fields))
 
 
 def server_fields(backend: object) -> dict[str, Any]:

@@ -21,20 +21,22 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
+from ._writes import ObservedWrite, Operation, OperationObserver, TimedWrite
 from .jobs import Job
 
 __all__ = [
     "EVENT_NAMES",
     "EventBus",
     "EventEmitter",
+    "JobListener",
     "LifecycleEvent",
     "Listener",
     "Operation",
@@ -279,6 +281,11 @@ are ignored (callers check them: :func:`asyncmq_otel._lifecycle.job_event`).
 
 
 Listener = Callable[[LifecycleEvent], Any]
+JobListener = Callable[[str, Job, int, "dict[str, Any]"], Any]
+"""A listener's fast path for ``job:*`` events: ``(name, job, attempt, extra fields)``, no event built.
+
+The job and the field dict are the emitter's own: read them, never keep or change them.
+"""
 Service = Callable[[Any, "list[str]"], Awaitable[None]]
 """A background task run beside each worker: ``await service(backend, queues)``."""
 
@@ -291,47 +298,15 @@ class _Subscription:
     signal: Signal
     once: bool
     is_async: bool = False
+    from_job: JobListener | None = None
 
 
-Route = tuple[tuple[_Subscription, ...], tuple[_Subscription, ...]]
-"""The inline and the queued subscriptions an event name reaches."""
+Route = tuple[tuple[_Subscription, ...], tuple[_Subscription, ...], tuple[_Subscription, ...]]
+"""The inline and the queued subscriptions an event name reaches, and the job fast path.
 
-
-@dataclass(slots=True)
-class Operation:
-    """A backend write being observed.
-
-    ``name`` is ``send``, ``schedule``, ``ack``, ``retry``, ``dead_letter``, ``expire``, ``cancel``,
-    ``requeue``, ``pause`` or ``resume``.
-
-    Observers may set ``job.trace_context`` on the jobs of a ``send``/``schedule`` before the
-    write happens; ``scratch`` keeps per-observer state between start and finish.
-    """
-
-    name: str
-    queue: str
-    jobs: list[Job] = field(default_factory=list)
-    bulk: bool = False
-    started_at: float = 0.0
-    started_monotonic: float = 0.0
-    duration_s: float | None = None
-    error: BaseException | None = None
-    outcome: str | None = None  # the backend's answer to a fenced write: OK, STALE, GONE, TOO_LARGE
-    server_address: str | None = None
-    server_port: int | None = None
-    scratch: dict[int, Any] = field(default_factory=dict)
-
-
-class OperationObserver(Protocol):
-    """Sees backend writes start and finish (telemetry uses it for producer spans and write timings)."""
-
-    def operation_started(self, operation: Operation) -> None:
-        """Called before the write, in the writing task."""
-        ...
-
-    def operation_finished(self, operation: Operation) -> None:
-        """Called after the write, in reverse order; ``operation.error`` is set when it raised."""
-        ...
+The third part is the inline subscriptions again when each of them has a ``from_job`` and nothing is
+queued (the event itself then need not be built), else empty.
+"""
 
 
 class EventBus:
@@ -349,6 +324,7 @@ class EventBus:
         self.queue_size = queue_size
         self._waiters: list[_Waiter] = []
         self._observers: list[OperationObserver] = []
+        self._timed_only = True  # every observer has write_finished (EventBus.write builds no Operation)
         self._drop_observers: list[Callable[[str, str, int], None]] = []
         self._services: list[Service] = []
         self._failed_once: set[tuple[int, str]] = set()
@@ -357,10 +333,22 @@ class EventBus:
 
     # -- subscription --------------------------------------------------------------------------------
     def on(
-        self, pattern: str, listener: Listener, *, inline: bool = False, signal: Signal = "event"
+        self,
+        pattern: str,
+        listener: Listener,
+        *,
+        inline: bool = False,
+        signal: Signal = "event",
+        from_job: JobListener | None = None,
     ) -> Listener:
-        """Subscribe ``listener`` to an event name, a family wildcard (``job:*``) or ``*``."""
-        self._subscribe(pattern, listener, inline=inline, signal=signal, once=False)
+        """Subscribe ``listener`` to an event name, a family wildcard (``job:*``) or ``*``.
+
+        ``from_job`` (inline listeners of ``job:*`` events): the same listener taking the job and the
+        emitter's extra fields instead of a :class:`LifecycleEvent`. When every listener an event reaches
+        has one, the worker calls them and builds no event (the telemetry contract's overhead rule for
+        metrics only); otherwise ``listener`` gets the event as usual.
+        """
+        self._subscribe(pattern, listener, inline=inline, signal=signal, once=False, from_job=from_job)
         return listener
 
     def once(self, pattern: str, listener: Listener, *, inline: bool = False) -> Listener:
@@ -381,7 +369,14 @@ class EventBus:
         return [s.listener for s in self._subscriptions if pattern is None or s.pattern == pattern]
 
     def _subscribe(
-        self, pattern: str, listener: Listener, *, inline: bool, signal: Signal, once: bool
+        self,
+        pattern: str,
+        listener: Listener,
+        *,
+        inline: bool,
+        signal: Signal,
+        once: bool,
+        from_job: JobListener | None = None,
     ) -> None:
         if pattern != "*" and pattern not in _FAMILIES and pattern not in EVENT_NAMES:
             raise ValueError(
@@ -394,7 +389,9 @@ class EventBus:
         if inline and is_async:
             raise TypeError("inline listeners run synchronously in the emitting task; pass a sync function")
         with self._lock:
-            self._subscriptions.append(_Subscription(pattern, listener, inline, signal, once, is_async))
+            self._subscriptions.append(
+                _Subscription(pattern, listener, inline, signal, once, is_async, from_job if inline else None)
+            )
             self._routes.clear()
 
     def _route(self, name: str) -> Route:
@@ -408,7 +405,8 @@ class EventBus:
                 if sub.pattern in {name, family, "*"} and id(sub.listener) not in seen:
                     seen.add(id(sub.listener))
                     (inline if sub.inline else queued).append(sub)
-            route = (tuple(inline), tuple(queued))
+            direct = not queued and all(sub.from_job is not None for sub in inline)
+            route = (tuple(inline), tuple(queued), tuple(inline) if direct else ())
             self._routes[name] = route
         return route
 
@@ -432,16 +430,29 @@ class EventBus:
 
     def deliver(self, route: Route, event: LifecycleEvent) -> None:
         """:meth:`emit` along a route from :meth:`route` (looked up for ``event.name`` just before)."""
-        inline, queued = route
+        inline, queued, _ = route
         for sub in inline:
             if sub.once:
                 self._drop_once(sub)
             try:
                 sub.listener(event)
             except Exception as exc:  # noqa: BLE001 - isolation boundary: a listener never breaks a job
-                self._listener_failed(sub, event, exc)
+                self._listener_failed(sub, event.name, exc)
         if queued:
             self._enqueue(event)
+
+    def deliver_job(self, route: Route, name: str, job: Job, attempt: int, fields: dict[str, Any]) -> None:
+        """Deliver a job event through the fast path of a route whose third part is not empty.
+
+        Each listener's ``from_job`` is called instead of building the event (see :meth:`on`).
+        """
+        for sub in route[2]:
+            if sub.once:
+                self._drop_once(sub)
+            try:
+                sub.from_job(name, job, attempt, fields)  # type: ignore[misc] # the route holds only these
+            except Exception as exc:  # noqa: BLE001 - isolation boundary: a listener never breaks a job
+                self._listener_failed(sub, name, exc)
 
     def _enqueue(self, event: LifecycleEvent) -> None:
         with self._lock:
@@ -476,14 +487,14 @@ class EventBus:
         with contextlib.suppress(ValueError):
             self._drop_observers.remove(observer)
 
-    def _listener_failed(self, sub: _Subscription, event: LifecycleEvent, exc: Exception) -> None:
-        key = (id(sub.listener), event.name)
+    def _listener_failed(self, sub: _Subscription, name: str, exc: Exception) -> None:
+        key = (id(sub.listener), name)
         if key not in self._failed_once:
             self._failed_once.add(key)
             _log.error(
                 "telemetry.adapter_error: listener %r failed on %s (logged once per listener and event)",
                 sub.listener,
-                event.name,
+                name,
                 exc_info=exc,
             )
         self.record_drop(sub.signal, "adapter_error")
@@ -584,7 +595,7 @@ class EventBus:
             except anyio.get_cancelled_exc_class():
                 raise
             except Exception as exc:  # noqa: BLE001 - isolation boundary: a listener never breaks a job
-                self._listener_failed(sub, event, exc)
+                self._listener_failed(sub, event.name, exc)
 
     # -- services ----------------------------------------------------------------------------------
     def add_service(self, service: Service) -> None:
@@ -607,11 +618,13 @@ class EventBus:
     def add_observer(self, observer: OperationObserver) -> None:
         """Observe backend writes (see :class:`Operation`)."""
         self._observers.append(observer)
+        self._timed_only = all(hasattr(each, "write_finished") for each in self._observers)
 
     def remove_observer(self, observer: OperationObserver) -> None:
         """Undo :meth:`add_observer`."""
         with contextlib.suppress(ValueError):
             self._observers.remove(observer)
+        self._timed_only = all(hasattr(each, "write_finished") for each in self._observers)
 
     @property
     def observed(self) -> bool:
@@ -623,12 +636,33 @@ class EventBus:
         """Whether a write observer makes spans (the trace adapter): reads only spans need skip otherwise."""
         return any(getattr(observer, "signal", None) == "span" for observer in self._observers)
 
-    def operation(self, operation: Operation) -> _ObservedWrite:
+    def operation(self, operation: Operation) -> ObservedWrite:
         """Run a backend write under the observers: started in order, finished in reverse.
 
         Use as ``with bus.operation(op):``; ``operation.error`` is set when the write raises.
         """
-        return _ObservedWrite(self, operation, list(self._observers))
+        return ObservedWrite(self._observer_failed, operation, list(self._observers))
+
+    def write(
+        self,
+        name: str,
+        queue: str,
+        jobs: list[Job],
+        server: Mapping[str, Any],
+        operation: Operation | None = None,
+    ) -> ObservedWrite | TimedWrite:
+        """:meth:`operation` for a write the caller describes; the :class:`Operation` is built only if needed.
+
+        When every observer has a ``write_finished(name, queue, jobs, duration_s, error, outcome)`` (the
+        metrics adapter: it reads nothing else), the write is only timed and no ``Operation`` is made.
+        Either way the context manager's value takes the backend's answer in ``outcome``.
+        """
+        observers = self._observers
+        if operation is None:
+            if self._timed_only:
+                return TimedWrite(self._observer_failed, name, queue, jobs, list(observers))
+            operation = Operation(name, queue, jobs, **server)
+        return ObservedWrite(self._observer_failed, operation, list(observers))
 
     def _observer_failed(self, observer: OperationObserver, operation: Operation, exc: Exception) -> None:
         key = (id(observer), operation.name)
@@ -638,42 +672,6 @@ class EventBus:
                 "telemetry.adapter_error: observer %r failed on %s", observer, operation.name, exc_info=exc
             )
         self.record_drop(str(getattr(observer, "signal", "span")), "adapter_error")
-
-
-class _ObservedWrite:
-    """The context manager of :meth:`EventBus.operation`.
-
-    A class: a generator-based one costs a generator and its frames on every settle write.
-    """
-
-    __slots__ = ("_bus", "_observers", "_operation")
-
-    def __init__(self, event_bus: EventBus, operation: Operation, observers: list[OperationObserver]) -> None:
-        self._bus = event_bus
-        self._operation = operation
-        self._observers = observers
-
-    def __enter__(self) -> Operation:
-        operation = self._operation
-        operation.started_at = time.time()
-        operation.started_monotonic = time.perf_counter()
-        for observer in self._observers:
-            try:
-                observer.operation_started(operation)
-            except Exception as exc:  # noqa: BLE001 - isolation boundary: telemetry never breaks a write
-                self._bus._observer_failed(observer, operation, exc)  # noqa: SLF001 - its own bus
-        return operation
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        operation = self._operation
-        if exc is not None:
-            operation.error = exc
-        operation.duration_s = time.perf_counter() - operation.started_monotonic
-        for observer in reversed(self._observers):
-            try:
-                observer.operation_finished(operation)
-            except Exception as error:  # noqa: BLE001 - isolation boundary, as above
-                self._bus._observer_failed(observer, operation, error)  # noqa: SLF001 - its own bus
 
 
 @dataclass(slots=True)

@@ -73,6 +73,7 @@ def clean_bus() -> Iterator[EventBus]:
         bus._pending.clear()  # noqa: SLF001
         bus._current = None  # noqa: SLF001 - the delivery position of a dispatcher that is gone
         bus._observers.clear()  # noqa: SLF001
+        bus._timed_only = True  # noqa: SLF001 - no observer left, none needs an Operation
         bus._services.clear()  # noqa: SLF001
 
 

@@ -8,6 +8,7 @@ and counts it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import sys
@@ -19,7 +20,7 @@ from typing import Any, Final, Protocol, cast
 
 from opentelemetry import trace
 
-__all__ = ["DEFAULT_LOG_QUEUE_SIZE", "LineSink", "LogQueueHandler", "LogWriter", "PendingLine"]
+__all__ = ["DEFAULT_LOG_QUEUE_SIZE", "LineSink", "LogQueueHandler", "LogWriter", "PendingLine", "json_dumps"]
 
 DEFAULT_LOG_QUEUE_SIZE: Final = 10_000
 _QUEUE_FULL_EVERY_S: Final = 60.0
@@ -74,6 +75,21 @@ class PendingLine:
         record.created = created
         record.msecs = int((created - int(created)) * 1000) + 0.0
         return record
+
+
+_ENCODERS: dict[Callable[[Any], Any] | None, json.JSONEncoder] = {}
+
+
+def json_dumps(obj: object, *, default: Callable[[Any], Any] | None = None) -> str:
+    """``json.dumps(obj, default=default)``, the same text, with the encoder made once per ``default``.
+
+    ``json.dumps`` builds a new ``JSONEncoder`` on every call that passes ``default`` (structlog's
+    ``JSONRenderer`` always does), about a fifth of the writer thread's time per line.
+    """
+    encoder = _ENCODERS.get(default)
+    if encoder is None:
+        encoder = _ENCODERS[default] = json.JSONEncoder(default=default)
+    return encoder.encode(obj)
 
 
 class LogWriter:

@@ -151,8 +151,14 @@ class _Instrumentation:
             _log.warning("%s %s", event, dict(fields))
 
     # -- bus wiring ------------------------------------------------------------------------------------
-    def _on(self, pattern: str, listener: events.Listener, signal: events.Signal) -> None:
-        self.bus.on(pattern, listener, inline=True, signal=signal)
+    def _on(
+        self,
+        pattern: str,
+        listener: events.Listener,
+        signal: events.Signal,
+        from_job: events.JobListener | None = None,
+    ) -> None:
+        self.bus.on(pattern, listener, inline=True, signal=signal, from_job=from_job)
         self.subscriptions.append((pattern, listener))
 
     def attach(self) -> None:
@@ -165,7 +171,7 @@ class _Instrumentation:
             self.observers.append(self.tracing)
         if self.metrics is not None:
             for name, handler in self.metrics.handlers.items():
-                self._on(name, handler, "metric")
+                self._on(name, handler, "metric", self.metrics.job_handlers.get(name))
             self.bus.add_observer(self.metrics)
             self.observers.append(self.metrics)
             self.bus.add_drop_observer(self.metrics.on_drop)

@@ -32,7 +32,7 @@ from opentelemetry import trace
 from structlog.tracebacks import ExceptionDictTransformer
 
 from .._version import __version__
-from ._log_writer import DEFAULT_LOG_QUEUE_SIZE, LogQueueHandler, LogWriter, PendingLine
+from ._log_writer import DEFAULT_LOG_QUEUE_SIZE, LogQueueHandler, LogWriter, PendingLine, json_dumps
 
 if TYPE_CHECKING:
     from opentelemetry._logs import LoggerProvider
@@ -261,7 +261,7 @@ class LogOutput:
         self.handlers: list[logging.Handler] = []  # called by the writer thread
         if render and output == "stderr":
             renderer: Processor = (
-                structlog.processors.JSONRenderer()
+                structlog.processors.JSONRenderer(serializer=json_dumps)
                 if self.format == "json"
                 else structlog.dev.ConsoleRenderer(colors=_colors(stream))
             )
@@ -434,10 +434,20 @@ class DirectLines:
         if writer is None:
             return False
         fields["event"] = event
-        for var, value in contextvars.copy_context().items():  # structlog.contextvars.merge_contextvars
-            name = var.name
-            if name.startswith(_CONTEXTVARS_PREFIX) and value is not Ellipsis:
-                fields.setdefault(name[_CONTEXTVARS_PREFIX_LEN:], value)
+        # structlog.contextvars.merge_contextvars, in the same order, with each variable's key looked up
+        # once per process instead of its name tested and sliced on every line
+        keys = _MERGE_KEYS
+        if len(keys) > _MERGE_KEYS_LIMIT:  # variables made on the fly by some library: start over
+            keys.clear()
+        for var, value in contextvars.copy_context().items():
+            key = keys.get(var)
+            if key is None:
+                name = var.name
+                key = keys[var] = (
+                    name[_CONTEXTVARS_PREFIX_LEN:] if name.startswith(_CONTEXTVARS_PREFIX) else ""
+                )
+            if key and key not in fields and value is not Ellipsis:
+                fields[key] = value
         method = _METHOD_NAMES[level]
         fields["level"] = method
         fields["logger"] = LOGGER_NAME
@@ -459,6 +469,10 @@ class DirectLines:
 
 _CONTEXTVARS_PREFIX: Final = structlog.contextvars.STRUCTLOG_KEY_PREFIX
 _CONTEXTVARS_PREFIX_LEN: Final = len(_CONTEXTVARS_PREFIX)
+# Each context variable's key in a line: its name without structlog's prefix, "" for a variable not
+# structlog's. Read and filled on the event loop; a race only recomputes one entry.
+_MERGE_KEYS: dict[contextvars.ContextVar[Any], str] = {}
+_MERGE_KEYS_LIMIT: Final = 4096
 
 
 def _finish_console(event: dict[str, Any], created: float) -> None:

@@ -456,10 +456,9 @@ class JobAttempt:
     ) -> SettleReply:
         """One outcome write, observed by telemetry, retried through backend outages."""
         if bus.observed:
-            operation = operation or Operation(op, self.queue, [self._job()], **self.ctx.server)
-            with bus.operation(operation):
+            with bus.write(op, self.queue, [self._job()], self.ctx.server, operation) as observed:
                 reply = await self._retrying(call)
-                operation.outcome = reply.status.value
+                observed.outcome = reply.status.value
         else:
             reply = await self._retrying(call)
         if not reply.ok and reply.status is not SettleStatus.TOO_LARGE:

@@ -551,3 +551,21 @@ def test_the_writers_timestamps_are_the_time_stampers_text() -> None:
     ]
     times += [second + 86_399.9999995, -1.25]  # a carry into the next day; before 1970
     assert [_iso_utc(created) for created in times] == [reference(created) for created in times]
+
+
+def test_the_writer_json_encoding_equals_json_dumps() -> None:
+    """The renderer's serializer keeps one encoder per ``default``: the text must be json.dumps's."""
+    from structlog.processors import JSONRenderer
+
+    from asyncmq_otel.telemetry._log_writer import json_dumps
+
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque>"
+
+    line = {"event": "job.completed", "n": 3, "f": 1e-05, "nan": float("nan"), "s": 'é\n"', "o": Opaque()}
+    for _ in range(2):  # the second call reuses the encoder
+        assert JSONRenderer(serializer=json_dumps)(None, "info", dict(line)) == JSONRenderer()(
+            None, "info", line
+        )
+    assert json_dumps([1, {"a": None}]) == json.dumps([1, {"a": None}])
