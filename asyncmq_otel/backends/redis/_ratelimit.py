@@ -19,7 +19,7 @@ __all__ = ["RateLimitMixin"]
 
 
 class RateLimitMixin:
-    """The :class:`~asyncmq_otel.backends.base.RateLimitStore` capability of ``RedisBackend``."""
+    """The :class:`~asyncmq_otel.backends.capabilities.RateLimitStore` capability of ``RedisBackend``."""
 
     connections: Connections
     keys: Keys

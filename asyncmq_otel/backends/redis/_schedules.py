@@ -68,7 +68,7 @@ _FIELDS = ("spec", "rev", "anchor", "next_due", "paused", "last_due", "last_job"
 
 
 class SchedulesMixin:
-    """The :class:`~asyncmq_otel.backends.base.ScheduleStore` capability of ``RedisBackend``."""
+    """The :class:`~asyncmq_otel.backends.capabilities.ScheduleStore` capability of ``RedisBackend``."""
 
     keys: Keys
     connections: Connections
