@@ -23,11 +23,10 @@ from ..base import (
     ReapReply,
     RenewStatus,
     SettleReply,
-    StoredJob,
 )
 from . import _scripts
 from ._batch import CompleteBatcher, PendingComplete
-from ._connection import AsyncClient, Connections
+from ._connection import AsyncClient
 from ._decode import (
     claimed_attempts,
     decode_batch_settle,
@@ -37,10 +36,14 @@ from ._decode import (
     dumps,
     loads,
 )
-from ._events import CancelHints, Channel, hint
-from ._keys import Keys, QueueKeys
+from ._events import hint
 
-__all__ = ["JobsMixin"]
+if TYPE_CHECKING:
+    from ._events import EventChannel
+    from ._flows import FlowStore
+    from ._store import Store
+
+__all__ = ["JobStore"]
 
 _PROMOTE_LIMIT = 100
 _REAP_LIMIT = 100
@@ -72,47 +75,18 @@ def _envelope_priority_ttl(payload: str) -> tuple[object, object]:
     return envelope.get("priority", 5), envelope.get("ttl")
 
 
-class JobsMixin:
-    """The job transitions of ``RedisBackend`` (it provides the members declared here)."""
+class JobStore:
+    """The job transitions of :class:`RedisBackend`: store, claim, settle, renew, reap, pause, cancel."""
 
-    keys: Keys
-    connections: Connections
-    max_payload_bytes: int
-    max_result_bytes: int
-    keep_completed: int
-    keep_completed_age: float
-    keep_failed: int
-    keep_failed_age: float
-    block_timeout: float
-    origin: str
-    _hints: CancelHints
-    _completions: CompleteBatcher
-    _reap_clock: float | None
-    _flow_reapers: set[str]
-
-    if TYPE_CHECKING:  # provided by RedisBackend
-
-        async def _epoch(self, keys: QueueKeys) -> str: ...
-
-        async def _ensure_queue(self, keys: QueueKeys) -> str: ...
-
-        def adopt_epoch(self, queue: str, old: str | None, new: str) -> None: ...
-
-        async def _transition(
-            self,
-            keys: QueueKeys,
-            name: str,
-            script_keys: Sequence[str],
-            args: Sequence[Any],
-            *,
-            retry: bool = True,
-        ) -> Any: ...  # noqa: ANN401 - a RESP reply
-
-        async def add_flow(self, items: Sequence[tuple[str, EnqueueItem]]) -> list[EnqueueReply]: ...
-
-        async def _flow_pass(self, keys: QueueKeys, queue: str) -> list[StoredJob]: ...
-
-        async def publish_event(self, event: Mapping[str, Any], *, channel: Channel = "events") -> int: ...
+    def __init__(self, store: Store, flows: FlowStore, events: EventChannel) -> None:
+        self._store = store
+        self._flows = flows
+        self._events = events
+        self.keys = store.keys
+        self.connections = store.connections
+        self._limits = store.limits
+        self._completions = CompleteBatcher(self._complete_batch)
+        self._reap_clock: float | None = None  # see reap()
 
     # -- producer -----------------------------------------------------------------------------------
     def _item_args(self, item: EnqueueItem, call_nonce: str, index: int) -> _Prepared:
@@ -124,8 +98,8 @@ class JobsMixin:
         payload = item.payload
         # the size in bytes: the length itself for ASCII text (the usual case), no encoding needed
         size = len(payload) if payload.isascii() else len(payload.encode("utf-8"))
-        if size > self.max_payload_bytes:
-            raise PayloadTooLarge(size, self.max_payload_bytes)
+        if size > self._limits.max_payload_bytes:
+            raise PayloadTooLarge(size, self._limits.max_payload_bytes)
         priority: object = item.priority
         ttl: object = item.ttl
         if priority is None:
@@ -151,7 +125,7 @@ class JobsMixin:
     async def enqueue_bulk(self, queue: str, items: Sequence[EnqueueItem]) -> list[EnqueueReply]:
         """Store several jobs in one round trip (script calls of up to 500 jobs, pipelined)."""
         if any(item.depends_on for item in items):  # parents are checked and linked first
-            return await self.add_flow([(queue, item) for item in items])
+            return await self._flows.add_flow([(queue, item) for item in items])
         keys = self.keys.queue(queue)
         # a nonce of the call only for items without their own (Queue gives every item one)
         call_nonce = "" if all(item.nonce for item in items) else os.urandom(16).hex()
@@ -162,28 +136,13 @@ class JobsMixin:
         calls = []
         for chunk in chunks:
             script_keys = [keys.meta, keys.ready, keys.delayed, keys.signal]
-            args: list[Any] = [self.max_payload_bytes]
+            args: list[Any] = [self._limits.max_payload_bytes]
             for job_id, payload, _delay, spec in chunk:
                 script_keys.append(keys.job(job_id))
                 args += (payload, spec)
             calls.append((script_keys, args))
-        epoch = await self._epoch(keys)
-        for _ in range(2):
-            batch = [("enqueue", script_keys, [epoch, *args]) for script_keys, args in calls]
-
-            async def op(client: AsyncClient, batch: list[Any] = batch) -> list[Any]:
-                if len(batch) == 1:  # one script call: no pipeline needed
-                    return [await _scripts.call(client, *batch[0])]
-                return await _scripts.call_many(client, batch)
-
-            replies = await self.connections.run(op)
-            if not any(reply[0] == b"EPOCH" for reply in replies):
-                break
-            fresh = await self._ensure_queue(keys)
-            self.adopt_epoch(queue, epoch, fresh)
-            epoch = fresh  # chunks already stored replay by nonce on the second pass
-        else:
-            raise BackendError(f"the epoch of queue {queue!r} keeps changing; is something flushing Redis?")
+        # chunks already stored replay by nonce if a data loss makes the store send them again
+        replies = await self._store.transitions(keys, "enqueue", calls)
         return self._enqueue_replies(chunks, replies)
 
     def _enqueue_replies(
@@ -193,7 +152,7 @@ class JobsMixin:
         out: list[EnqueueReply] = []
         for chunk, reply in zip(chunks, replies, strict=True):
             if reply[0] == b"TOO_LARGE":  # only when max_payload_bytes differs between producers
-                raise PayloadTooLarge(int(reply[2]), self.max_payload_bytes)
+                raise PayloadTooLarge(int(reply[2]), self._limits.max_payload_bytes)
             if reply[0] == b"NOT_A_HASH":  # another program wrote over the key: nothing was stored
                 job_id = chunk[int(reply[1]) - 1][0]
                 raise BackendError(
@@ -233,7 +192,7 @@ class JobsMixin:
         """Promote due delayed jobs, then move up to ``count`` ready jobs to ``active`` under a lease."""
         keys = self.keys.queue(queue)
         nonce = uuid.uuid4().hex
-        reply = await self._transition(
+        reply = await self._store.transition(
             keys,
             "claim",
             [keys.meta, keys.ready, keys.delayed, keys.leases, keys.signal, keys.claim(nonce), keys.rate],
@@ -273,14 +232,14 @@ class JobsMixin:
     async def wait_for_work(self, queue: str, timeout: float) -> bool:
         """``BLPOP`` a wake token on the blocking connection, in slices of at most ``block_timeout``."""
         keys = self.keys.queue(queue)
-        self._hints.ensure_reader()
+        self._store.hints.ensure_reader()
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 popped = await self.connections.run(lambda client: client.lpop(keys.signal))
                 return popped is not None
-            block = max(min(remaining, self.block_timeout), 0.01)
+            block = max(min(remaining, self._limits.block_timeout), 0.01)
 
             async def pop(client: AsyncClient, block: float = block) -> Any:  # noqa: ANN401 - RESP
                 return await client.blpop([keys.signal], timeout=block)
@@ -315,11 +274,15 @@ class JobsMixin:
         """One ``complete`` script call for a batch of completions; one reply per job, in order."""
         keys = self.keys.queue(queue)
         script_keys = [keys.meta, keys.leases, keys.completed]
-        args: list[Any] = [self.max_result_bytes, self.keep_completed, _ms(self.keep_completed_age)]
+        args: list[Any] = [
+            self._limits.max_result_bytes,
+            self._limits.keep_completed,
+            _ms(self._limits.keep_completed_age),
+        ]
         for entry in batch:
             script_keys.append(keys.job(entry.job_id))
             args += (entry.token, entry.result, "1" if entry.want_job else "", entry.last_span)
-        reply = await self._transition(keys, "complete", script_keys, args)
+        reply = await self._store.transition(keys, "complete", script_keys, args)
         if reply[0] != b"BATCH":
             raise BackendError(f"unexpected reply {reply!r} from Redis")
         return [decode_batch_settle(queue, each) for each in reply[1:]]
@@ -335,7 +298,7 @@ class JobsMixin:
     ) -> SettleReply:
         """``active`` → ``delayed`` until Redis time + ``backoff`` (``waiting`` at the back when 0)."""
         keys = self.keys.queue(queue)
-        reply = await self._transition(
+        reply = await self._store.transition(
             keys,
             "retry",
             [keys.meta, keys.job(job_id), keys.leases, keys.ready, keys.delayed, keys.signal],
@@ -350,7 +313,7 @@ class JobsMixin:
         if reason not in DLQ_REASONS:
             raise ValueError(f"unknown DLQ reason {reason!r}; one of {sorted(DLQ_REASONS)}")
         keys = self.keys.queue(queue)
-        reply = await self._transition(
+        reply = await self._store.transition(
             keys,
             "fail",
             [keys.meta, keys.job(job_id), keys.leases, keys.dlq, keys.failed, keys.expired],
@@ -359,8 +322,8 @@ class JobsMixin:
                 job_id,
                 reason,
                 "" if error is None else dumps(dict(error)),
-                self.keep_failed,
-                _ms(self.keep_failed_age),
+                self._limits.keep_failed,
+                _ms(self._limits.keep_failed_age),
             ],
         )
         return decode_settle(queue, reply)
@@ -368,7 +331,7 @@ class JobsMixin:
     async def defer(self, queue: str, job_id: str, token: str) -> SettleReply:
         """``active`` → ``delayed`` until its ``delay_until``, the claim's attempt given back."""
         keys = self.keys.queue(queue)
-        reply = await self._transition(
+        reply = await self._store.transition(
             keys,
             "defer",
             [keys.meta, keys.job(job_id), keys.leases, keys.ready, keys.delayed, keys.signal],
@@ -379,18 +342,18 @@ class JobsMixin:
     async def settle_cancelled(self, queue: str, job_id: str, token: str) -> SettleReply:
         """``active`` → ``cancelled``."""
         keys = self.keys.queue(queue)
-        reply = await self._transition(
+        reply = await self._store.transition(
             keys,
             "settle_cancelled",
             [keys.meta, keys.job(job_id), keys.leases, keys.cancelled],
-            [token, job_id, self.keep_completed, _ms(self.keep_completed_age)],
+            [token, job_id, self._limits.keep_completed, _ms(self._limits.keep_completed_age)],
         )
         return decode_settle(queue, reply)
 
     async def requeue(self, queue: str, job_id: str, token: str, max_interrupts: int) -> SettleReply:
         """``active`` → ``waiting`` at its original place, ``interrupts`` + 1; past the limit → DLQ."""
         keys = self.keys.queue(queue)
-        reply = await self._transition(
+        reply = await self._store.transition(
             keys,
             "requeue",
             [
@@ -403,14 +366,14 @@ class JobsMixin:
                 keys.failed,
                 keys.expired,
             ],
-            [token, job_id, max_interrupts, self.keep_failed, _ms(self.keep_failed_age)],
+            [token, job_id, max_interrupts, self._limits.keep_failed, _ms(self._limits.keep_failed_age)],
         )
         return decode_settle(queue, reply)
 
     async def report_progress(self, queue: str, job_id: str, token: str, progress: float) -> SettleReply:
         """Store the running job's progress (fenced like a settle)."""
         keys = self.keys.queue(queue)
-        reply = await self._transition(
+        reply = await self._store.transition(
             keys, "progress", [keys.meta, keys.job(job_id)], [token, repr(float(progress))]
         )
         return decode_settle(queue, reply)
@@ -424,7 +387,7 @@ class JobsMixin:
         args: list[Any] = [max(_ms(lease), 1)]
         for job_id in ids:
             args += [job_id, leases[job_id]]
-        reply = await self._transition(keys, "renew", [keys.meta, keys.leases], args)
+        reply = await self._store.transition(keys, "renew", [keys.meta, keys.leases], args)
         return {
             job_id: RenewStatus(_scripts.text(status)) for job_id, status in zip(ids, reply[1], strict=True)
         }
@@ -442,8 +405,8 @@ class JobsMixin:
         sent_at: int | str = ""
         if max_delay is not None and self._reap_clock is not None:
             sent_at = round(self._reap_clock + time.monotonic() * 1000)
-        flow_dead = await self._flow_pass(keys, queue)  # first, so the reap's reply is never delayed
-        reply = await self._transition(
+        flow_dead = await self._flows.flow_pass(keys, queue)  # first, so the reap's reply is never delayed
+        reply = await self._store.transition(
             keys,
             "reap",
             [
@@ -461,8 +424,8 @@ class JobsMixin:
                 max(_ms(hold), 1),
                 max_stalls,
                 _REAP_LIMIT,
-                self.keep_failed,
-                _ms(self.keep_failed_age),
+                self._limits.keep_failed,
+                _ms(self._limits.keep_failed_age),
                 sent_at,
                 _ms(max_delay) if max_delay is not None else "",
             ],
@@ -473,9 +436,9 @@ class JobsMixin:
         if reply[0] == b"LATE":
             return ReapReply(is_reaper=False, late=True)
         if reply[0] == b"NOT_REAPER":
-            self._flow_reapers.discard(queue)
+            self._flows.reapers.discard(queue)
             return ReapReply(is_reaper=False, dead=flow_dead)
-        self._flow_reapers.add(queue)
+        self._flows.reapers.add(queue)
         return ReapReply(
             is_reaper=True,
             stalled=decode_stored(queue, reply[2]),
@@ -487,32 +450,32 @@ class JobsMixin:
     async def pause(self, queue: str) -> None:
         """Stop claims on the queue (jobs can still be enqueued)."""
         keys = self.keys.queue(queue)
-        await self._transition(keys, "control", [keys.meta, keys.ready, keys.signal], ["pause"])
+        await self._store.transition(keys, "control", [keys.meta, keys.ready, keys.signal], ["pause"])
 
     async def resume(self, queue: str) -> None:
         """Allow claims again and wake idle workers, one token per ready job."""
         keys = self.keys.queue(queue)
-        await self._transition(keys, "control", [keys.meta, keys.ready, keys.signal], ["resume"])
+        await self._store.transition(keys, "control", [keys.meta, keys.ready, keys.signal], ["resume"])
 
     async def is_queue_paused(self, queue: str) -> bool:
         """Whether the queue is paused."""
         keys = self.keys.queue(queue)
-        await self._epoch(keys)
+        await self._store.epoch(keys)
         return bool(await self.connections.run(lambda client: client.hget(keys.meta, "paused")) == b"1")
 
     async def cancel(self, queue: str, job_id: str) -> CancelStatus:
         """Cancel a queued job, or flag a running one and tell its owner at once (cancel hint)."""
         keys = self.keys.queue(queue)
-        reply = await self._transition(
+        reply = await self._store.transition(
             keys,
             "cancel",
             [keys.meta, keys.job(job_id), keys.ready, keys.delayed, keys.cancelled],
-            [job_id, self.keep_completed, _ms(self.keep_completed_age)],
+            [job_id, self._limits.keep_completed, _ms(self._limits.keep_completed_age)],
         )
         code = reply[0]
         if code == b"RUNNING":
-            self._hints.notify(queue, job_id)
-            await self.publish_event(hint(queue, job_id, self.origin), channel="control")
+            self._store.hints.notify(queue, job_id)
+            await self._events.publish_event(hint(queue, job_id, self._store.origin), channel="control")
             return CancelStatus.RUNNING
         if code == b"OK":
             return CancelStatus.CANCELLED

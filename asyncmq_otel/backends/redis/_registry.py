@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..base import WorkerInfo
 from . import _scripts
-from ._connection import Connections
-from ._keys import Keys
 
-__all__ = ["RegistryMixin", "server_of"]
+if TYPE_CHECKING:
+    from ._store import Store
+
+__all__ = ["Registry", "server_of"]
 
 
 def server_of(url: str) -> tuple[str | None, int | None]:
@@ -34,12 +35,14 @@ def _ms(seconds: float) -> int:
     return max(math.ceil(seconds * 1000), 0)
 
 
-class RegistryMixin:
+class Registry:
     """Methods over the ``{@}``-tagged global keys, shared by every queue under the prefix."""
 
-    connections: Connections
-    keys: Keys
-    _consumed: dict[str, list[str]]  # worker id -> queues, of the workers heartbeating through this client
+    def __init__(self, store: Store) -> None:
+        self.keys = store.keys
+        self.connections = store.connections
+        # worker id -> queues, of the workers heartbeating through this client
+        self._consumed: dict[str, list[str]] = {}
 
     def _consumers_key(self, queue: str) -> str:
         # Under the {@} tag like the registry, so a heartbeat updates both in one slot.
@@ -81,21 +84,15 @@ class RegistryMixin:
             ],
             info.queues,
         )
-        self._consumed_queues()[info.worker_id] = list(info.queues)
+        self._consumed[info.worker_id] = list(info.queues)
         info.heartbeat_at = int(reply[1]) / 1000.0
 
     async def deregister_worker(self, worker_id: str) -> None:
         """Remove a worker's registration (and its entries in the per-queue consumer sets)."""
-        queues = self._consumed_queues().pop(worker_id, None)
+        queues = self._consumed.pop(worker_id, None)
         if queues is None:  # registered through another client: its stored info names its queues
             queues = await self._registered_queues(worker_id)
         await self._workers(["drop", worker_id], queues)
-
-    def _consumed_queues(self) -> dict[str, list[str]]:
-        consumed = getattr(self, "_consumed", None)
-        if consumed is None:
-            consumed = self._consumed = {}
-        return consumed
 
     async def _registered_queues(self, worker_id: str) -> list[str]:
         raw = await self.connections.run(lambda client: client.hget(self.keys.workers_info, worker_id))
