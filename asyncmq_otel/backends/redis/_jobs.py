@@ -55,11 +55,6 @@ _Prepared = tuple[
 ]  # job id, payload, delay in ms, '<delay_ms>,<priority>,<ttl_ms>,<nonce>'
 
 
-def _ms(seconds: float) -> int:
-    """Seconds as whole milliseconds, rounded up so nothing is ever due early."""
-    return max(math.ceil(seconds * 1000), 0)
-
-
 def _envelope_priority_ttl(payload: str) -> tuple[object, object]:
     """The envelope's ``priority`` (5 when absent) and ``ttl``.
 
@@ -112,7 +107,7 @@ class JobStore:
         if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and math.isfinite(ttl):
             ttl_ms = str(round(ttl * 1000))
         delay = item.delay
-        delay_ms = _ms(delay) if delay else 0
+        delay_ms = _scripts.ms(delay) if delay else 0
         # without a caller's nonce, one per item of this call: a re-send of the call replays,
         # another call (or the same id twice in one batch) is a duplicate
         nonce = item.nonce or f"{call_nonce}.{index}"
@@ -196,7 +191,7 @@ class JobStore:
             keys,
             "claim",
             [keys.meta, keys.ready, keys.delayed, keys.leases, keys.signal, keys.claim(nonce), keys.rate],
-            [worker_id, max(count, 0), max(_ms(lease), 1), nonce, _PROMOTE_LIMIT],
+            [worker_id, max(count, 0), max(_scripts.ms(lease), 1), nonce, _PROMOTE_LIMIT],
         )
         code, now = reply[0], int(reply[1]) / 1000.0
         if code == b"PAUSED":
@@ -277,7 +272,7 @@ class JobStore:
         args: list[Any] = [
             self._limits.max_result_bytes,
             self._limits.keep_completed,
-            _ms(self._limits.keep_completed_age),
+            _scripts.ms(self._limits.keep_completed_age),
         ]
         for entry in batch:
             script_keys.append(keys.job(entry.job_id))
@@ -302,7 +297,13 @@ class JobStore:
             keys,
             "retry",
             [keys.meta, keys.job(job_id), keys.leases, keys.ready, keys.delayed, keys.signal],
-            [token, job_id, _ms(backoff) if backoff > 0 else 0, dumps(dict(error)), prev_attempt or ""],
+            [
+                token,
+                job_id,
+                _scripts.ms(backoff) if backoff > 0 else 0,
+                dumps(dict(error)),
+                prev_attempt or "",
+            ],
         )
         return decode_settle(queue, reply)
 
@@ -323,7 +324,7 @@ class JobStore:
                 reason,
                 "" if error is None else dumps(dict(error)),
                 self._limits.keep_failed,
-                _ms(self._limits.keep_failed_age),
+                _scripts.ms(self._limits.keep_failed_age),
             ],
         )
         return decode_settle(queue, reply)
@@ -346,7 +347,7 @@ class JobStore:
             keys,
             "settle_cancelled",
             [keys.meta, keys.job(job_id), keys.leases, keys.cancelled],
-            [token, job_id, self._limits.keep_completed, _ms(self._limits.keep_completed_age)],
+            [token, job_id, self._limits.keep_completed, _scripts.ms(self._limits.keep_completed_age)],
         )
         return decode_settle(queue, reply)
 
@@ -366,7 +367,13 @@ class JobStore:
                 keys.failed,
                 keys.expired,
             ],
-            [token, job_id, max_interrupts, self._limits.keep_failed, _ms(self._limits.keep_failed_age)],
+            [
+                token,
+                job_id,
+                max_interrupts,
+                self._limits.keep_failed,
+                _scripts.ms(self._limits.keep_failed_age),
+            ],
         )
         return decode_settle(queue, reply)
 
@@ -384,7 +391,7 @@ class JobStore:
             return {}
         keys = self.keys.queue(queue)
         ids = list(leases)
-        args: list[Any] = [max(_ms(lease), 1)]
+        args: list[Any] = [max(_scripts.ms(lease), 1)]
         for job_id in ids:
             args += [job_id, leases[job_id]]
         reply = await self._store.transition(keys, "renew", [keys.meta, keys.leases], args)
@@ -421,13 +428,13 @@ class JobStore:
             ],
             [
                 worker_id,
-                max(_ms(hold), 1),
+                max(_scripts.ms(hold), 1),
                 max_stalls,
                 _REAP_LIMIT,
                 self._limits.keep_failed,
-                _ms(self._limits.keep_failed_age),
+                _scripts.ms(self._limits.keep_failed_age),
                 sent_at,
-                _ms(max_delay) if max_delay is not None else "",
+                _scripts.ms(max_delay) if max_delay is not None else "",
             ],
             retry=False,  # outage grace: a reap is never replayed across a reconnect
         )
@@ -470,7 +477,7 @@ class JobStore:
             keys,
             "cancel",
             [keys.meta, keys.job(job_id), keys.ready, keys.delayed, keys.cancelled],
-            [job_id, self._limits.keep_completed, _ms(self._limits.keep_completed_age)],
+            [job_id, self._limits.keep_completed, _scripts.ms(self._limits.keep_completed_age)],
         )
         code = reply[0]
         if code == b"RUNNING":

@@ -9,7 +9,6 @@ every registration.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -31,10 +30,6 @@ def server_of(url: str) -> tuple[str | None, int | None]:
     return parts.hostname, parts.port or 6379
 
 
-def _ms(seconds: float) -> int:
-    return max(math.ceil(seconds * 1000), 0)
-
-
 class Registry:
     """Methods over the ``{@}``-tagged global keys, shared by every queue under the prefix."""
 
@@ -53,7 +48,7 @@ class Registry:
         """Take the sampler lock when it is free, or extend it when ``owner`` holds it."""
         reply = await self.connections.run(
             lambda client: _scripts.call(
-                client, "sampler_lock", [self.keys.sampler_lock], [owner, max(_ms(ttl), 1)]
+                client, "sampler_lock", [self.keys.sampler_lock], [owner, max(_scripts.ms(ttl), 1)]
             )
         )
         return bool(int(reply[1]))
@@ -79,7 +74,7 @@ class Registry:
             [
                 "beat",
                 info.worker_id,
-                max(_ms(ttl), 1),
+                max(_scripts.ms(ttl), 1),
                 json.dumps(info.to_dict(), separators=(",", ":"), ensure_ascii=False, default=str),
             ],
             info.queues,
