@@ -10,7 +10,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .backends.base import Backend, ScheduleStore
+from .backends.base import Backend
+from .backends.capabilities import ScheduleStore
 from .errors import ConfigError, InvalidSchedule, ScheduleNotFound
 from .schedules import ScheduleRecord, ScheduleSpec, check_schedule_key
 from .tasks import TASK_REGISTRY

@@ -26,11 +26,10 @@ from .backends.base import (
     FlowNode,
     QueueRateLimit,
     QueueStats,
-    RateLimitStore,
     StoredJob,
     WorkerInfo,
 )
-from .backends.capabilities import FlowBackend
+from .backends.capabilities import FlowBackend, RateLimitStore
 from .errors import ConfigError, DuplicateJob, JobArgumentError, TaskNameWarning, UnsupportedOption
 from .events import LifecycleEvent, Operation, bus
 from .jobs import (

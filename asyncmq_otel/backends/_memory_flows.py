@@ -20,8 +20,9 @@ from .base import FlowNode
 if TYPE_CHECKING:
     import threading
 
+    from ._memory_record import _Queue, _Record
     from .base import EnqueueItem, EnqueueReply, StoredJob
-    from .memory import InMemoryBackend, _Queue, _Record
+    from .memory import InMemoryBackend
 
 __all__ = ["MemoryFlows", "MemoryFlowsMixin"]
 

@@ -11,13 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..errors import MalformedJob
 from ..jobs import Job
-
-if TYPE_CHECKING:
-    from ..schedules import ScheduleRecord
 
 __all__ = [
     "Backend",
@@ -32,10 +29,8 @@ __all__ = [
     "LeaseRenewer",
     "QueueRateLimit",
     "QueueStats",
-    "RateLimitStore",
     "ReapReply",
     "RenewStatus",
-    "ScheduleStore",
     "SettleReply",
     "SettleStatus",
     "StoredJob",
@@ -608,60 +603,6 @@ class FireReply:
     duplicates: list[str] = field(default_factory=list)
 
 
-@runtime_checkable
-class ScheduleStore(Protocol):
-    """An optional backend capability: durable schedules (periodic jobs) and firing their ticks.
-
-    Both built-in backends have it; a backend without it still runs every other job. Times are
-    integer milliseconds of the backend's clock.
-    """
-
-    async def schedule_upsert(self, queue: str, record: ScheduleRecord) -> bool:
-        """Store a schedule unless one with the same key and revision exists; True when written.
-
-        A redefined schedule keeps its paused flag and its last run.
-        """
-        ...
-
-    async def schedule_get(self, queue: str, key: str) -> ScheduleRecord | None:
-        """One stored schedule."""
-        ...
-
-    async def schedule_list(self, queue: str) -> list[ScheduleRecord]:
-        """Every schedule of the queue, soonest first (paused ones last)."""
-        ...
-
-    async def schedule_remove(self, queue: str, key: str) -> bool:
-        """Delete a schedule (its fired jobs stay); False when absent."""
-        ...
-
-    async def schedule_set_paused(
-        self, queue: str, key: str, *, paused: bool, next_due_ms: int | None
-    ) -> bool:
-        """Pause, or resume with a new next due time; False when absent."""
-        ...
-
-    async def schedule_peek(self, queue: str, limit: int) -> tuple[int, list[ScheduleRecord], int | None]:
-        """The backend's time, up to ``limit`` due schedules, and the earliest next due time."""
-        ...
-
-    async def schedule_fire(
-        self,
-        queue: str,
-        key: str,
-        rev: str,
-        expected_due_ms: int,
-        jobs: Sequence[tuple[int, EnqueueItem]],
-        next_due_ms: int,
-    ) -> FireReply:
-        """Fire a tick: store the jobs (skipping ids that exist) and the next due time, atomically.
-
-        Only if ``key`` still has revision ``rev`` and next due ``expected_due_ms``, and every job's
-        due time has passed on the backend's clock; otherwise nothing is written.
-        """
-        ...
-
-
 @dataclass(frozen=True, slots=True)
 class QueueRateLimit:
     """A queue's shared rate limit: at most ``limit`` claims in any window of ``interval`` seconds."""
@@ -670,23 +611,14 @@ class QueueRateLimit:
     interval: float
 
 
-@runtime_checkable
-class RateLimitStore(Protocol):
-    """An optional backend capability: a rate limit per queue, shared by every worker of the queue.
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - the moved Protocol classes
+    """``ScheduleStore`` and ``RateLimitStore``, importable from here as before they moved.
 
-    The limit is stored with the queue; :meth:`Backend.claim` enforces it in the claim's own atomic
-    step, from a sliding log of claim times on the backend's clock, so no window of ``interval``
-    seconds ever holds more than ``limit`` claims, whatever the number of workers.
+    They live in ``capabilities`` (optional parts of the port), which imports this module: a lazy
+    lookup keeps the old import path without an import cycle.
     """
+    if name in {"ScheduleStore", "RateLimitStore"}:
+        from . import capabilities  # noqa: PLC0415 - lazy: capabilities imports this module
 
-    async def set_rate_limit(self, queue: str, limit: int, interval: float) -> None:
-        """Store (or replace) the queue's limit; claims already made keep counting in their window."""
-        ...
-
-    async def clear_rate_limit(self, queue: str) -> bool:
-        """Remove the queue's limit (and the log of claims it counted); False when it had none."""
-        ...
-
-    async def get_rate_limit(self, queue: str) -> QueueRateLimit | None:
-        """The queue's limit, or ``None``."""
-        ...
+        return getattr(capabilities, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

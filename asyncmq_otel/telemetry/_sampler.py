@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
-from ..backends.base import ScheduleStore
-from ..backends.capabilities import ConsumerCounter, SamplerLock  # still importable from here
+from ..backends.capabilities import ConsumerCounter, SamplerLock, ScheduleStore  # still importable from here
 from ._schedule_metrics import ScheduleGauges
 
 if TYPE_CHECKING:

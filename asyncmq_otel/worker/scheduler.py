@@ -18,7 +18,8 @@ import anyio
 import anyio.from_thread
 
 from .._lifecycle import emit_job_event, server_fields
-from ..backends.base import Backend, EnqueueItem, FireReply, ScheduleStore
+from ..backends.base import Backend, EnqueueItem, FireReply
+from ..backends.capabilities import ScheduleStore
 from ..clock import Clock, system_clock
 from ..errors import AsyncMQError
 from ..events import Operation, bus

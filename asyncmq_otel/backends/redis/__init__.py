@@ -4,91 +4,56 @@ Keys are ``<prefix>:{<queue>}:<name>`` (see ``_keys.py``), so a queue's scripts 
 Redis Cluster. Each script checks the queue's epoch, validates, and only then writes; transitions
 of a claimed job are fenced on its claim token. Time comes from Redis ``TIME`` inside the
 scripts. Replies are decoded to the same typed records as ``InMemoryBackend`` returns.
+
+``RedisBackend`` is the port's face; the work is done by collaborators it owns, one per
+responsibility (``_jobs``, ``_admin``, ``_registry``, ``_events``, ``_schedules``, ``_flows``,
+``_ratelimit``), which share one ``_store.Store``: connections, keys, limits and the epoch-checked
+script call.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import os
-import threading
-import time
-import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from ...errors import BackendError, PayloadTooLarge
-from ...jobs import DLQ_REASONS, check_job_id
 from ...settings import get_settings
 from ..base import (
     CancelStatus,
-    ClaimedJob,
     ClaimReply,
     DataLossCallback,
     EnqueueItem,
     EnqueueReply,
+    FireReply,
+    FlowNode,
+    QueueRateLimit,
+    QueueStats,
     ReapReply,
     RenewStatus,
     SettleReply,
+    StoredJob,
+    WorkerInfo,
 )
-from . import _scripts
-from ._admin import AdminMixin
-from ._batch import CompleteBatcher, PendingComplete
-from ._connection import AsyncClient, Connections, ConnectionSettings, mask_url, probe_server
-from ._decode import (
-    claimed_attempts,
-    decode_batch_settle,
-    decode_settle,
-    decode_stored,
-    decode_values,
-    dumps,
-    loads,
-)
-from ._events import CancelHints, EventsMixin, hint
-from ._flows import FlowsMixin
-from ._keys import Keys, QueueKeys
-from ._ratelimit import RateLimitMixin
-from ._registry import RegistryMixin, server_of
+from ._admin import Admin
+from ._connection import Connections, ConnectionSettings, mask_url, probe_server
+from ._events import Channel, EventChannel, EventSubscription
+from ._flows import OUTBOX_PAGE, FlowStore
+from ._jobs import JobStore
+from ._keys import Keys
+from ._ratelimit import RateLimits
+from ._registry import Registry, server_of
 from ._renewer import RedisLeaseRenewer
-from ._schedules import SchedulesMixin
+from ._schedules import Schedules
+from ._store import Limits, Store
+
+if TYPE_CHECKING:
+    from ...schedules import ScheduleRecord
 
 __all__ = ["DEFAULT_URL", "RedisBackend"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
-_PROMOTE_LIMIT = 100
-_REAP_LIMIT = 100
-_BULK_CHUNK = 500  # jobs per enqueue script call: long enough to amortise, short enough not to stall Redis
-_PRIORITY_BOUND = 500  # |priority| past this would lose FIFO precision in the ready score (2^44 per step)
-
-_log = logging.getLogger("asyncmq_otel.backends.redis")
 
 
-_Prepared = tuple[
-    str, str, int, str
-]  # job id, payload, delay in ms, '<delay_ms>,<priority>,<ttl_ms>,<nonce>'
-
-
-def _ms(seconds: float) -> int:
-    """Seconds as whole milliseconds, rounded up so nothing is ever due early."""
-    return max(math.ceil(seconds * 1000), 0)
-
-
-def _envelope_priority_ttl(payload: str) -> tuple[object, object]:
-    """The envelope's ``priority`` (5 when absent) and ``ttl``.
-
-    A payload that is not a JSON object gives ``(5, None)``: it is stored as is, and the worker
-    dead-letters it as malformed_payload.
-    """
-    try:
-        envelope = loads(payload)
-    except (ValueError, RecursionError):  # a malformed payload is stored as is (see above)
-        return 5, None
-    if not isinstance(envelope, dict):
-        return 5, None
-    return envelope.get("priority", 5), envelope.get("ttl")
-
-
-class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, FlowsMixin, RateLimitMixin):
+class RedisBackend:
     """Jobs in Redis (or a Redis Cluster), shared by every worker and producer that uses the prefix.
 
     Args:
@@ -148,26 +113,26 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
         self.keys = Keys(prefix if prefix is not None else settings.redis_prefix)
         self.prefix = self.keys.prefix
         self.cluster = cluster
-        self.max_payload_bytes = (
-            max_payload_bytes if max_payload_bytes is not None else settings.max_payload_bytes
+        self.limits = Limits(
+            max_payload_bytes=max_payload_bytes
+            if max_payload_bytes is not None
+            else settings.max_payload_bytes,
+            max_result_bytes=max_result_bytes if max_result_bytes is not None else settings.max_result_bytes,
+            keep_completed=keep_completed if keep_completed is not None else settings.keep_completed,
+            keep_completed_age=(
+                keep_completed_age if keep_completed_age is not None else settings.keep_completed_age
+            ),
+            keep_failed=keep_failed if keep_failed is not None else settings.keep_failed,
+            keep_failed_age=keep_failed_age if keep_failed_age is not None else settings.keep_failed_age,
+            block_timeout=block_timeout if block_timeout is not None else settings.block_timeout,
         )
-        self.max_result_bytes = (
-            max_result_bytes if max_result_bytes is not None else settings.max_result_bytes
-        )
-        self.keep_completed = keep_completed if keep_completed is not None else settings.keep_completed
-        self.keep_completed_age = (
-            keep_completed_age if keep_completed_age is not None else settings.keep_completed_age
-        )
-        self.keep_failed = keep_failed if keep_failed is not None else settings.keep_failed
-        self.keep_failed_age = keep_failed_age if keep_failed_age is not None else settings.keep_failed_age
-        self.block_timeout = block_timeout if block_timeout is not None else settings.block_timeout
         self.connections = Connections(
             ConnectionSettings(
                 url,
                 cluster=cluster,
                 socket_timeout=socket_timeout,
                 connect_timeout=connect_timeout,
-                block_timeout=self.block_timeout,
+                block_timeout=self.limits.block_timeout,
                 retry_timeout=retry_timeout,
                 ssl_ca_certs=ssl_ca_certs,
                 ssl_certfile=ssl_certfile,
@@ -176,89 +141,90 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
                 client_name=client_name,
             )
         )
-        self.on_data_loss: DataLossCallback | None = None
         self.server_address, self.server_port = server_of(url)
-        self.origin = uuid.uuid4().hex
-        self._epochs: dict[str, str] = {}
-        self._epoch_lock = threading.Lock()
-        self._hints = CancelHints(self.connections.settings, self.keys.control, self.origin)
-        self._completions = CompleteBatcher(self._complete_batch)
-        self._reap_clock: float | None = None  # see reap()
+        self._store = Store(self.keys, self.connections, self.limits)
+        self.origin = self._store.origin
+        self._events = EventChannel(self._store)
+        self._flows = FlowStore(self._store)
+        self._jobs = JobStore(self._store, self._flows, self._events)
+        self._admin = Admin(self._store)
+        self._registry = Registry(self._store)
+        self._schedules = Schedules(self._store, self._events)
+        self._rate_limits = RateLimits(self._store)
 
     def __repr__(self) -> str:
         return f"RedisBackend({mask_url(self.url)!r}, prefix={self.prefix!r}, cluster={self.cluster})"
+
+    # -- settings kept by the collaborators -----------------------------------------------------------
+    @property
+    def on_data_loss(self) -> DataLossCallback | None:
+        """Called as ``(queue, old_epoch, new_epoch)`` when a queue's data was lost."""
+        return self._store.on_data_loss
+
+    @on_data_loss.setter
+    def on_data_loss(self, callback: DataLossCallback | None) -> None:
+        self._store.on_data_loss = callback
+
+    @property
+    def flow_stage_timeout(self) -> float:
+        """Seconds a part of a flow across queues may stay staged before a reaper resolves it.
+
+        A producer slower than this between its first part and its commit record finds its flow rolled back.
+        """
+        return self._flows.flow_stage_timeout
+
+    @flow_stage_timeout.setter
+    def flow_stage_timeout(self, seconds: float) -> None:
+        self._flows.flow_stage_timeout = seconds
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest envelope accepted."""
+        return self.limits.max_payload_bytes
+
+    @property
+    def max_result_bytes(self) -> int:
+        """The largest encoded result accepted at completion."""
+        return self.limits.max_result_bytes
+
+    @property
+    def keep_completed(self) -> int:
+        """Completed and cancelled jobs kept, by count."""
+        return self.limits.keep_completed
+
+    @property
+    def keep_completed_age(self) -> float:
+        """Completed and cancelled jobs kept, by age in seconds."""
+        return self.limits.keep_completed_age
+
+    @property
+    def keep_failed(self) -> int:
+        """Dead-lettered jobs kept, by count."""
+        return self.limits.keep_failed
+
+    @property
+    def keep_failed_age(self) -> float:
+        """Dead-lettered jobs kept, by age in seconds."""
+        return self.limits.keep_failed_age
+
+    @property
+    def block_timeout(self) -> float:
+        """The longest single ``BLPOP`` of :meth:`wait_for_work`."""
+        return self.limits.block_timeout
 
     # -- epochs (data loss) ----------------------------------------------------------------------------
     @staticmethod
     def new_epoch() -> str:
         """A random 128-bit epoch."""
-        return uuid.uuid4().hex
+        return Store.new_epoch()
 
     def cached_epoch(self, queue: str) -> str | None:
         """The epoch this process last saw for ``queue``."""
-        return self._epochs.get(queue)
+        return self._store.cached_epoch(queue)
 
     def adopt_epoch(self, queue: str, old: str | None, new: str) -> None:
-        """Record ``new`` as the queue's epoch; report a data loss when it replaced ``old``.
-
-        The event loop and the renewer thread may find the same loss; only the first reports it.
-        ``on_data_loss`` may therefore run in the renewer thread.
-        """
-        with self._epoch_lock:
-            current = self._epochs.get(queue)
-            if current not in {old, None}:
-                return  # another caller adopted the new epoch already
-            self._epochs[queue] = new
-        if old is not None and old != new:
-            _log.error("backend.data_loss: queue %s lost its data (epoch %s -> %s)", queue, old, new)
-            callback = self.on_data_loss
-            if callback is not None:
-                callback(queue, old, new)
-
-    async def _ensure_queue(self, keys: QueueKeys) -> str:
-        new_epoch = self.new_epoch()
-
-        async def op(client: AsyncClient) -> Any:  # noqa: ANN401 - a RESP reply
-            reply = await _scripts.call(
-                client, "ensure_queue", [keys.meta], [new_epoch, _scripts.LAYOUT_VERSION]
-            )
-            await client.zadd(self.keys.queues, {keys.name: time.time()}, nx=True)
-            return reply
-
-        return _scripts.text((await self.connections.run(op))[1])
-
-    async def _epoch(self, keys: QueueKeys) -> str:
-        self._hints.ensure_reader()
-        epoch = self._epochs.get(keys.name)
-        if epoch is None:
-            epoch = await self._ensure_queue(keys)
-            self.adopt_epoch(keys.name, None, epoch)
-        return epoch
-
-    async def _transition(
-        self,
-        keys: QueueKeys,
-        name: str,
-        script_keys: Sequence[str],
-        args: Sequence[Any],
-        *,
-        retry: bool = True,
-    ) -> Any:  # noqa: ANN401 - a RESP reply
-        """Call a script with the queue's epoch; on ``EPOCH``, report the loss, adopt the new one, retry."""
-        epoch = await self._epoch(keys)
-        for _ in range(2):
-            call_args = [epoch, *args]
-
-            async def op(client: AsyncClient, call_args: list[Any] = call_args) -> Any:  # noqa: ANN401 - RESP
-                return await _scripts.call(client, name, script_keys, call_args)
-
-            reply = await self.connections.run(op, retry=retry)
-            if reply[0] != b"EPOCH":
-                return reply
-            fresh = await self._ensure_queue(keys)
-            self.adopt_epoch(keys.name, epoch, fresh)
-            epoch = fresh
-        raise BackendError(f"the epoch of queue {keys.name!r} keeps changing; is something flushing Redis?")
+        """Record ``new`` as the queue's epoch; report a data loss when it replaced ``old``."""
+        self._store.adopt_epoch(queue, old, new)
 
     # -- time and lifecycle -------------------------------------------------------------------------
     async def now(self) -> float:
@@ -268,7 +234,7 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
 
     async def close(self) -> None:
         """Close every connection; the backend reconnects on its next call."""
-        await self._hints.aclose()
+        await self._store.hints.aclose()
         await self.connections.aclose()
 
     async def probe(self) -> dict[str, Any]:
@@ -282,182 +248,26 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
         """
         return await probe_server(self.connections)
 
-    # -- producer -----------------------------------------------------------------------------------
-    def _item_args(self, item: EnqueueItem, call_nonce: str, index: int) -> _Prepared:
-        """``(id, payload, delay_ms, '<delay_ms>,<priority>,<ttl_ms>,<nonce>')`` after the local checks.
+    def lease_renewer(self) -> RedisLeaseRenewer:
+        """A synchronous renewal channel with its own connection, for the renewer thread."""
+        return RedisLeaseRenewer(self._store)
 
-        Priority and TTL come from the item when the producer set them, else from the payload.
-        """
-        check_job_id(item.job_id)
-        payload = item.payload
-        # the size in bytes: the length itself for ASCII text (the usual case), no encoding needed
-        size = len(payload) if payload.isascii() else len(payload.encode("utf-8"))
-        if size > self.max_payload_bytes:
-            raise PayloadTooLarge(size, self.max_payload_bytes)
-        priority: object = item.priority
-        ttl: object = item.ttl
-        if priority is None:
-            priority, ttl = _envelope_priority_ttl(payload)
-        if type(priority) is not int:
-            priority = 5 if not isinstance(priority, int) or isinstance(priority, bool) else int(priority)
-        if priority != 5:  # noqa: PLR2004 - the default priority
-            priority = max(-_PRIORITY_BOUND, min(_PRIORITY_BOUND, priority))
-        ttl_ms = ""
-        if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and math.isfinite(ttl):
-            ttl_ms = str(round(ttl * 1000))
-        delay = item.delay
-        delay_ms = _ms(delay) if delay else 0
-        # without a caller's nonce, one per item of this call: a re-send of the call replays,
-        # another call (or the same id twice in one batch) is a duplicate
-        nonce = item.nonce or f"{call_nonce}.{index}"
-        return item.job_id, payload, delay_ms, f"{delay_ms},{priority},{ttl_ms},{nonce}"
-
+    # -- jobs (JobStore) --------------------------------------------------------------------------
     async def enqueue(self, queue: str, item: EnqueueItem) -> EnqueueReply:
         """Store one job (idempotent by id and nonce)."""
-        return (await self.enqueue_bulk(queue, [item]))[0]
+        return await self._jobs.enqueue(queue, item)
 
     async def enqueue_bulk(self, queue: str, items: Sequence[EnqueueItem]) -> list[EnqueueReply]:
         """Store several jobs in one round trip (script calls of up to 500 jobs, pipelined)."""
-        if any(item.depends_on for item in items):  # parents are checked and linked first
-            return await self.add_flow([(queue, item) for item in items])
-        keys = self.keys.queue(queue)
-        # a nonce of the call only for items without their own (Queue gives every item one)
-        call_nonce = "" if all(item.nonce for item in items) else os.urandom(16).hex()
-        prepared = [self._item_args(item, call_nonce, index) for index, item in enumerate(items)]
-        if not prepared:
-            return []
-        chunks = [prepared[start : start + _BULK_CHUNK] for start in range(0, len(prepared), _BULK_CHUNK)]
-        calls = []
-        for chunk in chunks:
-            script_keys = [keys.meta, keys.ready, keys.delayed, keys.signal]
-            args: list[Any] = [self.max_payload_bytes]
-            for job_id, payload, _delay, spec in chunk:
-                script_keys.append(keys.job(job_id))
-                args += (payload, spec)
-            calls.append((script_keys, args))
-        epoch = await self._epoch(keys)
-        for _ in range(2):
-            batch = [("enqueue", script_keys, [epoch, *args]) for script_keys, args in calls]
+        return await self._jobs.enqueue_bulk(queue, items)
 
-            async def op(client: AsyncClient, batch: list[Any] = batch) -> list[Any]:
-                if len(batch) == 1:  # one script call: no pipeline needed
-                    return [await _scripts.call(client, *batch[0])]
-                return await _scripts.call_many(client, batch)
-
-            replies = await self.connections.run(op)
-            if not any(reply[0] == b"EPOCH" for reply in replies):
-                break
-            fresh = await self._ensure_queue(keys)
-            self.adopt_epoch(queue, epoch, fresh)
-            epoch = fresh  # chunks already stored replay by nonce on the second pass
-        else:
-            raise BackendError(f"the epoch of queue {queue!r} keeps changing; is something flushing Redis?")
-        return self._enqueue_replies(chunks, replies)
-
-    def _enqueue_replies(
-        self, chunks: Sequence[Sequence[_Prepared]], replies: Sequence[Any]
-    ) -> list[EnqueueReply]:
-        """One reply per job: jobs the script did not list were stored now (state and times follow)."""
-        out: list[EnqueueReply] = []
-        for chunk, reply in zip(chunks, replies, strict=True):
-            if reply[0] == b"TOO_LARGE":  # only when max_payload_bytes differs between producers
-                raise PayloadTooLarge(int(reply[2]), self.max_payload_bytes)
-            if reply[0] == b"NOT_A_HASH":  # another program wrote over the key: nothing was stored
-                job_id = chunk[int(reply[1]) - 1][0]
-                raise BackendError(
-                    f"the key of job {job_id!r} holds another Redis type, not a job hash; nothing of "
-                    "this batch was stored (delete the key or use another id)"
-                )
-            now = int(reply[1])
-            held = {int(other[0]): other for other in reply[2]}
-            for index, (job_id, _payload, delay_ms, _spec) in enumerate(chunk, start=1):
-                other = held.get(index)
-                if other is None:  # stored now
-                    state = "delayed" if delay_ms > 0 else "waiting"
-                    out.append(
-                        EnqueueReply(
-                            job_id,
-                            state,
-                            duplicate=False,
-                            enqueued_at=now / 1000.0,
-                            eligible_at=(now + delay_ms) / 1000.0,
-                        )
-                    )
-                else:
-                    _index, code, state_bytes, enqueued_at, eligible_at = other
-                    out.append(
-                        EnqueueReply(
-                            job_id,
-                            _scripts.text(state_bytes),
-                            code == b"DUPLICATE",
-                            int(enqueued_at) / 1000.0,
-                            int(eligible_at) / 1000.0,
-                        )
-                    )
-        return out
-
-    # -- worker -------------------------------------------------------------------------------------
     async def claim(self, queue: str, worker_id: str, count: int, lease: float) -> ClaimReply:
         """Promote due delayed jobs, then move up to ``count`` ready jobs to ``active`` under a lease."""
-        keys = self.keys.queue(queue)
-        nonce = uuid.uuid4().hex
-        reply = await self._transition(
-            keys,
-            "claim",
-            [keys.meta, keys.ready, keys.delayed, keys.leases, keys.signal, keys.claim(nonce), keys.rate],
-            [worker_id, max(count, 0), max(_ms(lease), 1), nonce, _PROMOTE_LIMIT],
-        )
-        code, now = reply[0], int(reply[1]) / 1000.0
-        if code == b"PAUSED":
-            return ClaimReply([], paused=True, now=now)
-        if code == b"EMPTY":
-            wait = int(reply[2])
-            return ClaimReply([], next_due_in=None if wait < 0 else wait / 1000.0, now=now)
-        if code == b"THROTTLED":  # the queue's shared rate limit has no token left
-            return ClaimReply([], now=now, throttled_for=int(reply[2]) / 1000.0)
-        if not int(reply[3]):  # a replayed claim: the values are as stored after it
-            return ClaimReply(
-                [
-                    ClaimedJob.from_fields(decode_values(queue, _scripts.text(job_id), values), now)
-                    for job_id, values in reply[2]
-                ],
-                now=now,
-            )
-        jobs = []
-        for index, (job_id, values) in enumerate(reply[2]):
-            # the values were read before the claim wrote; apply what it wrote, as the script did
-            overlay = {
-                "state": "active",
-                "token": f"{nonce}.{index}",
-                "owner": worker_id,
-                "attempts": claimed_attempts(values[2]),
-                "cancel_requested": False,
-            }
-            raw = decode_values(queue, job_id.decode("utf-8", "replace"), values, overlay)
-            jobs.append(ClaimedJob.from_fields(raw, now))
-        cut = int(reply[4])  # the shared rate limit cut the claim short: ms until a token frees
-        return ClaimReply(jobs, now=now, throttled_for=None if cut < 0 else cut / 1000.0)
+        return await self._jobs.claim(queue, worker_id, count, lease)
 
     async def wait_for_work(self, queue: str, timeout: float) -> bool:
         """``BLPOP`` a wake token on the blocking connection, in slices of at most ``block_timeout``."""
-        keys = self.keys.queue(queue)
-        self._hints.ensure_reader()
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                popped = await self.connections.run(lambda client: client.lpop(keys.signal))
-                return popped is not None
-            block = max(min(remaining, self.block_timeout), 0.01)
-
-            async def pop(client: AsyncClient, block: float = block) -> Any:  # noqa: ANN401 - RESP
-                return await client.blpop([keys.signal], timeout=block)
-
-            got = await self.connections.run(pop, blocking=True)
-            if got:
-                return True
-            if deadline - time.monotonic() <= 0.005:  # noqa: PLR2004 - BLPOP rounds to its clock tick
-                return False
+        return await self._jobs.wait_for_work(queue, timeout)
 
     async def complete(
         self,
@@ -469,28 +279,8 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
         want_job: bool = True,
         last_span: str | None = None,
     ) -> SettleReply:
-        """``active`` → ``completed`` with the JSON-encoded ``result`` (the job too, if ``want_job``).
-
-        Concurrent completions of a queue share one script call (each job its own fenced transition).
-        """
-        return await self._completions.submit(
-            queue, job_id, token, result, want_job=want_job, last_span=last_span or ""
-        )
-
-    async def _complete_batch(
-        self, queue: str, batch: list[PendingComplete]
-    ) -> list[SettleReply | Exception]:
-        """One ``complete`` script call for a batch of completions; one reply per job, in order."""
-        keys = self.keys.queue(queue)
-        script_keys = [keys.meta, keys.leases, keys.completed]
-        args: list[Any] = [self.max_result_bytes, self.keep_completed, _ms(self.keep_completed_age)]
-        for entry in batch:
-            script_keys.append(keys.job(entry.job_id))
-            args += (entry.token, entry.result, "1" if entry.want_job else "", entry.last_span)
-        reply = await self._transition(keys, "complete", script_keys, args)
-        if reply[0] != b"BATCH":
-            raise BackendError(f"unexpected reply {reply!r} from Redis")
-        return [decode_batch_settle(queue, each) for each in reply[1:]]
+        """``active`` → ``completed`` with the JSON-encoded ``result`` (the job too, if ``want_job``)."""
+        return await self._jobs.complete(queue, job_id, token, result, want_job=want_job, last_span=last_span)
 
     async def retry(
         self,
@@ -502,192 +292,222 @@ class RedisBackend(AdminMixin, RegistryMixin, EventsMixin, SchedulesMixin, Flows
         prev_attempt: str | None = None,
     ) -> SettleReply:
         """``active`` → ``delayed`` until Redis time + ``backoff`` (``waiting`` at the back when 0)."""
-        keys = self.keys.queue(queue)
-        reply = await self._transition(
-            keys,
-            "retry",
-            [keys.meta, keys.job(job_id), keys.leases, keys.ready, keys.delayed, keys.signal],
-            [token, job_id, _ms(backoff) if backoff > 0 else 0, dumps(dict(error)), prev_attempt or ""],
-        )
-        return decode_settle(queue, reply)
+        return await self._jobs.retry(queue, job_id, token, backoff, error, prev_attempt)
 
     async def fail(
         self, queue: str, job_id: str, token: str, reason: str, error: Mapping[str, Any] | None = None
     ) -> SettleReply:
         """``active`` → DLQ with ``reason`` (state ``expired`` for reason ``expired``, else ``failed``)."""
-        if reason not in DLQ_REASONS:
-            raise ValueError(f"unknown DLQ reason {reason!r}; one of {sorted(DLQ_REASONS)}")
-        keys = self.keys.queue(queue)
-        reply = await self._transition(
-            keys,
-            "fail",
-            [keys.meta, keys.job(job_id), keys.leases, keys.dlq, keys.failed, keys.expired],
-            [
-                token,
-                job_id,
-                reason,
-                "" if error is None else dumps(dict(error)),
-                self.keep_failed,
-                _ms(self.keep_failed_age),
-            ],
-        )
-        return decode_settle(queue, reply)
+        return await self._jobs.fail(queue, job_id, token, reason, error)
 
     async def defer(self, queue: str, job_id: str, token: str) -> SettleReply:
         """``active`` → ``delayed`` until its ``delay_until``, the claim's attempt given back."""
-        keys = self.keys.queue(queue)
-        reply = await self._transition(
-            keys,
-            "defer",
-            [keys.meta, keys.job(job_id), keys.leases, keys.ready, keys.delayed, keys.signal],
-            [token, job_id],
-        )
-        return decode_settle(queue, reply)
+        return await self._jobs.defer(queue, job_id, token)
 
     async def settle_cancelled(self, queue: str, job_id: str, token: str) -> SettleReply:
         """``active`` → ``cancelled``."""
-        keys = self.keys.queue(queue)
-        reply = await self._transition(
-            keys,
-            "settle_cancelled",
-            [keys.meta, keys.job(job_id), keys.leases, keys.cancelled],
-            [token, job_id, self.keep_completed, _ms(self.keep_completed_age)],
-        )
-        return decode_settle(queue, reply)
+        return await self._jobs.settle_cancelled(queue, job_id, token)
 
     async def requeue(self, queue: str, job_id: str, token: str, max_interrupts: int) -> SettleReply:
         """``active`` → ``waiting`` at its original place, ``interrupts`` + 1; past the limit → DLQ."""
-        keys = self.keys.queue(queue)
-        reply = await self._transition(
-            keys,
-            "requeue",
-            [
-                keys.meta,
-                keys.job(job_id),
-                keys.leases,
-                keys.ready,
-                keys.signal,
-                keys.dlq,
-                keys.failed,
-                keys.expired,
-            ],
-            [token, job_id, max_interrupts, self.keep_failed, _ms(self.keep_failed_age)],
-        )
-        return decode_settle(queue, reply)
+        return await self._jobs.requeue(queue, job_id, token, max_interrupts)
 
     async def report_progress(self, queue: str, job_id: str, token: str, progress: float) -> SettleReply:
         """Store the running job's progress (fenced like a settle)."""
-        keys = self.keys.queue(queue)
-        reply = await self._transition(
-            keys, "progress", [keys.meta, keys.job(job_id)], [token, repr(float(progress))]
-        )
-        return decode_settle(queue, reply)
+        return await self._jobs.report_progress(queue, job_id, token, progress)
 
     async def renew(self, queue: str, leases: Mapping[str, str], lease: float) -> dict[str, RenewStatus]:
         """Extend every lease whose token still matches, even past its deadline."""
-        if not leases:
-            return {}
-        keys = self.keys.queue(queue)
-        ids = list(leases)
-        args: list[Any] = [max(_ms(lease), 1)]
-        for job_id in ids:
-            args += [job_id, leases[job_id]]
-        reply = await self._transition(keys, "renew", [keys.meta, keys.leases], args)
-        return {
-            job_id: RenewStatus(_scripts.text(status)) for job_id, status in zip(ids, reply[1], strict=True)
-        }
-
-    def lease_renewer(self) -> RedisLeaseRenewer:
-        """A synchronous renewal channel with its own connection, for the renewer thread."""
-        return RedisLeaseRenewer(self)
+        return await self._jobs.renew(queue, leases, lease)
 
     async def reap(
         self, queue: str, worker_id: str, max_stalls: int, hold: float, max_delay: float | None = None
     ) -> ReapReply:
-        """Take or keep the reaper role for ``hold`` seconds, then recover up to 100 expired leases.
+        """Take or keep the reaper role for ``hold`` seconds, then recover up to 100 expired leases."""
+        return await self._jobs.reap(queue, worker_id, max_stalls, hold, max_delay)
 
-        With ``max_delay``, the call carries when it was sent, in Redis time (estimated from the last
-        reap's reply and the local monotonic clock, so worker clock skew does not matter); a call that
-        arrives later than that revokes nothing and the reply says ``late``.
-        """
-        keys = self.keys.queue(queue)
-        sent_at: int | str = ""
-        if max_delay is not None and self._reap_clock is not None:
-            sent_at = round(self._reap_clock + time.monotonic() * 1000)
-        flow_dead = await self._flow_pass(keys, queue)  # first, so the reap's reply is never delayed
-        reply = await self._transition(
-            keys,
-            "reap",
-            [
-                keys.meta,
-                keys.leases,
-                keys.ready,
-                keys.signal,
-                keys.reaper,
-                keys.dlq,
-                keys.failed,
-                keys.expired,
-            ],
-            [
-                worker_id,
-                max(_ms(hold), 1),
-                max_stalls,
-                _REAP_LIMIT,
-                self.keep_failed,
-                _ms(self.keep_failed_age),
-                sent_at,
-                _ms(max_delay) if max_delay is not None else "",
-            ],
-            retry=False,  # outage grace: a reap is never replayed across a reconnect
-        )
-        # Redis TIME minus the local monotonic clock, in ms (early by half a round trip: a safe side)
-        self._reap_clock = int(reply[-1]) - time.monotonic() * 1000
-        if reply[0] == b"LATE":
-            return ReapReply(is_reaper=False, late=True)
-        if reply[0] == b"NOT_REAPER":
-            self._flow_reapers.discard(queue)
-            return ReapReply(is_reaper=False, dead=flow_dead)
-        self._flow_reapers.add(queue)
-        return ReapReply(
-            is_reaper=True,
-            stalled=decode_stored(queue, reply[2]),
-            dead=decode_stored(queue, reply[3]) + flow_dead,
-            more=bool(reply[1]),
-        )
-
-    # -- queue control ------------------------------------------------------------------------------
     async def pause(self, queue: str) -> None:
         """Stop claims on the queue (jobs can still be enqueued)."""
-        keys = self.keys.queue(queue)
-        await self._transition(keys, "control", [keys.meta, keys.ready, keys.signal], ["pause"])
+        return await self._jobs.pause(queue)
 
     async def resume(self, queue: str) -> None:
         """Allow claims again and wake idle workers, one token per ready job."""
-        keys = self.keys.queue(queue)
-        await self._transition(keys, "control", [keys.meta, keys.ready, keys.signal], ["resume"])
+        return await self._jobs.resume(queue)
 
     async def is_queue_paused(self, queue: str) -> bool:
         """Whether the queue is paused."""
-        keys = self.keys.queue(queue)
-        await self._epoch(keys)
-        return bool(await self.connections.run(lambda client: client.hget(keys.meta, "paused")) == b"1")
+        return await self._jobs.is_queue_paused(queue)
 
     async def cancel(self, queue: str, job_id: str) -> CancelStatus:
         """Cancel a queued job, or flag a running one and tell its owner at once (cancel hint)."""
-        keys = self.keys.queue(queue)
-        reply = await self._transition(
-            keys,
-            "cancel",
-            [keys.meta, keys.job(job_id), keys.ready, keys.delayed, keys.cancelled],
-            [job_id, self.keep_completed, _ms(self.keep_completed_age)],
-        )
-        code = reply[0]
-        if code == b"RUNNING":
-            self._hints.notify(queue, job_id)
-            await self.publish_event(hint(queue, job_id, self.origin), channel="control")
-            return CancelStatus.RUNNING
-        if code == b"OK":
-            return CancelStatus.CANCELLED
-        if code == b"FINISHED":
-            return CancelStatus.FINISHED
-        return CancelStatus.GONE
+        return await self._jobs.cancel(queue, job_id)
+
+    # -- inspection and admin (Admin) -------------------------------------------------------------
+    async def get_job(self, queue: str, job_id: str) -> StoredJob | None:
+        """The stored job with its state, or ``None``."""
+        return await self._admin.get_job(queue, job_id)
+
+    async def counts(self, queue: str) -> dict[str, int]:
+        """Jobs per state: one ``ZCARD`` per state index, in one pipeline."""
+        return await self._admin.counts(queue)
+
+    async def list_jobs(self, queue: str, state: str, offset: int = 0, limit: int = 100) -> list[StoredJob]:
+        """A page of jobs in ``state``: ready order, due order, lease order, or newest first when finished."""
+        return await self._admin.list_jobs(queue, state, offset, limit)
+
+    async def list_dlq(self, queue: str, offset: int = 0, limit: int = 100) -> list[StoredJob]:
+        """A page of dead-lettered jobs, newest first, with ``dlq_reason``."""
+        return await self._admin.list_dlq(queue, offset, limit)
+
+    async def retry_dead(self, queue: str, job_id: str) -> bool:
+        """Move a dead-lettered job back to ``waiting`` (at the back) with fresh counters."""
+        return await self._admin.retry_dead(queue, job_id)
+
+    async def purge_dlq(self, queue: str) -> int:
+        """Delete every dead-lettered job, 500 per script call; return how many."""
+        return await self._admin.purge_dlq(queue)
+
+    async def clean(self, queue: str, state: str, older_than: float) -> int:
+        """Delete jobs in a finished ``state`` that finished at least ``older_than`` seconds ago."""
+        return await self._admin.clean(queue, state, older_than)
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """Depths, the age of the job at the head of the ready order, and the paused flag (one script)."""
+        return await self._admin.queue_stats(queue)
+
+    async def list_queues(self) -> list[str]:
+        """Every queue registered under the prefix."""
+        return await self._admin.list_queues()
+
+    async def has_queue(self, queue: str) -> bool:
+        """Whether the queue is registered or has its meta hash; reads only (no epoch is minted)."""
+        return await self._admin.has_queue(queue)
+
+    async def queues_with_job(self, job_id: str) -> list[str]:
+        """The registered queues holding a job with this id (one ``EXISTS`` per queue, pipelined)."""
+        return await self._admin.queues_with_job(job_id)
+
+    # -- workers and the sampler lock (Registry) --------------------------------------------------
+    async def acquire_sampler_lock(self, owner: str, ttl: float) -> bool:
+        """Take the sampler lock when it is free, or extend it when ``owner`` holds it."""
+        return await self._registry.acquire_sampler_lock(owner, ttl)
+
+    async def release_sampler_lock(self, owner: str) -> None:
+        """Free the sampler lock if ``owner`` holds it."""
+        return await self._registry.release_sampler_lock(owner)
+
+    async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        """Record a live worker; it disappears ``ttl`` seconds after its last heartbeat."""
+        return await self._registry.register_worker(info, ttl)
+
+    async def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
+        """Refresh a worker's registration; ``info.heartbeat_at`` becomes Redis time."""
+        return await self._registry.heartbeat(info, ttl)
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        """Remove a worker's registration (and its entries in the per-queue consumer sets)."""
+        return await self._registry.deregister_worker(worker_id)
+
+    async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]:
+        """Live workers consuming each of ``queues``: a prune and a ``ZCARD`` per queue, in one round trip."""
+        return await self._registry.consumer_counts(queues)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The workers whose registration has not expired."""
+        return await self._registry.list_workers()
+
+    # -- events and cancel hints (EventChannel) ---------------------------------------------------
+    def add_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(queue, job_id)`` as soon as a running job's cancellation is requested."""
+        return self._events.add_cancel_listener(listener)
+
+    def remove_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Undo :meth:`add_cancel_listener`."""
+        return self._events.remove_cancel_listener(listener)
+
+    async def publish_event(self, event: Mapping[str, Any], *, channel: Channel = "events") -> int:
+        """Publish one event (a JSON object); return how many subscribers got it."""
+        return await self._events.publish_event(event, channel=channel)
+
+    async def publish_events(self, messages: Sequence[str]) -> None:
+        """Publish JSON messages on ``<prefix>:events``, in order, in one round trip."""
+        return await self._events.publish_events(messages)
+
+    async def subscribe_events(
+        self, names: Collection[str] | None = None, *, channel: Channel = "events"
+    ) -> EventSubscription:
+        """Subscribe to ``<prefix>:events`` (or ``control``: the cancel hints); live on return."""
+        return await self._events.subscribe_events(names, channel=channel)
+
+    # -- schedules (Schedules) --------------------------------------------------------------------
+    def watch_schedules(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` after every change of a schedule, here or in another process."""
+        return self._schedules.watch_schedules(callback)
+
+    async def schedule_upsert(self, queue: str, record: ScheduleRecord) -> bool:
+        """Store unless the same revision is stored (``SAME``); True when written."""
+        return await self._schedules.schedule_upsert(queue, record)
+
+    async def schedule_get(self, queue: str, key: str) -> ScheduleRecord | None:
+        """One stored schedule."""
+        return await self._schedules.schedule_get(queue, key)
+
+    async def schedule_list(self, queue: str) -> list[ScheduleRecord]:
+        """Every schedule, soonest first, paused last (one pipeline: the ZSET, then the hashes)."""
+        return await self._schedules.schedule_list(queue)
+
+    async def schedule_remove(self, queue: str, key: str) -> bool:
+        """Delete a schedule; False when absent."""
+        return await self._schedules.schedule_remove(queue, key)
+
+    async def schedule_set_paused(
+        self, queue: str, key: str, *, paused: bool, next_due_ms: int | None
+    ) -> bool:
+        """Pause, or resume from ``next_due_ms``."""
+        return await self._schedules.schedule_set_paused(queue, key, paused=paused, next_due_ms=next_due_ms)
+
+    async def schedule_peek(self, queue: str, limit: int) -> tuple[int, list[ScheduleRecord], int | None]:
+        """Redis ``TIME``, up to ``limit`` due schedules and the earliest next due time, in one call."""
+        return await self._schedules.schedule_peek(queue, limit)
+
+    async def schedule_fire(
+        self,
+        queue: str,
+        key: str,
+        rev: str,
+        expected_due_ms: int,
+        jobs: Sequence[tuple[int, EnqueueItem]],
+        next_due_ms: int,
+    ) -> FireReply:
+        """Fire: store the jobs and the next due time if the schedule is still as read (one script)."""
+        return await self._schedules.schedule_fire(queue, key, rev, expected_due_ms, jobs, next_due_ms)
+
+    # -- flows (FlowStore) ------------------------------------------------------------------------
+    async def add_flow(self, items: Sequence[tuple[str, EnqueueItem]]) -> list[EnqueueReply]:
+        """Store jobs with parents, parents first, all or none: one script call per run of one queue."""
+        return await self._flows.add_flow(items)
+
+    async def reconcile_flows(self, queue: str | None = None, limit: int = OUTBOX_PAGE) -> int:
+        """Deliver up to ``limit`` outbox entries of ``queue`` (every queue when None); return how many."""
+        return await self._flows.reconcile_flows(queue, limit)
+
+    async def get_flow(self, queue: str, job_id: str) -> list[FlowNode] | None:
+        """Every job linked to ``queue/job_id`` through parents and children (up to 10,000)."""
+        return await self._flows.get_flow(queue, job_id)
+
+    async def last_spans(self, parents: Sequence[tuple[str, str]]) -> list[str | None]:
+        """The ``last_span`` each ``(queue, job_id)`` stored at completion (``None``: none, or gone)."""
+        return await self._flows.last_spans(parents)
+
+    # -- shared rate limits (RateLimits) ----------------------------------------------------------
+    async def set_rate_limit(self, queue: str, limit: int, interval: float) -> None:
+        """Allow at most ``limit`` claims of the queue in any window of ``interval`` seconds (1 ms steps)."""
+        return await self._rate_limits.set_rate_limit(queue, limit, interval)
+
+    async def clear_rate_limit(self, queue: str) -> bool:
+        """Remove the queue's limit and its log of claims; False when it had none."""
+        return await self._rate_limits.clear_rate_limit(queue)
+
+    async def get_rate_limit(self, queue: str) -> QueueRateLimit | None:
+        """The queue's limit, or ``None`` (also for a hand-written value that is not an integer)."""
+        return await self._rate_limits.get_rate_limit(queue)

@@ -14,48 +14,31 @@ from redis.exceptions import ResponseError
 from ...jobs import TERMINAL_STATES, JobState, check_job_id
 from ..base import QueueStats, StoredJob
 from . import _scripts
-from ._connection import AsyncClient, Connections
+from ._connection import AsyncClient
 from ._decode import JOB_FIELDS, decode_values, not_a_hash
-from ._keys import Keys, QueueKeys
+from ._keys import QueueKeys
 
-__all__ = ["AdminMixin"]
+if TYPE_CHECKING:
+    from ._store import Store
+
+__all__ = ["Admin"]
 
 _DELETE_PAGE = 500
-_MAX_QUEUES = 10_000  # list_queues reads queue names, never jobs; bounded all the same
 _STATES = tuple(state.value for state in JobState)
 
 
-class AdminMixin:
+class Admin:
     """Reads and clean-ups over one queue's keys (and, for ``list_queues``, the prefix's registry)."""
 
-    connections: Connections
-    keys: Keys
-    keep_completed: int
-    keep_completed_age: float
-
-    if TYPE_CHECKING:  # provided by RedisBackend
-
-        async def _epoch(self, keys: QueueKeys) -> str:
-            raise NotImplementedError
-
-        async def _blocked_stats(self, keys: QueueKeys, now_ms: int) -> tuple[int, float]:
-            raise NotImplementedError
-
-        async def _transition(
-            self,
-            keys: QueueKeys,
-            name: str,
-            script_keys: Sequence[str],
-            args: Sequence[Any],
-            *,
-            retry: bool = True,
-        ) -> Any:  # noqa: ANN401 - a RESP reply
-            raise NotImplementedError
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.keys = store.keys
+        self.connections = store.connections
 
     async def get_job(self, queue: str, job_id: str) -> StoredJob | None:
         """The stored job with its state, or ``None``."""
         keys = self.keys.queue(queue)
-        await self._epoch(keys)
+        await self._store.epoch(keys)
 
         async def op(client: AsyncClient) -> Any:  # noqa: ANN401 - the values, or the error of a key of another type
             pipe = client.pipeline(transaction=False)
@@ -74,7 +57,7 @@ class AdminMixin:
     async def counts(self, queue: str) -> dict[str, int]:
         """Jobs per state: one ``ZCARD`` per state index, in one pipeline."""
         keys = self.keys.queue(queue)
-        await self._epoch(keys)
+        await self._store.epoch(keys)
 
         async def op(client: AsyncClient) -> list[int]:
             pipe = client.pipeline(transaction=False)
@@ -89,7 +72,7 @@ class AdminMixin:
         self, queue: str, index: str, offset: int, limit: int, *, newest_first: bool
     ) -> list[StoredJob]:
         keys = self.keys.queue(queue)
-        await self._epoch(keys)
+        await self._store.epoch(keys)
         if limit <= 0 or offset < 0:
             return []
         end = offset + limit - 1
@@ -132,7 +115,7 @@ class AdminMixin:
     async def retry_dead(self, queue: str, job_id: str) -> bool:
         """Move a dead-lettered job back to ``waiting`` (at the back) with fresh counters."""
         keys = self.keys.queue(queue)
-        reply = await self._transition(
+        reply = await self._store.transition(
             keys,
             "retry_dead",
             [keys.meta, keys.job(job_id), keys.ready, keys.signal, keys.dlq, keys.failed, keys.expired],
@@ -143,7 +126,7 @@ class AdminMixin:
     async def _delete_finished(self, keys: QueueKeys, indexes: Sequence[str], older_than_ms: str) -> int:
         deleted = 0
         while True:
-            reply = await self._transition(
+            reply = await self._store.transition(
                 keys, "delete_finished", [keys.meta, *indexes], [older_than_ms, _DELETE_PAGE]
             )
             deleted += int(reply[1])
@@ -171,7 +154,7 @@ class AdminMixin:
     async def queue_stats(self, queue: str) -> QueueStats:
         """Depths, the age of the job at the head of the ready order, and the paused flag (one script)."""
         keys = self.keys.queue(queue)
-        await self._epoch(keys)
+        await self._store.epoch(keys)
         reply = await self.connections.run(
             lambda client: _scripts.call(
                 client, "stats", [keys.meta, keys.ready, keys.delayed, keys.leases, keys.dlq], []
@@ -183,11 +166,8 @@ class AdminMixin:
         return QueueStats(int(ready), int(delayed), int(active), int(dead), age, bool(int(paused)), *blocked)
 
     async def list_queues(self) -> list[str]:
-        """Every queue registered under the prefix (a sorted set: the documented ACL has no ``@set``)."""
-        members = await self.connections.run(
-            lambda client: client.zrange(self.keys.queues, 0, _MAX_QUEUES - 1)
-        )
-        return sorted(_scripts.text(member) for member in members)
+        """Every queue registered under the prefix."""
+        return await self._store.queue_names()
 
     async def has_queue(self, queue: str) -> bool:
         """Whether the queue is registered or has its meta hash; reads only (no epoch is minted)."""
@@ -218,3 +198,16 @@ class AdminMixin:
             return found
 
         return [name for name, hit in zip(names, await self.connections.run(op), strict=True) if hit]
+
+    async def _blocked_stats(self, keys: QueueKeys, now_ms: int) -> tuple[int, float]:
+        """Blocked jobs of a queue and the age in seconds of the longest-blocked one (0 when none)."""
+
+        async def op(client: AsyncClient) -> tuple[int, list[tuple[bytes, float]]]:
+            pipe = client.pipeline(transaction=False)
+            pipe.zcard(keys.blocked)
+            pipe.zrange(keys.blocked, 0, 0, withscores=True)
+            count, oldest = await pipe.execute()
+            return int(count), list(oldest)
+
+        count, oldest = await self.connections.run(op)
+        return count, max((now_ms - oldest[0][1]) / 1000, 0.0) if oldest else 0.0

@@ -24,14 +24,15 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from . import _scripts
-from ._connection import Connections, ConnectionSettings, is_transient, raise_translated
+from ._connection import ConnectionSettings, is_transient, raise_translated
 from ._decode import dumps
-from ._keys import Keys
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; annotations are never evaluated
 
-__all__ = ["CANCEL_HINT", "SCHEDULES_CHANGED", "CancelHints", "Channel", "EventSubscription", "EventsMixin"]
+    from ._store import Store
+
+__all__ = ["CANCEL_HINT", "SCHEDULES_CHANGED", "CancelHints", "Channel", "EventChannel", "EventSubscription"]
 
 CANCEL_HINT = "control:cancel"
 SCHEDULES_CHANGED = "control:schedules"
@@ -263,12 +264,13 @@ def hint(queue: str, job_id: str, origin: str) -> Mapping[str, Any]:
     return {"name": CANCEL_HINT, "queue": queue, "job_id": job_id, "origin": origin}
 
 
-class EventsMixin:
+class EventChannel:
     """The events channel of :class:`RedisBackend`: cancel listeners, publishing, subscribing."""
 
-    connections: Connections
-    keys: Keys
-    _hints: CancelHints
+    def __init__(self, store: Store) -> None:
+        self.keys = store.keys
+        self.connections = store.connections
+        self._hints = store.hints
 
     def add_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
         """Call ``listener(queue, job_id)`` as soon as a running job's cancellation is requested.

@@ -21,14 +21,13 @@ them forward when the record says ``commit``, else writes ``abort`` and deletes 
 
 Flow ids (the rule is in ``flows.py``) are the ``flow_id`` field of a job's hash, written by
 ``flow_enqueue`` and stamped on parents by it or ``flow_link``; ``complete`` writes ``last_span``,
-which :meth:`FlowsMixin.last_spans` reads for a child's span links.
+which :meth:`FlowStore.last_spans` reads for a child's span links.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import os
 import time
 from collections.abc import Sequence
@@ -40,12 +39,13 @@ from . import _scripts
 from ._decode import JOB_FIELDS, decode_values, loads
 
 if TYPE_CHECKING:
-    from ._connection import AsyncClient, Connections
-    from ._keys import Keys, QueueKeys
+    from ._connection import AsyncClient
+    from ._keys import QueueKeys
+    from ._store import Store
 
-__all__ = ["FlowsMixin"]
+__all__ = ["OUTBOX_PAGE", "FlowStore"]
 
-_OUTBOX_PAGE = 100  # entries delivered per queue per reaper pass: the pass stays short
+OUTBOX_PAGE = 100  # entries delivered per queue per reaper pass: the pass stays short
 _ORPHAN_GRACE_MS = (
     10 * 60 * 1000
 )  # an entry for a child never stored (its producer died) is dropped after this
@@ -55,30 +55,19 @@ _STAGED_PAGE = 100  # staged jobs past their deadline resolved per queue per rea
 _DECISION_TTL_MS = 7 * 24 * 3600 * 1000  # a commit record outlives every staged part of its flow
 
 
-class FlowsMixin:
-    """The flow methods of ``RedisBackend`` (it provides the members declared here)."""
+class FlowStore:
+    """The flows of :class:`RedisBackend`: jobs with parents, the flow graph and the reaper's outbox pass."""
 
-    keys: Keys
-    max_payload_bytes: int
-    connections: Connections
-    #: Seconds a part of a flow across queues may stay staged before a reaper resolves it; a producer
-    #: slower than this between its first part and its commit record finds its flow rolled back.
-    flow_stage_timeout: float = 60.0
-
-    if TYPE_CHECKING:
-
-        async def _transition(
-            self,
-            keys: QueueKeys,
-            name: str,
-            script_keys: Sequence[str],
-            args: Sequence[Any],
-            *,
-            retry: bool = True,
-        ) -> Any:  # noqa: ANN401 - a RESP reply
-            ...
-
-        async def list_queues(self) -> list[str]: ...
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.keys = store.keys
+        self.connections = store.connections
+        self._limits = store.limits
+        #: Seconds a part of a flow across queues may stay staged before a reaper resolves it; a producer
+        #: slower than this between its first part and its commit record finds its flow rolled back.
+        self.flow_stage_timeout = 60.0
+        #: The queues whose reaper role this backend held at its last reap (their outbox pass is due).
+        self.reapers: set[str] = set()
 
     async def add_flow(self, items: Sequence[tuple[str, EnqueueItem]]) -> list[EnqueueReply]:
         """Store jobs with parents, parents first, all or none: one script call per run of one queue.
@@ -93,8 +82,8 @@ class FlowsMixin:
         """
         for _queue, item in items:
             size = len(item.payload.encode("utf-8"))
-            if size > self.max_payload_bytes:
-                raise PayloadTooLarge(size, self.max_payload_bytes)
+            if size > self._limits.max_payload_bytes:
+                raise PayloadTooLarge(size, self._limits.max_payload_bytes)
         ours = {(queue, item.job_id) for queue, item in items}
         outside = {parent for _queue, item in items for parent in item.depends_on if parent not in ours}
         for parent_queue, parent_id in sorted(outside):
@@ -172,10 +161,12 @@ class FlowsMixin:
                 continue
             keys = self.keys.queue(queue)
             if forward:
-                await self._transition(keys, "flow_commit", [keys.meta, keys.staged], [txn, *ids])
+                await self._store.transition(keys, "flow_commit", [keys.meta, keys.staged], [txn, *ids])
                 continue
             await self._unlink_elsewhere(keys, txn, ids)
-            await self._transition(keys, "flow_rollback", [keys.meta, keys.staged, keys.outbox], [txn, *ids])
+            await self._store.transition(
+                keys, "flow_rollback", [keys.meta, keys.staged, keys.outbox], [txn, *ids]
+            )
 
     async def _unlink_elsewhere(self, keys: QueueKeys, txn: str, ids: Sequence[str]) -> None:
         """Remove staged jobs' links (and deferred outcomes) in parents of other queues, before them.
@@ -212,7 +203,7 @@ class FlowsMixin:
 
     async def _resolve_staged(self, keys: QueueKeys) -> None:
         """Roll forward or back the staged jobs of a queue past their deadline (the reaper's pass)."""
-        reply = await self._transition(keys, "flow_staged", [keys.meta, keys.staged], [_STAGED_PAGE])
+        reply = await self._store.transition(keys, "flow_staged", [keys.meta, keys.staged], [_STAGED_PAGE])
         by_txn: dict[str, list[str]] = collections.defaultdict(list)
         for job_id, txn in reply[1]:
             by_txn[_scripts.text(txn)].append(_scripts.text(job_id))
@@ -224,7 +215,7 @@ class FlowsMixin:
         keys = self.keys.queue(queue)
         script_keys = [keys.meta, keys.ready, keys.delayed, keys.signal, keys.blocked, keys.dlq, keys.failed]
         stage = f",{txn},{max(int(self.flow_stage_timeout * 1000), 1)}" if txn else ""
-        args: list[Any] = [f"{self.max_payload_bytes}{stage}"]
+        args: list[Any] = [f"{self._limits.max_payload_bytes}{stage}"]
         nonce = f"{time.time_ns():x}"
         linked: list[
             tuple[str, str]
@@ -252,7 +243,7 @@ class FlowsMixin:
             spec = f"{delay_ms},{priority},{ttl_ms},{item.on_parent_failure},{flow},{job_nonce}"
             script_keys.append(keys.job(item.job_id))
             args += (item.payload, spec, ",".join(parents))
-        reply = await self._transition(keys, "flow_enqueue", script_keys, args)
+        reply = await self._store.transition(keys, "flow_enqueue", script_keys, args)
         if reply[0] != b"OK":
             await self._unlink_all(linked)
             raise self._refusal(items, reply)
@@ -262,7 +253,7 @@ class FlowsMixin:
         """The error of a flow_enqueue reply that stored nothing."""
         code = reply[0]
         if code == b"TOO_LARGE":
-            return PayloadTooLarge(int(reply[2]), self.max_payload_bytes)
+            return PayloadTooLarge(int(reply[2]), self._limits.max_payload_bytes)
         if code == b"NOT_A_HASH":  # another program wrote over the key: nothing of this call was stored
             job_id = _scripts.text(reply[2]).partition("/")[2] or items[int(reply[1]) - 1].job_id
             return BackendError(
@@ -319,7 +310,7 @@ class FlowsMixin:
         Returns what the parent is (done, dead or pending), its flow id, and whether the link is new.
         """
         keys = self.keys.queue(parent_queue)
-        reply = await self._transition(
+        reply = await self._store.transition(
             keys, "flow_link", [keys.meta, keys.job(parent_id)], [parent_id, child_ref, txn]
         )
         if reply[0] == b"MISSING":
@@ -328,14 +319,14 @@ class FlowsMixin:
             )
         return _scripts.text(reply[1]), _scripts.text(reply[2]), len(reply) > 3 and reply[3] == 1  # noqa: PLR2004
 
-    async def reconcile_flows(self, queue: str | None = None, limit: int = _OUTBOX_PAGE) -> int:
+    async def reconcile_flows(self, queue: str | None = None, limit: int = OUTBOX_PAGE) -> int:
         """Deliver up to ``limit`` outbox entries of ``queue`` (every queue when None); return how many.
 
         The reaper calls it after each reap. Each entry is applied to the child's queue first and
         removed second, so a crash in between redelivers it (``flow_deliver`` is idempotent).
         """
         delivered = 0
-        for name in [queue] if queue is not None else await self.list_queues():
+        for name in [queue] if queue is not None else await self._store.queue_names():
             keys = self.keys.queue(name)
 
             async def page(client: AsyncClient, keys: QueueKeys = keys) -> list[tuple[bytes, float]]:
@@ -354,7 +345,7 @@ class FlowsMixin:
                 outcome, parent_ref, child_ref = entry.split("|")
                 child_queue, _, child_id = child_ref.partition("/")
                 child_keys = self.keys.queue(child_queue)
-                reply = await self._transition(
+                reply = await self._store.transition(
                     child_keys,
                     "flow_deliver",
                     [child_keys.meta, child_keys.job(child_id)],
@@ -375,18 +366,13 @@ class FlowsMixin:
                 delivered += 1
         return delivered
 
-    @functools.cached_property
-    def _flow_reapers(self) -> set[str]:
-        """The queues whose reaper role this backend held at its last reap."""
-        return set()
-
-    async def _flow_pass(self, keys: QueueKeys, queue: str) -> list[StoredJob]:
+    async def flow_pass(self, keys: QueueKeys, queue: str) -> list[StoredJob]:
         """The reaper's flow work, done at the start of its next reap (so the reap's reply never waits).
 
         Delivers up to 100 outbox entries and returns up to 100 children dead-lettered for a parent
         since the last pass: their ``job:failed`` is due.
         """
-        if queue not in self._flow_reapers:
+        if queue not in self.reapers:
             return []
         await self.reconcile_flows(queue)
         return await self._drain_flow_failed(keys, queue)
@@ -413,19 +399,6 @@ class FlowsMixin:
             for job_id, values in await self.connections.run(op)
             if any(value is not None for value in values)
         ]
-
-    async def _blocked_stats(self, keys: QueueKeys, now_ms: int) -> tuple[int, float]:
-        """Blocked jobs of a queue and the age in seconds of the longest-blocked one (0 when none)."""
-
-        async def op(client: AsyncClient) -> tuple[int, list[tuple[bytes, float]]]:
-            pipe = client.pipeline(transaction=False)
-            pipe.zcard(keys.blocked)
-            pipe.zrange(keys.blocked, 0, 0, withscores=True)
-            count, oldest = await pipe.execute()
-            return int(count), list(oldest)
-
-        count, oldest = await self.connections.run(op)
-        return count, max((now_ms - oldest[0][1]) / 1000, 0.0) if oldest else 0.0
 
     async def get_flow(self, queue: str, job_id: str) -> list[FlowNode] | None:
         """Every job linked to ``queue/job_id`` through parents and children (up to 10,000)."""

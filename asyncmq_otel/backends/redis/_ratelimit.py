@@ -6,57 +6,42 @@ the claims themselves are logged in ``<prefix>:{<queue>}:rate`` under the queue'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..base import QueueRateLimit
-from ._connection import AsyncClient, Connections
+from ._connection import AsyncClient
 
 if TYPE_CHECKING:
-    from ._keys import Keys, QueueKeys
+    from ._store import Store
 
-__all__ = ["RateLimitMixin"]
+__all__ = ["RateLimits"]
 
 
-class RateLimitMixin:
-    """The :class:`~asyncmq_otel.backends.base.RateLimitStore` capability of ``RedisBackend``."""
+class RateLimits:
+    """The :class:`~asyncmq_otel.backends.capabilities.RateLimitStore` capability of ``RedisBackend``."""
 
-    connections: Connections
-    keys: Keys
-
-    if TYPE_CHECKING:  # provided by RedisBackend
-
-        async def _epoch(self, keys: QueueKeys) -> str:
-            raise NotImplementedError
-
-        async def _transition(
-            self,
-            keys: QueueKeys,
-            name: str,
-            script_keys: Sequence[str],
-            args: Sequence[Any],
-            *,
-            retry: bool = True,
-        ) -> Any:  # noqa: ANN401 - a RESP reply
-            raise NotImplementedError
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.keys = store.keys
+        self.connections = store.connections
 
     async def set_rate_limit(self, queue: str, limit: int, interval: float) -> None:
         """Allow at most ``limit`` claims of the queue in any window of ``interval`` seconds (1 ms steps)."""
         keys = self.keys.queue(queue)
-        await self._transition(
+        await self._store.transition(
             keys, "rate_limit", [keys.meta, keys.rate], ["set", limit, max(round(interval * 1000), 1)]
         )
 
     async def clear_rate_limit(self, queue: str) -> bool:
         """Remove the queue's limit and its log of claims; False when it had none."""
         keys = self.keys.queue(queue)
-        reply = await self._transition(keys, "rate_limit", [keys.meta, keys.rate], ["clear", "", ""])
+        reply = await self._store.transition(keys, "rate_limit", [keys.meta, keys.rate], ["clear", "", ""])
         return bool(int(reply[1]))
 
     async def get_rate_limit(self, queue: str) -> QueueRateLimit | None:
         """The queue's limit, or ``None`` (also for a hand-written value that is not an integer)."""
         keys = self.keys.queue(queue)
-        await self._epoch(keys)
+        await self._store.epoch(keys)
 
         async def op(client: AsyncClient) -> Any:  # noqa: ANN401 - the two values
             return await client.hmget(keys.meta, ["rate_limit", "rate_interval"])

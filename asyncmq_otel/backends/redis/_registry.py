@@ -9,17 +9,17 @@ every registration.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..base import WorkerInfo
 from . import _scripts
-from ._connection import Connections
-from ._keys import Keys
 
-__all__ = ["RegistryMixin", "server_of"]
+if TYPE_CHECKING:
+    from ._store import Store
+
+__all__ = ["Registry", "server_of"]
 
 
 def server_of(url: str) -> tuple[str | None, int | None]:
@@ -30,16 +30,14 @@ def server_of(url: str) -> tuple[str | None, int | None]:
     return parts.hostname, parts.port or 6379
 
 
-def _ms(seconds: float) -> int:
-    return max(math.ceil(seconds * 1000), 0)
-
-
-class RegistryMixin:
+class Registry:
     """Methods over the ``{@}``-tagged global keys, shared by every queue under the prefix."""
 
-    connections: Connections
-    keys: Keys
-    _consumed: dict[str, list[str]]  # worker id -> queues, of the workers heartbeating through this client
+    def __init__(self, store: Store) -> None:
+        self.keys = store.keys
+        self.connections = store.connections
+        # worker id -> queues, of the workers heartbeating through this client
+        self._consumed: dict[str, list[str]] = {}
 
     def _consumers_key(self, queue: str) -> str:
         # Under the {@} tag like the registry, so a heartbeat updates both in one slot.
@@ -50,7 +48,7 @@ class RegistryMixin:
         """Take the sampler lock when it is free, or extend it when ``owner`` holds it."""
         reply = await self.connections.run(
             lambda client: _scripts.call(
-                client, "sampler_lock", [self.keys.sampler_lock], [owner, max(_ms(ttl), 1)]
+                client, "sampler_lock", [self.keys.sampler_lock], [owner, max(_scripts.ms(ttl), 1)]
             )
         )
         return bool(int(reply[1]))
@@ -76,26 +74,20 @@ class RegistryMixin:
             [
                 "beat",
                 info.worker_id,
-                max(_ms(ttl), 1),
+                max(_scripts.ms(ttl), 1),
                 json.dumps(info.to_dict(), separators=(",", ":"), ensure_ascii=False, default=str),
             ],
             info.queues,
         )
-        self._consumed_queues()[info.worker_id] = list(info.queues)
+        self._consumed[info.worker_id] = list(info.queues)
         info.heartbeat_at = int(reply[1]) / 1000.0
 
     async def deregister_worker(self, worker_id: str) -> None:
         """Remove a worker's registration (and its entries in the per-queue consumer sets)."""
-        queues = self._consumed_queues().pop(worker_id, None)
+        queues = self._consumed.pop(worker_id, None)
         if queues is None:  # registered through another client: its stored info names its queues
             queues = await self._registered_queues(worker_id)
         await self._workers(["drop", worker_id], queues)
-
-    def _consumed_queues(self) -> dict[str, list[str]]:
-        consumed = getattr(self, "_consumed", None)
-        if consumed is None:
-            consumed = self._consumed = {}
-        return consumed
 
     async def _registered_queues(self, worker_id: str) -> list[str]:
         raw = await self.connections.run(lambda client: client.hget(self.keys.workers_info, worker_id))

@@ -18,7 +18,7 @@ from . import _scripts
 from ._connection import SyncClient
 
 if TYPE_CHECKING:
-    from . import RedisBackend
+    from ._store import Store
 
 __all__ = ["RedisLeaseRenewer"]
 
@@ -28,31 +28,31 @@ _STATUS = {b"OK": RenewStatus.OK, b"LOST": RenewStatus.LOST, b"CANCEL": RenewSta
 class RedisLeaseRenewer:
     """A :class:`~asyncmq_otel.backends.base.LeaseRenewer` with its own synchronous Redis client."""
 
-    def __init__(self, backend: RedisBackend) -> None:
-        self._backend = backend
+    def __init__(self, store: Store) -> None:
+        self._store = store
         self._lock = threading.Lock()
         self._client: SyncClient | None = None
 
     def _get_client(self) -> SyncClient:
         with self._lock:
             if self._client is None:
-                self._client = self._backend.connections.settings.sync_client()
+                self._client = self._store.connections.settings.sync_client()
             return self._client
 
     def _run(self, op: Any, lease: float) -> Any:  # noqa: ANN401 - a RESP reply
         # retry for at most a third of the lease: the next renewal tick tries again anyway
-        return self._backend.connections.run_sync(self._get_client(), op, timeout=lease / 3)
+        return self._store.connections.run_sync(self._get_client(), op, timeout=lease / 3)
 
     def renew(self, queue: str, leases: Mapping[str, str], lease: float) -> dict[str, RenewStatus]:
         """Extend the leases ``{job_id: token}`` by ``lease`` seconds of Redis time."""
         if not leases:
             return {}
-        keys = self._backend.keys.queue(queue)
+        keys = self._store.keys.queue(queue)
         ids = list(leases)
         args: list[str | int] = [math.ceil(lease * 1000)]
         for job_id in ids:
             args += [job_id, leases[job_id]]
-        epoch = self._backend.cached_epoch(queue) or self._ensure(queue, lease)
+        epoch = self._store.cached_epoch(queue) or self._ensure(queue, lease)
         for _ in range(2):
             reply = self._run(
                 lambda client, e=epoch: _scripts.call_sync(
@@ -63,25 +63,25 @@ class RedisLeaseRenewer:
             if reply[0] != b"EPOCH":
                 return {job_id: _STATUS[status] for job_id, status in zip(ids, reply[1], strict=True)}
             fresh = self._ensure(queue, lease, fresh=True)
-            self._backend.adopt_epoch(queue, epoch, fresh)
+            self._store.adopt_epoch(queue, epoch, fresh)
             epoch = fresh
         # the epoch changed twice in a row: nothing this process holds can still be valid
         return dict.fromkeys(ids, RenewStatus.LOST)
 
     def _ensure(self, queue: str, lease: float, *, fresh: bool = False) -> str:
-        keys = self._backend.keys.queue(queue)
-        new_epoch = self._backend.new_epoch()
+        keys = self._store.keys.queue(queue)
+        new_epoch = self._store.new_epoch()
 
         def op(client: SyncClient) -> Any:  # noqa: ANN401 - a RESP reply
             reply = _scripts.call_sync(
                 client, "ensure_queue", [keys.meta], [new_epoch, _scripts.LAYOUT_VERSION]
             )
-            client.zadd(self._backend.keys.queues, {queue: time.time()}, nx=True)
+            client.zadd(self._store.keys.queues, {queue: time.time()}, nx=True)
             return reply
 
         epoch = _scripts.text(self._run(op, lease)[1])
         if not fresh:
-            self._backend.adopt_epoch(queue, None, epoch)
+            self._store.adopt_epoch(queue, None, epoch)
         return epoch
 
     def close(self) -> None:

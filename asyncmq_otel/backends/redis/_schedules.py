@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BackendError, InvalidSchedule, PayloadTooLarge
@@ -18,13 +18,14 @@ from ...schedules import ScheduleRecord, ScheduleSpec, check_schedule_key
 from ..base import EnqueueItem, FireReply
 from . import _scripts
 from ._connection import AsyncClient
-from ._events import CancelHints, Channel, schedules_changed_message
+from ._events import schedules_changed_message
 
 if TYPE_CHECKING:
-    from ._connection import Connections
-    from ._keys import Keys, QueueKeys
+    from ._events import EventChannel
+    from ._keys import QueueKeys
+    from ._store import Store
 
-__all__ = ["SchedulesMixin"]
+__all__ = ["Schedules"]
 
 _log = logging.getLogger("asyncmq_otel.backends.redis")
 
@@ -67,30 +68,16 @@ def _record(key: str, values: Sequence[Any]) -> ScheduleRecord | None:
 _FIELDS = ("spec", "rev", "anchor", "next_due", "paused", "last_due", "last_job", "last_fired")
 
 
-class SchedulesMixin:
-    """The :class:`~asyncmq_otel.backends.base.ScheduleStore` capability of ``RedisBackend``."""
+class Schedules:
+    """The :class:`~asyncmq_otel.backends.capabilities.ScheduleStore` capability of ``RedisBackend``."""
 
-    keys: Keys
-    connections: Connections
-    max_payload_bytes: int
-    origin: str
-    _hints: CancelHints
-
-    if TYPE_CHECKING:  # provided by RedisBackend
-
-        async def _transition(
-            self,
-            keys: QueueKeys,
-            name: str,
-            script_keys: Sequence[str],
-            args: Sequence[Any],
-            *,
-            retry: bool = True,
-        ) -> Any: ...  # noqa: ANN401 - a RESP reply
-
-        async def _epoch(self, keys: QueueKeys) -> str: ...
-
-        async def publish_event(self, event: Mapping[str, Any], *, channel: Channel = "events") -> int: ...
+    def __init__(self, store: Store, events: EventChannel) -> None:
+        self._store = store
+        self._events = events
+        self.keys = store.keys
+        self.connections = store.connections
+        self._limits = store.limits
+        self._hints = store.hints
 
     def watch_schedules(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` after every change of a schedule, here or in another process.
@@ -111,7 +98,9 @@ class SchedulesMixin:
         """Tell this process's schedulers at once and the other processes' through the control channel."""
         self._hints.schedules_changed()
         try:
-            await self.publish_event(schedules_changed_message(queue, self.origin), channel="control")
+            await self._events.publish_event(
+                schedules_changed_message(queue, self._store.origin), channel="control"
+            )
         except (BackendError, OSError):  # best effort: their longest sleep still bounds how late they see it
             _log.warning("backend.schedules_changed_not_published: queue %s", queue, exc_info=True)
 
@@ -123,7 +112,7 @@ class SchedulesMixin:
     async def schedule_upsert(self, queue: str, record: ScheduleRecord) -> bool:
         """Store unless the same revision is stored (``SAME``); True when written."""
         keys, index, schedule = self._schedule_keys(queue, record.spec.key)
-        reply = await self._transition(
+        reply = await self._store.transition(
             keys,
             "schedule_upsert",
             [keys.meta, index, schedule],
@@ -137,14 +126,14 @@ class SchedulesMixin:
     async def schedule_get(self, queue: str, key: str) -> ScheduleRecord | None:
         """One stored schedule."""
         keys, _, schedule = self._schedule_keys(queue, key)
-        await self._epoch(keys)
+        await self._store.epoch(keys)
         values = await self.connections.run(lambda client: client.hmget(schedule, _FIELDS))
         return _record(key, values)
 
     async def schedule_list(self, queue: str) -> list[ScheduleRecord]:
         """Every schedule, soonest first, paused last (one pipeline: the ZSET, then the hashes)."""
         keys, index, _ = self._schedule_keys(queue)
-        await self._epoch(keys)
+        await self._store.epoch(keys)
         names = [
             _scripts.text(k) for k in await self.connections.run(lambda client: client.zrange(index, 0, -1))
         ]
@@ -160,7 +149,7 @@ class SchedulesMixin:
 
     async def _control(self, queue: str, key: str, op: str, next_due_ms: int | None) -> bool:
         keys, index, schedule = self._schedule_keys(queue, key)
-        reply = await self._transition(
+        reply = await self._store.transition(
             keys,
             "schedule_control",
             [keys.meta, index, schedule],
@@ -188,7 +177,7 @@ class SchedulesMixin:
     async def schedule_peek(self, queue: str, limit: int) -> tuple[int, list[ScheduleRecord], int | None]:
         """Redis ``TIME``, up to ``limit`` due schedules and the earliest next due time, in one call."""
         keys, index, _ = self._schedule_keys(queue)
-        await self._epoch(keys)
+        await self._store.epoch(keys)
 
         async def op(client: AsyncClient) -> Any:  # noqa: ANN401 - a RESP reply
             return await _scripts.call(client, "schedule_peek", [index], [limit])
@@ -213,17 +202,24 @@ class SchedulesMixin:
     ) -> FireReply:
         """Fire: store the jobs and the next due time if the schedule is still as read (one script)."""
         keys, index, schedule = self._schedule_keys(queue, key)
-        args: list[Any] = [self.max_payload_bytes, key, rev, expected_due_ms, next_due_ms, uuid.uuid4().hex]
+        args: list[Any] = [
+            self._limits.max_payload_bytes,
+            key,
+            rev,
+            expected_due_ms,
+            next_due_ms,
+            uuid.uuid4().hex,
+        ]
         job_keys = []
         for due, item in jobs:
             size = len(item.payload.encode("utf-8"))
-            if size > self.max_payload_bytes:
-                raise PayloadTooLarge(size, self.max_payload_bytes)
+            if size > self._limits.max_payload_bytes:
+                raise PayloadTooLarge(size, self._limits.max_payload_bytes)
             ttl = "" if item.ttl is None else str(max(math.ceil(item.ttl * 1000), 1))
             priority = 5 if item.priority is None else item.priority
             args += [item.payload, f"{due},{priority},{ttl}"]
             job_keys.append(keys.job(item.job_id))
-        reply = await self._transition(
+        reply = await self._store.transition(
             keys, "schedule_fire", [keys.meta, keys.ready, keys.signal, index, schedule, *job_keys], args
         )
         status = _scripts.text(reply[0])
@@ -239,5 +235,5 @@ class SchedulesMixin:
         if status == "NOT_DUE":
             return FireReply("NOT_DUE", 0)
         if status == "TOO_LARGE":
-            raise PayloadTooLarge(int(reply[2]), self.max_payload_bytes)
+            raise PayloadTooLarge(int(reply[2]), self._limits.max_payload_bytes)
         return FireReply(status, 0)

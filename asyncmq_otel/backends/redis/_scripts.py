@@ -11,6 +11,7 @@ A ``NOSCRIPT`` reply (after a restart or ``SCRIPT FLUSH``) reloads every script 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from redis.exceptions import NoScriptError
 
 from ._connection import AsyncClient, SyncClient
 
-__all__ = ["LAYOUT_VERSION", "SCRIPTS", "Script", "call", "call_many", "call_sync", "load", "text"]
+__all__ = ["LAYOUT_VERSION", "SCRIPTS", "Script", "call", "call_many", "call_sync", "load", "ms", "text"]
 
 LAYOUT_VERSION = "1"
 _LUA = Path(__file__).with_name("lua")
@@ -137,6 +138,11 @@ def call_sync(client: SyncClient, name: str, keys: Sequence[str], args: Sequence
         for each in SCRIPTS.values():
             client.script_load(each.source)
         return client.evalsha(script.sha, len(keys), *keys, *args)
+
+
+def ms(seconds: float) -> int:
+    """Seconds as whole milliseconds for a script argument, rounded up so nothing is ever due early."""
+    return max(math.ceil(seconds * 1000), 0)
 
 
 def text(value: object) -> str:

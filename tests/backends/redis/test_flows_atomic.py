@@ -307,7 +307,7 @@ async def test_a_slow_producer_whose_flow_was_rolled_back_is_told(target: Target
     first, _second, third = target.queues
     await setup_outside_parents(target)
     reconciled = False
-    real = backend._store_run
+    real = backend._flows._store_run
 
     async def slow_store(queue: str, items: Any, txn: str = "") -> Any:
         nonlocal reconciled
@@ -321,7 +321,7 @@ async def test_a_slow_producer_whose_flow_was_rolled_back_is_told(target: Target
             reconciled = True
         return await real(queue, items, txn)
 
-    backend._store_run = slow_store  # type: ignore[method-assign]
+    backend._flows._store_run = slow_store  # type: ignore[method-assign]
     with pytest.raises(BackendError, match="rolled this flow back"):
         await FlowProducer(backend).add_flow(first, flow(target))
     assert reconciled
@@ -368,14 +368,14 @@ async def test_a_parent_retried_from_the_dlq_while_its_child_is_staged(target: T
     await Queue(first, backend).add(TASK, job_id="p")
     claimed = await backend.claim(first, "w1", 1, 30.0)
     assert (await backend.fail(first, "p", claimed.jobs[0].token, "failed")).ok
-    real = backend._decide
+    real = backend._flows._decide
 
     async def decide(txn: str, wanted: str) -> tuple[str, bool]:
         if wanted == "commit":  # every part is staged: the parent leaves the DLQ now
             assert await Queue(first, backend).retry_job("p")
         return await real(txn, wanted)
 
-    backend._decide = decide  # type: ignore[method-assign]
+    backend._flows._decide = decide  # type: ignore[method-assign]
     await FlowProducer(backend).add_flow(
         first,
         [

@@ -132,7 +132,7 @@ async def test_a_parent_finishing_before_its_cross_queue_child_is_stored(
     up, down = unique_prefix(), unique_prefix()
     await Queue(up, backend).add(TASK, job_id="p")
     child_ref = f"{down}/c"
-    assert await backend._link(up, "p", child_ref) == (
+    assert await backend._flows._link(up, "p", child_ref) == (
         "pending",
         "p",
         True,

@@ -108,5 +108,5 @@ async def test_the_script_refuses_bad_arguments_and_writes_nothing(backend: Redi
     keys = backend.keys.queue(queue)
     for args in (["set", "0", "1000"], ["set", "5", "0"], ["set", "x", "1000"], ["drop", "", ""]):
         with pytest.raises(redis.ResponseError, match="rate_limit"):
-            await backend._transition(keys, "rate_limit", [keys.meta, keys.rate], args)
+            await backend._store.transition(keys, "rate_limit", [keys.meta, keys.rate], args)
     assert await backend.get_rate_limit(queue) == QueueRateLimit(2, 1.0)

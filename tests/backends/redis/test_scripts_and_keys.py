@@ -214,8 +214,8 @@ async def test_a_reap_held_in_transit_revokes_nothing_and_says_late(backend: Red
     first = await backend.reap(queue, "r", 1, 5.0, max_delay=1.0)
     assert not first.late
     await eventually(lease_expired, timeout=5, what="the lease expired")
-    assert backend._reap_clock is not None
-    backend._reap_clock -= 5_000  # this call "was sent" 5 s ago, as if a blackhole had held it
+    assert backend._jobs._reap_clock is not None
+    backend._jobs._reap_clock -= 5_000  # this call "was sent" 5 s ago, as if a blackhole had held it
     held = await backend.reap(queue, "r", 1, 5.0, max_delay=1.0)
     assert (held.late, held.is_reaper, held.stalled, held.dead) == (True, False, [], [])
     job = await backend.get_job(queue, "a")
