@@ -16,7 +16,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from asyncmq_otel.backends.base import Backend, EnqueueItem, QueueRateLimit, RateLimitStore
+from asyncmq_otel.backends.base import Backend, EnqueueItem, QueueRateLimit
+from asyncmq_otel.backends.capabilities import RateLimitStore
 from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.errors import JobArgumentError
 from asyncmq_otel.jobs import Job

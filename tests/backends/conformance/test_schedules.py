@@ -20,7 +20,8 @@ import redis
 
 from asyncmq_otel import task
 from asyncmq_otel._repeatables import upsert_declared
-from asyncmq_otel.backends.base import Backend, ScheduleStore
+from asyncmq_otel.backends.base import Backend
+from asyncmq_otel.backends.capabilities import ScheduleStore
 from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.clock import FakeClock
 from asyncmq_otel.errors import InvalidSchedule, JobCancelled, JobExpired, JobFailed, ScheduleNotFound
