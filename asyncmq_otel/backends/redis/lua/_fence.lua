@@ -2,7 +2,7 @@
 -- It only defines helpers; nothing here reads or writes a key until a script calls it.
 --
 -- Conventions shared by every script:
---   * times are integer milliseconds from Redis TIME (P4), never from a client clock;
+--   * times are integer milliseconds from Redis TIME (one clock for every host), never from a client clock;
 --   * an absent optional field is the empty string, and counters missing from a hash read as 0;
 --   * the ready score is priority * 2^44 + seq, so a job keeps its place when it comes back;
 --   * keys a script cannot know in advance (job hashes of popped ids) are built from the
@@ -29,7 +29,7 @@ local function base_of(key)
   return string.match(key, '^(.*}:)')
 end
 
--- nil when `epoch` is the queue's current epoch, else the EPOCH reply (§6: data loss).
+-- nil when `epoch` is the queue's current epoch, else the EPOCH reply (data loss: a restarted Redis without our data gets a new epoch).
 local function epoch_reply(meta, epoch)
   local current = redis.call('HGET', meta, 'epoch')
   if current ~= epoch then
@@ -49,7 +49,7 @@ local function epoch_and(meta, epoch, ...)
   return nil, values
 end
 
--- The lease fence (§2) on the values of HMGET job state token settled_token owner: nil when `token`
+-- The lease fence on the values of HMGET job state token settled_token owner: nil when `token`
 -- holds the active job; else the reply to return: REPLAY (this settle was applied already), GONE,
 -- or STALE with the state and current owner.
 local function fence_values(st, token)
@@ -66,7 +66,7 @@ local function fence_values(st, token)
 end
 
 -- A counter or millisecond field as a number, or nil when it is absent or not a plain integer
--- (reliability §2: hand-written values such as 'abc', '1e+303', 'nan' or 'inf' must not make a
+-- (stored data is hostile input: hand-written values such as 'abc', '1e+303', 'nan' or 'inf' must not make a
 -- script fail after its first write): ASCII digits and an optional '-', at most 15 digits, so the
 -- value is exact in a double. The Python decode (_count in _decode.py) accepts exactly these.
 local function int_field(value)
@@ -139,7 +139,7 @@ local JOB_STATES = {waiting = true, delayed = true, active = true, completed = t
   expired = true, cancelled = true}
 
 -- A job key that holds something other than a hash (written over by another program) cannot be
--- read or fenced. It is quarantined by itself (§8): a string value is kept in the `quarantined`
+-- read or fenced. It is quarantined by itself (one bad key never takes its neighbours): a string value is kept in the `quarantined`
 -- field (other types cannot be read by the documented ACL user, so they are deleted), and the key
 -- becomes a job hash with no payload and no state whose `error` says what happened. The next claim
 -- hands it to a worker as malformed, which dead-letters it as malformed_payload with its event.
@@ -217,7 +217,7 @@ local function page_upto(key, max, limit)
   return ids, more
 end
 
--- Retention (§10): delete at most `budget` of the oldest entries of `index` beyond `keep`
+-- Retention: delete at most `budget` of the oldest entries of `index` beyond `keep`
 -- entries or finished before `cutoff`, with their job hashes and their entries in `others`.
 local function trim(index, keep, cutoff, base, budget, others)
   local n = redis.call('ZCARD', index) - keep

@@ -16,11 +16,11 @@
 -- `limit` claims (a fixed window would allow twice that across its boundary); at most `limit`
 -- members (no expiry: PEXPIRE is outside the documented ACL; rate_limit.lua deletes it on clear).
 -- Replay: redis-py re-sends the call after a lost reply with the same nonce; the claim key
--- (PX = lease) then answers with the same jobs, so no lease is orphaned (§13 row 15).
--- Malformed entries (§2, §8): a job key that is not a hash is quarantined, and a hash without a
+-- (PX = lease) then answers with the same jobs, so no lease is orphaned (a lost reply is answered again by the replay).
+-- Malformed entries: a job key that is not a hash is quarantined, and a hash without a
 -- known state or with an attempts count that is not an integer is claimed as it is (attempts
 -- untouched); both are handed over like any claimed job, and the worker's decode dead-letters them
--- as malformed_payload. No job entry can make the script fail after its first write (§2).
+-- as malformed_payload. No job entry can make the script fail after its first write.
 local meta, ready, delayed, leases, signal, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local rate = KEYS[7]
 local worker, count, lease, nonce = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
@@ -74,7 +74,7 @@ if flags[1] == '1' then
   return {'PAUSED', now}
 end
 
--- the shared rate limit; hand-written garbage in its fields reads as no limit (reliability §2)
+-- the shared rate limit; hand-written garbage in its fields reads as no limit
 local rate_limit, window, claim_us, cut = int_field(flags[2]), int_field(flags[3]), nil, false
 if rate_limit and window and rate_limit > 0 and window > 0 then
   claim_us, window = now_us(), window * 1000

@@ -12,7 +12,7 @@ if early then
 end
 -- the checks passed and settle_begin released the lease; the settle's writes follow
 local st = redis.call('HMGET', job, 'delay_until', 'priority', 'seq', 'attempts')
--- fields that are not integers are left as found, for the next claim's decode to report (§2)
+-- fields that are not integers are left as found, for the next claim's decode to report
 local attempts = int_field(st[4])
 if attempts then
   redis.call('HSET', job, 'attempts', attempts - 1)

@@ -1,9 +1,9 @@
 -- reap.lua: recover expired leases, for the holder of the reaper role only.
 -- An expired lease's job goes back to waiting at its original place (stalls + 1) while
--- stalls <= max_stalls, else to failed with DLQ reason 'worker_lost' (P1).
+-- stalls <= max_stalls, else to failed with DLQ reason 'worker_lost' (a lost job is retried or dead-lettered, never dropped).
 -- A job key that is not a hash is quarantined and put in ready without a state, and a job whose
 -- stalls count is not an integer goes back to waiting as it is: the next claim hands either to a
--- worker, whose decode dead-letters it as malformed_payload (§2: nothing here fails after a write).
+-- worker, whose decode dead-letters it as malformed_payload (nothing here fails after a write).
 -- KEYS: meta, leases, ready, signal, reaper, dlq, failed, expired
 -- ARGV: epoch, worker_id, hold_ms, max_stalls, limit, keep_failed, keep_failed_age_ms,
 --       sent_at_ms (the caller's estimate of TIME when it sent this call, or ''), max_delay_ms
@@ -16,7 +16,7 @@ if bad then
   return bad
 end
 local now = now_ms()
--- Outage grace (§4): a call held in transit by an outage arrives when traffic resumes, before the
+-- Outage grace: a call held in transit by an outage arrives when traffic resumes, before the
 -- renewals the same outage held up; it must not take their leases, so it revokes nothing.
 local sent_at = tonumber(ARGV[8])
 if sent_at and now - sent_at > tonumber(ARGV[9]) then

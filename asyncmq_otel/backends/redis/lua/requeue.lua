@@ -12,7 +12,7 @@ if early then
 end
 -- the checks passed and settle_begin released the lease; the settle's writes follow
 local st = redis.call('HMGET', job, 'priority', 'seq', 'interrupts')
--- an interrupts count that is not an integer is left as found, for the next claim's decode (§2)
+-- an interrupts count that is not an integer is left as found, for the next claim's decode
 local interrupts = int_field(st[3] or '0')
 if interrupts then
   interrupts = interrupts + 1

@@ -11,7 +11,7 @@ if early then
 end
 -- the checks passed and settle_begin released the lease; the settle's writes follow
 local st = redis.call('HMGET', job, 'retries', 'priority')
--- a retries count that is not an integer is left as found, for the next claim's decode (§2)
+-- a retries count that is not an integer is left as found, for the next claim's decode
 local retries = int_field(st[1] or '0')
 if retries then
   redis.call('HSET', job, 'retries', retries + 1)
@@ -25,7 +25,7 @@ if backoff > 0 then
   redis.call('HSET', job, 'state', 'delayed', 'eligible_at', due, 'delay_until', due)
   redis.call('ZADD', delayed, due, id)
 else
-  -- a retried job goes to the back of its priority (reliability contract §1)
+  -- a retried job goes to the back of its priority (FIFO within a priority, retries behind)
   local seq = next_seq(meta)
   redis.call('HSET', job, 'state', 'waiting', 'eligible_at', now, 'seq', seq)
   redis.call('ZADD', ready, ready_score(st[2], seq), id)
