@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -132,22 +133,21 @@ class _Ledger:
         return ", ".join(f"{count} {name}" for name, count in sorted(self.outcomes.items()))
 
 
-@dataclass
-class _Options:
-    queues: list[str]
+@dataclass(frozen=True, slots=True)
+class _Process:
+    """One worker process: its :class:`WorkerSpec` and what is derived from it at start-up.
+
+    The spec is what a supervisor hands its children; the opened backend, whether telemetry must start
+    and who supervises this process are decided here and never travel.
+    """
+
+    spec: WorkerSpec
     choice: BackendChoice
-    concurrency: int | None
-    rate_limit: int | None
-    rate_interval: float | None
-    metrics_addr: str
-    otlp_endpoint: str | None
-    log_format: str | None
-    shutdown_timeout: float | None
-    burst: bool
-    queue_sampler: str
-    connect_timeout: float
-    explicit_telemetry: bool
-    supervised_by: int | None = None
+    telemetry_required: bool
+    """An explicit ``--metrics-addr``/``--otlp-endpoint``, or a supervised child: telemetry that cannot
+    start is an error, not a warning."""
+    supervised_by: int | None
+    """The supervisor's pid (``--supervised-by``), or ``None``."""
 
 
 @click.command("worker")
@@ -239,24 +239,12 @@ class _Options:
 @click.pass_context
 def worker_command(
     ctx: click.Context,
-    queues: tuple[str, ...],
-    apps: tuple[str, ...],
-    backend_url: str | None,
-    prefix: str | None,
-    connect_timeout: float,
-    concurrency: int | None,
-    rate_limit: int | None,
-    rate_interval: float | None,
-    metrics_addr: str,
-    otlp_endpoint: str | None,
-    log_format: str | None,
-    shutdown_timeout: float | None,
-    burst: bool,
-    queue_sampler: str,
+    /,
     processes: int,
     max_restarts: int,
     supervised_by: int | None,
     check: bool,
+    **options: Any,  # noqa: ANN401 - the WorkerSpec fields, typed there
 ) -> None:
     """Run a worker on one or more QUEUES.
 
@@ -266,24 +254,11 @@ def worker_command(
     if supervised_by is not None:
         spec = _spec_from_supervisor()
     else:
-        if not queues:
+        if not options["queues"]:
             raise click.MissingParameter(ctx=ctx, param=ctx.command.params[0])
-        spec = WorkerSpec(
-            queues=queues,
-            apps=apps,
-            backend_url=backend_url,
-            prefix=prefix,
-            connect_timeout=connect_timeout,
-            concurrency=concurrency,
-            rate_limit=rate_limit,
-            rate_interval=rate_interval,
-            metrics_addr=metrics_addr,
-            otlp_endpoint=otlp_endpoint,
-            log_format=log_format,
-            shutdown_timeout=shutdown_timeout,
-            burst=burst,
-            queue_sampler=queue_sampler,
-        )
+        # Options are declared once: every parameter but the four above is the WorkerSpec field of its
+        # name (tests/cli/test_multiprocess_worker.py checks that the two sets are equal).
+        spec = WorkerSpec(**options)
     reporter = Reporter(json_lines=json_logs(spec.log_format))
     with translate_errors(spec.backend_url):
         get_settings()  # a ConfigError in the environment or the settings module exits 2 here
@@ -307,24 +282,14 @@ def worker_command(
         source(name) not in {None, click.core.ParameterSource.DEFAULT}
         for name in ("metrics_addr", "otlp_endpoint")
     )
-    options = _Options(
-        queues=list(spec.queues),
+    process = _Process(
+        spec=spec,
         choice=choice,
-        concurrency=spec.concurrency,
-        rate_limit=spec.rate_limit,
-        rate_interval=spec.rate_interval,
-        metrics_addr=spec.metrics_addr,
-        otlp_endpoint=spec.otlp_endpoint,
-        log_format=spec.log_format,
-        shutdown_timeout=spec.shutdown_timeout,
-        burst=spec.burst,
-        queue_sampler=spec.queue_sampler,
-        connect_timeout=spec.connect_timeout,
-        explicit_telemetry=explicit or supervised_by is not None,
+        telemetry_required=explicit or supervised_by is not None,
         supervised_by=supervised_by,
     )
     with translate_errors(spec.backend_url):
-        code = anyio.run(_serve, options, reporter, backend="asyncio")
+        code = anyio.run(_serve, process, reporter, backend="asyncio")
     ctx.exit(int(code))
 
 
@@ -369,20 +334,20 @@ async def _supervise(
         raise CLIError(str(exc), ExitCode.USAGE) from exc
 
 
-async def _serve(options: _Options, reporter: Reporter) -> ExitCode:
-    choice = options.choice
+async def _serve(process: _Process, reporter: Reporter) -> ExitCode:
+    spec, choice = process.spec, process.choice
     try:
-        facts = await probe_or_exit(choice, options.connect_timeout)
+        facts = await probe_or_exit(choice, spec.connect_timeout)
         telemetry = start_telemetry(
             reporter,
-            metrics_addr=options.metrics_addr,
-            otlp_endpoint=options.otlp_endpoint,
-            log_format=options.log_format,
-            required=options.explicit_telemetry,
-            queue_sampler=options.queue_sampler,
+            metrics_addr=spec.metrics_addr,
+            otlp_endpoint=spec.otlp_endpoint,
+            log_format=spec.log_format,
+            required=process.telemetry_required,
+            queue_sampler=spec.queue_sampler,
         )
         try:
-            return await _run(options, reporter, facts.describe(choice.prefix), facts.warnings, telemetry)
+            return await _run(process, reporter, facts.describe(choice.prefix), facts.warnings, telemetry)
         finally:
             if telemetry is not None:
                 await telemetry.stop()
@@ -391,26 +356,24 @@ async def _serve(options: _Options, reporter: Reporter) -> ExitCode:
 
 
 async def _run(
-    options: _Options,
+    process: _Process,
     reporter: Reporter,
     backend_details: str,
     warnings: list[str],
     telemetry: TelemetryHandle | None,
 ) -> ExitCode:
     config = get_settings()
-    choice = options.choice
+    spec, choice = process.spec, process.choice
     the_worker = Worker(
-        options.queues,
+        spec.queues,
         backend=choice.backend,
-        concurrency=options.concurrency,
-        rate_limit=options.rate_limit,
-        rate_interval=options.rate_interval,
-        burst=options.burst,
-        shutdown_timeout=options.shutdown_timeout,
+        concurrency=spec.concurrency,
+        rate_limit=spec.rate_limit,
+        rate_interval=spec.rate_interval,
+        burst=spec.burst,
+        shutdown_timeout=spec.shutdown_timeout,
     )
-    shutdown_timeout = (
-        options.shutdown_timeout if options.shutdown_timeout is not None else config.shutdown_timeout
-    )
+    shutdown_timeout = spec.shutdown_timeout if spec.shutdown_timeout is not None else config.shutdown_timeout
     Banner(
         role="worker",
         process_id=the_worker.worker_id,
@@ -418,15 +381,15 @@ async def _run(
         host=socket.gethostname(),
         backend=choice.masked_url,
         backend_details=backend_details,
-        queues=options.queues,
-        concurrency=options.concurrency or config.worker_concurrency,
-        rate_limit=options.rate_limit if options.rate_limit is not None else config.rate_limit,
-        rate_interval=options.rate_interval or config.rate_interval,
+        queues=spec.queues,
+        concurrency=spec.concurrency or config.worker_concurrency,
+        rate_limit=spec.rate_limit if spec.rate_limit is not None else config.rate_limit,
+        rate_interval=spec.rate_interval or config.rate_interval,
         lease=config.lease,
         shutdown_timeout=shutdown_timeout,
         metrics_url=(
-            f"served by the supervisor (pid {options.supervised_by})"
-            if options.supervised_by is not None and telemetry
+            f"served by the supervisor (pid {process.supervised_by})"
+            if process.supervised_by is not None and telemetry
             else telemetry.metrics_url
             if telemetry
             else None
@@ -448,8 +411,8 @@ async def _run(
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(signals.watch)  # the Worker runs telemetry's queue sampler itself
-            if options.supervised_by is not None:
-                group.start_soon(_watch_supervisor, options.supervised_by, the_worker, reporter)
+            if process.supervised_by is not None:
+                group.start_soon(_watch_supervisor, process.supervised_by, the_worker, reporter)
             try:
                 await the_worker.run()
             except Exception as exc:  # noqa: BLE001 - reported below with its exit code
@@ -480,7 +443,7 @@ async def _run(
             f"queue; another worker's reaper recovers them after their lease ({config.lease:g}s)",
             ExitCode.CRASH,
         )
-    how = "drained" if signals.count else "burst done" if options.burst else "stopped"
+    how = "drained" if signals.count else "burst done" if spec.burst else "stopped"
     if signals.count > 1:
         how = "stopped at once"
     reporter.say(
