@@ -141,6 +141,20 @@ def _did_you_mean(task_id: str, known: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _check_rate_limit(limit: object, interval: object) -> tuple[int, float]:
+    """A queue rate limit's ``limit`` and ``interval``, checked (also by the CLI, before it connects).
+
+    Raises:
+        JobArgumentError: ``limit`` not an int in [1, 1,000,000], or ``interval`` under 1 ms.
+
+    """
+    checked_limit = check_int_option("limit", limit, 1, _MAX_RATE_LIMIT)
+    checked_interval = check_seconds("interval", interval)
+    if checked_interval < _MIN_RATE_INTERVAL:
+        raise JobArgumentError("interval", f"must be at least 0.001 seconds, not {checked_interval!r}")
+    return checked_limit, checked_interval
+
+
 class Queue:
     """A named queue on a backend (``settings.backend`` when none is given).
 
@@ -504,10 +518,7 @@ class Queue:
             ConfigError: the backend cannot store a queue rate limit.
 
         """
-        limit = check_int_option("limit", limit, 1, _MAX_RATE_LIMIT)
-        interval = check_seconds("interval", interval)
-        if interval < _MIN_RATE_INTERVAL:
-            raise JobArgumentError("interval", f"must be at least 0.001 seconds, not {interval!r}")
+        limit, interval = _check_rate_limit(limit, interval)
         await self._rate_limits().set_rate_limit(self.name, limit, interval)
         self._known = True
 

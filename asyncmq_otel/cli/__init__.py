@@ -36,7 +36,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "enqueue": ("admin", "enqueue", "Add a job for TASK and print its id."),
     "exporter": ("exporter", "exporter_command", "Export queue gauges on /metrics until SIGTERM/SIGINT."),
     "job": ("admin", "job", "Show, cancel or retry one job."),
-    "queue": ("admin", "queue", "Pause, resume, drain or clean one queue."),
+    # rate_limits adds `queue rate-limit` to admin's `queue` group (admin.py is at the size limit)
+    "queue": ("rate_limits", "queue", "Pause, resume, drain, clean or rate-limit one queue."),
     "queues": (
         "admin",
         "queues",

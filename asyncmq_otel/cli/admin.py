@@ -312,7 +312,7 @@ def queues(as_json: bool, backend_url: str | None, prefix: str | None, connect_t
 # -- queue ---------------------------------------------------------------------------------------------
 @click.group("queue")
 def queue() -> None:
-    """Pause, resume, drain or clean one queue."""
+    """Pause, resume, drain, clean or rate-limit one queue."""
 
 
 @queue.command("pause")

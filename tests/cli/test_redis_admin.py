@@ -130,6 +130,9 @@ def _keys(url: str, prefix: str) -> list[str]:
         ["queue", "drain", "{queue}", "--yes"],
         ["queue", "pause", "{queue}"],
         ["queue", "resume", "{queue}"],
+        ["queue", "rate-limit", "{queue}"],
+        ["queue", "rate-limit", "{queue}", "50/1s"],
+        ["queue", "rate-limit", "{queue}", "--clear"],
     ],
 )
 def test_commands_on_an_unknown_queue_create_nothing(
