@@ -1,4 +1,4 @@
-"""``asyncmq-otel queues`` shows a queue's shared rate limit (table and ``--json``) on Redis."""
+"""``asyncmq-otel queues`` shows a queue's shared rate limit and ``queue rate-limit`` sets, shows and clears it, on Redis."""
 
 from __future__ import annotations
 
@@ -59,6 +59,14 @@ def _stored(redis_url: str, prefix: str, name: str) -> tuple[int, float] | None:
     return anyio.run(read)
 
 
+async def _create_queue(redis_url: str, prefix: str, name: str) -> None:
+    backend = RedisBackend(redis_url, prefix=prefix, retry_timeout=5.0)
+    try:
+        await Queue(name, backend).pause()  # makes the queue exist, without a limit
+    finally:
+        await backend.close()
+
+
 def test_queue_rate_limit_sets_shows_and_clears_the_shared_limit(redis_url: str, prefix: str) -> None:
     name = unique_prefix()
     target = ["--backend", redis_url, "--prefix", prefix]
@@ -78,14 +86,6 @@ def test_queue_rate_limit_sets_shows_and_clears_the_shared_limit(redis_url: str,
     assert run("--clear") == f"queue {name} rate limit cleared\n"
     assert _stored(redis_url, prefix, name) is None
     assert run("--clear") == f"queue {name} had no shared rate limit\n"  # clearing twice is not an error
-
-
-async def _create_queue(redis_url: str, prefix: str, name: str) -> None:
-    backend = RedisBackend(redis_url, prefix=prefix, retry_timeout=5.0)
-    try:
-        await Queue(name, backend).pause()  # makes the queue exist, without a limit
-    finally:
-        await backend.close()
 
 
 @pytest.mark.parametrize(
