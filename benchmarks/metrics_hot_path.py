@@ -3,10 +3,11 @@
     python benchmarks/metrics_hot_path.py [--jobs 20000] [--rounds 7] [--exemplars]
 
 Feeds a realistic job through the adapter the way the bus does: ``job:started``, ``job:completed`` and
-the completion write (``ack``, metric #4), with ten tasks on the served queue, the scrape sink on and
-no OTLP sink. Prints the best round's CPU time per job (``time.process_time``), GC off while timed.
-``--exemplars`` also looks the attempt's span up for exemplars, as when traces are on. This is the
-adapter's share only; ``benchmarks/run.py`` measures whole workers.
+the completion write (``ack``, timed by messaging.client.operation.duration), with ten tasks on the
+served queue, the scrape sink on and no OTLP sink. Prints the best round's CPU time per job
+(``time.process_time``), GC off while timed. ``--exemplars`` also looks the attempt's span up for
+exemplars, as when traces are on. This is the adapter's share only; ``benchmarks/run.py`` measures
+whole workers.
 """
 
 from __future__ import annotations

@@ -54,9 +54,10 @@ _STALE_STATUSES = frozenset({"STALE", "GONE"})
 _WRITE_OPERATIONS = frozenset(WRITE_OPERATIONS)
 _SENT_OPERATIONS = frozenset(SENT_OPERATIONS)
 _STALE_OPERATIONS = frozenset(STALE_OPERATIONS)
-# The rows (by number) whose recent error types are tracked apart: operation duration and job errors.
-_OPERATION_DURATION = 4
-_JOB_ERRORS = 26
+# The metrics whose error_type label keeps the recently seen values only (by OTel name).
+_SENT_MESSAGES = "messaging.client.sent.messages"
+_OPERATION_DURATION = "messaging.client.operation.duration"
+_JOB_ERRORS = "asyncmq.job.errors"
 _FAILED_REASONS = frozenset(reason for outcome, reason in OUTCOME_REASONS if outcome == "failed")
 
 
@@ -81,15 +82,18 @@ class _JobSeries:
         self.queue = queue
         self.task = task
         self.group = group
-        self.consumed = sinks.counter(2, queue, task, group, "process")
+        self.consumed = sinks.counter("messaging.client.consumed.messages", queue, task, group, "process")
         self.process = {
-            outcome: sinks.histogram(3, queue, task, group, "process", outcome)
+            outcome: sinks.histogram("messaging.process.duration", queue, task, group, "process", outcome)
             for outcome in ATTEMPT_OUTCOMES
         }
-        self.wait = {pc: sinks.histogram(5, queue, task, group, pc) for pc in PRIORITY_CLASSES}
+        self.wait = {
+            pc: sinks.histogram("asyncmq.job.wait.duration", queue, task, group, pc)
+            for pc in PRIORITY_CLASSES
+        }
         # Every pair asyncmq.job.outcomes can record, so the first failure after a start counts from 0.
         self.outcomes = {
-            (outcome, reason): sinks.counter(7, queue, task, group, outcome, reason)
+            (outcome, reason): sinks.counter("asyncmq.job.outcomes", queue, task, group, outcome, reason)
             for outcome, reason in OUTCOME_REASONS
         }
         self.completed = self.outcomes["completed", ""]
@@ -107,26 +111,26 @@ class _RecentErrorTypes:
 
     __slots__ = ("_evict", "_limit", "_seen")
 
-    def __init__(self, limit: int, evict: Callable[[int, str, str], None]) -> None:
+    def __init__(self, limit: int, evict: Callable[[str, str, str], None]) -> None:
         self._limit = limit
         self._evict = evict
-        self._seen: dict[tuple[int, str], OrderedDict[str, None]] = {}
+        self._seen: dict[tuple[str, str], OrderedDict[str, None]] = {}
 
-    def use(self, number: int, task: str, error_type: str) -> str:
-        """The label value for ``error_type`` on row ``number`` of ``task``, marked as just seen."""
+    def use(self, metric: str, task: str, error_type: str) -> str:
+        """The label value of ``error_type`` on ``metric`` (an OTel name) of ``task``, now the most recent."""
         if not error_type:
             return ""
         if self._limit <= 0:
             return OTHER
-        seen = self._seen.get((number, task))
+        seen = self._seen.get((metric, task))
         if seen is None:
-            seen = self._seen[number, task] = OrderedDict()
+            seen = self._seen[metric, task] = OrderedDict()
         elif error_type in seen:
             seen.move_to_end(error_type)
             return error_type
         if len(seen) >= self._limit:
             evicted, _ = seen.popitem(last=False)
-            self._evict(number, task, evicted)
+            self._evict(metric, task, evicted)
         seen[error_type] = None
         return error_type
 
@@ -140,12 +144,17 @@ class _WorkerSeries:
         self.queue = queue
         self.group = group
         # both scopes from the start, so a throttle rate reads 0 rather than no data
-        self.throttled = {scope: sinks.counter(11, queue, group, scope) for scope in THROTTLE_SCOPES}
-        self.throttle_wait = {scope: sinks.histogram(12, queue, group, scope) for scope in THROTTLE_SCOPES}
-        self.up = sinks.gauge(13, queue, group)
-        self.heartbeat = sinks.gauge(14, queue, group)
-        self.active = sinks.gauge(15, queue, group)
-        self.concurrency = sinks.gauge(16, queue, group)
+        self.throttled = {
+            scope: sinks.counter("asyncmq.ratelimit.throttled", queue, group, scope)
+            for scope in THROTTLE_SCOPES
+        }
+        self.throttle_wait = {
+            scope: sinks.histogram("asyncmq.ratelimit.wait", queue, group, scope) for scope in THROTTLE_SCOPES
+        }
+        self.up = sinks.gauge("asyncmq.worker.up", queue, group)
+        self.heartbeat = sinks.gauge("asyncmq.worker.heartbeat.timestamp", queue, group)
+        self.active = sinks.gauge("asyncmq.worker.jobs.active", queue, group)
+        self.concurrency = sinks.gauge("asyncmq.worker.concurrency", queue, group)
 
 
 def _no_trace_id() -> None:
@@ -238,22 +247,28 @@ class MetricsAdapter:
         }
         for signal in SIGNALS:
             for reason in DROP_REASONS:
-                sinks.counter(20, signal, reason)
-        sinks.set_observer(10, self._running_max_age)
+                sinks.counter("asyncmq.telemetry.dropped", signal, reason)
+        sinks.set_observer("asyncmq.job.running.max_age", self._running_max_age)
 
     def attach_queue_gauges(self, gauges: QueueGauges | None) -> None:
         """Export the sampler's queue and schedule gauges from ``gauges`` (its cache); ``None`` stops them.
 
         Queue depth, oldest age, paused, consumers and blocked oldest age; schedule next run and interval.
         """
-        self.sinks.set_observer(17, None if gauges is None else gauges.depth)
-        self.sinks.set_observer(18, None if gauges is None else gauges.oldest_age)
-        self.sinks.set_observer(19, None if gauges is None else gauges.paused)
-        self.sinks.set_observer(25, None if gauges is None else gauges.consumers)
+        self.sinks.set_observer("asyncmq.queue.depth", None if gauges is None else gauges.depth)
+        self.sinks.set_observer("asyncmq.queue.oldest_age", None if gauges is None else gauges.oldest_age)
+        self.sinks.set_observer("asyncmq.queue.paused", None if gauges is None else gauges.paused)
+        self.sinks.set_observer("asyncmq.queue.consumers", None if gauges is None else gauges.consumers)
         schedules = None if gauges is None else gauges.schedules
-        self.sinks.set_observer(29, None if schedules is None else schedules.next_run)
-        self.sinks.set_observer(30, None if schedules is None else schedules.intervals)
-        self.sinks.set_observer(31, None if gauges is None else gauges.blocked_oldest_age)
+        self.sinks.set_observer(
+            "asyncmq.schedule.next_run.timestamp", None if schedules is None else schedules.next_run
+        )
+        self.sinks.set_observer(
+            "asyncmq.schedule.interval", None if schedules is None else schedules.intervals
+        )
+        self.sinks.set_observer(
+            "asyncmq.queue.blocked.oldest_age", None if gauges is None else gauges.blocked_oldest_age
+        )
 
     # -- label helpers ----------------------------------------------------------------------------------
     def _pair(self, queue: str, task: str, group: str) -> _JobSeries:
@@ -263,7 +278,7 @@ class MetricsAdapter:
         if series is None:
             series = self._jobs[key] = _JobSeries(self.sinks, queue, task, group)
             if (queue, task) not in self._stalled:
-                self._stalled[queue, task] = self.sinks.counter(9, queue, task)
+                self._stalled[queue, task] = self.sinks.counter("asyncmq.job.stalled", queue, task)
         return series
 
     def _job(self, event: LifecycleEvent) -> _JobSeries:
@@ -295,13 +310,13 @@ class MetricsAdapter:
             self._worker_by_event[raw] = series
         return series
 
-    def _evict_error_type(self, number: int, task: str, error_type: str) -> None:
-        """An ``error_type`` left the recent set of (``number``, ``task``): remove its series."""
-        if number == _OPERATION_DURATION:  # no task label: its recent set is per metric
-            self.sinks.remove(number, error_type=error_type)
+    def _evict_error_type(self, metric: str, task: str, error_type: str) -> None:
+        """An ``error_type`` left the recent set of (``metric``, ``task``): remove its series."""
+        if metric == _OPERATION_DURATION:  # no task label: its recent set is per metric
+            self.sinks.remove(metric, error_type=error_type)
             return
-        self.sinks.remove(number, asyncmq_task_name=task, error_type=error_type)
-        if number == _JOB_ERRORS:
+        self.sinks.remove(metric, asyncmq_task_name=task, error_type=error_type)
+        if metric == _JOB_ERRORS:
             for js in self._jobs.values():
                 if js.task == task:
                     for key in [key for key in js.errors if key[0] == error_type]:
@@ -309,10 +324,12 @@ class MetricsAdapter:
 
     def _count_error(self, js: _JobSeries, error_type: str, outcome: str) -> None:
         """asyncmq.job.errors: an attempt that raised (or failed without raising), by recent error type."""
-        label = self._error_types.use(26, js.task, error_type)
+        label = self._error_types.use(_JOB_ERRORS, js.task, error_type)
         series = js.errors.get((label, outcome))
         if series is None:
-            series = js.errors[label, outcome] = self.sinks.counter(26, js.queue, js.task, label, outcome)
+            series = js.errors[label, outcome] = self.sinks.counter(
+                _JOB_ERRORS, js.queue, js.task, label, outcome
+            )
         series.inc()
 
     # -- job events ------------------------------------------------------------------------------------
@@ -398,8 +415,8 @@ class MetricsAdapter:
         bound = js.terminal.get(outcome)
         if bound is None:
             bound = js.terminal[outcome] = (
-                self.sinks.histogram(6, js.queue, js.task, outcome),
-                self.sinks.histogram(8, js.queue, js.task, outcome),
+                self.sinks.histogram("asyncmq.job.e2e.duration", js.queue, js.task, outcome),
+                self.sinks.histogram("asyncmq.job.attempts", js.queue, js.task, outcome),
             )
         e2e, attempts = bound
         if event.enqueued_at:
@@ -432,8 +449,8 @@ class MetricsAdapter:
         bound = js.terminal.get("completed")
         if bound is None:
             bound = js.terminal["completed"] = (
-                self.sinks.histogram(6, js.queue, js.task, "completed"),
-                self.sinks.histogram(8, js.queue, js.task, "completed"),
+                self.sinks.histogram("asyncmq.job.e2e.duration", js.queue, js.task, "completed"),
+                self.sinks.histogram("asyncmq.job.attempts", js.queue, js.task, "completed"),
             )
         enqueued = job.enqueued_at
         if enqueued:
@@ -500,7 +517,7 @@ class MetricsAdapter:
         task = event.task if event.task in TASK_REGISTRY else OTHER
         series = self._stalled.get((queue, task))
         if series is None:
-            series = self._stalled[queue, task] = self.sinks.counter(9, queue, task)
+            series = self._stalled[queue, task] = self.sinks.counter("asyncmq.job.stalled", queue, task)
         series.inc()
 
     # -- worker and backend events ----------------------------------------------------------------------
@@ -517,11 +534,11 @@ class MetricsAdapter:
         if event.concurrency is not None:
             ws.concurrency.set(event.concurrency)
         self._served.add((queue, group))
-        self.sinks.counter(22, queue)
+        self.sinks.counter("asyncmq.backend.data_loss", queue)
         for key in declared_schedule_keys(queue):  # a declared schedule's first fire counts from 0
-            self.sinks.counter(27, queue, schedule_labels(key))
+            self.sinks.counter("asyncmq.schedule.fired", queue, schedule_labels(key))
         if queue not in self._lost_queues:
-            self.sinks.gauge(23, queue).set(0)
+            self.sinks.gauge("asyncmq.backend.data_loss.detected", queue).set(0)
         self._set_backend_up(up=True)
 
     def _worker_heartbeat(self, event: LifecycleEvent) -> None:
@@ -538,14 +555,16 @@ class MetricsAdapter:
 
     def _schedule_fired(self, event: LifecycleEvent) -> None:
         queue, label = event.queue or OTHER, schedule_labels(event.schedule_key)
-        self.sinks.counter(27, queue, label).inc()
+        self.sinks.counter("asyncmq.schedule.fired", queue, label).inc()
         if event.enqueued_at and event.schedule_due is not None:
-            self.sinks.histogram(28, queue, label).observe(max(event.enqueued_at - event.schedule_due, 0.0))
+            self.sinks.histogram("asyncmq.schedule.lag", queue, label).observe(
+                max(event.enqueued_at - event.schedule_due, 0.0)
+            )
 
     def _data_loss(self, event: LifecycleEvent) -> None:
         queue = event.queue or OTHER
-        self.sinks.counter(22, queue).inc()
-        self.sinks.gauge(23, queue).set(1)
+        self.sinks.counter("asyncmq.backend.data_loss", queue).inc()
+        self.sinks.gauge("asyncmq.backend.data_loss.detected", queue).set(1)
         self._lost_queues.add(queue)
 
     def _running_max_age(self) -> Iterable[tuple[tuple[str, ...], float]]:
@@ -580,7 +599,7 @@ class MetricsAdapter:
             self._last_success = time.monotonic()
         if self._backend_up is not up:
             self._backend_up = up
-            self.sinks.gauge(21).set(1 if up else 0)
+            self.sinks.gauge("asyncmq.backend.up").set(1 if up else 0)
 
     def backend_result(self, ok: bool) -> None:
         """Told by the queue sampler whether its round trip succeeded."""
@@ -617,19 +636,21 @@ class MetricsAdapter:
             if error is None:
                 series = self._writes.get((queue, name))
                 if series is None:
-                    series = self._writes[queue, name] = self.sinks.histogram(4, queue, name, "")
+                    series = self._writes[queue, name] = self.sinks.histogram(
+                        _OPERATION_DURATION, queue, name, ""
+                    )
             else:
-                label = self._error_types.use(4, "", error_type)
-                series = self.sinks.histogram(4, queue, name, label)
+                label = self._error_types.use(_OPERATION_DURATION, "", error_type)
+                series = self.sinks.histogram(_OPERATION_DURATION, queue, name, label)
             series.observe(duration if duration > 0.0 else 0.0)  # noqa: FURB136 - hot path: no call
         if name in _SENT_OPERATIONS:
             for job in jobs:
                 task = job.task if job.task in TASK_REGISTRY else OTHER
                 sent = "schedule" if name == "schedule" or job.delay_until is not None else "send"
-                label = self._error_types.use(1, task, error_type)
-                self.sinks.counter(1, queue, task, sent, label).inc()
+                label = self._error_types.use(_SENT_MESSAGES, task, error_type)
+                self.sinks.counter(_SENT_MESSAGES, queue, task, sent, label).inc()
         if outcome in _STALE_STATUSES and name in _STALE_OPERATIONS:
-            self.sinks.counter(24, queue, name).inc()
+            self.sinks.counter("asyncmq.stale_writes.rejected", queue, name).inc()
         if error is None:
             self._last_success = time.monotonic()
             if self._backend_up is not True:
@@ -641,7 +662,7 @@ class MetricsAdapter:
     def on_drop(self, signal: str, reason: str, count: int) -> None:
         """Drop observer of the bus: counts asyncmq.telemetry.dropped."""
         if signal in SIGNALS and reason in DROP_REASONS:
-            self.sinks.counter(20, signal, reason).inc(count)
+            self.sinks.counter("asyncmq.telemetry.dropped", signal, reason).inc(count)
 
     def on_overflow(self, row: MetricDef) -> None:
         """A record landed in ``row``'s overflow series: count it, warn once per metric."""
@@ -651,7 +672,7 @@ class MetricsAdapter:
             if self._warn is not None:
                 self._warn(
                     "telemetry.cardinality_overflow",
-                    {"metric": row.prometheus_name, "limit": self.sinks._bindings[row.number].limit},  # noqa: SLF001
+                    {"metric": row.prometheus_name, "limit": self.sinks._bindings[row.name].limit},  # noqa: SLF001
                 )
 
 

@@ -40,8 +40,10 @@ __all__ = [
 
 _log = logging.getLogger("asyncmq_otel.telemetry")
 
-LIVESUM_ROWS: Final = frozenset({13, 15, 16})
-"""Gauges summed over the live processes: worker up, jobs active, concurrency."""
+LIVESUM_ROWS: Final = frozenset(
+    {"asyncmq.worker.up", "asyncmq.worker.jobs.active", "asyncmq.worker.concurrency"}
+)
+"""Gauges summed over the live processes, by OTel name: worker up, jobs active, concurrency."""
 REFRESH_INTERVAL_S: Final = 1.0
 """How often observable values are copied into their multi-process gauges."""
 
@@ -51,9 +53,9 @@ def enabled() -> bool:
     return bool(getattr(values.ValueClass, "_multiprocess", False))
 
 
-def gauge_mode(number: int) -> Literal["livesum", "max"]:
-    """The ``multiprocess_mode`` of gauge row ``number``."""
-    return "livesum" if number in LIVESUM_ROWS else "max"
+def gauge_mode(name: str) -> Literal["livesum", "max"]:
+    """The ``multiprocess_mode`` of the gauge with OTel name ``name``."""
+    return "livesum" if name in LIVESUM_ROWS else "max"
 
 
 Observe = Callable[[], Iterable[tuple[Mapping[str, str], float]]]

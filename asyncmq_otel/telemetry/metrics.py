@@ -7,12 +7,14 @@ the label keys are its attribute keys with ``.`` replaced by ``_``; both are che
 defined, so the two sinks cannot drift. The dashboards (``dashboards/panel_catalogue.py``) import
 the names from here.
 
-The hot path records through :class:`CounterSeries`, :class:`HistogramSeries` and
-:class:`GaugeSeries`: one label set bound in both sinks once, then reused. In one process the scrape
-sink keeps plain accumulators (``_accumulators``) that a collector reads at scrape time; with the
-scrape sink alone the bound series is that accumulator itself, so a record costs one call. Binding
-past ``metric_cardinality_limit`` label sets yields the overflow series of that metric, whose every
-label but ``messaging_system`` is ``_OTHER``, and each record on it is counted as dropped telemetry.
+Code names a metric by its OTel name (``sinks.counter("asyncmq.job.outcomes", ...)``); a row's
+number is its id in the contract's table only. The hot path records through :class:`CounterSeries`,
+:class:`HistogramSeries` and :class:`GaugeSeries`: one label set bound in both sinks once, then
+reused. In one process the scrape sink keeps plain accumulators (``_accumulators``) that a collector
+reads at scrape time; with the scrape sink alone the bound series is that accumulator itself, so a
+record costs one call. Binding past ``metric_cardinality_limit`` label sets yields the overflow series
+of that metric, whose every label but ``messaging_system`` is ``_OTHER``, and each record on it is
+counted as dropped telemetry.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ class MetricDef:
     """One row of the definition table.
 
     Attributes:
-        number: the row's number in the contract's definition table.
+        number: the row's id in the contract's definition table (code names a metric by ``name``).
         name: the OTel instrument name.
         kind: the OTel instrument.
         unit: ``s`` or an annotation such as ``{job}``.
@@ -524,15 +526,15 @@ class MetricSinks:
                 f"histogram_buckets names unknown metrics {unknown}; use the OTel names of the metrics table"
             )
         self.buckets = {
-            row.number: tuple(float(b) for b in overrides.get(row.name, row.buckets or ()))
+            row.name: tuple(float(b) for b in overrides.get(row.name, row.buckets or ()))
             for row in METRICS
             if row.kind is InstrumentKind.HISTOGRAM
         }
         self._on_overflow = on_overflow
-        self._observers: dict[int, ObserveFn] = {}
-        self._bindings = {row.number: _Bindings(row, _limit(row, cardinality_limit)) for row in METRICS}
+        self._observers: dict[str, ObserveFn] = {}
+        self._bindings = {row.name: _Bindings(row, _limit(row, cardinality_limit)) for row in METRICS}
         self.registry = registry
-        self._prom: dict[int, Any] = {}
+        self._prom: dict[str, Any] = {}
         self._collector: _FilteredCollector | None = None
         # Multi-process mode: observable rows become plain gauges, refreshed every second.
         self.multiprocess = registry is not None and _multiprocess.enabled()
@@ -542,18 +544,18 @@ class MetricSinks:
         self._accumulate = registry is not None and not self.multiprocess
         if registry is not None:
             if self.multiprocess:
-                self._prom = {row.number: self._make_prom(row) for row in METRICS}
+                self._prom = {row.name: self._make_prom(row) for row in METRICS}
             self._collector = _FilteredCollector(self)
             registry.register(self._collector)
-        self._otel: dict[int, Any] = {}
+        self._otel: dict[str, Any] = {}
         if meter_provider is not None:
             meter = meter_provider.get_meter("asyncmq_otel", version)
-            self._otel = {row.number: self._make_otel(meter, row) for row in METRICS}
+            self._otel = {row.name: self._make_otel(meter, row) for row in METRICS}
         if self.multiprocess:
             self._refresher = _multiprocess.ObservableRefresher(
                 [
                     (
-                        self._prom[row.number],
+                        self._prom[row.name],
                         row.label_keys,
                         functools.partial(self._observe, row, otel=False),
                     )
@@ -569,9 +571,9 @@ class MetricSinks:
             return PromCounter(*name_help_labels, registry=None)
         unit = "seconds" if row.unit == "s" else ""
         if row.kind is InstrumentKind.HISTOGRAM:
-            buckets = self.buckets[row.number]
+            buckets = self.buckets[row.name]
             return PromHistogram(*name_help_labels, registry=None, unit=unit, buckets=buckets)
-        mode = _multiprocess.gauge_mode(row.number)
+        mode = _multiprocess.gauge_mode(row.name)
         return PromGauge(*name_help_labels, registry=None, unit=unit, multiprocess_mode=mode)
 
     def _make_otel(self, meter: Meter, row: MetricDef) -> Any:  # noqa: ANN401 - one of five OTel instruments
@@ -579,7 +581,7 @@ class MetricSinks:
         if row.kind is InstrumentKind.COUNTER:
             return meter.create_counter(name, unit, description)
         if row.kind is InstrumentKind.HISTOGRAM:
-            advice = self.buckets[row.number]
+            advice = self.buckets[row.name]
             return meter.create_histogram(name, unit, description, explicit_bucket_boundaries_advisory=advice)
         if row.kind is InstrumentKind.UP_DOWN_COUNTER:
             return meter.create_up_down_counter(name, unit, description)
@@ -601,8 +603,11 @@ class MetricSinks:
         """Whether the OTLP sink is on."""
         return bool(self._otel)
 
-    def _bind(self, number: int, values: tuple[str, ...]) -> Any:  # noqa: ANN401 - one of the series types
-        bindings = self._bindings[number]
+    def _bind(self, name: str, values: tuple[str, ...]) -> Any:  # noqa: ANN401 - one of the series types
+        try:
+            bindings = self._bindings[name]
+        except KeyError:
+            raise ValueError(f"no metric is named {name!r}; use an OTel name of the metrics table") from None
         series = bindings.series.get(values)
         if series is not None:
             return series
@@ -625,13 +630,13 @@ class MetricSinks:
 
     def _make_series(self, row: MetricDef, values: tuple[str, ...], *, overflow: bool) -> Any:  # noqa: ANN401
         full = (("asyncmq",) if row.system_label else ()) + values
-        otel = self._otel.get(row.number)
+        otel = self._otel.get(row.name)
         value: Any = None
         if self._accumulate:
-            value = HistogramValue(self.buckets[row.number]) if row.kind is _H else _VALUES[row.kind]()
+            value = HistogramValue(self.buckets[row.name]) if row.kind is _H else _VALUES[row.kind]()
             if otel is None and not overflow:
                 return value  # the hot path: one call per record
-        elif (prom := self._prom.get(row.number)) is not None:
+        elif (prom := self._prom.get(row.name)) is not None:
             value = prom.labels(*full) if full else prom
             if row.kind is _H:
                 value = _SharedFileHistogram(value)
@@ -649,31 +654,31 @@ class MetricSinks:
 
         return _WRAPPERS[row.kind](value, otel, attrs, callback)
 
-    def counter(self, number: int, *values: str) -> CounterSeries:
-        """The bound series of counter row ``number`` for ``values`` (its labels, in row order)."""
-        return self._bind(number, values)  # type: ignore[no-any-return]
+    def counter(self, name: str, *values: str) -> CounterSeries:
+        """The bound series of the counter with OTel name ``name`` for ``values`` (its labels in order)."""
+        return self._bind(name, values)  # type: ignore[no-any-return]
 
-    def histogram(self, number: int, *values: str) -> HistogramSeries:
-        """The bound series of histogram row ``number``."""
-        return self._bind(number, values)  # type: ignore[no-any-return]
+    def histogram(self, name: str, *values: str) -> HistogramSeries:
+        """The bound series of the histogram named ``name``."""
+        return self._bind(name, values)  # type: ignore[no-any-return]
 
-    def gauge(self, number: int, *values: str) -> GaugeSeries:
-        """The bound series of gauge or up-down counter row ``number``."""
-        return self._bind(number, values)  # type: ignore[no-any-return]
+    def gauge(self, name: str, *values: str) -> GaugeSeries:
+        """The bound series of the gauge or up-down counter named ``name``."""
+        return self._bind(name, values)  # type: ignore[no-any-return]
 
-    def remove(self, number: int, **match: str) -> int:
-        """Unbind every series of row ``number`` whose labels equal ``match`` (attribute keys with ``_``).
+    def remove(self, name: str, **match: str) -> int:
+        """Unbind every series of metric ``name`` whose labels equal ``match`` (attribute keys with ``_``).
 
         The scrape sink stops exposing them; the OTLP sink cannot forget a cumulative series, so its
         instruments are left alone. Returns how many series were removed.
         """
-        bindings = self._bindings[number]
+        bindings = self._bindings[name]
         row = bindings.row
         index = {label_key(key): i for i, key in enumerate(row.labels)}
         unknown = set(match) - set(index)
         if unknown:
             raise ValueError(f"metric {row.name} has no labels {sorted(unknown)}")
-        prom = self._prom.get(number)
+        prom = self._prom.get(name)
         removed = 0
         with bindings._lock:  # noqa: SLF001 - the bindings record is private to this class
             for values in [v for v in bindings.series if all(v[index[k]] == m for k, m in match.items())]:
@@ -684,26 +689,27 @@ class MetricSinks:
                 removed += 1
         return removed
 
-    def bound(self, number: int) -> int:
-        """Label sets bound so far for row ``number`` (the overflow series excluded)."""
-        return len(self._bindings[number].series)
+    def bound(self, name: str) -> int:
+        """Label sets bound so far for the metric named ``name`` (the overflow series excluded)."""
+        return len(self._bindings[name].series)
 
     # -- observable rows ------------------------------------------------------------------------------
-    def set_observer(self, number: int, observe: ObserveFn | None) -> None:
-        """Install the callback of observable row ``number`` (``None`` removes it)."""
-        if METRICS_BY_NUMBER[number].kind is not _OG:
-            raise ValueError(f"metric #{number} is not observable")
+    def set_observer(self, name: str, observe: ObserveFn | None) -> None:
+        """Install the callback of the observable metric named ``name`` (``None`` removes it)."""
+        row = METRICS_BY_NAME.get(name)
+        if row is None or row.kind is not _OG:
+            raise ValueError(f"{name!r} is not an observable metric of the metrics table")
         if observe is None:
-            self._observers.pop(number, None)
+            self._observers.pop(name, None)
         else:
-            self._observers[number] = observe
+            self._observers[name] = observe
 
     def _observe(self, row: MetricDef, *, otel: bool) -> Iterator[tuple[dict[str, str], float]]:
-        observe = self._observers.get(row.number)
+        observe = self._observers.get(row.name)
         if observe is None:
             return
         seen: dict[tuple[str, ...], float] = {}
-        limit = self._bindings[row.number].limit
+        limit = self._bindings[row.name].limit
         for values, value in observe():
             key = values if (values in seen or len(seen) < limit) else (OTHER,) * len(values)
             seen[key] = max(seen.get(key, value), value)
@@ -716,7 +722,7 @@ class MetricSinks:
     def collect(self) -> Iterator[Metric]:
         """The scrape sink's metric families, observable rows included (``_created`` still present)."""
         for row in METRICS:
-            prom = self._prom.get(row.number)
+            prom = self._prom.get(row.name)
             if prom is not None:
                 yield from prom.collect()
             elif self._accumulate and row.kind is not _OG:
@@ -731,7 +737,7 @@ class MetricSinks:
                 yield family
 
     def _accumulated(self, row: MetricDef) -> Metric:
-        bindings = self._bindings[row.number]
+        bindings = self._bindings[row.name]
         prefix = ("asyncmq",) if row.system_label else ()
         # A copy: the event loop may bind a new series while the scrape thread reads.
         bound = list(bindings.series.items())

@@ -73,7 +73,8 @@ def _unescape(cell: str) -> str:
 
 
 # A panel beyond §7 that an issue asked for (an issue wins over the design file; the README's telemetry
-# section describes it): issue 6's worker liveness per queue, from #25 (in the table since rev. 2).
+# section describes it): issue 6's worker liveness per queue, from asyncmq.queue.consumers (in the
+# table since rev. 2).
 EXTENSION_PANELS = (
     (
         "Saturation",

@@ -13,13 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.queues import Queue
-from asyncmq_otel.telemetry.metrics import METRICS_BY_NUMBER
+from asyncmq_otel.telemetry.metrics import METRICS_BY_NAME
 from asyncmq_otel.workers import Worker
 from tests.ops._processes import StartExporter
 
 pytestmark = [pytest.mark.ops, pytest.mark.redis, pytest.mark.anyio]
 
-CONSUMERS = METRICS_BY_NUMBER[25].prometheus_name  # asyncmq_queue_consumers
+CONSUMERS = METRICS_BY_NAME["asyncmq.queue.consumers"].prometheus_name
 
 
 def _consumers(text: str) -> dict[str, float]:

@@ -14,15 +14,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.queues import Queue
-from asyncmq_otel.telemetry.metrics import METRICS_BY_NUMBER, STATES
+from asyncmq_otel.telemetry.metrics import METRICS, METRICS_BY_NAME, STATES
 from asyncmq_otel.workers import Worker
 from tests.ops._processes import StartExporter
 
 pytestmark = [pytest.mark.ops, pytest.mark.redis, pytest.mark.anyio]
 
-DEPTH = METRICS_BY_NUMBER[17].prometheus_name  # asyncmq_queue_depth
-OLDEST_AGE = METRICS_BY_NUMBER[18].prometheus_name  # asyncmq_queue_oldest_age_seconds
-PAUSED = METRICS_BY_NUMBER[19].prometheus_name  # asyncmq_queue_paused
+DEPTH = METRICS_BY_NAME["asyncmq.queue.depth"].prometheus_name
+OLDEST_AGE = METRICS_BY_NAME["asyncmq.queue.oldest_age"].prometheus_name
+PAUSED = METRICS_BY_NAME["asyncmq.queue.paused"].prometheus_name
 QUEUE_GAUGES = {DEPTH, OLDEST_AGE, PAUSED}
 UNKNOWN_TASK = "nowhere.registered"  # the exporter needs no task code; the worker dead-letters it
 
@@ -43,14 +43,14 @@ def _queue_gauges(text: str) -> dict[tuple[str, str, str], float]:
     return values
 
 
-def _rows_with_samples(text: str) -> set[int]:
-    """Numbers of the definition table's rows that have at least one sample in ``text``."""
+def _metrics_with_samples(text: str) -> set[str]:
+    """OTel names of the definition table's metrics that have at least one sample in ``text``."""
     names = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
     rows = set()
-    for row in METRICS_BY_NUMBER.values():
+    for row in METRICS:
         suffixes = ("_bucket", "_count", "_sum") if row.prometheus_type == "histogram" else ("",)
         if any(row.prometheus_name + suffix in names for suffix in suffixes):
-            rows.add(row.number)
+            rows.add(row.name)
     return rows
 
 
@@ -92,4 +92,12 @@ async def test_exporter_metrics_pass_promtool_and_report_depth_by_state(
     assert 0 <= gauges[(OLDEST_AGE, other.name, "")] < 60
     # It holds no job data and runs no worker: of the table's metrics it exports the queue gauges (live
     # consumers included) and its own health (backend reachable, telemetry dropped), nothing about jobs.
-    assert _rows_with_samples(text) == {17, 18, 19, 20, 21, 25, 31}
+    assert _metrics_with_samples(text) == {
+        "asyncmq.queue.depth",
+        "asyncmq.queue.oldest_age",
+        "asyncmq.queue.paused",
+        "asyncmq.telemetry.dropped",
+        "asyncmq.backend.up",
+        "asyncmq.queue.consumers",
+        "asyncmq.queue.blocked.oldest_age",
+    }

@@ -19,7 +19,7 @@ from asyncmq_otel.telemetry.metrics import (
     B_PROC,
     B_WAIT,
     METRICS,
-    METRICS_BY_NUMBER,
+    METRICS_BY_NAME,
     OTHER,
     InstrumentKind,
     MetricDef,
@@ -105,7 +105,9 @@ def test_table_matches_the_contract_row_by_row() -> None:
         name, kind, labels, buckets = CONTRACT[row.number]
         assert row.prometheus_name == name
         assert row.prometheus_type == kind
-        assert row.label_keys == (labels if row.number == 20 else ("messaging_system", *labels))
+        assert row.label_keys == (
+            labels if row.name == "asyncmq.telemetry.dropped" else ("messaging_system", *labels)
+        )
         assert row.buckets == buckets
         assert translate_name(row.name, row.kind, row.unit) == row.prometheus_name
 
@@ -138,20 +140,20 @@ def test_both_sinks_expose_every_row_with_equal_names_labels_and_buckets() -> No
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     sinks = MetricSinks(registry=registry, meter_provider=provider)
-    observable = [row.number for row in METRICS if row.kind is InstrumentKind.OBSERVABLE_GAUGE]
-    observed = {number: [(_sample_values(METRICS_BY_NUMBER[number]), 1.0)] for number in observable}
-    for number, values in observed.items():
-        sinks.set_observer(number, lambda values=values: values)
+    observable = [row.name for row in METRICS if row.kind is InstrumentKind.OBSERVABLE_GAUGE]
+    observed = {name: [(_sample_values(METRICS_BY_NAME[name]), 1.0)] for name in observable}
+    for name, values in observed.items():
+        sinks.set_observer(name, lambda values=values: values)
     for row in METRICS:
         values = _sample_values(row)
         if row.kind is InstrumentKind.COUNTER:
-            sinks.counter(row.number, *values).inc()
+            sinks.counter(row.name, *values).inc()
         elif row.kind is InstrumentKind.HISTOGRAM:
-            sinks.histogram(row.number, *values).observe(0.3)
+            sinks.histogram(row.name, *values).observe(0.3)
         elif row.kind is InstrumentKind.GAUGE:
-            sinks.gauge(row.number, *values).set(1)
+            sinks.gauge(row.name, *values).set(1)
         elif row.kind is InstrumentKind.UP_DOWN_COUNTER:
-            sinks.gauge(row.number, *values).add(1)
+            sinks.gauge(row.name, *values).add(1)
 
     families = {family.name: family for family in registry.collect()}
     data = reader.get_metrics_data()
@@ -183,7 +185,7 @@ def test_bucket_overrides_apply_to_both_sinks_and_unknown_names_raise() -> None:
     sinks = MetricSinks(
         registry=registry, meter_provider=provider, histogram_buckets={"asyncmq.job.attempts": [1, 10]}
     )
-    sinks.histogram(8, "q", "t", "completed").observe(2)
+    sinks.histogram("asyncmq.job.attempts", "q", "t", "completed").observe(2)
     family = next(f for f in registry.collect() if f.name == "asyncmq_job_attempts")
     assert [s.labels["le"] for s in family.samples if s.name.endswith("_bucket")] == ["1.0", "10.0", "+Inf"]
     data = reader.get_metrics_data()
@@ -196,12 +198,27 @@ def test_bucket_overrides_apply_to_both_sinks_and_unknown_names_raise() -> None:
         MetricSinks(registry=None, histogram_buckets={"asyncmq.nope": [1]})
 
 
+def test_metrics_are_looked_up_by_otel_name_and_a_wrong_name_raises() -> None:
+    sinks = MetricSinks(registry=CollectorRegistry())
+    sinks.counter("asyncmq.job.stalled", "q", "t").inc()
+    assert sinks.bound("asyncmq.job.stalled") == 1
+    with pytest.raises(ValueError, match=r"no metric is named 'asyncmq\.job\.stall'"):
+        sinks.counter("asyncmq.job.stall", "q", "t")
+    with pytest.raises(ValueError, match="no metric is named '9'"):
+        sinks.counter("9", "q", "t")  # the contract's row id is not a name
+    with pytest.raises(ValueError, match=r"'asyncmq\.job\.outcomes' is not an observable metric"):
+        sinks.set_observer("asyncmq.job.outcomes", list)
+    with pytest.raises(ValueError, match=r"'asyncmq\.nope' is not an observable metric"):
+        sinks.set_observer("asyncmq.nope", None)
+    sinks.close()
+
+
 def test_success_has_no_error_type_attribute_in_otlp_and_an_empty_label_in_prometheus() -> None:
     registry = CollectorRegistry()
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     sinks = MetricSinks(registry=registry, meter_provider=provider)
-    sinks.counter(1, "q", "metrics.known", "send", "").inc()
+    sinks.counter("messaging.client.sent.messages", "q", "metrics.known", "send", "").inc()
     family = next(f for f in registry.collect() if f.name == "messaging_client_sent_messages")
     assert [s.labels["error_type"] for s in family.samples if s.name.endswith("_total")] == [""]
     data = reader.get_metrics_data()
@@ -217,13 +234,15 @@ def _bucket_counts(registry: CollectorRegistry, name: str) -> dict[float, float]
     return {float(s.labels["le"]): s.value for s in family.samples if s.name.endswith("_bucket")}
 
 
-@pytest.mark.parametrize("number", [3, 4, 5])
-def test_a_sub_millisecond_and_a_two_millisecond_observation_land_in_distinct_buckets(number: int) -> None:
+@pytest.mark.parametrize(
+    "name", ["messaging.process.duration", "messaging.client.operation.duration", "asyncmq.job.wait.duration"]
+)
+def test_a_sub_millisecond_and_a_two_millisecond_observation_land_in_distinct_buckets(name: str) -> None:
     """Buckets start at 0.1 ms: with a 5 ms first bucket both read as "under 5 ms" and every p95 said 4.75 ms."""
     registry = CollectorRegistry()
     sinks = MetricSinks(registry=registry)
-    row = METRICS_BY_NUMBER[number]
-    series = sinks.histogram(number, *_sample_values(row))
+    row = METRICS_BY_NAME[name]
+    series = sinks.histogram(name, *_sample_values(row))
     series.observe(0.0003)
     before = _bucket_counts(registry, row.prometheus_name)
     series.observe(0.002)
@@ -507,7 +526,10 @@ def test_the_accumulators_expose_what_prometheus_client_children_would() -> None
     ours = CollectorRegistry()
     sinks = MetricSinks(registry=ours)
     reference = CollectorRegistry()
-    process, outcomes, up = METRICS_BY_NUMBER[3], METRICS_BY_NUMBER[7], METRICS_BY_NUMBER[13]
+    process, outcomes, up = (
+        METRICS_BY_NAME[name]
+        for name in ("messaging.process.duration", "asyncmq.job.outcomes", "asyncmq.worker.up")
+    )
     ref_process = Histogram(
         process.prometheus_name, process.description, process.label_keys, registry=reference,
         unit="seconds", buckets=B_PROC,
@@ -519,11 +541,11 @@ def test_the_accumulators_expose_what_prometheus_client_children_would() -> None
     values = ("q", "metrics.known", "g", "process", "completed")
     trace_id = "0af7651916cd43dd8448eb211c80319c"
     for value in (0.0003, 0.002, 0.002, 7.0, 5000.0):
-        sinks.histogram(3, *values).observe(value, trace_id)
+        sinks.histogram(process.name, *values).observe(value, trace_id)
         ref_process.labels("asyncmq", *values).observe(value, {"trace_id": trace_id})
-    sinks.counter(7, "q", "metrics.known", "g", "failed", "failed").inc(3)
+    sinks.counter(outcomes.name, "q", "metrics.known", "g", "failed", "failed").inc(3)
     ref_outcomes.labels("asyncmq", "q", "metrics.known", "g", "failed", "failed").inc(3)
-    sinks.gauge(13, "q", "g").set(1)
+    sinks.gauge(up.name, "q", "g").set(1)
     ref_up.labels("asyncmq", "q", "g").set(1)
 
     def lines(text: bytes, names: tuple[str, ...]) -> list[str]:
