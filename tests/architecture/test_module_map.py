@@ -5,7 +5,7 @@ they may import besides each other. An import inside a function or under ``if TY
 too (a type a row may not name is a dependency all the same), and so does ``importlib.import_module``
 of a literal name; what a row may import only ``lazily`` it may import only there, never at module
 level. ``NEVER`` is the layering the table itself must keep: the core knows no engine and no adapter,
-nothing below ``cli/`` imports it, the engine knows no telemetry, the adapters do not know each other.
+no row below ``cli/`` imports it, the engine knows no telemetry, the adapters do not know each other.
 So a failure here is fixed in the code, not by widening a row.
 """
 
