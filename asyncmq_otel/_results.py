@@ -20,7 +20,7 @@ from .backends.base import Backend, StoredJob
 from .errors import ConfigError, JobCancelled, JobExpired, JobFailed
 from .events import LifecycleEvent, bus
 from .jobs import check_job_id
-from .settings import settings
+from .settings import get_settings
 
 __all__ = ["SETTLE_EVENTS", "wait_for_result"]
 
@@ -70,7 +70,7 @@ async def _settles(backend: Backend, queue: str, job_id: str) -> AsyncIterator[A
         async with _bus_settles(queue, job_id) as settled:
             yield settled
         return
-    if not settings.publish_events:
+    if not get_settings().publish_events:
         raise ConfigError(
             "wait_for_result on Redis wakes on the lifecycle events workers publish, and "
             "settings.publish_events is off (ASYNCMQ_PUBLISH_EVENTS): turn it on for the workers"

@@ -29,7 +29,7 @@ from .backends.capabilities import FlowBackend  # still importable from here, wh
 from .errors import JobArgumentError
 from .jobs import check_job_id, check_queue_name, new_job_id
 from .queues import Queue
-from .settings import settings
+from .settings import get_settings
 
 __all__ = ["FlowCycleError", "FlowNode", "FlowProducer", "parent_results"]
 
@@ -92,7 +92,7 @@ class FlowProducer:
             fields.update(job_id=ids[index], depends_on=parents or None)
             built.append((node_queue, Queue(node_queue, self._backend)._build_spec(index, fields)))  # noqa: SLF001 - one validation for both paths
         order = _topological_order([(node_queue, one.job.id) for node_queue, one in built], built)
-        limit = settings.max_payload_bytes
+        limit = get_settings().max_payload_bytes
         flow_id = built[order[0]][1].job.id if order else None  # the flow id rule: see the module
         items = [(built[i][0], dataclasses.replace(built[i][1].item(limit), flow_id=flow_id)) for i in order]
         backend = self.backend

@@ -49,7 +49,7 @@ from .jobs import (
     new_job_id,
 )
 from .schedules import ScheduleSpec
-from .settings import settings
+from .settings import get_settings
 from .tasks import TASK_REGISTRY, UNSUPPORTED_OPTIONS
 
 __all__ = ["Queue"]
@@ -306,7 +306,7 @@ class Queue:
         )
         job, delay_s = built.job, built.delay_s
         backend = self.backend
-        limit = settings.max_payload_bytes
+        limit = get_settings().max_payload_bytes
         if bus.observed:
             _provisional_times(job, delay_s)
             operation = Operation(
@@ -329,7 +329,7 @@ class Queue:
         built = [self._build_spec(index, spec) for index, spec in enumerate(jobs)]
         if not built:
             return []
-        limit = settings.max_payload_bytes
+        limit = get_settings().max_payload_bytes
 
         def items() -> list[EnqueueItem]:
             return [one.item(limit) for one in built]
@@ -458,7 +458,7 @@ class Queue:
         job.enqueued_at = reply.enqueued_at
         job.eligible_at = reply.eligible_at
         if reply.duplicate:
-            if settings.on_duplicate == "raise":
+            if get_settings().on_duplicate == "raise":
                 raise DuplicateJob(job.id, reply.state)
             emit_job_event("job:duplicated", job, attempt=0)
             return

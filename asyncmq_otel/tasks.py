@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from ._dependencies import OnParentFailure
 from .errors import JobArgumentError, UnknownTask, UnsupportedOption
 from .jobs import MAX_RETRIES, Backoff, BackoffSpec, Job, check_int_option, check_queue_name, check_seconds
-from .settings import settings
+from .settings import get_settings
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -371,7 +371,7 @@ def autodiscover_tasks(packages: list[str] | None = None) -> list[str]:
     ``ImportError`` naming it, so a typo in the settings stops the worker at startup.
     """
     imported: list[str] = []
-    for package_name in packages if packages is not None else list(settings.tasks):
+    for package_name in packages if packages is not None else list(get_settings().tasks):
         package = importlib.import_module(package_name)
         imported.append(package.__name__)
         search_path = getattr(package, "__path__", None)

@@ -6,7 +6,7 @@ import importlib
 import threading
 from typing import Any, cast
 
-from ..settings import settings
+from ..settings import get_settings
 from .base import Backend
 
 __all__ = ["default_backend", "memory_backend", "reset_default_backend"]
@@ -17,7 +17,7 @@ _by_url: dict[str, Backend] = {}
 
 def default_backend() -> Backend:
     """``settings.backend`` as a backend: an instance as is, a URL built once per URL and reused."""
-    configured: Any = settings.backend
+    configured: Any = get_settings().backend
     if not isinstance(configured, str):
         return cast("Backend", configured)
     with _lock:
@@ -36,13 +36,14 @@ def memory_backend() -> Backend:
     """A new in-memory backend with the size limits and retention of the current settings."""
     from .memory import InMemoryBackend  # noqa: PLC0415 - adapters load lazily
 
+    config = get_settings()
     return InMemoryBackend(
-        max_payload_bytes=settings.max_payload_bytes,
-        max_result_bytes=settings.max_result_bytes,
-        keep_completed=settings.keep_completed,
-        keep_completed_age=settings.keep_completed_age,
-        keep_failed=settings.keep_failed,
-        keep_failed_age=settings.keep_failed_age,
+        max_payload_bytes=config.max_payload_bytes,
+        max_result_bytes=config.max_result_bytes,
+        keep_completed=config.keep_completed,
+        keep_completed_age=config.keep_completed_age,
+        keep_failed=config.keep_failed,
+        keep_failed_age=config.keep_failed_age,
     )
 
 

@@ -54,7 +54,7 @@ from ..errors import (
     UnknownTask,
 )
 from ..jobs import dumps
-from ..settings import settings
+from ..settings import get_settings
 from ..tasks import TASK_REGISTRY, get_task
 from ._process_tree import ProcessTree
 from .child import FRAME_HEADER, Oversize, encode_message, write_frame
@@ -366,7 +366,7 @@ class SandboxPool:
     def _run_state(self) -> _RunState:
         state = self._state.get()
         if state is None:
-            processes = self._processes or max(1, int(settings.sandbox_processes))
+            processes = self._processes or max(1, int(get_settings().sandbox_processes))
             state = _RunState(processes, anyio.Semaphore(processes), anyio.CapacityLimiter(processes + 1))
             self._state.set(state)
         return state
@@ -401,8 +401,9 @@ class SandboxPool:
         """Run a registered task in a warm child and return its JSON result; see :func:`run_handler`."""
         info = get_task(task_id)
         self._check_open()
-        limit = int(settings.max_result_bytes)
-        seconds = float(settings.sandbox_default_timeout if timeout is None else timeout)
+        config = get_settings()
+        limit = int(config.max_result_bytes)
+        seconds = float(config.sandbox_default_timeout if timeout is None else timeout)
         request = _encode_request(task_id, info.module, args, kwargs, limit)
         state = self._run_state()
         async with state.slots:
@@ -461,7 +462,7 @@ class SandboxPool:
                 "op": "init",
                 "sys_path": list(sys.path),
                 "modules": sorted({info.module for info in TASK_REGISTRY.values()} - {"", "__main__"}),
-                "packages": list(settings.tasks),
+                "packages": list(get_settings().tasks),
             }
         )
         ready = False
@@ -499,7 +500,7 @@ class SandboxPool:
             _signal_group(child.pid, signal.SIGTERM)
             # Not to the group's members again: to some programs a second SIGTERM means "skip the clean-up".
             tree.signal(signal.SIGTERM, outside_group=child.pid)
-            if not await _wait_tree_exit(child.proc, tree, float(settings.sandbox_term_grace)):
+            if not await _wait_tree_exit(child.proc, tree, float(get_settings().sandbox_term_grace)):
                 logger.warning(
                     "sandbox child %d or a process it started ignored SIGTERM; sending SIGKILL", child.pid
                 )
@@ -520,7 +521,7 @@ class SandboxPool:
         """Stop (``graceful``: ask first by closing its request pipe), reap and forget a child."""
         if graceful and not _exited(child.proc):
             child.close_requests()
-            await _wait_exit(child.proc, float(settings.sandbox_term_grace))
+            await _wait_exit(child.proc, float(get_settings().sandbox_term_grace))
         await self._terminate(child)
         child.close()
         self._children.discard(child)
@@ -620,7 +621,7 @@ class SandboxPool:
             )
             raise SandboxTimeout(
                 f"task {task_id!r} ran past its {timeout:g}s sandbox timeout; its process {how} "
-                f"(SIGTERM, then SIGKILL after {float(settings.sandbox_term_grace):g}s)"
+                f"(SIGTERM, then SIGKILL after {float(get_settings().sandbox_term_grace):g}s)"
             )
         if isinstance(outcome, Oversize):
             raise ResultTooLarge(outcome.size, limit)

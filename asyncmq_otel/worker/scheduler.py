@@ -25,7 +25,7 @@ from ..errors import AsyncMQError
 from ..events import Operation, bus
 from ..jobs import Job, encode_payload
 from ..schedules import ScheduleRecord, plan_fire, schedule_job
-from ..settings import settings
+from ..settings import get_settings
 
 __all__ = ["Fired", "Scheduler"]
 
@@ -219,7 +219,7 @@ class Scheduler:
     async def _fire(
         self, queue: str, record: ScheduleRecord, dues: list[int], jobs: list[Job], next_due_ms: int
     ) -> FireReply:
-        limit = settings.max_payload_bytes
+        limit = get_settings().max_payload_bytes
         items = [
             (
                 due,
