@@ -254,7 +254,7 @@ JOB_FIELD_NAMES = frozenset(
 
 make_job_event: Callable[[str, float, Job, int, dict[str, Any]], LifecycleEvent] = _compile_event_builder(
     "make_job_event",
-    "name, ts, job, attempt, extra",
+    "name, ts, job, attempt_number, extra",
     ["    get = extra.get", "    context = job.trace_context"],
     {
         "name": "name",
@@ -262,7 +262,7 @@ make_job_event: Callable[[str, float, Job, int, dict[str, Any]], LifecycleEvent]
         "queue": "job.queue",
         "job_id": "job.id",
         "task": "job.task",
-        "attempt": "attempt",
+        "attempt": "attempt_number",
         "max_attempts": "job.max_attempts",
         "priority": "job.priority",
         "enqueued_at": "job.enqueued_at",
@@ -282,7 +282,7 @@ are ignored (callers check them: :func:`asyncmq_otel._lifecycle.job_event`).
 
 Listener = Callable[[LifecycleEvent], Any]
 JobListener = Callable[[str, Job, int, "dict[str, Any]"], Any]
-"""A listener's fast path for ``job:*`` events: ``(name, job, attempt, extra fields)``, no event built.
+"""A listener's fast path for ``job:*`` events: ``(name, job, attempt number, extra fields)``, no event built.
 
 The job and the field dict are the emitter's own: read them, never keep or change them.
 """
@@ -441,7 +441,9 @@ class EventBus:
         if queued:
             self._enqueue(event)
 
-    def deliver_job(self, route: Route, name: str, job: Job, attempt: int, fields: dict[str, Any]) -> None:
+    def deliver_job(
+        self, route: Route, name: str, job: Job, attempt_number: int, fields: dict[str, Any]
+    ) -> None:
         """Deliver a job event through the fast path of a route whose third part is not empty.
 
         Each listener's ``from_job`` is called instead of building the event (see :meth:`on`).
@@ -450,7 +452,7 @@ class EventBus:
             if sub.once:
                 self._drop_once(sub)
             try:
-                sub.from_job(name, job, attempt, fields)  # type: ignore[misc] # the route holds only these
+                sub.from_job(name, job, attempt_number, fields)  # type: ignore[misc] # the route holds only these
             except Exception as exc:  # noqa: BLE001 - isolation boundary: a listener never breaks a job
                 self._listener_failed(sub, name, exc)
 

@@ -216,7 +216,7 @@ class JobAttempt:
         if reply.ok:
             delay = max((job.delay_until or 0.0) - self.ctx.clock.time(), 0.0)
             emit_job_event(
-                "job:delayed", job, attempt=max(job.attempts - 1, 0), delay_s=delay, **self._fields()
+                "job:delayed", job, attempt_number=max(job.attempts - 1, 0), delay_s=delay, **self._fields()
             )
         else:
             self._stale("defer", reply)

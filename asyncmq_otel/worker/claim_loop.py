@@ -270,24 +270,26 @@ async def handle_within_limits(
     borrower = reserved if reserved is not None else object()
     backend = backend or default_backend()
     ctx = context or WorkerContext()
-    if not isinstance(raw_job, ClaimedJob):
-        raw_job = ClaimedJob.from_fields(raw_job, ctx.clock.time())
+    # raw_job keeps AsyncMQ's parameter name: it may be a stored job dict, decoded here
+    claimed = (
+        raw_job if isinstance(raw_job, ClaimedJob) else ClaimedJob.from_fields(raw_job, ctx.clock.time())
+    )
     holding = reserved is not None
     try:
         if not holding:
             await limiter.acquire_on_behalf_of(borrower)
             holding = True
         waited = 0.0
-        attempt = attempt or ctx.held.get((queue_name, raw_job.id))
+        attempt = attempt or ctx.held.get((queue_name, claimed.id))
         if throttled is not None:
             waited = throttled[1]
-            _emit_throttled(queue_name, raw_job, ctx, *throttled)
+            _emit_throttled(queue_name, claimed, ctx, *throttled)
         elif rate_limiter is not None:
-            token_wait = await _wait_for_rate_token(queue_name, raw_job, rate_limiter, backend, ctx, attempt)
+            token_wait = await _wait_for_rate_token(queue_name, claimed, rate_limiter, backend, ctx, attempt)
             if token_wait is None:
                 return
             waited = token_wait
-        await handle_job(queue_name, raw_job, backend, context=ctx, ratelimit_wait_s=waited, attempt=attempt)
+        await handle_job(queue_name, claimed, backend, context=ctx, ratelimit_wait_s=waited, attempt=attempt)
     finally:
         if holding:
             limiter.release_on_behalf_of(borrower)
@@ -295,7 +297,7 @@ async def handle_within_limits(
 
 async def _wait_for_rate_token(
     queue: str,
-    raw_job: ClaimedJob,
+    claimed: ClaimedJob,
     rate_limiter: RateLimiter,
     backend: Backend,
     ctx: WorkerContext,
@@ -312,36 +314,36 @@ async def _wait_for_rate_token(
             waited = await rate_limiter.acquire()
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True), anyio.move_on_after(_REQUEUE_BUDGET):
-            await _give_back(backend, queue, raw_job, ctx)
+            await _give_back(backend, queue, claimed, ctx)
         raise
     finally:
         if attempt is not None:
             attempt.scope = None
     if wait_scope.cancelled_caught:
-        await _give_back(backend, queue, raw_job, ctx)
+        await _give_back(backend, queue, claimed, ctx)
         return None
     if waited <= THROTTLE_EVENT_THRESHOLD:
         return 0.0  # not throttled: events report 0.0 unless the job was held over 1 ms
-    _emit_throttled(queue, raw_job, ctx, throttle_started, waited, "worker")
+    _emit_throttled(queue, claimed, ctx, throttle_started, waited, "worker")
     return waited
 
 
-async def _give_back(backend: Backend, queue: str, raw_job: ClaimedJob, ctx: WorkerContext) -> None:
+async def _give_back(backend: Backend, queue: str, claimed: ClaimedJob, ctx: WorkerContext) -> None:
     """Return a claimed job that never started (the worker is stopping) to its place, attempt included.
 
     Doing it now, rather than leaving it to the reaper, costs the job no stall.
     """
-    job_id = raw_job.id
+    job_id = claimed.id
     try:
-        await backend.defer(queue, job_id, raw_job.token)
+        await backend.defer(queue, job_id, claimed.token)
     finally:
         ctx.release(queue, job_id)
 
 
 def _emit_throttled(
-    queue: str, raw_job: ClaimedJob, ctx: WorkerContext | None, started: float, waited: float, scope: str
+    queue: str, claimed: ClaimedJob, ctx: WorkerContext | None, started: float, waited: float, scope: str
 ) -> None:
-    job = raw_job.job
+    job = claimed.job
     if job is None:  # a malformed job has no event until it is dead-lettered
         return
     job.queue = queue  # the claimed queue, not the envelope's field (labels come from the claim)
@@ -373,9 +375,9 @@ async def handle_job(
     """
     backend = backend or default_backend()
     ctx = context or WorkerContext()
-    claimed = raw_job
-    if not isinstance(claimed, ClaimedJob):
-        claimed = ClaimedJob.from_fields(claimed, ctx.clock.time())
+    claimed = (
+        raw_job if isinstance(raw_job, ClaimedJob) else ClaimedJob.from_fields(raw_job, ctx.clock.time())
+    )
     attempt = (
         attempt
         or ctx.held.get((queue_name, claimed.id))
