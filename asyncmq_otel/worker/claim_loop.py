@@ -17,7 +17,6 @@ One attempt itself is :class:`~asyncmq_otel.worker.attempt.JobAttempt`; ``Worker
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +26,7 @@ import anyio.lowlevel
 from .._lifecycle import emit_job_event, server_fields
 from ..backends._default import default_backend
 from ..backends.base import Backend, ClaimedJob, ClaimReply
-from ..clock import move_on_after
+from ..clock import Clock, move_on_after, system_clock
 from ..limiters import RateLimiter
 from ._queue_limit import THROTTLE_EVENT_THRESHOLD, QueueThrottle, Throttle
 from .attempt import JobAttempt
@@ -91,7 +90,7 @@ async def _claim_loop(
     wanted = MAX_CLAIM_BATCH
     queue_limit = QueueThrottle(config.block_timeout, ctx.clock)
     while True:
-        slots, throttled = await _reserve_slots(limiter, rate_limiter, wanted)
+        slots, throttled = await _reserve_slots(limiter, rate_limiter, wanted, ctx.clock)
         reply = await _claim(queue_name, slots, limiter, rate_limiter, backend, ctx)
         if reply.jobs:
             throttled = queue_limit.claimed(throttled)
@@ -198,7 +197,10 @@ def _start_claimed(
 
 
 async def _reserve_slots(
-    limiter: anyio.CapacityLimiter, rate_limiter: RateLimiter | None, wanted: int = MAX_CLAIM_BATCH
+    limiter: anyio.CapacityLimiter,
+    rate_limiter: RateLimiter | None,
+    wanted: int = MAX_CLAIM_BATCH,
+    clock: Clock = system_clock,
 ) -> tuple[list[object], Throttle | None]:
     """Wait for one free slot (and a rate token), then take up to ``wanted`` as slots and tokens allow now.
 
@@ -214,7 +216,7 @@ async def _reserve_slots(
     throttled: Throttle | None = None
     if rate_limiter is not None:
         if not rate_limiter.try_acquire():
-            started = time.time()
+            started = clock.time()
             try:
                 waited = await rate_limiter.acquire()
             except BaseException:
@@ -304,7 +306,7 @@ async def _wait_for_rate_token(
     attempt: JobAttempt | None,
 ) -> float | None:
     """Wait for a rate token; return the wait (0.0 unless over 1 ms), or None if the job was given back."""
-    throttle_started = time.time()
+    throttle_started = ctx.clock.time()
     try:
         with anyio.CancelScope() as wait_scope:
             if attempt is not None:  # a stop request cancels the wait through the attempt
@@ -348,7 +350,10 @@ def _emit_throttled(
         return
     job.queue = queue  # the claimed queue, not the envelope's field (labels come from the claim)
     extra = {} if ctx is None else {"worker_id": ctx.worker_id, "group": ctx.group, **ctx.server}
-    emit_job_event("job:throttled", job, ratelimit_wait_s=waited, started_at=started, scope=scope, **extra)
+    clock = system_clock if ctx is None else ctx.clock
+    emit_job_event(
+        "job:throttled", job, clock=clock, ratelimit_wait_s=waited, started_at=started, scope=scope, **extra
+    )
 
 
 _run_with_limits = handle_within_limits
