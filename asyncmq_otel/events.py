@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import inspect
 import logging
 import threading
@@ -34,6 +35,7 @@ from .jobs import Job
 
 __all__ = [
     "EVENT_NAMES",
+    "BusSnapshot",
     "EventBus",
     "EventEmitter",
     "JobListener",
@@ -330,6 +332,28 @@ class EventBus:
         self._failed_once: set[tuple[int, str]] = set()
         self._last_full_warning = 0.0
         self.dropped: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    # -- saving and restoring (tests) -----------------------------------------------------------------
+    def snapshot(self) -> BusSnapshot:
+        """Everything the bus holds now, for :meth:`restore`: listeners, observers, services, pending events.
+
+        A snapshot copies every field of the bus (a field added later is covered too) except the lock
+        and the running dispatchers, which are tasks, not state: each removes itself when it stops.
+        """
+        with self._lock:
+            return BusSnapshot(
+                {name: copy.copy(value) for name, value in vars(self).items() if name not in _LIVE_FIELDS}
+            )
+
+    def restore(self, snapshot: BusSnapshot) -> None:
+        """Put the bus back as it was at :meth:`snapshot`; the same snapshot can be restored again.
+
+        Listeners, observers, drop observers and services added since are gone, events queued since are
+        dropped, and the drop counts and once-per-listener error logs are those of the snapshot.
+        """
+        with self._lock:
+            for name, value in snapshot.fields.items():
+                setattr(self, name, copy.copy(value))
 
     # -- subscription --------------------------------------------------------------------------------
     def on(
@@ -674,6 +698,18 @@ class EventBus:
                 "telemetry.adapter_error: observer %r failed on %s", observer, operation.name, exc_info=exc
             )
         self.record_drop(str(getattr(observer, "signal", "span")), "adapter_error")
+
+
+_LIVE_FIELDS = frozenset({"_lock", "_waiters"})
+"""The fields of an :class:`EventBus` a snapshot leaves alone: its lock, and the dispatchers running now."""
+
+
+@dataclass(frozen=True, slots=True)
+class BusSnapshot:
+    """The state of an :class:`EventBus` at one moment (:meth:`EventBus.snapshot`), to restore later."""
+
+    fields: Mapping[str, Any]
+    """Each saved field of the bus by attribute name (a copy: the bus's later changes do not reach it)."""
 
 
 @dataclass(slots=True)
