@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import inspect
 import logging
 import threading
@@ -34,6 +35,7 @@ from .jobs import Job
 
 __all__ = [
     "EVENT_NAMES",
+    "BusSnapshot",
     "EventBus",
     "EventEmitter",
     "JobListener",
@@ -254,7 +256,7 @@ JOB_FIELD_NAMES = frozenset(
 
 make_job_event: Callable[[str, float, Job, int, dict[str, Any]], LifecycleEvent] = _compile_event_builder(
     "make_job_event",
-    "name, ts, job, attempt, extra",
+    "name, ts, job, attempt_number, extra",
     ["    get = extra.get", "    context = job.trace_context"],
     {
         "name": "name",
@@ -262,7 +264,7 @@ make_job_event: Callable[[str, float, Job, int, dict[str, Any]], LifecycleEvent]
         "queue": "job.queue",
         "job_id": "job.id",
         "task": "job.task",
-        "attempt": "attempt",
+        "attempt": "attempt_number",
         "max_attempts": "job.max_attempts",
         "priority": "job.priority",
         "enqueued_at": "job.enqueued_at",
@@ -282,7 +284,7 @@ are ignored (callers check them: :func:`asyncmq_otel._lifecycle.job_event`).
 
 Listener = Callable[[LifecycleEvent], Any]
 JobListener = Callable[[str, Job, int, "dict[str, Any]"], Any]
-"""A listener's fast path for ``job:*`` events: ``(name, job, attempt, extra fields)``, no event built.
+"""A listener's fast path for ``job:*`` events: ``(name, job, attempt number, extra fields)``, no event built.
 
 The job and the field dict are the emitter's own: read them, never keep or change them.
 """
@@ -330,6 +332,28 @@ class EventBus:
         self._failed_once: set[tuple[int, str]] = set()
         self._last_full_warning = 0.0
         self.dropped: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    # -- saving and restoring (tests) -----------------------------------------------------------------
+    def snapshot(self) -> BusSnapshot:
+        """Everything the bus holds now, for :meth:`restore`: listeners, observers, services, pending events.
+
+        A snapshot copies every field of the bus (a field added later is covered too) except the lock
+        and the running dispatchers, which are tasks, not state: each removes itself when it stops.
+        """
+        with self._lock:
+            return BusSnapshot(
+                {name: copy.copy(value) for name, value in vars(self).items() if name not in _LIVE_FIELDS}
+            )
+
+    def restore(self, snapshot: BusSnapshot) -> None:
+        """Put the bus back as it was at :meth:`snapshot`; the same snapshot can be restored again.
+
+        Listeners, observers, drop observers and services added since are gone, events queued since are
+        dropped, and the drop counts and once-per-listener error logs are those of the snapshot.
+        """
+        with self._lock:
+            for name, value in snapshot.fields.items():
+                setattr(self, name, copy.copy(value))
 
     # -- subscription --------------------------------------------------------------------------------
     def on(
@@ -441,7 +465,9 @@ class EventBus:
         if queued:
             self._enqueue(event)
 
-    def deliver_job(self, route: Route, name: str, job: Job, attempt: int, fields: dict[str, Any]) -> None:
+    def deliver_job(
+        self, route: Route, name: str, job: Job, attempt_number: int, fields: dict[str, Any]
+    ) -> None:
         """Deliver a job event through the fast path of a route whose third part is not empty.
 
         Each listener's ``from_job`` is called instead of building the event (see :meth:`on`).
@@ -450,7 +476,7 @@ class EventBus:
             if sub.once:
                 self._drop_once(sub)
             try:
-                sub.from_job(name, job, attempt, fields)  # type: ignore[misc] # the route holds only these
+                sub.from_job(name, job, attempt_number, fields)  # type: ignore[misc] # the route holds only these
             except Exception as exc:  # noqa: BLE001 - isolation boundary: a listener never breaks a job
                 self._listener_failed(sub, name, exc)
 
@@ -672,6 +698,18 @@ class EventBus:
                 "telemetry.adapter_error: observer %r failed on %s", observer, operation.name, exc_info=exc
             )
         self.record_drop(str(getattr(observer, "signal", "span")), "adapter_error")
+
+
+_LIVE_FIELDS = frozenset({"_lock", "_waiters"})
+"""The fields of an :class:`EventBus` a snapshot leaves alone: its lock, and the dispatchers running now."""
+
+
+@dataclass(frozen=True, slots=True)
+class BusSnapshot:
+    """The state of an :class:`EventBus` at one moment (:meth:`EventBus.snapshot`), to restore later."""
+
+    fields: Mapping[str, Any]
+    """Each saved field of the bus by attribute name (a copy: the bus's later changes do not reach it)."""
 
 
 @dataclass(slots=True)

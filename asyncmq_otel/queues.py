@@ -460,12 +460,12 @@ class Queue:
         if reply.duplicate:
             if get_settings().on_duplicate == "raise":
                 raise DuplicateJob(job.id, reply.state)
-            emit_job_event("job:duplicated", job, attempt=0)
+            emit_job_event("job:duplicated", job, attempt_number=0)
             return
         if delay_s > 0:
-            emit_job_event("job:delayed", job, attempt=0, delay_s=delay_s)
+            emit_job_event("job:delayed", job, attempt_number=0, delay_s=delay_s)
         else:
-            emit_job_event("job:enqueued", job, attempt=0)
+            emit_job_event("job:enqueued", job, attempt_number=0)
 
     # -- queue control -------------------------------------------------------------------------------
     _known = False

@@ -47,34 +47,34 @@ if TYPE_CHECKING:
     from .backends.memory import InMemoryBackend
     from .events import EventBus, LifecycleEvent
 
-__all__ = ["Captured", "Sample", "SpanNode", "capture_telemetry", "clean_bus", "isolated_state"]
+__all__ = [
+    "Captured",
+    "Sample",
+    "SpanNode",
+    "capture_telemetry",
+    "clean_bus",
+    "install_switchable_tracer_provider",
+    "isolated_state",
+]
 
 
 @contextlib.contextmanager
 def clean_bus() -> Iterator[EventBus]:
     """The event bus as it is now, and as it was again on exit.
 
-    Listeners registered before the block stay; on exit, listeners added inside are removed,
-    undelivered events dropped, and services and operation observers forgotten. The caller context's
-    structlog context variables come back as they were (an attempt a test started and never
-    finished leaves its fields bound there otherwise).
+    Listeners, operation observers, drop observers and services registered before the block stay;
+    on exit, those added inside are removed and undelivered events dropped
+    (:meth:`~asyncmq_otel.events.EventBus.snapshot` and :meth:`~asyncmq_otel.events.EventBus.restore`).
+    The caller context's structlog context variables come back as they were (an attempt a test
+    started and never finished leaves its fields bound there otherwise).
     """
     bus = events.bus
-    # the bus is the package's own: its state is saved here so that tests need not reach into it
-    subscriptions = list(bus._subscriptions)  # noqa: SLF001
-    drop_observers = list(bus._drop_observers)  # noqa: SLF001
+    saved = bus.snapshot()
     try:
         with _restored_log_context():
             yield bus
     finally:
-        bus._subscriptions[:] = subscriptions  # noqa: SLF001
-        bus._drop_observers[:] = drop_observers  # noqa: SLF001
-        bus._routes.clear()  # noqa: SLF001
-        bus._pending.clear()  # noqa: SLF001
-        bus._current = None  # noqa: SLF001 - the delivery position of a dispatcher that is gone
-        bus._observers.clear()  # noqa: SLF001
-        bus._timed_only = True  # noqa: SLF001 - no observer left, none needs an Operation
-        bus._services.clear()  # noqa: SLF001
+        bus.restore(saved)
 
 
 @contextlib.contextmanager
@@ -329,6 +329,19 @@ class _SwitchTracerProvider(trace.TracerProvider):
 _SWITCH = _SwitchTracerProvider()
 
 
+def install_switchable_tracer_provider() -> bool:
+    """Make the capture's switch provider OTel's global tracer provider, unless a global is set already.
+
+    OTel lets a process set its global tracer provider once. A test suite calls this before any test
+    (a session fixture), so a test that instruments cannot pin the global to its own, later shut down,
+    provider: handler spans then reach whichever :func:`capture_telemetry` is active, and nothing
+    outside one. :func:`capture_telemetry` calls it too. Returns whether the switch is the global.
+    """
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(_SWITCH)
+    return trace.get_tracer_provider() is _SWITCH
+
+
 @contextlib.contextmanager
 def capture_telemetry(config: TelemetryConfig | None = None, /, **overrides: Any) -> Iterator[Captured]:  # noqa: ANN401 - TelemetryConfig's fields
     """Record telemetry in memory for the duration of the block; open no ports; restore everything on exit.
@@ -388,11 +401,7 @@ def capture_telemetry(config: TelemetryConfig | None = None, /, **overrides: Any
         if suspended.log_output is not None:
             suspended.log_output.uninstall(suspended.config.flush_timeout_s)
     previous_target = _SWITCH.target
-    global_provider = trace.get_tracer_provider()
-    if isinstance(global_provider, trace.ProxyTracerProvider):
-        trace.set_tracer_provider(_SWITCH)
-        global_provider = _SWITCH
-    if global_provider is _SWITCH:
+    if install_switchable_tracer_provider():
         _SWITCH.target = tracer_provider
     try:
         # The package's own helper: the capture handler is called synchronously, nothing is rendered.

@@ -38,16 +38,13 @@ def unique_name() -> str:
 
 @pytest.fixture(autouse=True, scope="session")
 def _switchable_global_tracer_provider() -> None:
-    """OTel lets a process set its global tracer provider once. Install the capture switch first,
-    so a test that calls ``instrument()`` cannot pin the global to its own (then shut down) provider
-    and leave later tests' handler spans going nowhere.
+    """OTel lets a process set its global tracer provider once: install the capture switch first, so a
+    test that calls ``instrument()`` cannot pin the global to its own (then shut down) provider and leave
+    later tests' handler spans going nowhere.
     """
-    from opentelemetry import trace
+    from asyncmq_otel.testing import install_switchable_tracer_provider
 
-    from asyncmq_otel import testing
-
-    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        trace.set_tracer_provider(testing._SWITCH)
+    install_switchable_tracer_provider()
 
 
 @pytest.fixture(autouse=True)

@@ -189,11 +189,12 @@ class JobAttempt:
         if reply.job is not None:
             job.attempts = reply.job.attempts
         if reason == "expired":
-            emit_job_event("job:expired", job, **self._finish_fields(reason="expired"))
+            emit_job_event("job:expired", job, clock=self.ctx.clock, **self._finish_fields(reason="expired"))
             return
         emit_job_event(
             "job:failed",
             job,
+            clock=self.ctx.clock,
             **self._finish_fields(
                 reason=reason,
                 error_type=reason if exc is None or reason != "failed" else _error_type(exc),
@@ -208,7 +209,7 @@ class JobAttempt:
             "cancel", lambda: self.backend.settle_cancelled(self.queue, job.id, self.token)
         )
         if reply.ok:
-            emit_job_event("job:cancelled", job, **self._finish_fields(reason=stage))
+            emit_job_event("job:cancelled", job, clock=self.ctx.clock, **self._finish_fields(reason=stage))
 
     async def _defer(self) -> None:
         job = self._job()
@@ -216,7 +217,12 @@ class JobAttempt:
         if reply.ok:
             delay = max((job.delay_until or 0.0) - self.ctx.clock.time(), 0.0)
             emit_job_event(
-                "job:delayed", job, attempt=max(job.attempts - 1, 0), delay_s=delay, **self._fields()
+                "job:delayed",
+                job,
+                clock=self.ctx.clock,
+                attempt_number=max(job.attempts - 1, 0),
+                delay_s=delay,
+                **self._fields(),
             )
         else:
             self._stale("defer", reply)
@@ -232,7 +238,7 @@ class JobAttempt:
         parents = self.claimed.parents
         if parents and bus.traced:  # a child of a flow: its process span links to its parents'
             fields["parent_spans"] = await self._parent_spans(parents)
-        emit_job_fields("job:started", job, fields)
+        emit_job_fields("job:started", job, fields, clock=self.ctx.clock)
         current_job.set((self.backend, self.claimed))  # for flows.parent_results(); one task per job
         try:
             with anyio.CancelScope() as scope:
@@ -322,7 +328,14 @@ class JobAttempt:
             )
 
         def emit(pct: float, data: Any = None) -> None:  # noqa: ANN401 - user data travels as is
-            emit_job_event("job:progress", job, progress=float(pct), progress_data=data, **self._fields())
+            emit_job_event(
+                "job:progress",
+                job,
+                clock=self.ctx.clock,
+                progress=float(pct),
+                progress_data=data,
+                **self._fields(),
+            )
             if writer is not None:
                 writer.report(float(pct))
 
@@ -381,7 +394,7 @@ class JobAttempt:
             await self._failed(ResultTooLarge(size, limit))
             return
         if reply.ok:
-            emit_job_fields("job:completed", job, self._finish_fields(result=result))
+            emit_job_fields("job:completed", job, self._finish_fields(result=result), clock=self.ctx.clock)
 
     async def _failed(self, exc: BaseException) -> None:
         job = self._job()
@@ -405,6 +418,7 @@ class JobAttempt:
         emit_job_event(
             "job:retried",
             job,
+            clock=self.ctx.clock,
             **self._finish_fields(
                 backoff_s=backoff,
                 error_type=_error_type(exc),
@@ -445,10 +459,13 @@ class JobAttempt:
             return
         if reply.job is not None and reply.job.state == "failed":
             emit_job_event(
-                "job:failed", job, **self._finish_fields(reason="interrupted", error_type="interrupted")
+                "job:failed",
+                job,
+                clock=self.ctx.clock,
+                **self._finish_fields(reason="interrupted", error_type="interrupted"),
             )
         else:
-            emit_job_event("job:interrupted", job, **self._finish_fields())
+            emit_job_event("job:interrupted", job, clock=self.ctx.clock, **self._finish_fields())
 
     # -- writes --------------------------------------------------------------------------------------
     async def _write(

@@ -17,7 +17,6 @@ One attempt itself is :class:`~asyncmq_otel.worker.attempt.JobAttempt`; ``Worker
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +26,7 @@ import anyio.lowlevel
 from .._lifecycle import emit_job_event, server_fields
 from ..backends._default import default_backend
 from ..backends.base import Backend, ClaimedJob, ClaimReply
-from ..clock import move_on_after
+from ..clock import Clock, move_on_after, system_clock
 from ..limiters import RateLimiter
 from ._queue_limit import THROTTLE_EVENT_THRESHOLD, QueueThrottle, Throttle
 from .attempt import JobAttempt
@@ -91,7 +90,7 @@ async def _claim_loop(
     wanted = MAX_CLAIM_BATCH
     queue_limit = QueueThrottle(config.block_timeout, ctx.clock)
     while True:
-        slots, throttled = await _reserve_slots(limiter, rate_limiter, wanted)
+        slots, throttled = await _reserve_slots(limiter, rate_limiter, wanted, ctx.clock)
         reply = await _claim(queue_name, slots, limiter, rate_limiter, backend, ctx)
         if reply.jobs:
             throttled = queue_limit.claimed(throttled)
@@ -198,7 +197,10 @@ def _start_claimed(
 
 
 async def _reserve_slots(
-    limiter: anyio.CapacityLimiter, rate_limiter: RateLimiter | None, wanted: int = MAX_CLAIM_BATCH
+    limiter: anyio.CapacityLimiter,
+    rate_limiter: RateLimiter | None,
+    wanted: int = MAX_CLAIM_BATCH,
+    clock: Clock = system_clock,
 ) -> tuple[list[object], Throttle | None]:
     """Wait for one free slot (and a rate token), then take up to ``wanted`` as slots and tokens allow now.
 
@@ -214,7 +216,7 @@ async def _reserve_slots(
     throttled: Throttle | None = None
     if rate_limiter is not None:
         if not rate_limiter.try_acquire():
-            started = time.time()
+            started = clock.time()
             try:
                 waited = await rate_limiter.acquire()
             except BaseException:
@@ -270,24 +272,26 @@ async def handle_within_limits(
     borrower = reserved if reserved is not None else object()
     backend = backend or default_backend()
     ctx = context or WorkerContext()
-    if not isinstance(raw_job, ClaimedJob):
-        raw_job = ClaimedJob.from_fields(raw_job, ctx.clock.time())
+    # raw_job keeps AsyncMQ's parameter name: it may be a stored job dict, decoded here
+    claimed = (
+        raw_job if isinstance(raw_job, ClaimedJob) else ClaimedJob.from_fields(raw_job, ctx.clock.time())
+    )
     holding = reserved is not None
     try:
         if not holding:
             await limiter.acquire_on_behalf_of(borrower)
             holding = True
         waited = 0.0
-        attempt = attempt or ctx.held.get((queue_name, raw_job.id))
+        attempt = attempt or ctx.held.get((queue_name, claimed.id))
         if throttled is not None:
             waited = throttled[1]
-            _emit_throttled(queue_name, raw_job, ctx, *throttled)
+            _emit_throttled(queue_name, claimed, ctx, *throttled)
         elif rate_limiter is not None:
-            token_wait = await _wait_for_rate_token(queue_name, raw_job, rate_limiter, backend, ctx, attempt)
+            token_wait = await _wait_for_rate_token(queue_name, claimed, rate_limiter, backend, ctx, attempt)
             if token_wait is None:
                 return
             waited = token_wait
-        await handle_job(queue_name, raw_job, backend, context=ctx, ratelimit_wait_s=waited, attempt=attempt)
+        await handle_job(queue_name, claimed, backend, context=ctx, ratelimit_wait_s=waited, attempt=attempt)
     finally:
         if holding:
             limiter.release_on_behalf_of(borrower)
@@ -295,14 +299,14 @@ async def handle_within_limits(
 
 async def _wait_for_rate_token(
     queue: str,
-    raw_job: ClaimedJob,
+    claimed: ClaimedJob,
     rate_limiter: RateLimiter,
     backend: Backend,
     ctx: WorkerContext,
     attempt: JobAttempt | None,
 ) -> float | None:
     """Wait for a rate token; return the wait (0.0 unless over 1 ms), or None if the job was given back."""
-    throttle_started = time.time()
+    throttle_started = ctx.clock.time()
     try:
         with anyio.CancelScope() as wait_scope:
             if attempt is not None:  # a stop request cancels the wait through the attempt
@@ -312,41 +316,44 @@ async def _wait_for_rate_token(
             waited = await rate_limiter.acquire()
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True), anyio.move_on_after(_REQUEUE_BUDGET):
-            await _give_back(backend, queue, raw_job, ctx)
+            await _give_back(backend, queue, claimed, ctx)
         raise
     finally:
         if attempt is not None:
             attempt.scope = None
     if wait_scope.cancelled_caught:
-        await _give_back(backend, queue, raw_job, ctx)
+        await _give_back(backend, queue, claimed, ctx)
         return None
     if waited <= THROTTLE_EVENT_THRESHOLD:
         return 0.0  # not throttled: events report 0.0 unless the job was held over 1 ms
-    _emit_throttled(queue, raw_job, ctx, throttle_started, waited, "worker")
+    _emit_throttled(queue, claimed, ctx, throttle_started, waited, "worker")
     return waited
 
 
-async def _give_back(backend: Backend, queue: str, raw_job: ClaimedJob, ctx: WorkerContext) -> None:
+async def _give_back(backend: Backend, queue: str, claimed: ClaimedJob, ctx: WorkerContext) -> None:
     """Return a claimed job that never started (the worker is stopping) to its place, attempt included.
 
     Doing it now, rather than leaving it to the reaper, costs the job no stall.
     """
-    job_id = raw_job.id
+    job_id = claimed.id
     try:
-        await backend.defer(queue, job_id, raw_job.token)
+        await backend.defer(queue, job_id, claimed.token)
     finally:
         ctx.release(queue, job_id)
 
 
 def _emit_throttled(
-    queue: str, raw_job: ClaimedJob, ctx: WorkerContext | None, started: float, waited: float, scope: str
+    queue: str, claimed: ClaimedJob, ctx: WorkerContext | None, started: float, waited: float, scope: str
 ) -> None:
-    job = raw_job.job
+    job = claimed.job
     if job is None:  # a malformed job has no event until it is dead-lettered
         return
     job.queue = queue  # the claimed queue, not the envelope's field (labels come from the claim)
     extra = {} if ctx is None else {"worker_id": ctx.worker_id, "group": ctx.group, **ctx.server}
-    emit_job_event("job:throttled", job, ratelimit_wait_s=waited, started_at=started, scope=scope, **extra)
+    clock = system_clock if ctx is None else ctx.clock
+    emit_job_event(
+        "job:throttled", job, clock=clock, ratelimit_wait_s=waited, started_at=started, scope=scope, **extra
+    )
 
 
 _run_with_limits = handle_within_limits
@@ -373,9 +380,9 @@ async def handle_job(
     """
     backend = backend or default_backend()
     ctx = context or WorkerContext()
-    claimed = raw_job
-    if not isinstance(claimed, ClaimedJob):
-        claimed = ClaimedJob.from_fields(claimed, ctx.clock.time())
+    claimed = (
+        raw_job if isinstance(raw_job, ClaimedJob) else ClaimedJob.from_fields(raw_job, ctx.clock.time())
+    )
     attempt = (
         attempt
         or ctx.held.get((queue_name, claimed.id))

@@ -247,11 +247,17 @@ class Scheduler:
         for job in jobs:
             job.enqueued_at = job.eligible_at = reply.now_ms / 1000
             if job.id in stored:
-                emit_job_event("job:enqueued", job, attempt=0)
+                emit_job_event("job:enqueued", job, attempt_number=0, clock=self.clock)
                 # fire time and due time are both backend time, so the lag ignores host clock skew
-                emit_job_event("schedule:fired", job, attempt=0, worker_id=self.worker_id or None)
+                emit_job_event(
+                    "schedule:fired",
+                    job,
+                    attempt_number=0,
+                    clock=self.clock,
+                    worker_id=self.worker_id or None,
+                )
             else:
-                emit_job_event("job:duplicated", job, attempt=0)
+                emit_job_event("job:duplicated", job, attempt_number=0, clock=self.clock)
         if skipped:
             _log.info(
                 "schedule.skipped: %s on queue %s skipped %d missed ticks (catch_up)", key, queue, skipped

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -469,7 +468,7 @@ class Worker:
         extra: dict[str, Any] = {"worker_id": ctx.worker_id, "group": ctx.group, **ctx.server}
         if name == "job:failed":
             extra["finished_at"] = ctx.clock.time()
-        emit_job_event(name, job, **extra, **fields)
+        emit_job_event(name, job, clock=ctx.clock, **extra, **fields)
 
     # -- signals from the backend --------------------------------------------------------------------
     def _on_cancel_hint(self, queue: str, job_id: str) -> None:
@@ -497,7 +496,7 @@ class Worker:
 
     def _on_data_loss(self, queue: str, old_epoch: str | None, new_epoch: str) -> None:
         """The backend found a queue's data lost: report it, and stop the worker under ``"halt"``."""
-        _emit_data_loss(queue, old_epoch, new_epoch)
+        _emit_data_loss(queue, old_epoch, new_epoch, self.clock.time())
         if get_settings().on_data_loss == "halt" and self._data_loss is None:
             self._data_loss = DataLossDetected(queue, old_epoch, new_epoch)
             self.exit_reason = "error"
@@ -507,7 +506,7 @@ class Worker:
         ctx = self._context
         return LifecycleEvent(
             name,
-            time.time(),
+            self.clock.time(),
             queue=queue,
             worker_id=self.worker_id,
             group=ctx.group if ctx else "default",
@@ -540,15 +539,11 @@ def _call_in_loop(token: Any, func: Any) -> None:  # noqa: ANN401 - anyio's loop
     threading.Thread(target=deliver, name="asyncmq-loop-call", daemon=True).start()
 
 
-def _emit_data_loss(queue: str, old_epoch: str | None, new_epoch: str) -> None:
+def _emit_data_loss(queue: str, old_epoch: str | None, new_epoch: str, now: float) -> None:
     _log.error(
         "backend.data_loss: the data of queue %s was lost (epoch %s -> %s): jobs stored before are gone",
         queue,
         old_epoch,
         new_epoch,
     )
-    bus.emit(
-        LifecycleEvent(
-            "backend:data_loss", time.time(), queue=queue, old_epoch=old_epoch, new_epoch=new_epoch
-        )
-    )
+    bus.emit(LifecycleEvent("backend:data_loss", now, queue=queue, old_epoch=old_epoch, new_epoch=new_epoch))

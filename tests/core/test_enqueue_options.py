@@ -3,6 +3,8 @@
 Bounds are refused before anything is sent; AsyncMQ options never become handler arguments; a job
 that leaves an option unset gets its task's declared value from the worker; task names no worker
 can run are flagged.
+
+The in-memory variant runs on a FakeClock: its timeouts, delays and TTLs pass as the test moves it.
 """
 
 from __future__ import annotations
@@ -12,20 +14,21 @@ import os
 import socket
 import warnings
 
-import anyio
 import pytest
 
 from asyncmq_otel import Queue, task
 from asyncmq_otel.backends.base import Backend, WorkerInfo
+from asyncmq_otel.clock import Clock, FakeClock, system_clock
 from asyncmq_otel.errors import JobArgumentError, PayloadTooLarge, TaskNameWarning, UnsupportedOption
 from asyncmq_otel.jobs import MAX_SECONDS
 from asyncmq_otel.settings import get_settings
-from tests.support.poll import eventually
+from tests.support.poll import clock_of, eventually, eventually_on
 from tests.support.running import running_worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("fast_settings"), pytest.mark.timeout(60)]
 
 seen: dict[str, list[object]] = {}
+handler_clock: list[Clock] = [system_clock]
 
 
 @task("opts", name="ptest.echo")
@@ -42,7 +45,7 @@ async def retried(key: str) -> None:
 
 @task("opts", name="ptest.slow", timeout=0.1)
 async def slow(seconds: float) -> str:
-    await anyio.sleep(seconds)
+    await handler_clock[0].sleep(seconds)  # on the worker's clock: its timeout is counted on the same one
     return "done"
 
 
@@ -61,9 +64,16 @@ async def crunchy() -> None:
     return None
 
 
+@pytest.fixture
+def memory_clock() -> FakeClock:
+    """The in-memory backend's clock (tests/support/fixtures.py): fake, moved only by the tests."""
+    return FakeClock()
+
+
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     seen.clear()
+    handler_clock[:] = [system_clock]
 
 
 async def _stored(queue: Queue) -> int:
@@ -261,10 +271,14 @@ async def test_unset_options_take_the_tasks_declared_values_explicit_ones_win(ba
     times_out = await queue.add("ptest.slow", [30])  # the task says timeout=0.1
     given_time = await queue.add("ptest.slow", [0.2], timeout=10)
     expires = await queue.add("ptest.short_lived", delay=0.3)  # the task says ttl=0.05
+    clock = handler_clock[0] = clock_of(backend)
     async with running_worker(unique_name, backend):
         for job_id in (inherited, explicit, times_out, given_time, expires):
-            await eventually(
-                lambda job_id=job_id: _finished(queue, job_id), timeout=20, what=f"job {job_id} finished"
+            await eventually_on(
+                clock,
+                lambda job_id=job_id: _finished(queue, job_id),
+                timeout=20,
+                what=f"job {job_id} finished",
             )
     assert seen["inherited"] == [1, 1, 1]
     assert seen["explicit"] == [1]

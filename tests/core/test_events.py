@@ -4,7 +4,9 @@ import time
 import anyio
 import pytest
 
-from asyncmq_otel.events import EventBus, EventEmitter, LifecycleEvent
+from asyncmq_otel._writes import ObservedWrite
+from asyncmq_otel.clock import FakeClock
+from asyncmq_otel.events import _LIVE_FIELDS, EventBus, EventEmitter, LifecycleEvent
 from tests.support.poll import eventually
 
 pytestmark = pytest.mark.anyio
@@ -265,9 +267,10 @@ def test_job_events_are_built_as_frozen_lifecycle_events_equal_to_the_dataclass_
 
     job = Job(id="j1", task="t.x", queue="q", max_retries=2, priority=3)
     job.trace_context = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
-    built = job_event("job:started", job, attempt=1, worker_id="w", wait_s=0.5, queue="ignored")
+    clock = FakeClock()
+    built = job_event("job:started", job, attempt_number=1, clock=clock, worker_id="w", wait_s=0.5)
     expected = LifecycleEvent(
-        name="job:started", ts=built.ts, queue="q", job_id="j1", task="t.x", attempt=1, max_attempts=3,
+        name="job:started", ts=clock.time(), queue="q", job_id="j1", task="t.x", attempt=1, max_attempts=3,
         priority=3, enqueued_at=job.enqueued_at, eligible_at=job.eligible_at, worker_id="w", wait_s=0.5,
         trace_context=job.trace_context,
     )  # fmt: skip
@@ -278,6 +281,9 @@ def test_job_events_are_built_as_frozen_lifecycle_events_equal_to_the_dataclass_
         built.task = "other"  # type: ignore[misc]
     with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
         job_event("job:started", job, bogus=1)
+    for taken in ("attempt", "queue"):  # the job's value would silently win over the caller's
+        with pytest.raises(TypeError, match=f"the job fills the event field '{taken}'"):
+            job_event("job:started", job, **{taken: 1})
     bare = make_event_unchecked({"name": "worker:heartbeat", "ts": 1.0})
     assert bare == LifecycleEvent("worker:heartbeat", 1.0)
 
@@ -299,3 +305,47 @@ def test_events_built_through_the_field_descriptors_are_the_same_events():
     assert type(slow(dict(values))) is LifecycleEvent
     with pytest.raises(TypeError):
         make_event({"name": "job:completed", "ts": 2.0, "bogus": 1})
+
+
+async def test_a_snapshot_saves_every_field_of_the_bus_but_its_lock_and_running_dispatchers():
+    bus = EventBus()
+    # a field added to the bus later is saved too: the snapshot is taken from the instance itself
+    assert set(bus.snapshot().fields) == set(vars(bus)) - _LIVE_FIELDS
+    assert set(vars(bus)) >= _LIVE_FIELDS
+
+
+async def test_restore_undoes_everything_added_since_the_snapshot_and_can_be_repeated():
+    bus = EventBus()
+    kept: list[str] = []
+    bus.on("job:*", lambda e: kept.append(e.name), inline=True)
+    saved = bus.snapshot()
+
+    class Observer:  # has no write_finished: the bus must build an Operation for it
+        def operation_started(self, operation: object) -> None: ...
+
+        def operation_finished(self, operation: object) -> None: ...
+
+    async def service(backend: object, queues: list[str]) -> None: ...
+
+    for _ in range(2):
+        added: list[str] = []
+        bus.on(
+            "job:started", added.append, inline=True, from_job=lambda *args, added=added: added.append("job")
+        )
+        bus.on("worker:*", added.append)  # queued: the event stays pending
+        bus.add_observer(Observer())
+        bus.add_drop_observer(lambda *drop, added=added: added.append("drop"))
+        bus.add_service(service)
+        bus.emit(ev("worker:started"))
+        bus.record_drop("event", "queue_full")
+        assert (len(bus.listeners()), bus.pending(), len(bus.services())) == (3, 1, 1)
+        assert isinstance(bus.write("ack", "q", [], {}), ObservedWrite)
+        assert added == ["drop"]
+        bus.restore(saved)
+        assert (len(bus.listeners()), bus.pending(), bus.observed, bus.services()) == (1, 0, False, [])
+        assert bus.dropped == {}
+        assert bus.route("worker:started") is None  # the cached route of the removed listener is gone
+        bus.emit(ev("job:started"))  # along a fresh route: no from_job of the removed listener
+        bus.record_drop("event", "queue_full")
+        assert (added, kept[-1]) == (["drop"], "job:started")  # only the listener from before heard it
+        assert not isinstance(bus.write("ack", "q", [], {}), ObservedWrite)  # only timed again

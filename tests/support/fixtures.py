@@ -11,6 +11,7 @@ import pytest
 
 from asyncmq_otel.backends.base import Backend
 from asyncmq_otel.backends.memory import InMemoryBackend
+from asyncmq_otel.clock import Clock, system_clock
 from asyncmq_otel.events import LifecycleEvent, bus
 from asyncmq_otel.settings import Settings, override_settings
 from tests.support.redis_server import redis_url  # noqa: F401 - the shared-server fixture, used by name
@@ -26,14 +27,25 @@ def fast_settings() -> Iterator[Settings]:
         yield config
 
 
+@pytest.fixture
+def memory_clock() -> Clock:
+    """The clock of the in-memory ``backend``: the real one here.
+
+    A module whose in-memory tests drive time overrides it with a ``FakeClock`` fixture; a worker on
+    that backend then takes the same clock, and nothing waits on real time but shutdown budgets.
+    """
+    return system_clock
+
+
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def backend(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Backend]:
     """Worker behaviour runs on both backends: the in-memory one, and Redis on the shared server.
 
-    redis-py's async client is asyncio-only, so the Redis variant of a trio test is skipped.
+    The in-memory one runs on ``memory_clock``. redis-py's async client is asyncio-only, so the Redis
+    variant of a trio test is skipped.
     """
     if request.param == "memory":
-        yield InMemoryBackend()
+        yield InMemoryBackend(clock=request.getfixturevalue("memory_clock"))
         return
     if anyio_backend != "asyncio":
         pytest.skip("redis-py's async client runs on asyncio only")

@@ -2,12 +2,12 @@
 
 What the limit allows is checked on the backend's own claim times (``ClaimReply.now``), recorded
 by wrapping ``claim`` of the backend object the workers use; the telemetry through the events.
-Waits poll with a deadline; only lower bounds are asserted on real time.
+The in-memory variant runs on a FakeClock that the waits move on (``eventually_on``); the Redis one on
+real time. Either way only what the backend's or the worker's clock guarantees is asserted.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import anyio
@@ -15,9 +15,10 @@ import pytest
 
 from asyncmq_otel import Queue, task
 from asyncmq_otel.backends.base import Backend, ClaimReply
+from asyncmq_otel.clock import FakeClock
 from asyncmq_otel.events import LifecycleEvent
 from asyncmq_otel.settings import override_settings
-from tests.support.poll import eventually
+from tests.support.poll import clock_of, eventually, eventually_on
 from tests.support.running import running_worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("fast_settings"), pytest.mark.timeout(60)]
@@ -29,6 +30,12 @@ ran: list[str] = []
 async def rl_record(label: str) -> str:
     ran.append(label)
     return label
+
+
+@pytest.fixture
+def memory_clock() -> FakeClock:
+    """The in-memory backend's clock (tests/support/fixtures.py): fake, moved only by the tests."""
+    return FakeClock()
 
 
 @pytest.fixture(autouse=True)
@@ -68,17 +75,15 @@ async def test_two_workers_share_the_queue_limit(
     claims = record_claims(backend)
     for i in range(12):
         await q.add("t.rl_record", [str(i)])
-    started = time.monotonic()
     async with (
         running_worker(unique_name, backend, concurrency=10),
         running_worker(unique_name, backend, concurrency=10),
     ):
-        await eventually(lambda: len(ran) == 12, timeout=20)
+        await eventually_on(clock_of(backend), lambda: len(ran) == 12, timeout=20, what="12 jobs ran")
     # 4 now, 4 after 0.4 s, 4 after 0.8 s: never more, whatever the number of workers
     assert len(claims) == 12
     assert most_in_a_window(claims, 0.4) == 4
     assert max(claims) - min(claims) >= 0.8 - 0.001  # whole ms on Redis
-    assert time.monotonic() - started >= 0.8
     throttled = [e for e in events if e.name == "job:throttled"]
     assert throttled
     assert {e.scope for e in throttled} == {"queue"}
@@ -96,10 +101,11 @@ async def test_the_worker_limit_still_applies_on_top(
     await q.set_rate_limit(1000, 1.0)  # generous: the worker's own limit is the tighter one
     for i in range(6):
         await q.add("t.rl_record", [str(i)])
-    started = time.monotonic()
     async with running_worker(unique_name, backend, concurrency=10, rate_limit=2, rate_interval=0.2):
-        await eventually(lambda: len(ran) == 6, timeout=20)
-    assert time.monotonic() - started >= 0.4 - 0.01  # 2 at once, then one per 0.1 s
+        await eventually_on(clock_of(backend), lambda: len(ran) == 6, timeout=20, what="6 jobs ran")
+    starts = sorted(e.started_at for e in events if e.name == "job:started" and e.started_at is not None)
+    assert len(starts) == 6
+    assert starts[-1] - starts[0] >= 0.4 - 0.01  # 2 at once, then one per 0.1 s of the worker's clock
     throttled = [e for e in events if e.name == "job:throttled"]
     assert throttled
     assert {e.scope for e in throttled} == {"worker"}

@@ -154,6 +154,23 @@ async def test_a_ten_minute_retry_backoff_waits_ten_minutes_of_the_clock(clock, 
     assert second.wait_s == 0  # eligible after the backoff, started at once
 
 
+async def test_the_workers_events_are_stamped_with_its_clock(clock, backend, unique_name, events):
+    q = Queue(unique_name, backend=backend)
+    job_id = await q.add("clock.flaky", ["stamped"])
+    began = clock.time()  # the FakeClock's wall time is far from the host's: time.time() would show
+    async with running_worker(unique_name, backend):
+        await wait_state(q, job_id, "delayed")
+        await claim_loop_waiting(clock)
+        clock.advance(600)
+        await wait_state(q, job_id, "completed")
+    stamped = [(e.name, e.ts - began) for e in events if e.worker_id is not None]
+    assert {"worker:started", "job:started", "job:retried", "job:completed", "worker:stopped"} <= {
+        name for name, _ in stamped
+    }
+    assert {offset for _, offset in stamped} <= {0.0, 600.0}  # only the times the test moved the clock to
+    assert [offset for name, offset in stamped if name.startswith("job:")] == [0.0, 0.0, 600.0, 600.0]
+
+
 async def test_an_expired_lease_is_reaped_once_the_clock_passes_it(clock, backend, unique_name, events):
     q = Queue(unique_name, backend=backend)
     job_id = await q.add("clock.record", ["ghosted"])
@@ -169,6 +186,7 @@ async def test_an_expired_lease_is_reaped_once_the_clock_passes_it(clock, backen
     stored = await q.get_job(job_id)
     assert (stored["attempts"], stored["stalls"]) == (2, 1)
     assert named(events, job_id) == ["job:enqueued", "job:stalled", "job:started", "job:completed"]
+    assert next(e for e in events if e.name == "job:stalled").ts == clock.time()  # the reaper's clock
 
 
 async def test_a_lease_lost_past_max_stalls_is_dead_lettered_as_worker_lost(
@@ -326,6 +344,7 @@ async def test_rate_limited_starts_wait_for_tokens_on_the_clock(clock, backend, 
             await eventually(lambda expected=expected: len(runs) == expected, what=f"start {expected}")
     throttled = [e for e in events if e.name == "job:throttled"]
     assert [e.ratelimit_wait_s for e in throttled] == [5.0, 5.0, 5.0]
+    assert [e.ts - e.started_at for e in throttled] == [5.0, 5.0, 5.0]  # both read from the worker's clock
     started = {e.job_id: e for e in events if e.name == "job:started"}
     for e in throttled:
         assert started[e.job_id].ratelimit_wait_s == e.ratelimit_wait_s
