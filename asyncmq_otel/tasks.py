@@ -160,12 +160,14 @@ class TaskWrapper(Generic[P, R]):
         priority: int = 5,
         job_id: str | None = None,
         depends_on: Sequence[str | tuple[str, str]] | None = None,
+        on_parent_failure: OnParentFailure = "fail",
         **kwargs: Any,  # noqa: ANN401 - as above
     ) -> str:
         """Queue a job for this task and return its id (delayed jobs included).
 
-        Keywords other than the five options are the handler's. ``depends_on`` lists the parent
-        jobs (ids of this task's queue or ``(queue, job_id)`` pairs) that must complete first, as in
+        Keywords other than the six options are the handler's. ``depends_on`` lists the parent
+        jobs (ids of this task's queue or ``(queue, job_id)`` pairs) that must complete first, and
+        ``on_parent_failure="run"`` runs the job even when a parent dead-letters, as in
         :meth:`Queue.add <asyncmq_otel.queues.Queue.add>`. AsyncMQ's ``repeat_every`` raises
         :class:`~asyncmq_otel.errors.UnsupportedOption`, and ``retries``,
         ``ttl``, ``backoff``, ``timeout``, ``queue`` raise :class:`JobArgumentError` unless the
@@ -179,7 +181,12 @@ class TaskWrapper(Generic[P, R]):
             # AsyncMQ's spelling enqueue(backend, *args): a backend is never a JSON argument
             backend, args = args[0], args[1:]
         return await self.using(
-            backend=backend, delay=delay, priority=priority, job_id=job_id, depends_on=depends_on
+            backend=backend,
+            delay=delay,
+            priority=priority,
+            job_id=job_id,
+            depends_on=depends_on,
+            on_parent_failure=on_parent_failure,
         ).enqueue(*args, **kwargs)
 
     # AsyncMQ's spellings of enqueue

@@ -214,6 +214,23 @@ async def test_a_handler_argument_named_like_an_option_has_an_escape(backend, un
     assert info.value.path == "retries"
 
 
+async def test_on_parent_failure_is_an_option_of_enqueue_not_a_handler_argument(backend):
+    queue = Queue("opts", backend=backend)
+    parent = await echo.enqueue("parent", backend=backend)
+    child = await echo.enqueue("child", backend=backend, depends_on=[parent], on_parent_failure="run")
+    stored = await queue.get_job(child)
+    assert stored is not None
+    assert (stored["args"], stored["kwargs"]) == (["child"], {})
+    with pytest.raises(JobArgumentError) as info:
+        await echo.enqueue(backend=backend, depends_on=[parent], on_parent_failure="maybe")
+    assert info.value.path == "on_parent_failure"
+    # the option took effect: the parent dead-letters and the child runs anyway
+    (held,) = (await backend.claim("opts", "w1", 10, 30.0)).jobs
+    assert held.id == parent
+    assert (await backend.fail("opts", parent, held.token, "failed", {"type": "ValueError"})).ok
+    assert await queue.get_job_state(child) == "waiting"
+
+
 # -- AsyncMQ spellings (issue 12 item 11) ------------------------------------------------------------
 async def test_delay_and_send_are_enqueue(backend):
     queue = Queue("opts", backend=backend)

@@ -1,10 +1,16 @@
 """Issue 15, the shared rate limit measured: 5 worker processes, one queue limited to 50 jobs a second.
 
 Every worker claims as fast as its capacity allows (concurrency 20, no-op jobs); only the queue's
-limit holds them back. The ledger records each claim with the backend's clock (Redis ``TIME``, the
-clock the limit is kept on) and each handler start (``CLOCK_MONOTONIC``, shared by the processes).
-Over 20 s: at most 50 claims in any 1 s window, and the average within 5 % of 50/s; the handler
-starts, a few milliseconds after their claims, are reported beside them.
+limit holds them back. "Starts" are measured as claims: a job starts when a claim moves it to
+``active`` in the backend, and that is the step the limit governs (the claim script checks the
+queue's sliding log of claim times and appends its own, on the backend's clock, Redis ``TIME``).
+The ledger records each claim with that clock. Over 20 s: at most 50 claims in any 1 s window, and
+the average within 5 % of 50/s.
+
+Handler starts are recorded too (the host's wall clock) and reported beside the claims, but not
+bounded: a handler begins when its worker's event loop gets to it, a few milliseconds after the
+claim, so jobs claimed in one window can begin in the next and bunch up there. That lag is local
+scheduling, which no shared limit can govern; bounding it would test the host's load, not the limit.
 """
 
 from __future__ import annotations
@@ -97,10 +103,21 @@ async def test_five_workers_together_keep_to_the_queue_limit(
         f"handler starts: most in 1 s: {most_starts}, after their claim p50 {lags[len(lags) // 2] * 1000:.1f} ms "
         f"max {lags[-1] * 1000:.1f} ms; processes claiming: {len(per_process)}"
     )
-    assert most_claims <= LIMIT
-    assert abs(rate - LIMIT / INTERVAL) <= 0.05 * LIMIT / INTERVAL
-    assert len(per_process) == PROCESSES  # every process took a share of the one limit
-    assert len(by_id) == total  # each job started once
+    # the bounds are on claims (the job's start in the backend, on Redis TIME); handler starts lag
+    # them by local scheduling and are reported above, not bounded
+    assert most_claims <= LIMIT, (
+        f"{most_claims} claims (job starts on the backend clock) in one {INTERVAL} s window; "
+        f"the queue's limit is {LIMIT}"
+    )
+    assert abs(rate - LIMIT / INTERVAL) <= 0.05 * LIMIT / INTERVAL, (
+        f"{rate:.2f} claims/s (job starts on the backend clock) over {SPAN} s; "
+        f"want {LIMIT / INTERVAL:.0f}/s within 5 %"
+    )
+    assert len(per_process) == PROCESSES, f"only {len(per_process)} processes claimed under the one limit"
+    assert len(by_id) == total, (
+        f"{len(by_id)} jobs ran a handler, {total} were enqueued (handler starts are recorded, "
+        "not bounded: they lag their claims by local scheduling)"
+    )
     record_figure(
         "shared_rate_limit",
         f"{PROCESSES}_processes",

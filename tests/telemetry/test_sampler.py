@@ -136,6 +136,23 @@ async def test_run_queue_sampler_exports_gauges_until_uninstrument(backend, uniq
         assert not telemetry.is_instrumented()
 
 
+async def test_the_depth_gauge_counts_blocked_children(backend, unique_name) -> None:
+    with capture_telemetry(queue_sample_interval_s=0.02) as captured:
+        q = Queue(unique_name, backend=backend)
+        parent = await q.add("never.runs")
+        await q.add("never.runs", depends_on=[parent])
+        await q.add("never.runs", depends_on=[parent])
+        async with anyio.create_task_group() as group:
+            group.start_soon(telemetry.run_queue_sampler, backend)
+            await eventually(lambda: _depth(captured, unique_name) == 1.0, what="the ready depth")
+            for sink in ("prometheus", "otlp"):  # the same sample feeds both
+                blocked = captured.metric_value(
+                    "asyncmq_queue_depth", sink=sink, messaging_destination_name=unique_name, state="blocked"
+                )
+                assert blocked == 2, sink
+            telemetry.uninstrument()
+
+
 async def test_queue_sampler_off_exports_no_queue_gauges(backend, unique_name) -> None:
     with capture_telemetry(queue_sampler="off") as captured:
         await Queue(unique_name, backend=backend).add("never.runs")

@@ -32,7 +32,7 @@ from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.clock import FakeClock
 from asyncmq_otel.errors import PayloadTooLarge
 from asyncmq_otel.jobs import Job, JobState
-from tests.backends.conformance import BACKEND_KINDS
+from tests.backends.conformance import BACKEND_KINDS, elapse
 from tests.support.poll import eventually
 from tests.support.redis_server import (  # noqa: F401 - fixtures are registered by import
     RedisServer,
@@ -133,16 +133,6 @@ async def claim_one(backend: Backend, queue: str, worker: str = "w1", lease: flo
     reply = await backend.claim(queue, worker, 1, lease)
     assert len(reply.jobs) == 1, reply
     return reply.jobs[0]
-
-
-async def elapse(backend: Backend, seconds: float) -> None:
-    """Let ``seconds`` pass on the backend's clock: a FakeClock's advance, else a poll of ``now()``."""
-    timer = getattr(backend, "timer", None)
-    if isinstance(timer, FakeClock):
-        timer.advance(seconds)
-        return
-    moment = await backend.now() + seconds
-    await eventually(lambda: _after(backend, moment), timeout=5 + seconds, what=f"{seconds}s pass")
 
 
 async def drain_tokens(backend: Backend, queue: str) -> None:
@@ -563,10 +553,6 @@ async def test_renewal_past_the_deadline_keeps_the_job(backend: Backend, queue: 
     reply = await backend.reap(queue, "reaper", 1, 5.0)
     assert (reply.stalled, reply.dead) == ([], [])
     assert (await backend.complete(queue, "a", job.token, "1")).ok
-
-
-async def _after(backend: Backend, moment: float) -> bool:
-    return await backend.now() >= moment
 
 
 # -- cancellation -----------------------------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 
 The transitions are driven through the port (claim, complete, fail, cancel, retry_dead) and the
 producer API (``Queue.add(depends_on=...)``, ``FlowProducer.add_flow``), so each check reads the
-state a backend stored, with no worker timing involved.
+state a backend stored, with no worker timing involved. Time is driven with :func:`elapse`: the
+in-memory backend runs on a FakeClock, Redis' ``TIME`` is polled.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,9 +17,11 @@ import pytest
 
 from asyncmq_otel.backends.base import Backend, ErrorInfo
 from asyncmq_otel.backends.memory import InMemoryBackend
+from asyncmq_otel.clock import FakeClock
 from asyncmq_otel.errors import JobArgumentError
 from asyncmq_otel.flows import FlowCycleError, FlowProducer
 from asyncmq_otel.queues import Queue
+from tests.backends.conformance import elapse
 from tests.support.redis_server import (  # noqa: F401 - fixtures are registered by import
     RedisServer,
     delete_prefix,
@@ -48,7 +52,7 @@ def anyio_backend() -> str:
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     kind = str(request.param)
     if kind == "memory":
-        yield InMemoryBackend()
+        yield InMemoryBackend(clock=FakeClock(start=time.time()))
         return
     from asyncmq_otel.backends.redis import RedisBackend
 
@@ -186,6 +190,31 @@ async def test_cancelled_parent_dead_letters_children(backend: Backend, queue: Q
     raw = await queue.get_job("b")
     assert raw is not None
     assert raw["dlq_reason"] == "dependency_failed"
+
+
+async def test_expired_parent_dead_letters_children(backend: Backend, queue: Queue) -> None:
+    """A parent whose TTL passed before it ran expires at its claim (the worker's pickup check
+    settles it ``fail(reason="expired")``): its blocked children are dead-lettered with it."""
+    await add(queue, "a", ttl=0.05)
+    await add(queue, "b", "a")
+    await add(queue, "c", "b")
+    await add(queue, "r", "a", on_parent_failure="run")
+    await elapse(backend, 0.2)
+    (held,) = (await backend.claim(queue.name, "w1", 10, 30.0)).jobs
+    assert held.id == "a"
+    assert held.job is not None
+    assert held.job.expires_at is not None
+    assert held.claimed_at > held.job.expires_at  # what the worker checks before it runs a job
+    assert (await backend.fail(queue.name, "a", held.token, "expired")).ok
+    assert await states(queue, "a", "b", "c", "r") == {
+        "a": "expired",
+        "b": "failed",
+        "c": "failed",
+        "r": "waiting",
+    }
+    dead = {job["id"]: job["dlq_reason"] for job in await queue.dlq()}
+    assert dead == {"a": "expired", "b": "dependency_failed", "c": "dependency_failed"}
+    assert (await queue.counts())["blocked"] == 0
 
 
 async def test_child_of_dead_parent_is_dead_lettered_at_enqueue(backend: Backend, queue: Queue) -> None:

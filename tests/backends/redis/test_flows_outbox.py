@@ -145,6 +145,34 @@ async def test_a_parent_finishing_before_its_cross_queue_child_is_stored(
     assert await Queue(down, backend).get_job_state("c") == "waiting"
 
 
+async def test_a_reaper_pass_delivers_at_most_one_page_of_the_outbox(
+    shared: tuple[RedisBackend, str, str],
+) -> None:
+    """The reconciler is bounded (100 entries per queue per pass) so a reap stays short: a parent
+    with 150 children in another queue releases them over two passes."""
+    backend, url, prefix = shared
+    up, down = unique_prefix(), unique_prefix()
+    await Queue(up, backend).add(TASK, job_id="p")
+    children = Queue(down, backend)
+    await children.add_bulk(
+        [{"task_id": TASK, "job_id": f"c{i:03d}", "depends_on": [(up, "p")]} for i in range(150)]
+    )
+    await complete(backend, up, "p")
+    assert len(outbox(url, prefix, up)) == 150
+    # the flow pass runs at the start of a reap by the reaper: the first reap takes the role
+    assert (await backend.reap(up, "r1", 3, 30.0)).is_reaper
+
+    async def released() -> tuple[int, int, int]:
+        counts = await children.counts()
+        return len(outbox(url, prefix, up)), counts["waiting"], counts["blocked"]
+
+    assert await released() == (150, 0, 150)
+    await backend.reap(up, "r1", 3, 30.0)
+    assert await released() == (50, 100, 50)  # one page
+    await backend.reap(up, "r1", 3, 30.0)
+    assert await released() == (0, 150, 0)  # the rest on the next pass
+
+
 # -- a real three-master cluster -------------------------------------------------------------------------
 @pytest.mark.cluster
 @pytest.mark.chaos

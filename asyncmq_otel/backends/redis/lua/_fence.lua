@@ -299,6 +299,31 @@ local function flow_show(base, id, state, now, eligible, priority, seq)
   end
 end
 
+-- The start of flow_commit and flow_rollback (KEYS[1] meta; ARGV: epoch, txn, then the ids of
+-- staged jobs): the EPOCH reply, having written nothing; else nil, the key base, and {id, values}
+-- for each job still staged for this txn, values being its HMGET state flow_txn `...`. An entry of
+-- `staged` whose job is not staged any more (lost, written over, or shown) goes: the first write.
+local function staged_begin(meta, staged, ...)
+  local bad = epoch_reply(meta, ARGV[1])
+  if bad then
+    return bad
+  end
+  local base = base_of(meta)
+  local found, stray = {}, {}
+  for i = 3, #ARGV do
+    local st = redis.pcall('HMGET', base .. 'job:' .. ARGV[i], 'state', 'flow_txn', ...)
+    if not st.err and st[1] == 'staged' and st[2] == ARGV[2] then
+      found[#found + 1] = {ARGV[i], st}
+    elseif st.err or st[1] ~= 'staged' then
+      stray[#stray + 1] = ARGV[i]
+    end
+  end
+  for _, id in ipairs(stray) do
+    redis.call('ZREM', staged, id)
+  end
+  return nil, base, found
+end
+
 -- An outcome for a child still `staged` (its flow is not committed yet) waits in the outbox: the
 -- reaper delivers it once the child is visible, or drops it when the flow is rolled back.
 local function flow_defer(base, cid, pref, outcome, now)

@@ -16,7 +16,7 @@
 -- `limit` claims (a fixed window would allow twice that across its boundary); at most `limit`
 -- members (no expiry: PEXPIRE is outside the documented ACL; rate_limit.lua deletes it on clear).
 -- Replay: redis-py re-sends the call after a lost reply with the same nonce; the claim key
--- (PX = lease) then answers with the same jobs, so no lease is orphaned (a lost reply is answered again by the replay).
+-- (PX = lease) then answers with the same jobs, so no lease is orphaned.
 -- Malformed entries: a job key that is not a hash is quarantined, and a hash without a
 -- known state or with an attempts count that is not an integer is claimed as it is (attempts
 -- untouched); both are handed over like any claimed job, and the worker's decode dead-letters them

@@ -5,28 +5,14 @@
 -- ARGV: epoch, txn ('<coordinator queue>/<txn id>'), then the ids of the staged jobs
 -- Replies: {'EPOCH', current epoch or false}, {'OK', how many jobs were shown now}
 local meta, staged = KEYS[1], KEYS[2]
-local bad = epoch_reply(meta, ARGV[1])
+local bad, base, found = staged_begin(meta, staged, 'staged_state', 'priority', 'seq', 'eligible_at')
 if bad then
   return bad
 end
-local base = base_of(meta)
-local found, stray = {}, {}
-for i = 3, #ARGV do
-  local job = base .. 'job:' .. ARGV[i]
-  local st = redis.pcall('HMGET', job, 'state', 'flow_txn', 'staged_state', 'priority', 'seq', 'eligible_at')
-  if not st.err and st[1] == 'staged' and st[2] == ARGV[2] then
-    found[#found + 1] = {ARGV[i], job, st}
-  elseif st.err or st[1] ~= 'staged' then
-    stray[#stray + 1] = ARGV[i]
-  end
-end
--- nothing above wrote
-for _, id in ipairs(stray) do
-  redis.call('ZREM', staged, id) -- an entry whose job is not staged any more (lost, or shown) goes
-end
 local now = now_ms()
 for _, each in ipairs(found) do
-  local id, job, st = each[1], each[2], each[3]
+  local id, st = each[1], each[2]
+  local job = base .. 'job:' .. id
   local state = st[3] or 'waiting' -- a hand-edited hash without it: claimable, the worker judges it
   redis.call('HSET', job, 'state', state)
   redis.call('HDEL', job, 'staged_state', 'flow_txn')
