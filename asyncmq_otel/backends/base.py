@@ -8,6 +8,7 @@ and the worker do that, once, after the transition succeeded).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -24,6 +25,7 @@ __all__ = [
     "DataLossCallback",
     "EnqueueItem",
     "EnqueueReply",
+    "ErrorInfo",
     "FireReply",
     "FlowNode",
     "LeaseRenewer",
@@ -39,6 +41,7 @@ __all__ = [
 
 RawJob = dict[str, Any]
 """The stored form an adapter builds internally (envelope plus bookkeeping); never crosses the port."""
+_PREVIEW_CHARS = 256  # as much of a stored job that does not decode as an admin read shows
 DataLossCallback = Callable[[str, "str | None", str], None]
 """Called as ``(queue, old_epoch, new_epoch)`` when a backend finds that a queue's data was lost."""
 
@@ -77,6 +80,24 @@ class EnqueueReply:
     duplicate: bool
     enqueued_at: float
     eligible_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Why an attempt failed, as a worker hands it to :meth:`Backend.retry` and :meth:`Backend.fail`.
+
+    ``type`` is the exception's type name (or a reason such as ``malformed_payload``), ``message``
+    its text and ``traceback`` the formatted traceback (empty when there is none). Backends store
+    :meth:`to_dict` as the job's ``error`` JSON.
+    """
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        """The stored JSON form: ``{"type", "message", "traceback"}``."""
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
 
 
 def _decode(fields: Mapping[str, Any]) -> tuple[Job | None, str | None]:
@@ -161,8 +182,11 @@ class StoredJob:
 
     ``job`` is the decoded job (``None`` when the stored job cannot be decoded: ``decode_error``
     says why and ``payload_preview`` shows the start of what is stored). The other fields are the
-    backend's bookkeeping, typed. :meth:`to_dict` gives the stored form (the envelope with the
-    bookkeeping merged on top) that ``Queue.get_job`` and the admin commands show.
+    backend's bookkeeping, typed, and the envelope keys the decoded job does not hold
+    (``retries_set``: whether the producer stored ``max_retries``; ``parents`` and
+    ``on_parent_failure``: a flow job's ``depends_on`` and its stored policy, ``None`` when absent).
+    :meth:`to_dict` builds the stored form from them (the envelope with the bookkeeping merged on
+    top) that ``Queue.get_job`` and the admin commands show.
     """
 
     id: str
@@ -188,12 +212,16 @@ class StoredJob:
     progress: float | None = None
     payload_preview: str | None = None
     parents: tuple[tuple[str, str], ...] = ()
-    _fields: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    retries_set: bool = False
+    on_parent_failure: str | None = None
 
     @classmethod
     def from_fields(cls, queue: str, fields: Mapping[str, Any]) -> StoredJob:
         """Decode a stored job from its stored form; never raises (adapters call it at the port)."""
         job, why = _decode(fields)
+        preview = _optional_text(fields.get("payload_preview"))
+        if job is None and preview is None:  # an envelope that parsed but does not decode to a job
+            preview = json.dumps(dict(fields), default=str, separators=(",", ":"))[:_PREVIEW_CHARS]
         return cls(
             id=str(fields.get("id")),
             queue=queue,
@@ -216,18 +244,63 @@ class StoredJob:
             expires_at=_optional_float(fields.get("expires_at")),
             finished_at=_optional_float(fields.get("finished_at")),
             progress=_optional_float(fields.get("progress")),
-            payload_preview=_optional_text(fields.get("payload_preview")),
+            payload_preview=preview,
             parents=_parents(fields.get("depends_on")),
-            _fields=fields,
+            retries_set="max_retries" in fields,
+            on_parent_failure=_optional_text(fields.get("on_parent_failure")),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The stored form, as ``Queue.get_job`` returns it: the envelope with the bookkeeping on top.
 
-        A job that cannot be decoded has ``id``, ``queue``, ``token``, ``attempts``, ``state``,
-        ``dlq_reason``, ``error``, ``finished_at``, ``payload_error`` and ``payload_preview``.
+        Built from the typed fields, a new dict on each call. A job that cannot be decoded has
+        ``id``, ``queue``, ``token``, ``attempts``, ``state``, ``dlq_reason``, ``error``,
+        ``finished_at``, ``payload_error`` and ``payload_preview``.
         """
-        return dict(self._fields)
+        job = self.job
+        if job is None:
+            return {
+                "id": self.id,
+                "queue": self.queue,
+                "token": self.token,
+                "attempts": self.attempts,
+                "state": self.state,
+                "dlq_reason": self.dlq_reason,
+                "error": self.error,
+                "finished_at": self.finished_at,
+                "payload_error": self.decode_error,
+                "payload_preview": self.payload_preview,
+            }
+        out = job.envelope()
+        if not self.retries_set:  # the producer left it unset: the task's declared value applies
+            del out["max_retries"]
+        if self.parents:
+            out["depends_on"] = [list(parent) for parent in self.parents]
+        if self.on_parent_failure is not None:
+            out["on_parent_failure"] = self.on_parent_failure
+        out.update(
+            id=self.id,
+            state=self.state,
+            attempts=self.attempts,
+            retries=self.retries,
+            stalls=self.stalls,
+            interrupts=self.interrupts,
+            token=self.token,
+            owner=self.owner,
+            cancel_requested=self.cancel_requested,
+            result=self.result,
+            error=self.error,
+            dlq_reason=self.dlq_reason,
+            enqueued_at=self.enqueued_at,
+            eligible_at=self.eligible_at,
+            delay_until=self.delay_until,
+            expires_at=self.expires_at,
+            finished_at=self.finished_at,
+            progress=self.progress,
+        )
+        if job.flow_id is not None:
+            out["flow_id"] = job.flow_id
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,14 +529,14 @@ class Backend(Protocol):
         job_id: str,
         token: str,
         backoff: float,
-        error: Mapping[str, Any],
+        error: ErrorInfo,
         prev_attempt: str | None = None,
     ) -> SettleReply:
         """``active`` → ``delayed`` until now + ``backoff``, ``retries`` + 1 (reply: ``eligible_at``)."""
         ...
 
     async def fail(
-        self, queue: str, job_id: str, token: str, reason: str, error: Mapping[str, Any] | None = None
+        self, queue: str, job_id: str, token: str, reason: str, error: ErrorInfo | None = None
     ) -> SettleReply:
         """``active`` → DLQ with ``reason`` (state ``expired`` for reason ``expired``, else ``failed``)."""
         ...

@@ -14,7 +14,6 @@ import heapq
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import anyio
 
@@ -34,6 +33,7 @@ from .base import (
     DataLossCallback,
     EnqueueItem,
     EnqueueReply,
+    ErrorInfo,
     QueueStats,
     ReapReply,
     RenewStatus,
@@ -393,7 +393,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         job_id: str,
         token: str,
         backoff: float,
-        error: Mapping[str, Any],
+        error: ErrorInfo,
         prev_attempt: str | None = None,
     ) -> SettleReply:
         """``active`` → ``delayed`` until now + ``backoff`` (straight to ``waiting`` when it is 0)."""
@@ -401,7 +401,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         def apply(state: _Queue, record: _Record) -> None:
             now = self.clock()
             record.retries += 1
-            record.error = dict(error)
+            record.error = error.to_dict()
             if prev_attempt is not None:
                 record.prev_attempt = prev_attempt
             record.owner = None
@@ -417,7 +417,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         return self._settle(queue, job_id, token, apply)
 
     async def fail(
-        self, queue: str, job_id: str, token: str, reason: str, error: Mapping[str, Any] | None = None
+        self, queue: str, job_id: str, token: str, reason: str, error: ErrorInfo | None = None
     ) -> SettleReply:
         """``active`` → DLQ (``expired`` for reason ``expired``, else ``failed``)."""
         if reason not in DLQ_REASONS:
@@ -426,7 +426,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         def apply(state: _Queue, record: _Record) -> None:
             record.dlq_reason = reason
             if error is not None:
-                record.error = dict(error)
+                record.error = error.to_dict()
             self._finish(state, record, "expired" if reason == "expired" else "failed", state.dlq)
 
         return self._settle(queue, job_id, token, apply)

@@ -22,7 +22,7 @@ import anyio.to_thread
 
 from .._dependencies import current_job
 from .._lifecycle import emit_job_event, emit_job_fields
-from ..backends.base import Backend, ClaimedJob, SettleReply, SettleStatus
+from ..backends.base import Backend, ClaimedJob, ErrorInfo, SettleReply, SettleStatus
 from ..clock import fail_after
 from ..errors import (
     BackendOutOfMemory,
@@ -166,17 +166,17 @@ class JobAttempt:
         claimed = self.claimed
         job = Job(id=self.job_id, task=claimed.task, queue=self.queue, attempts=claimed.attempts or 1)
         self.job = job
-        error = {"type": "malformed_payload", "message": str(claimed.decode_error), "traceback": ""}
+        error = ErrorInfo("malformed_payload", str(claimed.decode_error))
         _log.error(
             "job.malformed_payload: job %s on %s cannot be decoded (%s); dead-lettered without running",
             self.job_id,
             self.queue,
-            error["message"][:256],
+            error.message[:256],
         )
         await self._dead_letter("malformed_payload", "dead_letter", None, error=error)
 
     async def _dead_letter(
-        self, reason: str, op: str, exc: BaseException | None, *, error: dict[str, Any] | None = None
+        self, reason: str, op: str, exc: BaseException | None, *, error: ErrorInfo | None = None
     ) -> None:
         job = self._job()
         if error is None and exc is not None:
@@ -198,7 +198,7 @@ class JobAttempt:
             **self._finish_fields(
                 reason=reason,
                 error_type=reason if exc is None or reason != "failed" else _error_type(exc),
-                error_message=None if error is None else str(error.get("message", ""))[:_EVENT_MESSAGE_LIMIT],
+                error_message=None if error is None else error.message[:_EVENT_MESSAGE_LIMIT],
                 exception=exc if reason == "failed" else None,
             ),
         )
@@ -422,7 +422,7 @@ class JobAttempt:
             **self._finish_fields(
                 backoff_s=backoff,
                 error_type=_error_type(exc),
-                error_message=str(error["message"])[:_EVENT_MESSAGE_LIMIT],
+                error_message=error.message[:_EVENT_MESSAGE_LIMIT],
                 exception=exc,
             ),
         )
@@ -567,13 +567,13 @@ def _last_span(job: Job) -> str | None:
     return None if job.trace_context is None else job.trace_context.get("last_span")
 
 
-def _error_record(exc: BaseException) -> dict[str, Any]:
+def _error_record(exc: BaseException) -> ErrorInfo:
     exc = _unwrap(exc)
     tb = getattr(exc, "traceback", None)
     if not isinstance(tb, str):
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {
-        "type": _error_type(exc),
-        "message": str(getattr(exc, "message", None) or exc)[:_ERROR_MESSAGE_LIMIT],
-        "traceback": tb[-_TRACEBACK_LIMIT:],
-    }
+    return ErrorInfo(
+        type=_error_type(exc),
+        message=str(getattr(exc, "message", None) or exc)[:_ERROR_MESSAGE_LIMIT],
+        traceback=tb[-_TRACEBACK_LIMIT:],
+    )

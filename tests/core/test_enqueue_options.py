@@ -17,7 +17,7 @@ import warnings
 import pytest
 
 from asyncmq_otel import Queue, task
-from asyncmq_otel.backends.base import Backend, WorkerInfo
+from asyncmq_otel.backends.base import Backend, ErrorInfo, WorkerInfo
 from asyncmq_otel.clock import Clock, FakeClock, system_clock
 from asyncmq_otel.errors import JobArgumentError, PayloadTooLarge, TaskNameWarning, UnsupportedOption
 from asyncmq_otel.jobs import MAX_SECONDS
@@ -237,7 +237,7 @@ async def test_on_parent_failure_is_an_option_of_enqueue_not_a_handler_argument(
     # the option took effect: the parent dead-letters and the child runs anyway
     (held,) = (await backend.claim("opts", "w1", 10, 30.0)).jobs
     assert held.id == parent
-    assert (await backend.fail("opts", parent, held.token, "failed", {"type": "ValueError"})).ok
+    assert (await backend.fail("opts", parent, held.token, "failed", ErrorInfo("ValueError", "boom"))).ok
     assert await queue.get_job_state(child) == "waiting"
 
 

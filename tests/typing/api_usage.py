@@ -8,7 +8,7 @@ import anyio
 
 from asyncmq_otel import LifecycleEvent, Queue, Worker, event_emitter, settings, task
 from asyncmq_otel.backends import Backend
-from asyncmq_otel.backends.base import ClaimedJob, ClaimReply, SettleReply, StoredJob
+from asyncmq_otel.backends.base import ClaimedJob, ClaimReply, ErrorInfo, SettleReply, StoredJob
 from asyncmq_otel.backends.capabilities import ConsumerCounter
 from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.backends.redis import RedisBackend
@@ -59,7 +59,9 @@ async def read_the_port(backend: Backend) -> None:
         decoded: Job | None = one.job
         why: str | None = one.decode_error
         settled: SettleReply = await backend.complete("typed", one.id, one.token, "null")
-        print(decoded, why, settled.ok)
+        error = ErrorInfo(type="ValueError", message="boom", traceback="")  # what retry and fail take
+        retried: SettleReply = await backend.retry("typed", one.id, one.token, 1.0, error)
+        print(decoded, why, settled.ok, retried.ok)
     stored: StoredJob | None = await backend.get_job("typed", "job-1")
     if stored is not None:
         shown: dict[str, Any] = stored.to_dict()  # the shape Queue.get_job returns

@@ -23,6 +23,7 @@ from ..base import (
     DataLossCallback,
     EnqueueItem,
     EnqueueReply,
+    ErrorInfo,
     FireReply,
     FlowNode,
     QueueRateLimit,
@@ -288,14 +289,14 @@ class RedisBackend:
         job_id: str,
         token: str,
         backoff: float,
-        error: Mapping[str, Any],
+        error: ErrorInfo,
         prev_attempt: str | None = None,
     ) -> SettleReply:
         """``active`` → ``delayed`` until Redis time + ``backoff`` (``waiting`` at the back when 0)."""
         return await self._jobs.retry(queue, job_id, token, backoff, error, prev_attempt)
 
     async def fail(
-        self, queue: str, job_id: str, token: str, reason: str, error: Mapping[str, Any] | None = None
+        self, queue: str, job_id: str, token: str, reason: str, error: ErrorInfo | None = None
     ) -> SettleReply:
         """``active`` → DLQ with ``reason`` (state ``expired`` for reason ``expired``, else ``failed``)."""
         return await self._jobs.fail(queue, job_id, token, reason, error)

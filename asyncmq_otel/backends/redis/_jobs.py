@@ -20,6 +20,7 @@ from ..base import (
     ClaimReply,
     EnqueueItem,
     EnqueueReply,
+    ErrorInfo,
     ReapReply,
     RenewStatus,
     SettleReply,
@@ -288,7 +289,7 @@ class JobStore:
         job_id: str,
         token: str,
         backoff: float,
-        error: Mapping[str, Any],
+        error: ErrorInfo,
         prev_attempt: str | None = None,
     ) -> SettleReply:
         """``active`` → ``delayed`` until Redis time + ``backoff`` (``waiting`` at the back when 0)."""
@@ -301,14 +302,14 @@ class JobStore:
                 token,
                 job_id,
                 _scripts.ms(backoff) if backoff > 0 else 0,
-                dumps(dict(error)),
+                dumps(error.to_dict()),
                 prev_attempt or "",
             ],
         )
         return decode_settle(queue, reply)
 
     async def fail(
-        self, queue: str, job_id: str, token: str, reason: str, error: Mapping[str, Any] | None = None
+        self, queue: str, job_id: str, token: str, reason: str, error: ErrorInfo | None = None
     ) -> SettleReply:
         """``active`` → DLQ with ``reason`` (state ``expired`` for reason ``expired``, else ``failed``)."""
         if reason not in DLQ_REASONS:
@@ -322,7 +323,7 @@ class JobStore:
                 token,
                 job_id,
                 reason,
-                "" if error is None else dumps(dict(error)),
+                "" if error is None else dumps(error.to_dict()),
                 self._limits.keep_failed,
                 _scripts.ms(self._limits.keep_failed_age),
             ],

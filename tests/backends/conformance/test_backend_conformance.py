@@ -22,6 +22,7 @@ from asyncmq_otel.backends.base import (
     ClaimedJob,
     EnqueueItem,
     EnqueueReply,
+    ErrorInfo,
     RenewStatus,
     SettleStatus,
     StoredJob,
@@ -354,7 +355,7 @@ async def test_complete_is_fenced_and_replays(backend: Backend, queue: str) -> N
     assert replay.ok
     assert (await backend.counts(queue))["completed"] == 1
     assert (await backend.complete(queue, "nope", "t", "1")).status is SettleStatus.GONE
-    after = await backend.retry(queue, "a", job.token + "x", 0.0, {"type": "E"})
+    after = await backend.retry(queue, "a", job.token + "x", 0.0, ErrorInfo("E", "boom"))
     assert after.status is SettleStatus.STALE
 
 
@@ -374,17 +375,17 @@ async def test_retry_schedules_after_backoff_from_backend_time(backend: Backend,
     job = await claim_one(backend, queue)
     before = await backend.now()
     reply = await backend.retry(
-        queue, "a", job.token, 0.3, {"type": "ValueError", "message": "boom"}, "span-1"
+        queue, "a", job.token, 0.3, ErrorInfo("ValueError", "boom", "Traceback ..."), "span-1"
     )
     assert reply.ok
     assert reply.job is not None
     stored = reply.job
     assert (stored.state, stored.retries, stored.attempts) == ("delayed", 1, 1)
-    assert stored.error == {"type": "ValueError", "message": "boom"}
+    assert stored.error == {"type": "ValueError", "message": "boom", "traceback": "Traceback ..."}
     assert stored.job is not None
     assert stored.job.trace_context == {"traceparent": "00-1-2-01", "prev_attempt": "span-1"}
     assert before + 0.29 <= stored.eligible_at <= await backend.now() + 0.31
-    assert (await backend.retry(queue, "a", job.token, 0.3, {"type": "ValueError"})).ok  # a replay
+    assert (await backend.retry(queue, "a", job.token, 0.3, ErrorInfo("ValueError", "boom"))).ok  # a replay
     assert (await backend.counts(queue))["delayed"] == 1
     empty = await backend.claim(queue, "w1", 1, 30.0)
     assert empty.jobs == []
@@ -407,7 +408,7 @@ async def test_retry_without_backoff_goes_to_the_back(backend: Backend, queue: s
     for job_id in ("a", "b"):
         await put(backend, queue, job_id)
     job = await claim_one(backend, queue)
-    reply = await backend.retry(queue, "a", job.token, 0.0, {"type": "E"})
+    reply = await backend.retry(queue, "a", job.token, 0.0, ErrorInfo("E", "boom"))
     assert reply.ok
     assert reply.job is not None
     assert reply.job.state == "waiting"
@@ -418,11 +419,13 @@ async def test_fail_dead_letters_with_reason(backend: Backend, queue: str) -> No
     for job_id in ("a", "b"):
         await put(backend, queue, job_id)
     jobs = (await backend.claim(queue, "w1", 2, 30.0)).jobs
-    first = await backend.fail(queue, "a", jobs[0].token, "unknown_task", {"type": "UnknownTask"})
+    first = await backend.fail(
+        queue, "a", jobs[0].token, "unknown_task", ErrorInfo("UnknownTask", "no task t")
+    )
     assert first.ok
     assert first.job is not None
     assert (first.job.state, first.job.dlq_reason) == ("failed", "unknown_task")
-    assert first.job.error == {"type": "UnknownTask"}
+    assert first.job.error == {"type": "UnknownTask", "message": "no task t", "traceback": ""}
     second = await backend.fail(queue, "b", jobs[1].token, "expired")
     assert second.job is not None
     assert (second.job.state, second.job.dlq_reason) == ("expired", "expired")
@@ -649,7 +652,7 @@ async def test_every_transition_to_ready_pushes_a_wake_token(backend: Backend, q
     await drain_tokens(backend, queue)
     assert (await backend.requeue(queue, "a", jobs[0].token, 5)).ok
     assert await backend.wait_for_work(queue, 0)
-    assert (await backend.retry(queue, "b", jobs[1].token, 0.0, {"type": "E"})).ok
+    assert (await backend.retry(queue, "b", jobs[1].token, 0.0, ErrorInfo("E", "boom"))).ok
     assert await backend.wait_for_work(queue, 0)
 
 
@@ -753,7 +756,7 @@ async def test_retry_dead_and_purge(backend: Backend, queue: str) -> None:
     for job_id in ("a", "b"):
         await put(backend, queue, job_id)
     for job in (await backend.claim(queue, "w1", 2, 30.0)).jobs:
-        await backend.fail(queue, job.id, job.token, "failed", {"type": "E"})
+        await backend.fail(queue, job.id, job.token, "failed", ErrorInfo("E", "boom"))
     assert await backend.retry_dead(queue, "a")
     assert not await backend.retry_dead(queue, "a")
     assert not await backend.retry_dead(queue, "nope")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from asyncmq_otel.backends.base import Backend
+from asyncmq_otel.backends.base import Backend, ErrorInfo
 from asyncmq_otel.backends.memory import InMemoryBackend
 from asyncmq_otel.clock import FakeClock
 from asyncmq_otel.errors import JobArgumentError
@@ -92,7 +92,7 @@ async def run(backend: Backend, queue: str, job_id: str, *, result: Any = None, 
             assert (await backend.requeue(queue, other, token, 100)).ok
     token = held[job_id]
     if fail:
-        reply = await backend.fail(queue, job_id, token, "failed", {"type": "ValueError", "message": "x"})
+        reply = await backend.fail(queue, job_id, token, "failed", ErrorInfo("ValueError", "x"))
     else:
         reply = await backend.complete(queue, job_id, token, json.dumps(result))
     assert reply.ok

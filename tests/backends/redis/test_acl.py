@@ -8,7 +8,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from asyncmq_otel.backends.base import CancelStatus, EnqueueItem, RenewStatus, WorkerInfo
+from asyncmq_otel.backends.base import CancelStatus, EnqueueItem, ErrorInfo, RenewStatus, WorkerInfo
 from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.errors import BackendAuthError
 from tests.support.redis_server import RedisServer
@@ -47,7 +47,7 @@ async def test_the_documented_acl_user_runs_every_operation(redis_server: RedisS
         assert (await backend.renew("q", {"b": jobs["b"].token}, 30.0)) == {"b": RenewStatus.OK}
         assert (await backend.report_progress("q", "a", jobs["a"].token, 0.5)).ok
         assert (await backend.complete("q", "a", jobs["a"].token, "1")).ok
-        assert (await backend.retry("q", "b", jobs["b"].token, 0.0, {"type": "E"})).ok
+        assert (await backend.retry("q", "b", jobs["b"].token, 0.0, ErrorInfo("E", "boom"))).ok
         assert (await backend.fail("q", "c", jobs["c"].token, "failed")).ok
         backend.add_cancel_listener(lambda _q, _j: None)
         job_b = (await backend.claim("q", "w", 1, 30.0)).jobs[0]

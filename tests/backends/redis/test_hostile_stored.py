@@ -17,7 +17,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from asyncmq_otel.backends.base import EnqueueItem, RawJob, RenewStatus, SettleStatus
+from asyncmq_otel.backends.base import EnqueueItem, ErrorInfo, RawJob, RenewStatus, SettleStatus
 from asyncmq_otel.backends.redis import RedisBackend
 from asyncmq_otel.backends.redis._keys import QueueKeys
 from asyncmq_otel.cli import main
@@ -252,7 +252,7 @@ async def test_a_settle_on_a_bad_field_moves_the_job_whole_or_not_at_all(
     if op == "requeue":
         reply = await backend.requeue(QUEUE, "a", job.token, 5)
     elif op == "retry":
-        reply = await backend.retry(QUEUE, "a", job.token, 0.0, {"type": "X", "message": "m"})
+        reply = await backend.retry(QUEUE, "a", job.token, 0.0, ErrorInfo("X", "m"))
     else:
         reply = await backend.defer(QUEUE, "a", job.token)
     assert reply.ok
@@ -361,7 +361,7 @@ async def test_a_settle_on_a_key_written_over_answers_gone_and_the_job_is_dead_l
         calls = {
             "complete": lambda: backend.complete(QUEUE, "a", token, "1"),
             "fail": lambda: backend.fail(QUEUE, "a", token, "failed"),
-            "retry": lambda: backend.retry(QUEUE, "a", token, 0.0, {"type": "X"}),
+            "retry": lambda: backend.retry(QUEUE, "a", token, 0.0, ErrorInfo("X", "m")),
             "requeue": lambda: backend.requeue(QUEUE, "a", token, 5),
             "defer": lambda: backend.defer(QUEUE, "a", token),
             "cancelled": lambda: backend.settle_cancelled(QUEUE, "a", token),
