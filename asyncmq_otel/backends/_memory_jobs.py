@@ -1,5 +1,11 @@
-# mypy: disable-error-code="no-any-return"
-"""The job transitions of :class:`InMemoryBackend` (moved out of ``memory.py``)."""
+"""The job transitions of :class:`InMemoryBackend`: producer, worker and queue control.
+
+Each transition is a synchronous step with no ``await`` inside, under the store's
+``threading.Lock`` (the lease renewer is a thread: it reaches :meth:`MemoryJobs.renew_sync`
+without the event loop). Idle workers wait on one ``anyio.Event`` per waiter, woken by wake
+tokens exactly like Redis' ``BLPOP`` on the ``signal`` list; the wait sleeps on the store's
+clock, so a FakeClock's advance releases it.
+"""
 
 from __future__ import annotations
 
@@ -26,37 +32,58 @@ from .base import (
     StoredJob,
 )
 
-__all__ = ["MemoryJobsMixin"]
+if TYPE_CHECKING:
+    from ._memory_ratelimit import MemoryRateLimits
+    from ._memory_store import MemoryStore
+
+__all__ = ["MemoryJobs", "MemoryLeaseRenewer"]
 
 _PROMOTE_LIMIT = 100
 _REAP_LIMIT = 100
 
 
-class MemoryJobsMixin:
-    """Producer, worker and queue-control transitions, each one step under the lock."""
+class MemoryLeaseRenewer:
+    """The renewer thread's channel: the same lock-guarded transition, called synchronously.
 
-    if TYPE_CHECKING:  # the rest of InMemoryBackend
+    It calls the backend's ``renew_sync``, so a subclass that wraps it sees the renewer's rounds.
+    """
 
-        def __getattr__(self, name: str) -> Any: ...  # noqa: ANN401 - a step of the move to collaborators
+    def __init__(self, renew: Callable[[str, Mapping[str, str], float], dict[str, RenewStatus]]) -> None:
+        self._renew = renew
 
-    async def enqueue(self, queue: str, item: EnqueueItem) -> EnqueueReply:
-        """Store one job, idempotently by id and nonce."""
-        return (await self.enqueue_bulk(queue, [item]))[0]
+    def renew(self, queue: str, leases: Mapping[str, str], lease: float) -> dict[str, RenewStatus]:
+        """Extend leases (see :meth:`MemoryJobs.renew_sync`)."""
+        return self._renew(queue, leases, lease)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class MemoryJobs:
+    """Producer, worker and queue-control transitions of ``InMemoryBackend``, each one step under the lock."""
+
+    def __init__(self, store: MemoryStore, rate_limits: MemoryRateLimits) -> None:
+        self._store = store
+        self._lock = store.lock
+        self._flows = store.flows
+        self._rate_limits = rate_limits
+        self.timer = store.timer
+        self.clock = store.clock
 
     async def enqueue_bulk(self, queue: str, items: Sequence[EnqueueItem]) -> list[EnqueueReply]:
         """Store several jobs at once."""
         for item in items:
-            self._check_size(item)
+            self._store.check_size(item)
         with self._lock:
             self._flows.check(queue, items)
-            state = self._queue(queue)
-            return [self._enqueue(state, item) for item in items]
+            state = self._store.queue(queue)
+            return [self._store.enqueue(state, item) for item in items]
 
     def inject_raw_job(self, queue: str, job_id: str, payload: str) -> None:
         """Store a payload as is, bypassing the producer's checks (tests of malformed jobs use it)."""
         with self._lock:
-            state = self._queue(queue)
-            self._enqueue(state, EnqueueItem(job_id, payload))
+            state = self._store.queue(queue)
+            self._store.enqueue(state, EnqueueItem(job_id, payload))
 
     def _settle(
         self,
@@ -75,7 +102,7 @@ class MemoryJobsMixin:
         answered with nothing written, or the lease is released and ``apply(queue, record)`` runs.
         """
         with self._lock:
-            state = self._queue(name)
+            state = self._store.queue(name)
             record = state.jobs.get(job_id)
             if record is not None and token and record.settled_token == token:
                 return SettleReply(SettleStatus.OK, record.stored(name) if want_job else None)
@@ -96,17 +123,17 @@ class MemoryJobsMixin:
     async def claim(self, queue: str, worker_id: str, count: int, lease: float) -> ClaimReply:
         """Promote due delayed jobs, then lease up to ``count`` ready jobs to ``worker_id``."""
         with self._lock:
-            state = self._queue(queue)
+            state = self._store.queue(queue)
             now = self.clock()
             self._promote(state, now)
             if state.paused:
                 return ClaimReply([], paused=True, now=now)
-            limited = self._rate_free(queue, now)  # the shared rate limit, as claim.lua applies it
+            limited = self._rate_limits.free(queue, now)  # the shared rate limit, as claim.lua applies it
             cut = limited is not None and limited[0] < count
             if limited is not None:
                 count = min(count, limited[0])
                 if count == 0 and state.counts["waiting"]:
-                    return ClaimReply([], now=now, throttled_for=self._rate_taken(limited[1], now, 0))
+                    return ClaimReply([], now=now, throttled_for=self._rate_limits.taken(limited[1], now, 0))
             nonce = uuid.uuid4().hex
             jobs: list[ClaimedJob] = []
             while state.ready and len(jobs) < count:
@@ -119,14 +146,14 @@ class MemoryJobsMixin:
                 record.owner = worker_id
                 record.settled_token = None
                 record.cancel_requested = False
-                self._set_state(state, record, "active")
+                self._store.set_state(state, record, "active")
                 state.leases[job_id] = now + lease
                 jobs.append(ClaimedJob.from_fields(record.raw(queue), now))
             next_due = None
             if not jobs:
                 next_due = self._next_due(state, now)
                 return ClaimReply(jobs, next_due_in=next_due, now=now)
-            throttled = None if limited is None else self._rate_taken(limited[1], now, len(jobs))
+            throttled = None if limited is None else self._rate_limits.taken(limited[1], now, len(jobs))
             return ClaimReply(jobs, now=now, throttled_for=throttled if cut else None)
 
     def _promote(self, queue: _Queue, now: float) -> None:
@@ -137,7 +164,7 @@ class MemoryJobsMixin:
             if record is None or record.state != "delayed" or record.due != due:
                 continue
             record.eligible_at = due
-            self._make_ready(queue, record)
+            self._store.make_ready(queue, record)
             promoted += 1
 
     def _next_due(self, queue: _Queue, now: float) -> float | None:
@@ -152,7 +179,7 @@ class MemoryJobsMixin:
     async def wait_for_work(self, queue: str, timeout: float) -> bool:
         """Take a wake token, waiting up to ``timeout`` seconds for one."""
         with self._lock:
-            state = self._queue(queue)
+            state = self._store.queue(queue)
             if state.signal > 0:
                 state.signal -= 1
                 return True
@@ -181,12 +208,12 @@ class MemoryJobsMixin:
         last_span: str | None = None,
     ) -> SettleReply:
         """``active`` → ``completed``; the reply carries the job unless ``want_job`` is false."""
-        too_large = len(result.encode("utf-8")) > self.max_result_bytes
+        too_large = len(result.encode("utf-8")) > self._store.limits.max_result_bytes
 
         def apply(state: _Queue, record: _Record) -> None:
             record.result = result
             record.last_span = last_span
-            self._finish(state, record, "completed", state.completed)
+            self._store.finish(state, record, "completed", state.completed)
 
         refuse = SettleStatus.TOO_LARGE if too_large else None
         return self._settle(queue, job_id, token, apply, want_job=want_job, refuse=refuse)
@@ -211,12 +238,12 @@ class MemoryJobsMixin:
             record.owner = None
             if backoff > 0:
                 record.delay_until = record.eligible_at = record.due = now + backoff
-                self._set_state(state, record, "delayed")
+                self._store.set_state(state, record, "delayed")
                 heapq.heappush(state.delayed, (record.due, record.seq, record.job_id))
-                self._wake(state, 1)
+                self._store.wake(state, 1)
             else:
                 record.eligible_at = now
-                self._make_ready(state, record)
+                self._store.make_ready(state, record)
 
         return self._settle(queue, job_id, token, apply)
 
@@ -231,7 +258,7 @@ class MemoryJobsMixin:
             record.dlq_reason = reason
             if error is not None:
                 record.error = dict(error)
-            self._finish(state, record, "expired" if reason == "expired" else "failed", state.dlq)
+            self._store.finish(state, record, "expired" if reason == "expired" else "failed", state.dlq)
 
         return self._settle(queue, job_id, token, apply)
 
@@ -244,10 +271,10 @@ class MemoryJobsMixin:
             now = self.clock()
             if record.delay_until is not None and record.delay_until > now:
                 record.due = record.eligible_at = record.delay_until
-                self._set_state(state, record, "delayed")
+                self._store.set_state(state, record, "delayed")
                 heapq.heappush(state.delayed, (record.due, record.seq, record.job_id))
             else:
-                self._make_ready(state, record, keep_place=True)
+                self._store.make_ready(state, record, keep_place=True)
 
         return self._settle(queue, job_id, token, apply)
 
@@ -255,7 +282,7 @@ class MemoryJobsMixin:
         """``active`` → ``cancelled``."""
 
         def apply(state: _Queue, record: _Record) -> None:
-            self._finish(state, record, "cancelled", state.cancelled)
+            self._store.finish(state, record, "cancelled", state.cancelled)
 
         return self._settle(queue, job_id, token, apply)
 
@@ -266,30 +293,26 @@ class MemoryJobsMixin:
             record.interrupts += 1
             if record.interrupts > max_interrupts:
                 record.dlq_reason = "interrupted"
-                self._finish(state, record, "failed", state.dlq)
+                self._store.finish(state, record, "failed", state.dlq)
             else:
                 record.eligible_at = self.clock()
-                self._make_ready(state, record, keep_place=True)
+                self._store.make_ready(state, record, keep_place=True)
 
         return self._settle(queue, job_id, token, apply)
 
     async def report_progress(self, queue: str, job_id: str, token: str, progress: float) -> SettleReply:
         """Record the running job's progress (fenced on the owner alone: a progress is never replayed)."""
         with self._lock:
-            owned = _owned(self._queue(queue).jobs.get(job_id), token)
+            owned = _owned(self._store.queue(queue).jobs.get(job_id), token)
             if isinstance(owned, SettleReply):
                 return owned
             owned.progress = progress
             return SettleReply(SettleStatus.OK)
 
-    async def renew(self, queue: str, leases: Mapping[str, str], lease: float) -> dict[str, RenewStatus]:
-        """Extend leases (see :meth:`renew_sync`)."""
-        return self.renew_sync(queue, leases, lease)
-
     def renew_sync(self, queue: str, leases: Mapping[str, str], lease: float) -> dict[str, RenewStatus]:
         """Extend every lease whose token still matches, even past its deadline (only ``reap`` revokes)."""
         with self._lock:
-            state = self._queue(queue)
+            state = self._store.queue(queue)
             deadline = self.clock() + lease
             out: dict[str, RenewStatus] = {}
             for job_id, token in leases.items():
@@ -314,7 +337,7 @@ class MemoryJobsMixin:
         In-process calls are never held in transit, so ``max_delay`` never applies.
         """
         with self._lock:
-            state = self._queue(queue)
+            state = self._store.queue(queue)
             now = self.clock()
             if state.reaper is not None and state.reaper[0] != worker_id and state.reaper[1] > now:
                 return ReapReply(is_reaper=False)
@@ -335,11 +358,11 @@ class MemoryJobsMixin:
                 if record.stalls > max_stalls:
                     record.dlq_reason = "worker_lost"
                     record.owner = None
-                    self._finish(state, record, "failed", state.dlq)
+                    self._store.finish(state, record, "failed", state.dlq)
                     dead.append(record.stored(queue))
                 else:
                     record.eligible_at = now
-                    self._make_ready(state, record, keep_place=True)
+                    self._store.make_ready(state, record, keep_place=True)
                     stalled.append(record.stored(queue))
             dead += self._flows.drain_failed(state, queue)  # children dead-lettered for a parent (flows)
             return ReapReply(is_reaper=True, stalled=stalled, dead=dead, more=len(expired) > _REAP_LIMIT)
@@ -347,24 +370,24 @@ class MemoryJobsMixin:
     async def pause(self, queue: str) -> None:
         """Stop claims."""
         with self._lock:
-            self._queue(queue).paused = True
+            self._store.queue(queue).paused = True
 
     async def resume(self, queue: str) -> None:
         """Allow claims and wake idle workers, one token per ready job."""
         with self._lock:
-            state = self._queue(queue)
+            state = self._store.queue(queue)
             state.paused = False
-            self._wake(state, max(state.counts["waiting"], 1))
+            self._store.wake(state, max(state.counts["waiting"], 1))
 
     async def is_queue_paused(self, queue: str) -> bool:
         """Whether claims are stopped."""
         with self._lock:
-            return self._queue(queue).paused
+            return self._store.queue(queue).paused
 
     async def cancel(self, queue: str, job_id: str) -> CancelStatus:
         """Cancel a queued job now, or flag a running one for its owner."""
         with self._lock:
-            state = self._queue(queue)
+            state = self._store.queue(queue)
             record = state.jobs.get(job_id)
             if record is None:
                 return CancelStatus.GONE
@@ -372,9 +395,9 @@ class MemoryJobsMixin:
                 return CancelStatus.FINISHED
             if record.state == "active":
                 record.cancel_requested = True
-                listeners = list(self._cancel_listeners)
+                listeners = list(self._store.cancel_listeners)
             else:
-                self._finish(state, record, "cancelled", state.cancelled)
+                self._store.finish(state, record, "cancelled", state.cancelled)
                 return CancelStatus.CANCELLED
         for listener in listeners:
             listener(queue, job_id)
