@@ -9,22 +9,19 @@ must not reach Python's recursion limit.
 from __future__ import annotations
 
 import collections
-import functools
 import heapq
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ..errors import JobArgumentError
 from .base import FlowNode
 
 if TYPE_CHECKING:
-    import threading
-
     from ._memory_record import _Queue, _Record
+    from ._memory_store import MemoryStore
     from .base import EnqueueItem, EnqueueReply, StoredJob
-    from .memory import InMemoryBackend
 
-__all__ = ["MemoryFlows", "MemoryFlowsMixin"]
+__all__ = ["MemoryFlowStore", "MemoryFlows"]
 
 Ref = tuple[str, str]  # (queue, job id)
 _DEAD = frozenset({"failed", "expired", "cancelled"})
@@ -34,12 +31,16 @@ _REPORT_PAGE = 100
 
 
 class MemoryFlows:
-    """The dependency edges of one in-memory backend and the transitions they drive."""
+    """The dependency edges of one in-memory backend and the transitions they drive.
+
+    Part of the backend's shared :class:`~._memory_store.MemoryStore`: storing and finishing a job
+    consult the edges in the same step.
+    """
 
     __slots__ = (
-        "_backend",
         "_draining",
         "_failed",
+        "_store",
         "_work",
         "children",
         "failed_for",
@@ -48,8 +49,8 @@ class MemoryFlows:
         "run_anyway",
     )
 
-    def __init__(self, backend: InMemoryBackend) -> None:
-        self._backend = backend
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
         self.parents: dict[Ref, tuple[Ref, ...]] = {}
         self.children: dict[Ref, set[Ref]] = {}
         self.pending: dict[Ref, set[Ref]] = {}  # a child's parents that have not completed
@@ -62,7 +63,7 @@ class MemoryFlows:
 
     def _name(self, queue: _Queue) -> str:
         """The name of a queue of the backend (a backend holds a handful of queues)."""
-        return next(name for name, each in self._backend._queues.items() if each is queue)  # noqa: SLF001
+        return next(name for name, each in self._store.queues.items() if each is queue)
 
     def stats(self, queue: _Queue, now: float) -> dict[str, Any]:
         """The flow fields of ``QueueStats``: blocked jobs and the age of the longest-blocked one."""
@@ -70,7 +71,7 @@ class MemoryFlows:
         return {"blocked": len(stored), "oldest_blocked_age": max(now - min(stored), 0.0) if stored else 0.0}
 
     def _record(self, ref: Ref) -> _Record | None:
-        queue = self._backend._queues.get(ref[0])  # noqa: SLF001 - this module is the backend's own
+        queue = self._store.queues.get(ref[0])
         return None if queue is None else queue.jobs.get(ref[1])
 
     def check(self, queue: str, items: Sequence[EnqueueItem]) -> None:
@@ -123,8 +124,8 @@ class MemoryFlows:
         if not pending:
             return False
         self.pending[ref] = pending
-        backend = self._backend
-        backend._set_state(queue, record, "blocked")  # noqa: SLF001 - this module is the backend's own
+        store = self._store
+        store.set_state(queue, record, "blocked")
         if dead:
             self._dead_letter(queue, record, dead)
         return True
@@ -159,7 +160,7 @@ class MemoryFlows:
             if outcome == "completed" or (outcome in _DEAD and child in self.run_anyway):
                 self._parent_done(child, record, ref)
             elif record.state == "blocked":
-                self._dead_letter(self._backend._queue(child[0]), record, {ref})  # noqa: SLF001
+                self._dead_letter(self._store.queue(child[0]), record, {ref})
             elif record.state == "failed" and record.dlq_reason == "dependency_failed":
                 self.failed_for.setdefault(child, set()).add(ref)  # dead already: one more reason
 
@@ -171,17 +172,17 @@ class MemoryFlows:
         if pending or record.state != "blocked":
             return
         del self.pending[child]
-        backend = self._backend
-        queue = backend._queue(child[0])  # noqa: SLF001 - this module is the backend's own
-        now = backend.clock()
+        store = self._store
+        queue = store.queue(child[0])
+        now = store.clock()
         if record.delay_until is not None and record.delay_until > now:
             record.due = record.eligible_at = record.delay_until
-            backend._set_state(queue, record, "delayed")  # noqa: SLF001
+            store.set_state(queue, record, "delayed")
             heapq.heappush(queue.delayed, (record.due, record.seq, record.job_id))
-            backend._wake(queue, 1)  # noqa: SLF001 - an idle worker re-reads the next due time
+            store.wake(queue, 1)  # an idle worker re-reads the next due time
         else:
             record.eligible_at = now
-            backend._make_ready(queue, record)  # noqa: SLF001
+            store.make_ready(queue, record)
 
     def _dead_letter(self, queue: _Queue, record: _Record, parents: set[Ref]) -> None:
         ref = (self._name(queue), record.job_id)
@@ -193,7 +194,7 @@ class MemoryFlows:
             "type": "DependencyFailed",
             "message": f"parent {names} did not complete; retry the parent from the DLQ to run this job",
         }
-        self._backend._finish(queue, record, "failed", queue.dlq)  # noqa: SLF001 - cascades through finished()
+        self._store.finish(queue, record, "failed", queue.dlq)  # cascades through finished()
 
     def drain_failed(self, queue: _Queue, name: str) -> list[StoredJob]:
         """Up to 100 children dead-lettered for a parent since the last call (their ``job:failed`` is due)."""
@@ -221,12 +222,12 @@ class MemoryFlows:
                 if reasons:
                     continue  # still dead for another parent
                 del self.failed_for[child]
-                child_queue = self._backend._queue(child[0])  # noqa: SLF001
+                child_queue = self._store.queue(child[0])
                 child_queue.dlq.pop(child[1], None)
                 found.dlq_reason = None
                 found.error = None
                 found.finished_at = None
-                self._backend._set_state(child_queue, found, "blocked")  # noqa: SLF001
+                self._store.set_state(child_queue, found, "blocked")
                 self.pending.setdefault(child, set()).add(parent)
                 work.append(child)
 
@@ -261,24 +262,25 @@ class MemoryFlows:
         return nodes
 
 
-class MemoryFlowsMixin:
-    """The flow methods of ``InMemoryBackend``: one lock, so a whole flow is stored in one step."""
+class MemoryFlowStore:
+    """The :class:`~asyncmq_otel.backends.capabilities.FlowBackend` capability of ``InMemoryBackend``.
 
-    _lock: threading.Lock
+    One lock, so a whole flow is stored in one step.
+    """
 
-    @functools.cached_property
-    def _flows(self) -> MemoryFlows:
-        """The backend's dependency edges (made on first use, under the backend's lock)."""
-        return MemoryFlows(cast("InMemoryBackend", self))
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._lock = store.lock
+        self._flows = store.flows
 
     async def add_flow(self, items: Sequence[tuple[str, EnqueueItem]]) -> list[EnqueueReply]:
         """Store jobs of any queues, parents first: every parent is checked before any write."""
-        backend = cast("InMemoryBackend", self)  # mixed into InMemoryBackend only
+        store = self._store
         for _queue, item in items:
-            backend._check_size(item)  # noqa: SLF001 - the backend's own check
+            store.check_size(item)
         with self._lock:
             self._flows.check_flow(items)
-            return [backend._enqueue(backend._queue(queue), item) for queue, item in items]  # noqa: SLF001
+            return [store.enqueue(store.queue(queue), item) for queue, item in items]
 
     async def get_flow(self, queue: str, job_id: str) -> list[FlowNode] | None:
         """The dependency graph around a job (see :meth:`MemoryFlows.graph`), or ``None``."""

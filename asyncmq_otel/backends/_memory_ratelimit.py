@@ -1,20 +1,21 @@
 """The shared rate limit of :class:`InMemoryBackend`: the same sliding log of claim times as ``claim.lua``.
 
-Called under the backend's lock from its ``claim``, so taking tokens and claiming are one atomic step.
+Called under the store's lock from ``MemoryJobs.claim``, so taking tokens and claiming are one atomic step.
 """
 
 from __future__ import annotations
 
 import collections
 import math
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .base import QueueRateLimit
 
-__all__ = ["MemoryRateLimitMixin"]
+if TYPE_CHECKING:
+    from ._memory_store import MemoryStore
+
+__all__ = ["MemoryRateLimits"]
 
 
 @dataclass(slots=True)
@@ -25,29 +26,23 @@ class _Window:
     claims: collections.deque[float] = field(default_factory=collections.deque)
 
 
-class MemoryRateLimitMixin:
-    """Limits kept per queue name, each with the log of the claims it counts (cleared with it)."""
+class MemoryRateLimits:
+    """Limits kept per queue name, each with the log of the claims it counts (cleared with it).
 
-    clock: Callable[[], float]
-    _lock: threading.Lock
+    The :class:`~asyncmq_otel.backends.capabilities.RateLimitStore` capability of ``InMemoryBackend``.
+    """
 
-    if TYPE_CHECKING:  # provided by InMemoryBackend
-
-        def _queue(self, name: str) -> Any: ...  # noqa: ANN401 - the backend's private queue record
-
-    @property
-    def _rate_windows(self) -> dict[str, _Window]:
-        windows: dict[str, _Window] | None = self.__dict__.get("_rate_window_store")
-        if windows is None:
-            windows = self.__dict__["_rate_window_store"] = {}
-        return windows
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._lock = store.lock
+        self._rate_windows: dict[str, _Window] = {}
 
     async def set_rate_limit(self, queue: str, limit: int, interval: float) -> None:
         """Allow at most ``limit`` claims of the queue in any window of ``interval`` seconds (1 ms steps)."""
         if limit < 1 or not interval > 0:
             raise ValueError("a rate limit needs limit >= 1 and interval > 0")
         with self._lock:
-            self._queue(queue)  # the queue exists from now on, as on Redis
+            self._store.queue(queue)  # the queue exists from now on, as on Redis
             window = self._rate_windows.setdefault(queue, _Window())
             window.limit = QueueRateLimit(limit, max(round(interval * 1000), 1) / 1000.0)
 
@@ -66,7 +61,7 @@ class MemoryRateLimitMixin:
         window = self._rate_windows.get(queue)
         return None if window is None else window.limit
 
-    def _rate_free(self, queue: str, now: float) -> tuple[int, _Window] | None:
+    def free(self, queue: str, now: float) -> tuple[int, _Window] | None:
         """Claims the limit allows now, after trimming the log; ``None`` when the queue has no limit."""
         window = self._rate_windows.get(queue)
         if window is None or window.limit is None:
@@ -77,7 +72,7 @@ class MemoryRateLimitMixin:
         return max(window.limit.limit - len(claims), 0), window
 
     @staticmethod
-    def _rate_taken(window: _Window, now: float, claimed: int) -> float:
+    def taken(window: _Window, now: float, claimed: int) -> float:
         """Log ``claimed`` claims at ``now``; return the seconds until the oldest leaves the window."""
         window.claims.extend([now] * claimed)
         if not window.claims or window.limit is None:

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .base import WorkerInfo
 
-__all__ = ["MemoryRegistryMixin"]
+if TYPE_CHECKING:
+    from ._memory_store import MemoryStore
+
+__all__ = ["MemoryRegistry"]
 
 
-class MemoryRegistryMixin:
+class MemoryRegistry:
     """Live workers by id with their registration deadlines, and who to tell about cancellations."""
 
-    _lock: threading.Lock
-    _workers: dict[str, tuple[WorkerInfo, float]]
-    _cancel_listeners: list[Callable[[str, str], None]]
-    clock: Callable[[], float]
-
-    async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
-        """Record a live worker."""
-        await self.heartbeat(info, ttl)
+    def __init__(self, store: MemoryStore) -> None:
+        self._lock = store.lock
+        self.clock = store.clock
+        self._workers: dict[str, tuple[WorkerInfo, float]] = {}
+        self._cancel_listeners = store.cancel_listeners  # read by MemoryJobs.cancel
 
     async def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
         """Refresh a worker's registration."""

@@ -1,51 +1,33 @@
 """Schedules of :class:`InMemoryBackend`: the same transitions and replies as the Redis scripts.
 
-Each call is synchronous under the backend's lock, so a fire is as atomic as a Lua script.
+Each call is synchronous under the store's lock, so a fire is as atomic as a Lua script.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .base import EnqueueItem, EnqueueReply, FireReply
+from .base import EnqueueItem, FireReply
 
 if TYPE_CHECKING:
     from ..schedules import ScheduleRecord
+    from ._memory_store import MemoryStore
 
-__all__ = ["MemorySchedulesMixin"]
+__all__ = ["MemorySchedules"]
 
 
-class MemorySchedulesMixin:
+class MemorySchedules:
     """Schedules kept in a dict per queue; ``watch_schedules`` callbacks run on every change."""
 
-    clock: Callable[[], float]
-    _lock: threading.Lock
-
-    if TYPE_CHECKING:  # provided by InMemoryBackend
-
-        def _queue(self, name: str) -> Any: ...  # noqa: ANN401 - the backend's private queue record
-
-        def _enqueue(self, queue: Any, item: EnqueueItem) -> EnqueueReply: ...  # noqa: ANN401
-
-        def _check_size(self, item: EnqueueItem) -> None: ...
-
-    @property
-    def _schedules(self) -> dict[str, dict[str, ScheduleRecord]]:
-        store: dict[str, dict[str, ScheduleRecord]] | None = self.__dict__.get("_schedule_store")
-        if store is None:
-            store = self.__dict__["_schedule_store"] = {}
-        return store
-
-    @property
-    def _schedule_watchers(self) -> list[Callable[[], None]]:
-        watchers: list[Callable[[], None]] | None = self.__dict__.get("_schedule_watcher_list")
-        if watchers is None:
-            watchers = self.__dict__["_schedule_watcher_list"] = []
-        return watchers
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._lock = store.lock
+        self.clock = store.clock
+        self._schedules: dict[str, dict[str, ScheduleRecord]] = {}
+        self._schedule_watchers: list[Callable[[], None]] = []
 
     def watch_schedules(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` after every change of a schedule; returns a function that stops it."""
@@ -138,7 +120,7 @@ class MemorySchedulesMixin:
     ) -> FireReply:
         """Store the tick's jobs and the next due time, if the schedule is still as read."""
         for _, item in jobs:
-            self._check_size(item)
+            self._store.check_size(item)
         with self._lock:
             now = self._now_ms()
             stored = self._schedules.get(queue, {})
@@ -151,11 +133,11 @@ class MemorySchedulesMixin:
                 return FireReply("CHANGED", now)
             if any(due > now for due, _ in jobs) or expected_due_ms > now:
                 return FireReply("NOT_DUE", now)
-            state = self._queue(queue)
+            state = self._store.queue(queue)
             fresh: list[str] = []
             duplicates: list[str] = []
             for _, item in jobs:
-                reply = self._enqueue(state, item)
+                reply = self._store.enqueue(state, item)
                 (duplicates if reply.duplicate else fresh).append(item.job_id)
             changes: dict[str, Any] = {"next_due_ms": next_due_ms}
             if jobs:

@@ -5,67 +5,53 @@ Each transition is a synchronous method with no ``await`` inside, guarded by a
 sleep on it too, so a FakeClock's advance releases them); idle workers wait on one
 ``anyio.Event`` per waiter, woken by wake tokens exactly like Redis' ``BLPOP`` on the ``signal``
 list. Jobs live as long as the process does.
+
+``InMemoryBackend`` is the port's face; the work is done by collaborators it owns, one per
+responsibility (``_memory_jobs``, ``_memory_admin``, ``_memory_registry``, ``_memory_schedules``,
+``_memory_flows``, ``_memory_ratelimit``), which share one ``_memory_store.MemoryStore``: the lock,
+the clock, the queue records with their wake tokens, the limits and the dependency edges.
 """
 
 from __future__ import annotations
 
-import collections
-import heapq
-import threading
-import uuid
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import anyio
-
-from .._stored import decode_stored_envelope
-from ..clock import Clock, as_clock, move_on_after, system_clock
-from ..errors import PayloadTooLarge
-from ..jobs import DLQ_REASONS, TERMINAL_STATES, JobState
-from ._memory_flows import MemoryFlowsMixin
-from ._memory_ratelimit import MemoryRateLimitMixin
-from ._memory_record import _owned, _Queue, _Record
-from ._memory_registry import MemoryRegistryMixin
-from ._memory_schedules import MemorySchedulesMixin
+from ..clock import Clock, as_clock, system_clock
+from ._memory_admin import MemoryAdmin
+from ._memory_flows import MemoryFlowStore
+from ._memory_jobs import MemoryJobs, MemoryLeaseRenewer
+from ._memory_ratelimit import MemoryRateLimits
+from ._memory_registry import MemoryRegistry
+from ._memory_schedules import MemorySchedules
+from ._memory_store import Limits, MemoryStore
 from .base import (
     CancelStatus,
-    ClaimedJob,
     ClaimReply,
     DataLossCallback,
     EnqueueItem,
     EnqueueReply,
     ErrorInfo,
+    FireReply,
+    FlowNode,
+    QueueRateLimit,
     QueueStats,
     ReapReply,
     RenewStatus,
     SettleReply,
-    SettleStatus,
     StoredJob,
     WorkerInfo,
 )
 
+if TYPE_CHECKING:
+    from ..schedules import ScheduleRecord
+
 __all__ = ["InMemoryBackend"]
 
 MIB = 1024 * 1024
-_SIGNAL_CAP = 1024
-_PROMOTE_LIMIT = 100
-_REAP_LIMIT = 100
-_TRIM_PER_SETTLE = 10
 
 
-class _Renewer:
-    """The renewer thread's channel: the same lock-guarded transition, called synchronously."""
-
-    def __init__(self, backend: InMemoryBackend) -> None:
-        self._backend = backend
-
-    def renew(self, queue: str, leases: Mapping[str, str], lease: float) -> dict[str, RenewStatus]:
-        return self._backend.renew_sync(queue, leases, lease)
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-
-class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixin, MemoryRateLimitMixin):
+class InMemoryBackend:
     """The embedded backend: zero set-up, one process, not durable.
 
     Args:
@@ -90,39 +76,62 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         keep_failed: int = 10_000,
         keep_failed_age: float = 7 * 86_400.0,
     ) -> None:
-        self.timer: Clock = as_clock(clock)
+        self.limits = Limits(
+            max_payload_bytes=max_payload_bytes,
+            max_result_bytes=max_result_bytes,
+            keep_completed=keep_completed,
+            keep_completed_age=keep_completed_age,
+            keep_failed=keep_failed,
+            keep_failed_age=keep_failed_age,
+        )
+        self._store = MemoryStore(as_clock(clock), self.limits)
+        self.timer: Clock = self._store.timer
         """The clock: its wall time stamps jobs, its sleeps bound idle waits (a worker may share it)."""
-        self.clock: Callable[[], float] = self.timer.time
+        self.clock: Callable[[], float] = self._store.clock
         """Unix seconds now (the timer's wall time)."""
-        self.max_payload_bytes = max_payload_bytes
-        self.max_result_bytes = max_result_bytes
-        self.keep_completed = keep_completed
-        self.keep_completed_age = keep_completed_age
-        self.keep_failed = keep_failed
-        self.keep_failed_age = keep_failed_age
         self.on_data_loss: DataLossCallback | None = None
-        self._lock = threading.Lock()
-        self._queues: dict[str, _Queue] = {}
-        self._workers: dict[str, tuple[WorkerInfo, float]] = {}
-        self._cancel_listeners: list[Callable[[str, str], None]] = []
+        self._rate_limits = MemoryRateLimits(self._store)
+        self._jobs = MemoryJobs(self._store, self._rate_limits)
+        self._admin = MemoryAdmin(self._store)
+        self._registry = MemoryRegistry(self._store)
+        self._schedules = MemorySchedules(self._store)
+        self._flows = MemoryFlowStore(self._store)
 
     def __repr__(self) -> str:
-        return f"InMemoryBackend(queues={len(self._queues)})"
+        return f"InMemoryBackend(queues={len(self._store.queues)})"
 
-    def _queue(self, name: str) -> _Queue:
-        queue = self._queues.get(name)
-        if queue is None:
-            queue = self._queues[name] = _Queue()
-        return queue
+    # -- limits kept by the store ----------------------------------------------------------------
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest envelope accepted."""
+        return self.limits.max_payload_bytes
 
-    def _wake(self, queue: _Queue, tokens: int) -> None:
-        if tokens <= 0:
-            return
-        queue.signal = min(queue.signal + tokens, _SIGNAL_CAP)
-        for waiter in queue.waiters:
-            waiter.set()
+    @property
+    def max_result_bytes(self) -> int:
+        """The largest encoded result accepted at completion."""
+        return self.limits.max_result_bytes
 
-    # -- time and lifecycle --------------------------------------------------------------------------
+    @property
+    def keep_completed(self) -> int:
+        """Completed and cancelled jobs kept, by count."""
+        return self.limits.keep_completed
+
+    @property
+    def keep_completed_age(self) -> float:
+        """Completed and cancelled jobs kept, by age in seconds."""
+        return self.limits.keep_completed_age
+
+    @property
+    def keep_failed(self) -> int:
+        """Dead-lettered jobs kept, by count."""
+        return self.limits.keep_failed
+
+    @property
+    def keep_failed_age(self) -> float:
+        """Dead-lettered jobs kept, by age in seconds."""
+        return self.limits.keep_failed_age
+
+    # -- time and lifecycle ----------------------------------------------------------------------
     async def now(self) -> float:
         """The backend clock."""
         return self.clock()
@@ -130,241 +139,30 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
     async def close(self) -> None:
         """Nothing to release: jobs stay for the life of the process."""
 
-    # -- producer ------------------------------------------------------------------------------------
+    def lease_renewer(self) -> MemoryLeaseRenewer:
+        """A synchronous renewal channel for the renewer thread."""
+        return MemoryLeaseRenewer(self.renew_sync)
+
+    # -- jobs (MemoryJobs) -----------------------------------------------------------------------
     async def enqueue(self, queue: str, item: EnqueueItem) -> EnqueueReply:
         """Store one job, idempotently by id and nonce."""
         return (await self.enqueue_bulk(queue, [item]))[0]
 
     async def enqueue_bulk(self, queue: str, items: Sequence[EnqueueItem]) -> list[EnqueueReply]:
         """Store several jobs at once."""
-        for item in items:
-            self._check_size(item)
-        with self._lock:
-            self._flows.check(queue, items)
-            state = self._queue(queue)
-            return [self._enqueue(state, item) for item in items]
-
-    def _check_size(self, item: EnqueueItem) -> None:
-        size = len(item.payload.encode("utf-8"))
-        if size > self.max_payload_bytes:
-            raise PayloadTooLarge(size, self.max_payload_bytes)
-
-    def _enqueue(self, queue: _Queue, item: EnqueueItem) -> EnqueueReply:
-        existing = queue.jobs.get(item.job_id)
-        if existing is not None:
-            replay = bool(item.nonce) and existing.nonce == item.nonce
-            return EnqueueReply(
-                item.job_id, existing.state, not replay, existing.enqueued_at, existing.eligible_at
-            )
-        self._check_size(item)
-        envelope, payload_error = decode_stored_envelope(item.payload)
-        if item.priority is not None:  # the producer passed what its envelope holds
-            priority: object = item.priority
-            ttl: object = item.ttl
-        else:
-            priority = envelope.get("priority", 5) if envelope else 5
-            ttl = envelope.get("ttl") if envelope else None
-        now = self.clock()
-        record = _Record(
-            job_id=item.job_id,
-            payload=item.payload,
-            envelope=envelope,
-            priority=priority if isinstance(priority, int) else 5,
-            seq=queue.next_seq(),
-            nonce=item.nonce,
-            enqueued_at=now,
-            eligible_at=now,
-            flow_id=item.flow_id,
-        )
-        if payload_error:
-            record.payload_error = payload_error
-        if isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
-            record.expires_at = now + float(ttl)
-        queue.jobs[item.job_id] = record
-        if item.depends_on and self._flows.block(queue, record, item):
-            return EnqueueReply(item.job_id, record.state, duplicate=False, enqueued_at=now, eligible_at=now)
-        if item.delay > 0:
-            record.delay_until = record.eligible_at = record.due = now + item.delay
-            self._set_state(queue, record, "delayed")
-            heapq.heappush(queue.delayed, (record.due, record.seq, record.job_id))
-            self._wake(queue, 1)  # an idle worker re-reads the next due time instead of oversleeping
-        else:
-            self._make_ready(queue, record)
-        return EnqueueReply(
-            item.job_id,
-            record.state,
-            duplicate=False,
-            enqueued_at=record.enqueued_at,
-            eligible_at=record.eligible_at,
-        )
+        return await self._jobs.enqueue_bulk(queue, items)
 
     def inject_raw_job(self, queue: str, job_id: str, payload: str) -> None:
         """Store a payload as is, bypassing the producer's checks (tests of malformed jobs use it)."""
-        with self._lock:
-            state = self._queue(queue)
-            self._enqueue(state, EnqueueItem(job_id, payload))
+        self._jobs.inject_raw_job(queue, job_id, payload)
 
-    # -- helpers -------------------------------------------------------------------------------------
-    def _set_state(self, queue: _Queue, record: _Record, state: str) -> None:
-        if record.state == state:
-            return
-        if record.state:
-            queue.counts[record.state] -= 1
-        queue.counts[state] += 1
-        record.state = state
-
-    def _make_ready(self, queue: _Queue, record: _Record, *, keep_place: bool = False) -> None:
-        """Put a job in ``waiting``: at its original place, or at the back of its priority."""
-        if not keep_place:
-            record.seq = queue.next_seq()
-        self._set_state(queue, record, "waiting")
-        record.token = None
-        record.owner = None
-        heapq.heappush(queue.ready, (record.priority, record.seq, record.job_id))
-        self._wake(queue, 1)
-
-    def _settle(
-        self,
-        name: str,
-        job_id: str,
-        token: str,
-        apply: Callable[[_Queue, _Record], object],
-        *,
-        want_job: bool = True,
-        refuse: SettleStatus | None = None,
-    ) -> SettleReply:
-        """Every settle's fence, then its transition, under the lock: the one place a settle is judged.
-
-        A replay of the settle ``token`` already made answers ``OK`` again and writes nothing; a job
-        ``token`` does not own answers ``STALE`` (or ``GONE``). Otherwise ``refuse`` (a status) is
-        answered with nothing written, or the lease is released and ``apply(queue, record)`` runs.
-        """
-        with self._lock:
-            state = self._queue(name)
-            record = state.jobs.get(job_id)
-            if record is not None and token and record.settled_token == token:
-                return SettleReply(SettleStatus.OK, record.stored(name) if want_job else None)
-            owned = _owned(record, token)
-            if isinstance(owned, SettleReply):
-                return owned
-            if refuse is not None:
-                return SettleReply(refuse)
-            self._release(state, owned, token)
-            apply(state, owned)
-            return SettleReply(SettleStatus.OK, owned.stored(name) if want_job else None)
-
-    def _release(self, queue: _Queue, record: _Record, token: str) -> None:
-        queue.leases.pop(record.job_id, None)
-        record.settled_token = token
-        record.token = None
-
-    def _finish(
-        self, queue: _Queue, record: _Record, state: str, index: collections.OrderedDict[str, float]
-    ) -> None:
-        now = self.clock()
-        record.finished_at = now
-        self._set_state(queue, record, state)
-        index[record.job_id] = now
-        if index is queue.dlq:
-            self._trim(queue, index, self.keep_failed, self.keep_failed_age, now)
-        else:
-            self._trim(queue, index, self.keep_completed, self.keep_completed_age, now)
-        self._flows.finished(queue, record, state)
-
-    def _trim(
-        self, queue: _Queue, index: collections.OrderedDict[str, float], keep: int, age: float, now: float
-    ) -> None:
-        for _ in range(_TRIM_PER_SETTLE):
-            if not index:
-                return
-            oldest_id, finished = next(iter(index.items()))
-            if len(index) <= keep and finished >= now - age:
-                return
-            index.popitem(last=False)
-            self._delete(queue, oldest_id)
-
-    def _delete(self, queue: _Queue, job_id: str) -> None:
-        record = queue.jobs.pop(job_id, None)
-        if record is not None:
-            queue.counts[record.state] -= 1
-
-    # -- worker --------------------------------------------------------------------------------------
     async def claim(self, queue: str, worker_id: str, count: int, lease: float) -> ClaimReply:
         """Promote due delayed jobs, then lease up to ``count`` ready jobs to ``worker_id``."""
-        with self._lock:
-            state = self._queue(queue)
-            now = self.clock()
-            self._promote(state, now)
-            if state.paused:
-                return ClaimReply([], paused=True, now=now)
-            limited = self._rate_free(queue, now)  # the shared rate limit, as claim.lua applies it
-            cut = limited is not None and limited[0] < count
-            if limited is not None:
-                count = min(count, limited[0])
-                if count == 0 and state.counts["waiting"]:
-                    return ClaimReply([], now=now, throttled_for=self._rate_taken(limited[1], now, 0))
-            nonce = uuid.uuid4().hex
-            jobs: list[ClaimedJob] = []
-            while state.ready and len(jobs) < count:
-                _priority, seq, job_id = heapq.heappop(state.ready)
-                record = state.jobs.get(job_id)
-                if record is None or record.state != "waiting" or record.seq != seq:
-                    continue  # a stale heap entry: the job moved on since it was pushed
-                record.attempts += 1
-                record.token = f"{nonce}.{len(jobs)}"
-                record.owner = worker_id
-                record.settled_token = None
-                record.cancel_requested = False
-                self._set_state(state, record, "active")
-                state.leases[job_id] = now + lease
-                jobs.append(ClaimedJob.from_fields(record.raw(queue), now))
-            next_due = None
-            if not jobs:
-                next_due = self._next_due(state, now)
-                return ClaimReply(jobs, next_due_in=next_due, now=now)
-            throttled = None if limited is None else self._rate_taken(limited[1], now, len(jobs))
-            return ClaimReply(jobs, now=now, throttled_for=throttled if cut else None)
-
-    def _promote(self, queue: _Queue, now: float) -> None:
-        promoted = 0
-        while queue.delayed and queue.delayed[0][0] <= now and promoted < _PROMOTE_LIMIT:
-            due, _seq, job_id = heapq.heappop(queue.delayed)
-            record = queue.jobs.get(job_id)
-            if record is None or record.state != "delayed" or record.due != due:
-                continue
-            record.eligible_at = due
-            self._make_ready(queue, record)
-            promoted += 1
-
-    def _next_due(self, queue: _Queue, now: float) -> float | None:
-        while queue.delayed:
-            due, _seq, job_id = queue.delayed[0]
-            record = queue.jobs.get(job_id)
-            if record is not None and record.state == "delayed" and record.due == due:
-                return max(due - now, 0.0)
-            heapq.heappop(queue.delayed)
-        return None
+        return await self._jobs.claim(queue, worker_id, count, lease)
 
     async def wait_for_work(self, queue: str, timeout: float) -> bool:
         """Take a wake token, waiting up to ``timeout`` seconds for one."""
-        with self._lock:
-            state = self._queue(queue)
-            if state.signal > 0:
-                state.signal -= 1
-                return True
-            waiter = anyio.Event()
-            state.waiters.append(waiter)
-        try:
-            with move_on_after(self.timer, timeout):
-                await waiter.wait()
-        finally:
-            with self._lock:
-                state.waiters.remove(waiter)
-        with self._lock:
-            if state.signal > 0:
-                state.signal -= 1
-                return True
-        return False
+        return await self._jobs.wait_for_work(queue, timeout)
 
     async def complete(
         self,
@@ -377,15 +175,7 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         last_span: str | None = None,
     ) -> SettleReply:
         """``active`` → ``completed``; the reply carries the job unless ``want_job`` is false."""
-        too_large = len(result.encode("utf-8")) > self.max_result_bytes
-
-        def apply(state: _Queue, record: _Record) -> None:
-            record.result = result
-            record.last_span = last_span
-            self._finish(state, record, "completed", state.completed)
-
-        refuse = SettleStatus.TOO_LARGE if too_large else None
-        return self._settle(queue, job_id, token, apply, want_job=want_job, refuse=refuse)
+        return await self._jobs.complete(queue, job_id, token, result, want_job=want_job, last_span=last_span)
 
     async def retry(
         self,
@@ -397,86 +187,29 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
         prev_attempt: str | None = None,
     ) -> SettleReply:
         """``active`` → ``delayed`` until now + ``backoff`` (straight to ``waiting`` when it is 0)."""
-
-        def apply(state: _Queue, record: _Record) -> None:
-            now = self.clock()
-            record.retries += 1
-            record.error = error.to_dict()
-            if prev_attempt is not None:
-                record.prev_attempt = prev_attempt
-            record.owner = None
-            if backoff > 0:
-                record.delay_until = record.eligible_at = record.due = now + backoff
-                self._set_state(state, record, "delayed")
-                heapq.heappush(state.delayed, (record.due, record.seq, record.job_id))
-                self._wake(state, 1)
-            else:
-                record.eligible_at = now
-                self._make_ready(state, record)
-
-        return self._settle(queue, job_id, token, apply)
+        return await self._jobs.retry(queue, job_id, token, backoff, error, prev_attempt)
 
     async def fail(
         self, queue: str, job_id: str, token: str, reason: str, error: ErrorInfo | None = None
     ) -> SettleReply:
         """``active`` → DLQ (``expired`` for reason ``expired``, else ``failed``)."""
-        if reason not in DLQ_REASONS:
-            raise ValueError(f"unknown DLQ reason {reason!r}; one of {sorted(DLQ_REASONS)}")
-
-        def apply(state: _Queue, record: _Record) -> None:
-            record.dlq_reason = reason
-            if error is not None:
-                record.error = error.to_dict()
-            self._finish(state, record, "expired" if reason == "expired" else "failed", state.dlq)
-
-        return self._settle(queue, job_id, token, apply)
+        return await self._jobs.fail(queue, job_id, token, reason, error)
 
     async def defer(self, queue: str, job_id: str, token: str) -> SettleReply:
         """Give back a job picked before its ``delay_until``: ``delayed`` again, attempt returned."""
-
-        def apply(state: _Queue, record: _Record) -> None:
-            record.attempts -= 1
-            record.owner = None
-            now = self.clock()
-            if record.delay_until is not None and record.delay_until > now:
-                record.due = record.eligible_at = record.delay_until
-                self._set_state(state, record, "delayed")
-                heapq.heappush(state.delayed, (record.due, record.seq, record.job_id))
-            else:
-                self._make_ready(state, record, keep_place=True)
-
-        return self._settle(queue, job_id, token, apply)
+        return await self._jobs.defer(queue, job_id, token)
 
     async def settle_cancelled(self, queue: str, job_id: str, token: str) -> SettleReply:
         """``active`` → ``cancelled``."""
-
-        def apply(state: _Queue, record: _Record) -> None:
-            self._finish(state, record, "cancelled", state.cancelled)
-
-        return self._settle(queue, job_id, token, apply)
+        return await self._jobs.settle_cancelled(queue, job_id, token)
 
     async def requeue(self, queue: str, job_id: str, token: str, max_interrupts: int) -> SettleReply:
         """Return an interrupted job to its original place; past ``max_interrupts``, DLQ ``interrupted``."""
-
-        def apply(state: _Queue, record: _Record) -> None:
-            record.interrupts += 1
-            if record.interrupts > max_interrupts:
-                record.dlq_reason = "interrupted"
-                self._finish(state, record, "failed", state.dlq)
-            else:
-                record.eligible_at = self.clock()
-                self._make_ready(state, record, keep_place=True)
-
-        return self._settle(queue, job_id, token, apply)
+        return await self._jobs.requeue(queue, job_id, token, max_interrupts)
 
     async def report_progress(self, queue: str, job_id: str, token: str, progress: float) -> SettleReply:
         """Record the running job's progress (fenced on the owner alone: a progress is never replayed)."""
-        with self._lock:
-            owned = _owned(self._queue(queue).jobs.get(job_id), token)
-            if isinstance(owned, SettleReply):
-                return owned
-            owned.progress = progress
-            return SettleReply(SettleStatus.OK)
+        return await self._jobs.report_progress(queue, job_id, token, progress)
 
     async def renew(self, queue: str, leases: Mapping[str, str], lease: float) -> dict[str, RenewStatus]:
         """Extend leases (see :meth:`renew_sync`)."""
@@ -484,208 +217,165 @@ class InMemoryBackend(MemoryRegistryMixin, MemorySchedulesMixin, MemoryFlowsMixi
 
     def renew_sync(self, queue: str, leases: Mapping[str, str], lease: float) -> dict[str, RenewStatus]:
         """Extend every lease whose token still matches, even past its deadline (only ``reap`` revokes)."""
-        with self._lock:
-            state = self._queue(queue)
-            deadline = self.clock() + lease
-            out: dict[str, RenewStatus] = {}
-            for job_id, token in leases.items():
-                record = _owned(state.jobs.get(job_id), token)
-                if isinstance(record, SettleReply):
-                    out[job_id] = RenewStatus.LOST
-                    continue
-                state.leases[job_id] = deadline
-                out[job_id] = RenewStatus.CANCEL if record.cancel_requested else RenewStatus.OK
-            return out
-
-    def lease_renewer(self) -> _Renewer:
-        """A synchronous renewal channel for the renewer thread."""
-        return _Renewer(self)
+        return self._jobs.renew_sync(queue, leases, lease)
 
     async def reap(
-        self,
-        queue: str,
-        worker_id: str,
-        max_stalls: int,
-        hold: float,
-        max_delay: float | None = None,  # noqa: ARG002 - a port parameter with no effect here
+        self, queue: str, worker_id: str, max_stalls: int, hold: float, max_delay: float | None = None
     ) -> ReapReply:
-        """Take or keep the reaper role, then recover up to 100 expired leases.
+        """Take or keep the reaper role, then recover up to 100 expired leases."""
+        return await self._jobs.reap(queue, worker_id, max_stalls, hold, max_delay)
 
-        In-process calls are never held in transit, so ``max_delay`` never applies.
-        """
-        with self._lock:
-            state = self._queue(queue)
-            now = self.clock()
-            if state.reaper is not None and state.reaper[0] != worker_id and state.reaper[1] > now:
-                return ReapReply(is_reaper=False)
-            state.reaper = (worker_id, now + hold)
-            expired = sorted(
-                (deadline, job_id) for job_id, deadline in state.leases.items() if deadline <= now
-            )
-            stalled: list[StoredJob] = []
-            dead: list[StoredJob] = []
-            for _deadline, job_id in expired[:_REAP_LIMIT]:
-                state.leases.pop(job_id, None)
-                record = state.jobs.get(job_id)
-                if record is None or record.state != "active":
-                    continue
-                record.stalls += 1
-                record.token = None
-                record.prev_attempt = None  # the lost attempt's span never ended: no previous-attempt link
-                if record.stalls > max_stalls:
-                    record.dlq_reason = "worker_lost"
-                    record.owner = None
-                    self._finish(state, record, "failed", state.dlq)
-                    dead.append(record.stored(queue))
-                else:
-                    record.eligible_at = now
-                    self._make_ready(state, record, keep_place=True)
-                    stalled.append(record.stored(queue))
-            dead += self._flows.drain_failed(state, queue)  # children dead-lettered for a parent (flows)
-            return ReapReply(is_reaper=True, stalled=stalled, dead=dead, more=len(expired) > _REAP_LIMIT)
-
-    # -- queue control -------------------------------------------------------------------------------
     async def pause(self, queue: str) -> None:
         """Stop claims."""
-        with self._lock:
-            self._queue(queue).paused = True
+        return await self._jobs.pause(queue)
 
     async def resume(self, queue: str) -> None:
         """Allow claims and wake idle workers, one token per ready job."""
-        with self._lock:
-            state = self._queue(queue)
-            state.paused = False
-            self._wake(state, max(state.counts["waiting"], 1))
+        return await self._jobs.resume(queue)
 
     async def is_queue_paused(self, queue: str) -> bool:
         """Whether claims are stopped."""
-        with self._lock:
-            return self._queue(queue).paused
+        return await self._jobs.is_queue_paused(queue)
 
     async def cancel(self, queue: str, job_id: str) -> CancelStatus:
         """Cancel a queued job now, or flag a running one for its owner."""
-        with self._lock:
-            state = self._queue(queue)
-            record = state.jobs.get(job_id)
-            if record is None:
-                return CancelStatus.GONE
-            if JobState(record.state) in TERMINAL_STATES:
-                return CancelStatus.FINISHED
-            if record.state == "active":
-                record.cancel_requested = True
-                listeners = list(self._cancel_listeners)
-            else:
-                self._finish(state, record, "cancelled", state.cancelled)
-                return CancelStatus.CANCELLED
-        for listener in listeners:
-            listener(queue, job_id)
-        return CancelStatus.RUNNING
+        return await self._jobs.cancel(queue, job_id)
 
-    # -- inspection and admin ------------------------------------------------------------------------
+    # -- inspection and admin (MemoryAdmin) --------------------------------------------------------
     async def get_job(self, queue: str, job_id: str) -> StoredJob | None:
         """The stored job, or ``None``."""
-        with self._lock:
-            record = self._queue(queue).jobs.get(job_id)
-            return None if record is None else record.stored(queue)
+        return await self._admin.get_job(queue, job_id)
 
     async def counts(self, queue: str) -> dict[str, int]:
         """Jobs per state."""
-        with self._lock:
-            counts = self._queue(queue).counts
-            return {state.value: max(counts[state.value], 0) for state in JobState}
+        return await self._admin.counts(queue)
 
     async def list_jobs(self, queue: str, state: str, offset: int = 0, limit: int = 100) -> list[StoredJob]:
         """A page of jobs in ``state``."""
-        wanted = JobState(state).value
-        with self._lock:
-            q = self._queue(queue)
-            records = [r for r in q.jobs.values() if r.state == wanted]
-            if wanted == "waiting":
-                records.sort(key=lambda r: (r.priority, r.seq))
-            elif wanted == "delayed":
-                records.sort(key=lambda r: r.due)
-            elif wanted != "active":
-                records.sort(key=lambda r: r.finished_at or 0.0, reverse=True)
-            return [r.stored(queue) for r in records[offset : offset + limit]]
+        return await self._admin.list_jobs(queue, state, offset, limit)
 
     async def list_dlq(self, queue: str, offset: int = 0, limit: int = 100) -> list[StoredJob]:
         """Dead-lettered jobs, newest first."""
-        with self._lock:
-            q = self._queue(queue)
-            ids = list(reversed(q.dlq))[offset : offset + limit]
-            return [q.jobs[job_id].stored(queue) for job_id in ids if job_id in q.jobs]
+        return await self._admin.list_dlq(queue, offset, limit)
 
     async def retry_dead(self, queue: str, job_id: str) -> bool:
         """DLQ → ``waiting`` with fresh counters."""
-        with self._lock:
-            q = self._queue(queue)
-            record = q.jobs.get(job_id)
-            if record is None or job_id not in q.dlq:
-                return False
-            del q.dlq[job_id]
-            record.attempts = record.retries = record.stalls = record.interrupts = 0
-            record.error = record.dlq_reason = record.finished_at = record.result = None
-            record.settled_token = None
-            record.eligible_at = self.clock()
-            ttl = (record.envelope or {}).get("ttl")
-            if isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
-                record.expires_at = record.eligible_at + float(ttl)  # a fresh start gets a fresh TTL
-            self._make_ready(q, record)
-            self._flows.retried(q, record)
-            return True
+        return await self._admin.retry_dead(queue, job_id)
 
     async def purge_dlq(self, queue: str) -> int:
         """Delete every dead-lettered job."""
-        with self._lock:
-            q = self._queue(queue)
-            ids = list(q.dlq)
-            q.dlq.clear()
-            for job_id in ids:
-                self._delete(q, job_id)
-            return len(ids)
+        return await self._admin.purge_dlq(queue)
 
     async def clean(self, queue: str, state: str, older_than: float) -> int:
         """Delete finished jobs in ``state`` older than ``older_than`` seconds."""
-        wanted = JobState(state)
-        if wanted not in TERMINAL_STATES:
-            raise ValueError(
-                f"clean takes a finished state (completed, failed, expired, cancelled), not {state!r}"
-            )
-        with self._lock:
-            q = self._queue(queue)
-            index = {"completed": q.completed, "cancelled": q.cancelled}.get(wanted.value, q.dlq)
-            cutoff = self.clock() - older_than
-            doomed = [
-                job_id
-                for job_id, finished in index.items()
-                if finished <= cutoff and job_id in q.jobs and q.jobs[job_id].state == wanted.value
-            ]
-            for job_id in doomed:
-                del index[job_id]
-                self._delete(q, job_id)
-            return len(doomed)
+        return await self._admin.clean(queue, state, older_than)
 
     async def queue_stats(self, queue: str) -> QueueStats:
         """What the queue sampler exports."""
-        with self._lock:
-            q = self._queue(queue)
-            now = self.clock()
-            oldest = min((r.eligible_at for r in q.jobs.values() if r.state == "waiting"), default=None)
-            return QueueStats(
-                ready=max(q.counts["waiting"], 0),
-                scheduled=max(q.counts["delayed"], 0),
-                active=max(q.counts["active"], 0),
-                dead=len(q.dlq),
-                oldest_ready_age=0.0 if oldest is None else max(now - oldest, 0.0),
-                paused=q.paused,
-                **self._flows.stats(q, now),
-            )
+        return await self._admin.queue_stats(queue)
 
     async def list_queues(self) -> list[str]:
         """Every queue seen by this backend."""
-        with self._lock:
-            return sorted(self._queues)
+        return await self._admin.list_queues()
 
     async def has_queue(self, queue: str) -> bool:
-        """Whether the queue exists; never creates it (one dict lookup: no lock needed)."""
-        return queue in self._queues
+        """Whether the queue exists; never creates it."""
+        return await self._admin.has_queue(queue)
+
+    # -- workers (MemoryRegistry) ------------------------------------------------------------------
+    async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        """Record a live worker."""
+        await self.heartbeat(info, ttl)
+
+    async def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
+        """Refresh a worker's registration."""
+        return await self._registry.heartbeat(info, ttl)
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        """Remove a worker's registration."""
+        return await self._registry.deregister_worker(worker_id)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """Workers whose registration has not expired."""
+        return await self._registry.list_workers()
+
+    async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]:
+        """Live workers registered here that consume each of ``queues``."""
+        return await self._registry.consumer_counts(queues)
+
+    def add_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(queue, job_id)`` when a running job's cancellation is requested."""
+        self._registry.add_cancel_listener(listener)
+
+    def remove_cancel_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Undo :meth:`add_cancel_listener`."""
+        self._registry.remove_cancel_listener(listener)
+
+    # -- schedules (MemorySchedules) ---------------------------------------------------------------
+    def watch_schedules(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` after every change of a schedule; returns a function that stops it."""
+        return self._schedules.watch_schedules(callback)
+
+    async def schedule_upsert(self, queue: str, record: ScheduleRecord) -> bool:
+        """Store unless the same revision is stored; a redefinition keeps pause and last run."""
+        return await self._schedules.schedule_upsert(queue, record)
+
+    async def schedule_get(self, queue: str, key: str) -> ScheduleRecord | None:
+        """One stored schedule."""
+        return await self._schedules.schedule_get(queue, key)
+
+    async def schedule_list(self, queue: str) -> list[ScheduleRecord]:
+        """Soonest first, paused last."""
+        return await self._schedules.schedule_list(queue)
+
+    async def schedule_remove(self, queue: str, key: str) -> bool:
+        """Delete a schedule; False when absent."""
+        return await self._schedules.schedule_remove(queue, key)
+
+    async def schedule_set_paused(
+        self, queue: str, key: str, *, paused: bool, next_due_ms: int | None
+    ) -> bool:
+        """Pause, or resume from ``next_due_ms``."""
+        return await self._schedules.schedule_set_paused(queue, key, paused=paused, next_due_ms=next_due_ms)
+
+    async def schedule_peek(self, queue: str, limit: int) -> tuple[int, list[ScheduleRecord], int | None]:
+        """Now, the due schedules (up to ``limit``) and the earliest next due time."""
+        return await self._schedules.schedule_peek(queue, limit)
+
+    async def schedule_fire(
+        self,
+        queue: str,
+        key: str,
+        rev: str,
+        expected_due_ms: int,
+        jobs: Sequence[tuple[int, EnqueueItem]],
+        next_due_ms: int,
+    ) -> FireReply:
+        """Store the tick's jobs and the next due time, if the schedule is still as read."""
+        return await self._schedules.schedule_fire(queue, key, rev, expected_due_ms, jobs, next_due_ms)
+
+    # -- flows (MemoryFlowStore) -------------------------------------------------------------------
+    async def add_flow(self, items: Sequence[tuple[str, EnqueueItem]]) -> list[EnqueueReply]:
+        """Store jobs of any queues, parents first: every parent is checked before any write."""
+        return await self._flows.add_flow(items)
+
+    async def get_flow(self, queue: str, job_id: str) -> list[FlowNode] | None:
+        """The dependency graph around a job, or ``None``."""
+        return await self._flows.get_flow(queue, job_id)
+
+    async def last_spans(self, parents: Sequence[tuple[str, str]]) -> list[str | None]:
+        """The ``last_span`` each ``(queue, job_id)`` stored at completion (``None``: none, or gone)."""
+        return await self._flows.last_spans(parents)
+
+    # -- shared rate limits (MemoryRateLimits) -----------------------------------------------------
+    async def set_rate_limit(self, queue: str, limit: int, interval: float) -> None:
+        """Allow at most ``limit`` claims of the queue in any window of ``interval`` seconds (1 ms steps)."""
+        return await self._rate_limits.set_rate_limit(queue, limit, interval)
+
+    async def clear_rate_limit(self, queue: str) -> bool:
+        """Remove the queue's limit and its log of claims; False when it had none."""
+        return await self._rate_limits.clear_rate_limit(queue)
+
+    async def get_rate_limit(self, queue: str) -> QueueRateLimit | None:
+        """The queue's limit, or ``None``."""
+        return await self._rate_limits.get_rate_limit(queue)
