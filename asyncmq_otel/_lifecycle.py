@@ -57,14 +57,8 @@ def emit_job_event(
     **fields: Any,  # noqa: ANN401 - event fields
 ) -> None:
     """Build and emit a job event on the process bus (nothing is built when nobody listens)."""
-    route = bus.route(name)
-    if route is not None:
-        _check(fields)
-        number = job.attempts if attempt_number is None else attempt_number
-        if route[2]:  # every listener takes the job as is: no event to build
-            bus.deliver_job(route, name, job, number, fields)
-        else:
-            bus.deliver(route, make_job_event(name, clock.time(), job, number, fields))
+    _check(fields)
+    emit_job_fields(name, job, fields, attempt_number, clock)
 
 
 def emit_job_fields(

@@ -412,17 +412,19 @@ class MetricsAdapter:
     def _terminal(
         self, js: _JobSeries, event: LifecycleEvent, outcome: str, runs: int, trace_id: str | None
     ) -> None:
-        bound = js.terminal.get(outcome)
-        if bound is None:
-            bound = js.terminal[outcome] = (
-                self.sinks.histogram("asyncmq.job.e2e.duration", js.queue, js.task, outcome),
-                self.sinks.histogram("asyncmq.job.attempts", js.queue, js.task, outcome),
-            )
-        e2e, attempts = bound
+        e2e, attempts = js.terminal.get(outcome) or self._bind_terminal(js, outcome)
         if event.enqueued_at:
             finished = event.finished_at if event.finished_at is not None else event.ts
             e2e.observe(max(finished - event.enqueued_at, 0.0), trace_id)
         attempts.observe(float(runs) if runs > 0 else 0.0)
+
+    def _bind_terminal(self, js: _JobSeries, outcome: str) -> tuple[HistogramSeries, HistogramSeries]:
+        """The end-to-end and attempts histograms of ``outcome``, bound once per series."""
+        bound = js.terminal[outcome] = (
+            self.sinks.histogram("asyncmq.job.e2e.duration", js.queue, js.task, outcome),
+            self.sinks.histogram("asyncmq.job.attempts", js.queue, js.task, outcome),
+        )
+        return bound
 
     def _completed(self, event: LifecycleEvent) -> None:
         js, trace_id = self._end_attempt(event)
@@ -446,12 +448,7 @@ class MetricsAdapter:
         if duration is not None:
             js.process["completed"].observe(duration if duration > 0.0 else 0.0, trace_id)  # noqa: FURB136
         js.completed.inc()
-        bound = js.terminal.get("completed")
-        if bound is None:
-            bound = js.terminal["completed"] = (
-                self.sinks.histogram("asyncmq.job.e2e.duration", js.queue, js.task, "completed"),
-                self.sinks.histogram("asyncmq.job.attempts", js.queue, js.task, "completed"),
-            )
+        bound = js.terminal.get("completed") or self._bind_terminal(js, "completed")
         enqueued = job.enqueued_at
         if enqueued:
             finished = get("finished_at")
