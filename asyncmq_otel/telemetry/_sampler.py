@@ -183,8 +183,11 @@ class QueueSampler:
                 self.gauges.clear()
                 return False
             queues = self.queues if self.queues is not None else await self.backend.list_queues()
-            for queue in queues:
-                self.gauges.update(queue, await self.backend.queue_stats(queue))
+            stats = [(queue, await self.backend.queue_stats(queue)) for queue in queues]
+            # backend up is set before the gauges it vouches for: no scrape shows fresh gauges without it
+            self._report(ok=True)
+            for queue, queue_stats in stats:
+                self.gauges.update(queue, queue_stats)
             if isinstance(self.backend, ConsumerCounter) and queues:
                 await self._sample_consumers(self.backend, queues)
             if isinstance(self.backend, ScheduleStore):
@@ -199,7 +202,6 @@ class QueueSampler:
                 _log.warning("telemetry.sampler_error: queue sampling failed (%s); retrying", exc)
             self._report(ok=False)
             return False
-        self._report(ok=True)
         return True
 
     async def _sample_consumers(self, backend: ConsumerCounter, queues: Sequence[str]) -> None:

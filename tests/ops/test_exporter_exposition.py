@@ -24,6 +24,7 @@ DEPTH = METRICS_BY_NAME["asyncmq.queue.depth"].prometheus_name
 OLDEST_AGE = METRICS_BY_NAME["asyncmq.queue.oldest_age"].prometheus_name
 PAUSED = METRICS_BY_NAME["asyncmq.queue.paused"].prometheus_name
 QUEUE_GAUGES = {DEPTH, OLDEST_AGE, PAUSED}
+BACKEND_UP = METRICS_BY_NAME["asyncmq.backend.up"].prometheus_name
 UNKNOWN_TASK = "nowhere.registered"  # the exporter needs no task code; the worker dead-letters it
 
 
@@ -40,6 +41,16 @@ def _queue_gauges(text: str) -> dict[tuple[str, str, str], float]:
                     sample.labels.get("state", ""),
                 )
                 values[key] = sample.value
+    return values
+
+
+def _gauges_and_backend_up(text: str) -> dict[tuple[str, str, str], float]:
+    """The queue gauges and ``asyncmq_backend_up`` (keyed ``(name, "", "")``) of a scraped page."""
+    values = _queue_gauges(text)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == BACKEND_UP:
+                values[BACKEND_UP, "", ""] = sample.value
     return values
 
 
@@ -77,10 +88,12 @@ async def test_exporter_metrics_pass_promtool_and_report_depth_by_state(
         **{(DEPTH, other.name, state): value for state, value in zip(STATES, (1, 0, 0, 0, 0), strict=True)},
         (PAUSED, filled.name, ""): 1,
         (PAUSED, other.name, ""): 0,
+        # one page with the gauges and the backend's health: they are set by one sampling round
+        (BACKEND_UP, "", ""): 1,
     }
     async with start_exporter() as exporter:
         text = await exporter.wait_for(
-            _queue_gauges, expected, timeout=20, what="the filled queues' gauges exported"
+            _gauges_and_backend_up, expected, timeout=20, what="the filled queues' gauges exported"
         )
 
     checked = await anyio.run_process([promtool, "check", "metrics"], input=text.encode(), check=False)
